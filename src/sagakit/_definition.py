@@ -1,0 +1,313 @@
+"""Saga definitions: the immutable description of a saga's steps, built by SagaBuilder."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import DefinitionError
+from ._policy import RetryPolicy
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "SagaBuilder", "SagaDefinition", "StepDefinition"]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_DEFAULT_RETRY = RetryPolicy()
+_DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0)
+
+
+class StepAction:
+    """Base of step actions that are not plain callables (message steps).
+
+    ``local`` is False for actions that send a command or wait for an event:
+    their attempt ends when a reply arrives, not when a function returns.
+    """
+
+    local: bool = False
+    reply_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepDefinition:
+    """One step of a saga definition."""
+
+    name: str
+    action: Callable[..., Any] | StepAction
+    compensation: Callable[..., Any] | StepAction | None = None
+    after: tuple[str, ...] = ()
+    retry: RetryPolicy = _DEFAULT_RETRY
+    compensation_retry: RetryPolicy = _DEFAULT_COMPENSATION_RETRY
+    timeout: float | None = None
+    compensation_timeout: float | None = None
+    pivot: bool = False
+
+    @property
+    def local(self) -> bool:
+        """True when the action is a Python function run by the engine."""
+        return not isinstance(self.action, StepAction)
+
+    @property
+    def compensation_local(self) -> bool:
+        return not isinstance(self.compensation, StepAction)
+
+
+@dataclass(frozen=True, slots=True)
+class SagaDefinition:
+    """An immutable, validated saga definition. Make one with SagaBuilder or load_definition."""
+
+    name: str
+    version: int
+    steps: tuple[StepDefinition, ...]
+    deadline: float | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    description: str | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    # Derived lookups, filled by build(); the state machine reads these.
+    by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
+    order: tuple[str, ...] = field(default=(), compare=False)
+    dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    descendants: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.version)
+
+    def step(self, name: str) -> StepDefinition:
+        return self.by_name[name]
+
+
+class SagaBuilder:
+    """Collects steps and builds a validated SagaDefinition.
+
+    Example::
+
+        b = SagaBuilder("order_fulfillment", version=1)
+        b.step("reserve", action=reserve, compensation=release)
+        b.step("charge", action=charge, compensation=refund)   # after "reserve"
+        definition = b.build()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int = 1,
+        *,
+        deadline: float | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        description: str | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.deadline = deadline
+        self.max_payload_bytes = max_payload_bytes
+        self.description = description
+        self.extras: dict[str, Any] = {}
+        self._steps: list[StepDefinition] = []
+
+    def step(
+        self,
+        name: str,
+        action: Callable[..., Any] | StepAction,
+        compensation: Callable[..., Any] | StepAction | None = None,
+        *,
+        after: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        pivot: bool = False,
+    ) -> SagaBuilder:
+        """Add a step. ``after=None`` runs it after the previous step; ``after=[]`` makes it a root.
+
+        Returns the builder, so calls can be chained.
+        """
+        if after is None:
+            deps: tuple[str, ...] = (self._steps[-1].name,) if self._steps else ()
+        elif isinstance(after, str):
+            deps = (after,)
+        else:
+            deps = tuple(after)
+        self._steps.append(
+            StepDefinition(
+                name=name,
+                action=action,
+                compensation=compensation,
+                after=deps,
+                retry=retry if retry is not None else _DEFAULT_RETRY,
+                compensation_retry=(
+                    compensation_retry
+                    if compensation_retry is not None
+                    else _DEFAULT_COMPENSATION_RETRY
+                ),
+                timeout=timeout,
+                compensation_timeout=compensation_timeout,
+                pivot=pivot,
+            )
+        )
+        return self
+
+    def build(self) -> SagaDefinition:
+        """Validate the steps and return the immutable definition.
+
+        Raises:
+            DefinitionError: naming the step and the problem (duplicate name,
+                unknown or cyclic dependency, bad policy or timeout, compensation
+                after a pivot step).
+        """
+        return build_definition(
+            self.name,
+            self.version,
+            self._steps,
+            deadline=self.deadline,
+            max_payload_bytes=self.max_payload_bytes,
+            description=self.description,
+            extras=dict(self.extras),
+        )
+
+
+def _check_callable(where: str, fn: object) -> None:
+    if isinstance(fn, StepAction):
+        return
+    if not callable(fn):
+        raise DefinitionError(f"{where} must be a function or a message action, got {fn!r}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object())
+    except TypeError:
+        raise DefinitionError(
+            f"{where} must accept one argument (the StepContext); {fn!r} has signature {sig}"
+        ) from None
+
+
+def build_definition(
+    name: str,
+    version: int,
+    steps: Sequence[StepDefinition],
+    *,
+    deadline: float | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    description: str | None = None,
+    extras: Mapping[str, Any] | None = None,
+) -> SagaDefinition:
+    """Validate *steps* and derive the lookups the state machine uses."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DefinitionError(
+            f"saga name {name!r} is invalid: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or '_'"
+        )
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DefinitionError(f"saga {name!r}: version must be an integer >= 1, got {version!r}")
+    if not steps:
+        raise DefinitionError(f"saga {name!r} has no steps")
+    if deadline is not None and not deadline > 0:
+        raise DefinitionError(f"saga {name!r}: deadline must be > 0 seconds, got {deadline!r}")
+    if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+        raise DefinitionError(
+            f"saga {name!r}: max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
+        )
+
+    by_name: dict[str, StepDefinition] = {}
+    for s in steps:
+        if not isinstance(s.name, str) or not _NAME.match(s.name):
+            raise DefinitionError(f"saga {name!r}: step name {s.name!r} is invalid")
+        if s.name in by_name:
+            raise DefinitionError(f"saga {name!r}: duplicate step name {s.name!r}")
+        by_name[s.name] = s
+        where = f"step {s.name!r}"
+        _check_callable(f"{where}: action", s.action)
+        if s.compensation is not None:
+            _check_callable(f"{where}: compensation", s.compensation)
+        s.retry.validate(f"{where}: retry")
+        s.compensation_retry.validate(f"{where}: compensation_retry")
+        for label, t in (("timeout", s.timeout), ("compensation_timeout", s.compensation_timeout)):
+            if t is not None and not t > 0:
+                raise DefinitionError(f"{where}: {label} must be > 0 seconds, got {t!r}")
+
+    for s in steps:
+        for d in s.after:
+            if d == s.name:
+                raise DefinitionError(f"step {s.name!r} depends on itself")
+            if d not in by_name:
+                hint = difflib.get_close_matches(d, list(by_name), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise DefinitionError(f"step {s.name!r} depends on unknown step {d!r}{extra}")
+        if len(set(s.after)) != len(s.after):
+            raise DefinitionError(f"step {s.name!r} lists a dependency twice: {list(s.after)}")
+
+    order = _topological_order(steps)
+    dependents: dict[str, list[str]] = {s.name: [] for s in steps}
+    for s in steps:
+        for d in s.after:
+            dependents[d].append(s.name)
+    ancestors: dict[str, frozenset[str]] = {}
+    for n in order:
+        acc: set[str] = set()
+        for d in by_name[n].after:
+            acc.add(d)
+            acc |= ancestors[d]
+        ancestors[n] = frozenset(acc)
+    descendants: dict[str, set[str]] = {n: set() for n in order}
+    for n, ancs in ancestors.items():
+        for a in ancs:
+            descendants[a].add(n)
+
+    for s in steps:
+        if s.pivot:
+            for d in sorted(descendants[s.name]):
+                if by_name[d].compensation is not None:
+                    raise DefinitionError(
+                        f"step {d!r} has a compensation but runs after pivot step {s.name!r}: "
+                        "steps after a pivot cannot be rolled back; remove the compensation"
+                    )
+
+    return SagaDefinition(
+        name=name,
+        version=version,
+        steps=tuple(steps),
+        deadline=deadline,
+        max_payload_bytes=max_payload_bytes,
+        description=description,
+        extras=dict(extras or {}),
+        by_name=by_name,
+        order=tuple(order),
+        dependents={k: tuple(v) for k, v in dependents.items()},
+        descendants={k: frozenset(v) for k, v in descendants.items()},
+        ancestors=ancestors,
+    )
+
+
+def _topological_order(steps: Sequence[StepDefinition]) -> list[str]:
+    """Kahn's algorithm in declaration order; a cycle is reported by its path."""
+    remaining = {s.name: set(s.after) for s in steps}
+    order: list[str] = []
+    while remaining:
+        ready = [n for n, deps in remaining.items() if not deps]
+        if not ready:
+            raise DefinitionError(f"steps form a dependency cycle: {_find_cycle(remaining)}")
+        for n in ready:
+            del remaining[n]
+            order.append(n)
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return order
+
+
+def _find_cycle(graph: Mapping[str, set[str]]) -> str:
+    start = next(iter(graph))
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = sorted(graph[node])[0]
+    cycle = [*path[seen[node] :], node]
+    return " -> ".join(repr(n) for n in cycle)

@@ -1,0 +1,900 @@
+"""The runtime: the only part of sagakit that does I/O.
+
+``SagaEngine`` claims due sagas from the store under a lease, feeds events to
+the pure state machine, commits the resulting transitions of many sagas in one
+transaction (group commit) and, only once a transition is committed, executes
+its effects: step attempts run as asyncio tasks (plain ``def`` steps on a
+bounded thread pool), each under its timeout.
+
+A saga is *held* by this engine while it has attempts in flight or
+transitions waiting to commit; its lease is renewed in the background. When a
+transition leaves nothing in flight the lease is released in the same write,
+with the row's wake time set to the machine's next timer, and any worker
+(this one included) claims it again when that time comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._context import StepContext
+from ._definition import SagaDefinition
+from ._errors import (
+    NonRetryableError,
+    PayloadTooLarge,
+    SagaBusy,
+    SagaNotFound,
+    SagaStateError,
+    StoreError,
+    UnknownSagaType,
+)
+from ._snapshot import SagaSnapshot
+from ._status import SagaStatus
+from ._store import SagaQuery, Store, Write
+from .machine import (
+    Abort,
+    Compensate,
+    Decision,
+    Event,
+    HistoryEntry,
+    Resume,
+    Retry,
+    RunStep,
+    SagaState,
+    Skip,
+    StepFailed,
+    StepSucceeded,
+    Timer,
+    decide,
+    new_saga,
+    step_results,
+)
+
+__all__ = ["SagaEngine"]
+
+log = logging.getLogger("sagakit")
+
+_PARK_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A saga this engine holds the lease of."""
+
+    state: SagaState
+    definition: SagaDefinition
+    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    queued: bool = False  # a transition waits in the commit queue
+    committing: int = 0  # transitions in the batch being committed
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Transitions of one saga waiting for the next group commit, merged."""
+
+    held: _Held
+    expected_revision: int
+    history: list[HistoryEntry]
+    effects: list[RunStep]
+    insert: bool = False
+    data_changed: bool = False
+    futures: list[asyncio.Future[str]] = field(default_factory=list)
+    state: SagaState | None = None
+    release: bool = False
+
+
+class SagaEngine:
+    """Runs sagas durably on a store.
+
+    Args:
+        store: a store URL (``sqlite:///sagas.db``, ``postgresql://…``,
+            ``memory://``) or a store object.
+        lease_seconds: how long a claim lives before another worker may take over.
+        concurrency: step attempts in flight at once, at most.
+        threads: size of the thread pool for plain ``def`` steps.
+        poll_interval: longest sleep of an idle worker between looks for due work.
+        worker_id: name of this worker in leases and history (default: host:pid:random).
+        clock: source of wall-clock time in seconds (injected in tests).
+
+    Use it as an async context manager: entering starts the workers and
+    resumes unfinished sagas; leaving shuts down gracefully.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "sqlite:///sagas.db",
+        *,
+        lease_seconds: float = 30.0,
+        concurrency: int = 256,
+        threads: int = 16,
+        poll_interval: float = 0.5,
+        shutdown_grace: float = 10.0,
+        worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(store, str):
+            from .stores import store_from_url
+
+            store = store_from_url(store)
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        self.store: Store = store
+        self.lease_seconds = float(lease_seconds)
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.clock = clock
+        self._threads = threads
+        self._definitions: dict[tuple[str, int], SagaDefinition] = {}
+        self._latest: dict[str, SagaDefinition] = {}
+        self._fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]] = {}
+        self._held: dict[str, _Held] = {}
+        self._queue: dict[str, _Pending] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._opened = False
+        self._running = False
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queue_ready: asyncio.Event | None = None
+        self._poke: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ definitions
+
+    def register(self, *definitions: SagaDefinition) -> None:
+        """Register definitions; several versions of one saga may be registered at once."""
+        for d in definitions:
+            if not isinstance(d, SagaDefinition):
+                raise TypeError(f"register() takes SagaDefinition objects, got {d!r}")
+            self._definitions[d.key] = d
+            latest = self._latest.get(d.name)
+            if latest is None or d.version >= latest.version:
+                self._latest[d.name] = d
+            for s in d.steps:
+                for comp, fn in ((False, s.action), (True, s.compensation)):
+                    if fn is not None and callable(fn):
+                        self._fns[(d.name, d.version, s.name, comp)] = (
+                            fn,
+                            inspect.iscoroutinefunction(fn),
+                        )
+
+    @property
+    def definitions(self) -> list[SagaDefinition]:
+        return list(self._definitions.values())
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> SagaEngine:
+        await self.run()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            try:
+                await self.store.open()
+            except StoreError:
+                raise
+            self._opened = True
+            self._loop = asyncio.get_running_loop()
+            self._queue_ready = asyncio.Event()
+            self._poke = asyncio.Event()
+
+    async def run(self) -> None:
+        """Start the workers: committer, claimer and lease renewer."""
+        if self._running:
+            return
+        await self._ensure_open()
+        self._closing = False
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._commit_loop(), name="sagakit-commit"),
+            asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
+            asyncio.create_task(self._renew_loop(), name="sagakit-renew"),
+        ]
+
+    async def close(self) -> None:
+        """Shut down gracefully.
+
+        Claiming stops; attempts in flight get ``shutdown_grace`` seconds to
+        finish and their results are committed; attempts still running then are
+        cancelled and stay recorded as running, so the next worker runs them
+        again. Every lease is released and the store closed.
+        """
+        if self._running:
+            self._closing = True
+            claim, renew = self._tasks[1], self._tasks[2]
+            for t in (claim, renew):
+                t.cancel()
+            await asyncio.gather(claim, renew, return_exceptions=True)
+            inflight = [t for h in self._held.values() for t in h.inflight.values()]
+            if inflight:
+                _, late = await asyncio.wait(inflight, timeout=self.shutdown_grace)
+                for t in late:
+                    t.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            self._running = False
+            self._kick()
+            await asyncio.gather(self._tasks[0], return_exceptions=True)
+            self._tasks = []
+            leftovers = []
+            for sid, h in self._held.items():
+                if h.timer is not None:
+                    h.timer.cancel()
+                orphaned = any(s.token for s in h.state.steps.values())
+                leftovers.append((sid, self.clock() if orphaned else h.state.wake_at))
+            self._held.clear()
+            if leftovers:
+                with contextlib.suppress(Exception):
+                    await self.store.release(self.worker_id, leftovers)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        if self._opened:
+            await self.store.close()
+            self._opened = False
+
+    # ------------------------------------------------------------ public API
+
+    async def start(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        version: int | None = None,
+    ) -> str:
+        """Start a saga and return its id once it is durably stored.
+
+        The same *idempotency_key* for the same saga name returns the id of the
+        saga it started first, which is not started again.
+
+        Raises:
+            UnknownSagaType: *name* (or *version*) is not registered; nothing is stored.
+            PayloadTooLarge: *data* is over the definition's ``max_payload_bytes``.
+            TypeError: *data* cannot be stored as JSON.
+        """
+        defn = self._definition(name, version)
+        try:
+            blob = orjson.dumps(data)
+        except TypeError as e:
+            raise TypeError(f"data of saga {name!r} is not JSON-serialisable: {e}") from None
+        if len(blob) > defn.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"data of saga {name!r} is {len(blob)} bytes, over the limit of "
+                f"{defn.max_payload_bytes} bytes (max_payload_bytes of the definition)"
+            )
+        data = orjson.loads(blob)
+        await self._ensure_open()
+        now = self.clock()
+        saga_id = uuid.uuid4().hex
+        decision = new_saga(
+            defn,
+            saga_id,
+            data,
+            now,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            begin=self._running and not self._closing,
+        )
+        if not self._running or self._closing:
+            st = decision.state
+            res = await self.store.commit([Write(st, 0, decision.history, st.wake_at, insert=True)])
+            result: str | None = res[0]
+            assert result is not None
+            return result
+        held = _Held(decision.state, defn)
+        decision.state.revision = -1  # _transition bumps it to 0 for the insert
+        self._held[saga_id] = held
+        fut: asyncio.Future[str] = self._loop_().create_future()
+        self._transition(held, decision, insert=True, future=fut)
+        return await fut
+
+    async def get(self, saga_id: str) -> SagaSnapshot:
+        """The saga with its history.
+
+        Raises:
+            SagaNotFound: no such saga.
+        """
+        await self._ensure_open()
+        st = await self.store.get(saga_id)
+        if st is None:
+            raise SagaNotFound(saga_id)
+        history = await self.store.history(saga_id)
+        return SagaSnapshot.from_state(st, tuple(history))
+
+    async def list(
+        self,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[SagaSnapshot]:
+        """Sagas matching the filters, newest first (without their history)."""
+        await self._ensure_open()
+        q = _query(status, name, correlation_id, limit, offset, created_after, created_before)
+        return [SagaSnapshot.from_state(st) for st in await self.store.list(q)]
+
+    async def count(
+        self,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+    ) -> int:
+        """How many sagas match the filters."""
+        await self._ensure_open()
+        return await self.store.count(_query(status, name, correlation_id, 1, 0, None, None))
+
+    async def wait(self, saga_id: str, timeout: float | None = None) -> SagaSnapshot:
+        """Wait until the saga reaches a terminal status and return it.
+
+        Raises:
+            SagaNotFound: no such saga.
+            TimeoutError: *timeout* seconds passed first.
+        """
+        loop = self._loop_() if self._opened else asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            snap = await self.get(saga_id)
+            if snap.status.terminal:
+                return snap
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"saga {saga_id} is still {snap.status.value} after {timeout}s")
+            fut: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(saga_id, [])
+            waiters.append(fut)
+            try:
+                wait_for = 0.5 if remaining is None else min(remaining, 0.5)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, wait_for)
+            finally:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
+                if not waiters:
+                    self._waiters.pop(saga_id, None)
+
+    async def retry(
+        self, saga_id: str, *, reason: str = "", actor: str = "operator"
+    ) -> SagaSnapshot:
+        """Re-run a failed step or failed compensation, or a step waiting for its retry, now."""
+        return await self._admin(saga_id, Retry(reason, actor))
+
+    async def skip(
+        self,
+        saga_id: str,
+        step: str,
+        result: Any = None,
+        *,
+        reason: str = "",
+        actor: str = "operator",
+    ) -> SagaSnapshot:
+        """Mark a waiting or failed step SKIPPED with *result* (later steps see it) and move on."""
+        try:
+            result = orjson.loads(orjson.dumps(result))
+        except TypeError as e:
+            raise TypeError(
+                f"skip result for step {step!r} is not JSON-serialisable: {e}"
+            ) from None
+        return await self._admin(saga_id, Skip(step, result, reason, actor))
+
+    async def compensate(
+        self, saga_id: str, *, reason: str = "", actor: str = "operator"
+    ) -> SagaSnapshot:
+        """Start compensating a pending or running saga now."""
+        return await self._admin(saga_id, Compensate(reason, actor))
+
+    async def abort(
+        self, saga_id: str, *, reason: str = "", actor: str = "operator"
+    ) -> SagaSnapshot:
+        """Stop the saga where it stands, without compensation."""
+        return await self._admin(saga_id, Abort(reason, actor))
+
+    # ------------------------------------------------------------ admin plumbing
+
+    async def _admin(self, saga_id: str, event: Event, busy_timeout: float = 5.0) -> SagaSnapshot:
+        await self._ensure_open()
+        loop = self._loop_()
+        give_up = loop.time() + busy_timeout
+        while True:
+            held = self._held.get(saga_id)
+            claimed = False
+            if held is None:
+                now = self.clock()
+                st = await self.store.claim_saga(
+                    saga_id, self.worker_id, now, now + self.lease_seconds
+                )
+                if st is None:
+                    if loop.time() > give_up:
+                        raise SagaBusy(
+                            f"saga {saga_id} is held by another worker; try again when its "
+                            "current step finishes"
+                        )
+                    await asyncio.sleep(0.05)
+                    continue
+                held = self._held.get(saga_id)
+                if held is None:
+                    defn = self._definitions.get((st.name, st.version))
+                    if defn is None:
+                        await self.store.release(self.worker_id, [(saga_id, st.wake_at)])
+                        raise UnknownSagaType(
+                            f"saga {saga_id} runs {st.name} v{st.version}, which is not "
+                            "registered with this engine"
+                        )
+                    held = _Held(st, defn)
+                    self._held[saga_id] = held
+                    claimed = True
+            decision = decide(held.definition, held.state, event, self.clock())
+            if decision.rejected is not None:
+                if claimed and not held.inflight and not held.queued:
+                    self._held.pop(saga_id, None)
+                    await self.store.release(self.worker_id, [(saga_id, held.state.wake_at)])
+                raise SagaStateError(saga_id, decision.rejected)
+            fut = loop.create_future()
+            self._transition(held, decision, future=fut)
+            if not self._running:
+                await self._flush()
+            try:
+                await fut
+            except SagaBusy:
+                if loop.time() > give_up:
+                    raise
+                continue
+            return await self.get(saga_id)
+
+    async def _flush(self) -> None:
+        """Commit the queue now (used when no commit loop runs)."""
+        while self._queue:
+            await self._commit_batch()
+
+    # ------------------------------------------------------------ transitions
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    def _kick(self) -> None:
+        if self._queue_ready is not None:
+            self._queue_ready.set()
+
+    def _transition(
+        self,
+        held: _Held,
+        decision: Decision,
+        *,
+        insert: bool = False,
+        future: asyncio.Future[str] | None = None,
+    ) -> None:
+        old = held.state
+        st = decision.state
+        st.revision = old.revision + 1
+        held.state = st
+        sid = st.id
+        p = self._queue.get(sid)
+        if p is None:
+            p = _Pending(held, old.revision, decision.history, decision.effects, insert=insert)
+            p.data_changed = insert or st.data is not old.data
+            self._queue[sid] = p
+            held.queued = True
+            if len(self._queue) == 1:
+                self._kick()
+        else:
+            p.history.extend(decision.history)
+            p.effects.extend(decision.effects)
+            p.data_changed = p.data_changed or st.data is not old.data
+        p.state = st
+        if future is not None:
+            p.futures.append(future)
+        if st.status.terminal:
+            for task in held.inflight.values():
+                task.cancel()
+            held.inflight.clear()
+
+    async def _commit_loop(self) -> None:
+        ready = self._queue_ready
+        assert ready is not None
+        backoff = 0.05
+        while True:
+            await ready.wait()
+            ready.clear()
+            while self._queue:
+                try:
+                    await self._commit_batch()
+                    backoff = 0.05
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("sagakit: commit failed; retrying in %.2fs", backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            if not self._running:
+                return
+
+    async def _commit_batch(self) -> None:
+        batch = self._queue
+        self._queue = {}
+        now = self.clock()
+        lease_until = now + self.lease_seconds
+        writes = []
+        for p in batch.values():
+            held = p.held
+            held.queued = False
+            held.committing += 1
+            st = p.state
+            assert st is not None
+            keep = bool(p.effects or held.inflight) and not st.status.terminal
+            if self._closing and not held.inflight:
+                keep = False
+            p.release = not keep
+            writes.append(
+                Write(
+                    st,
+                    p.expected_revision,
+                    p.history,
+                    lease_until if keep else st.wake_at,
+                    owner=self.worker_id if keep else None,
+                    lease_expires=lease_until if keep else None,
+                    insert=p.insert,
+                    data_changed=p.data_changed,
+                )
+            )
+        try:
+            results = await self.store.commit(writes)
+        except BaseException:
+            # Nothing of the batch is committed: queue it again, ahead of newer transitions.
+            for sid, p in batch.items():
+                p.held.committing -= 1
+                newer = self._queue.get(sid)
+                if newer is not None:
+                    p.history.extend(newer.history)
+                    p.effects.extend(newer.effects)
+                    p.futures.extend(newer.futures)
+                    p.state = newer.state
+                    p.data_changed = p.data_changed or newer.data_changed
+                p.held.queued = True
+            self._queue = {**batch, **{k: v for k, v in self._queue.items() if k not in batch}}
+            raise
+        for p, res in zip(batch.values(), results, strict=True):
+            p.held.committing -= 1
+            self._after_commit(p, res)
+
+    def _after_commit(self, p: _Pending, result: str | None) -> None:
+        held = p.held
+        st = p.state
+        assert st is not None
+        sid = st.id
+        if result is None or result != sid:
+            # Fenced (another worker took the saga) or a duplicate idempotency key.
+            if self._held.get(sid) is held:
+                del self._held[sid]
+            for task in held.inflight.values():
+                task.cancel()
+            held.inflight.clear()
+            if result is None and not p.insert:
+                self._record_fenced(sid, p)
+                err: BaseException = SagaBusy(
+                    f"saga {sid} was taken over by another worker; the transition was refused"
+                )
+                for f in p.futures:
+                    if not f.done():
+                        f.set_exception(err)
+            else:
+                for f in p.futures:
+                    if not f.done():
+                        f.set_result(result or sid)
+            return
+        for f in p.futures:
+            if not f.done():
+                f.set_result(sid)
+        current = held.state
+        if current.status.terminal or st.status.terminal:
+            self._notify(sid)
+        if self._held.get(sid) is not held:
+            return
+        if p.release and not held.queued and not held.committing and not held.inflight:
+            del self._held[sid]
+            if held.timer is not None:
+                held.timer.cancel()
+            if self._running and st.wake_at is not None and st.wake_at <= self.clock() + 0.001:
+                self._poke_claimer()
+            return
+        for eff in p.effects:
+            s = current.steps.get(eff.step)
+            if s is None or s.token != eff.token or self._closing:
+                continue
+            self._dispatch(held, eff)
+        self._set_timer(held)
+
+    def _record_fenced(self, sid: str, p: _Pending) -> None:
+        entry = HistoryEntry(
+            self.clock(),
+            "fenced",
+            f"worker {self.worker_id} lost its lease: its transition from revision "
+            f"{p.expected_revision} was refused and not applied",
+        )
+        task = asyncio.ensure_future(self.store.append_history(sid, p.expected_revision, [entry]))
+        task.add_done_callback(_log_failure)
+
+    def _notify(self, sid: str) -> None:
+        for f in self._waiters.get(sid, ()):
+            if not f.done():
+                f.set_result(None)
+
+    def _set_timer(self, held: _Held) -> None:
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+        wake = held.state.wake_at
+        if wake is None:
+            return
+        loop = self._loop_()
+        delay = max(0.0, wake - self.clock())
+        held.timer = loop.call_later(delay, self._fire_timer, held.state.id)
+
+    def _fire_timer(self, sid: str) -> None:
+        held = self._held.get(sid)
+        if held is None:
+            return
+        held.timer = None
+        self._apply(held, Timer())
+
+    def _apply(self, held: _Held, event: Event, *, force: bool = False) -> None:
+        decision = decide(held.definition, held.state, event, self.clock())
+        if decision.rejected is not None:
+            return
+        if force or decision.history or decision.effects:
+            self._transition(held, decision)
+
+    # ------------------------------------------------------------ steps
+
+    def _dispatch(self, held: _Held, eff: RunStep) -> None:
+        task = asyncio.create_task(self._run_step(held, eff))
+        held.inflight[eff.token] = task
+
+    async def _run_step(self, held: _Held, eff: RunStep) -> None:
+        st = held.state
+        defn = held.definition
+        name = eff.step
+        key = (defn.name, defn.version, name, eff.compensation)
+        entry = self._fns.get(key)
+        direction = "compensation" if eff.compensation else "action"
+        event: Event
+        slots = self._slots
+        assert slots is not None
+        try:
+            if entry is None:
+                raise NonRetryableError(
+                    f"step {name!r} has no local {direction}: message steps need a transport"
+                )
+            fn, is_async = entry
+            ctx = StepContext(
+                saga_id=st.id,
+                saga_name=st.name,
+                step=name,
+                attempt=eff.attempt,
+                data=st.data,
+                results=step_results(st),
+                idempotency_key=f"{st.id}:{name}:{direction}",
+                correlation_id=st.correlation_id,
+                compensation=eff.compensation,
+                result=st.steps[name].result if eff.compensation else None,
+            )
+            async with slots:
+                if eff.timeout is None:
+                    result = await self._call(fn, is_async, ctx)
+                else:
+                    async with asyncio.timeout(eff.timeout):
+                        result = await self._call(fn, is_async, ctx)
+            if result is None:
+                event = StepSucceeded(name, eff.token, None, 4)
+            else:
+                try:
+                    blob = orjson.dumps(result)
+                except TypeError as e:
+                    event = StepFailed(
+                        name,
+                        eff.token,
+                        f"{direction} of step {name!r} returned a value that is not "
+                        f"JSON-serialisable ({type(result).__name__}): {e}",
+                        retryable=False,
+                    )
+                else:
+                    event = StepSucceeded(name, eff.token, orjson.loads(blob), len(blob))
+        except TimeoutError:
+            event = StepFailed(
+                name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s"
+            )
+        except asyncio.CancelledError:
+            held.inflight.pop(eff.token, None)
+            raise
+        except NonRetryableError as e:
+            event = StepFailed(name, eff.token, _describe(e), retryable=False)
+        except Exception as e:
+            sdef = defn.by_name[name]
+            policy = sdef.compensation_retry if eff.compensation else sdef.retry
+            event = StepFailed(name, eff.token, _describe(e), retryable=policy.is_retryable(e))
+        if held.inflight.pop(eff.token, None) is None or self._held.get(st.id) is not held:
+            return  # the saga was aborted, finished or taken over meanwhile
+        self._apply(held, event)
+
+    async def _call(self, fn: Callable[..., Any], is_async: bool, ctx: StepContext) -> Any:
+        if is_async:
+            return await fn(ctx)
+        assert self._executor is not None
+        result = await self._loop_().run_in_executor(self._executor, fn, ctx)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    # ------------------------------------------------------------ claiming
+
+    def _poke_claimer(self) -> None:
+        if self._poke is not None:
+            self._poke.set()
+
+    async def _claim_loop(self) -> None:
+        poke = self._poke
+        assert poke is not None
+        backoff = 0.05
+        while True:
+            poke.clear()
+            try:
+                claimed = await self._claim_once()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sagakit: claiming failed; retrying in %.2fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if claimed:
+                await asyncio.sleep(0)
+                continue
+            delay = self.poll_interval
+            try:
+                nxt = await self.store.next_wake()
+            except Exception:
+                nxt = None
+            if nxt is not None:
+                delay = min(delay, max(0.002, nxt - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poke.wait(), delay)
+
+    async def _claim_once(self) -> bool:
+        room = self.concurrency * 2 - len(self._held)
+        if room <= 0:
+            return False
+        now = self.clock()
+        limit = min(room, 256)
+        states = await self.store.claim(self.worker_id, now, now + self.lease_seconds, limit)
+        for st in states:
+            self._adopt(st)
+        return len(states) == limit
+
+    def _adopt(self, st: SagaState) -> None:
+        old = self._held.pop(st.id, None)
+        if old is not None:
+            for task in old.inflight.values():
+                task.cancel()
+        defn = self._definitions.get((st.name, st.version))
+        if defn is None:
+            self._park(st)
+            return
+        held = _Held(st, defn)
+        self._held[st.id] = held
+        self._apply(held, Resume(), force=True)
+
+    def _park(self, st: SagaState) -> None:
+        """A saga whose definition version is not registered here waits for a worker that has it."""
+        reason = (
+            f"parked: definition {st.name} v{st.version} is not registered in worker "
+            f"{self.worker_id}"
+        )
+        new = st.copy()
+        new.revision = st.revision + 1
+        new.meta = {**st.meta, "parked": reason}
+        history = (
+            []
+            if st.meta.get("parked") == reason
+            else [HistoryEntry(self.clock(), "parked", reason)]
+        )
+        wake = self.clock() + _PARK_SECONDS
+        task = asyncio.ensure_future(
+            self.store.commit([Write(new, st.revision, history, wake, data_changed=False)])
+        )
+        task.add_done_callback(_log_failure)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            ids = [sid for sid, h in self._held.items() if not h.queued and not h.committing]
+            if not ids:
+                continue
+            try:
+                lost = await self.store.renew(
+                    self.worker_id, ids, self.clock() + self.lease_seconds
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sagakit: renewing leases failed")
+                continue
+            for sid in lost:
+                held = self._held.get(sid)
+                if held is not None and not held.queued and not held.committing:
+                    del self._held[sid]
+                    for task in held.inflight.values():
+                        task.cancel()
+                    log.warning("sagakit: lease of saga %s was lost to another worker", sid)
+
+    # ------------------------------------------------------------ lookups
+
+    def _definition(self, name: str, version: int | None) -> SagaDefinition:
+        defn = self._latest.get(name) if version is None else self._definitions.get((name, version))
+        if defn is None:
+            known = ", ".join(sorted(f"{n} v{v}" for n, v in self._definitions)) or "none"
+            what = name if version is None else f"{name} v{version}"
+            raise UnknownSagaType(
+                f"no saga named {what} is registered with this engine (registered: {known}); "
+                "call engine.register(definition) first"
+            )
+        return defn
+
+
+def _query(
+    status: SagaStatus | str | None,
+    name: str | None,
+    correlation_id: str | None,
+    limit: int,
+    offset: int,
+    created_after: float | None,
+    created_before: float | None,
+) -> SagaQuery:
+    if status is not None and not isinstance(status, SagaStatus):
+        try:
+            status = SagaStatus(str(status).lower())
+        except ValueError:
+            allowed = ", ".join(s.value for s in SagaStatus)
+            raise ValueError(f"unknown saga status {status!r}; use one of: {allowed}") from None
+    if limit < 1 or offset < 0:
+        raise ValueError(f"limit must be >= 1 and offset >= 0, got limit={limit}, offset={offset}")
+    return SagaQuery(status, name, correlation_id, created_after, created_before, limit, offset)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sagakit: background store write failed", exc_info=task.exception())

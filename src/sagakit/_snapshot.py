@@ -1,0 +1,112 @@
+"""Read-only views of a saga for users: SagaSnapshot and StepSnapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._status import SagaStatus, StepStatus
+from .machine import HistoryEntry, SagaState
+
+__all__ = ["SagaSnapshot", "StepSnapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSnapshot:
+    """One step of a saga as stored."""
+
+    name: str
+    status: StepStatus
+    attempts: int
+    compensation_attempts: int
+    result: Any
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+    next_attempt_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSnapshot:
+    """A saga as stored at one moment. ``history`` is empty in results of ``list()``."""
+
+    id: str
+    name: str
+    version: int
+    status: SagaStatus
+    data: Any
+    steps: Mapping[str, StepSnapshot]
+    correlation_id: str | None
+    idempotency_key: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    wake_at: float | None
+    history: tuple[HistoryEntry, ...] = ()
+
+    @classmethod
+    def from_state(cls, st: SagaState, history: tuple[HistoryEntry, ...] = ()) -> SagaSnapshot:
+        steps = {
+            name: StepSnapshot(
+                name=name,
+                status=s.status,
+                attempts=s.attempts,
+                compensation_attempts=s.compensation_attempts,
+                result=s.result,
+                error=s.error,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                next_attempt_at=s.wake_at if not s.token else None,
+            )
+            for name, s in st.steps.items()
+        }
+        return cls(
+            id=st.id,
+            name=st.name,
+            version=st.version,
+            status=st.status,
+            data=st.data,
+            steps=steps,
+            correlation_id=st.correlation_id,
+            idempotency_key=st.idempotency_key,
+            error=st.error,
+            created_at=st.created_at,
+            updated_at=st.updated_at,
+            wake_at=st.wake_at,
+            history=history,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for ``--json`` output and the HTTP API)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "status": self.status.value,
+            "data": self.data,
+            "correlation_id": self.correlation_id,
+            "idempotency_key": self.idempotency_key,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "wake_at": self.wake_at,
+            "steps": {
+                n: {
+                    "status": s.status.value,
+                    "attempts": s.attempts,
+                    "compensation_attempts": s.compensation_attempts,
+                    "result": s.result,
+                    "error": s.error,
+                    "started_at": s.started_at,
+                    "finished_at": s.finished_at,
+                    "next_attempt_at": s.next_attempt_at,
+                }
+                for n, s in self.steps.items()
+            },
+            "history": [
+                {"at": h.at, "kind": h.kind, "step": h.step, "attempt": h.attempt,
+                 "message": h.message}
+                for h in self.history
+            ],
+        }  # fmt: skip

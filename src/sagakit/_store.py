@@ -1,0 +1,140 @@
+"""The store protocol: what the runtime needs from a database, and nothing more.
+
+A store keeps one row per saga (the machine's SagaState plus lease columns),
+an append-only history, and the outbox and inbox tables of message steps.
+Every method is a coroutine; a store whose driver blocks runs it on threads
+of its own. Implementations: ``sagakit.stores.memory``, ``sagakit.stores.sqlite``.
+
+Leases and fencing: a worker *claims* a due saga by setting the lease owner
+and expiry and bumping the revision. Every later write names the revision it
+expects; a write whose saga has moved on (another worker claimed it) is
+refused, never applied. The ``wake_at`` column is when somebody must look at
+the saga: the machine's next timer for a saga nobody holds, the lease expiry
+for a held one (so a dead worker's sagas become due), NULL once finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ._status import SagaStatus
+from .machine import HistoryEntry, SagaState
+
+__all__ = ["OutboxMessage", "SagaQuery", "Store", "Write"]
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    """A message to publish once the transition that produced it has committed."""
+
+    id: str
+    saga_id: str
+    destination: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Write:
+    """One saga transition to commit.
+
+    ``state.revision`` is the revision after the write; ``expected_revision``
+    the one the row must still have (ignored for an insert). ``owner`` and
+    ``lease_expires`` are the lease after the write (None releases it).
+    """
+
+    state: SagaState
+    expected_revision: int
+    history: list[HistoryEntry]
+    wake_at: float | None
+    owner: str | None = None
+    lease_expires: float | None = None
+    insert: bool = False
+    data_changed: bool = True
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    inbox: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SagaQuery:
+    """Filters for listing sagas; newest first."""
+
+    status: SagaStatus | None = None
+    name: str | None = None
+    correlation_id: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable storage of sagas. See the module docstring for lease and fencing rules."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Raise NotASagaStore for a foreign file."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def commit(self, writes: Sequence[Write]) -> list[str | None]:
+        """Commit many transitions in one transaction.
+
+        Returns, per write, the id of the saga that now holds it: the write's
+        own id when applied, the existing saga's id when an insert met the same
+        (name, idempotency key), or None when the revision fence refused it.
+        """
+        ...
+
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[SagaState]:
+        """Lease up to *limit* sagas that are due and not leased by a live worker."""
+        ...
+
+    async def claim_saga(
+        self, saga_id: str, owner: str, now: float, lease_until: float
+    ) -> SagaState | None:
+        """Lease one saga whatever its wake time; None while another worker's lease is live.
+
+        Raises:
+            SagaNotFound: no such saga.
+        """
+        ...
+
+    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend this owner's leases; returns the ids whose lease is no longer held."""
+        ...
+
+    async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
+        """Give up leases, each saga becoming due at the given time (a finished one stays NULL)."""
+        ...
+
+    async def get(self, saga_id: str) -> SagaState | None: ...
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]: ...
+
+    async def append_history(
+        self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]
+    ) -> None:
+        """Record entries outside a transition (e.g. a refused write of a worker that lost its lease)."""
+        ...
+
+    async def list(self, query: SagaQuery) -> list[SagaState]: ...
+
+    async def count(self, query: SagaQuery) -> int: ...
+
+    async def next_wake(self) -> float | None:
+        """The earliest wake time of any saga, or None."""
+        ...
+
+
+def describe(value: Any) -> str:
+    """Short repr for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

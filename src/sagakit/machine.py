@@ -1,0 +1,804 @@
+"""The saga state machine: a pure function from (state, event, time) to (state, effects).
+
+``decide(definition, state, event, now)`` owns every rule of sagakit's saga
+semantics: which steps are ready, retry back-off, attempt timeouts of message
+steps, failure -> compensation of completed steps in reverse dependency order,
+compensation retries, ``FAILED`` when a compensation gives up, stale-attempt
+rejection, pivot steps, the whole-saga deadline, payload limits and the admin
+commands. It performs no I/O, reads no clock and draws no random numbers: time
+comes in as ``now``, ids come in with the state, and the retry jitter is
+derived from the saga id. The runtime commits the returned state and history
+and only then executes the effects.
+
+The definition is an argument rather than part of the state because it is
+code: a saga stores its definition's name and version, and the runtime passes
+the matching definition back in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._definition import SagaDefinition, StepDefinition
+from ._status import SagaStatus, StepStatus
+
+__all__ = [
+    "Abort",
+    "Begin",
+    "Compensate",
+    "Decision",
+    "Event",
+    "HistoryEntry",
+    "Resume",
+    "Retry",
+    "RunStep",
+    "SagaState",
+    "Skip",
+    "StepFailed",
+    "StepState",
+    "StepSucceeded",
+    "Timer",
+    "decide",
+    "new_saga",
+]
+
+_S = StepStatus
+_DONE = (_S.COMPLETED, _S.SKIPPED)
+_ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class StepState:
+    """Persisted state of one step in one saga.
+
+    ``token`` is non-zero while an attempt (action or compensation) is in
+    flight; only a completion carrying that token is applied. ``wake_at`` is
+    when a waiting step is due: the next retry, or the reply deadline of a
+    message step.
+    """
+
+    status: StepStatus = _S.PENDING
+    attempts: int = 0
+    compensation_attempts: int = 0
+    token: int = 0
+    result: Any = None
+    error: str | None = None
+    wake_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def copy(self) -> StepState:
+        return StepState(
+            self.status,
+            self.attempts,
+            self.compensation_attempts,
+            self.token,
+            self.result,
+            self.error,
+            self.wake_at,
+            self.started_at,
+            self.finished_at,
+        )
+
+
+@dataclass(slots=True)
+class SagaState:
+    """Persisted state of one saga: everything the machine needs to decide, in one row."""
+
+    id: str
+    name: str
+    version: int
+    status: SagaStatus
+    data: Any
+    steps: dict[str, StepState]
+    created_at: float
+    updated_at: float
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    wake_at: float | None = None
+    deadline_at: float | None = None
+    error: str | None = None
+    seq: int = 0
+    revision: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def copy(self) -> SagaState:
+        return SagaState(
+            self.id,
+            self.name,
+            self.version,
+            self.status,
+            self.data,
+            {k: v.copy() for k, v in self.steps.items()},
+            self.created_at,
+            self.updated_at,
+            self.correlation_id,
+            self.idempotency_key,
+            self.wake_at,
+            self.deadline_at,
+            self.error,
+            self.seq,
+            self.revision,
+            self.meta,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of a saga's audit trail."""
+
+    at: float
+    kind: str
+    message: str
+    step: str | None = None
+    attempt: int | None = None
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """Start a PENDING saga."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """Due timers fired: retries, reply deadlines, the saga deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The saga was claimed by a worker: attempts left in flight by a dead worker run again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepSucceeded:
+    step: str
+    token: int
+    result: Any = None
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    step: str
+    token: int
+    error: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Admin: re-run a failed step or compensation, or a step waiting for its retry, now."""
+
+    reason: str = ""
+    actor: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Admin: mark a waiting or failed step SKIPPED with the given result and move on."""
+
+    step: str
+    result: Any = None
+    reason: str = ""
+    actor: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Compensate:
+    """Admin: start compensating a running saga now."""
+
+    reason: str = ""
+    actor: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Admin: stop the saga where it stands, without compensation."""
+
+    reason: str = ""
+    actor: str = "operator"
+
+
+Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Retry | Skip | Compensate | Abort
+
+
+# ---------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """Run one attempt of a step's action (or compensation) and report it with *token*."""
+
+    step: str
+    compensation: bool
+    attempt: int
+    token: int
+    timeout: float | None
+
+
+@dataclass(slots=True)
+class Decision:
+    """What decide() returns: the new state, what to do, and what to record.
+
+    ``rejected`` is set (and the state unchanged) when an admin command is not
+    allowed; ``stale`` when a completion was refused because its attempt is no
+    longer current (the refusal is still recorded in ``history``).
+    """
+
+    state: SagaState
+    effects: list[RunStep]
+    history: list[HistoryEntry]
+    rejected: str | None = None
+    stale: bool = False
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def new_saga(
+    definition: SagaDefinition,
+    saga_id: str,
+    data: Any,
+    now: float,
+    *,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+    begin: bool = True,
+) -> Decision:
+    """Create a saga's initial state; with *begin*, its root steps are dispatched at once."""
+    st = SagaState(
+        id=saga_id,
+        name=definition.name,
+        version=definition.version,
+        status=SagaStatus.PENDING,
+        data=data,
+        steps={s.name: StepState() for s in definition.steps},
+        created_at=now,
+        updated_at=now,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        deadline_at=now + definition.deadline if definition.deadline else None,
+    )
+    hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
+    fx: list[RunStep] = []
+    if begin:
+        _begin(definition, st, now, fx, hist)
+    st.wake_at = _wake(definition, st)
+    return Decision(st, fx, hist)
+
+
+def decide(definition: SagaDefinition, state: SagaState, event: Event, now: float) -> Decision:
+    """Apply *event* to *state* at time *now*; the input state is never modified."""
+    st = state.copy()
+    fx: list[RunStep] = []
+    hist: list[HistoryEntry] = []
+    stale = False
+    rejected: str | None = None
+
+    match event:
+        case StepSucceeded() | StepFailed():
+            stale = not _on_completion(definition, st, event, now, fx, hist)
+        case Timer():
+            _on_timer(definition, st, now, hist)
+        case Resume():
+            _on_resume(definition, st, now, fx, hist)
+        case Begin():
+            if st.status is SagaStatus.PENDING:
+                _begin(definition, st, now, fx, hist)
+        case Retry():
+            rejected = _on_retry(st, event, now, hist)
+        case Skip():
+            rejected = _on_skip(definition, st, event, now, hist)
+        case Compensate():
+            rejected = _on_compensate(definition, st, event, now, hist)
+        case Abort():
+            rejected = _on_abort(st, event, now, hist)
+
+    if rejected is not None:
+        return Decision(state, [], [], rejected=rejected)
+    if not stale:
+        _advance(definition, st, now, fx, hist)
+    st.wake_at = _wake(definition, st)
+    st.updated_at = now
+    return Decision(st, fx, hist, stale=stale)
+
+
+# ---------------------------------------------------------------- event handlers
+
+
+def _begin(
+    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
+) -> None:
+    st.status = SagaStatus.RUNNING
+    hist.append(HistoryEntry(now, "started", "saga started"))
+    _advance(defn, st, now, fx, hist)
+
+
+def _on_completion(
+    defn: SagaDefinition,
+    st: SagaState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    fx: list[RunStep],
+    hist: list[HistoryEntry],
+) -> bool:
+    s = st.steps.get(ev.step)
+    if s is None or s.token == 0 or s.token != ev.token:
+        current = "none" if s is None or s.token == 0 else str(s.token)
+        hist.append(
+            HistoryEntry(
+                now,
+                "stale_rejected",
+                f"completion of step {ev.step!r} with token {ev.token} rejected: "
+                f"current token is {current} (the attempt is no longer current)",
+                ev.step,
+            )
+        )
+        return False
+    sdef = defn.by_name[ev.step]
+    compensating = s.status is _S.COMPENSATING
+    s.token = 0
+    if isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
+        ev = StepFailed(
+            ev.step,
+            ev.token,
+            f"result of step {ev.step!r} is {ev.size} bytes, over the limit of "
+            f"{defn.max_payload_bytes} bytes (max_payload_bytes)",
+            retryable=False,
+        )
+    if compensating:
+        _compensation_done(sdef, st, s, ev, now, hist)
+    else:
+        _action_done(defn, sdef, st, s, ev, now, hist)
+    return True
+
+
+def _action_done(
+    defn: SagaDefinition,
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    hist: list[HistoryEntry],
+) -> None:
+    name = sdef.name
+    if isinstance(ev, StepSucceeded):
+        s.status = _S.COMPLETED
+        s.result = ev.result
+        s.error = None
+        s.finished_at = now
+        s.wake_at = None
+        hist.append(
+            HistoryEntry(now, "step_completed", f"step {name!r} completed", name, s.attempts)
+        )
+        return
+    s.error = ev.error
+    s.wake_at = None
+    if st.status is SagaStatus.RUNNING:
+        past_pivot = _past_pivot(defn, st)
+        if ev.retryable and (s.attempts < sdef.retry.max_attempts or past_pivot):
+            delay = sdef.retry.delay(s.attempts, f"{st.id}:{name}")
+            s.status = _S.PENDING
+            s.wake_at = now + delay
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "step_failed",
+                    f"step {name!r} attempt {s.attempts} failed: {ev.error}; retry in {delay:.3f}s",
+                    name,
+                    s.attempts,
+                )
+            )
+            return
+        s.status = _S.FAILED
+        s.finished_at = now
+        why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
+        hist.append(
+            HistoryEntry(
+                now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts
+            )
+        )
+        if past_pivot:
+            st.status = SagaStatus.FAILED
+            st.error = (
+                f"step {name!r} failed after the pivot step completed: {ev.error}; "
+                "the saga cannot be rolled back: retry or skip the step"
+            )
+            hist.append(HistoryEntry(now, "failed", st.error, name))
+        else:
+            st.error = f"step {name!r} failed: {ev.error}"
+            _start_compensation(st, now, st.error, hist)
+        return
+    # The saga is compensating, aborted or failed: an attempt still in flight
+    # when that happened has failed; it is not retried.
+    s.status = _S.FAILED
+    s.finished_at = now
+    hist.append(
+        HistoryEntry(
+            now,
+            "step_failed",
+            f"step {name!r} failed: {ev.error} (not retried: saga is {st.status.value})",
+            name,
+            s.attempts,
+        )
+    )
+
+
+def _compensation_done(
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    hist: list[HistoryEntry],
+) -> None:
+    name = sdef.name
+    n = s.compensation_attempts
+    if isinstance(ev, StepSucceeded):
+        s.status = _S.COMPENSATED
+        s.error = None
+        s.wake_at = None
+        s.finished_at = now
+        hist.append(
+            HistoryEntry(now, "compensation_completed", f"step {name!r} compensated", name, n)
+        )
+        return
+    s.error = ev.error
+    policy = sdef.compensation_retry
+    if ev.retryable and n < policy.max_attempts:
+        delay = policy.delay(n, f"{st.id}:{name}:compensation")
+        s.wake_at = now + delay
+        hist.append(
+            HistoryEntry(
+                now,
+                "compensation_failed",
+                f"compensation of step {name!r} attempt {n} failed: {ev.error}; "
+                f"retry in {delay:.3f}s",
+                name,
+                n,
+            )
+        )
+        return
+    s.status = _S.COMPENSATION_FAILED
+    s.wake_at = None
+    s.finished_at = now
+    why = "not retryable" if not ev.retryable else f"after {n} attempts"
+    hist.append(
+        HistoryEntry(
+            now,
+            "compensation_failed",
+            f"compensation of step {name!r} gave up ({why}): {ev.error}",
+            name,
+            n,
+        )
+    )
+
+
+def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[HistoryEntry]) -> None:
+    # Reply deadlines of message steps (local attempts are timed by the runtime).
+    for name in defn.order:
+        s = st.steps[name]
+        if s.token and s.wake_at is not None and s.wake_at <= now:
+            sdef = defn.by_name[name]
+            comp = s.status is _S.COMPENSATING
+            timeout = sdef.compensation_timeout if comp else sdef.timeout
+            ev = StepFailed(name, s.token, f"timed out after {timeout}s waiting for the reply")
+            s.token = 0
+            if comp:
+                _compensation_done(sdef, st, s, ev, now, hist)
+            else:
+                _action_done(defn, sdef, st, s, ev, now, hist)
+
+
+def _on_resume(
+    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
+) -> None:
+    if st.status is SagaStatus.PENDING:
+        _begin(defn, st, now, fx, hist)
+        return
+    for name in defn.order:
+        s = st.steps[name]
+        if not s.token:
+            continue
+        sdef = defn.by_name[name]
+        comp = s.status is _S.COMPENSATING
+        if sdef.compensation_local if comp else sdef.local:
+            st.seq += 1
+            s.token = st.seq
+            attempt = s.compensation_attempts if comp else s.attempts
+            what = "compensation of step" if comp else "step"
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "resumed",
+                    f"{what} {name!r} attempt {attempt} runs again: its worker stopped "
+                    "before reporting",
+                    name,
+                    attempt,
+                )
+            )
+            fx.append(
+                RunStep(
+                    name,
+                    comp,
+                    attempt,
+                    s.token,
+                    sdef.compensation_timeout if comp else sdef.timeout,
+                )
+            )
+    _on_timer(defn, st, now, hist)
+
+
+def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) -> str | None:
+    who = _who(ev.actor, ev.reason)
+    if st.status is SagaStatus.FAILED:
+        comp_failed = [n for n, s in st.steps.items() if s.status is _S.COMPENSATION_FAILED]
+        if comp_failed:
+            for n in comp_failed:
+                s = st.steps[n]
+                s.status = _S.COMPENSATING
+                s.compensation_attempts = 0
+                s.wake_at = now
+            st.status = SagaStatus.COMPENSATING
+            st.error = None
+            hist.append(HistoryEntry(now, "retry", f"retry of compensation of {comp_failed} {who}"))
+            return None
+        failed = [n for n, s in st.steps.items() if s.status is _S.FAILED]
+        if failed:
+            for n in failed:
+                s = st.steps[n]
+                s.status = _S.PENDING
+                s.attempts = 0
+                s.wake_at = None
+            st.status = SagaStatus.RUNNING
+            st.error = None
+            hist.append(HistoryEntry(now, "retry", f"retry of steps {failed} {who}"))
+            return None
+        return "the saga is failed but no step or compensation failed: nothing to retry"
+    if st.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        waiting = [n for n, s in st.steps.items() if not s.token and s.wake_at is not None]
+        if waiting:
+            for n in waiting:
+                st.steps[n].wake_at = now
+            hist.append(HistoryEntry(now, "retry", f"retry of waiting steps {waiting} now {who}"))
+            return None
+        return f"saga is {st.status.value} and no step is waiting for a retry: nothing to retry"
+    return f"saga is {st.status.value}: only a failed saga or a waiting step can be retried"
+
+
+def _on_skip(
+    defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]
+) -> str | None:
+    s = st.steps.get(ev.step)
+    if s is None:
+        return f"saga {st.name} has no step {ev.step!r} (steps: {', '.join(defn.order)})"
+    if st.status not in (*_ACTIVE_SAGA, SagaStatus.FAILED):
+        return f"saga is {st.status.value}: steps of a finished saga cannot be skipped"
+    if s.status in (_S.COMPLETED, _S.COMPENSATED, _S.SKIPPED):
+        return f"step {ev.step!r} is {s.status.value}: only a waiting or failed step can be skipped"
+    was = s.status
+    s.status = _S.SKIPPED
+    s.token = 0
+    s.wake_at = None
+    s.finished_at = now
+    if was in (_S.COMPENSATING, _S.COMPENSATION_FAILED):
+        note = "compensation marked resolved"
+    else:
+        s.result = ev.result
+        note = "result given by the operator"
+    hist.append(
+        HistoryEntry(
+            now,
+            "skip",
+            f"step {ev.step!r} ({was.value}) skipped, {note} {_who(ev.actor, ev.reason)}",
+            ev.step,
+        )
+    )
+    if st.status is SagaStatus.FAILED:
+        compensating = (
+            any(x.status is _S.COMPENSATION_FAILED for x in st.steps.values())
+            or any(x.status is _S.COMPENSATED for x in st.steps.values())
+            or was in (_S.COMPENSATING, _S.COMPENSATION_FAILED)
+        )
+        st.status = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
+        st.error = None
+    return None
+
+
+def _on_compensate(
+    defn: SagaDefinition, st: SagaState, ev: Compensate, now: float, hist: list[HistoryEntry]
+) -> str | None:
+    if st.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+        return f"saga is {st.status.value}: only a pending or running saga can be compensated"
+    pivot = _past_pivot_name(defn, st)
+    if pivot is not None:
+        return f"pivot step {pivot!r} has completed: the saga can no longer be rolled back"
+    reason = f"compensation requested {_who(ev.actor, ev.reason)}"
+    st.error = reason
+    _start_compensation(st, now, reason, hist, kind="compensate")
+    return None
+
+
+def _on_abort(st: SagaState, ev: Abort, now: float, hist: list[HistoryEntry]) -> str | None:
+    if st.status not in (*_ACTIVE_SAGA, SagaStatus.FAILED):
+        return f"saga is {st.status.value}: it has already finished"
+    st.status = SagaStatus.ABORTED
+    st.error = f"aborted {_who(ev.actor, ev.reason)}"
+    for s in st.steps.values():
+        s.token = 0
+        s.wake_at = None
+    hist.append(HistoryEntry(now, "abort", st.error))
+    return None
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _start_compensation(
+    st: SagaState, now: float, reason: str, hist: list[HistoryEntry], kind: str = "compensating"
+) -> None:
+    st.status = SagaStatus.COMPENSATING
+    for s in st.steps.values():
+        if s.status is _S.PENDING:
+            s.wake_at = None  # a step waiting for its retry will not run
+    hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
+
+
+def _advance(
+    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
+) -> None:
+    steps = st.steps
+    if st.status is SagaStatus.RUNNING:
+        if (
+            st.deadline_at is not None
+            and now >= st.deadline_at
+            and _past_pivot_name(defn, st) is None
+        ):
+            st.error = f"deadline of {defn.deadline}s exceeded"
+            _start_compensation(st, now, st.error, hist)
+        else:
+            all_done = True
+            for name in defn.order:
+                s = steps[name]
+                if s.status in _DONE:
+                    continue
+                all_done = False
+                if s.status is _S.PENDING and (s.wake_at is None or s.wake_at <= now):
+                    sdef = defn.by_name[name]
+                    if all(steps[d].status in _DONE for d in sdef.after):
+                        _dispatch(sdef, st, s, False, now, fx, hist)
+            if all_done:
+                st.status = SagaStatus.COMPLETED
+                st.error = None
+                hist.append(HistoryEntry(now, "completed", "saga completed"))
+            return
+    if st.status is SagaStatus.COMPENSATING:
+        busy = False
+        for name in reversed(defn.order):
+            s = steps[name]
+            status = s.status
+            if status is _S.RUNNING:
+                busy = True
+            elif status is _S.COMPENSATING:
+                if s.token:
+                    busy = True
+                else:
+                    if s.wake_at is None or s.wake_at <= now:
+                        _dispatch(defn.by_name[name], st, s, True, now, fx, hist)
+                    busy = True
+            elif status is _S.COMPLETED:
+                sdef = defn.by_name[name]
+                if sdef.compensation is not None and not _blocked(defn, st, name):
+                    s.status = _S.COMPENSATING
+                    s.compensation_attempts = 0
+                    _dispatch(sdef, st, s, True, now, fx, hist)
+                    busy = True
+        if not busy:
+            gave_up = [n for n, s in steps.items() if s.status is _S.COMPENSATION_FAILED]
+            if gave_up:
+                st.status = SagaStatus.FAILED
+                first = steps[gave_up[0]]
+                st.error = f"compensation of step {gave_up[0]!r} gave up: {first.error}"
+                hist.append(HistoryEntry(now, "failed", st.error, gave_up[0]))
+            else:
+                st.status = SagaStatus.COMPENSATED
+                hist.append(HistoryEntry(now, "compensated", "saga compensated"))
+
+
+def _blocked(defn: SagaDefinition, st: SagaState, name: str) -> bool:
+    """A completed step is compensated only after every step that depends on it is settled."""
+    steps = st.steps
+    for d in defn.descendants[name]:
+        s = steps[d]
+        if s.status in (_S.RUNNING, _S.COMPENSATING, _S.COMPENSATION_FAILED):
+            return True
+        if s.status is _S.COMPLETED and defn.by_name[d].compensation is not None:
+            return True
+    return False
+
+
+def _dispatch(
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    compensation: bool,
+    now: float,
+    fx: list[RunStep],
+    hist: list[HistoryEntry],
+) -> None:
+    st.seq += 1
+    s.token = st.seq
+    if compensation:
+        s.compensation_attempts += 1
+        attempt = s.compensation_attempts
+        timeout = sdef.compensation_timeout
+        local = sdef.compensation_local
+        hist.append(
+            HistoryEntry(
+                now,
+                "compensation_started",
+                f"compensation of step {sdef.name!r} attempt {attempt}",
+                sdef.name,
+                attempt,
+            )
+        )
+    else:
+        s.status = _S.RUNNING
+        s.attempts += 1
+        attempt = s.attempts
+        timeout = sdef.timeout
+        local = sdef.local
+        if attempt == 1:
+            s.started_at = now
+        hist.append(
+            HistoryEntry(
+                now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt
+            )
+        )
+    # Local attempts are timed by the runtime; a message step waits for its
+    # reply until this deadline, which survives restarts with the saga row.
+    s.wake_at = now + timeout if (timeout is not None and not local) else None
+    fx.append(RunStep(sdef.name, compensation, attempt, s.token, timeout))
+
+
+def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
+    status = st.status
+    if status is SagaStatus.PENDING:
+        return st.created_at
+    if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return None
+    wake = st.deadline_at if status is SagaStatus.RUNNING else None
+    for s in st.steps.values():
+        w = s.wake_at
+        if w is not None and (wake is None or w < wake):
+            wake = w
+    return wake
+
+
+def _past_pivot_name(defn: SagaDefinition, st: SagaState) -> str | None:
+    for sdef in defn.steps:
+        if sdef.pivot and st.steps[sdef.name].status in _DONE:
+            return sdef.name
+    return None
+
+
+def _past_pivot(defn: SagaDefinition, st: SagaState) -> bool:
+    return _past_pivot_name(defn, st) is not None
+
+
+def _who(actor: str, reason: str) -> str:
+    return f"by {actor}" + (f": {reason}" if reason else "")
+
+
+def step_results(st: SagaState) -> Mapping[str, Any]:
+    """Results of the steps that completed or were skipped, by step name."""
+    return {n: s.result for n, s in st.steps.items() if s.status in _DONE}

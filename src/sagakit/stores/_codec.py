@@ -1,0 +1,98 @@
+"""Encoding of saga rows shared by every store: SagaState <-> column values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .._status import SagaStatus, StepStatus
+from ..machine import SagaState, StepState
+
+__all__ = ["COLUMNS", "decode_row", "dumps", "encode_steps", "loads"]
+
+# Column order of a saga row as the stores read it.
+COLUMNS = (
+    "id", "name", "version", "status", "data", "steps", "created_at", "updated_at",
+    "correlation_id", "idempotency_key", "wake_at", "deadline_at", "error", "seq",
+    "revision", "meta",
+)  # fmt: skip
+
+_STATUS = {s.value: s for s in SagaStatus}
+_STEP_STATUS = {s.value: s for s in StepStatus}
+loads = orjson.loads
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def encode_steps(steps: dict[str, StepState]) -> str:
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in steps.items():
+        d: dict[str, Any] = {"status": s.status.value}
+        if s.attempts:
+            d["attempts"] = s.attempts
+        if s.compensation_attempts:
+            d["compensation_attempts"] = s.compensation_attempts
+        if s.token:
+            d["token"] = s.token
+        if s.result is not None:
+            d["result"] = s.result
+        if s.error is not None:
+            d["error"] = s.error
+        if s.wake_at is not None:
+            d["wake_at"] = s.wake_at
+        if s.started_at is not None:
+            d["started_at"] = s.started_at
+        if s.finished_at is not None:
+            d["finished_at"] = s.finished_at
+        out[name] = d
+    return orjson.dumps(out).decode()
+
+
+def decode_steps(text: str | bytes) -> dict[str, StepState]:
+    raw = orjson.loads(text)
+    return {
+        name: StepState(
+            _STEP_STATUS[d["status"]],
+            d.get("attempts", 0),
+            d.get("compensation_attempts", 0),
+            d.get("token", 0),
+            d.get("result"),
+            d.get("error"),
+            d.get("wake_at"),
+            d.get("started_at"),
+            d.get("finished_at"),
+        )
+        for name, d in raw.items()
+    }
+
+
+def decode_row(row: Any) -> SagaState:
+    """Build a SagaState from a row in COLUMNS order (JSON columns as text or parsed)."""
+    data = row[4]
+    meta = row[15]
+    steps = row[5]
+    return SagaState(
+        id=row[0],
+        name=row[1],
+        version=row[2],
+        status=_STATUS[row[3]],
+        data=orjson.loads(data) if isinstance(data, (str, bytes)) else data,
+        steps=decode_steps(steps) if isinstance(steps, (str, bytes)) else _steps_from(steps),
+        created_at=row[6],
+        updated_at=row[7],
+        correlation_id=row[8],
+        idempotency_key=row[9],
+        wake_at=row[10],
+        deadline_at=row[11],
+        error=row[12],
+        seq=row[13],
+        revision=row[14],
+        meta=(orjson.loads(meta) if isinstance(meta, (str, bytes)) else meta) or {},
+    )
+
+
+def _steps_from(raw: dict[str, Any]) -> dict[str, StepState]:
+    return decode_steps(orjson.dumps(raw))

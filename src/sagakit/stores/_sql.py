@@ -1,0 +1,213 @@
+"""SQL shared by the relational stores; dialects differ only in the hooks of ``Dialect``.
+
+Schema changes are an ordered list of migrations; ``sagakit_meta`` holds the
+version applied. Nothing here assumes one global sequence or cross-saga
+transactions: history and outbox rows are keyed by (saga_id, revision, idx),
+so the tables can be distributed by ``saga_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._codec import COLUMNS
+
+__all__ = ["SCHEMA_VERSION", "Dialect", "Statements", "migrations"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between SQL databases."""
+
+    name: str
+    param: Callable[[int], str]  # 1-based placeholder
+    real: str = "REAL"
+    json: str = "TEXT"
+    bigint: str = "INTEGER"
+
+
+def migrations(d: Dialect) -> list[list[str]]:
+    """Ordered schema migrations; index i brings the schema from version i to i + 1."""
+    return [
+        [
+            f"""CREATE TABLE IF NOT EXISTS sagakit_sagas (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                data {d.json} NOT NULL,
+                steps {d.json} NOT NULL,
+                created_at {d.real} NOT NULL,
+                updated_at {d.real} NOT NULL,
+                correlation_id TEXT,
+                idempotency_key TEXT,
+                wake_at {d.real},
+                deadline_at {d.real},
+                error TEXT,
+                seq {d.bigint} NOT NULL,
+                revision {d.bigint} NOT NULL,
+                meta {d.json},
+                lease_owner TEXT,
+                lease_expires {d.real}
+            )""",
+            # Finding due work reads only this partial index: finished sagas
+            # have no wake time and are not in it.
+            "CREATE INDEX IF NOT EXISTS sagakit_sagas_due ON sagakit_sagas (wake_at) "
+            "WHERE wake_at IS NOT NULL",
+            "CREATE UNIQUE INDEX IF NOT EXISTS sagakit_sagas_idem "
+            "ON sagakit_sagas (name, idempotency_key) WHERE idempotency_key IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sagakit_sagas_created ON sagakit_sagas (created_at)",
+            "CREATE INDEX IF NOT EXISTS sagakit_sagas_correlation "
+            "ON sagakit_sagas (correlation_id) WHERE correlation_id IS NOT NULL",
+            f"""CREATE TABLE IF NOT EXISTS sagakit_history (
+                saga_id TEXT NOT NULL,
+                revision {d.bigint} NOT NULL,
+                idx INTEGER NOT NULL,
+                at {d.real} NOT NULL,
+                kind TEXT NOT NULL,
+                step TEXT,
+                attempt INTEGER,
+                message TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_history_saga "
+            "ON sagakit_history (saga_id, revision, idx)",
+            f"""CREATE TABLE IF NOT EXISTS sagakit_outbox (
+                id TEXT PRIMARY KEY,
+                saga_id TEXT NOT NULL,
+                revision {d.bigint} NOT NULL,
+                idx INTEGER NOT NULL,
+                destination TEXT NOT NULL,
+                payload {d.json} NOT NULL,
+                headers {d.json} NOT NULL,
+                created_at {d.real} NOT NULL,
+                available_at {d.real} NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                claimed_by TEXT,
+                claimed_until {d.real}
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_outbox_pending ON sagakit_outbox (available_at)",
+            f"""CREATE TABLE IF NOT EXISTS sagakit_inbox (
+                message_id TEXT PRIMARY KEY,
+                saga_id TEXT,
+                received_at {d.real} NOT NULL
+            )""",
+        ],
+    ]
+
+
+SCHEMA_VERSION = 1
+
+
+class Statements:
+    """The store's statements, rendered once for a dialect."""
+
+    def __init__(self, d: Dialect) -> None:
+        p = d.param
+        cols = ", ".join(COLUMNS)
+        self.columns = cols
+        # fmt: off
+        self.insert = (
+            f"INSERT INTO sagakit_sagas ({cols}, lease_owner, lease_expires) VALUES "
+            f"({', '.join(p(i) for i in range(1, len(COLUMNS) + 3))}) ON CONFLICT DO NOTHING"
+        )
+        # id=1 revision_expected=2, then: status, steps, updated_at, wake_at, deadline_at,
+        # error, seq, revision, meta, lease_owner, lease_expires [, data]
+        self.update = (
+            f"UPDATE sagakit_sagas SET status={p(3)}, steps={p(4)}, updated_at={p(5)}, "
+            f"wake_at={p(6)}, deadline_at={p(7)}, error={p(8)}, seq={p(9)}, revision={p(10)}, "
+            f"meta={p(11)}, lease_owner={p(12)}, lease_expires={p(13)} "
+            f"WHERE id={p(1)} AND revision={p(2)}"
+        )
+        self.update_with_data = (
+            f"UPDATE sagakit_sagas SET status={p(3)}, steps={p(4)}, updated_at={p(5)}, "
+            f"wake_at={p(6)}, deadline_at={p(7)}, error={p(8)}, seq={p(9)}, revision={p(10)}, "
+            f"meta={p(11)}, lease_owner={p(12)}, lease_expires={p(13)}, data={p(14)} "
+            f"WHERE id={p(1)} AND revision={p(2)}"
+        )
+        self.insert_history = (
+            "INSERT INTO sagakit_history (saga_id, revision, idx, at, kind, step, attempt, message) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)}, {p(6)}, {p(7)}, {p(8)})"
+        )
+        self.insert_outbox = (
+            "INSERT INTO sagakit_outbox (id, saga_id, revision, idx, destination, payload, "
+            "headers, created_at, available_at) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)}, {p(6)}, {p(7)}, {p(8)}, {p(8)}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        self.insert_inbox = (
+            "INSERT INTO sagakit_inbox (message_id, saga_id, received_at) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}) ON CONFLICT DO NOTHING"
+        )
+        self.find_idempotent = (
+            f"SELECT id FROM sagakit_sagas WHERE name={p(1)} AND idempotency_key={p(2)}"
+        )
+        # owner=1 lease_until=2 now=3 limit=4
+        self.claim = (
+            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, wake_at={p(2)}, "
+            "revision=revision+1 WHERE id IN (SELECT id FROM sagakit_sagas "
+            f"WHERE wake_at <= {p(3)} AND (lease_owner IS NULL OR lease_expires <= {p(3)}) "
+            f"ORDER BY wake_at LIMIT {p(4)}) RETURNING {cols}"
+        )
+        # owner=1 lease_until=2 now=3 id=4
+        self.claim_one = (
+            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {p(2)} END, "
+            f"revision=revision+1 WHERE id={p(4)} AND "
+            f"(lease_owner IS NULL OR lease_owner={p(1)} OR lease_expires <= {p(3)}) "
+            f"RETURNING {cols}"
+        )
+        # owner=1 wake_at=2 id=3; a finished saga keeps its NULL wake time
+        self.release = (
+            "UPDATE sagakit_sagas SET lease_owner=NULL, lease_expires=NULL, "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {p(2)} END "
+            f"WHERE id={p(3)} AND lease_owner={p(1)}"
+        )
+        self.renew = (
+            f"UPDATE sagakit_sagas SET lease_expires={p(2)}, wake_at={p(2)} "
+            f"WHERE id={p(3)} AND lease_owner={p(1)}"
+        )
+        self.get = f"SELECT {cols} FROM sagakit_sagas WHERE id={p(1)}"
+        self.exists = f"SELECT 1 FROM sagakit_sagas WHERE id={p(1)}"
+        self.history = (
+            "SELECT at, kind, message, step, attempt FROM sagakit_history "
+            f"WHERE saga_id={p(1)} ORDER BY revision, idx"
+        )
+        self.next_wake = "SELECT MIN(wake_at) FROM sagakit_sagas WHERE wake_at IS NOT NULL"
+        # fmt: on
+
+
+def list_query(
+    d: Dialect, columns: str, q: object, *, count: bool = False
+) -> tuple[str, list[object]]:
+    """SELECT for a SagaQuery: filters in order, newest first, paged."""
+    from .._store import SagaQuery
+
+    assert isinstance(q, SagaQuery)
+    where: list[str] = []
+    args: list[object] = []
+
+    def add(cond: str, value: object) -> None:
+        args.append(value)
+        where.append(cond.format(d.param(len(args))))
+
+    if q.status is not None:
+        add("status = {}", q.status.value)
+    if q.name is not None:
+        add("name = {}", q.name)
+    if q.correlation_id is not None:
+        add("correlation_id = {}", q.correlation_id)
+    if q.created_after is not None:
+        add("created_at >= {}", q.created_after)
+    if q.created_before is not None:
+        add("created_at < {}", q.created_before)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    if count:
+        return f"SELECT COUNT(*) FROM sagakit_sagas{clause}", args
+    args.extend([q.limit, q.offset])
+    n = len(args)
+    return (
+        f"SELECT {columns} FROM sagakit_sagas{clause} ORDER BY created_at DESC, id DESC "
+        f"LIMIT {d.param(n - 1)} OFFSET {d.param(n)}",
+        args,
+    )

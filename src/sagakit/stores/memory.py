@@ -1,0 +1,191 @@
+"""In-memory store: the store protocol with nothing on disk, for tests and experiments.
+
+Rows are kept encoded, exactly as a database would hold them, so a test on
+this store sees the same copies and JSON round trips as on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._errors import SagaNotFound
+from .._store import SagaQuery, Write
+from ..machine import HistoryEntry, SagaState
+from ._codec import decode_row, dumps, encode_steps
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Row:
+    values: list[object]  # in COLUMNS order
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    history: list[tuple[int, int, HistoryEntry]] = field(default_factory=list)
+
+    @property
+    def wake_at(self) -> float | None:
+        v = self.values[10]
+        return v if isinstance(v, float | int) else None
+
+    @property
+    def revision(self) -> int:
+        v = self.values[14]
+        assert isinstance(v, int)
+        return v
+
+
+def _encode(st: SagaState, wake_at: float | None) -> list[object]:
+    return [
+        st.id, st.name, st.version, st.status.value, dumps(st.data), encode_steps(st.steps),
+        st.created_at, st.updated_at, st.correlation_id, st.idempotency_key, wake_at,
+        st.deadline_at, st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
+    ]  # fmt: skip
+
+
+class MemoryStore:
+    """Sagas in a dict; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._rows: dict[str, _Row] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self.outbox: list[tuple[str, object]] = []
+        self.inbox: set[str] = set()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def commit(self, writes: Sequence[Write]) -> list[str | None]:
+        results: list[str | None] = []
+        for w in writes:
+            st = w.state
+            if w.insert:
+                key = (st.name, st.idempotency_key) if st.idempotency_key is not None else None
+                if key is not None and key in self._idempotency:
+                    results.append(self._idempotency[key])
+                    continue
+                if st.id in self._rows:
+                    results.append(None)
+                    continue
+                row = _Row(_encode(st, w.wake_at), w.owner, w.lease_expires)
+                self._rows[st.id] = row
+                if key is not None:
+                    self._idempotency[key] = st.id
+            else:
+                found = self._rows.get(st.id)
+                if found is None or found.revision != w.expected_revision:
+                    results.append(None)
+                    continue
+                row = found
+                row.values = _encode(st, w.wake_at)
+                row.lease_owner = w.owner
+                row.lease_expires = w.lease_expires
+            row.history.extend((st.revision, i, h) for i, h in enumerate(w.history))
+            self.outbox.extend((m.id, m) for m in w.outbox)
+            self.inbox.update(w.inbox)
+            results.append(st.id)
+        return results
+
+    async def append_history(
+        self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]
+    ) -> None:
+        row = self._rows.get(saga_id)
+        if row is not None:
+            row.history.extend((revision, 1000 + i, h) for i, h in enumerate(entries))
+
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[SagaState]:
+        due = [
+            r
+            for r in self._rows.values()
+            if r.wake_at is not None
+            and r.wake_at <= now
+            and (r.lease_owner is None or (r.lease_expires or 0.0) <= now)
+        ]
+        due.sort(key=lambda r: r.wake_at or 0.0)
+        return [self._take(r, owner, lease_until) for r in due[:limit]]
+
+    def _take(self, r: _Row, owner: str, lease_until: float) -> SagaState:
+        r.lease_owner = owner
+        r.lease_expires = lease_until
+        if r.wake_at is not None:
+            r.values[10] = lease_until
+        r.values[14] = r.revision + 1
+        return decode_row(r.values)
+
+    async def claim_saga(
+        self, saga_id: str, owner: str, now: float, lease_until: float
+    ) -> SagaState | None:
+        r = self._rows.get(saga_id)
+        if r is None:
+            raise SagaNotFound(saga_id)
+        if r.lease_owner not in (None, owner) and (r.lease_expires or 0.0) > now:
+            return None
+        return self._take(r, owner, lease_until)
+
+    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
+        lost: set[str] = set()
+        for sid in saga_ids:
+            r = self._rows.get(sid)
+            if r is None or r.lease_owner != owner:
+                lost.add(sid)
+                continue
+            r.lease_expires = lease_until
+            r.values[10] = lease_until
+        return lost
+
+    async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
+        for sid, wake in sagas:
+            r = self._rows.get(sid)
+            if r is not None and r.lease_owner == owner:
+                r.lease_owner = None
+                r.lease_expires = None
+                if r.wake_at is not None:
+                    r.values[10] = wake
+
+    async def get(self, saga_id: str) -> SagaState | None:
+        r = self._rows.get(saga_id)
+        return decode_row(r.values) if r else None
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]:
+        r = self._rows.get(saga_id)
+        if r is None:
+            return []
+        return [h for _, _, h in sorted(r.history, key=lambda t: (t[0], t[1]))]
+
+    def _matching(self, q: SagaQuery) -> list[_Row]:
+        out = []
+        for r in self._rows.values():
+            v = r.values
+            if q.status is not None and v[3] != q.status.value:
+                continue
+            if q.name is not None and v[1] != q.name:
+                continue
+            if q.correlation_id is not None and v[8] != q.correlation_id:
+                continue
+            created = v[6]
+            assert isinstance(created, float | int)
+            if q.created_after is not None and created < q.created_after:
+                continue
+            if q.created_before is not None and created >= q.created_before:
+                continue
+            out.append(r)
+        return out
+
+    async def list(self, query: SagaQuery) -> list[SagaState]:
+        rows = self._matching(query)
+        rows.sort(key=lambda r: (r.values[6], r.values[0]), reverse=True)
+        return [decode_row(r.values) for r in rows[query.offset : query.offset + query.limit]]
+
+    async def count(self, query: SagaQuery) -> int:
+        return len(self._matching(query))
+
+    async def next_wake(self) -> float | None:
+        wakes = [r.wake_at for r in self._rows.values() if r.wake_at is not None]
+        return min(wakes) if wakes else None
