@@ -43,7 +43,7 @@ from ._errors import (
 )
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import SagaQuery, Store, Write
+from ._store import SagaQuery, Store, Write, store_from_url
 from .machine import (
     Abort,
     Compensate,
@@ -127,8 +127,6 @@ class SagaEngine:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(store, str):
-            from .stores import store_from_url
-
             store = store_from_url(store)
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")

@@ -15,14 +15,16 @@ for a held one (so a dead worker's sagas become due), NULL once finished.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ._errors import StoreError
 from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
 
-__all__ = ["OutboxMessage", "SagaQuery", "Store", "Write"]
+__all__ = ["OutboxMessage", "SagaQuery", "Store", "Write", "store_from_url"]
 
 
 @dataclass(slots=True)
@@ -138,3 +140,40 @@ def describe(value: Any) -> str:
     """Short repr for error messages."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Backends by URL scheme, imported by name only when their URL is used: the
+# runtime never imports a backend module (or its driver) itself.
+_BACKENDS = {
+    "memory": ("sagakit.stores.memory", "MemoryStore", None),
+    "sqlite": ("sagakit.stores.sqlite", "SQLiteStore", None),
+    "postgresql": ("sagakit.stores.postgres", "PostgresStore", "postgres"),
+    "postgres": ("sagakit.stores.postgres", "PostgresStore", "postgres"),
+}
+
+
+def store_from_url(url: str) -> Store:
+    """Make (but do not open) the store for *url*.
+
+    ``memory://``, ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``,
+    ``postgresql://user@host/db``.
+
+    Raises:
+        StoreError: unknown scheme, or the backend's extra is not installed.
+    """
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    scheme = scheme.split("+", 1)[0]
+    backend = _BACKENDS.get(scheme)
+    if backend is None:
+        raise StoreError(
+            f"unknown store URL {url!r}: use memory://, sqlite:///path.db or "
+            "postgresql://user@host/db"
+        )
+    module_name, cls_name, extra = backend
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        hint = f" Install it with: pip install 'sagakit[{extra}]'" if extra else ""
+        raise StoreError(f"the {scheme} store is not available: {e}.{hint}") from e
+    store: Store = getattr(module, cls_name).from_url(url)
+    return store

@@ -1,11 +1,18 @@
-"""Command-line entry point."""
+"""Command-line entry point: the ``sagakit`` group; each command lives in its own module."""
 
 from __future__ import annotations
 
 import click
+
+from . import _bench, _declarative, _demo, _ops
 
 
 @click.group()
 @click.version_option(package_name="sagakit")
 def cli() -> None:
     """sagakit: durable sagas for Python services."""
+
+
+for _module in (_demo, _ops, _bench, _declarative):
+    for _command in _module.commands:
+        cli.add_command(_command)

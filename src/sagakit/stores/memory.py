@@ -54,6 +54,10 @@ class MemoryStore:
         self.outbox: list[tuple[str, object]] = []
         self.inbox: set[str] = set()
 
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        return cls()
+
     async def open(self) -> None:
         return None
 
