@@ -346,7 +346,9 @@ def _on_completion(
     sdef = defn.by_name[ev.step]
     compensating = s.status is _S.COMPENSATING
     s.token = 0
-    if isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
+    # Only an action's result is kept (and later shown to other steps); a
+    # compensation's result is discarded, so its size cannot undo an undo.
+    if not compensating and isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
         ev = StepFailed(
             ev.step,
             ev.token,
@@ -776,7 +778,9 @@ def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
         return st.created_at
     if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
         return None
-    wake = st.deadline_at if status is SagaStatus.RUNNING else None
+    # Past the pivot the deadline no longer applies; keeping it would leave the
+    # saga due forever once it has passed.
+    wake = st.deadline_at if status is SagaStatus.RUNNING and not _past_pivot(defn, st) else None
     for s in st.steps.values():
         w = s.wake_at
         if w is not None and (wake is None or w < wake):

@@ -1,0 +1,975 @@
+"""Unit tests of the pure saga state machine: every rule, driven with explicit times."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+
+from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, SagaStatus, StepStatus
+from sagakit._definition import StepAction
+from sagakit.machine import (
+    Abort,
+    Begin,
+    Compensate,
+    Decision,
+    Event,
+    Resume,
+    Retry,
+    RunStep,
+    SagaState,
+    Skip,
+    StepFailed,
+    StepSucceeded,
+    Timer,
+    decide,
+    new_saga,
+    step_results,
+)
+
+S = StepStatus
+NO_RETRY = RetryPolicy(max_attempts=1)
+FAST = RetryPolicy(max_attempts=3, initial_delay=1.0, multiplier=2.0, max_delay=100.0, jitter=0.0)
+
+
+def act(ctx: Any) -> None:
+    return None
+
+
+def undo(ctx: Any) -> None:
+    return None
+
+
+class Reply(StepAction):
+    """A message step: the attempt ends when a reply arrives, not when a function returns."""
+
+    local = False
+
+
+def observable(st: SagaState) -> tuple[Any, ...]:
+    return (st.status, {n: (s.status, s.token) for n, s in st.steps.items()})
+
+
+class Run:
+    """Drives one saga through decide(), checking at every call that the input is not mutated
+    and that every transition is recorded in the history."""
+
+    def __init__(
+        self, defn: SagaDefinition, now: float = 0.0, *, begin: bool = True, data: Any = None
+    ) -> None:
+        self.defn = defn
+        self.last = new_saga(defn, "saga-1", data if data is not None else {"order": 1}, now, begin=begin)
+        self.state = self.last.state
+        self.history = list(self.last.history)
+
+    def send(self, event: Event, now: float) -> Decision:
+        before = copy.deepcopy(self.state)
+        d = decide(self.defn, self.state, event, now)
+        assert self.state == before, "decide() mutated its input state"
+        if d.rejected is not None:
+            assert d.state is self.state
+            assert d.effects == [] and d.history == []
+        elif observable(d.state) != observable(before):
+            assert d.history, f"transition without a history entry on {event!r}"
+        self.last = d
+        self.state = d.state
+        self.history += d.history
+        return d
+
+    def token(self, step: str) -> int:
+        return self.state.steps[step].token
+
+    def ok(self, step: str, now: float, result: Any = None, size: int = 0) -> Decision:
+        return self.send(StepSucceeded(step, self.token(step), result, size), now)
+
+    def fail(self, step: str, now: float, error: str = "boom", retryable: bool = True) -> Decision:
+        return self.send(StepFailed(step, self.token(step), error, retryable), now)
+
+    def status(self, step: str) -> StepStatus:
+        return self.state.steps[step].status
+
+    def statuses(self) -> dict[str, StepStatus]:
+        return {n: s.status for n, s in self.state.steps.items()}
+
+
+def runs(d: Decision) -> list[tuple[str, bool, int]]:
+    return [(e.step, e.compensation, e.attempt) for e in d.effects]
+
+
+def kinds(d: Decision) -> list[str]:
+    return [h.kind for h in d.history]
+
+
+def linear(*, retry: RetryPolicy = NO_RETRY, **kw: Any) -> SagaDefinition:
+    b = SagaBuilder("orders", **kw)
+    b.step("reserve", act, undo, retry=retry)
+    b.step("charge", act, undo, retry=retry)
+    b.step("ship", act, undo, retry=retry)
+    return b.build()
+
+
+def diamond(**kw: Any) -> SagaDefinition:
+    b = SagaBuilder("diamond")
+    b.step("a", act, undo, retry=NO_RETRY, **kw)
+    b.step("b", act, undo, after=["a"], retry=NO_RETRY, **kw)
+    b.step("c", act, undo, after=["a"], retry=NO_RETRY, **kw)
+    b.step("d", act, undo, after=["b", "c"], retry=NO_RETRY, **kw)
+    return b.build()
+
+
+# ---------------------------------------------------------------- start and progress
+
+
+def test_new_saga_dispatches_every_root_with_a_token() -> None:
+    b = SagaBuilder("orders", version=2)
+    b.step("x", act, timeout=3.0)
+    b.step("y", act, after=[])
+    b.step("z", act, after=["x", "y"])
+    r = Run(b.build(), now=10.0)
+    d = r.last
+    assert d.state.name == "orders" and d.state.version == 2
+    assert d.state.status is SagaStatus.RUNNING
+    assert d.effects == [
+        RunStep("x", False, 1, r.token("x"), 3.0),
+        RunStep("y", False, 1, r.token("y"), None),
+    ]
+    assert r.token("x") != 0 and r.token("y") != 0 and r.token("x") != r.token("y")
+    assert r.statuses() == {"x": S.RUNNING, "y": S.RUNNING, "z": S.PENDING}
+    assert r.state.steps["x"].attempts == 1 and r.state.steps["x"].started_at == 10.0
+    assert r.state.steps["z"].token == 0
+    assert kinds(d) == ["created", "started", "step_started", "step_started"]
+    assert d.history[0].message == "saga orders v2 created"
+    assert [(h.step, h.attempt) for h in d.history[2:]] == [("x", 1), ("y", 1)]
+    assert all(h.at == 10.0 for h in d.history)
+    # local attempts are timed by the runtime: nothing for the machine to wake for
+    assert r.state.wake_at is None and r.state.created_at == 10.0
+
+
+def test_new_saga_without_begin_is_pending_and_due_then_begin_starts_it() -> None:
+    r = Run(linear(), now=5.0, begin=False)
+    assert r.state.status is SagaStatus.PENDING
+    assert r.last.effects == []
+    assert kinds(r.last) == ["created"]
+    assert r.state.wake_at == 5.0  # due at once
+    d = r.send(Begin(), 6.0)
+    assert r.state.status is SagaStatus.RUNNING
+    assert runs(d) == [("reserve", False, 1)]
+    assert kinds(d) == ["started", "step_started"]
+    # a second Begin does nothing
+    d = r.send(Begin(), 7.0)
+    assert d.effects == [] and d.history == []
+
+
+def test_dependents_wait_for_all_dependencies_and_parallel_branches_start_together() -> None:
+    r = Run(diamond())
+    assert runs(r.last) == [("a", False, 1)]
+    d = r.ok("a", 1.0, {"a": 1})
+    assert runs(d) == [("b", False, 1), ("c", False, 1)]
+    assert r.token("b") != r.token("c")
+    d = r.ok("b", 2.0)
+    assert d.effects == []
+    assert r.status("d") is S.PENDING
+    d = r.ok("c", 3.0)
+    assert runs(d) == [("d", False, 1)]
+
+
+def test_success_completes_and_results_are_kept() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0, {"sku": "x"})
+    r.ok("charge", 2.0, {"paid": 10})
+    assert step_results(r.state) == {"reserve": {"sku": "x"}, "charge": {"paid": 10}}
+    d = r.ok("ship", 3.0, "shipped")
+    assert r.state.status is SagaStatus.COMPLETED
+    assert r.state.error is None and r.state.wake_at is None
+    assert kinds(d) == ["step_completed", "completed"]
+    assert d.history[0].message == "step 'ship' completed"
+    assert r.state.steps["ship"].finished_at == 3.0
+    assert step_results(r.state)["ship"] == "shipped"
+    assert r.state.updated_at == 3.0
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_retry_is_scheduled_and_fires_only_when_due() -> None:
+    r = Run(linear(retry=FAST))
+    first = r.token("reserve")
+    d = r.fail("reserve", 5.0, "db down")
+    s = r.state.steps["reserve"]
+    assert (s.status, s.token, s.wake_at, s.error, s.attempts) == (S.PENDING, 0, 6.0, "db down", 1)
+    assert r.state.wake_at == 6.0
+    assert d.effects == []
+    assert kinds(d) == ["step_failed"]
+    assert "attempt 1 failed: db down; retry in 1.000s" in d.history[0].message
+    assert r.state.status is SagaStatus.RUNNING
+
+    d = r.send(Timer(), 5.5)  # before wake_at: nothing happens
+    assert d.effects == [] and d.history == []
+    assert r.status("reserve") is S.PENDING
+
+    d = r.send(Timer(), 6.0)
+    assert runs(d) == [("reserve", False, 2)]
+    assert r.token("reserve") not in (0, first)
+    assert r.state.steps["reserve"].wake_at is None and r.state.wake_at is None
+
+    r.fail("reserve", 7.0)
+    assert r.state.steps["reserve"].wake_at == 9.0  # 1.0 * 2
+    d = r.send(Timer(), 9.5)  # a late timer is fine
+    assert runs(d) == [("reserve", False, 3)]
+    d = r.fail("reserve", 10.0, "still down")
+    assert r.status("reserve") is S.FAILED
+    assert "step 'reserve' failed (after 3 attempts): still down" in d.history[0].message
+    assert r.state.status is SagaStatus.COMPENSATED  # nothing completed, nothing to undo
+    assert r.state.error == "step 'reserve' failed: still down"
+
+
+def test_retry_delay_uses_the_policy_jitter_deterministically() -> None:
+    policy = RetryPolicy(max_attempts=2, initial_delay=10.0, jitter=0.5)
+    defn = SagaBuilder("j").step("a", act, retry=policy).build()
+    r1, r2 = Run(defn), Run(defn)
+    r1.fail("a", 0.0)
+    r2.fail("a", 0.0)
+    wake = r1.state.steps["a"].wake_at
+    assert wake == r2.state.steps["a"].wake_at == policy.delay(1, "saga-1:a")
+    assert wake is not None and 5.0 <= wake <= 15.0
+
+
+def test_non_retryable_failure_fails_without_retry() -> None:
+    r = Run(linear(retry=RetryPolicy(max_attempts=5)))
+    r.ok("reserve", 1.0)
+    d = r.fail("charge", 2.0, "card declined", retryable=False)
+    assert r.status("charge") is S.FAILED
+    assert r.state.steps["charge"].attempts == 1
+    assert "step 'charge' failed (not retryable): card declined" in d.history[0].message
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("reserve", True, 1)]
+
+
+# ---------------------------------------------------------------- compensation
+
+
+def test_failure_compensates_completed_steps_in_reverse_order() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    d = r.fail("ship", 3.0, "truck broke")
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert r.state.error == "step 'ship' failed: truck broke"
+    assert kinds(d) == ["step_failed", "compensating", "compensation_started"]
+    assert "compensation started: step 'ship' failed: truck broke" in d.history[1].message
+    assert runs(d) == [("charge", True, 1)]  # not reserve yet, never the failed step
+    assert r.statuses() == {"reserve": S.COMPLETED, "charge": S.COMPENSATING, "ship": S.FAILED}
+
+    d = r.ok("charge", 4.0)
+    assert r.status("charge") is S.COMPENSATED
+    assert runs(d) == [("reserve", True, 1)]
+    assert kinds(d) == ["compensation_completed", "compensation_started"]
+
+    d = r.ok("reserve", 5.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert kinds(d) == ["compensation_completed", "compensated"]
+    assert r.statuses() == {"reserve": S.COMPENSATED, "charge": S.COMPENSATED, "ship": S.FAILED}
+    assert r.state.wake_at is None
+    # the completed steps' results survive compensation (the audit trail)
+    assert r.state.steps["reserve"].result is None
+
+
+def test_independent_branches_are_compensated_in_parallel() -> None:
+    r = Run(diamond())
+    r.ok("a", 1.0)
+    r.ok("b", 2.0)
+    r.ok("c", 2.0)
+    d = r.fail("d", 3.0)
+    assert sorted(runs(d)) == [("b", True, 1), ("c", True, 1)]
+    d = r.ok("c", 4.0)
+    assert d.effects == []  # a waits for b too
+    assert r.status("a") is S.COMPLETED
+    d = r.ok("b", 5.0)
+    assert runs(d) == [("a", True, 1)]
+    r.ok("a", 6.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_running_step_blocks_compensation_of_its_ancestors_then_is_compensated() -> None:
+    r = Run(diamond())
+    r.ok("a", 1.0)
+    d = r.fail("b", 2.0)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert d.effects == []  # c still runs: a must wait
+    assert r.status("c") is S.RUNNING and r.status("a") is S.COMPLETED
+    d = r.ok("c", 3.0, {"c": 1})
+    assert r.status("c") is S.COMPENSATING
+    assert runs(d) == [("c", True, 1)]
+    assert r.status("d") is S.PENDING  # never started after the failure
+    d = r.ok("c", 4.0)
+    assert runs(d) == [("a", True, 1)]
+    r.ok("a", 5.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.statuses() == {"a": S.COMPENSATED, "b": S.FAILED, "c": S.COMPENSATED, "d": S.PENDING}
+
+
+def test_running_step_that_fails_during_compensation_is_not_retried() -> None:
+    b = SagaBuilder("fork")
+    b.step("a", act, undo)
+    b.step("b", act, undo, after=["a"], retry=NO_RETRY)
+    b.step("c", act, undo, after=["a"], retry=RetryPolicy(max_attempts=5))
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    r.fail("b", 2.0)
+    d = r.fail("c", 3.0, "late")
+    assert r.status("c") is S.FAILED
+    assert "not retried: saga is compensating" in d.history[0].message
+    assert runs(d) == [("a", True, 1)]
+
+
+def test_steps_without_compensation_are_not_compensated() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo)
+    b.step("notify", act)  # nothing to undo
+    b.step("charge", act, undo, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.ok("notify", 2.0)
+    d = r.fail("charge", 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.status("notify") is S.COMPLETED
+    assert not [h for h in r.history if h.step == "notify" and "compensation" in h.kind]
+
+
+def test_pending_retry_is_cancelled_when_compensation_starts() -> None:
+    b = SagaBuilder("fork")
+    b.step("a", act, undo)
+    b.step("b", act, undo, after=["a"], retry=FAST)
+    b.step("c", act, undo, after=["a"], retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    r.fail("b", 2.0)  # b waits for its retry at 3.0
+    assert r.state.steps["b"].wake_at == 3.0
+    d = r.fail("c", 2.5)
+    assert r.state.steps["b"].wake_at is None
+    assert runs(d) == [("a", True, 1)]
+    d = r.send(Timer(), 3.0)
+    assert d.effects == []
+    assert r.status("b") is S.PENDING
+
+
+def test_compensation_retries_then_gives_up_and_the_saga_fails() -> None:
+    comp_retry = RetryPolicy(max_attempts=2, initial_delay=2.0, jitter=0.0)
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo, compensation_retry=comp_retry)
+    b.step("charge", act, undo, compensation_retry=comp_retry)
+    b.step("ship", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    r.fail("ship", 3.0)
+    first = r.token("charge")
+    d = r.fail("charge", 4.0, "refund api 500")
+    s = r.state.steps["charge"]
+    assert (s.status, s.token, s.wake_at, s.compensation_attempts) == (S.COMPENSATING, 0, 6.0, 1)
+    assert r.state.wake_at == 6.0
+    assert kinds(d) == ["compensation_failed"]
+    assert "attempt 1 failed: refund api 500; retry in 2.000s" in d.history[0].message
+    assert d.effects == []
+
+    assert r.send(Timer(), 5.9).effects == []
+    d = r.send(Timer(), 6.0)
+    assert runs(d) == [("charge", True, 2)]
+    assert r.token("charge") not in (0, first)
+
+    d = r.fail("charge", 7.0, "refund api 500")
+    assert r.status("charge") is S.COMPENSATION_FAILED
+    assert r.status("reserve") is S.COMPLETED  # its dependent could not be undone: left alone
+    assert r.state.status is SagaStatus.FAILED
+    assert r.state.error == "compensation of step 'charge' gave up: refund api 500"
+    assert kinds(d) == ["compensation_failed", "failed"]
+    assert "gave up (after 2 attempts)" in d.history[0].message
+    assert r.state.wake_at is None
+
+
+def test_non_retryable_compensation_failure_gives_up_at_once() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    d = r.fail("reserve", 3.0, "gone", retryable=False)
+    assert r.status("reserve") is S.COMPENSATION_FAILED
+    assert "gave up (not retryable): gone" in d.history[0].message
+    assert r.state.status is SagaStatus.FAILED
+
+
+def test_independent_branch_is_still_compensated_when_another_gives_up() -> None:
+    b = SagaBuilder("two_roots")
+    b.step("a", act, undo, compensation_retry=NO_RETRY)
+    b.step("b", act, undo, after=[])
+    b.step("c", act, after=["a", "b"], retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    r.ok("b", 1.0)
+    d = r.fail("c", 2.0)
+    assert sorted(runs(d)) == [("a", True, 1), ("b", True, 1)]
+    d = r.fail("a", 3.0)
+    assert r.state.status is SagaStatus.COMPENSATING  # b is still compensating
+    d = r.ok("b", 4.0)
+    assert r.state.status is SagaStatus.FAILED
+    assert r.statuses() == {"a": S.COMPENSATION_FAILED, "b": S.COMPENSATED, "c": S.FAILED}
+
+
+# ---------------------------------------------------------------- stale completions
+
+
+def test_completion_with_a_wrong_token_is_rejected_and_recorded() -> None:
+    r = Run(linear())
+    before = copy.deepcopy(r.state)
+    good = r.token("reserve")
+    d = r.send(StepSucceeded("reserve", good + 100, {"x": 1}), 1.0)
+    assert d.stale and d.rejected is None
+    assert d.effects == []
+    assert kinds(d) == ["stale_rejected"]
+    assert d.history[0].step == "reserve"
+    assert f"token {good + 100} rejected: current token is {good}" in d.history[0].message
+    # the saga itself is untouched (only its updated_at moves with the recorded refusal)
+    assert dataclasses.replace(d.state, updated_at=before.updated_at) == before
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        StepFailed("charge", 1, "x"),  # a step that is not running
+        StepSucceeded("nope", 1),  # a step that does not exist
+        StepFailed("reserve", 0, "x"),  # token 0 is never current
+    ],
+)
+def test_completion_for_no_current_attempt_is_stale(event: Event) -> None:
+    r = Run(linear())
+    before = copy.deepcopy(r.state)
+    d = r.send(event, 1.0)
+    assert d.stale
+    assert kinds(d) == ["stale_rejected"]
+    assert "current token is" in d.history[0].message
+    assert dataclasses.replace(d.state, updated_at=before.updated_at) == before
+
+
+def test_duplicate_completion_is_stale() -> None:
+    r = Run(linear())
+    tok = r.token("reserve")
+    r.send(StepSucceeded("reserve", tok, 1), 1.0)
+    d = r.send(StepSucceeded("reserve", tok, 2), 1.5)
+    assert d.stale
+    assert "current token is none" in d.history[0].message
+    assert r.state.steps["reserve"].result == 1
+    assert r.state.steps["charge"].attempts == 1  # not dispatched twice
+
+
+def test_completion_after_abort_is_stale() -> None:
+    r = Run(linear())
+    tok = r.token("reserve")
+    r.send(Abort(reason="stop"), 1.0)
+    d = r.send(StepSucceeded("reserve", tok, {"x": 1}), 2.0)
+    assert d.stale
+    assert r.state.status is SagaStatus.ABORTED
+    assert r.status("reserve") is S.RUNNING  # stopped where it stood
+    assert r.state.steps["reserve"].result is None
+
+
+# ---------------------------------------------------------------- pivot
+
+
+def pivot_saga(
+    retry: RetryPolicy = RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0),
+) -> SagaDefinition:
+    b = SagaBuilder("pivoted")
+    b.step("reserve", act, undo, retry=NO_RETRY)
+    b.step("charge", act, undo, pivot=True, retry=NO_RETRY)
+    b.step("ship", act, retry=retry)
+    return b.build()
+
+
+def test_failure_before_the_pivot_completes_compensates() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    d = r.fail("charge", 2.0)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("reserve", True, 1)]
+
+
+def test_failure_after_the_pivot_retries_beyond_max_attempts() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    now = 3.0
+    for attempt in range(1, 6):  # max_attempts is 2
+        assert r.state.steps["ship"].attempts == attempt
+        r.fail("ship", now)
+        assert r.status("ship") is S.PENDING
+        assert r.state.status is SagaStatus.RUNNING
+        wake = r.state.steps["ship"].wake_at
+        assert wake is not None and wake > now
+        now = wake
+        d = r.send(Timer(), now)
+        assert runs(d) == [("ship", False, attempt + 1)]
+    assert not [h for h in r.history if h.kind in ("compensating", "compensation_started")]
+    r.ok("ship", now)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_non_retryable_failure_after_the_pivot_fails_the_saga_without_compensation() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    d = r.fail("ship", 3.0, "address invalid", retryable=False)
+    assert d.effects == []
+    assert r.state.status is SagaStatus.FAILED
+    assert r.status("ship") is S.FAILED
+    assert r.statuses()["reserve"] is S.COMPLETED and r.statuses()["charge"] is S.COMPLETED
+    assert kinds(d) == ["step_failed", "failed"]
+    assert r.state.error is not None
+    assert "step 'ship' failed after the pivot step completed: address invalid" in r.state.error
+    assert "cannot be rolled back" in r.state.error
+
+
+def test_compensate_is_rejected_after_the_pivot() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    before = r.send(Compensate(reason="customer asked"), 1.5)
+    assert before.rejected is None  # allowed before the pivot
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    d = r.send(Compensate(reason="customer asked"), 3.0)
+    assert d.rejected == "pivot step 'charge' has completed: the saga can no longer be rolled back"
+    assert r.state.status is SagaStatus.RUNNING
+
+
+# ---------------------------------------------------------------- deadline
+
+
+def test_timer_after_the_deadline_compensates() -> None:
+    r = Run(linear(deadline=10.0), now=100.0)
+    assert r.state.deadline_at == 110.0
+    assert r.state.wake_at == 110.0
+    r.ok("reserve", 101.0)
+    assert r.state.wake_at == 110.0
+    d = r.send(Timer(), 109.9)
+    assert d.effects == [] and d.history == []
+    d = r.send(Timer(), 110.0)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert r.state.error == "deadline of 10.0s exceeded"
+    assert "compensation started: deadline of 10.0s exceeded" in d.history[0].message
+    assert d.effects == []  # charge still runs and blocks reserve's compensation
+    d = r.ok("charge", 111.0)
+    assert runs(d) == [("charge", True, 1)]
+    r.ok("charge", 112.0)
+    r.ok("reserve", 113.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.status("ship") is S.PENDING
+
+
+def test_deadline_is_checked_on_any_event_and_no_step_starts_after_it() -> None:
+    r = Run(linear(deadline=10.0))
+    d = r.ok("reserve", 12.0)  # the completion arrives after the deadline
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert ("charge", False, 1) not in runs(d)
+    assert runs(d) == [("reserve", True, 1)]
+
+
+def test_deadline_is_ignored_after_the_pivot_and_does_not_keep_the_saga_due() -> None:
+    defn = SagaBuilder("p", deadline=10.0)
+    defn.step("reserve", act, undo, pivot=True)
+    defn.step("ship", act, retry=FAST)
+    r = Run(defn.build())
+    r.ok("reserve", 1.0)
+    d = r.send(Timer(), 20.0)
+    assert d.history == []
+    assert r.state.status is SagaStatus.RUNNING
+    # once the saga cannot be rolled back its deadline is moot: it must not stay due
+    assert r.state.wake_at is None
+    r.fail("ship", 21.0)
+    assert r.state.wake_at == 22.0
+    r.send(Timer(), 22.0)
+    r.ok("ship", 23.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+# ---------------------------------------------------------------- payload limit
+
+
+def test_oversized_result_fails_the_step_without_retry() -> None:
+    r = Run(linear(retry=RetryPolicy(max_attempts=5), max_payload_bytes=100))
+    d = r.ok("reserve", 1.0, {"big": "x" * 200}, size=101)
+    assert r.status("reserve") is S.FAILED
+    assert r.state.steps["reserve"].result is None
+    err = r.state.steps["reserve"].error
+    assert err is not None
+    assert "result of step 'reserve' is 101 bytes, over the limit of 100 bytes" in err
+    assert "max_payload_bytes" in err
+    assert "not retryable" in d.history[0].message
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_result_at_the_payload_limit_is_accepted() -> None:
+    r = Run(linear(max_payload_bytes=100))
+    r.ok("reserve", 1.0, "x", size=100)
+    assert r.status("reserve") is S.COMPLETED
+
+
+def test_compensation_result_is_not_subject_to_the_payload_limit() -> None:
+    # a compensation's result is not stored: a large one must not fail an undo that happened
+    r = Run(linear(max_payload_bytes=100))
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    r.ok("reserve", 3.0, "y" * 500, size=502)
+    assert r.status("reserve") is S.COMPENSATED
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+# ---------------------------------------------------------------- message steps
+
+
+def test_message_step_reply_deadline_fails_the_attempt_and_retries() -> None:
+    b = SagaBuilder("msg")
+    b.step("approve", Reply(), timeout=5.0, retry=FAST)
+    r = Run(b.build(), now=0.0)
+    assert r.state.steps["approve"].wake_at == 5.0 and r.state.wake_at == 5.0
+    assert r.send(Timer(), 4.0).effects == []
+    tok = r.token("approve")
+    d = r.send(Timer(), 5.0)
+    assert "timed out after 5.0s waiting for the reply" in d.history[0].message
+    assert r.status("approve") is S.PENDING
+    assert r.state.steps["approve"].wake_at == 6.0
+    assert r.send(StepSucceeded("approve", tok), 5.5).stale  # the late reply
+    d = r.send(Timer(), 6.0)
+    assert runs(d) == [("approve", False, 2)]
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_redispatches_local_attempts_with_a_new_token() -> None:
+    b = SagaBuilder("mixed")
+    b.step("local", act, undo, timeout=2.0)
+    b.step("remote", Reply(), after=[], timeout=50.0)
+    r = Run(b.build())
+    old = r.token("local")
+    remote = r.token("remote")
+    d = r.send(Resume(), 1.0)
+    assert [(e.step, e.compensation, e.attempt, e.timeout) for e in d.effects] == [("local", False, 1, 2.0)]
+    new = r.token("local")
+    assert new not in (0, old, remote)
+    assert d.effects[0].token == new
+    assert r.token("remote") == remote  # the reply may still come: nothing to resend
+    assert kinds(d) == ["resumed"]
+    assert "step 'local' attempt 1 runs again" in d.history[0].message
+    assert r.state.steps["local"].attempts == 1
+    assert r.send(StepSucceeded("local", old), 2.0).stale
+    assert not r.send(StepSucceeded("local", new), 2.0).stale
+    assert r.status("local") is S.COMPLETED
+
+
+def test_resume_redispatches_a_running_compensation() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    old = r.token("reserve")
+    d = r.send(Resume(), 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    assert "compensation of step 'reserve' attempt 1 runs again" in d.history[0].message
+    assert r.send(StepSucceeded("reserve", old), 4.0).stale
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_resume_of_a_pending_saga_begins_it() -> None:
+    r = Run(linear(), begin=False)
+    d = r.send(Resume(), 1.0)
+    assert r.state.status is SagaStatus.RUNNING
+    assert runs(d) == [("reserve", False, 1)]
+
+
+def test_resume_with_nothing_in_flight_does_nothing() -> None:
+    r = Run(linear(retry=FAST))
+    r.fail("reserve", 1.0)
+    d = r.send(Resume(), 1.5)
+    assert d.effects == [] and d.history == []
+
+
+# ---------------------------------------------------------------- admin: retry
+
+
+def test_retry_of_a_failed_compensation() -> None:
+    r = Run(linear(), now=0.0)
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    r.fail("reserve", 3.0, "nope", retryable=False)
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Retry(reason="inventory service is back", actor="alice"), 10.0)
+    assert d.rejected is None
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert r.state.error is None
+    assert runs(d)[0][:2] == ("reserve", True)
+    assert r.status("reserve") is S.COMPENSATING and r.token("reserve") != 0
+    assert kinds(d)[0] == "retry"
+    msg = d.history[0].message
+    assert "reserve" in msg and "by alice: inventory service is back" in msg
+    r.ok("reserve", 11.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_retry_of_a_step_failed_after_the_pivot() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    r.fail("ship", 3.0, retryable=False)
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Retry(reason="address fixed"), 4.0)
+    assert d.rejected is None
+    assert r.state.status is SagaStatus.RUNNING and r.state.error is None
+    assert r.status("ship") is S.RUNNING
+    assert [(e.step, e.compensation) for e in d.effects] == [("ship", False)]
+    assert "retry of steps ['ship'] by operator: address fixed" in d.history[0].message
+    r.ok("ship", 5.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_retry_runs_a_waiting_step_now() -> None:
+    r = Run(linear(retry=RetryPolicy(max_attempts=3, initial_delay=100.0, max_delay=100.0)))
+    r.fail("reserve", 1.0)
+    assert r.state.steps["reserve"].wake_at is not None and r.state.steps["reserve"].wake_at > 50
+    d = r.send(Retry(actor="bob"), 2.0)
+    assert runs(d) == [("reserve", False, 2)]
+    assert "retry of waiting steps ['reserve'] now by bob" in d.history[0].message
+
+
+def test_retry_runs_a_waiting_compensation_now() -> None:
+    comp_retry = RetryPolicy(max_attempts=3, initial_delay=100.0, max_delay=100.0)
+    b = SagaBuilder("w")
+    b.step("a", act, undo, compensation_retry=comp_retry)
+    b.step("b", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    r.fail("b", 2.0)
+    r.fail("a", 3.0)
+    d = r.send(Retry(), 4.0)
+    assert runs(d) == [("a", True, 2)]
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("running", "saga is running and no step is waiting for a retry: nothing to retry"),
+        ("completed", "saga is completed: only a failed saga or a waiting step can be retried"),
+        ("compensated", "saga is compensated: only a failed saga or a waiting step can be retried"),
+        ("aborted", "saga is aborted: only a failed saga or a waiting step can be retried"),
+    ],
+)
+def test_retry_rejections(setup: str, reason: str) -> None:
+    r = Run(linear())
+    if setup == "completed":
+        for n, t in (("reserve", 1.0), ("charge", 2.0), ("ship", 3.0)):
+            r.ok(n, t)
+    elif setup == "compensated":
+        r.fail("reserve", 1.0)
+    elif setup == "aborted":
+        r.send(Abort(), 1.0)
+    d = r.send(Retry(), 5.0)
+    assert d.rejected == reason
+
+
+# ---------------------------------------------------------------- admin: skip
+
+
+def test_skip_of_a_waiting_step_gives_its_result_to_dependents() -> None:
+    r = Run(linear(retry=FAST))
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    assert r.status("charge") is S.PENDING
+    d = r.send(Skip("charge", result={"paid": 0}, reason="paid by phone", actor="carol"), 2.5)
+    assert d.rejected is None
+    assert r.status("charge") is S.SKIPPED
+    assert step_results(r.state)["charge"] == {"paid": 0}
+    assert runs(d) == [("ship", False, 1)]
+    assert kinds(d)[0] == "skip"
+    msg = d.history[0].message
+    assert "step 'charge' (pending) skipped" in msg and "by carol: paid by phone" in msg
+    assert d.history[0].step == "charge"
+    r.ok("ship", 3.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_skip_of_a_running_step_makes_its_completion_stale() -> None:
+    r = Run(linear())
+    tok = r.token("reserve")
+    d = r.send(Skip("reserve", result=7), 1.0)
+    assert runs(d) == [("charge", False, 1)]
+    assert r.send(StepSucceeded("reserve", tok, 8), 2.0).stale
+    assert step_results(r.state) == {"reserve": 7}
+
+
+def test_skip_of_a_failed_step_after_the_pivot_resumes_the_saga() -> None:
+    b = SagaBuilder("p")
+    b.step("charge", act, undo, pivot=True)
+    b.step("ship", act, retry=NO_RETRY)
+    b.step("notify", act)
+    r = Run(b.build())
+    r.ok("charge", 1.0)
+    r.fail("ship", 2.0, retryable=False)
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Skip("ship", result={"manual": True}), 3.0)
+    assert r.state.status is SagaStatus.RUNNING and r.state.error is None
+    assert runs(d) == [("notify", False, 1)]
+
+
+def test_skip_of_a_failed_compensation_marks_it_resolved() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    r.fail("ship", 3.0)
+    r.fail("charge", 4.0, retryable=False)
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Skip("charge", reason="refunded by hand"), 5.0)
+    assert "compensation marked resolved" in d.history[0].message
+    assert r.status("charge") is S.SKIPPED
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 6.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_skip_rejections() -> None:
+    r = Run(linear())
+    d = r.send(Skip("chrge"), 1.0)
+    assert d.rejected == "saga orders has no step 'chrge' (steps: reserve, charge, ship)"
+    r.ok("reserve", 1.0)
+    d = r.send(Skip("reserve"), 2.0)
+    assert d.rejected == "step 'reserve' is completed: only a waiting or failed step can be skipped"
+    r.ok("charge", 3.0)
+    r.ok("ship", 4.0)
+    d = r.send(Skip("ship"), 5.0)
+    assert d.rejected == "saga is completed: steps of a finished saga cannot be skipped"
+
+
+# ---------------------------------------------------------------- admin: compensate
+
+
+def test_compensate_a_running_saga() -> None:
+    r = Run(diamond())
+    r.ok("a", 1.0)
+    r.ok("b", 2.0)  # c still running
+    d = r.send(Compensate(reason="fraud suspected", actor="dave"), 3.0)
+    assert d.rejected is None
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert kinds(d)[0] == "compensate"
+    assert "compensation requested by dave: fraud suspected" in d.history[0].message
+    assert r.state.error == "compensation requested by dave: fraud suspected"
+    assert runs(d) == [("b", True, 1)]  # a waits for running c
+    r.ok("b", 4.0)
+    d = r.ok("c", 5.0)
+    assert runs(d) == [("c", True, 1)]
+    r.ok("c", 6.0)
+    r.ok("a", 7.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.status("d") is S.PENDING
+
+
+def test_compensate_a_pending_saga_finishes_at_once() -> None:
+    r = Run(linear(), begin=False)
+    r.send(Compensate(), 1.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.parametrize("setup", ["completed", "compensating", "compensated", "aborted", "failed"])
+def test_compensate_rejected_unless_pending_or_running(setup: str) -> None:
+    r = Run(linear())
+    if setup == "completed":
+        for n, t in (("reserve", 1.0), ("charge", 2.0), ("ship", 3.0)):
+            r.ok(n, t)
+    elif setup == "compensating":
+        r.ok("reserve", 1.0)
+        r.fail("charge", 2.0)
+    elif setup == "compensated":
+        r.fail("reserve", 1.0)
+    elif setup == "aborted":
+        r.send(Abort(), 1.0)
+    elif setup == "failed":
+        r.ok("reserve", 1.0)
+        r.fail("charge", 2.0)
+        r.fail("reserve", 3.0, retryable=False)
+    assert r.state.status.value == setup
+    d = r.send(Compensate(), 5.0)
+    assert d.rejected == f"saga is {setup}: only a pending or running saga can be compensated"
+
+
+# ---------------------------------------------------------------- admin: abort
+
+
+def test_abort_stops_the_saga_and_clears_tokens() -> None:
+    r = Run(diamond(timeout=None))
+    r.ok("a", 1.0)
+    d = r.send(Abort(reason="duplicate order", actor="erin"), 2.0)
+    assert d.rejected is None and d.effects == []
+    assert r.state.status is SagaStatus.ABORTED
+    assert all(s.token == 0 and s.wake_at is None for s in r.state.steps.values())
+    assert r.state.wake_at is None
+    assert r.state.error == "aborted by erin: duplicate order"
+    assert kinds(d) == ["abort"]
+    assert d.history[0].message == "aborted by erin: duplicate order"
+    assert r.status("a") is S.COMPLETED  # no compensation
+    d = r.send(Abort(), 3.0)
+    assert d.rejected == "saga is aborted: it has already finished"
+    assert r.send(Timer(), 100.0).effects == []
+
+
+def test_abort_of_a_waiting_retry_cancels_it() -> None:
+    r = Run(linear(retry=FAST))
+    r.fail("reserve", 1.0)
+    r.send(Abort(), 1.5)
+    assert r.state.wake_at is None
+    assert r.send(Timer(), 5.0).effects == []
+
+
+def test_abort_of_a_failed_saga_is_allowed_and_of_a_completed_one_rejected() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    r.fail("reserve", 3.0, retryable=False)
+    assert r.send(Abort(reason="written off"), 4.0).rejected is None
+    assert r.state.status is SagaStatus.ABORTED
+
+    r = Run(SagaBuilder("one").step("a", act).build())
+    r.ok("a", 1.0)
+    assert r.send(Abort(), 2.0).rejected == "saga is completed: it has already finished"
+
+
+# ---------------------------------------------------------------- purity
+
+
+def test_decide_never_mutates_its_input() -> None:
+    defn = diamond()
+    start = new_saga(defn, "s", {"k": [1, 2]}, 0.0).state
+    frozen = copy.deepcopy(start)
+    tok = start.steps["a"].token
+    for event in (
+        StepSucceeded("a", tok, {"r": 1}),
+        StepFailed("a", tok, "x", retryable=False),
+        StepFailed("a", tok, "x"),
+        Timer(),
+        Resume(),
+        Retry(),
+        Skip("b", result=1),
+        Compensate(),
+        Abort(),
+    ):
+        decide(defn, start, event, 50.0)
+        assert start == frozen, event
+    assert start.steps["a"].status is S.RUNNING
+
+
+def test_same_inputs_give_the_same_decision() -> None:
+    defn = diamond()
+    st = new_saga(defn, "s", None, 0.0).state
+    ev = StepSucceeded("a", st.steps["a"].token, 1)
+    a, b = decide(defn, st, ev, 3.0), decide(defn, st, ev, 3.0)
+    assert a.state == b.state and a.effects == b.effects and a.history == b.history
