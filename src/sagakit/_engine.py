@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +150,7 @@ class SagaEngine:
         self._running = False
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[Any]] = set()
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -251,6 +252,8 @@ class SagaEngine:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._opened:
             await self.store.close()
             self._opened = False
@@ -380,9 +383,7 @@ class SagaEngine:
                 if not waiters:
                     self._waiters.pop(saga_id, None)
 
-    async def retry(
-        self, saga_id: str, *, reason: str = "", actor: str = "operator"
-    ) -> SagaSnapshot:
+    async def retry(self, saga_id: str, *, reason: str = "", actor: str = "operator") -> SagaSnapshot:
         """Re-run a failed step or failed compensation, or a step waiting for its retry, now."""
         return await self._admin(saga_id, Retry(reason, actor))
 
@@ -399,20 +400,14 @@ class SagaEngine:
         try:
             result = orjson.loads(orjson.dumps(result))
         except TypeError as e:
-            raise TypeError(
-                f"skip result for step {step!r} is not JSON-serialisable: {e}"
-            ) from None
+            raise TypeError(f"skip result for step {step!r} is not JSON-serialisable: {e}") from None
         return await self._admin(saga_id, Skip(step, result, reason, actor))
 
-    async def compensate(
-        self, saga_id: str, *, reason: str = "", actor: str = "operator"
-    ) -> SagaSnapshot:
+    async def compensate(self, saga_id: str, *, reason: str = "", actor: str = "operator") -> SagaSnapshot:
         """Start compensating a pending or running saga now."""
         return await self._admin(saga_id, Compensate(reason, actor))
 
-    async def abort(
-        self, saga_id: str, *, reason: str = "", actor: str = "operator"
-    ) -> SagaSnapshot:
+    async def abort(self, saga_id: str, *, reason: str = "", actor: str = "operator") -> SagaSnapshot:
         """Stop the saga where it stands, without compensation."""
         return await self._admin(saga_id, Abort(reason, actor))
 
@@ -427,9 +422,7 @@ class SagaEngine:
             claimed = False
             if held is None:
                 now = self.clock()
-                st = await self.store.claim_saga(
-                    saga_id, self.worker_id, now, now + self.lease_seconds
-                )
+                st = await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds)
                 if st is None:
                     if loop.time() > give_up:
                         raise SagaBusy(
@@ -638,7 +631,13 @@ class SagaEngine:
             f"worker {self.worker_id} lost its lease: its transition from revision "
             f"{p.expected_revision} was refused and not applied",
         )
-        task = asyncio.ensure_future(self.store.append_history(sid, p.expected_revision, [entry]))
+        self._in_background(self.store.append_history(sid, p.expected_revision, [entry]))
+
+    def _in_background(self, aw: Awaitable[Any]) -> None:
+        """Run a store write that no caller waits for; close() waits for it."""
+        task = asyncio.ensure_future(aw)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
     def _notify(self, sid: str) -> None:
@@ -727,9 +726,7 @@ class SagaEngine:
                 else:
                     event = StepSucceeded(name, eff.token, orjson.loads(blob), len(blob))
         except TimeoutError:
-            event = StepFailed(
-                name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s"
-            )
+            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s")
         except asyncio.CancelledError:
             held.inflight.pop(eff.token, None)
             raise
@@ -813,23 +810,13 @@ class SagaEngine:
 
     def _park(self, st: SagaState) -> None:
         """A saga whose definition version is not registered here waits for a worker that has it."""
-        reason = (
-            f"parked: definition {st.name} v{st.version} is not registered in worker "
-            f"{self.worker_id}"
-        )
+        reason = f"parked: definition {st.name} v{st.version} is not registered in worker {self.worker_id}"
         new = st.copy()
         new.revision = st.revision + 1
         new.meta = {**st.meta, "parked": reason}
-        history = (
-            []
-            if st.meta.get("parked") == reason
-            else [HistoryEntry(self.clock(), "parked", reason)]
-        )
+        history = [] if st.meta.get("parked") == reason else [HistoryEntry(self.clock(), "parked", reason)]
         wake = self.clock() + _PARK_SECONDS
-        task = asyncio.ensure_future(
-            self.store.commit([Write(new, st.revision, history, wake, data_changed=False)])
-        )
-        task.add_done_callback(_log_failure)
+        self._in_background(self.store.commit([Write(new, st.revision, history, wake, data_changed=False)]))
 
     async def _renew_loop(self) -> None:
         while True:
@@ -838,9 +825,7 @@ class SagaEngine:
             if not ids:
                 continue
             try:
-                lost = await self.store.renew(
-                    self.worker_id, ids, self.clock() + self.lease_seconds
-                )
+                lost = await self.store.renew(self.worker_id, ids, self.clock() + self.lease_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception:
