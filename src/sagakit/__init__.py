@@ -9,6 +9,10 @@ resumed after a crash.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ._context import StepContext
 from ._definition import SagaBuilder, SagaDefinition, StepDefinition
 from ._engine import SagaEngine
@@ -24,6 +28,7 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
+from ._messages import send, wait_for
 from ._policy import RetryPolicy
 from ._snapshot import SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
@@ -31,6 +36,23 @@ from ._store import Store
 from .machine import HistoryEntry
 
 __version__ = "0.1.0"
+
+
+def load_definition(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    version: int = 1,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+) -> SagaDefinition:
+    """Load a saga definition in the declarative format (JSON or YAML file, or a mapping).
+
+    See ``sagakit.declarative.load_definition``; imported on first use, so that
+    ``import sagakit`` does not pay for the loader's dependencies.
+    """
+    from .declarative import load_definition as _load
+
+    return _load(source, version=version, search_path=search_path)
+
 
 __all__ = [
     "DefinitionError",
@@ -56,4 +78,7 @@ __all__ = [
     "StoreError",
     "UnknownSagaType",
     "__version__",
+    "load_definition",
+    "send",
+    "wait_for",
 ]

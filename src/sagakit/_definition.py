@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import DefinitionError
 from ._policy import RetryPolicy
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "SagaBuilder", "SagaDefinition", "StepDefinition"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "SagaBuilder",
+    "SagaDefinition",
+    "StepDefinition",
+    "Trigger",
+    "is_message_type",
+]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
@@ -29,6 +37,39 @@ class StepAction:
 
     local: bool = False
     reply_timeout: float | None = None
+
+    def validate(self, where: str) -> None:
+        """Check the action when the definition is built; raise DefinitionError naming *where*."""
+
+
+def is_message_type(obj: object) -> bool:
+    """True for a class usable as a command or event: a pydantic model or a dataclass.
+
+    Pydantic is recognised by shape (``model_fields`` and ``model_validate``) so
+    that the pure core does not import it.
+    """
+    if not isinstance(obj, type):
+        return False
+    if dataclasses.is_dataclass(obj):
+        return True
+    return hasattr(obj, "model_fields") and callable(getattr(obj, "model_validate", None))
+
+
+def _message_type_problem(where: str, obj: object, fix: str) -> DefinitionError:
+    if isinstance(obj, type):
+        got = f"class {obj.__module__}.{obj.__qualname__}, which is neither"
+    elif is_message_type(type(obj)):
+        got = f"an instance of {type(obj).__qualname__}; pass the class itself"
+    else:
+        got = f"{obj!r}"
+    return DefinitionError(f"{where} must be a pydantic model or dataclass class, got {got} ({fix})")
+
+
+class Trigger(NamedTuple):
+    """An event type that starts the saga, and how to read the correlation id from it."""
+
+    event: type
+    correlation: Callable[[Any], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +107,12 @@ class SagaDefinition:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     description: str | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    # Message-driven sagas: events that start the saga (with their correlation
+    # extractor), the saga state model, and the events announcing the outcome.
+    triggers: tuple[Trigger, ...] = ()
+    state_model: type | None = None
+    completion_event: type | None = None
+    failure_event: type | None = None
     # Derived lookups, filled by build(); the state machine reads these.
     by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
     order: tuple[str, ...] = field(default=(), compare=False)
@@ -108,6 +155,10 @@ class SagaBuilder:
         self.description = description
         self.extras: dict[str, Any] = {}
         self._steps: list[StepDefinition] = []
+        self._triggers: list[Trigger] = []
+        self._state_model: type | None = None
+        self._completion_event: type | None = None
+        self._failure_event: type | None = None
 
     def step(
         self,
@@ -151,6 +202,30 @@ class SagaBuilder:
         )
         return self
 
+    def trigger(self, event_type: type, correlation: Callable[[Any], str]) -> SagaBuilder:
+        """Start a saga when an *event_type* event arrives; *correlation* reads its correlation id.
+
+        One saga runs per correlation id: a second trigger event with the same id
+        does not start another.
+        """
+        self._triggers.append(Trigger(event_type, correlation))
+        return self
+
+    def state(self, model: type) -> SagaBuilder:
+        """Use *model* (a pydantic model or dataclass) as the saga's state, validated on every change."""
+        self._state_model = model
+        return self
+
+    def on_completed(self, event_type: type) -> SagaBuilder:
+        """Publish an *event_type* event, built from the saga state, when the saga completes."""
+        self._completion_event = event_type
+        return self
+
+    def on_failed(self, event_type: type) -> SagaBuilder:
+        """Publish an *event_type* event, built from the saga state, when the saga ends unsuccessfully."""
+        self._failure_event = event_type
+        return self
+
     def build(self) -> SagaDefinition:
         """Validate the steps and return the immutable definition.
 
@@ -167,11 +242,16 @@ class SagaBuilder:
             max_payload_bytes=self.max_payload_bytes,
             description=self.description,
             extras=dict(self.extras),
+            triggers=self._triggers,
+            state_model=self._state_model,
+            completion_event=self._completion_event,
+            failure_event=self._failure_event,
         )
 
 
 def _check_callable(where: str, fn: object) -> None:
     if isinstance(fn, StepAction):
+        fn.validate(where)
         return
     if not callable(fn):
         raise DefinitionError(f"{where} must be a function or a message action, got {fn!r}")
@@ -196,6 +276,10 @@ def build_definition(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     description: str | None = None,
     extras: Mapping[str, Any] | None = None,
+    triggers: Sequence[Trigger] = (),
+    state_model: type | None = None,
+    completion_event: type | None = None,
+    failure_event: type | None = None,
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -268,6 +352,8 @@ def build_definition(
                         "steps after a pivot cannot be rolled back; remove the compensation"
                     )
 
+    checked_triggers = _check_messaging(name, triggers, state_model, completion_event, failure_event)
+
     return SagaDefinition(
         name=name,
         version=version,
@@ -276,12 +362,66 @@ def build_definition(
         max_payload_bytes=max_payload_bytes,
         description=description,
         extras=dict(extras or {}),
+        triggers=checked_triggers,
+        state_model=state_model,
+        completion_event=completion_event,
+        failure_event=failure_event,
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},
         descendants={k: frozenset(v) for k, v in descendants.items()},
         ancestors=ancestors,
     )
+
+
+def _check_messaging(
+    name: str,
+    triggers: Sequence[Trigger],
+    state_model: type | None,
+    completion_event: type | None,
+    failure_event: type | None,
+) -> tuple[Trigger, ...]:
+    seen: dict[type, int] = {}
+    out: list[Trigger] = []
+    for i, t in enumerate(triggers):
+        event, correlation = t
+        where = f"saga {name!r}: trigger {i}"
+        if not is_message_type(event):
+            raise _message_type_problem(f"{where}: the event type", event, "b.trigger(OrderCreated, ...)")
+        if event in seen:
+            raise DefinitionError(
+                f"{where}: event type {event.__qualname__} is already the trigger {seen[event]}; "
+                "give each event type one correlation"
+            )
+        seen[event] = i
+        _check_correlation(f"{where} ({event.__qualname__}): correlation", correlation)
+        out.append(Trigger(event, correlation))
+    for label, obj, fix in (
+        ("state model", state_model, "b.state(OrderState)"),
+        ("completion event", completion_event, "b.on_completed(OrderCompleted)"),
+        ("failure event", failure_event, "b.on_failed(OrderFailed)"),
+    ):
+        if obj is not None and not is_message_type(obj):
+            raise _message_type_problem(f"saga {name!r}: the {label}", obj, fix)
+    return tuple(out)
+
+
+def _check_correlation(where: str, fn: object) -> None:
+    if not callable(fn):
+        raise DefinitionError(
+            f"{where} must be a function of the event returning its correlation id, got {fn!r} "
+            "(e.g. correlation=lambda e: str(e.order_id))"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object())
+    except TypeError:
+        raise DefinitionError(
+            f"{where} must accept one argument (the event); {fn!r} has signature {sig}"
+        ) from None
 
 
 def _topological_order(steps: Sequence[StepDefinition]) -> list[str]:
