@@ -1,0 +1,1 @@
+"""Example sagas shipped with sagakit (the one ``sagakit demo`` runs lives in ``order_fulfillment``)."""

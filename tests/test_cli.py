@@ -1,0 +1,232 @@
+"""The command line on real SQLite files: demo, list, show and bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sagakit.cli._main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Result]:
+    path = tmp_path_factory.mktemp("demo") / "d.db"
+    url = f"sqlite:///{path}"
+    result = run("demo", "--orders", "40", "--failure-rate", "0.3", "--seed", "7", "--store", url)
+    return url, result
+
+
+def test_demo_exits_zero_and_prints_the_outcomes(demo_store: tuple[str, Result]) -> None:
+    _, result = demo_store
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "40 orders, 12 planned to fail" in out
+    assert "outcomes" in out
+    for row in (
+        "completed",
+        "compensated, failed at reserve_inventory",
+        "compensated, failed at process_payment",
+        "compensated, failed at ship_order",
+        "step attempts (incl. retries)",
+        "compensations run",
+        "throughput",
+    ):
+        assert row in out, row  # fmt: skip
+    assert "sagas/s" in out
+    assert "consistent" in out and "inconsistent" not in out
+
+
+def test_list_json_returns_every_saga_of_the_demo(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    result = run("list", "--store", url, "--json")
+    assert result.exit_code == 0, result.output
+    sagas = json.loads(result.output)
+    assert len(sagas) == 40
+    assert {s["name"] for s in sagas} == {"order_fulfillment"}
+    statuses = [s["status"] for s in sagas]
+    assert statuses.count("completed") == 28
+    assert statuses.count("compensated") == 12
+    created = [s["created_at"] for s in sagas]
+    assert created == sorted(created, reverse=True)  # newest first
+    for s in sagas:
+        assert list(s["steps"]) == ["reserve_inventory", "process_payment", "ship_order"]
+        assert s["correlation_id"] == s["data"]["order_id"]
+        assert s["history"] == []
+        if s["status"] == "completed":
+            assert all(st["status"] == "completed" for st in s["steps"].values())
+        else:
+            failed = [n for n, st in s["steps"].items() if st["status"] == "failed"]
+            assert failed == [s["data"]["fail_at"]]
+            assert "NonRetryableError" in s["error"]
+
+
+def test_list_filters_and_pages(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    comp = json.loads(run("list", "--store", url, "--json", "--status", "compensated").output)
+    assert len(comp) == 12 and {s["status"] for s in comp} == {"compensated"}
+    page = json.loads(run("list", "--store", url, "--json", "--limit", "5", "--offset", "10").output)
+    everything = json.loads(run("list", "--store", url, "--json").output)
+    assert [s["id"] for s in page] == [s["id"] for s in everything[10:15]]
+    one = json.loads(run("list", "--store", url, "--json", "--correlation-id", "o-00003").output)
+    assert [s["data"]["order_id"] for s in one] == ["o-00003"]
+    none = json.loads(run("list", "--store", url, "--json", "--name", "other").output)
+    assert none == []
+
+
+def test_list_table(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    result = run("list", "--store", url, "--limit", "3", "--status", "compensated")
+    assert result.exit_code == 0, result.output
+    ids = [s["id"] for s in json.loads(
+        run("list", "--store", url, "--json", "--limit", "3", "--status", "compensated").output)]  # fmt: skip
+    for sid in ids:
+        assert sid in result.output
+    assert "compensated" in result.output
+    assert "1-3 of 12" in result.output
+
+
+def test_store_from_environment(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    result = run("list", "--json", "--limit", "1", env={"SAGAKIT_STORE": url})
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)) == 1
+
+
+def test_show_json_and_table(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    sagas = json.loads(run("list", "--store", url, "--json", "--status", "compensated").output)
+    target = next(s for s in sagas if s["data"]["fail_at"] == "ship_order")
+    result = run("show", target["id"], "--store", url, "--json")
+    assert result.exit_code == 0, result.output
+    snap = json.loads(result.output)
+    assert snap["id"] == target["id"]
+    assert snap["status"] == "compensated"
+    steps = snap["steps"]
+    assert steps["ship_order"]["status"] == "failed"
+    for name in ("reserve_inventory", "process_payment"):
+        assert steps[name]["status"] == "compensated"
+        assert steps[name]["compensation_attempts"] >= 1
+    kinds = [h["kind"] for h in snap["history"]]
+    assert kinds[0] == "created" and kinds[-1] == "compensated"
+    times = [h["at"] for h in snap["history"]]
+    assert times == sorted(times)
+
+    table = run("show", target["id"], "--store", url)
+    assert table.exit_code == 0, table.output
+    for text in (target["id"], "steps", "history", "ship_order", "pay-o-", "compensated"):
+        assert text in table.output, text
+
+
+def test_show_unknown_id_exits_3(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    result = run("show", "no-such-saga", "--store", url)
+    assert result.exit_code == 3
+    assert "no-such-saga" in result.stderr
+
+
+def test_text_file_store_exits_4_and_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes\n")
+    url = f"sqlite:///{path}"
+    for args in (["list"], ["show", "abc"], ["demo", "--orders", "5"]):
+        result = run(*args, "--store", url)
+        assert result.exit_code == 4, (args, result.output)
+        assert "error:" in result.stderr
+    assert path.read_text() == "these are my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_missing_store_file_exits_4_and_creates_nothing(tmp_path: Path) -> None:
+    result = run("list", "--store", f"sqlite:///{tmp_path}/absent.db")
+    assert result.exit_code == 4
+    assert "no SQLite store" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_store_scheme_exits_4() -> None:
+    result = run("list", "--store", "mysql://localhost/db")
+    assert result.exit_code == 4
+    assert "unknown store URL" in result.stderr
+
+
+def test_bad_usage_exits_2(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    assert run("list", "--store", url, "--status", "sleeping").exit_code == 2
+    assert run("list", "--store", url, "--limit", "0").exit_code == 2
+
+
+def test_demo_refuses_to_delete_a_database_with_other_tables(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO customers VALUES (1)")
+    conn.close()
+    result = run("demo", "--orders", "5", "--store", f"sqlite:///{path}")
+    assert result.exit_code == 4
+    assert "will not delete" in result.stderr
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT id FROM customers").fetchall() == [(1,)]
+    conn.close()
+
+
+def test_demo_recreates_the_store_unless_keep(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    for args in ([], [], ["--keep"]):
+        result = run("demo", "--orders", "10", "--failure-rate", "0.5", "--store", url, *args)
+        assert result.exit_code == 0, result.output
+    assert len(json.loads(run("list", "--store", url, "--json").output)) == 20
+
+
+def test_bench_prints_figures_and_a_ratio() -> None:
+    result = run("bench", "--n", "200", "--runs", "1")
+    assert result.exit_code == 0, result.output
+    for text in (
+        "SAGAKIT SAGAS/S",
+        "RAW SQLITE3 SAGAS/S",
+        "SAGAKIT / RAW",
+        "A: 3 no-op steps",
+        "B: step 3 fails",
+    ):
+        assert text in result.output, text  # fmt: skip
+    assert "ratio" in result.stderr  # one progress line per run
+
+
+def test_bench_json() -> None:
+    result = run("bench", "--n", "100", "--runs", "2", "--workload", "B", "--in-flight", "20",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 100 and summary["runs"] == 2 and summary["in_flight"] == 20
+    assert list(summary["workloads"]) == ["B"]
+    b = summary["workloads"]["B"]
+    assert len(b["sagakit"]["sagas_per_s"]["values"]) == 2
+    assert b["sagakit"]["sagas_per_s"]["median"] > 0
+    assert b["raw"]["transactions_per_saga"] == 6
+    assert b["ratio"]["median"] > 0
+    # 3 actions and 2 compensations per saga
+    ratio = b["sagakit"]["steps_per_s"]["median"] / b["sagakit"]["sagas_per_s"]["median"]
+    assert ratio == pytest.approx(5)
+
+
+def test_standalone_benchmark_runner() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_sqlite.py"),
+         "--n", "50", "--runs", "1", "--workload", "A", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["workloads"]["A"]["raw"]["transactions_per_saga"] == 4
