@@ -25,6 +25,17 @@ class Dialect:
     real: str = "REAL"
     json: str = "TEXT"
     bigint: str = "INTEGER"
+    # Appended to the claim's row-picking subquery (PostgreSQL: " FOR UPDATE SKIP LOCKED",
+    # so concurrent claimers pass over each other's rows instead of waiting).
+    lock_rows: str = ""
+    # The database infers a parameter's type from its context and cannot inside a CASE
+    # whose other branch is NULL (PostgreSQL): such placeholders are cast explicitly.
+    cast_params: bool = False
+
+    def real_param(self, i: int) -> str:
+        """Placeholder *i* for a REAL value in a place that gives no type of its own."""
+        p = self.param(i)
+        return f"CAST({p} AS {self.real})" if self.cast_params else p
 
 
 def migrations(d: Dialect) -> list[list[str]]:
@@ -147,12 +158,12 @@ class Statements:
             f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, wake_at={p(2)}, "
             "revision=revision+1 WHERE id IN (SELECT id FROM sagakit_sagas "
             f"WHERE wake_at <= {p(3)} AND (lease_owner IS NULL OR lease_expires <= {p(3)}) "
-            f"ORDER BY wake_at LIMIT {p(4)}) RETURNING {cols}"
+            f"ORDER BY wake_at LIMIT {p(4)}{d.lock_rows}) RETURNING {cols}"
         )
         # owner=1 lease_until=2 now=3 id=4
         self.claim_one = (
             f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, "
-            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {p(2)} END, "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(2)} END, "
             f"revision=revision+1 WHERE id={p(4)} AND "
             f"(lease_owner IS NULL OR lease_owner={p(1)} OR lease_expires <= {p(3)}) "
             f"RETURNING {cols}"
@@ -160,7 +171,7 @@ class Statements:
         # owner=1 wake_at=2 id=3; a finished saga keeps its NULL wake time
         self.release = (
             "UPDATE sagakit_sagas SET lease_owner=NULL, lease_expires=NULL, "
-            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {p(2)} END "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(2)} END "
             f"WHERE id={p(3)} AND lease_owner={p(1)}"
         )
         self.renew = (

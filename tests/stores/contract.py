@@ -1,0 +1,476 @@
+"""The store contract: one abstract suite that every Store implementation passes.
+
+A backend's test module subclasses ``StoreContract`` and provides the
+``make_store`` fixture: a factory of *new, unopened* store objects on one and
+the same database (a second object is a second worker or a restarted
+process). Backend-specific facts (schema version, the due-work index) come
+through the small hooks at the end of the class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaNotFound, SagaStatus, StepStatus
+from sagakit._store import OutboxMessage, SagaQuery, Store, Write
+from sagakit.machine import HistoryEntry, SagaState, StepState
+from sagakit.stores._sql import SCHEMA_VERSION
+
+StoreFactory = Callable[[], Store]
+
+
+def saga(
+    saga_id: str,
+    *,
+    name: str = "order",
+    status: SagaStatus = SagaStatus.RUNNING,
+    created_at: float = 100.0,
+    revision: int = 1,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+    data: Any = None,
+) -> SagaState:
+    """A small saga state with two steps."""
+    return SagaState(
+        id=saga_id,
+        name=name,
+        version=1,
+        status=status,
+        data={"order_id": saga_id} if data is None else data,
+        steps={"reserve": StepState(StepStatus.COMPLETED, 1, result={"ok": True}), "charge": StepState()},
+        created_at=created_at,
+        updated_at=created_at,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        revision=revision,
+    )
+
+
+def entry(text: str, at: float = 1.0) -> HistoryEntry:
+    return HistoryEntry(at, "note", text)
+
+
+async def put(
+    store: Store,
+    st: SagaState,
+    wake_at: float | None = 10.0,
+    *,
+    owner: str | None = None,
+    lease_expires: float | None = None,
+    history: list[HistoryEntry] | None = None,
+) -> str | None:
+    """Insert one saga; returns what commit returned for it."""
+    st.wake_at = wake_at
+    w = Write(st, 0, history or [], wake_at, owner=owner, lease_expires=lease_expires, insert=True)
+    (result,) = await store.commit([w])
+    return result
+
+
+def update(
+    st: SagaState, *, expected: int | None = None, history: list[HistoryEntry] | None = None, **changes: Any
+) -> Write:
+    """A write moving *st* one revision on (fenced at its current revision unless *expected*)."""
+    new = st.copy()
+    new.revision = st.revision + 1
+    new.updated_at = st.updated_at + 1
+    wake_at = changes.pop("wake_at", st.wake_at)
+    owner = changes.pop("owner", None)
+    lease_expires = changes.pop("lease_expires", None)
+    data_changed = changes.pop("data_changed", True)
+    for k, v in changes.items():
+        setattr(new, k, v)
+    new.wake_at = wake_at
+    return Write(
+        new,
+        st.revision if expected is None else expected,
+        history if history is not None else [entry(f"r{new.revision}")],
+        wake_at,
+        owner=owner,
+        lease_expires=lease_expires,
+        data_changed=data_changed,
+    )
+
+
+class StoreContract:
+    """What every store must do. Subclasses provide the ``make_store`` fixture."""
+
+    # ------------------------------------------------------------ fixtures
+
+    @pytest.fixture
+    async def store(self, make_store: StoreFactory) -> AsyncIterator[Store]:
+        s = make_store()
+        await s.open()
+        yield s
+        await s.close()
+
+    # ------------------------------------------------------------ hooks
+
+    async def schema_version(self, store: Store) -> int | None:
+        """The schema version the store recorded; None for a store without a schema."""
+        return None
+
+    # ------------------------------------------------------------ opening
+
+    async def test_is_a_store(self, store: Store) -> None:
+        assert isinstance(store, Store)
+        assert isinstance(store.url, str)
+
+    async def test_open_creates_schema_and_is_idempotent(
+        self, store: Store, make_store: StoreFactory
+    ) -> None:
+        version = await self.schema_version(store)
+        assert version in (None, SCHEMA_VERSION)
+        await store.open()  # a second open of the same object does nothing
+        assert await put(store, saga("s1")) == "s1"
+        again = make_store()  # another worker, or the same process restarted
+        await again.open()
+        try:
+            got = await again.get("s1")
+            assert got is not None
+            assert got.id == "s1"
+            assert await self.schema_version(again) == version
+        finally:
+            await again.close()
+
+    # ------------------------------------------------------------ inserts
+
+    async def test_insert_and_get_round_trip_every_field(self, store: Store) -> None:
+        st = SagaState(
+            id="s-1",
+            name="order_fulfillment",
+            version=3,
+            status=SagaStatus.COMPENSATING,
+            data={"order": {"id": "o-1", "lines": [1, 2.5, None, True]}, "note": "héllo ✓"},
+            steps={
+                "reserve": StepState(
+                    StepStatus.COMPENSATING,
+                    attempts=2,
+                    compensation_attempts=1,
+                    token=7,
+                    result={"reservation": "r-9"},
+                    error="boom",
+                    wake_at=123.5,
+                    started_at=101.25,
+                    finished_at=102.75,
+                ),
+                "charge": StepState(StepStatus.FAILED, attempts=3, error="card declined"),
+                "ship": StepState(),
+            },
+            created_at=100.5,
+            updated_at=103.0,
+            correlation_id="corr-1",
+            idempotency_key="o-1",
+            wake_at=123.5,
+            deadline_at=500.0,
+            error="charge failed",
+            seq=42,
+            revision=5,
+            meta={"trace": {"traceparent": "00-abc-def-01"}, "parked": None},
+        )
+        assert await put(store, st, wake_at=123.5) == "s-1"
+        got = await store.get("s-1")
+        assert got == st
+        assert await store.get("nope") is None
+
+    async def test_insert_without_optional_fields(self, store: Store) -> None:
+        st = saga("s-2", data=[1, "two"])
+        st.meta = {}
+        assert await put(store, st, wake_at=None) == "s-2"
+        got = await store.get("s-2")
+        assert got == st
+        assert got is not None
+        assert got.wake_at is None
+        assert got.meta == {}
+
+    async def test_insert_with_existing_idempotency_key_returns_existing_id(self, store: Store) -> None:
+        assert await put(store, saga("a", idempotency_key="k"), history=[entry("first")]) == "a"
+        assert await put(store, saga("b", idempotency_key="k"), history=[entry("second")]) == "a"
+        assert await store.get("b") is None
+        assert [h.message for h in await store.history("a")] == ["first"]
+        assert await store.history("b") == []
+        # Keys are unique per definition name only.
+        assert await put(store, saga("c", name="refund", idempotency_key="k")) == "c"
+        # The same saga inserted again (a retried start) is the existing saga, with no new history.
+        assert await put(store, saga("a", idempotency_key="k"), history=[entry("again")]) == "a"
+        assert [h.message for h in await store.history("a")] == ["first"]
+
+    async def test_insert_of_an_existing_id_is_refused(self, store: Store) -> None:
+        assert await put(store, saga("a", data={"v": 1})) == "a"
+        assert await put(store, saga("a", data={"v": 2}), history=[entry("x")]) is None
+        got = await store.get("a")
+        assert got is not None
+        assert got.data == {"v": 1}
+        assert await store.history("a") == []
+
+    # ------------------------------------------------------------ fenced commits
+
+    async def test_commit_applies_at_the_expected_revision(self, store: Store) -> None:
+        st = saga("a")
+        await put(store, st)
+        w = update(st, status=SagaStatus.COMPLETED, error="done", wake_at=None, data={"x": 1})
+        assert await store.commit([w]) == ["a"]
+        got = await store.get("a")
+        assert got is not None
+        assert (got.revision, got.status, got.error, got.wake_at, got.data) == (
+            2,
+            SagaStatus.COMPLETED,
+            "done",
+            None,
+            {"x": 1},
+        )
+
+    async def test_commit_with_wrong_revision_is_refused_and_writes_nothing(self, store: Store) -> None:
+        st = saga("a")
+        await put(store, st, history=[entry("created")])
+        stale = update(st, expected=7, status=SagaStatus.FAILED, history=[entry("stale")])
+        stale.outbox.append(OutboxMessage("m1", "a", "orders", b'{"x":1}'))
+        stale.inbox.append("in-1")
+        assert await store.commit([stale]) == [None]
+        got = await store.get("a")
+        assert got == st
+        assert [h.message for h in await store.history("a")] == ["created"]
+        assert await store.commit([update(st, expected=st.revision + 1)]) == [None]
+
+    async def test_update_without_data_change_keeps_data(self, store: Store) -> None:
+        # data_changed=False says the data is what the row holds: a store may skip writing it.
+        st = saga("a", data={"keep": True})
+        await put(store, st)
+        w = update(st, data_changed=False, status=SagaStatus.COMPENSATING)
+        assert await store.commit([w]) == ["a"]
+        got = await store.get("a")
+        assert got is not None
+        assert got.data == {"keep": True}
+        assert got.status is SagaStatus.COMPENSATING
+
+    async def test_group_commit_of_many_writes_mixed_fenced_and_applied(self, store: Store) -> None:
+        states = [saga(f"s{i:02d}") for i in range(30)]
+        for st in states:
+            await put(store, st)
+        writes = []
+        for i, st in enumerate(states):
+            stale = i % 3 == 0
+            w = update(
+                st,
+                expected=st.revision + 10 if stale else None,
+                status=SagaStatus.COMPLETED,
+                data={"n": i},
+                history=[entry(f"{st.id} a"), entry(f"{st.id} b")],
+            )
+            w.outbox.append(OutboxMessage(f"m{i}", st.id, "orders", b"{}", {"h": "1"}))
+            w.inbox.append(f"in-{i}")
+            writes.append(w)
+        new = saga("new-1")
+        new.wake_at = 5.0
+        writes.insert(7, Write(new, 0, [entry("born")], 5.0, insert=True))
+        results = await store.commit(writes)
+        expected = [None if i % 3 == 0 else st.id for i, st in enumerate(states)]
+        expected.insert(7, "new-1")
+        assert results == expected
+        for i, st in enumerate(states):
+            got = await store.get(st.id)
+            assert got is not None
+            history = [h.message for h in await store.history(st.id)]
+            if i % 3 == 0:
+                assert got == st
+                assert history == []
+            else:
+                assert (got.revision, got.status, got.data) == (2, SagaStatus.COMPLETED, {"n": i})
+                assert history == [f"{st.id} a", f"{st.id} b"]
+        assert [h.message for h in await store.history("new-1")] == ["born"]
+
+    async def test_commit_of_nothing(self, store: Store) -> None:
+        assert await store.commit([]) == []
+
+    async def test_two_transitions_of_one_saga_in_one_commit(self, store: Store) -> None:
+        st = saga("a")
+        await put(store, st)
+        first = update(st, status=SagaStatus.COMPENSATING, history=[entry("one")])
+        second = update(first.state, status=SagaStatus.COMPENSATED, history=[entry("two")])
+        assert await store.commit([first, second]) == ["a", "a"]
+        got = await store.get("a")
+        assert got is not None
+        assert (got.revision, got.status) == (3, SagaStatus.COMPENSATED)
+        assert [h.message for h in await store.history("a")] == ["one", "two"]
+
+    # ------------------------------------------------------------ claims
+
+    async def test_claim_takes_only_due_unleased_or_expired_sagas(self, store: Store) -> None:
+        await put(store, saga("due"), wake_at=10.0)
+        await put(store, saga("future"), wake_at=1000.0)
+        await put(store, saga("finished", status=SagaStatus.COMPLETED), wake_at=None)
+        await put(store, saga("held"), wake_at=500.0, owner="w0", lease_expires=500.0)
+        await put(store, saga("expired"), wake_at=40.0, owner="w0", lease_expires=40.0)
+        claimed = await store.claim("w1", 50.0, 80.0, 10)
+        assert sorted(s.id for s in claimed) == ["due", "expired"]
+        for s in claimed:
+            assert s.revision == 2  # bumped: the previous holder can no longer commit
+            assert s.wake_at == 80.0  # a held saga is due again when its lease runs out
+        for sid in ("due", "expired"):
+            got = await store.get(sid)
+            assert got is not None
+            assert (got.revision, got.wake_at) == (2, 80.0)
+        # Leased now: nobody else gets them until the lease expires.
+        assert await store.claim("w2", 60.0, 90.0, 10) == []
+        assert sorted(s.id for s in await store.claim("w2", 80.0, 120.0, 10)) == ["due", "expired"]
+        # The old holder's write is fenced.
+        held = saga("due")
+        assert await store.commit([update(held, status=SagaStatus.COMPLETED)]) == [None]
+
+    async def test_claim_respects_limit_and_wake_order(self, store: Store) -> None:
+        for sid, wake in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
+            await put(store, saga(sid), wake_at=wake)
+        first = await store.claim("w1", 10.0, 100.0, 2)
+        assert sorted(s.id for s in first) == ["a", "b"]
+        rest = await store.claim("w1", 10.0, 100.0, 10)
+        assert sorted(s.id for s in rest) == ["c", "d", "e"]
+        assert await store.claim("w1", 10.0, 100.0, 10) == []
+
+    async def test_claimed_state_is_the_stored_state(self, store: Store) -> None:
+        st = saga("a", data={"deep": [1, {"x": "y"}]}, correlation_id="c")
+        await put(store, st, wake_at=3.0)
+        (claimed,) = await store.claim("w1", 10.0, 70.0, 5)
+        expected = st.copy()
+        expected.revision = 2
+        expected.wake_at = 70.0
+        assert claimed == expected
+
+    async def test_concurrent_claimers_never_get_the_same_saga(self, make_store: StoreFactory) -> None:
+        stores = [make_store() for _ in range(3)]
+        for s in stores:
+            await s.open()
+        try:
+            for i in range(40):
+                await put(stores[0], saga(f"s{i:02d}"), wake_at=float(i % 7))
+            now = 100.0
+            for _ in range(25):
+                claims = await asyncio.gather(
+                    *(s.claim(f"w{n}", now, now + 50.0, 16) for n, s in enumerate(stores))
+                )
+                ids = [c.id for claim in claims for c in claim]
+                assert len(ids) == len(set(ids)), "a saga was claimed twice"
+                assert len(ids) == 40  # 3 x 16 >= 40: together they took everything due
+                now += 100.0  # every lease of this round has expired in the next
+        finally:
+            for s in stores:
+                await s.close()
+
+    async def test_claim_saga(self, store: Store) -> None:
+        await put(store, saga("a"), wake_at=1000.0)
+        await put(store, saga("done", status=SagaStatus.COMPLETED), wake_at=None)
+        got = await store.claim_saga("a", "w1", 10.0, 40.0)  # not due: taken all the same
+        assert got is not None
+        assert (got.revision, got.wake_at) == (2, 40.0)
+        assert await store.claim_saga("a", "w2", 20.0, 50.0) is None  # busy
+        again = await store.claim_saga("a", "w1", 20.0, 60.0)  # its holder may take it again
+        assert again is not None
+        assert again.revision == 3
+        taken = await store.claim_saga("a", "w2", 60.0, 90.0)  # lease expired
+        assert taken is not None
+        assert taken.revision == 4
+        finished = await store.claim_saga("done", "w1", 10.0, 40.0)
+        assert finished is not None
+        assert finished.wake_at is None  # a finished saga never becomes due
+        with pytest.raises(SagaNotFound):
+            await store.claim_saga("nope", "w1", 10.0, 40.0)
+
+    async def test_renew_extends_held_leases_and_returns_lost_ones(self, store: Store) -> None:
+        for sid, wake in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+            await put(store, saga(sid), wake_at=wake)
+        assert sorted(s.id for s in await store.claim("w1", 10.0, 40.0, 2)) == ["a", "b"]
+        assert len(await store.claim("w2", 10.0, 40.0, 5)) == 1  # c
+        lost = await store.renew("w1", ["a", "b", "c", "nope"], 100.0)
+        assert lost == {"c", "nope"}
+        for sid, wake in (("a", 100.0), ("b", 100.0), ("c", 40.0)):
+            got = await store.get(sid)
+            assert got is not None
+            assert got.wake_at == wake
+            assert got.revision == 2  # renewing does not move the revision
+        assert [s.id for s in await store.claim("w3", 50.0, 150.0, 5)] == ["c"]
+        assert await store.renew("w1", [], 200.0) == set()
+
+    async def test_release_restores_wake_time(self, store: Store) -> None:
+        await put(store, saga("a"), wake_at=1.0)
+        await put(store, saga("b"), wake_at=1.0)
+        assert len(await store.claim("w1", 10.0, 40.0, 5)) == 2
+        await store.commit(
+            [update(saga("b", revision=2), status=SagaStatus.COMPLETED, wake_at=None, owner="w1")]
+        )
+        await store.release("w2", [("a", 5.0)])  # not the holder: nothing happens
+        got = await store.get("a")
+        assert got is not None
+        assert got.wake_at == 40.0
+        await store.release("w1", [("a", 25.0), ("b", 25.0)])
+        a, b = await store.get("a"), await store.get("b")
+        assert a is not None
+        assert b is not None
+        assert a.wake_at == 25.0
+        assert b.wake_at is None  # finished: stays out of the due index
+        assert [s.id for s in await store.claim("w2", 30.0, 60.0, 5)] == ["a"]
+        await store.release("w2", [])
+
+    # ------------------------------------------------------------ history and reads
+
+    async def test_history_in_revision_order(self, store: Store) -> None:
+        st = saga("a")
+        await put(store, st, history=[entry("r1-0", 1.0), entry("r1-1", 2.0)])
+        w = update(st, history=[entry("r2-0", 3.0), entry("r2-1", 4.0), entry("r2-2", 5.0)])
+        await store.commit([w])
+        await store.append_history("a", 2, [HistoryEntry(6.0, "fenced", "refused", "charge", 3)])
+        w3 = update(w.state, history=[entry("r3-0", 7.0)])
+        await store.commit([w3])
+        history = await store.history("a")
+        assert [h.message for h in history] == ["r1-0", "r1-1", "r2-0", "r2-1", "r2-2", "refused", "r3-0"]
+        assert history[5] == HistoryEntry(6.0, "fenced", "refused", "charge", 3)
+        assert await store.history("nope") == []
+
+    async def test_list_filters_newest_first_and_count(self, store: Store) -> None:
+        rows = [
+            ("a", "order", SagaStatus.COMPLETED, 100.0, "c1"),
+            ("b", "order", SagaStatus.RUNNING, 101.0, "c1"),
+            ("c", "refund", SagaStatus.RUNNING, 102.0, None),
+            ("d", "order", SagaStatus.FAILED, 103.0, "c2"),
+            ("e", "order", SagaStatus.RUNNING, 103.0, None),  # same time as d: id breaks the tie
+            ("f", "refund", SagaStatus.COMPLETED, 104.0, "c1"),
+        ]
+        for sid, name, status, created, corr in rows:
+            await put(store, saga(sid, name=name, status=status, created_at=created, correlation_id=corr))
+
+        async def ids(**kw: Any) -> list[str]:
+            q = SagaQuery(**kw)
+            found = [s.id for s in await store.list(q)]
+            count_q = SagaQuery(**{k: v for k, v in kw.items() if k not in ("limit", "offset")})
+            assert await store.count(count_q) >= len(found)
+            return found
+
+        assert await ids() == ["f", "e", "d", "c", "b", "a"]
+        assert await ids(status=SagaStatus.RUNNING) == ["e", "c", "b"]
+        assert await ids(name="refund") == ["f", "c"]
+        assert await ids(correlation_id="c1") == ["f", "b", "a"]
+        assert await ids(created_after=102.0) == ["f", "e", "d", "c"]
+        assert await ids(created_before=102.0) == ["b", "a"]
+        assert await ids(created_after=101.0, created_before=104.0, name="order") == ["e", "d", "b"]
+        assert await ids(limit=2) == ["f", "e"]
+        assert await ids(limit=2, offset=2) == ["d", "c"]
+        assert await ids(offset=5) == ["a"]
+        assert await ids(offset=6) == []
+        assert await ids(status=SagaStatus.ABORTED) == []
+        assert await store.count(SagaQuery()) == 6
+        assert await store.count(SagaQuery(status=SagaStatus.RUNNING, name="order")) == 2
+        assert await store.count(SagaQuery(correlation_id="c1", created_before=104.0)) == 2
+        assert await store.count(SagaQuery(limit=1)) == 6  # count ignores paging
+        listed = await store.list(SagaQuery(name="refund", limit=1))
+        assert listed == [await store.get("f")]
+
+    async def test_next_wake(self, store: Store) -> None:
+        assert await store.next_wake() is None
+        await put(store, saga("finished", status=SagaStatus.COMPLETED), wake_at=None)
+        assert await store.next_wake() is None
+        await put(store, saga("later"), wake_at=50.0)
+        await put(store, saga("sooner"), wake_at=20.5)
+        assert await store.next_wake() == 20.5
+        await store.claim("w1", 30.0, 90.0, 5)  # "sooner" is now due at its lease expiry
+        assert await store.next_wake() == 50.0

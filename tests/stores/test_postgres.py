@@ -1,0 +1,272 @@
+"""The store contract on PostgreSQL (a fresh schema per test), and what only PostgreSQL has."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from sagakit import SagaStatus
+from sagakit._errors import NotASagaStore, StoreError
+from sagakit._store import Store, store_from_url
+from sagakit.stores._sql import SCHEMA_VERSION
+from sagakit.stores.postgres import PostgresStore, safe_url
+
+from .contract import StoreContract, StoreFactory, put, saga, update
+
+pytestmark = pytest.mark.postgres
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    async def make_store(self, pg_dsn: str, pg_schema: str) -> AsyncIterator[StoreFactory]:
+        made: list[PostgresStore] = []
+
+        def make() -> Store:
+            s = PostgresStore(pg_dsn, schema=pg_schema, pool_size=4)
+            made.append(s)
+            return s
+
+        yield make
+        for s in made:
+            await s.close()
+
+    async def schema_version(self, store: Store) -> int | None:
+        assert isinstance(store, PostgresStore)
+        conn = await asyncpg.connect(store._dsn)
+        try:
+            value = await conn.fetchval(
+                f'SELECT value FROM "{store.schema}".sagakit_meta WHERE key=$1', "schema_version"
+            )
+        finally:
+            await conn.close()
+        return int(value)
+
+    # ------------------------------------------------------------ URLs and errors
+
+    def test_from_url(self) -> None:
+        s = store_from_url("postgresql://bob:s3cret@db.example:6543/app?schema=sagas&pool_size=3")
+        assert isinstance(s, PostgresStore)
+        assert (s.schema, s.pool_size) == ("sagas", 3)
+        assert "s3cret" not in s.url
+        assert "s3cret" not in repr(s)
+        assert s.url == "postgresql://bob@db.example:6543/app?schema=sagas"
+        assert s._dsn == "postgresql://bob:s3cret@db.example:6543/app"
+        s = store_from_url("postgres://bob@localhost/app?sslmode=disable")
+        assert isinstance(s, PostgresStore)
+        assert (s.schema, s.pool_size) == (None, 8)
+        assert s._dsn == "postgresql://bob@localhost/app?sslmode=disable"  # driver options pass through
+        assert isinstance(store_from_url("postgresql+asyncpg://bob@localhost/app"), PostgresStore)
+        with pytest.raises(StoreError, match="schema name"):
+            PostgresStore.from_url("postgresql://bob@localhost/app?schema=x;drop")
+        with pytest.raises(StoreError, match="pool_size"):
+            PostgresStore.from_url("postgresql://bob@localhost/app?pool_size=many")
+        assert safe_url("postgresql://u:pw@[::1]:5/d") == "postgresql://u@[::1]:5/d"
+
+    async def test_unreachable_server_is_a_store_error_without_the_password(self) -> None:
+        s = PostgresStore("postgresql://bob:s3cret@127.0.0.1:1/app", connect_timeout=2)
+        with pytest.raises(StoreError) as info:
+            await s.open()
+        message = str(info.value)
+        assert "postgresql://bob@127.0.0.1:1/app" in message
+        assert "s3cret" not in message
+        assert isinstance(info.value.__cause__, OSError | asyncpg.PostgresError)
+
+    async def test_unknown_database_is_a_store_error(self, pg_dsn: str) -> None:
+        s = PostgresStore(pg_dsn.rsplit("/", 1)[0] + "/no_such_db_sagakit", connect_timeout=5)
+        with pytest.raises(StoreError, match="no_such_db_sagakit"):
+            await s.open()
+
+    async def test_use_before_open_is_a_store_error(self, make_store: StoreFactory) -> None:
+        with pytest.raises(StoreError, match="not open"):
+            await make_store().get("a")
+
+    async def test_connection_lost_mid_commit_is_a_store_error_then_the_pool_recovers(
+        self, store: Store, pg_dsn: str, pg_schema: str
+    ) -> None:
+        st = saga("a")
+        await put(store, st)
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            # Hold the saga's row so that the commit waits inside its transaction ...
+            tx = admin.transaction()
+            await tx.start()
+            await admin.execute(f"SELECT 1 FROM \"{pg_schema}\".sagakit_sagas WHERE id='a' FOR UPDATE")
+            commit = asyncio.create_task(store.commit([update(st)]))
+            pid = None
+            for _ in range(200):
+                await admin.execute("SELECT pg_stat_clear_snapshot()")  # fresh view inside the tx
+                pid = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%unnest%' AND pid <> pg_backend_pid()"
+                )
+                if pid is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert pid is not None, "the commit never waited on the row lock"
+            # ... and drop its connection from the server side.
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(StoreError) as info:
+                await commit
+            assert store.url in str(info.value)
+            assert isinstance(info.value.__cause__, OSError | asyncpg.PostgresError | asyncpg.InterfaceError)
+            await tx.rollback()
+        finally:
+            await admin.close()
+        # Nothing of the failed commit was written; the pool replaces the lost connection.
+        got = await store.get("a")
+        assert got == st
+        assert await store.commit([update(st)]) == ["a"]
+
+    async def test_server_errors_are_store_errors(self, store: Store, pg_dsn: str, pg_schema: str) -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA "{pg_schema}" CASCADE')
+        finally:
+            await conn.close()
+        with pytest.raises(StoreError, match="sagakit_sagas") as info:
+            await store.get("a")
+        assert isinstance(info.value.__cause__, asyncpg.PostgresError)
+
+    # ------------------------------------------------------------ schema
+
+    async def test_concurrent_opens_migrate_once(self, make_store: StoreFactory) -> None:
+        stores = [make_store() for _ in range(5)]
+        await asyncio.gather(*(s.open() for s in stores))
+        assert {await self.schema_version(s) for s in stores} == {SCHEMA_VERSION}
+
+    async def test_foreign_sagakit_sagas_table_is_refused_and_left_alone(
+        self, pg_dsn: str, pg_schema: str
+    ) -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+            await conn.execute(f'CREATE TABLE "{pg_schema}".sagakit_sagas (x INTEGER)')
+            await conn.execute(f'INSERT INTO "{pg_schema}".sagakit_sagas VALUES (1)')
+            s = PostgresStore(pg_dsn, schema=pg_schema)
+            with pytest.raises(NotASagaStore, match=pg_schema):
+                await s.open()
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema=$1", pg_schema
+            )
+            assert [t[0] for t in tables] == ["sagakit_sagas"]
+            assert await conn.fetchval(f'SELECT x FROM "{pg_schema}".sagakit_sagas') == 1
+        finally:
+            await conn.close()
+
+    async def test_newer_schema_version_is_refused(
+        self, make_store: StoreFactory, pg_dsn: str, pg_schema: str
+    ) -> None:
+        s = make_store()
+        await s.open()
+        await s.close()
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(
+                f"UPDATE \"{pg_schema}\".sagakit_meta SET value=$1 WHERE key='schema_version'",
+                str(SCHEMA_VERSION + 1),
+            )
+        finally:
+            await conn.close()
+        with pytest.raises(StoreError, match="newer"):
+            await make_store().open()
+
+    # ------------------------------------------------------------ hot path
+
+    async def test_finding_due_work_reads_the_partial_wake_index(self, store: Store) -> None:
+        assert isinstance(store, PostgresStore)
+        finished = []
+        for i in range(3000):
+            st = saga(f"done{i:04d}", status=SagaStatus.COMPLETED)
+            finished.append(st)
+        from sagakit._store import Write
+
+        await store.commit([Write(st, 0, [], None, insert=True) for st in finished])
+        for i in range(5):
+            await put(store, saga(f"due{i}"), wake_at=float(i))
+        async with store._pool.acquire() as conn:
+            await conn.execute("ANALYZE sagakit_sagas")
+            rows = await conn.fetch(f"EXPLAIN {store._sql.claim}", "w1", 100.0, 50.0, 10)
+        plan = "\n".join(r[0] for r in rows)
+        # The subquery that picks due sagas reads the partial index on wake_at (finished
+        # sagas have no wake time and are not in it), and nothing scans the table.
+        assert "sagakit_sagas_due" in plan, plan
+        assert "Seq Scan" not in plan, plan
+        assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED
+
+    async def test_statements_are_prepared_once_and_reused(self, make_store: StoreFactory) -> None:
+        s = make_store()
+        assert isinstance(s, PostgresStore)
+        s.pool_size = 1  # one connection, so that its prepared statements are all of them
+        await s.open()
+        st = saga("a")
+        await put(s, st, wake_at=1.0)
+
+        async def round_trip(n: int) -> None:
+            nonlocal st
+            (claimed,) = await s.claim("w1", 100.0 * n, 100.0 * n + 50, 5)
+            w = update(claimed, owner=None, wake_at=100.0 * n + 60)
+            assert await s.commit([w]) == ["a"]
+            st = w.state
+            await s.get("a")
+            await s.history("a")
+
+        async def prepared() -> int:
+            async with s._pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT count(*) FROM pg_prepared_statements"))
+
+        for n in range(1, 4):
+            await round_trip(n)
+        before = await prepared()
+        for n in range(4, 30):
+            await round_trip(n)
+        assert await prepared() == before
+
+    # ------------------------------------------------------------ LISTEN / NOTIFY
+
+    async def test_wait_for_work_wakes_on_a_commit_that_makes_work_due(
+        self, make_store: StoreFactory
+    ) -> None:
+        idle, busy = make_store(), make_store()
+        assert isinstance(idle, PostgresStore)
+        await idle.open()
+        await busy.open()
+        assert await idle.wait_for_work(0.01) is True  # starting to listen: look once
+        assert await idle.wait_for_work(0.05) is False  # nothing happened
+        waiter = asyncio.create_task(idle.wait_for_work(10.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        # Due far in the future: no notification.
+        await put(busy, saga("later"), wake_at=10_000.0)
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await put(busy, saga("now", created_at=100.0), wake_at=100.0)
+        assert await asyncio.wait_for(waiter, 5.0) is True
+        # A release notifies too.
+        (claimed,) = await busy.claim("w1", 200.0, 260.0, 5)
+        assert claimed.id == "now"
+        assert await idle.wait_for_work(0.05) is False
+        waiter = asyncio.create_task(idle.wait_for_work(10.0))
+        await asyncio.sleep(0.05)
+        await busy.release("w1", [("now", 201.0)])
+        assert await asyncio.wait_for(waiter, 5.0) is True
+
+    async def test_notifications_stay_within_their_schema(
+        self, make_store: StoreFactory, pg_dsn: str
+    ) -> None:
+        idle = make_store()
+        assert isinstance(idle, PostgresStore)
+        await idle.open()
+        other = PostgresStore(pg_dsn, schema=f"{idle.schema}_other", pool_size=1)
+        await other.open()
+        try:
+            assert await idle.wait_for_work(0.01) is True
+            await put(other, saga("x", created_at=5.0), wake_at=5.0)
+            assert await idle.wait_for_work(0.2) is False
+        finally:
+            await other.close()
+            conn = await asyncpg.connect(pg_dsn)
+            await conn.execute(f'DROP SCHEMA "{idle.schema}_other" CASCADE')
+            await conn.close()

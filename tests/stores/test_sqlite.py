@@ -1,0 +1,87 @@
+"""The store contract on SQLite (a real file per test), and what only SQLite has."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sagakit import SagaStatus
+from sagakit._errors import NotASagaStore, StoreError
+from sagakit._store import Store, store_from_url
+from sagakit.stores._sql import SCHEMA_VERSION
+from sagakit.stores.sqlite import SQLiteStore
+
+from .contract import StoreContract, StoreFactory, put, saga
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    def db_path(self, tmp_path: Path) -> Path:
+        return tmp_path / "sagas.db"
+
+    @pytest.fixture
+    def make_store(self, db_path: Path) -> StoreFactory:
+        def make() -> Store:
+            return SQLiteStore(str(db_path))
+
+        return make
+
+    async def schema_version(self, store: Store) -> int | None:
+        assert isinstance(store, SQLiteStore)
+        with sqlite3.connect(store.path) as conn:
+            row = conn.execute("SELECT value FROM sagakit_meta WHERE key='schema_version'").fetchone()
+        conn.close()
+        return int(row[0])
+
+    async def test_url_names_the_file(self, db_path: Path) -> None:
+        s = store_from_url(f"sqlite:///{db_path}")
+        assert isinstance(s, SQLiteStore)
+        assert s.path == str(db_path)
+
+    async def test_text_file_is_not_a_saga_store_and_is_left_untouched(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.db"
+        path.write_text("these are my notes, not a database\n" * 10)
+        before = (path.read_bytes(), os.stat(path).st_mtime_ns)
+        s = SQLiteStore(str(path))
+        with pytest.raises(NotASagaStore, match="notes.db"):
+            await s.open()
+        assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+    async def test_foreign_sagakit_sagas_table_is_refused(self, db_path: Path) -> None:
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("CREATE TABLE sagakit_sagas (x INTEGER)")
+        conn.close()
+        with pytest.raises(NotASagaStore):
+            await SQLiteStore(str(db_path)).open()
+
+    async def test_newer_schema_version_is_refused(self, make_store: StoreFactory, db_path: Path) -> None:
+        s = make_store()
+        await s.open()
+        await s.close()
+        with sqlite3.connect(db_path) as conn:
+            conn.execute(
+                "UPDATE sagakit_meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)
+            )
+        conn.close()
+        with pytest.raises(StoreError, match="newer"):
+            await make_store().open()
+
+    async def test_finding_due_work_reads_the_partial_wake_index(self, store: Store) -> None:
+        assert isinstance(store, SQLiteStore)
+        for i in range(200):
+            await put(store, saga(f"done{i:03d}", status=SagaStatus.COMPLETED), wake_at=None)
+        await put(store, saga("due"), wake_at=1.0)
+        conn = sqlite3.connect(store.path)
+        try:
+            plan = conn.execute(f"EXPLAIN QUERY PLAN {store._sql.claim}", ("w1", 100.0, 50.0, 10)).fetchall()
+        finally:
+            conn.close()
+        details = [row[-1] for row in plan]
+        # The subquery that picks due sagas searches the partial index on wake_at; nothing
+        # scans the table (finished sagas have no wake time and are not in that index).
+        assert any("USING INDEX sagakit_sagas_due" in d for d in details), details
+        assert not any(d.startswith("SCAN sagakit_sagas") for d in details), details
