@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -68,6 +69,9 @@ __all__ = ["SagaEngine"]
 log = logging.getLogger("sagakit")
 
 _PARK_SECONDS = 30.0
+# Saga ids need uniqueness, not secrecy: a generator seeded from the OS is
+# ~100x cheaper per id than reading the OS's random source each time.
+_ids = random.Random(os.urandom(32))
 
 
 @dataclass(slots=True)
@@ -77,6 +81,10 @@ class _Held:
     state: SagaState
     definition: SagaDefinition
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    durable: bool = False  # the saga's row exists in the store
+    # The whole history, for a saga this engine started and held since: lets
+    # wait() answer without reading the store. None when part of it is elsewhere.
+    history: list[HistoryEntry] | None = None
     queued: bool = False  # a transition waits in the commit queue
     committing: int = 0  # transitions in the batch being committed
     timer: asyncio.TimerHandle | None = None
@@ -145,7 +153,7 @@ class SagaEngine:
         self._fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]] = {}
         self._held: dict[str, _Held] = {}
         self._queue: dict[str, _Pending] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[SagaSnapshot | None]]] = {}
         self._opened = False
         self._running = False
         self._closing = False
@@ -292,7 +300,7 @@ class SagaEngine:
         data = orjson.loads(blob)
         await self._ensure_open()
         now = self.clock()
-        saga_id = uuid.uuid4().hex
+        saga_id = f"{_ids.getrandbits(128):032x}"
         decision = new_saga(
             defn,
             saga_id,
@@ -308,7 +316,7 @@ class SagaEngine:
             result: str | None = res[0]
             assert result is not None
             return result
-        held = _Held(decision.state, defn)
+        held = _Held(decision.state, defn, history=[])
         decision.state.revision = -1  # _transition bumps it to 0 for the insert
         self._held[saga_id] = held
         fut: asyncio.Future[str] = self._loop_().create_future()
@@ -322,10 +330,17 @@ class SagaEngine:
             SagaNotFound: no such saga.
         """
         await self._ensure_open()
-        st = await self.store.get(saga_id)
-        if st is None:
-            raise SagaNotFound(saga_id)
-        history = await self.store.history(saga_id)
+        load = getattr(self.store, "load", None)
+        if load is not None:
+            found = await load(saga_id)
+            if found is None:
+                raise SagaNotFound(saga_id)
+            st, history = found
+        else:
+            st = await self.store.get(saga_id)
+            if st is None:
+                raise SagaNotFound(saga_id)
+            history = await self.store.history(saga_id)
         return SagaSnapshot.from_state(st, tuple(history))
 
     async def list(
@@ -363,21 +378,33 @@ class SagaEngine:
         """
         loop = self._loop_() if self._opened else asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        held = self._held.get(saga_id)
+        # A saga this engine runs reports its end here: no need to read it first.
+        local = held is not None and not held.state.status.terminal
         while True:
-            snap = await self.get(saga_id)
-            if snap.status.terminal:
-                return snap
+            if not local:
+                snap = await self.get(saga_id)
+                if snap.status.terminal:
+                    return snap
+            local = False
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
+                snap = await self.get(saga_id)
+                if snap.status.terminal:
+                    return snap
                 raise TimeoutError(f"saga {saga_id} is still {snap.status.value} after {timeout}s")
-            fut: asyncio.Future[None] = loop.create_future()
+            fut: asyncio.Future[SagaSnapshot | None] = loop.create_future()
             waiters = self._waiters.setdefault(saga_id, [])
             waiters.append(fut)
+            # Poll now and then too: another worker may be running this saga.
+            delay = 0.5 if remaining is None else min(remaining, 0.5)
+            timer = loop.call_later(delay, _resolve, fut)
             try:
-                wait_for = 0.5 if remaining is None else min(remaining, 0.5)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, wait_for)
+                done = await fut
+                if done is not None:
+                    return done
             finally:
+                timer.cancel()
                 with contextlib.suppress(ValueError):
                     waiters.remove(fut)
                 if not waiters:
@@ -440,7 +467,7 @@ class SagaEngine:
                             f"saga {saga_id} runs {st.name} v{st.version}, which is not "
                             "registered with this engine"
                         )
-                    held = _Held(st, defn)
+                    held = _Held(st, defn, durable=True)
                     self._held[saga_id] = held
                     claimed = True
             decision = decide(held.definition, held.state, event, self.clock())
@@ -489,9 +516,11 @@ class SagaEngine:
         st.revision = old.revision + 1
         held.state = st
         sid = st.id
+        if held.history is not None:
+            held.history.extend(decision.history)
         p = self._queue.get(sid)
         if p is None:
-            p = _Pending(held, old.revision, decision.history, decision.effects, insert=insert)
+            p = _Pending(held, old.revision, decision.history, [], insert=insert)
             p.data_changed = insert or st.data is not old.data
             self._queue[sid] = p
             held.queued = True
@@ -499,9 +528,25 @@ class SagaEngine:
                 self._kick()
         else:
             p.history.extend(decision.history)
-            p.effects.extend(decision.effects)
             p.data_changed = p.data_changed or st.data is not old.data
         p.state = st
+        if decision.effects:
+            if held.durable and self._running and not self._closing:
+                # Local attempts start without waiting for this transition to commit:
+                # should the process die first, the last committed state still shows
+                # the previous attempt running and it runs again with the same
+                # idempotency key - the at-least-once contract holds either way. A
+                # saga's first attempts wait for its row, so no side effect can ever
+                # happen for a saga the store does not know.
+                defn = held.definition.by_name
+                for eff in decision.effects:
+                    sdef = defn[eff.step]
+                    if sdef.compensation_local if eff.compensation else sdef.local:
+                        self._dispatch(held, eff)
+                    else:
+                        p.effects.append(eff)
+            else:
+                p.effects.extend(decision.effects)
         if future is not None:
             p.futures.append(future)
         if st.status.terminal:
@@ -602,12 +647,13 @@ class SagaEngine:
                     if not f.done():
                         f.set_result(result or sid)
             return
+        held.durable = True
         for f in p.futures:
             if not f.done():
                 f.set_result(sid)
         current = held.state
-        if current.status.terminal or st.status.terminal:
-            self._notify(sid)
+        if st.status.terminal:
+            self._notify(sid, held, st)
         if self._held.get(sid) is not held:
             return
         if p.release and not held.queued and not held.committing and not held.inflight:
@@ -640,10 +686,16 @@ class SagaEngine:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
-    def _notify(self, sid: str) -> None:
-        for f in self._waiters.get(sid, ()):
+    def _notify(self, sid: str, held: _Held, st: SagaState) -> None:
+        waiters = self._waiters.get(sid)
+        if not waiters:
+            return
+        snap = None
+        if held.history is not None and held.state is st:
+            snap = SagaSnapshot.from_state(st, tuple(held.history))
+        for f in waiters:
             if not f.done():
-                f.set_result(None)
+                f.set_result(snap)
 
     def _set_timer(self, held: _Held) -> None:
         if held.timer is not None:
@@ -804,7 +856,7 @@ class SagaEngine:
         if defn is None:
             self._park(st)
             return
-        held = _Held(st, defn)
+        held = _Held(st, defn, durable=True)
         self._held[st.id] = held
         self._apply(held, Resume(), force=True)
 
@@ -871,6 +923,11 @@ def _query(
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be >= 1 and offset >= 0, got limit={limit}, offset={offset}")
     return SagaQuery(status, name, correlation_id, created_after, created_before, limit, offset)
+
+
+def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _describe(e: BaseException) -> str:

@@ -38,15 +38,17 @@ class SQLiteStore:
         self._sql = Statements(DIALECT)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Reads use a second connection on a thread of their own (WAL lets them
+        # run beside the writer), so looking at sagas never waits for a commit.
+        self._reader: sqlite3.Connection | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
         """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://`` (in memory)."""
         rest = url.split(":", 1)[1]
         if not rest.startswith("//"):
-            raise StoreError(
-                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
-            )
+            raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
         path = unquote(rest[2:])
         if path.startswith("/"):
             path = path[1:]
@@ -61,10 +63,23 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        executor = self._read_executor or self._executor
+        if executor is None:
+            raise StoreError(f"store {self.url} is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, fn, *args)
+
     @property
     def _db(self) -> sqlite3.Connection:
         assert self._conn is not None
         return self._conn
+
+    @property
+    def _rdb(self) -> sqlite3.Connection:
+        conn = self._reader or self._conn
+        assert conn is not None
+        return conn
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -76,6 +91,14 @@ class SQLiteStore:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        if self.path != ":memory:":
+            self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagakit-sqlite-read")
+            self._reader = await self._read(self._open_reader)
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
 
     def _open(self) -> None:
         if self.path != ":memory:" and os.path.exists(self.path):
@@ -92,14 +115,10 @@ class SQLiteStore:
             raise StoreError(f"cannot open SQLite database {self.path}: {e}") from e
         try:
             conn.execute("PRAGMA busy_timeout=10000")
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             version = 0
             if "sagakit_meta" in tables:
-                row = conn.execute(
-                    "SELECT value FROM sagakit_meta WHERE key='schema_version'"
-                ).fetchone()
+                row = conn.execute("SELECT value FROM sagakit_meta WHERE key='schema_version'").fetchone()
                 version = int(row[0]) if row else 0
             elif "sagakit_sagas" in tables:
                 raise NotASagaStore(
@@ -149,6 +168,12 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._read_executor is not None:
+            if self._reader is not None:
+                await self._read(self._reader.close)
+                self._reader = None
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -224,9 +249,7 @@ class SQLiteStore:
             raise
         return results
 
-    async def append_history(
-        self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]
-    ) -> None:
+    async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         rows = [
             (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message)
             for i, h in enumerate(entries)
@@ -245,9 +268,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ leases
 
-    async def claim(
-        self, owner: str, now: float, lease_until: float, limit: int
-    ) -> list[SagaState]:
+    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
         return await self._run(self._claim, owner, now, lease_until, limit)
 
     def _claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
@@ -261,14 +282,10 @@ class SQLiteStore:
             raise
         return [decode_row(r) for r in rows]
 
-    async def claim_saga(
-        self, saga_id: str, owner: str, now: float, lease_until: float
-    ) -> SagaState | None:
+    async def claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
         return await self._run(self._claim_saga, saga_id, owner, now, lease_until)
 
-    def _claim_saga(
-        self, saga_id: str, owner: str, now: float, lease_until: float
-    ) -> SagaState | None:
+    def _claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -306,30 +323,46 @@ class SQLiteStore:
     # ------------------------------------------------------------ reads
 
     async def get(self, saga_id: str) -> SagaState | None:
-        return await self._run(self._get, saga_id)
+        return await self._read(self._get, saga_id)
 
     def _get(self, saga_id: str) -> SagaState | None:
-        row = self._db.execute(self._sql.get, (saga_id,)).fetchone()
+        row = self._rdb.execute(self._sql.get, (saga_id,)).fetchone()
         return decode_row(row) if row else None
 
+    async def load(self, saga_id: str) -> tuple[SagaState, list[HistoryEntry]] | None:
+        """The saga and its history, read together in one consistent snapshot."""
+        return await self._read(self._load, saga_id)
+
+    def _load(self, saga_id: str) -> tuple[SagaState, list[HistoryEntry]] | None:
+        db = self._rdb
+        db.execute("BEGIN")
+        try:
+            row = db.execute(self._sql.get, (saga_id,)).fetchone()
+            if row is None:
+                return None
+            history = db.execute(self._sql.history, (saga_id,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return decode_row(row), [HistoryEntry(*r) for r in history]
+
     async def history(self, saga_id: str) -> list[HistoryEntry]:
-        rows = await self._run(self._fetchall, self._sql.history, (saga_id,))
+        rows = await self._read(self._fetchall, self._sql.history, (saga_id,))
         return [HistoryEntry(*r) for r in rows]
 
     def _fetchall(self, stmt: str, args: Sequence[Any]) -> list[Any]:
-        return self._db.execute(stmt, args).fetchall()
+        return self._rdb.execute(stmt, args).fetchall()
 
     async def list(self, query: SagaQuery) -> list[SagaState]:
         stmt, args = list_query(DIALECT, self._sql.columns, query)
-        rows = await self._run(self._fetchall, stmt, args)
+        rows = await self._read(self._fetchall, stmt, args)
         return [decode_row(r) for r in rows]
 
     async def count(self, query: SagaQuery) -> int:
         stmt, args = list_query(DIALECT, self._sql.columns, query, count=True)
-        rows = await self._run(self._fetchall, stmt, args)
+        rows = await self._read(self._fetchall, stmt, args)
         return int(rows[0][0])
 
     async def next_wake(self) -> float | None:
-        rows = await self._run(self._fetchall, self._sql.next_wake, ())
+        rows = await self._read(self._fetchall, self._sql.next_wake, ())
         value = rows[0][0]
         return float(value) if value is not None else None
