@@ -1,7 +1,158 @@
-"""(commands added in their own change)"""
+"""``sagakit validate``, ``generate`` and ``graph``: the declarative format on the command line.
+
+Thin over ``sagakit.declarative``, which is imported when a command runs so
+that the other commands do not pay for it. Module paths in a definition are
+resolved from the current directory, each ``--path DIR`` and ``PYTHONPATH``,
+as other Python tools do.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
 import click
 
-commands: list[click.Command] = []
+__all__ = ["commands"]
+
+_path_option = click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A directory to resolve the definition's modules from (repeatable); the current "
+    "directory always is one.",
+)
+
+
+def _search_path(paths: Sequence[Path]) -> list[str | os.PathLike[str]]:
+    return [Path.cwd(), *paths]
+
+
+def _fail(file: object, error: Exception) -> NoReturn:
+    from ..declarative import InvalidDefinition
+
+    lines = error.errors if isinstance(error, InvalidDefinition) else (str(error),)
+    for line in lines:
+        click.echo(f"{file}: {line}", err=True)
+    raise SystemExit(1)
+
+
+def _summary(file: object, definition: Any) -> str:
+    steps = definition.steps
+    compensations = sum(1 for s in steps if s.compensation is not None)
+    orchestrator = definition.extras.get("orchestrator")
+    parts = [
+        f"{len(steps)} step{'s' if len(steps) != 1 else ''}",
+        f"{len(definition.triggers)} trigger{'s' if len(definition.triggers) != 1 else ''}",
+        f"{compensations} compensation{'s' if compensations != 1 else ''}",
+    ]
+    return (
+        f"{file}: OK: saga {definition.name!r}"
+        + (f" (orchestrator {orchestrator})" if orchestrator else "")
+        + ": "
+        + ", ".join(parts)
+    )
+
+
+@click.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_path_option
+def validate(files: tuple[Path, ...], paths: tuple[Path, ...]) -> None:
+    """Check saga definitions in the declarative format (JSON or YAML).
+
+    Loads each FILE completely (its modules are imported) and prints a
+    summary, or every problem on its own line as FILE: field.path: problem.
+    Exits 1 when any file is invalid.
+    """
+    from ..declarative import InvalidDefinition, load_definition
+
+    failed = False
+    for file in files:
+        try:
+            definition = load_definition(file, search_path=_search_path(paths))
+        except InvalidDefinition as e:
+            failed = True
+            for line in e.errors:
+                click.echo(f"{file}: {line}", err=True)
+            continue
+        click.echo(_summary(file, definition))
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("generate")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--bounded-ctx", required=True, help="The bounded context: app/domain/CTX/sagas/.")
+@click.option(
+    "--root",
+    "--out",
+    "root",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The project directory to write under.",
+)
+@click.option("--app-root", default="app", show_default=True, help="The application package under --root.")
+@click.option("--force", is_flag=True, help="Overwrite the module even if it was edited.")
+@_path_option
+def generate(
+    file: Path,
+    bounded_ctx: str,
+    root: Path,
+    app_root: str,
+    force: bool,
+    paths: tuple[Path, ...],
+) -> None:
+    """Write FILE's orchestrator as a Python module and print its path.
+
+    Follows the format's naming and location rules: the class is the
+    definition's name (PascalCase ending in Orchestrator), the file its
+    snake_case, under ROOT/APP_ROOT/domain/BOUNDED_CTX/sagas/. Re-running
+    replaces the module unless it was edited since (then --force).
+    """
+    from ..declarative import GeneratedFileEdited, InvalidDefinition
+    from ..declarative import generate as write_module
+
+    try:
+        target = write_module(
+            file,
+            bounded_ctx=bounded_ctx,
+            root=root,
+            app_root=app_root,
+            force=force,
+            search_path=_search_path(paths),
+        )
+    except (InvalidDefinition, GeneratedFileEdited) as e:
+        _fail(file, e)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    click.echo(str(target))
+
+
+@click.command("graph")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot"]),
+    default="mermaid",
+    show_default=True,
+    help="Mermaid flowchart or Graphviz DOT.",
+)
+@_path_option
+def graph(file: Path, fmt: str, paths: tuple[Path, ...]) -> None:
+    """Print FILE's saga as a flowchart of steps, dependencies and compensations."""
+    from ..declarative import InvalidDefinition, load_definition
+    from ..declarative import graph as draw
+
+    try:
+        definition = load_definition(file, search_path=_search_path(paths))
+    except InvalidDefinition as e:
+        _fail(file, e)
+    click.echo(draw(definition, "dot" if fmt == "dot" else "mermaid"), nl=False)
+
+
+commands: list[click.Command] = [validate, generate, graph]

@@ -1,0 +1,607 @@
+"""``load_definition``: the declarative format (seed 000) in, a ``SagaDefinition`` out.
+
+Reading happens in three stages, each reporting every problem it finds with
+its field path (``steps[1].success_event_module``), the value and the fix:
+
+1. parse the JSON or YAML text (or take the mapping as given);
+2. validate it against the pydantic models of the format;
+3. resolve every module and class with ``importlib``, compile the
+   correlation lambdas (see ``_correlation``), then build the definition
+   through ``SagaBuilder`` exactly as code would.
+
+Resolving a class imports its module, which runs that module's top-level
+code, as ``import`` would.
+
+The state repository named in a definition is resolved (so a typo is caught)
+and kept in ``definition.extras["state_repository"]``, but sagakit does not
+call it: the engine stores saga state in its own store, validated against the
+state DTO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import json
+import keyword
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .._definition import _NAME, SagaBuilder, SagaDefinition, is_message_type
+from .._errors import DefinitionError
+from .._messages import SendCommand, send
+from ._correlation import CorrelationFunction, compile_correlation
+from ._models import (
+    ImportDefinitionDTO,
+    SagaOrchestratorInputDTO,
+    SagaStepInputDTO,
+    TriggerEventConfigInputDTO,
+    success_events,
+)
+
+__all__ = [
+    "InvalidDefinition",
+    "build_definition_from",
+    "extended_sys_path",
+    "load_definition",
+    "read_definition",
+]
+
+Source = str | os.PathLike[str] | Mapping[str, Any]
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class InvalidDefinition(DefinitionError):
+    """A declarative definition with one or more problems; ``errors`` holds one line per problem.
+
+    Each line reads ``field.path: what is wrong (the value) and the fix``.
+    """
+
+    def __init__(self, errors: Sequence[str], origin: str | None = None) -> None:
+        self.errors = tuple(errors)
+        self.origin = origin
+        where = f" in {origin}" if origin else ""
+        n = len(self.errors)
+        lines = "\n".join(f"  {e}" for e in self.errors)
+        super().__init__(f"invalid saga definition{where}: {n} problem{'s' if n != 1 else ''}\n{lines}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_definition(source: Source) -> SagaOrchestratorInputDTO:
+    """Parse and validate a definition (JSON/YAML file or mapping) without importing anything.
+
+    Raises:
+        InvalidDefinition: the file cannot be read or parsed, or fields are
+            missing, unknown or of the wrong type (every error, with its path).
+    """
+    data, origin = _read(source)
+    try:
+        return SagaOrchestratorInputDTO.model_validate(data)
+    except ValidationError as e:
+        raise InvalidDefinition([_format_error(err) for err in e.errors()], origin) from None
+
+
+def _origin(source: Source) -> str | None:
+    return None if isinstance(source, Mapping) else os.fspath(source)
+
+
+def _read(source: Source) -> tuple[Any, str | None]:
+    if isinstance(source, Mapping):
+        return source, None
+    if not isinstance(source, str | os.PathLike):
+        raise InvalidDefinition(
+            [f"expected a file path or a mapping, got {type(source).__name__} {source!r}"]
+        )
+    path = Path(source)
+    origin = os.fspath(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidDefinition([f"file not found: {origin!r} (check the path)"], origin) from None
+    except IsADirectoryError:
+        raise InvalidDefinition([f"{origin!r} is a directory, not a definition file"], origin) from None
+    except UnicodeDecodeError as e:
+        raise InvalidDefinition([f"not UTF-8 text: {e}"], origin) from None
+    except OSError as e:
+        raise InvalidDefinition([f"cannot read the file: {e}"], origin) from None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = _parse_json(text, origin)
+    elif suffix in (".yaml", ".yml"):
+        data = _parse_yaml(text, origin)
+    else:
+        # No telling extension: JSON if it parses as JSON, else YAML (a superset).
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = _parse_yaml(text, origin)
+    if not isinstance(data, dict):
+        raise InvalidDefinition(
+            [
+                "expected a mapping (a JSON object / YAML mapping) of definition fields at the top "
+                f"level, got {type(data).__name__}"
+            ],
+            origin,
+        )
+    return data, origin
+
+
+def _parse_json(text: str, origin: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidDefinition(
+            [f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"], origin
+        ) from None
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InvalidDefinition([f"invalid YAML{at}: {problem}"], origin) from None
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_MODEL_AT: dict[str, type[BaseModel]] = {
+    "steps": SagaStepInputDTO,
+    "triggering_events": TriggerEventConfigInputDTO,
+    "imports": ImportDefinitionDTO,
+}
+
+
+def _fields_at(loc: Sequence[int | str]) -> list[str]:
+    if len(loc) == 1:
+        return list(SagaOrchestratorInputDTO.model_fields)
+    if len(loc) == 3 and isinstance(loc[0], str) and loc[0] in _MODEL_AT:
+        return list(_MODEL_AT[loc[0]].model_fields)
+    return []
+
+
+def _value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _format_error(err: Any) -> str:
+    loc = tuple(err["loc"])
+    path = _path(loc)
+    kind = err["type"]
+    if kind == "missing":
+        return f"{path}: required field is missing; add it"
+    if kind == "extra_forbidden":
+        field = str(loc[-1])
+        hint = difflib.get_close_matches(field, _fields_at(loc), n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else "remove it or check its spelling"
+        return f"{path}: unknown field ({fix})"
+    msg = str(err["msg"])
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{path}: {msg} (value: {_value(err.get('input'))})"
+    if kind == "string_type":
+        return f"{path}: must be a string, got {_value(err.get('input'))}"
+    if kind == "list_type":
+        return f"{path}: must be a list, got {_value(err.get('input'))}"
+    if kind == "bool_type":
+        return f"{path}: must be true or false, got {_value(err.get('input'))}"
+    if kind in ("model_type", "dict_type"):
+        return f"{path}: must be a mapping (JSON object) of fields, got {_value(err.get('input'))}"
+    return f"{path}: {msg} (value: {_value(err.get('input'))})"
+
+
+# ---------------------------------------------------------------- resolving
+
+
+@contextlib.contextmanager
+def extended_sys_path(paths: Sequence[str | os.PathLike[str]] | None) -> Iterator[None]:
+    """Put *paths* in front of ``sys.path`` while resolving, and take them out again."""
+    if not paths:
+        yield
+        return
+    added = [os.fspath(Path(p).resolve()) for p in paths]
+    added = [p for p in dict.fromkeys(added) if p not in sys.path]
+    sys.path[:0] = added
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        for p in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(p)
+
+
+class _Resolver:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self._modules: dict[str, ModuleType | str] = {}
+
+    def module(self, path: str, name: str) -> ModuleType | None:
+        if not _MODULE.match(name):
+            why = (
+                "relative module paths are not supported; write the absolute module path"
+                if name.startswith(".")
+                else "not a dotted Python module path like 'app.domain.payments.events'"
+            )
+            self.errors.append(f"{path}: {name!r} is {why}" if name else f"{path}: empty module path")
+            return None
+        cached = self._modules.get(name)
+        if cached is None:
+            cached = self._import(name)
+            self._modules[name] = cached
+        if isinstance(cached, str):
+            self.errors.append(f"{path}: {cached}")
+            return None
+        return cached
+
+    @staticmethod
+    def _import(name: str) -> ModuleType | str:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name != e.name and not name.startswith(e.name + "."):
+                return (
+                    f"module {name!r} was found but failed to import: it needs {e.name!r}, which "
+                    "is not installed"
+                )
+            return (
+                f"cannot import module {name!r} (no module named {e.name!r}); check the module "
+                "path, or put its root directory on the search path (--path DIR or PYTHONPATH)"
+            )
+        except Exception as e:  # the module's own code failed: report, do not crash validation
+            return f"module {name!r} failed to import: {type(e).__name__}: {e}"
+
+    def cls(
+        self,
+        name_path: str,
+        class_name: str,
+        module_path: str,
+        module_name: str,
+        what: str,
+        *,
+        message: bool = True,
+    ) -> type | None:
+        if not class_name.isidentifier() or keyword.iskeyword(class_name):
+            self.errors.append(f"{name_path}: {class_name!r} is not a Python class name")
+            return None
+        mod = self.module(module_path, module_name)
+        if mod is None:
+            return None
+        obj = getattr(mod, class_name, None)
+        if obj is None:
+            candidates = [n for n, v in vars(mod).items() if isinstance(v, type)]
+            hint = difflib.get_close_matches(class_name, candidates, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"check the name, or that {what} lives there"
+            self.errors.append(f"{name_path}: module {module_name!r} has no {class_name!r} ({fix})")
+            return None
+        if not isinstance(obj, type):
+            self.errors.append(
+                f"{name_path}: {module_name}.{class_name} is a {type(obj).__name__}, not a class"
+            )
+            return None
+        if message and not is_message_type(obj):
+            self.errors.append(
+                f"{name_path}: {module_name}.{class_name} is not a pydantic model or dataclass; "
+                f"{what} must be one, so that it can be serialised and validated"
+            )
+            return None
+        return obj
+
+    def loose_event(
+        self,
+        path: str,
+        name: str,
+        step: SagaStepInputDTO,
+        imports: Sequence[ImportDefinitionDTO],
+    ) -> type | None:
+        """Resolve a compensation event, which the schema names without a module."""
+        found = self.locate_loose(path, name, step, imports)
+        if found is None:
+            return None
+        module_name, class_name = found
+        return self.cls(path, class_name, path, module_name, "a compensation event")
+
+    def locate_loose(
+        self,
+        path: str,
+        name: str,
+        step: SagaStepInputDTO,
+        imports: Sequence[ImportDefinitionDTO],
+    ) -> tuple[str, str] | None:
+        """Where a compensation event lives, as (module, class name).
+
+        Accepted forms: ``module.ClassName``, or a bare name found in (in this
+        order) an ``imports`` entry listing it, the compensation command's
+        module, the step's failure event module, its success event modules and
+        its command module.
+        """
+        if "." in name:
+            module_name, _, class_name = name.rpartition(".")
+            return module_name, class_name
+        if not name.isidentifier() or keyword.iskeyword(name):
+            self.errors.append(f"{path}: {name!r} is not a Python class name")
+            return None
+        candidates: list[str] = [imp.module for imp in imports if name in imp.names]
+        if step.compensation_command_module:
+            candidates.append(step.compensation_command_module)
+        if step.failure_event_module:
+            candidates.append(step.failure_event_module)
+        candidates += [m for m, _ in success_events(step)]
+        candidates.append(step.command_module)
+        tried = list(dict.fromkeys(c for c in candidates if _MODULE.match(c)))
+        for module_name in tried:
+            cached = self._modules.get(module_name)
+            if cached is None:
+                cached = self._modules[module_name] = self._import(module_name)
+            if isinstance(cached, ModuleType) and isinstance(getattr(cached, name, None), type):
+                return module_name, name
+        self.errors.append(
+            f"{path}: class {name!r} not found in {', '.join(repr(t) for t in tried) or 'any module'}; "
+            "the schema gives compensation events no module field, so write it as "
+            "'module.ClassName' or list it in an 'imports' entry"
+        )
+        return None
+
+
+# ---------------------------------------------------------------- building
+
+
+def load_definition(
+    source: Source,
+    *,
+    version: int = 1,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+) -> SagaDefinition:
+    """Load a saga definition in the declarative format of seed 000.
+
+    Args:
+        source: a ``.json``/``.yaml``/``.yml`` file (other names: JSON if it
+            parses as JSON, else YAML), or the definition as a mapping.
+        version: the definition version to build.
+        search_path: directories put in front of ``sys.path`` while modules are
+            resolved.
+
+    Returns:
+        The same ``SagaDefinition`` that ``SagaBuilder`` makes: one ``send``
+        step per definition step, in order; triggers with their compiled
+        correlation; the state DTO; the completion and failure events. The
+        orchestrator's class name, description, state repository class,
+        custom imports and compensating-transaction steps are in ``extras``
+        (``orchestrator``, ``description``, ``state_repository``, ``imports``,
+        ``compensating_transactions``).
+
+    Raises:
+        InvalidDefinition: (a DefinitionError) listing every problem with its
+            field path, the value and the reason.
+    """
+    dto = read_definition(source)
+    return build_definition_from(dto, version=version, search_path=search_path, origin=_origin(source))
+
+
+def build_definition_from(
+    dto: SagaOrchestratorInputDTO,
+    *,
+    version: int = 1,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+    origin: str | None = None,
+) -> SagaDefinition:
+    """Resolve a validated definition's modules and build its ``SagaDefinition``.
+
+    Raises:
+        InvalidDefinition: listing every problem with its field path.
+    """
+    with extended_sys_path(search_path):
+        return _build(dto, version, origin)
+
+
+def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> SagaDefinition:
+    r = _Resolver()
+    errors = r.errors
+    if not _NAME.match(dto.saga_type):
+        errors.append(
+            f"saga_type: {dto.saga_type!r} is not a valid saga name; use letters, digits, "
+            "'_', '-' or '.', starting with a letter or '_'"
+        )
+    if not dto.steps:
+        errors.append("steps: the saga has no steps; add at least one")
+
+    state = r.cls(
+        "state_dto_name", dto.state_dto_name, "state_dto_module", dto.state_dto_module, "the state DTO"
+    )
+    repository = r.cls(
+        "state_repository_name",
+        dto.state_repository_name,
+        "state_repository_module",
+        dto.state_repository_module,
+        "the state repository",
+        message=False,
+    )
+
+    for i, imp in enumerate(dto.imports):
+        mod = r.module(f"imports[{i}].module", imp.module)
+        if mod is None:
+            continue
+        for j, n in enumerate(imp.names):
+            if not hasattr(mod, n):
+                errors.append(f"imports[{i}].names[{j}]: module {imp.module!r} has no {n!r}")
+
+    triggers: list[tuple[type, CorrelationFunction]] = []
+    seen_triggers: dict[type, int] = {}
+    for i, t in enumerate(dto.triggering_events):
+        at = f"triggering_events[{i}]"
+        event = r.cls(
+            f"{at}.event_name", t.event_name, f"{at}.event_module", t.event_module, "a triggering event"
+        )
+        try:
+            fn = compile_correlation(t.correlation_id_provider_str, field=f"{at}.correlation_id_provider_str")
+        except DefinitionError as e:
+            errors.append(str(e))
+            continue
+        if event is None:
+            continue
+        if event in seen_triggers:
+            errors.append(
+                f"{at}.event_name: {t.event_name!r} already triggers the saga in "
+                f"triggering_events[{seen_triggers[event]}]; list each event once"
+            )
+            continue
+        seen_triggers[event] = i
+        triggers.append((event, fn))
+
+    steps: list[tuple[str, SendCommand, SendCommand | None]] = []
+    seen_steps: dict[str, int] = {}
+    for i, step in enumerate(dto.steps):
+        built = _step(r, i, step, dto.imports, seen_steps)
+        if built is not None:
+            steps.append(built)
+
+    outcome: dict[str, type | None] = {"completion": None, "failure": None}
+    for kind in outcome:
+        name = getattr(dto, f"{kind}_event_name")
+        if name is not None:
+            outcome[kind] = r.cls(
+                f"{kind}_event_name",
+                name,
+                f"{kind}_event_module",
+                getattr(dto, f"{kind}_event_module"),
+                f"the saga's {kind} event",
+            )
+
+    if errors:
+        raise InvalidDefinition(errors, origin)
+    assert state is not None and repository is not None  # errors otherwise
+
+    b = SagaBuilder(dto.saga_type, version=version, description=dto.description)
+    b.state(state)
+    for event, fn in triggers:
+        b.trigger(event, correlation=fn)
+    for name, action, compensation in steps:
+        b.step(name, action=action, compensation=compensation)
+    if outcome["completion"] is not None:
+        b.on_completed(outcome["completion"])
+    if outcome["failure"] is not None:
+        b.on_failed(outcome["failure"])
+    b.extras.update(
+        orchestrator=dto.name,
+        description=dto.description,
+        state_repository=repository,
+        imports=tuple((imp.module, tuple(imp.names)) for imp in dto.imports),
+        compensating_transactions=tuple(s.step_name for s in dto.steps if s.is_compensating_transaction),
+    )
+    try:
+        return b.build()
+    except DefinitionError as e:
+        raise InvalidDefinition([f"(definition): {e}"], origin) from None
+
+
+def _step(
+    r: _Resolver,
+    i: int,
+    step: SagaStepInputDTO,
+    imports: Sequence[ImportDefinitionDTO],
+    seen: dict[str, int],
+) -> tuple[str, SendCommand, SendCommand | None] | None:
+    at = f"steps[{i}]"
+    n_errors = len(r.errors)
+    if not _NAME.match(step.step_name):
+        r.errors.append(
+            f"{at}.step_name: {step.step_name!r} is not a valid step name; use letters, digits, "
+            "'_', '-' or '.', starting with a letter or '_'"
+        )
+    elif step.step_name in seen:
+        r.errors.append(
+            f"{at}.step_name: {step.step_name!r} is already the name of steps[{seen[step.step_name]}]; "
+            "step names must be unique"
+        )
+    else:
+        seen[step.step_name] = i
+
+    command = r.cls(
+        f"{at}.command_name", step.command_name, f"{at}.command_module", step.command_module, "a command"
+    )
+    pairs = success_events(step)
+    many_names = isinstance(step.success_event_name, list)
+    many_modules = isinstance(step.success_event_module, list)
+    success: list[type | None] = []
+    for j, (module_name, class_name) in enumerate(pairs):
+        name_path = f"{at}.success_event_name" + (f"[{j}]" if many_names else "")
+        module_path = f"{at}.success_event_module" + (
+            f"[{j}]" if many_modules and len(step.success_event_module) > 1 else ""
+        )
+        success.append(r.cls(name_path, class_name, module_path, module_name, "a success event"))
+    failure = None
+    if step.failure_event_name is not None and step.failure_event_module is not None:
+        failure = r.cls(
+            f"{at}.failure_event_name",
+            step.failure_event_name,
+            f"{at}.failure_event_module",
+            step.failure_event_module,
+            "a failure event",
+        )
+    comp_command = comp_success = comp_failure = None
+    if step.compensation_command_name is not None and step.compensation_command_module is not None:
+        comp_command = r.cls(
+            f"{at}.compensation_command_name",
+            step.compensation_command_name,
+            f"{at}.compensation_command_module",
+            step.compensation_command_module,
+            "a compensation command",
+        )
+        if step.compensation_success_event_name is not None:
+            comp_success = r.loose_event(
+                f"{at}.compensation_success_event_name", step.compensation_success_event_name, step, imports
+            )
+        if step.compensation_failure_event_name is not None:
+            comp_failure = r.loose_event(
+                f"{at}.compensation_failure_event_name", step.compensation_failure_event_name, step, imports
+            )
+
+    names = [class_name for _, class_name in pairs]
+    for j, class_name in enumerate(names):
+        if class_name in names[:j]:
+            r.errors.append(f"{at}.success_event_name[{j}]: {class_name!r} is listed twice")
+    if failure is not None and failure in success:
+        r.errors.append(
+            f"{at}.failure_event_name: {step.failure_event_name!r} is also a success event of the step; "
+            "a reply must mean success or failure, not both"
+        )
+    if comp_success is not None and comp_success is comp_failure:
+        r.errors.append(
+            f"{at}.compensation_failure_event_name: the same event as compensation_success_event_name; "
+            "a reply must mean success or failure, not both"
+        )
+
+    if len(r.errors) != n_errors or command is None:
+        return None
+    action = send(command, success=[s for s in success if s is not None], failure=failure)
+    compensation = None
+    if comp_command is not None:
+        compensation = send(
+            comp_command,
+            success=comp_success,
+            failure=comp_failure,
+        )
+    return step.step_name, action, compensation
