@@ -82,7 +82,7 @@ WORKLOADS = {
 
 
 class CountingSQLiteStore(SQLiteStore):
-    """The SQLite store, counting its write transactions and the transitions they carry.
+    """The SQLite store, counting its write transactions and the saga rows each commit writes.
 
     It also counts committed transitions into a terminal status (``finished``)
     and sets ``progressed`` after each commit that had some: the benchmark
@@ -142,7 +142,7 @@ class RunResult:
     raw_seconds: float
     store_transactions: int
     commits: int
-    transitions: int
+    saga_writes: int  # saga rows written by commits (one row may carry several transitions)
 
     @property
     def sagas_per_s(self) -> float:
@@ -365,7 +365,7 @@ def summarize(results: Sequence[RunResult], in_flight: int) -> dict[str, Any]:
                 "sagas_per_s": asdict(Stats.of([r.sagas_per_s for r in rs])),
                 "steps_per_s": asdict(Stats.of([r.steps_per_s for r in rs])),
                 "store_transactions_per_saga": statistics.median(r.store_transactions / r.n for r in rs),
-                "transitions_per_commit": statistics.median(r.transitions / max(r.commits, 1) for r in rs),
+                "saga_writes_per_commit": statistics.median(r.saga_writes / max(r.commits, 1) for r in rs),
             },
             "raw": {
                 "sagas_per_s": asdict(Stats.of([r.raw_sagas_per_s for r in rs])),
@@ -392,7 +392,7 @@ def _table(summary: dict[str, Any]) -> Table:
         "RAW SQLITE3 SAGAS/S",
         "SAGAKIT / RAW",
         "STORE TX / SAGA",
-        "TRANSITIONS / COMMIT",
+        "SAGA WRITES / COMMIT",
     ):
         table.add_column(name, justify="right")
     for key, wl in summary["workloads"].items():
@@ -404,7 +404,7 @@ def _table(summary: dict[str, Any]) -> Table:
             Stats(**raw["sagas_per_s"]).show() + f"  ({raw['transactions_per_saga']} tx/saga)",
             Stats(**wl["ratio"]).show(".2f"),
             f"{sk['store_transactions_per_saga']:.2f}",
-            f"{sk['transitions_per_commit']:.1f}",
+            f"{sk['saga_writes_per_commit']:.1f}",
         )
     return table
 
