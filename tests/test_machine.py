@@ -822,6 +822,45 @@ def test_skip_of_a_failed_step_after_the_pivot_resumes_the_saga() -> None:
     assert runs(d) == [("notify", False, 1)]
 
 
+def test_skip_of_one_of_two_failed_steps_after_the_pivot_keeps_the_saga_failed() -> None:
+    b = SagaBuilder("p")
+    b.step("pay", act, undo, pivot=True)
+    b.step("x", act)
+    b.step("y", act, after=["pay"])
+    b.step("z", act, after=["x", "y"])
+    r = Run(b.build())
+    r.ok("pay", 1.0)
+    r.fail("x", 2.0, "bad x", retryable=False)
+    r.fail("y", 3.0, "bad y", retryable=False)  # was in flight when the saga failed
+    assert r.statuses()["y"] is S.FAILED
+    d = r.send(Skip("x", result=1), 4.0)
+    assert d.rejected is None and d.effects == []
+    # y still needs an operator: the saga must not look running with nothing to run
+    assert r.state.status is SagaStatus.FAILED
+    assert (
+        r.state.error is not None and "step 'y' failed after the pivot step completed: bad y" in r.state.error
+    )
+    d = r.send(Skip("y", result=2), 5.0)
+    assert r.state.status is SagaStatus.RUNNING and r.state.error is None
+    assert runs(d) == [("z", False, 1)]
+    r.ok("z", 6.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_retry_after_the_pivot_reruns_every_failed_step() -> None:
+    b = SagaBuilder("p")
+    b.step("pay", act, undo, pivot=True)
+    b.step("x", act)
+    b.step("y", act, after=["pay"])
+    r = Run(b.build())
+    r.ok("pay", 1.0)
+    r.fail("x", 2.0, retryable=False)
+    r.fail("y", 3.0, retryable=False)
+    d = r.send(Retry(), 4.0)
+    assert sorted(e.step for e in d.effects) == ["x", "y"]
+    assert r.state.status is SagaStatus.RUNNING
+
+
 def test_skip_of_a_failed_compensation_marks_it_resolved() -> None:
     r = Run(linear())
     r.ok("reserve", 1.0)

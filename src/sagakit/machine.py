@@ -611,8 +611,18 @@ def _on_skip(
             or any(x.status is _S.COMPENSATED for x in st.steps.values())
             or was in (_S.COMPENSATING, _S.COMPENSATION_FAILED)
         )
-        st.status = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
-        st.error = None
+        still_failed = [n for n, x in st.steps.items() if x.status is _S.FAILED]
+        if compensating or not still_failed:
+            st.status = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
+            st.error = None
+        else:
+            # Another step failed after the pivot too: running again would
+            # leave the saga RUNNING with nothing it can run.
+            n = still_failed[0]
+            st.error = (
+                f"step {n!r} failed after the pivot step completed: {st.steps[n].error}; "
+                "the saga cannot be rolled back: retry or skip the step"
+            )
     return None
 
 
