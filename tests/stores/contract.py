@@ -427,6 +427,15 @@ class StoreContract:
         assert history[5] == HistoryEntry(6.0, "fenced", "refused", "charge", 3)
         assert await store.history("nope") == []
 
+    async def test_load_reads_saga_and_history_together(self, store: Store) -> None:
+        load = getattr(store, "load", None)  # optional: the engine uses it when a store has it
+        if load is None:
+            pytest.skip(f"{type(store).__name__} has no load()")
+        st = saga("a")
+        await put(store, st, history=[entry("one"), entry("two")])
+        assert await load("a") == (await store.get("a"), await store.history("a"))
+        assert await load("nope") is None
+
     async def test_list_filters_newest_first_and_count(self, store: Store) -> None:
         rows = [
             ("a", "order", SagaStatus.COMPLETED, 100.0, "c1"),
@@ -474,3 +483,84 @@ class StoreContract:
         assert await store.next_wake() == 20.5
         await store.claim("w1", 30.0, 90.0, 5)  # "sooner" is now due at its lease expiry
         assert await store.next_wake() == 50.0
+
+    # ------------------------------------------------------------ outbox, inbox, dead letters
+
+    @staticmethod
+    def _messaging(store: Store) -> None:
+        import sagakit._store
+
+        if not hasattr(sagakit._store, "OutboxRecord") or not hasattr(store, "outbox_claim"):
+            pytest.skip(f"{type(store).__name__} has no outbox relay methods")
+
+    async def test_outbox_is_written_with_applied_transitions_only(self, store: Store) -> None:
+        self._messaging(store)
+        a, b = saga("a"), saga("b")
+        await put(store, a)
+        await put(store, b)
+        wa = update(a)
+        wa.outbox += [
+            OutboxMessage("a-1", "a", "payments", b'{"n":1}', {"type": "Charge"}),
+            OutboxMessage("a-2", "a", "payments", b'{"n":2}'),
+        ]
+        wb = update(b, expected=9)
+        wb.outbox.append(OutboxMessage("b-1", "b", "payments", b"{}"))
+        assert await store.commit([wa, wb]) == ["a", None]
+        s: Any = store
+        assert await s.outbox_pending() == 2
+        claimed = await s.outbox_claim("relay-1", 200.0, 230.0, 10)
+        assert [(m.id, m.saga_id, m.destination, m.payload, m.headers, m.attempts) for m in claimed] == [
+            ("a-1", "a", "payments", b'{"n":1}', {"type": "Charge"}, 1),
+            ("a-2", "a", "payments", b'{"n":2}', {}, 1),
+        ]
+
+    async def test_outbox_claims_done_and_retry(self, store: Store) -> None:
+        self._messaging(store)
+        st = saga("a")
+        await put(store, st)
+        w = update(st)
+        w.outbox += [OutboxMessage(f"m{i}", "a", "q", b"x") for i in range(3)]
+        await store.commit([w])
+        s: Any = store
+        first = await s.outbox_claim("r1", 200.0, 230.0, 2)
+        assert [m.id for m in first] == ["m0", "m1"]
+        rest = await s.outbox_claim("r2", 200.0, 230.0, 10)
+        assert [m.id for m in rest] == ["m2"]  # claimed messages are not handed out twice
+        await s.outbox_done("r2", ["m0"])  # not r2's: stays
+        await s.outbox_done("r1", ["m0"])
+        assert await s.outbox_pending() == 2
+        await s.outbox_retry("r1", ["m1"], 300.0)
+        assert await s.outbox_claim("r3", 220.0, 250.0, 10) == []  # m1 not yet due, m2 held
+        again = await s.outbox_claim("r3", 300.0, 330.0, 10)  # m1 due; r2's claim on m2 expired
+        assert sorted((m.id, m.attempts) for m in again) == [("m1", 2), ("m2", 2)]
+        await s.outbox_done("r3", ["m1", "m2"])
+        assert await s.outbox_pending() == 0
+
+    async def test_inbox_records_messages_of_applied_transitions(self, store: Store) -> None:
+        self._messaging(store)
+        a, b = saga("a"), saga("b")
+        await put(store, a)
+        await put(store, b)
+        wa = update(a)
+        wa.inbox.append("in-a")
+        wb = update(b, expected=9)
+        wb.inbox.append("in-b")
+        await store.commit([wa, wb])
+        s: Any = store
+        assert await s.inbox_seen("in-a") is True
+        assert await s.inbox_seen("in-b") is False
+        assert await s.inbox_seen("never") is False
+
+    async def test_dead_letters_newest_first(self, store: Store) -> None:
+        self._messaging(store)
+        from sagakit._store import DeadLetter
+
+        s: Any = store
+        assert await s.dead_letters() == []
+        letters = [
+            DeadLetter(f"m{i}", float(i), None if i % 2 else "a", "Evt", "{}", f"r{i}") for i in range(5)
+        ]
+        for letter in letters:
+            await s.dead_letter(letter)
+        assert await s.dead_letters() == letters[::-1]
+        assert await s.dead_letters(limit=2, offset=1) == [letters[3], letters[2]]

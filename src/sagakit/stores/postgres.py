@@ -41,18 +41,22 @@ psycopg 3.3.9, pipeline mode      {PIPELINE_COMMIT}                —
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._store import SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import decode_row, dumps, encode_steps
+from ._codec import decode_row, dumps, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, list_query, migrations
+
+if TYPE_CHECKING:
+    from .._store import DeadLetter, OutboxRecord
 
 __all__ = ["DIALECT", "PostgresStore"]
 
@@ -490,6 +494,20 @@ class PostgresStore:
         rows = await self._fetch("get", self._sql.get, saga_id)
         return decode_row(rows[0]) if rows else None
 
+    async def load(self, saga_id: str) -> tuple[SagaState, list[HistoryEntry]] | None:
+        """The saga and its history, read together in one consistent snapshot."""
+        pool = self._open_pool()
+        with self._errors("load"):
+            async with (
+                pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                row = await conn.fetchrow(self._sql.get, saga_id)
+                if row is None:
+                    return None
+                history = await conn.fetch(self._sql.history, saga_id)
+        return decode_row(row), [HistoryEntry(*r) for r in history]
+
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         rows = await self._fetch("history", self._sql.history, saga_id)
         return [HistoryEntry(*r) for r in rows]
@@ -508,3 +526,46 @@ class PostgresStore:
         rows = await self._fetch("next_wake", self._sql.next_wake)
         value = rows[0][0]
         return float(value) if value is not None else None
+
+    # ------------------------------------------------------------ outbox, inbox, dead letters
+
+    async def outbox_claim(
+        self, owner: str, now: float, claimed_until: float, limit: int
+    ) -> builtins.list[OutboxRecord]:
+        from .._store import OutboxRecord
+
+        rows = await self._fetch("outbox_claim", self._sql.outbox_claim, owner, claimed_until, now, limit)
+        rows.sort(key=lambda r: (r[6], r[1], r[7], r[8]))
+        return [OutboxRecord(r[0], r[1], r[2], r[3].encode(), loads(r[4]), r[5]) for r in rows]
+
+    async def outbox_done(self, owner: str, ids: Sequence[str]) -> None:
+        if ids:
+            async with self._tx("outbox_done") as conn:
+                await conn.executemany(self._sql.outbox_done, [(i, owner) for i in sorted(ids)])
+
+    async def outbox_retry(self, owner: str, ids: Sequence[str], available_at: float) -> None:
+        if ids:
+            rows = [(i, owner, available_at) for i in sorted(ids)]
+            async with self._tx("outbox_retry") as conn:
+                await conn.executemany(self._sql.outbox_retry, rows)
+
+    async def outbox_pending(self) -> int:
+        rows = await self._fetch("outbox_pending", self._sql.outbox_pending)
+        return int(rows[0][0])
+
+    async def inbox_seen(self, message_id: str) -> bool:
+        return bool(await self._fetch("inbox_seen", self._sql.inbox_seen, message_id))
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        async with self._tx("dead_letter") as conn:
+            await conn.execute(
+                self._sql.insert_dead_letter,
+                letter.message_id, letter.received_at, letter.saga_id, letter.type_name,
+                letter.body, letter.reason,
+            )  # fmt: skip
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        from .._store import DeadLetter
+
+        rows = await self._fetch("dead_letters", self._sql.dead_letters, limit, offset)
+        return [DeadLetter(*r) for r in rows]
