@@ -367,7 +367,8 @@ def _identity(event: Any) -> Any:
 
 def _describe(node: ast.AST) -> str:
     kind = type(node).__name__
-    return _FRIENDLY.get(kind, f"a {kind} expression")
+    article = "an" if kind[0] in "AEIOU" else "a"
+    return _FRIENDLY.get(kind, f"{article} {kind} expression")
 
 
 def _is_str(node: ast.expr) -> bool:

@@ -24,6 +24,7 @@ import keyword
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ _RULE = (
     "Class: PascalCase, typically ends with 'Orchestrator'. "
     "File: ${saga_orchestrator_name}.py. Location: app/domain/${bounded_ctx}/sagas"
 )
-_CHECKSUM = "# sagakit-checksum: sha256="
+_CHECKSUM = "# sagakit-checksum: "  # then the sha256 of everything above
 _PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -169,13 +170,16 @@ def _string_assignment(indent: int, target: str, value: str | None) -> list[str]
 
 def _docstring(indent: int, summary: str, body: str = "") -> list[str]:
     pad = " " * indent
-    lines = [f'{pad}"""{summary}']
+    # Room for both quote triples: ruff format puts the closing quotes of a
+    # one-line docstring on that line, however long it gets.
+    first = textwrap.wrap(summary, width=LINE_LENGTH - indent - 6, break_long_words=False)
+    if not body and len(first) == 1:
+        return [f'{pad}"""{summary}"""']
+    lines = [f'{pad}"""{first[0]}', *(f"{pad}{line}" for line in first[1:])]
     if body:
         lines.append("")
         lines += [f"{pad}{line}" if line else "" for line in body.splitlines()]
-        lines.append(f'{pad}"""')
-    else:
-        lines[0] += '"""'
+    lines.append(f'{pad}"""')
     return lines
 
 
@@ -248,11 +252,15 @@ class _Imports:
             members = by_module[module]
             plain = sorted((n for n, local in members if n == local), key=_member_key)
             aliased = sorted(((n, a) for n, a in members if n != a), key=lambda p: (_member_key(p[0]), p[1]))
-            out = sections.setdefault(_section(module, root), [])
+            # Like isort: one statement for the plain names, one per alias,
+            # ordered by their first name (plain before alias on a tie).
+            statements: list[tuple[tuple[object, ...], list[str]]] = []
             if plain:
-                out += _import_lines(module, plain)
-            for name, alias in aliased:
-                out += _import_lines(module, [f"{name} as {alias}"])
+                statements.append(((_member_key(plain[0]), ""), plain))
+            statements += [((_member_key(n), a), [f"{n} as {a}"]) for n, a in aliased]
+            out = sections.setdefault(_section(module, root), [])
+            for _, names in sorted(statements, key=lambda st: st[0]):
+                out += _import_lines(module, names)
         lines: list[str] = []
         for key in sorted(sections):
             if lines:

@@ -201,6 +201,8 @@ def _format_error(err: Any) -> str:
     msg = str(err["msg"])
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
+        if ", got " in msg:
+            return f"{path}: {msg}"
         return f"{path}: {msg} (value: {_value(err.get('input'))})"
     if kind == "string_type":
         return f"{path}: must be a string, got {_value(err.get('input'))}"
@@ -241,12 +243,13 @@ class _Resolver:
 
     def module(self, path: str, name: str) -> ModuleType | None:
         if not _MODULE.match(name):
-            why = (
-                "relative module paths are not supported; write the absolute module path"
-                if name.startswith(".")
-                else "not a dotted Python module path like 'app.domain.payments.events'"
-            )
-            self.errors.append(f"{path}: {name!r} is {why}" if name else f"{path}: empty module path")
+            if not name:
+                why = "empty module path; write a dotted module path like 'app.domain.payments.events'"
+            elif name.startswith("."):
+                why = f"{name!r} is relative; write the absolute module path"
+            else:
+                why = f"{name!r} is not a dotted Python module path like 'app.domain.payments.events'"
+            self.errors.append(f"{path}: {why}")
             return None
         cached = self._modules.get(name)
         if cached is None:
@@ -579,10 +582,9 @@ def _step(
                 f"{at}.compensation_failure_event_name", step.compensation_failure_event_name, step, imports
             )
 
-    names = [class_name for _, class_name in pairs]
-    for j, class_name in enumerate(names):
-        if class_name in names[:j]:
-            r.errors.append(f"{at}.success_event_name[{j}]: {class_name!r} is listed twice")
+    for j, pair in enumerate(pairs):
+        if pair in pairs[:j]:
+            r.errors.append(f"{at}.success_event_name[{j}]: {pair[1]!r} from {pair[0]!r} is listed twice")
     if failure is not None and failure in success:
         r.errors.append(
             f"{at}.failure_event_name: {step.failure_event_name!r} is also a success event of the step; "
