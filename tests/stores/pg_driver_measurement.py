@@ -181,10 +181,32 @@ class PsycopgDriver:
         return len([decode_row(r) for r in rows])
 
 
+class PsycopgBatchDriver(PsycopgDriver):
+    """The same one-statement update as ``AsyncpgBatchDriver``, through psycopg."""
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        self.name = "psycopg unnest"
+
+    async def commit(self, states: list[SagaState], expected: int) -> None:
+        conn = self.conn
+        cols = [list(c) for c in zip(*(update_args(st, expected) for st in states), strict=True)]
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(BATCH_UPDATE, cols)
+            assert len(await cur.fetchall()) == len(states)
+            await cur.executemany(SQL.insert_history, history_rows(states))
+
+
 async def main() -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     await setup(schema)
-    drivers = [AsyncpgDriver(), AsyncpgBatchDriver(), PsycopgDriver(False), PsycopgDriver(True)]
+    drivers = [
+        AsyncpgDriver(),
+        AsyncpgBatchDriver(),
+        PsycopgDriver(False),
+        PsycopgDriver(True),
+        PsycopgBatchDriver(),
+    ]
     times: dict[str, dict[str, list[float]]] = {d.name: {"commit": [], "claim": []} for d in drivers}
     try:
         for d in drivers:
