@@ -16,6 +16,7 @@ with the row's wake time set to the machine's next timer, and any worker
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import logging
@@ -42,9 +43,12 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
+from ._messages import MessageMappingError, validate_state
+from ._messaging import Messaging
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import SagaQuery, Store, Write, store_from_url
+from ._store import DeadLetter, OutboxMessage, SagaQuery, Store, Write, store_from_url
+from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
     Compensate,
@@ -103,6 +107,8 @@ class _Pending:
     futures: list[asyncio.Future[str]] = field(default_factory=list)
     state: SagaState | None = None
     release: bool = False
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    inbox: list[str] = field(default_factory=list)
 
 
 class SagaEngine:
@@ -126,6 +132,7 @@ class SagaEngine:
         self,
         store: str | Store = "sqlite:///sagas.db",
         *,
+        transport: str | Transport | None = None,
         lease_seconds: float = 30.0,
         concurrency: int = 256,
         threads: int = 16,
@@ -141,6 +148,10 @@ class SagaEngine:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
         self.store: Store = store
+        if isinstance(transport, str):
+            transport = transport_from_url(transport)
+        self.transport: Transport | None = transport
+        self._messaging = Messaging(self, transport)
         self.lease_seconds = float(lease_seconds)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -173,6 +184,7 @@ class SagaEngine:
             if not isinstance(d, SagaDefinition):
                 raise TypeError(f"register() takes SagaDefinition objects, got {d!r}")
             self._definitions[d.key] = d
+            self._messaging.register(d)
             latest = self._latest.get(d.name)
             if latest is None or d.version >= latest.version:
                 self._latest[d.name] = d
@@ -222,6 +234,7 @@ class SagaEngine:
             asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
             asyncio.create_task(self._renew_loop(), name="sagakit-renew"),
         ]
+        await self._messaging.start()
 
     async def close(self) -> None:
         """Shut down gracefully.
@@ -232,6 +245,7 @@ class SagaEngine:
         again. Every lease is released and the store closed.
         """
         if self._running:
+            await self._messaging.close()
             self._closing = True
             claim, renew = self._tasks[1], self._tasks[2]
             for t in (claim, renew):
@@ -298,6 +312,8 @@ class SagaEngine:
                 f"{defn.max_payload_bytes} bytes (max_payload_bytes of the definition)"
             )
         data = orjson.loads(blob)
+        if defn.state_model is not None:
+            data = validate_state(defn.state_model, data if isinstance(data, dict) else {})
         await self._ensure_open()
         now = self.clock()
         saga_id = f"{_ids.getrandbits(128):032x}"
@@ -368,6 +384,18 @@ class SagaEngine:
         """How many sagas match the filters."""
         await self._ensure_open()
         return await self.store.count(_query(status, name, correlation_id, 1, 0, None, None))
+
+    async def publish(self, event: object, *, destination: str | None = None) -> str:
+        """Publish an application event (a saga's trigger, an approval) on the transport.
+
+        Returns the message id. Needs a transport and a running engine.
+        """
+        return await self._messaging.publish(event, destination=destination)
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        """Received messages that reached no saga, with the reason, newest first."""
+        await self._ensure_open()
+        return await self.store.dead_letters(limit, offset)
 
     async def wait(self, saga_id: str, timeout: float | None = None) -> SagaSnapshot:
         """Wait until the saga reaches a terminal status and return it.
@@ -440,7 +468,29 @@ class SagaEngine:
 
     # ------------------------------------------------------------ admin plumbing
 
-    async def _admin(self, saga_id: str, event: Event, busy_timeout: float = 5.0) -> SagaSnapshot:
+    async def _admin(self, saga_id: str, event: Event) -> SagaSnapshot:
+        rejected = await self._act(saga_id, lambda held: event)
+        if rejected is not None:
+            raise SagaStateError(saga_id, rejected)
+        return await self.get(saga_id)
+
+    async def _act(
+        self,
+        saga_id: str,
+        make: Callable[[_Held], Event | str],
+        *,
+        inbox: str | None = None,
+        busy_timeout: float = 5.0,
+    ) -> str | None:
+        """Apply the event *make* derives from the saga, claiming the saga if nobody holds it.
+
+        Returns once the transition is committed, or with the reason the event
+        was not applied (*make* returned a reason, or the machine rejected it).
+
+        Raises:
+            SagaNotFound: no such saga.
+            SagaBusy: another worker kept the saga for *busy_timeout* seconds.
+        """
         await self._ensure_open()
         loop = self._loop_()
         give_up = loop.time() + busy_timeout
@@ -462,7 +512,7 @@ class SagaEngine:
                 if held is None:
                     defn = self._definitions.get((st.name, st.version))
                     if defn is None:
-                        await self.store.release(self.worker_id, [(saga_id, st.wake_at)])
+                        await self.store.release(self.worker_id, [(saga_id, self.clock())])
                         raise UnknownSagaType(
                             f"saga {saga_id} runs {st.name} v{st.version}, which is not "
                             "registered with this engine"
@@ -470,14 +520,21 @@ class SagaEngine:
                     held = _Held(st, defn, durable=True)
                     self._held[saga_id] = held
                     claimed = True
-            decision = decide(held.definition, held.state, event, self.clock())
-            if decision.rejected is not None:
-                if claimed and not held.inflight and not held.queued:
+            made = make(held)
+            if isinstance(made, str):
+                rejected: str | None = made
+            else:
+                decision = decide(held.definition, held.state, made, self.clock())
+                rejected = decision.rejected
+            if rejected is not None:
+                if claimed and not held.inflight and not held.queued and not held.committing:
                     self._held.pop(saga_id, None)
-                    await self.store.release(self.worker_id, [(saga_id, held.state.wake_at)])
-                raise SagaStateError(saga_id, decision.rejected)
+                    # The claimed row's wake time is the lease expiry; make it due now
+                    # so a worker puts the machine's own timers back.
+                    await self.store.release(self.worker_id, [(saga_id, self.clock())])
+                return rejected
             fut = loop.create_future()
-            self._transition(held, decision, future=fut)
+            self._transition(held, decision, future=fut, inbox=inbox)
             if not self._running:
                 await self._flush()
             try:
@@ -486,7 +543,7 @@ class SagaEngine:
                 if loop.time() > give_up:
                     raise
                 continue
-            return await self.get(saga_id)
+            return None
 
     async def _flush(self) -> None:
         """Commit the queue now (used when no commit loop runs)."""
@@ -510,6 +567,7 @@ class SagaEngine:
         *,
         insert: bool = False,
         future: asyncio.Future[str] | None = None,
+        inbox: str | None = None,
     ) -> None:
         old = held.state
         st = decision.state
@@ -530,6 +588,10 @@ class SagaEngine:
             p.history.extend(decision.history)
             p.data_changed = p.data_changed or st.data is not old.data
         p.state = st
+        if inbox is not None:
+            p.inbox.append(inbox)
+        if st.status.terminal and not old.status.terminal:
+            self._outcome_event(held, p, st)
         if decision.effects:
             if held.durable and self._running and not self._closing:
                 # Local attempts start without waiting for this transition to commit:
@@ -544,15 +606,50 @@ class SagaEngine:
                     if sdef.compensation_local if eff.compensation else sdef.local:
                         self._dispatch(held, eff)
                     else:
-                        p.effects.append(eff)
+                        self._message_effect(held, p, eff)
             else:
-                p.effects.extend(decision.effects)
+                defn = held.definition.by_name
+                for eff in decision.effects:
+                    sdef = defn[eff.step]
+                    if sdef.compensation_local if eff.compensation else sdef.local:
+                        p.effects.append(eff)
+                    else:
+                        self._message_effect(held, p, eff)
         if future is not None:
             p.futures.append(future)
         if st.status.terminal:
             for task in held.inflight.values():
                 task.cancel()
             held.inflight.clear()
+
+    def _runs_here(self, held: _Held, eff: RunStep) -> bool:
+        """Whether an effect keeps this worker busy with the saga (else its lease is released)."""
+        sdef = held.definition.by_name[eff.step]
+        if sdef.compensation_local if eff.compensation else sdef.local:
+            return True
+        return self._messaging.fire_and_forget(held.definition, eff)
+
+    def _message_effect(self, held: _Held, p: _Pending, eff: RunStep) -> None:
+        """A message step's attempt: its command joins the transition's write (the outbox)."""
+        try:
+            msg = self._messaging.outbox_for(held.state, held.definition, eff)
+        except MessageMappingError as e:
+            self._apply(held, StepFailed(eff.step, eff.token, str(e), retryable=False))
+            return
+        if msg is not None:
+            p.outbox.append(msg)
+        p.effects.append(eff)
+
+    def _outcome_event(self, held: _Held, p: _Pending, st: SagaState) -> None:
+        try:
+            msg = self._messaging.outcome_event(st, held.definition)
+        except MessageMappingError as e:
+            p.history.append(
+                HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}")
+            )
+            return
+        if msg is not None:
+            p.outbox.append(msg)
 
     async def _commit_loop(self) -> None:
         ready = self._queue_ready
@@ -586,7 +683,8 @@ class SagaEngine:
             held.committing += 1
             st = p.state
             assert st is not None
-            keep = bool(p.effects or held.inflight) and not st.status.terminal
+            keep = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
+            keep = keep and not st.status.terminal
             if self._closing and not held.inflight:
                 keep = False
             p.release = not keep
@@ -600,6 +698,8 @@ class SagaEngine:
                     lease_expires=lease_until if keep else None,
                     insert=p.insert,
                     data_changed=p.data_changed,
+                    outbox=p.outbox,
+                    inbox=p.inbox,
                 )
             )
         try:
@@ -613,6 +713,8 @@ class SagaEngine:
                     p.history.extend(newer.history)
                     p.effects.extend(newer.effects)
                     p.futures.extend(newer.futures)
+                    p.outbox.extend(newer.outbox)
+                    p.inbox.extend(newer.inbox)
                     p.state = newer.state
                     p.data_changed = p.data_changed or newer.data_changed
                 p.held.queued = True
@@ -656,6 +758,8 @@ class SagaEngine:
             self._notify(sid, held, st)
         if self._held.get(sid) is not held:
             return
+        if p.outbox:
+            self._messaging.poke()
         if p.release and not held.queued and not held.committing and not held.inflight:
             del self._held[sid]
             if held.timer is not None:
@@ -663,11 +767,16 @@ class SagaEngine:
             if self._running and st.wake_at is not None and st.wake_at <= self.clock() + 0.001:
                 self._poke_claimer()
             return
+        by_name = held.definition.by_name
         for eff in p.effects:
             s = current.steps.get(eff.step)
             if s is None or s.token != eff.token or self._closing:
                 continue
-            self._dispatch(held, eff)
+            sdef = by_name[eff.step]
+            if sdef.compensation_local if eff.compensation else sdef.local:
+                self._dispatch(held, eff)
+            elif self._messaging.fire_and_forget(held.definition, eff):
+                self._apply(held, StepSucceeded(eff.step, eff.token))
         self._set_timer(held)
 
     def _record_fenced(self, sid: str, p: _Pending) -> None:

@@ -15,6 +15,7 @@ for a held one (so a dead worker's sagas become due), NULL once finished.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,15 @@ from ._errors import StoreError
 from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
 
-__all__ = ["OutboxMessage", "SagaQuery", "Store", "Write", "store_from_url"]
+__all__ = [
+    "DeadLetter",
+    "OutboxMessage",
+    "OutboxRecord",
+    "SagaQuery",
+    "Store",
+    "Write",
+    "store_from_url",
+]
 
 
 @dataclass(slots=True)
@@ -36,6 +45,30 @@ class OutboxMessage:
     destination: str
     payload: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A committed message waiting to be published, as claimed by a relay."""
+
+    id: str
+    saga_id: str
+    destination: str
+    payload: bytes
+    headers: dict[str, str]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A received message that reached no saga, with the reason."""
+
+    message_id: str
+    received_at: float
+    saga_id: str | None
+    type_name: str
+    body: str
+    reason: str
 
 
 @dataclass(slots=True)
@@ -93,15 +126,11 @@ class Store(Protocol):
         """
         ...
 
-    async def claim(
-        self, owner: str, now: float, lease_until: float, limit: int
-    ) -> list[SagaState]:
+    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
         """Lease up to *limit* sagas that are due and not leased by a live worker."""
         ...
 
-    async def claim_saga(
-        self, saga_id: str, owner: str, now: float, lease_until: float
-    ) -> SagaState | None:
+    async def claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
         """Lease one saga whatever its wake time; None while another worker's lease is live.
 
         Raises:
@@ -121,9 +150,7 @@ class Store(Protocol):
 
     async def history(self, saga_id: str) -> list[HistoryEntry]: ...
 
-    async def append_history(
-        self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]
-    ) -> None:
+    async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         """Record entries outside a transition (e.g. a refused write of a worker that lost its lease)."""
         ...
 
@@ -133,6 +160,39 @@ class Store(Protocol):
 
     async def next_wake(self) -> float | None:
         """The earliest wake time of any saga, or None."""
+        ...
+
+    async def outbox_claim(
+        self, owner: str, now: float, claimed_until: float, limit: int
+    ) -> builtins.list[OutboxRecord]:
+        """Claim up to *limit* committed messages to publish, oldest first (per saga in order).
+
+        A message claimed by a relay that died is claimable again after *claimed_until*.
+        """
+        ...
+
+    async def outbox_done(self, owner: str, ids: Sequence[str]) -> None:
+        """Delete published messages (only those this owner still holds)."""
+        ...
+
+    async def outbox_retry(self, owner: str, ids: Sequence[str], available_at: float) -> None:
+        """Unclaim messages whose publishing failed; they are due again at *available_at*."""
+        ...
+
+    async def outbox_pending(self) -> int:
+        """How many messages wait to be published."""
+        ...
+
+    async def inbox_seen(self, message_id: str) -> bool:
+        """True if a message with this id already had its effect committed."""
+        ...
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Record a received message that reached no saga."""
+        ...
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        """Recorded dead letters, newest first."""
         ...
 
 
@@ -166,8 +226,7 @@ def store_from_url(url: str) -> Store:
     backend = _BACKENDS.get(scheme)
     if backend is None:
         raise StoreError(
-            f"unknown store URL {url!r}: use memory://, sqlite:///path.db or "
-            "postgresql://user@host/db"
+            f"unknown store URL {url!r}: use memory://, sqlite:///path.db or postgresql://user@host/db"
         )
     module_name, cls_name, extra = backend
     try:

@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._definition import SagaDefinition, StepDefinition
+from ._definition import SagaDefinition, StepAction, StepDefinition
 from ._status import SagaStatus, StepStatus
 
 __all__ = [
+    "KEEP",
     "Abort",
     "Begin",
     "Compensate",
@@ -50,6 +51,18 @@ _ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
 # ---------------------------------------------------------------- state
+
+
+class _Keep:
+    """Marker: leave the saga's data as it is."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
 
 
 @dataclass(slots=True)
@@ -159,10 +172,13 @@ class Resume:
 
 @dataclass(frozen=True, slots=True)
 class StepSucceeded:
+    """An attempt succeeded. ``data``, unless ``KEEP``, is the saga's new data (a merged reply)."""
+
     step: str
     token: int
     result: Any = None
     size: int = 0
+    data: Any = KEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +362,8 @@ def _on_completion(
     sdef = defn.by_name[ev.step]
     compensating = s.status is _S.COMPENSATING
     s.token = 0
+    if isinstance(ev, StepSucceeded) and ev.data is not KEEP and ev.size <= defn.max_payload_bytes:
+        st.data = ev.data
     # Only an action's result is kept (and later shown to other steps); a
     # compensation's result is discarded, so its size cannot undo an undo.
     if not compensating and isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
@@ -379,9 +397,7 @@ def _action_done(
         s.error = None
         s.finished_at = now
         s.wake_at = None
-        hist.append(
-            HistoryEntry(now, "step_completed", f"step {name!r} completed", name, s.attempts)
-        )
+        hist.append(HistoryEntry(now, "step_completed", f"step {name!r} completed", name, s.attempts))
         return
     s.error = ev.error
     s.wake_at = None
@@ -405,9 +421,7 @@ def _action_done(
         s.finished_at = now
         why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
         hist.append(
-            HistoryEntry(
-                now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts
-            )
+            HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts)
         )
         if past_pivot:
             st.status = SagaStatus.FAILED
@@ -450,9 +464,7 @@ def _compensation_done(
         s.error = None
         s.wake_at = None
         s.finished_at = now
-        hist.append(
-            HistoryEntry(now, "compensation_completed", f"step {name!r} compensated", name, n)
-        )
+        hist.append(HistoryEntry(now, "compensation_completed", f"step {name!r} compensated", name, n))
         return
     s.error = ev.error
     policy = sdef.compensation_retry
@@ -463,8 +475,7 @@ def _compensation_done(
             HistoryEntry(
                 now,
                 "compensation_failed",
-                f"compensation of step {name!r} attempt {n} failed: {ev.error}; "
-                f"retry in {delay:.3f}s",
+                f"compensation of step {name!r} attempt {n} failed: {ev.error}; retry in {delay:.3f}s",
                 name,
                 n,
             )
@@ -492,7 +503,7 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[Histor
         if s.token and s.wake_at is not None and s.wake_at <= now:
             sdef = defn.by_name[name]
             comp = s.status is _S.COMPENSATING
-            timeout = sdef.compensation_timeout if comp else sdef.timeout
+            timeout = attempt_timeout(sdef, comp)
             ev = StepFailed(name, s.token, f"timed out after {timeout}s waiting for the reply")
             s.token = 0
             if comp:
@@ -522,8 +533,7 @@ def _on_resume(
                 HistoryEntry(
                     now,
                     "resumed",
-                    f"{what} {name!r} attempt {attempt} runs again: its worker stopped "
-                    "before reporting",
+                    f"{what} {name!r} attempt {attempt} runs again: its worker stopped before reporting",
                     name,
                     attempt,
                 )
@@ -670,11 +680,7 @@ def _advance(
 ) -> None:
     steps = st.steps
     if st.status is SagaStatus.RUNNING:
-        if (
-            st.deadline_at is not None
-            and now >= st.deadline_at
-            and _past_pivot_name(defn, st) is None
-        ):
+        if st.deadline_at is not None and now >= st.deadline_at and _past_pivot_name(defn, st) is None:
             st.error = f"deadline of {defn.deadline}s exceeded"
             _start_compensation(st, now, st.error, hist)
         else:
@@ -752,7 +758,7 @@ def _dispatch(
     if compensation:
         s.compensation_attempts += 1
         attempt = s.compensation_attempts
-        timeout = sdef.compensation_timeout
+        timeout = attempt_timeout(sdef, True)
         local = sdef.compensation_local
         hist.append(
             HistoryEntry(
@@ -767,19 +773,26 @@ def _dispatch(
         s.status = _S.RUNNING
         s.attempts += 1
         attempt = s.attempts
-        timeout = sdef.timeout
+        timeout = attempt_timeout(sdef, False)
         local = sdef.local
         if attempt == 1:
             s.started_at = now
         hist.append(
-            HistoryEntry(
-                now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt
-            )
+            HistoryEntry(now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt)
         )
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None
     fx.append(RunStep(sdef.name, compensation, attempt, s.token, timeout))
+
+
+def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
+    """Seconds one attempt may take: the step's timeout, or a message action's reply timeout."""
+    action = sdef.compensation if compensation else sdef.action
+    own = sdef.compensation_timeout if compensation else sdef.timeout
+    if isinstance(action, StepAction) and action.reply_timeout is not None:
+        return action.reply_timeout
+    return own
 
 
 def _wake(defn: SagaDefinition, st: SagaState) -> float | None:

@@ -81,8 +81,7 @@ def migrations(d: Dialect) -> list[list[str]]:
                 attempt INTEGER,
                 message TEXT NOT NULL
             )""",
-            "CREATE INDEX IF NOT EXISTS sagakit_history_saga "
-            "ON sagakit_history (saga_id, revision, idx)",
+            "CREATE INDEX IF NOT EXISTS sagakit_history_saga ON sagakit_history (saga_id, revision, idx)",
             f"""CREATE TABLE IF NOT EXISTS sagakit_outbox (
                 id TEXT PRIMARY KEY,
                 saga_id TEXT NOT NULL,
@@ -104,10 +103,23 @@ def migrations(d: Dialect) -> list[list[str]]:
                 received_at {d.real} NOT NULL
             )""",
         ],
+        [
+            # Messages that reached no saga (unknown saga, step not waiting,
+            # stale attempt), kept with the reason instead of being dropped.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_dead_letters (
+                message_id TEXT NOT NULL,
+                received_at {d.real} NOT NULL,
+                saga_id TEXT,
+                type_name TEXT NOT NULL,
+                body TEXT NOT NULL,
+                reason TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_dead_letters_at ON sagakit_dead_letters (received_at)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Statements:
@@ -185,12 +197,35 @@ class Statements:
             f"WHERE saga_id={p(1)} ORDER BY revision, idx"
         )
         self.next_wake = "SELECT MIN(wake_at) FROM sagakit_sagas WHERE wake_at IS NOT NULL"
+        # owner=1 claimed_until=2 now=3 limit=4: claim unpublished messages, oldest first.
+        self.outbox_claim = (
+            f"UPDATE sagakit_outbox SET claimed_by={p(1)}, claimed_until={p(2)}, "
+            "attempts=attempts+1 WHERE id IN (SELECT id FROM sagakit_outbox "
+            f"WHERE available_at <= {p(3)} AND (claimed_by IS NULL OR claimed_until <= {p(3)}) "
+            f"ORDER BY available_at, saga_id, revision, idx LIMIT {p(4)}{d.lock_rows}) "
+            "RETURNING id, saga_id, destination, payload, headers, attempts, available_at, "
+            "revision, idx"
+        )
+        self.outbox_done = f"DELETE FROM sagakit_outbox WHERE id={p(1)} AND claimed_by={p(2)}"
+        # id=1 owner=2 available_at=3: publishing failed, try again later
+        self.outbox_retry = (
+            f"UPDATE sagakit_outbox SET claimed_by=NULL, claimed_until=NULL, available_at={p(3)} "
+            f"WHERE id={p(1)} AND claimed_by={p(2)}"
+        )
+        self.outbox_pending = "SELECT COUNT(*) FROM sagakit_outbox"
+        self.insert_dead_letter = (
+            "INSERT INTO sagakit_dead_letters (message_id, received_at, saga_id, type_name, body, "
+            f"reason) VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)}, {p(6)})"
+        )
+        self.dead_letters = (
+            "SELECT message_id, received_at, saga_id, type_name, body, reason "
+            f"FROM sagakit_dead_letters ORDER BY received_at DESC LIMIT {p(1)} OFFSET {p(2)}"
+        )
+        self.inbox_seen = f"SELECT 1 FROM sagakit_inbox WHERE message_id={p(1)}"
         # fmt: on
 
 
-def list_query(
-    d: Dialect, columns: str, q: object, *, count: bool = False
-) -> tuple[str, list[object]]:
+def list_query(d: Dialect, columns: str, q: object, *, count: bool = False) -> tuple[str, list[object]]:
     """SELECT for a SagaQuery: filters in order, newest first, paged."""
     from .._store import SagaQuery
 

@@ -6,11 +6,12 @@ this store sees the same copies and JSON round trips as on SQLite.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
-from .._store import SagaQuery, Write
+from .._store import DeadLetter, OutboxMessage, OutboxRecord, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps
 
@@ -51,8 +52,10 @@ class MemoryStore:
         self.url = "memory://"
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
-        self.outbox: list[tuple[str, object]] = []
+        self.outbox: dict[str, _Out] = {}
         self.inbox: set[str] = set()
+        self._dead: builtins.list[DeadLetter] = []
+        self._order = 0
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -90,21 +93,20 @@ class MemoryStore:
                 row.lease_owner = w.owner
                 row.lease_expires = w.lease_expires
             row.history.extend((st.revision, i, h) for i, h in enumerate(w.history))
-            self.outbox.extend((m.id, m) for m in w.outbox)
+            for m in w.outbox:
+                if m.id not in self.outbox:
+                    self._order += 1
+                    self.outbox[m.id] = _Out(m, st.updated_at, self._order)
             self.inbox.update(w.inbox)
             results.append(st.id)
         return results
 
-    async def append_history(
-        self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]
-    ) -> None:
+    async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         row = self._rows.get(saga_id)
         if row is not None:
             row.history.extend((revision, 1000 + i, h) for i, h in enumerate(entries))
 
-    async def claim(
-        self, owner: str, now: float, lease_until: float, limit: int
-    ) -> list[SagaState]:
+    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
         due = [
             r
             for r in self._rows.values()
@@ -123,9 +125,7 @@ class MemoryStore:
         r.values[14] = r.revision + 1
         return decode_row(r.values)
 
-    async def claim_saga(
-        self, saga_id: str, owner: str, now: float, lease_until: float
-    ) -> SagaState | None:
+    async def claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
         r = self._rows.get(saga_id)
         if r is None:
             raise SagaNotFound(saga_id)
@@ -193,3 +193,55 @@ class MemoryStore:
     async def next_wake(self) -> float | None:
         wakes = [r.wake_at for r in self._rows.values() if r.wake_at is not None]
         return min(wakes) if wakes else None
+
+    async def outbox_claim(
+        self, owner: str, now: float, claimed_until: float, limit: int
+    ) -> builtins.list[OutboxRecord]:
+        ready = [
+            e
+            for e in self.outbox.values()
+            if e.available_at <= now and (e.claimed_by is None or (e.claimed_until or 0.0) <= now)
+        ]
+        ready.sort(key=lambda e: (e.available_at, e.order))
+        out: builtins.list[OutboxRecord] = []
+        for e in ready[:limit]:
+            e.claimed_by, e.claimed_until = owner, claimed_until
+            e.attempts += 1
+            m = e.message
+            out.append(OutboxRecord(m.id, m.saga_id, m.destination, m.payload, dict(m.headers), e.attempts))
+        return out
+
+    async def outbox_done(self, owner: str, ids: Sequence[str]) -> None:
+        for i in ids:
+            e = self.outbox.get(i)
+            if e is not None and e.claimed_by == owner:
+                del self.outbox[i]
+
+    async def outbox_retry(self, owner: str, ids: Sequence[str], available_at: float) -> None:
+        for i in ids:
+            e = self.outbox.get(i)
+            if e is not None and e.claimed_by == owner:
+                e.claimed_by, e.claimed_until, e.available_at = None, None, available_at
+
+    async def outbox_pending(self) -> int:
+        return len(self.outbox)
+
+    async def inbox_seen(self, message_id: str) -> bool:
+        return message_id in self.inbox
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        self._dead.append(letter)
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)
+        return newest[offset : offset + limit]
+
+
+@dataclass(slots=True)
+class _Out:
+    message: OutboxMessage
+    available_at: float
+    order: int
+    claimed_by: str | None = None
+    claimed_until: float | None = None
+    attempts: int = 0

@@ -8,6 +8,7 @@ statement.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -16,9 +17,9 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
-from .._store import SagaQuery, Write
+from .._store import DeadLetter, OutboxRecord, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import decode_row, dumps, encode_steps
+from ._codec import decode_row, dumps, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, list_query, migrations
 
 __all__ = ["SQLiteStore"]
@@ -366,3 +367,50 @@ class SQLiteStore:
         rows = await self._read(self._fetchall, self._sql.next_wake, ())
         value = rows[0][0]
         return float(value) if value is not None else None
+
+    # ------------------------------------------------------------ outbox, inbox, dead letters
+
+    async def outbox_claim(
+        self, owner: str, now: float, claimed_until: float, limit: int
+    ) -> builtins.list[OutboxRecord]:
+        return await self._run(self._outbox_claim, owner, now, claimed_until, limit)
+
+    def _outbox_claim(
+        self, owner: str, now: float, claimed_until: float, limit: int
+    ) -> builtins.list[OutboxRecord]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(self._sql.outbox_claim, (owner, claimed_until, now, limit)).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        rows.sort(key=lambda r: (r[6], r[1], r[7], r[8]))
+        return [OutboxRecord(r[0], r[1], r[2], r[3].encode(), loads(r[4]), r[5]) for r in rows]
+
+    async def outbox_done(self, owner: str, ids: Sequence[str]) -> None:
+        await self._run(self._executemany_tx, self._sql.outbox_done, [(i, owner) for i in ids])
+
+    async def outbox_retry(self, owner: str, ids: Sequence[str], available_at: float) -> None:
+        rows = [(i, owner, available_at) for i in ids]
+        await self._run(self._executemany_tx, self._sql.outbox_retry, rows)
+
+    async def outbox_pending(self) -> int:
+        rows = await self._read(self._fetchall, self._sql.outbox_pending, ())
+        return int(rows[0][0])
+
+    async def inbox_seen(self, message_id: str) -> bool:
+        rows = await self._read(self._fetchall, self._sql.inbox_seen, (message_id,))
+        return bool(rows)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        row = (
+            letter.message_id, letter.received_at, letter.saga_id, letter.type_name,
+            letter.body, letter.reason,
+        )  # fmt: skip
+        await self._run(self._executemany_tx, self._sql.insert_dead_letter, [row])
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
+        return [DeadLetter(*r) for r in rows]

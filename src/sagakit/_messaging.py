@@ -1,0 +1,409 @@
+"""The message side of the runtime: commands into the outbox, replies and triggers in.
+
+- ``outbox_for`` turns a message step's attempt into an outbox row, written in
+  the same transaction as the transition that dispatched it; the saga's
+  completion or failure event likewise.
+- The **relay** claims committed outbox rows and publishes them; a row is
+  deleted only once the broker accepted it, so a broker outage loses nothing.
+- The **consumer** receives events: trigger events start sagas (one per
+  correlation id), replies are matched to their saga by the envelope headers
+  or a correlation extractor and applied through the engine; a reply that
+  reaches no waiting step is recorded as a dead letter with the reason. The
+  delivery is acknowledged only after that is committed.
+
+Every command a saga sends for one step and direction carries the same message
+id on every attempt, so the receiver's inbox recognises a resend after a reply
+timeout; the outbox row id adds the attempt token, which brokers with
+de-duplication use to drop a repeated publish of the same row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._definition import SagaDefinition, StepDefinition, Trigger
+from ._messages import (
+    Envelope,
+    EnvelopeError,
+    MessageMappingError,
+    SendCommand,
+    WaitFor,
+    default_command,
+    from_payload,
+    message_id,
+    message_type_name,
+    to_correlation_id,
+    to_payload,
+    validate_state,
+)
+from ._store import DeadLetter, OutboxMessage
+from ._transport import Delivery, Transport
+from .machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
+
+if TYPE_CHECKING:
+    from ._engine import SagaEngine, _Held
+
+__all__ = ["Messaging"]
+
+log = logging.getLogger("sagakit")
+
+CONSUMER_GROUP = "sagakit"
+
+
+@dataclass(frozen=True, slots=True)
+class _Expect:
+    """A step of a registered definition that waits for events of one type."""
+
+    definition: SagaDefinition
+    step: StepDefinition
+    compensation: bool
+    action: SendCommand | WaitFor
+
+
+class Messaging:
+    """Outbox rows for message steps, the relay, and the consumer of replies and triggers."""
+
+    def __init__(self, engine: SagaEngine, transport: Transport | None) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.relay_batch = 100
+        self._triggers: dict[str, list[tuple[SagaDefinition, Trigger]]] = {}
+        self._expects: dict[str, list[_Expect]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._poke = asyncio.Event()
+        self._running = False
+        self._subscribed: set[str] = set()
+        self._subscribing: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ registration
+
+    def register(self, d: SagaDefinition) -> None:
+        for t in d.triggers:
+            self._triggers.setdefault(message_type_name(t.event), []).append((d, t))
+        for s in d.steps:
+            for comp, action in ((False, s.action), (True, s.compensation)):
+                if isinstance(action, SendCommand | WaitFor):
+                    for name in action.reply_types:
+                        self._expects.setdefault(name, []).append(_Expect(d, s, comp, action))
+        if self._running:
+            # Registered after start: consume its events too.
+            self._subscribing.append(asyncio.ensure_future(self._subscribe()))
+
+    async def _subscribe(self) -> None:
+        assert self.transport is not None
+        new = [d for d in self.destinations if d not in self._subscribed]
+        if new:
+            self._subscribed.update(new)
+            await self.transport.subscribe(new, CONSUMER_GROUP, self._on_delivery)
+
+    async def ready(self) -> None:
+        """Wait until every registered definition's events are subscribed to."""
+        while self._subscribing:
+            await self._subscribing.pop(0)
+
+    @property
+    def destinations(self) -> list[str]:
+        """Event types this engine consumes: replies of its message steps and its triggers."""
+        return sorted({*self._triggers, *self._expects})
+
+    # ------------------------------------------------------------ outgoing
+
+    def outbox_for(self, st: SagaState, defn: SagaDefinition, eff: RunStep) -> OutboxMessage | None:
+        """The command one attempt of a message step sends (None for a ``wait_for`` step).
+
+        Raises:
+            MessageMappingError: the command cannot be built from the saga's data.
+        """
+        sdef = defn.by_name[eff.step]
+        action = sdef.compensation if eff.compensation else sdef.action
+        if not isinstance(action, SendCommand):
+            return None
+        command = action.build_command(st.data if isinstance(st.data, Mapping) else {})
+        direction = "compensation" if eff.compensation else "action"
+        mid = message_id(st.id, eff.step, 0, direction)
+        env = Envelope.wrap(
+            command,
+            message_id=mid,
+            timestamp=self.engine.clock(),
+            saga_id=st.id,
+            step=eff.step,
+            token=eff.token,
+            correlation_id=st.correlation_id,
+        )
+        return OutboxMessage(
+            id=f"{mid}/{eff.token}",
+            saga_id=st.id,
+            destination=action.destination or action.type_name,
+            payload=env.to_bytes(),
+            headers={"message_id": mid},
+        )
+
+    @staticmethod
+    def fire_and_forget(defn: SagaDefinition, eff: RunStep) -> bool:
+        """True for a ``send`` that waits for no reply: it completes once its command is committed."""
+        sdef = defn.by_name[eff.step]
+        action = sdef.compensation if eff.compensation else sdef.action
+        return isinstance(action, SendCommand) and not action.awaits_reply
+
+    def outcome_event(self, st: SagaState, defn: SagaDefinition) -> OutboxMessage | None:
+        """The saga's completion or failure event, built from its data, when it has one."""
+        from ._status import SagaStatus
+
+        if st.status is SagaStatus.COMPLETED:
+            cls, label = defn.completion_event, "completed"
+        else:
+            cls, label = defn.failure_event, "failed"
+        if cls is None:
+            return None
+        data = dict(st.data) if isinstance(st.data, Mapping) else {}
+        data.setdefault("saga_id", st.id)
+        if st.error is not None:
+            data.setdefault("reason", st.error)
+        event: Any = default_command(cls, data)
+        mid = message_id(st.id, "", 0, label)
+        env = Envelope.wrap(
+            event,
+            message_id=mid,
+            timestamp=self.engine.clock(),
+            saga_id=st.id,
+            correlation_id=st.correlation_id,
+        )
+        return OutboxMessage(mid, st.id, env.type_name, env.to_bytes(), {"message_id": mid})
+
+    async def publish(self, event: object, *, destination: str | None = None) -> str:
+        """Publish an application event (a trigger, an approval) now; returns its message id."""
+        if self.transport is None:
+            raise RuntimeError("publish() needs a transport: SagaEngine(store, transport=...)")
+        await self.ready()
+        mid = uuid.uuid4().hex
+        env = Envelope.wrap(event, message_id=mid, timestamp=self.engine.clock())
+        await self.transport.publish(
+            destination or env.type_name, env.to_bytes(), message_id=mid, headers={"message_id": mid}
+        )
+        return mid
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self.transport is None:
+            return
+        await self.transport.start()
+        self._running = True
+        await self._subscribe()
+        self._tasks.append(asyncio.create_task(self._relay_loop(), name="sagakit-relay"))
+
+    async def close(self) -> None:
+        if self.transport is None:
+            return
+        await self.ready()
+        self._running = False
+        self._poke.set()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(t, 5.0)
+        self._tasks.clear()
+        await self.transport.close()
+
+    def poke(self) -> None:
+        """Wake the relay: new rows were committed."""
+        self._poke.set()
+
+    # ------------------------------------------------------------ relay
+
+    async def _relay_loop(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        store = self.engine.store
+        owner = self.engine.worker_id
+        backoff = 0.05
+        while self._running:
+            self._poke.clear()
+            try:
+                now = self.engine.clock()
+                batch = await store.outbox_claim(owner, now, now + 30.0, self.relay_batch)
+            except Exception:
+                log.exception("sagakit: reading the outbox failed; retrying in %.2fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            done: list[str] = []
+            retry: list[str] = []
+            blocked: set[str] = set()
+            for rec in batch:
+                if rec.saga_id in blocked:
+                    retry.append(rec.id)  # keep a saga's messages in order
+                    continue
+                try:
+                    await transport.publish(rec.destination, rec.payload, message_id=rec.id, headers=rec.headers)
+                    done.append(rec.id)
+                except Exception as e:
+                    log.warning("sagakit: publishing %s failed: %s", rec.id, e)
+                    blocked.add(rec.saga_id)
+                    retry.append(rec.id)
+            try:
+                if done:
+                    await store.outbox_done(owner, done)
+                if retry:
+                    await store.outbox_retry(owner, retry, self.engine.clock() + backoff)
+            except Exception:
+                log.exception("sagakit: updating the outbox failed")
+            if retry:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            if len(batch) == self.relay_batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), 0.5)
+
+    # ------------------------------------------------------------ incoming
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            env = Envelope.from_bytes(delivery.body)
+        except EnvelopeError as e:
+            await self._dead(delivery.message_id, None, "?", delivery.body, f"unreadable: {e}")
+            return
+        handled = False
+        for defn, trigger in self._triggers.get(env.type_name, ()):
+            handled = True
+            await self._start_from_trigger(env, defn, trigger)
+        if env.type_name in self._expects:
+            handled = True
+            await self._reply(env)
+        if not handled:
+            await self._dead(
+                env.message_id, env.saga_id, env.type_name, delivery.body, "no registered saga consumes this event type"
+            )
+
+    async def _start_from_trigger(self, env: Envelope, defn: SagaDefinition, trigger: Trigger) -> None:
+        body = _body(env)
+        try:
+            event: Any = from_payload(trigger.event, env.payload)
+            cid = to_correlation_id(trigger.correlation(event), source=defn.name)
+        except Exception as e:
+            await self._dead(env.message_id, None, env.type_name, body, f"trigger of {defn.name} v{defn.version}: {e}")
+            return
+        data: dict[str, Any] = dict(env.payload)
+        if defn.state_model is not None:
+            try:
+                data = validate_state(defn.state_model, data)
+            except MessageMappingError as e:
+                await self._dead(
+                    env.message_id, None, env.type_name, body, f"trigger of {defn.name}: initial state is invalid: {e}"
+                )
+                return
+        # One saga per correlation id: the id is the idempotency key.
+        await self.engine.start(defn.name, data, correlation_id=cid, idempotency_key=cid, version=defn.version)
+
+    async def _reply(self, env: Envelope) -> None:
+        body = _body(env)
+        if await self.engine.store.inbox_seen(env.message_id):
+            await self._dead(
+                env.message_id,
+                env.saga_id,
+                env.type_name,
+                body,
+                "duplicate: this message's effect is already committed",
+            )
+            return
+        saga_id = env.saga_id
+        if saga_id is None:
+            saga_id = await self._correlate(env)
+            if saga_id is None:
+                await self._dead(
+                    env.message_id,
+                    None,
+                    env.type_name,
+                    body,
+                    "no saga waits for this event (no saga headers, no correlation match)",
+                )
+                return
+        from ._errors import SagaNotFound
+
+        try:
+            reason = await self.engine._act(saga_id, lambda held: self._reply_event(held, env), inbox=env.message_id)
+        except SagaNotFound:
+            reason = f"unknown saga {saga_id}"
+        if reason is not None:
+            await self._dead(env.message_id, saga_id, env.type_name, body, reason)
+
+    def _reply_event(self, held: _Held, env: Envelope) -> Event | str:
+        """The machine event for a reply, or why it does not apply."""
+        from ._status import StepStatus
+
+        st = held.state
+        defn = held.definition
+        for exp in self._expects.get(env.type_name, ()):
+            if exp.definition is not defn:
+                continue
+            name = exp.step.name
+            if env.step is not None and env.step != name:
+                continue
+            s = st.steps[name]
+            waiting = StepStatus.COMPENSATING if exp.compensation else StepStatus.RUNNING
+            if s.status is not waiting or not s.token:
+                continue
+            if env.token is not None and env.token != s.token:
+                return (
+                    f"stale reply for step {name!r}: token {env.token}, the step's current attempt has token {s.token}"
+                )
+            kind = exp.action.reply_kind(env.type_name)
+            cls = exp.action.reply_types[env.type_name]
+            try:
+                event: Any = from_payload(cls, env.payload)
+            except MessageMappingError as e:
+                return StepFailed(name, s.token, f"invalid reply {env.type_name}: {e}", retryable=False)
+            if kind == "failure":
+                detail = orjson.dumps(env.payload).decode()
+                return StepFailed(name, s.token, f"{env.type_name}: {detail}", retryable=False)
+            data: Any = st.data
+            if not exp.compensation:
+                try:
+                    data = dict(exp.action.apply_reply(st.data if isinstance(st.data, Mapping) else {}, event))
+                    if defn.state_model is not None:
+                        data = validate_state(defn.state_model, data)
+                except MessageMappingError as e:
+                    return StepFailed(name, s.token, str(e), retryable=False)
+            result = to_payload(event)
+            size = len(orjson.dumps(result))
+            return StepSucceeded(name, s.token, result, size, data=data)
+        where = f"step {env.step!r}" if env.step else "any step"
+        return f"saga {st.id} ({st.status.value}) has no {where} waiting for {env.type_name}"
+
+    async def _correlate(self, env: Envelope) -> str | None:
+        """Find the saga a header-less event is for, with the waiting steps' correlation extractors."""
+        for exp in self._expects.get(env.type_name, ()):
+            extract: Callable[[Any], Any] | None = getattr(exp.action, "correlation", None)
+            if extract is None:
+                continue
+            try:
+                event: Any = from_payload(exp.action.reply_types[env.type_name], env.payload)
+                cid = to_correlation_id(extract(event))
+            except Exception:
+                continue
+            for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
+                if not snap.status.terminal:
+                    return snap.id
+        return None
+
+    async def _dead(self, mid: str, saga_id: str | None, type_name: str, body: bytes | str, reason: str) -> None:
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+        log.info("sagakit: message %s (%s) dead-lettered: %s", mid, type_name, reason)
+        await self.engine.store.dead_letter(DeadLetter(mid, self.engine.clock(), saga_id, type_name, text, reason))
+
+
+def _body(env: Envelope) -> str:
+    try:
+        return env.to_bytes().decode()
+    except EnvelopeError:
+        return repr(env)

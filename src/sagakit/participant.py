@@ -1,0 +1,115 @@
+"""Participants: the services on the other side of a saga.
+
+A participant handles commands and publishes their reply events with the
+saga's correlation headers copied, so a service joins a saga in a few lines::
+
+    payments = Participant("nats://localhost:4222", name="payments")
+
+    @payments.handles(ProcessPayment)
+    async def process(cmd: ProcessPayment) -> PaymentProcessed | PaymentFailed:
+        ...
+
+    async with payments:
+        await asyncio.Event().wait()
+
+Commands are de-duplicated by message id: a command seen before is not
+handled again; its first reply is published again instead (with the new
+attempt's token), which is what a saga that resent after a reply timeout needs.
+A handler that raises leaves the command unacknowledged, so it is delivered
+again; a business failure is a *reply* (the step's failure event), not an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._messages import Envelope, message_type_name
+from ._transport import Delivery, Transport, transport_from_url
+
+__all__ = ["Participant"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_REPLY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://sagakit.dev/reply-id")
+
+
+class Participant:
+    """Handles commands from sagas and publishes the reply events.
+
+    Args:
+        transport: a transport or its URL.
+        name: the consumer group: instances with the same name share the commands.
+        remember: how many handled commands' replies to keep for de-duplication.
+    """
+
+    def __init__(
+        self,
+        transport: Transport | str,
+        *,
+        name: str,
+        remember: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport = transport_from_url(transport) if isinstance(transport, str) else transport
+        self.name = name
+        self.remember = remember
+        self.clock = clock
+        self.handled = 0  # commands handled (not counting duplicates)
+        self.duplicates = 0
+        self._handlers: dict[str, tuple[type, Callable[[Any], Any]]] = {}
+        self._replies: OrderedDict[str, Any] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def handles(self, command: type, *, destination: str | None = None) -> Callable[[F], F]:
+        """Register the decorated function as the handler of *command*; it returns the reply event."""
+
+        def register(fn: F) -> F:
+            self._handlers[destination or message_type_name(command)] = (command, fn)
+            return fn
+
+        return register
+
+    async def start(self) -> None:
+        await self.transport.start()
+        if self._handlers:
+            await self.transport.subscribe(list(self._handlers), self.name, self._on_delivery)
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def __aenter__(self) -> Participant:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        env = Envelope.from_bytes(delivery.body)
+        command_cls, fn = self._handlers[delivery.destination]
+        lock = self._locks.setdefault(env.message_id, asyncio.Lock())
+        async with lock:
+            if env.message_id in self._replies:
+                self.duplicates += 1
+                event = self._replies[env.message_id]
+            else:
+                command: Any = env.unwrap(command_cls)
+                result = fn(command)
+                event = await result if inspect.isawaitable(result) else result
+                self.handled += 1
+                self._replies[env.message_id] = event
+                while len(self._replies) > self.remember:
+                    self._replies.popitem(last=False)
+        self._locks.pop(env.message_id, None)
+        if event is None:
+            return
+        reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}"))
+        reply = env.reply(event, message_id=reply_id, timestamp=self.clock())
+        await self.transport.publish(
+            reply.type_name, reply.to_bytes(), message_id=reply_id, headers={"message_id": reply_id}
+        )

@@ -1,0 +1,1 @@
+"""Transports, one module per broker; ``sagakit._transport.transport_from_url`` picks one by URL."""

@@ -1,0 +1,334 @@
+"""Message-driven sagas over the in-memory transport: triggers, replies, timeouts, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from sagakit import RetryPolicy, SagaBuilder, SagaEngine, SagaStatus, StepStatus
+from sagakit._messages import Envelope, message_type_name, send
+from sagakit.participant import Participant
+from sagakit.transports.memory import MemoryBroker, MemoryTransport
+
+
+class OrderCreated(BaseModel):
+    order_id: str
+    amount: float
+    fail_shipping: bool = False
+
+
+class OrderState(BaseModel):
+    order_id: str
+    amount: float
+    fail_shipping: bool = False
+    payment_id: str | None = None
+    tracking: str | None = None
+
+
+class ProcessPayment(BaseModel):
+    order_id: str
+    amount: float
+
+
+class PaymentProcessed(BaseModel):
+    order_id: str
+    payment_id: str
+
+
+class PaymentFailed(BaseModel):
+    order_id: str
+    reason: str
+
+
+class RefundPayment(BaseModel):
+    order_id: str
+    payment_id: str
+
+
+class PaymentRefunded(BaseModel):
+    order_id: str
+
+
+class ShipOrder(BaseModel):
+    order_id: str
+    fail_shipping: bool = False
+
+
+class OrderShipped(BaseModel):
+    order_id: str
+    tracking: str
+
+
+class ShippingFailed(BaseModel):
+    order_id: str
+    reason: str
+
+
+class OrderCompleted(BaseModel):
+    order_id: str
+    saga_id: str
+
+
+class OrderFailed(BaseModel):
+    order_id: str
+    saga_id: str
+    reason: str
+
+
+def definition(*, reply_timeout: float | None = None, attempts: int = 3) -> Any:
+    retry = RetryPolicy(max_attempts=attempts, initial_delay=0.01, max_delay=0.02)
+    b = SagaBuilder("order_processing")
+    b.trigger(OrderCreated, correlation=lambda e: str(e.order_id))
+    b.state(OrderState)
+    b.step(
+        "ProcessPayment",
+        action=send(ProcessPayment, success=PaymentProcessed, failure=PaymentFailed,
+                    reply_timeout=reply_timeout),
+        compensation=send(RefundPayment, success=PaymentRefunded),
+        retry=retry,
+    )  # fmt: skip
+    b.step(
+        "ShipOrder",
+        action=send(ShipOrder, success=OrderShipped, failure=ShippingFailed, reply_timeout=reply_timeout),
+        retry=retry,
+    )
+    b.on_completed(OrderCompleted)
+    b.on_failed(OrderFailed)
+    return b.build()
+
+
+class Services:
+    """Fake payment and shipping services on the broker."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.payments = Participant(MemoryTransport(broker), name="payments")
+        self.shipping = Participant(MemoryTransport(broker), name="shipping")
+        self.charged: list[str] = []
+        self.refunded: list[str] = []
+
+        @self.payments.handles(ProcessPayment)
+        async def pay(cmd: ProcessPayment) -> PaymentProcessed | PaymentFailed:
+            if cmd.amount > 1000:
+                return PaymentFailed(order_id=cmd.order_id, reason="limit exceeded")
+            self.charged.append(cmd.order_id)
+            return PaymentProcessed(order_id=cmd.order_id, payment_id=f"p-{cmd.order_id}")
+
+        @self.payments.handles(RefundPayment)
+        def refund(cmd: RefundPayment) -> PaymentRefunded:
+            self.refunded.append(cmd.payment_id)
+            return PaymentRefunded(order_id=cmd.order_id)
+
+        @self.shipping.handles(ShipOrder)
+        async def ship(cmd: ShipOrder) -> OrderShipped | ShippingFailed:
+            if cmd.fail_shipping:
+                return ShippingFailed(order_id=cmd.order_id, reason="address unknown")
+            return OrderShipped(order_id=cmd.order_id, tracking=f"t-{cmd.order_id}")
+
+    async def __aenter__(self) -> Services:
+        await self.payments.start()
+        await self.shipping.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.payments.close()
+        await self.shipping.close()
+
+
+class Outcomes:
+    """Collects the sagas' completion and failure events."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.transport = MemoryTransport(broker)
+        self.events: list[Envelope] = []
+
+    async def start(self) -> None:
+        await self.transport.start()
+
+        async def collect(d: Any) -> None:
+            self.events.append(Envelope.from_bytes(d.body))
+
+        await self.transport.subscribe(
+            [message_type_name(OrderCompleted), message_type_name(OrderFailed)], "observer", collect
+        )
+
+    async def wait_for(self, n: int, timeout: float = 10) -> None:
+        async def poll() -> None:
+            while len(self.events) < n:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(poll(), timeout)
+
+
+async def _saga_for(engine: SagaEngine, order_id: str) -> Any:
+    for _ in range(500):
+        found = await engine.list(correlation_id=order_id)
+        if found:
+            return await engine.wait(found[0].id, timeout=10)
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no saga for {order_id}")
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+async def test_trigger_to_completion_event(store_url: str, broker: MemoryBroker) -> None:
+    outcomes = Outcomes(broker)
+    await outcomes.start()
+    async with (
+        Services(broker) as services,
+        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+    ):
+        engine.register(definition())
+        await engine.publish(OrderCreated(order_id="o-1", amount=10))
+        await engine.publish(OrderCreated(order_id="o-1", amount=10))  # same correlation: no-op
+        snap = await _saga_for(engine, "o-1")
+        await outcomes.wait_for(1)
+        assert await engine.count() == 1
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.data["payment_id"] == "p-o-1"
+    assert snap.data["tracking"] == "t-o-1"
+    assert snap.correlation_id == "o-1"
+    assert services.charged == ["o-1"]
+    [done] = outcomes.events
+    assert done.type_name == message_type_name(OrderCompleted)
+    assert done.payload == {"order_id": "o-1", "saga_id": snap.id}
+    await outcomes.transport.close()
+
+
+async def test_shipping_failure_compensates_and_announces(store_url: str, broker: MemoryBroker) -> None:
+    outcomes = Outcomes(broker)
+    await outcomes.start()
+    async with (
+        Services(broker) as services,
+        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+    ):
+        engine.register(definition())
+        await engine.publish(OrderCreated(order_id="o-2", amount=10, fail_shipping=True))
+        snap = await _saga_for(engine, "o-2")
+        await outcomes.wait_for(1)
+    assert snap.status is SagaStatus.COMPENSATED
+    assert snap.steps["ShipOrder"].status is StepStatus.FAILED
+    assert "address unknown" in (snap.steps["ShipOrder"].error or "")
+    assert snap.steps["ProcessPayment"].status is StepStatus.COMPENSATED
+    assert services.refunded == ["p-o-2"]
+    [failed] = outcomes.events
+    assert failed.type_name == message_type_name(OrderFailed)
+    assert "address unknown" in failed.payload["reason"]
+    await outcomes.transport.close()
+
+
+async def test_lost_reply_is_resent_with_the_same_message_id(store_url: str, broker: MemoryBroker) -> None:
+    broker.drop_next[message_type_name(OrderShipped)] = 1
+    async with (
+        Services(broker) as services,
+        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+    ):
+        engine.register(definition(reply_timeout=0.3))
+        await engine.publish(OrderCreated(order_id="o-3", amount=10))
+        snap = await _saga_for(engine, "o-3")
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.steps["ShipOrder"].attempts == 2
+    ship_ids = [m.message_id for m in broker.published if m.destination == message_type_name(ShipOrder)]
+    sent = [
+        Envelope.from_bytes(m.body) for m in broker.published if m.destination == message_type_name(ShipOrder)
+    ]
+    assert len(sent) == 2 and sent[0].message_id == sent[1].message_id
+    assert sent[0].token != sent[1].token
+    assert len(set(ship_ids)) == 2  # distinct outbox rows for the broker
+    assert services.shipping.handled == 1 and services.shipping.duplicates == 1
+    assert any("timed out" in h.message for h in snap.history)
+
+
+async def test_lost_reply_after_last_attempt_compensates(store_url: str, broker: MemoryBroker) -> None:
+    broker.drop_next[message_type_name(OrderShipped)] = 5
+    async with (
+        Services(broker) as services,
+        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+    ):
+        engine.register(definition(reply_timeout=0.2, attempts=2))
+        await engine.publish(OrderCreated(order_id="o-4", amount=10))
+        snap = await _saga_for(engine, "o-4")
+    assert snap.status is SagaStatus.COMPENSATED
+    assert "timed out" in (snap.steps["ShipOrder"].error or "")
+    assert services.refunded == ["p-o-4"]
+
+
+async def test_duplicated_reply_has_no_second_effect(store_url: str, broker: MemoryBroker) -> None:
+    broker.duplicate_next[message_type_name(PaymentProcessed)] = 1
+    async with Services(broker), SagaEngine(store_url, transport=MemoryTransport(broker)) as engine:
+        engine.register(definition())
+        await engine.publish(OrderCreated(order_id="o-5", amount=10))
+        snap = await _saga_for(engine, "o-5")
+        for _ in range(200):
+            letters = await engine.dead_letters()
+            if letters:
+                break
+            await asyncio.sleep(0.01)
+    assert snap.status is SagaStatus.COMPLETED
+    assert sum(h.kind == "step_completed" and h.step == "ProcessPayment" for h in snap.history) == 1
+    [letter] = letters
+    assert letter.type_name == message_type_name(PaymentProcessed)
+    assert letter.saga_id == snap.id
+    assert "duplicate" in letter.reason or "no step" in letter.reason
+
+
+async def test_reply_for_an_unknown_saga_is_dead_lettered(store_url: str, broker: MemoryBroker) -> None:
+    stray = MemoryTransport(broker)
+    await stray.start()
+    engine = SagaEngine(store_url, transport=MemoryTransport(broker))
+    engine.register(definition())  # registered before it starts: subscribed on entry
+    async with engine:
+        env = Envelope.wrap(
+            PaymentProcessed(order_id="zz", payment_id="p"),
+            message_id="m-stray",
+            timestamp=0.0,
+            saga_id="no-such-saga",
+            step="ProcessPayment",
+            token=1,
+        )
+        await stray.publish(env.type_name, env.to_bytes(), message_id="m-stray")
+        for _ in range(200):
+            letters = await engine.dead_letters()
+            if letters:
+                break
+            await asyncio.sleep(0.01)
+    await stray.close()
+    [letter] = letters
+    assert letter.message_id == "m-stray"
+    assert "unknown saga no-such-saga" in letter.reason
+
+
+async def test_business_failure_reply_fails_without_retry(store_url: str, broker: MemoryBroker) -> None:
+    async with (
+        Services(broker) as services,
+        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+    ):
+        engine.register(definition())
+        await engine.publish(OrderCreated(order_id="o-6", amount=5000))
+        snap = await _saga_for(engine, "o-6")
+    assert snap.status is SagaStatus.COMPENSATED
+    assert snap.steps["ProcessPayment"].attempts == 1
+    assert "limit exceeded" in (snap.steps["ProcessPayment"].error or "")
+    assert services.refunded == []
+
+
+async def test_outbox_holds_commands_until_a_transport_runs(tmp_path: Any, broker: MemoryBroker) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    queued = SagaEngine(url)
+    queued.register(definition())
+    sid = await queued.start("order_processing", {"order_id": "o-7", "amount": 3})
+    await queued.close()
+    async with Services(broker), SagaEngine(url, transport=MemoryTransport(broker)) as engine:
+        engine.register(definition())
+        snap = await engine.wait(sid, timeout=10)
+        for _ in range(200):  # the completion event is published right after the last commit
+            if await engine.store.outbox_pending() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await engine.store.outbox_pending() == 0
+    assert snap.status is SagaStatus.COMPLETED
