@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -32,14 +33,14 @@ class RetryPolicy:
 
     def validate(self, where: str) -> None:
         """Raise DefinitionError naming *where* if a field is out of range."""
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise DefinitionError(
-                f"{where}: max_attempts must be an integer >= 1, got {self.max_attempts!r}"
-            )
+        for name in ("initial_delay", "multiplier", "max_delay", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise DefinitionError(f"{where}: {name} must be a finite number, got {value!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise DefinitionError(f"{where}: max_attempts must be an integer >= 1, got {self.max_attempts!r}")
         if self.initial_delay < 0:
-            raise DefinitionError(
-                f"{where}: initial_delay must be >= 0, got {self.initial_delay!r}"
-            )
+            raise DefinitionError(f"{where}: initial_delay must be >= 0, got {self.initial_delay!r}")
         if self.multiplier < 1:
             raise DefinitionError(f"{where}: multiplier must be >= 1, got {self.multiplier!r}")
         if self.max_delay < self.initial_delay:
@@ -50,9 +51,7 @@ class RetryPolicy:
             raise DefinitionError(f"{where}: jitter must be between 0 and 1, got {self.jitter!r}")
         for exc in self.non_retryable:
             if not (isinstance(exc, type) and issubclass(exc, BaseException)):
-                raise DefinitionError(
-                    f"{where}: non_retryable must hold exception types, got {exc!r}"
-                )
+                raise DefinitionError(f"{where}: non_retryable must hold exception types, got {exc!r}")
 
     def delay(self, failed_attempt: int, key: str) -> float:
         """Seconds to wait after attempt number *failed_attempt* (1-based) failed.
@@ -64,7 +63,7 @@ class RetryPolicy:
         base = min(self.initial_delay * self.multiplier ** (failed_attempt - 1), self.max_delay)
         if self.jitter and base:
             h = zlib.crc32(f"{key}:{failed_attempt}".encode()) / 0xFFFFFFFF
-            base *= 1.0 + self.jitter * (2.0 * h - 1.0)
+            base = min(base * (1.0 + self.jitter * (2.0 * h - 1.0)), self.max_delay)
         return base
 
     def is_retryable(self, exc: BaseException) -> bool:
