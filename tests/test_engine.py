@@ -719,3 +719,43 @@ async def test_store_beside_application_tables(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert conn.execute("SELECT id FROM orders").fetchall() == [("o-1",)]
     assert {"orders", "sagakit_sagas", "sagakit_history", "sagakit_outbox", "sagakit_inbox"} <= tables
+
+
+async def test_fork_reruns_from_a_step_with_earlier_results(store_url: str) -> None:
+    ship_ok = False
+    seen: list[Any] = []
+
+    async def reserve(ctx: StepContext) -> dict[str, str]:
+        return {"reservation": ctx.saga_id}
+
+    async def charge(ctx: StepContext) -> str:
+        seen.append(ctx.results["reserve"])
+        return "charged"
+
+    async def ship(ctx: StepContext) -> str:
+        if not ship_ok:
+            raise NonRetryableError("carrier down")
+        return "shipped"
+
+    b = SagaBuilder("forky")
+    b.step("reserve", reserve)
+    b.step("charge", charge)
+    b.step("ship", ship)
+    async with SagaEngine(store_url) as engine:
+        engine.register(b.build())
+        old = await engine.start("forky", {"order": 1})
+        first = await engine.wait(old, timeout=10)
+        assert first.status is SagaStatus.COMPENSATED
+        with pytest.raises(SagaStateError, match="no step 'nope'"):
+            await engine.fork(old, "nope")
+        ship_ok = True
+        new = await engine.fork(old, "charge", reason="carrier is back", actor="bob")
+        snap = await engine.wait(new, timeout=10)
+        old_snap = await engine.get(old)
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.steps["reserve"].status is StepStatus.SKIPPED
+    assert snap.steps["reserve"].result == {"reservation": old}
+    assert seen[-1] == {"reservation": old}
+    assert snap.data == {"order": 1}
+    assert any(h.kind == "fork" and old in h.message and "bob" in h.message for h in snap.history)
+    assert any(h.kind == "fork" and new in h.message for h in old_snap.history)

@@ -326,12 +326,17 @@ class SagaEngine:
             idempotency_key=idempotency_key,
             begin=self._running and not self._closing,
         )
+        return await self._insert(defn, decision)
+
+    async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
+        """Store a new saga; a running engine holds it and starts its first steps once stored."""
         if not self._running or self._closing:
             st = decision.state
             res = await self.store.commit([Write(st, 0, decision.history, st.wake_at, insert=True)])
             result: str | None = res[0]
             assert result is not None
             return result
+        saga_id = decision.state.id
         held = _Held(decision.state, defn, history=[])
         decision.state.revision = -1  # _transition bumps it to 0 for the insert
         self._held[saga_id] = held
@@ -458,6 +463,73 @@ class SagaEngine:
             raise TypeError(f"skip result for step {step!r} is not JSON-serialisable: {e}") from None
         return await self._admin(saga_id, Skip(step, result, reason, actor))
 
+    async def fork(
+        self,
+        saga_id: str,
+        from_step: str,
+        *,
+        data: Any = None,
+        reason: str = "",
+        actor: str = "operator",
+    ) -> str:
+        """Start a new saga that re-runs *saga_id* from *from_step* on; returns the new id.
+
+        The steps *from_step* depends on keep the results they had in the old
+        saga (they are ``SKIPPED`` in the new one, so never compensated there);
+        everything else runs again. The new saga runs the old one's definition
+        version with its data, or *data*. Both sagas' histories record the fork.
+
+        Raises:
+            SagaNotFound: no such saga.
+            SagaStateError: *from_step* is unknown, or a step it depends on did not complete.
+            UnknownSagaType: the old saga's definition version is not registered.
+        """
+        await self._ensure_open()
+        old = await self.store.get(saga_id)
+        if old is None:
+            raise SagaNotFound(saga_id)
+        defn = self._definition(old.name, old.version)
+        if from_step not in defn.by_name:
+            raise SagaStateError(saga_id, f"saga {old.name} has no step {from_step!r} (steps: {', '.join(defn.order)})")
+        preset: dict[str, Any] = {}
+        for name in defn.order:
+            if name not in defn.ancestors[from_step]:
+                continue
+            s = old.steps[name]
+            if s.status.value not in ("completed", "skipped"):
+                raise SagaStateError(
+                    saga_id,
+                    f"step {name!r} is {s.status.value} in this saga, so there is no result to start "
+                    f"step {from_step!r} from; fork from an earlier step",
+                )
+            preset[name] = s.result
+        new_data = old.data if data is None else data
+        try:
+            new_data = orjson.loads(orjson.dumps(new_data))
+        except TypeError as e:
+            raise TypeError(f"fork data is not JSON-serialisable: {e}") from None
+        new_id = f"{_ids.getrandbits(128):032x}"
+        who = f"by {actor}" + (f": {reason}" if reason else "")
+        now = self.clock()
+        decision = new_saga(
+            defn,
+            new_id,
+            new_data,
+            now,
+            correlation_id=old.correlation_id,
+            begin=self._running and not self._closing,
+            preset=preset,
+            origin=f"saga {saga_id}",
+        )
+        decision.history.insert(1, HistoryEntry(now, "fork", f"forked from saga {saga_id} at step {from_step!r} {who}"))
+        await self._insert(defn, decision)
+        await self.store.append_history(
+            saga_id,
+            old.revision,
+            [HistoryEntry(now, "fork", f"forked into saga {new_id} from step {from_step!r} {who}")],
+        )
+        return new_id
+
     async def compensate(self, saga_id: str, *, reason: str = "", actor: str = "operator") -> SagaSnapshot:
         """Start compensating a pending or running saga now."""
         return await self._admin(saga_id, Compensate(reason, actor))
@@ -503,8 +575,7 @@ class SagaEngine:
                 if st is None:
                     if loop.time() > give_up:
                         raise SagaBusy(
-                            f"saga {saga_id} is held by another worker; try again when its "
-                            "current step finishes"
+                            f"saga {saga_id} is held by another worker; try again when its current step finishes"
                         )
                     await asyncio.sleep(0.05)
                     continue
@@ -514,8 +585,7 @@ class SagaEngine:
                     if defn is None:
                         await self.store.release(self.worker_id, [(saga_id, self.clock())])
                         raise UnknownSagaType(
-                            f"saga {saga_id} runs {st.name} v{st.version}, which is not "
-                            "registered with this engine"
+                            f"saga {saga_id} runs {st.name} v{st.version}, which is not registered with this engine"
                         )
                     held = _Held(st, defn, durable=True)
                     self._held[saga_id] = held
@@ -644,9 +714,7 @@ class SagaEngine:
         try:
             msg = self._messaging.outcome_event(st, held.definition)
         except MessageMappingError as e:
-            p.history.append(
-                HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}")
-            )
+            p.history.append(HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}"))
             return
         if msg is not None:
             p.outbox.append(msg)
@@ -849,9 +917,7 @@ class SagaEngine:
         assert slots is not None
         try:
             if entry is None:
-                raise NonRetryableError(
-                    f"step {name!r} has no local {direction}: message steps need a transport"
-                )
+                raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
             fn, is_async = entry
             ctx = StepContext(
                 saga_id=st.id,

@@ -268,8 +268,14 @@ def new_saga(
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
     begin: bool = True,
+    preset: Mapping[str, Any] | None = None,
+    origin: str | None = None,
 ) -> Decision:
-    """Create a saga's initial state; with *begin*, its root steps are dispatched at once."""
+    """Create a saga's initial state; with *begin*, its root steps are dispatched at once.
+
+    *preset* maps step names to results the new saga starts with (a fork): those
+    steps are ``SKIPPED`` with the given result, and *origin* says where it came from.
+    """
     st = SagaState(
         id=saga_id,
         name=definition.name,
@@ -284,6 +290,12 @@ def new_saga(
         deadline_at=now + definition.deadline if definition.deadline else None,
     )
     hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
+    for name, result in (preset or {}).items():
+        s = st.steps[name]
+        s.status = _S.SKIPPED
+        s.result = result
+        s.finished_at = now
+        hist.append(HistoryEntry(now, "forked", f"step {name!r} result copied from {origin or 'a fork'}", name))
     fx: list[RunStep] = []
     if begin:
         _begin(definition, st, now, fx, hist)
@@ -330,9 +342,7 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
 # ---------------------------------------------------------------- event handlers
 
 
-def _begin(
-    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
-) -> None:
+def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
     st.status = SagaStatus.RUNNING
     hist.append(HistoryEntry(now, "started", "saga started"))
     _advance(defn, st, now, fx, hist)
@@ -420,9 +430,7 @@ def _action_done(
         s.status = _S.FAILED
         s.finished_at = now
         why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
-        hist.append(
-            HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts)
-        )
+        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts))
         if past_pivot:
             st.status = SagaStatus.FAILED
             st.error = (
@@ -512,9 +520,7 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[Histor
                 _action_done(defn, sdef, st, s, ev, now, hist)
 
 
-def _on_resume(
-    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
-) -> None:
+def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
     if st.status is SagaStatus.PENDING:
         _begin(defn, st, now, fx, hist)
         return
@@ -587,9 +593,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
     return f"saga is {st.status.value}: only a failed saga or a waiting step can be retried"
 
 
-def _on_skip(
-    defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]
-) -> str | None:
+def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]) -> str | None:
     s = st.steps.get(ev.step)
     if s is None:
         return f"saga {st.name} has no step {ev.step!r} (steps: {', '.join(defn.order)})"
@@ -675,9 +679,7 @@ def _start_compensation(
     hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
 
 
-def _advance(
-    defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]
-) -> None:
+def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
     steps = st.steps
     if st.status is SagaStatus.RUNNING:
         if st.deadline_at is not None and now >= st.deadline_at and _past_pivot_name(defn, st) is None:
@@ -777,9 +779,7 @@ def _dispatch(
         local = sdef.local
         if attempt == 1:
             s.started_at = now
-        hist.append(
-            HistoryEntry(now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt)
-        )
+        hist.append(HistoryEntry(now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt))
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None
