@@ -119,9 +119,7 @@ class StoreContract:
         assert isinstance(store, Store)
         assert isinstance(store.url, str)
 
-    async def test_open_creates_schema_and_is_idempotent(
-        self, store: Store, make_store: StoreFactory
-    ) -> None:
+    async def test_open_creates_schema_and_is_idempotent(self, store: Store, make_store: StoreFactory) -> None:
         version = await self.schema_version(store)
         assert version in (None, SCHEMA_VERSION)
         await store.open()  # a second open of the same object does nothing
@@ -347,9 +345,7 @@ class StoreContract:
                 await put(stores[0], saga(f"s{i:02d}"), wake_at=float(i % 7))
             now = 100.0
             for _ in range(25):
-                claims = await asyncio.gather(
-                    *(s.claim(f"w{n}", now, now + 50.0, 16) for n, s in enumerate(stores))
-                )
+                claims = await asyncio.gather(*(s.claim(f"w{n}", now, now + 50.0, 16) for n, s in enumerate(stores)))
                 ids = [c.id for claim in claims for c in claim]
                 assert len(ids) == len(set(ids)), "a saga was claimed twice"
                 assert len(ids) == 40  # 3 x 16 >= 40: together they took everything due
@@ -396,9 +392,7 @@ class StoreContract:
         await put(store, saga("a"), wake_at=1.0)
         await put(store, saga("b"), wake_at=1.0)
         assert len(await store.claim("w1", 10.0, 40.0, 5)) == 2
-        await store.commit(
-            [update(saga("b", revision=2), status=SagaStatus.COMPLETED, wake_at=None, owner="w1")]
-        )
+        await store.commit([update(saga("b", revision=2), status=SagaStatus.COMPLETED, wake_at=None, owner="w1")])
         await store.release("w2", [("a", 5.0)])  # not the holder: nothing happens
         got = await store.get("a")
         assert got is not None
@@ -557,9 +551,7 @@ class StoreContract:
 
         s: Any = store
         assert await s.dead_letters() == []
-        letters = [
-            DeadLetter(f"m{i}", float(i), None if i % 2 else "a", "Evt", "{}", f"r{i}") for i in range(5)
-        ]
+        letters = [DeadLetter(f"m{i}", float(i), None if i % 2 else "a", "Evt", "{}", f"r{i}") for i in range(5)]
         for letter in letters:
             await s.dead_letter(letter)
         assert await s.dead_letters() == letters[::-1]

@@ -60,9 +60,7 @@ def update_args(st: SagaState, expected: int) -> tuple[Any, ...]:
 
 def history_rows(states: list[SagaState]) -> list[tuple[Any, ...]]:
     h = HistoryEntry(1.0, "step_completed", "step a completed", "a", 1)
-    return [
-        (st.id, st.revision, i, h.at, h.kind, h.step, h.attempt, h.message) for st in states for i in range(2)
-    ]
+    return [(st.id, st.revision, i, h.at, h.kind, h.step, h.attempt, h.message) for st in states for i in range(2)]
 
 
 async def setup(schema: str) -> None:

@@ -137,9 +137,7 @@ class TestPostgresStore(StoreContract):
         await asyncio.gather(*(s.open() for s in stores))
         assert {await self.schema_version(s) for s in stores} == {SCHEMA_VERSION}
 
-    async def test_foreign_sagakit_sagas_table_is_refused_and_left_alone(
-        self, pg_dsn: str, pg_schema: str
-    ) -> None:
+    async def test_foreign_sagakit_sagas_table_is_refused_and_left_alone(self, pg_dsn: str, pg_schema: str) -> None:
         conn = await asyncpg.connect(pg_dsn)
         try:
             await conn.execute(f'CREATE SCHEMA "{pg_schema}"')
@@ -156,9 +154,7 @@ class TestPostgresStore(StoreContract):
         finally:
             await conn.close()
 
-    async def test_newer_schema_version_is_refused(
-        self, make_store: StoreFactory, pg_dsn: str, pg_schema: str
-    ) -> None:
+    async def test_newer_schema_version_is_refused(self, make_store: StoreFactory, pg_dsn: str, pg_schema: str) -> None:
         s = make_store()
         await s.open()
         await s.close()
@@ -226,9 +222,7 @@ class TestPostgresStore(StoreContract):
 
     # ------------------------------------------------------------ LISTEN / NOTIFY
 
-    async def test_wait_for_work_wakes_on_a_commit_that_makes_work_due(
-        self, make_store: StoreFactory
-    ) -> None:
+    async def test_wait_for_work_wakes_on_a_commit_that_makes_work_due(self, make_store: StoreFactory) -> None:
         idle, busy = make_store(), make_store()
         assert isinstance(idle, PostgresStore)
         await idle.open()
@@ -253,9 +247,7 @@ class TestPostgresStore(StoreContract):
         await busy.release("w1", [("now", 201.0)])
         assert await asyncio.wait_for(waiter, 5.0) is True
 
-    async def test_notifications_stay_within_their_schema(
-        self, make_store: StoreFactory, pg_dsn: str
-    ) -> None:
+    async def test_notifications_stay_within_their_schema(self, make_store: StoreFactory, pg_dsn: str) -> None:
         idle = make_store()
         assert isinstance(idle, PostgresStore)
         await idle.open()
@@ -270,3 +262,26 @@ class TestPostgresStore(StoreContract):
             conn = await asyncpg.connect(pg_dsn)
             await conn.execute(f'DROP SCHEMA "{idle.schema}_other" CASCADE')
             await conn.close()
+
+    async def test_wait_for_work_survives_a_lost_listening_connection(
+        self, make_store: StoreFactory, pg_dsn: str
+    ) -> None:
+        idle, busy = make_store(), make_store()
+        assert isinstance(idle, PostgresStore)
+        await idle.open()
+        await busy.open()
+        assert await idle.wait_for_work(0.01) is True
+        waiter = asyncio.create_task(idle.wait_for_work(10.0))
+        await asyncio.sleep(0.05)
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", idle._listener.get_server_pid())
+        finally:
+            await admin.close()
+        # Losing the connection wakes the waiter: whatever it would have heard, it missed.
+        assert await asyncio.wait_for(waiter, 5.0) is True
+        assert await idle.wait_for_work(0.01) is True  # listening again: look once
+        waiter = asyncio.create_task(idle.wait_for_work(10.0))
+        await asyncio.sleep(0.05)
+        await put(busy, saga("now", created_at=100.0), wake_at=100.0)
+        assert await asyncio.wait_for(waiter, 5.0) is True

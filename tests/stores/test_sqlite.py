@@ -63,9 +63,7 @@ class TestSQLiteStore(StoreContract):
         await s.open()
         await s.close()
         with sqlite3.connect(db_path) as conn:
-            conn.execute(
-                "UPDATE sagakit_meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)
-            )
+            conn.execute("UPDATE sagakit_meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
         conn.close()
         with pytest.raises(StoreError, match="newer"):
             await make_store().open()

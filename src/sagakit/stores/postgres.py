@@ -199,9 +199,7 @@ class PostgresStore:
             try:
                 pool_size = int(ours["pool_size"])
             except ValueError:
-                raise StoreError(
-                    f"bad pool_size {ours['pool_size']!r} in {safe_url(url)!r}: use an integer"
-                ) from None
+                raise StoreError(f"bad pool_size {ours['pool_size']!r} in {safe_url(url)!r}: use an integer") from None
         return cls(dsn, schema=ours.get("schema") or None, pool_size=pool_size)
 
     def __repr__(self) -> str:
@@ -295,9 +293,7 @@ class PostgresStore:
             version = await self._schema_version(conn)
             if version == SCHEMA_VERSION:
                 return
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            await conn.execute("CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             for step in migrations(DIALECT)[version:]:
                 for stmt in step:
                     await conn.execute(stmt)
@@ -409,8 +405,7 @@ class PostgresStore:
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         rows = [
-            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message)
-            for i, h in enumerate(entries)
+            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message) for i, h in enumerate(entries)
         ]
         if not rows:
             return
@@ -480,9 +475,7 @@ class PostgresStore:
     async def _listen(self) -> None:
         self._open_pool()
         with self._errors("listening for work"):
-            conn = await self._pg.connect(
-                self._dsn, server_settings=self._settings, timeout=self.connect_timeout
-            )
+            conn = await self._pg.connect(self._dsn, server_settings=self._settings, timeout=self.connect_timeout)
             try:
                 await conn.add_listener(self._channel, self._notified)
             except BaseException:
