@@ -389,20 +389,22 @@ class StoreContract:
         assert await store.renew("w1", [], 200.0) == set()
 
     async def test_release_restores_wake_time(self, store: Store) -> None:
-        await put(store, saga("a"), wake_at=1.0)
-        await put(store, saga("b"), wake_at=1.0)
-        assert len(await store.claim("w1", 10.0, 40.0, 5)) == 2
-        await store.commit([update(saga("b", revision=2), status=SagaStatus.COMPLETED, wake_at=None, owner="w1")])
+        for sid in ("a", "b", "c"):
+            await put(store, saga(sid), wake_at=1.0)
+        assert len(await store.claim("w1", 10.0, 40.0, 5)) == 3
+        for sid in ("b", "c"):  # finished while held
+            await store.commit([update(saga(sid, revision=2), status=SagaStatus.COMPLETED, wake_at=None, owner="w1")])
         await store.release("w2", [("a", 5.0)])  # not the holder: nothing happens
         got = await store.get("a")
         assert got is not None
         assert got.wake_at == 40.0
-        await store.release("w1", [("a", 25.0), ("b", 25.0)])
-        a, b = await store.get("a"), await store.get("b")
+        await store.release("w1", [("b", 25.0), ("c", None), ("a", 25.0)])
+        a, b, c = await store.get("a"), await store.get("b"), await store.get("c")
         assert a is not None
         assert b is not None
+        assert c is not None
         assert a.wake_at == 25.0
-        assert b.wake_at is None  # finished: stays out of the due index
+        assert (b.wake_at, c.wake_at) == (None, None)  # finished: they stay out of the due index
         assert [s.id for s in await store.claim("w2", 30.0, 60.0, 5)] == ["a"]
         await store.release("w2", [])
 

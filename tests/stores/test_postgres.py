@@ -64,6 +64,9 @@ class TestPostgresStore(StoreContract):
         with pytest.raises(StoreError, match="pool_size"):
             PostgresStore.from_url("postgresql://bob@localhost/app?pool_size=many")
         assert safe_url("postgresql://u:pw@[::1]:5/d") == "postgresql://u@[::1]:5/d"
+        long = PostgresStore("postgresql://bob@localhost/app", schema="s" * 63)
+        assert len(long._channel) <= 63  # a NOTIFY channel is an identifier: 63 bytes at most
+        assert long._channel != PostgresStore("postgresql://bob@localhost/app", schema="s" * 62)._channel
 
     async def test_unreachable_server_is_a_store_error_without_the_password(self) -> None:
         s = PostgresStore("postgresql://bob:s3cret@127.0.0.1:1/app", connect_timeout=2)

@@ -170,7 +170,10 @@ class PostgresStore:
         self._pool: Any = None
         self._settings = {"search_path": f'"{schema}"'} if schema else {}
         # Workers on other schemas of the same database are not woken by this one's work.
-        self._channel = f"sagakit_work_{schema}" if schema else "sagakit_work"
+        channel = f"sagakit_work_{schema}" if schema else "sagakit_work"
+        if len(channel) > 63:  # PostgreSQL's identifier limit
+            channel = f"sagakit_work_{hashlib.blake2b(channel.encode(), digest_size=16).hexdigest()}"
+        self._channel = channel
         self._lock_key = int.from_bytes(
             hashlib.blake2b(f"sagakit-migrate:{schema or ''}".encode(), digest_size=8).digest(),
             "big",
@@ -251,6 +254,8 @@ class PostgresStore:
                 max_size=self.pool_size,
                 server_settings=self._settings,
                 timeout=self.connect_timeout,
+                # Room for every statement and list-filter variant, so none is re-prepared.
+                statement_cache_size=256,
             )
         try:
             with self._errors("migrating the schema"):
@@ -319,6 +324,8 @@ class PostgresStore:
     # ------------------------------------------------------------ writes
 
     async def commit(self, writes: Sequence[Write]) -> list[str | None]:
+        if not writes:
+            return []
         sql = self._sql
         results: list[str | None] = [None] * len(writes)
         applied = [False] * len(writes)
@@ -441,7 +448,7 @@ class PostgresStore:
     async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
         if not sagas:
             return
-        rows = sorted((owner, wake, sid) for sid, wake in sagas)
+        rows = sorted(((owner, wake, sid) for sid, wake in sagas), key=lambda r: r[2])
         wakes = [wake for _, wake, _ in rows if wake is not None]
         async with self._tx("release") as conn:
             await conn.executemany(self._sql.release, rows)
