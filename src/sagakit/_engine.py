@@ -751,17 +751,22 @@ class SagaEngine:
             held.committing += 1
             st = p.state
             assert st is not None
-            keep = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
-            keep = keep and not st.status.terminal
+            runs_here = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
+            keep = runs_here and not st.status.terminal and self._running
             if self._closing and not held.inflight:
                 keep = False
             p.release = not keep
+            wake = lease_until if keep else st.wake_at
+            if runs_here and not keep and not held.inflight and not st.status.terminal:
+                # Attempts this engine will not run (it is not running: an admin CLI, or it
+                # is shutting down): the saga is due now, so a worker claims it and runs them.
+                wake = now
             writes.append(
                 Write(
                     st,
                     p.expected_revision,
                     p.history,
-                    lease_until if keep else st.wake_at,
+                    wake,
                     owner=self.worker_id if keep else None,
                     lease_expires=lease_until if keep else None,
                     insert=p.insert,
@@ -838,7 +843,7 @@ class SagaEngine:
         by_name = held.definition.by_name
         for eff in p.effects:
             s = current.steps.get(eff.step)
-            if s is None or s.token != eff.token or self._closing:
+            if s is None or s.token != eff.token or self._closing or not self._running:
                 continue
             sdef = by_name[eff.step]
             if sdef.compensation_local if eff.compensation else sdef.local:
