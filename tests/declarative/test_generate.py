@@ -57,9 +57,7 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mypy-cache")
 
 
-def mypy_strict(
-    path: Path, cwd: Path, cache: Path, extra_path: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def mypy_strict(path: Path, cwd: Path, cache: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MYPYPATH": str(extra_path) if extra_path else ""}
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), "--no-error-summary",
@@ -94,10 +92,7 @@ def describe(d: SagaDefinition) -> Any:
         d.failure_event,
         d.deadline,
         [t.event for t in d.triggers],
-        [
-            (s.name, s.after, action(s.action), action(s.compensation), s.retry, s.timeout, s.pivot)
-            for s in d.steps
-        ],
+        [(s.name, s.after, action(s.action), action(s.compensation), s.retry, s.timeout, s.pivot) for s in d.steps],
         dict(d.extras),
     )
 
@@ -163,9 +158,7 @@ def test_the_generated_module_builds_the_same_definition(project: Path, app: Any
     for g, ld in zip(generated.steps, loaded.steps, strict=True):
         assert g.action.build_command(state) == ld.action.build_command(state)
     paid = app.PaymentProcessedEvent(order_id="o-1", payment_id="p-1")
-    assert generated.steps[0].action.apply_reply(state, paid) == loaded.steps[0].action.apply_reply(
-        state, paid
-    )
+    assert generated.steps[0].action.apply_reply(state, paid) == loaded.steps[0].action.apply_reply(state, paid)
     assert generated.steps[1].compensation.build_command(state) == app.CancelShipmentCommand(order_id="o-1")
 
 
@@ -183,9 +176,7 @@ def test_hooks_are_used_when_edited(project: Path, app: Any) -> None:
     assert cmd == app.ProcessPaymentCommand(order_id="o", amount=4)
 
 
-def test_a_full_definition_generates_clean_code(
-    project: Path, seed: dict[str, Any], mypy_cache: Path
-) -> None:
+def test_a_full_definition_generates_clean_code(project: Path, seed: dict[str, Any], mypy_cache: Path) -> None:
     pay, ship = "app_root_name.domain.payments.events", "app_root_name.domain.shipping.events"
     seed["description"] = (
         'Processes an order: payment first, then shipping. It says "hello" and uses a backslash \\ '
@@ -230,9 +221,7 @@ def test_a_full_definition_generates_clean_code(
     assert describe(module.definition) == describe(load_definition(seed))
     assert module.definition.description == seed["description"]
     assert (
-        module.definition.triggers[1].correlation(
-            sys.modules[pay].PaymentProcessedEvent(order_id="o", payment_id="p")
-        )
+        module.definition.triggers[1].correlation(sys.modules[pay].PaymentProcessedEvent(order_id="o", payment_id="p"))
         == "o-p"
     )
     assert (
@@ -342,9 +331,7 @@ def test_regeneration_is_deterministic_and_protects_edits(project: Path) -> None
     assert target.read_text() == first
 
     # An edited one is not, unless forced.
-    edited = first.replace(
-        "return default_command(ProcessPaymentCommand, state)", "raise NotImplementedError"
-    )
+    edited = first.replace("return default_command(ProcessPaymentCommand, state)", "raise NotImplementedError")
     assert edited != first
     target.write_text(edited)
     with pytest.raises(GeneratedFileEdited, match="was edited since sagakit generated it"):

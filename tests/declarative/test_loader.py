@@ -120,9 +120,7 @@ def test_every_field_reaches_the_definition(seed: dict[str, Any], app: SimpleNam
     )
     d = load_definition(seed)
     pay, ship, refund = d.steps
-    assert pay.action == SendCommand(
-        app.ProcessPaymentCommand, (app.PaymentProcessedEvent,), app.PaymentFailedEvent
-    )
+    assert pay.action == SendCommand(app.ProcessPaymentCommand, (app.PaymentProcessedEvent,), app.PaymentFailedEvent)
     assert pay.compensation == SendCommand(app.RefundPaymentCommand, (app.PaymentRefundedEvent,))
     assert ship.action == SendCommand(
         app.ShipOrderCommand, (app.OrderShippedEvent, app.PaymentProcessedEvent), app.ShipmentFailedEvent
@@ -130,9 +128,7 @@ def test_every_field_reaches_the_definition(seed: dict[str, Any], app: SimpleNam
     assert ship.compensation == SendCommand(
         app.CancelShipmentCommand, (app.ShipmentCancelledEvent,), app.ShipmentCancellationFailedEvent
     )
-    assert refund.action == SendCommand(
-        app.RefundPaymentCommand, (app.PaymentRefundedEvent, app.PaymentProcessedEvent)
-    )
+    assert refund.action == SendCommand(app.RefundPaymentCommand, (app.PaymentRefundedEvent, app.PaymentProcessedEvent))
     assert refund.after == ("ShipOrder",)
     assert d.description == "Processes orders: payment, then shipping."
     assert d.extras["description"] == d.description
@@ -286,8 +282,7 @@ def test_missing_fields(seed: dict[str, Any]) -> None:
         ),
         (
             lambda d: d["steps"][0].update(command_name="Zzz"),
-            f"steps[0].command_name: module {PAY_CMD!r} has no 'Zzz' (check the name, or that a "
-            "command lives there)",
+            f"steps[0].command_name: module {PAY_CMD!r} has no 'Zzz' (check the name, or that a command lives there)",
         ),
         (
             lambda d: d["steps"][0].update(command_name="not_a_class", command_module=PAY),
@@ -301,8 +296,7 @@ def test_missing_fields(seed: dict[str, Any]) -> None:
         ),
         (
             lambda d: d.update(state_dto_module="decl_fixtures.raises_on_import"),
-            "state_dto_module: module 'decl_fixtures.raises_on_import' failed to import: "
-            "RuntimeError: boom at import",
+            "state_dto_module: module 'decl_fixtures.raises_on_import' failed to import: RuntimeError: boom at import",
         ),
         (
             lambda d: d.update(state_repository_module="decl_fixtures.needs_missing_dependency"),
@@ -321,8 +315,7 @@ def test_missing_fields(seed: dict[str, Any]) -> None:
         ),
         (
             lambda d: d.update(completion_event_module=""),
-            "completion_event_module: empty module path; write a dotted module path like "
-            "'app.domain.payments.events'",
+            "completion_event_module: empty module path; write a dotted module path like 'app.domain.payments.events'",
         ),
         (
             lambda d: d.update(state_dto_name="Order State"),

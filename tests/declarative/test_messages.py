@@ -213,9 +213,7 @@ def test_message_type_name_is_module_and_qualname() -> None:
         x: int
 
     assert message_type_name(ProcessPayment) == f"{__name__}.ProcessPayment"
-    assert (
-        message_type_name(Inner) == f"{__name__}.test_message_type_name_is_module_and_qualname.<locals>.Inner"
-    )
+    assert message_type_name(Inner) == f"{__name__}.test_message_type_name_is_module_and_qualname.<locals>.Inner"
 
 
 # ---------------------------------------------------------------- triggers, state, outcome events
@@ -257,9 +255,7 @@ def test_builder_defaults_have_no_messaging() -> None:
             "must accept one argument (the event)",
         ),
         (
-            lambda b: b.trigger(PaymentProcessed, correlation=str).trigger(
-                PaymentProcessed, correlation=repr
-            ),
+            lambda b: b.trigger(PaymentProcessed, correlation=str).trigger(PaymentProcessed, correlation=repr),
             "trigger 1: event type PaymentProcessed is already the trigger 0",
         ),
         (lambda b: b.state(dict), "the state model must be a pydantic model or dataclass"),
@@ -339,9 +335,7 @@ def test_build_command_and_apply_reply_use_hooks_or_defaults() -> None:
     assert hooked.build_command({"id": "o", "total": 2}).amount == 4
     assert hooked.apply_reply({"x": 1}, ev) == {"x": 1, "paid": "p"}
 
-    wrong = send(
-        ProcessPayment, success=PaymentProcessed, to_command=lambda s: Refund(order_id="o", payment_id="p")
-    )
+    wrong = send(ProcessPayment, success=PaymentProcessed, to_command=lambda s: Refund(order_id="o", payment_id="p"))
     with pytest.raises(MessageMappingError, match="to_command returned Refund, expected a"):
         wrong.build_command({})
 

@@ -33,9 +33,7 @@ def _spec_of(name: str) -> dict[str, Any]:
 
 def _without_additional_properties(schema: Any) -> Any:
     if isinstance(schema, dict):
-        return {
-            k: _without_additional_properties(v) for k, v in schema.items() if k != "additionalProperties"
-        }
+        return {k: _without_additional_properties(v) for k, v in schema.items() if k != "additionalProperties"}
     if isinstance(schema, list):
         return [_without_additional_properties(v) for v in schema]
     return schema
@@ -173,9 +171,7 @@ def test_each_required_field_of_a_step(field: str) -> None:
 def test_each_required_field_of_a_trigger(field: str) -> None:
     trigger = {"event_name": "E", "event_module": "m", "correlation_id_provider_str": "lambda e: e.a"}
     del trigger[field]
-    assert _errors({**MINIMAL, "triggering_events": [trigger]}) == [
-        (("triggering_events", 0, field), "Field required")
-    ]
+    assert _errors({**MINIMAL, "triggering_events": [trigger]}) == [(("triggering_events", 0, field), "Field required")]
 
 
 @pytest.mark.parametrize("field", SPEC["$defs"]["ImportDefinitionDTO"]["required"])
@@ -224,9 +220,7 @@ def test_unknown_fields_are_errors(where: tuple[Any, ...], data: dict[str, Any])
         ("A", ["m"], [("m", "A")]),
     ],
 )
-def test_success_event_modules_align_by_position(
-    names: Any, modules: Any, expected: list[tuple[str, str]]
-) -> None:
+def test_success_event_modules_align_by_position(names: Any, modules: Any, expected: list[tuple[str, str]]) -> None:
     step = SagaStepInputDTO.model_validate(
         {**MINIMAL_STEP, "success_event_name": names, "success_event_module": modules}
     )
@@ -245,12 +239,8 @@ def test_success_event_modules_align_by_position(
         ("A", {"m": 1}, "success_event_module", "must be a string or a list of strings (module paths)"),
     ],
 )
-def test_success_event_shape_errors_name_the_field(
-    names: Any, modules: Any, where: str, message: str
-) -> None:
-    errors = _errors(
-        {**MINIMAL_STEP, "success_event_name": names, "success_event_module": modules}, SagaStepInputDTO
-    )
+def test_success_event_shape_errors_name_the_field(names: Any, modules: Any, where: str, message: str) -> None:
+    errors = _errors({**MINIMAL_STEP, "success_event_name": names, "success_event_module": modules}, SagaStepInputDTO)
     assert len(errors) == 1
     (loc, msg) = errors[0]
     assert loc == (where,)

@@ -142,9 +142,7 @@ class _Compiler:
         at = ""
         if node is not None and hasattr(node, "col_offset"):
             at = f" at column {node.col_offset + 1}"
-        return DefinitionError(
-            f"{self.field}: {construct}{at} is not allowed: {why} (in {_shorten(self.source)})"
-        )
+        return DefinitionError(f"{self.field}: {construct}{at} is not allowed: {why} (in {_shorten(self.source)})")
 
     def lambda_(self, node: ast.expr) -> CorrelationFunction:
         if not isinstance(node, ast.Lambda):
@@ -236,11 +234,7 @@ class _Compiler:
         return get_item
 
     def constant_key(self, node: ast.expr) -> str | int:
-        if (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str | int)
-            and type(node.value) is not bool
-        ):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str | int) and type(node.value) is not bool:
             return node.value
         if (
             isinstance(node, ast.UnaryOp)
@@ -283,9 +277,7 @@ class _Compiler:
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise self.reject(node, f"a starred argument to {func.id}()", f"{allowed}, with one argument")
         if len(node.args) != 1:
-            raise self.reject(
-                node, f"{func.id}() with {len(node.args)} arguments", f"{allowed}, with one argument"
-            )
+            raise self.reject(node, f"{func.id}() with {len(node.args)} arguments", f"{allowed}, with one argument")
         convert = _CALLS[func.id]
         inner = self.expr(node.args[0], depth + 1)
 

@@ -28,6 +28,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .._errors import SagaError
 from ._correlation import compile_correlation
@@ -76,9 +77,7 @@ def _ident(text: str, fallback: str) -> str:
     return s
 
 
-def module_path(
-    name: str, *, bounded_ctx: str, root: str | os.PathLike[str] = ".", app_root: str = "app"
-) -> Path:
+def module_path(name: str, *, bounded_ctx: str, root: str | os.PathLike[str] = ".", app_root: str = "app") -> Path:
     """Where ``generate`` writes the orchestrator *name*: ``root/app_root/domain/ctx/sagas/<snake>.py``."""
     return Path(root, app_root, "domain", bounded_ctx, "sagas", f"{snake_case(name)}.py")
 
@@ -87,7 +86,10 @@ def module_path(
 
 
 def _pystr(s: str) -> str:
-    """A string literal the way ruff format writes it (double quotes unless that needs more escapes)."""
+    """A string literal the way ruff format writes it (double quotes unless that needs more escapes).
+
+    Non-ASCII characters are written as escapes.
+    """
     quote = "'" if s.count('"') > s.count("'") else '"'
     out = []
     for ch in s:
@@ -101,11 +103,10 @@ def _pystr(s: str) -> str:
             out.append("\\r")
         elif ch == "\t":
             out.append("\\t")
-        elif not ch.isprintable():
+        elif not ch.isprintable() or not ch.isascii():
+            # Non-ASCII is escaped too: linters flag look-alike characters (RUF001).
             code = ord(ch)
-            out.append(
-                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-            )
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:
             out.append(ch)
     return quote + "".join(out) + quote
@@ -113,32 +114,57 @@ def _pystr(s: str) -> str:
 
 @dataclass
 class _Call:
-    """``head(args)`` (or a tuple when head is ""), laid out flat or one argument per line."""
+    """``head(args)`` (or a tuple when head is ""), laid out flat or one argument per line.
+
+    ``group`` makes a plain parenthesised expression: no trailing comma when split.
+    """
 
     head: str
-    args: list[_Call | str] = field(default_factory=list)
+    args: list[_Layout] = field(default_factory=list)
     tuple: bool = False
+    group: bool = False
 
 
-def _flat(x: _Call | str) -> str:
+@dataclass
+class _Chain:
+    """Operands joined by ``+``; split before each ``+`` (inside brackets) when too long."""
+
+    parts: list[_Layout]
+
+
+_Layout = _Call | _Chain | str
+
+
+def _flat(x: _Layout) -> str:
     if isinstance(x, str):
         return x
+    if isinstance(x, _Chain):
+        return " + ".join(_flat(p) for p in x.parts)
     inner = ", ".join(_flat(a) for a in x.args)
     if x.tuple and len(x.args) == 1:
         inner += ","
     return f"{x.head}({inner})"
 
 
-def _lines(x: _Call | str, indent: int, prefix: str = "", suffix: str = "") -> list[str]:
+def _lines(x: _Layout, indent: int, prefix: str = "", suffix: str = "") -> list[str]:
     pad = " " * indent
     flat = prefix + _flat(x) + suffix
-    if isinstance(x, str) or indent + len(flat) <= LINE_LENGTH or not x.args:
+    if isinstance(x, str) or indent + len(flat) <= LINE_LENGTH:
+        return [pad + flat]
+    if isinstance(x, _Chain):
+        # Only ever laid out inside brackets, where a line may start with "+".
+        out: list[str] = []
+        last = len(x.parts) - 1
+        for i, part in enumerate(x.parts):
+            out += _lines(part, indent, prefix if i == 0 else "+ ", suffix if i == last else "")
+        return out
+    if not x.args:
         return [pad + flat]
     # One argument per line with a trailing comma: ruff format keeps this
     # layout (magic trailing comma), so the output is stable under formatting.
     out = [f"{pad}{prefix}{x.head}("]
     for a in x.args:
-        out += _lines(a, indent + 4, suffix=",")
+        out += _lines(a, indent + 4, suffix="" if x.group else ",")
     out.append(f"{pad}){suffix}")
     return out
 
@@ -308,22 +334,86 @@ def _expr_source(node: ast.expr, in_fstring: bool = False) -> str:
                 text = str(v.value).replace("{", "{{").replace("}", "}}")
                 parts.append(_pystr(text)[1:-1] if '"' not in text else text)
             elif isinstance(v, ast.FormattedValue):
-                parts.append("{" + _expr_source(v.value, True) + "}")
+                flag = f"!{chr(v.conversion)}" if v.conversion != -1 else ""
+                parts.append("{" + _expr_source(v.value, True) + flag + "}")
         return 'f"' + "".join(parts) + '"'
     raise ValueError(f"unexpected node {ast.dump(node)}")
 
 
-def _correlation_body(source: str) -> tuple[str, str, bool]:
-    """(parameter, body source, body is certainly a str) of an accepted correlation lambda."""
+def _correlation_body(source: str) -> tuple[str, _Layout, bool]:
+    """(parameter, body layout, body is certainly a str) of an accepted correlation lambda."""
     fn = compile_correlation(source)
     lam = ast.parse(source.strip(), mode="eval").body
     assert isinstance(lam, ast.Lambda)
+    tree = _Tidy().visit(lam.body)
     try:
-        body = _expr_source(lam.body)
-        same = ast.dump(ast.parse(body, mode="eval").body) == ast.dump(lam.body)
+        body = _expr_source(tree)
+        same = ast.dump(ast.parse(body, mode="eval").body) == ast.dump(tree)
     except (ValueError, SyntaxError):
         same = False
-    return fn.parameter, body if same else fn.expression, fn.returns_str
+    layout = _expr_layout(tree) if same else ast.unparse(tree)
+    return fn.parameter, layout, fn.returns_str
+
+
+def _expr_layout(node: ast.expr) -> _Layout:
+    """Calls and ``+`` chains as breakable layout; everything else as its flat source."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return _Call(node.func.id, [_expr_layout(a) for a in node.args])
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        parts: list[_Layout] = []
+        for side in (node.left, node.right):
+            inner = _expr_layout(side)
+            # "+" is left-associative: only the left operand continues the chain.
+            if isinstance(inner, _Chain) and side is node.left:
+                parts += inner.parts
+            elif isinstance(inner, _Chain):
+                parts.append(_Call("", [inner], group=True))
+            else:
+                parts.append(inner)
+        return _Chain(parts)
+    return _expr_source(node)
+
+
+class _Tidy(ast.NodeTransformer):
+    """Rewrite an accepted correlation body into the equivalent form linters ask for.
+
+    ``f"{str(x)}"`` -> ``f"{x!s}"`` (RUF010), ``int(int(x))`` -> ``int(x)``
+    (RUF046) and ``str("a")`` -> ``"a"`` (UP018): the same value every time.
+    """
+
+    _TYPES: ClassVar[dict[str, type]] = {"str": str, "int": int, "float": float}
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        name = _conversion(node)
+        if name is None:
+            return node
+        arg = node.args[0]
+        if _conversion(arg) == name:
+            return arg
+        if isinstance(arg, ast.Constant) and type(arg.value) is self._TYPES[name]:
+            return arg
+        return node
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        self.generic_visit(node)
+        if node.conversion == -1 and node.format_spec is None and _conversion(node.value) == "str":
+            assert isinstance(node.value, ast.Call)
+            return ast.FormattedValue(value=node.value.args[0], conversion=ord("s"), format_spec=None)
+        return node
+
+
+def _conversion(node: ast.AST) -> str | None:
+    """ "str", "int" or "float" for a one-argument call of that builtin, else None."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("str", "int", "float")
+        and len(node.args) == 1
+        and not node.keywords
+    ):
+        return node.func.id
+    return None
 
 
 # ---------------------------------------------------------------- rendering
@@ -404,7 +494,9 @@ def render(
         event = imports.add(t.event_module, t.event_name)
         param, expr, is_str = _correlation_body(t.correlation_id_provider_str)
         hook = hooks.name(_ident(f"correlate_{snake_case(t.event_name)}", "correlate"))
-        ret = _Call("to_correlation_id", [expr]) if not is_str else expr
+        ret: _Layout = _Call("to_correlation_id", [expr]) if not is_str else expr
+        if isinstance(ret, _Chain) and 15 + len(_flat(ret)) > LINE_LENGTH:
+            ret = _Call("", [ret], group=True)  # split inside parentheses
         hooks.lines += [
             "",
             "    @staticmethod",
@@ -435,11 +527,7 @@ def render(
             "state_repository=cls.state_repository",
             "imports=" + _flat(_imports_tuple(dto)),
             "compensating_transactions="
-            + _flat(
-                _Call(
-                    "", [_pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True
-                )
-            ),
+            + _flat(_Call("", [_pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True)),
         ],
     )
     # Keyword values are laid out flat inside; split the call itself one per line.
@@ -568,15 +656,15 @@ def _step(
     merge = hooks.name(f"{base}_succeeded")
     hooks.lines += _command_hook(make, step.step_name, command, "command")
     hooks.lines += _merge_hook(merge, step.step_name, success, "success event")
-    args: list[_Call | str] = [command, _list_arg("success", success)]
+    args: list[_Layout] = [command, _list_arg("success", success)]
     if failure is not None:
         args.append(f"failure={failure}")
     args += [f"to_command=cls.{make}", f"merge=cls.{merge}"]
-    step_args: list[_Call | str] = [_pystr(step.step_name), _Call("action=send", args)]
+    step_args: list[_Layout] = [_pystr(step.step_name), _Call("action=send", args)]
 
     if step.compensation_command_name is not None and step.compensation_command_module is not None:
         comp = imports.add(step.compensation_command_module, step.compensation_command_name)
-        comp_args: list[_Call | str] = [comp]
+        comp_args: list[_Layout] = [comp]
         outcomes: list[str] = []
         for field_name in ("compensation_success_event_name", "compensation_failure_event_name"):
             value = getattr(step, field_name)
@@ -595,9 +683,7 @@ def _step(
         comp_args.append(f"to_command=cls.{make_comp}")
         if comp_success:
             merge_comp = hooks.name(f"{base}_compensated")
-            hooks.lines += _merge_hook(
-                merge_comp, step.step_name, [comp_success], "compensation success event"
-            )
+            hooks.lines += _merge_hook(merge_comp, step.step_name, [comp_success], "compensation success event")
             comp_args.append(f"merge=cls.{merge_comp}")
         step_args.append(_Call("compensation=send", comp_args))
     return _lines(_Call("b.step", step_args), 8, suffix="")
@@ -682,8 +768,7 @@ def generate(
     for label, value in (("bounded_ctx", bounded_ctx), ("app_root", app_root)):
         if not _PACKAGE.match(value) or keyword.iskeyword(value):
             raise ValueError(
-                f"{label} {value!r} is not a package name: use lower-case letters, digits and '_', "
-                "e.g. 'ordering'"
+                f"{label} {value!r} is not a package name: use lower-case letters, digits and '_', e.g. 'ordering'"
             )
     _check_name(dto.name)
     root_path = Path(root)

@@ -97,9 +97,7 @@ def _layout(d: SagaDefinition) -> tuple[list[_Node], list[_Edge]]:
         return nodes, edges
     failed = _type(d.failure_event) if d.failure_event is not None else "compensated"
     for s in compensated:
-        nodes.append(
-            _Node(f"undo_{index[s.name]}", (f"undo {s.name}", *_action_lines(s.compensation)), "undo")
-        )
+        nodes.append(_Node(f"undo_{index[s.name]}", (f"undo {s.name}", *_action_lines(s.compensation)), "undo"))
         edges.append(_Edge(f"step_{index[s.name]}", f"undo_{index[s.name]}", dotted=True, label="rollback"))
     nodes.append(_Node("failed", (failed,), "event"))
     for s in compensated:

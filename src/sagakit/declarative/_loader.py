@@ -101,9 +101,7 @@ def _read(source: Source) -> tuple[Any, str | None]:
     if isinstance(source, Mapping):
         return source, None
     if not isinstance(source, str | os.PathLike):
-        raise InvalidDefinition(
-            [f"expected a file path or a mapping, got {type(source).__name__} {source!r}"]
-        )
+        raise InvalidDefinition([f"expected a file path or a mapping, got {type(source).__name__} {source!r}"])
     path = Path(source)
     origin = os.fspath(source)
     try:
@@ -142,9 +140,7 @@ def _parse_json(text: str, origin: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidDefinition(
-            [f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"], origin
-        ) from None
+        raise InvalidDefinition([f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"], origin) from None
 
 
 def _parse_yaml(text: str, origin: str) -> Any:
@@ -266,10 +262,7 @@ class _Resolver:
             return importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name is not None and name != e.name and not name.startswith(e.name + "."):
-                return (
-                    f"module {name!r} was found but failed to import: it needs {e.name!r}, which "
-                    "is not installed"
-                )
+                return f"module {name!r} was found but failed to import: it needs {e.name!r}, which is not installed"
             return (
                 f"cannot import module {name!r} (no module named {e.name!r}); check the module "
                 "path, or put its root directory on the search path (--path DIR or PYTHONPATH)"
@@ -301,9 +294,7 @@ class _Resolver:
             self.errors.append(f"{name_path}: module {module_name!r} has no {class_name!r} ({fix})")
             return None
         if not isinstance(obj, type):
-            self.errors.append(
-                f"{name_path}: {module_name}.{class_name} is a {type(obj).__name__}, not a class"
-            )
+            self.errors.append(f"{name_path}: {module_name}.{class_name} is a {type(obj).__name__}, not a class")
             return None
         if message and not is_message_type(obj):
             self.errors.append(
@@ -431,9 +422,7 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> S
     if not dto.steps:
         errors.append("steps: the saga has no steps; add at least one")
 
-    state = r.cls(
-        "state_dto_name", dto.state_dto_name, "state_dto_module", dto.state_dto_module, "the state DTO"
-    )
+    state = r.cls("state_dto_name", dto.state_dto_name, "state_dto_module", dto.state_dto_module, "the state DTO")
     repository = r.cls(
         "state_repository_name",
         dto.state_repository_name,
@@ -455,9 +444,7 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> S
     seen_triggers: dict[type, int] = {}
     for i, t in enumerate(dto.triggering_events):
         at = f"triggering_events[{i}]"
-        event = r.cls(
-            f"{at}.event_name", t.event_name, f"{at}.event_module", t.event_module, "a triggering event"
-        )
+        event = r.cls(f"{at}.event_name", t.event_name, f"{at}.event_module", t.event_module, "a triggering event")
         try:
             fn = compile_correlation(t.correlation_id_provider_str, field=f"{at}.correlation_id_provider_str")
         except DefinitionError as e:
@@ -542,9 +529,7 @@ def _step(
     else:
         seen[step.step_name] = i
 
-    command = r.cls(
-        f"{at}.command_name", step.command_name, f"{at}.command_module", step.command_module, "a command"
-    )
+    command = r.cls(f"{at}.command_name", step.command_name, f"{at}.command_module", step.command_module, "a command")
     pairs = success_events(step)
     many_names = isinstance(step.success_event_name, list)
     many_modules = isinstance(step.success_event_module, list)

@@ -44,8 +44,7 @@ _ORCHESTRATOR_EXAMPLE: dict[str, JsonValue] = {
     "state_dto_module": "app_root_name.domain.ordering.sagas.order_processing_saga_state",
     "state_dto_name": "OrderProcessingSagaState",
     "state_repository_module": (
-        "app_root_name.infrastructure.persistence.ordering.repositories."
-        "order_processing_saga_state_repository"
+        "app_root_name.infrastructure.persistence.ordering.repositories.order_processing_saga_state_repository"
     ),
     "state_repository_name": "OrderProcessingSagaStateRepository",
     "steps": [
@@ -101,9 +100,7 @@ class ImportDefinitionDTO(BaseModel):
 class SagaStepInputDTO(BaseModel):
     """Defines a single step within a Saga."""
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, json_schema_extra={"example": _STEP_EXAMPLE}
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, json_schema_extra={"example": _STEP_EXAMPLE})
 
     step_name: str = Field(description="Descriptive name for this saga step (e.g., 'ProcessPaymentStep')")
     command_name: str = Field(
@@ -133,9 +130,7 @@ class SagaStepInputDTO(BaseModel):
     )
     compensation_command_name: str | None = Field(
         default=None,
-        description=(
-            "Name of the Command to execute for compensating this step (e.g., 'RefundPaymentCommand')"
-        ),
+        description=("Name of the Command to execute for compensating this step (e.g., 'RefundPaymentCommand')"),
     )
     compensation_command_module: str | None = Field(
         default=None,
@@ -230,9 +225,7 @@ class SagaOrchestratorInputDTO(BaseModel):
 
     name: str = Field(description="Name of the Saga Orchestrator class (e.g., 'OrderProcessingOrchestrator')")
     saga_type: str = Field(description="Unique type identifier for this saga (e.g., 'OrderProcessingSaga')")
-    state_dto_name: str = Field(
-        description="Name of the in-memory Saga State DTO (e.g., 'OrderProcessingSagaState')"
-    )
+    state_dto_name: str = Field(description="Name of the in-memory Saga State DTO (e.g., 'OrderProcessingSagaState')")
     state_dto_module: str = Field(description="Module path for the state_dto_name")
     state_repository_name: str = Field(
         description="Name of the Saga State Repository (e.g., 'OrderProcessingSagaStateRepository')"
@@ -261,9 +254,7 @@ class SagaOrchestratorInputDTO(BaseModel):
     imports: list[ImportDefinitionDTO] = Field(
         default_factory=list, description="Custom imports needed for the orchestrator."
     )
-    description: str | None = Field(
-        default=None, description="Optional description for the saga orchestrator."
-    )
+    description: str | None = Field(default=None, description="Optional description for the saga orchestrator.")
 
     @field_validator("completion_event_module")
     @classmethod
