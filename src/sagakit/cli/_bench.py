@@ -102,9 +102,7 @@ class CountingSQLiteStore(SQLiteStore):
         self.commits += 1
         self.writes += len(writes)
         results = await super().commit(writes)
-        ended = sum(
-            1 for w, r in zip(writes, results, strict=True) if r == w.state.id and w.state.status.terminal
-        )
+        ended = sum(1 for w, r in zip(writes, results, strict=True) if r == w.state.id and w.state.status.terminal)
         if ended:
             self.finished += ended
             self.progressed.set()
@@ -200,9 +198,7 @@ async def run_sagakit(
         while store.finished < n:
             room = min(in_flight - (started - store.finished), n - started)
             if room > 0:
-                await asyncio.gather(
-                    *(engine.start(definition.name, {"i": started + i}) for i in range(room))
-                )
+                await asyncio.gather(*(engine.start(definition.name, {"i": started + i}) for i in range(room)))
                 started += room
                 continue
             store.progressed.clear()
@@ -229,8 +225,7 @@ _RAW_SCHEMA = """CREATE TABLE sagas (
     revision INTEGER NOT NULL)"""
 _RAW_INSERT = "INSERT INTO sagas VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
 _RAW_UPDATE = (
-    "UPDATE sagas SET status = ?, steps = ?, updated_at = ?, revision = revision + 1 "
-    "WHERE id = ? AND revision = ?"
+    "UPDATE sagas SET status = ?, steps = ?, updated_at = ?, revision = revision + 1 WHERE id = ? AND revision = ?"
 )
 
 

@@ -87,9 +87,7 @@ def _check(result: DemoResult) -> list[str]:
                 f"{expected.value}" + (f" ({snap.error})" if snap.error else "")
             )
         elif failed_step(snap) != p.fail_at:
-            problems.append(
-                f"order {p.order_id} (saga {snap.id}): failed at {failed_step(snap)}, expected {p.fail_at}"
-            )
+            problems.append(f"order {p.order_id} (saga {snap.id}): failed at {failed_step(snap)}, expected {p.fail_at}")
     problems.extend(result.ledger.check(result.plans))
     return problems
 
@@ -336,10 +334,7 @@ def demo_command(
         next(iter(result.sagas.values()), None),
     )
     if example is not None:
-        out.print(
-            f"inspect: sagakit list --store {store_url}\n"
-            f"         sagakit show {example.id} --store {store_url}"
-        )
+        out.print(f"inspect: sagakit list --store {store_url}\n         sagakit show {example.id} --store {store_url}")
     if not result.ok:
         raise click.exceptions.Exit(EXIT_FAILED)
 

@@ -65,8 +65,7 @@ def read_engine(url: str) -> SagaEngine:
         fail(str(e), EXIT_STORE)
     if isinstance(store, SQLiteStore) and store.path != ":memory:" and not os.path.exists(store.path):
         fail(
-            f"no SQLite store at {os.path.abspath(store.path)} (from {url!r}); "
-            "check --store or SAGAKIT_STORE",
+            f"no SQLite store at {os.path.abspath(store.path)} (from {url!r}); check --store or SAGAKIT_STORE",
             EXIT_STORE,
         )
     return SagaEngine(store)
@@ -159,9 +158,7 @@ def list_command(
             Text(s.error or "", style="red"),
         )
     out.print(table)
-    out.print(
-        f"[dim]{offset + 1}-{offset + len(sagas)} of {total} (newest first); details: sagakit show ID[/dim]"
-    )
+    out.print(f"[dim]{offset + 1}-{offset + len(sagas)} of {total} (newest first); details: sagakit show ID[/dim]")
 
 
 # ---------------------------------------------------------------- show
@@ -220,9 +217,7 @@ def show_command(saga_id: str, store_url: str, as_json: bool) -> None:
     history.add_column("#", justify="right")
     history.add_column("MESSAGE", overflow="fold")
     for h in snap.history:
-        history.add_row(
-            iso(h.at), h.kind, h.step or "", "" if h.attempt is None else str(h.attempt), h.message
-        )
+        history.add_row(iso(h.at), h.kind, h.step or "", "" if h.attempt is None else str(h.attempt), h.message)
     out.print(history)
 
 
