@@ -25,9 +25,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -374,10 +374,30 @@ class SagaEngine:
         *,
         created_after: float | None = None,
         created_before: float | None = None,
+        version: int | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+        data_equals: Mapping[str, str | int | float | bool] | None = None,
+        overdue_before: float | None = None,
+        statuses: Iterable[SagaStatus | str] | None = None,
     ) -> list[SagaSnapshot]:
-        """Sagas matching the filters, newest first (without their history)."""
+        """Sagas matching the filters (all of them), newest first, without their history.
+
+        ``data_equals`` is a business key (top-level data keys and their values);
+        ``overdue_before`` matches unfinished sagas whose wake time passed before
+        that time; ``statuses`` any of several statuses. See ``SagaQuery``.
+        """
         await self._ensure_open()
         q = _query(status, name, correlation_id, limit, offset, created_after, created_before)
+        q = replace(
+            q,
+            version=version,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            data_equals=data_equals,
+            overdue_before=overdue_before,
+            statuses=None if statuses is None else tuple(_status(s) for s in statuses),
+        )
         return [SagaSnapshot.from_state(st) for st in await self.store.list(q)]
 
     async def count(
@@ -385,10 +405,29 @@ class SagaEngine:
         status: SagaStatus | str | None = None,
         name: str | None = None,
         correlation_id: str | None = None,
+        *,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        version: int | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+        data_equals: Mapping[str, str | int | float | bool] | None = None,
+        overdue_before: float | None = None,
+        statuses: Iterable[SagaStatus | str] | None = None,
     ) -> int:
-        """How many sagas match the filters."""
+        """How many sagas match the filters (those of ``list``)."""
         await self._ensure_open()
-        return await self.store.count(_query(status, name, correlation_id, 1, 0, None, None))
+        q = _query(status, name, correlation_id, 1, 0, created_after, created_before)
+        q = replace(
+            q,
+            version=version,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            data_equals=data_equals,
+            overdue_before=overdue_before,
+            statuses=None if statuses is None else tuple(_status(s) for s in statuses),
+        )
+        return await self.store.count(q)
 
     async def publish(self, event: object, *, destination: str | None = None) -> str:
         """Publish an application event (a saga's trigger, an approval) on the transport.
@@ -1094,15 +1133,21 @@ def _query(
     created_after: float | None,
     created_before: float | None,
 ) -> SagaQuery:
-    if status is not None and not isinstance(status, SagaStatus):
-        try:
-            status = SagaStatus(str(status).lower())
-        except ValueError:
-            allowed = ", ".join(s.value for s in SagaStatus)
-            raise ValueError(f"unknown saga status {status!r}; use one of: {allowed}") from None
+    if status is not None:
+        status = _status(status)
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be >= 1 and offset >= 0, got limit={limit}, offset={offset}")
     return SagaQuery(status, name, correlation_id, created_after, created_before, limit, offset)
+
+
+def _status(status: SagaStatus | str) -> SagaStatus:
+    if isinstance(status, SagaStatus):
+        return status
+    try:
+        return SagaStatus(str(status).lower())
+    except ValueError:
+        allowed = ", ".join(s.value for s in SagaStatus)
+        raise ValueError(f"unknown saga status {status!r}; use one of: {allowed}") from None
 
 
 def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:

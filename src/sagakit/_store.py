@@ -17,21 +17,26 @@ from __future__ import annotations
 
 import builtins
 import importlib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import orjson
 
 from ._errors import StoreError
 from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
 
 __all__ = [
+    "UNFINISHED",
     "DeadLetter",
     "OutboxMessage",
     "OutboxRecord",
     "SagaQuery",
     "Store",
     "Write",
+    "data_text",
     "store_from_url",
 ]
 
@@ -94,7 +99,15 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class SagaQuery:
-    """Filters for listing sagas; newest first."""
+    """Filters for listing sagas, all of them combined (AND); newest first.
+
+    ``*_after`` bounds are inclusive, ``*_before`` bounds exclusive.
+    ``statuses`` matches any of several statuses (an empty tuple matches
+    nothing). ``data_equals`` is a business key: top-level keys of the saga's
+    data (letters, digits, ``_`` and ``-``) mapped to scalar values, compared as
+    text (``data_text``). ``overdue_before`` matches unfinished sagas whose wake
+    time passed before that time: nobody has looked at them since (stuck).
+    """
 
     status: SagaStatus | None = None
     name: str | None = None
@@ -103,6 +116,34 @@ class SagaQuery:
     created_before: float | None = None
     limit: int = 100
     offset: int = 0
+    version: int | None = None
+    updated_after: float | None = None
+    updated_before: float | None = None
+    data_equals: Mapping[str, str | int | float | bool] | None = None
+    overdue_before: float | None = None
+    statuses: tuple[SagaStatus, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in (self.data_equals or {}).items():
+            if not isinstance(key, str) or not _DATA_KEY.fullmatch(key):
+                raise ValueError(
+                    f"bad business key name {key!r}: use a top-level data key of letters, digits, "
+                    "'_' and '-' (at most 64 characters)"
+                )
+            if value is None or not isinstance(value, str | int | float | bool):
+                raise ValueError(f"business key {key!r} must be a string, number or boolean, got {describe(value)}")
+
+
+# Status of the sagas that somebody still has to look at (their wake time means something).
+UNFINISHED = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+_DATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def data_text(value: str | int | float | bool) -> str:
+    """How a business-key value compares: a string as itself, anything else as its JSON text."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 @runtime_checkable
@@ -157,6 +198,10 @@ class Store(Protocol):
     async def list(self, query: SagaQuery) -> list[SagaState]: ...
 
     async def count(self, query: SagaQuery) -> int: ...
+
+    async def count_by_status(self, query: SagaQuery | None = None) -> dict[SagaStatus, int]:
+        """How many sagas match *query* (paging ignored), per status; every status is a key."""
+        ...
 
     async def next_wake(self) -> float | None:
         """The earliest wake time of any saga, or None."""

@@ -470,6 +470,72 @@ class StoreContract:
         listed = await store.list(SagaQuery(name="refund", limit=1))
         assert listed == [await store.get("f")]
 
+    async def test_list_search_filters_and_count_by_status(self, store: Store) -> None:
+        """Version, updated range, several statuses, business key in data, overdue (stuck)."""
+        rows = [
+            # id, status, version, created, updated, data, wake
+            ("a", SagaStatus.COMPLETED, 1, 100.0, 110.0, {"order_id": "o-1", "n": 7}, None),
+            ("b", SagaStatus.RUNNING, 2, 101.0, 120.0, {"order_id": "o-2", "n": 7.5, "vip": True}, 50.0),
+            ("c", SagaStatus.RUNNING, 2, 102.0, 130.0, {"order_id": "o-1", "n": 8, "vip": False}, 500.0),
+            ("d", SagaStatus.FAILED, 1, 103.0, 140.0, {"order_id": "o-3", "nested": {"x": 1}}, None),
+            ("e", SagaStatus.PENDING, 1, 104.0, 104.0, ["not", "a", "mapping"], 40.0),
+            ("f", SagaStatus.COMPENSATING, 2, 105.0, 150.0, {"order_id": "o'; DROP TABLE x"}, 60.0),
+        ]
+        for sid, status, version, created, updated, data, wake in rows:
+            st = saga(sid, status=status, created_at=created, data=data)
+            st.version = version
+            st.updated_at = updated
+            await put(store, st, wake_at=wake)
+
+        async def ids(**kw: Any) -> list[str]:
+            found = [s.id for s in await store.list(SagaQuery(**kw))]
+            unpaged = SagaQuery(**{k: v for k, v in kw.items() if k not in ("limit", "offset")})
+            assert await store.count(unpaged) == len(await store.list(unpaged))
+            return found
+
+        assert await ids(version=2) == ["f", "c", "b"]
+        assert await ids(updated_after=130.0) == ["f", "d", "c"]
+        assert await ids(updated_before=120.0) == ["e", "a"]
+        assert await ids(updated_after=110.0, updated_before=140.0) == ["c", "b", "a"]
+        assert await ids(statuses=(SagaStatus.FAILED, SagaStatus.PENDING)) == ["e", "d"]
+        assert await ids(statuses=()) == []
+        assert await ids(statuses=(SagaStatus.RUNNING,), status=SagaStatus.RUNNING) == ["c", "b"]
+        assert await ids(data_equals={"order_id": "o-1"}) == ["c", "a"]
+        assert await ids(data_equals={"order_id": "o-1", "n": 8}) == ["c"]
+        assert await ids(data_equals={"n": 7}) == ["a"]
+        assert await ids(data_equals={"n": "7"}) == ["a"]  # compared as text
+        assert await ids(data_equals={"n": 7.5}) == ["b"]
+        assert await ids(data_equals={"vip": True}) == ["b"]
+        assert await ids(data_equals={"vip": False}) == ["c"]
+        assert await ids(data_equals={"order_id": "o'; DROP TABLE x"}) == ["f"]
+        assert await ids(data_equals={"missing": "x"}) == []
+        # Unfinished sagas whose wake time passed before 100 (finished ones have none).
+        assert await ids(overdue_before=100.0) == ["f", "e", "b"]
+        assert await ids(overdue_before=45.0) == ["e"]
+        assert await ids(overdue_before=100.0, version=2) == ["f", "b"]
+        assert await ids(overdue_before=1000.0, limit=2, offset=1) == ["e", "c"]
+        with pytest.raises(ValueError, match="business key"):
+            SagaQuery(data_equals={"a.b": "x"})
+        with pytest.raises(ValueError, match="business key"):
+            SagaQuery(data_equals={"k": None})  # type: ignore[dict-item]
+
+        counts = await store.count_by_status()
+        assert counts == {
+            SagaStatus.PENDING: 1,
+            SagaStatus.RUNNING: 2,
+            SagaStatus.COMPENSATING: 1,
+            SagaStatus.COMPLETED: 1,
+            SagaStatus.COMPENSATED: 0,
+            SagaStatus.FAILED: 1,
+            SagaStatus.ABORTED: 0,
+        }
+        by_version = await store.count_by_status(SagaQuery(version=1, limit=1))
+        assert {k: v for k, v in by_version.items() if v} == {
+            SagaStatus.PENDING: 1,
+            SagaStatus.COMPLETED: 1,
+            SagaStatus.FAILED: 1,
+        }
+
     async def test_next_wake(self, store: Store) -> None:
         assert await store.next_wake() is None
         await put(store, saga("finished", status=SagaStatus.COMPLETED), wake_at=None)

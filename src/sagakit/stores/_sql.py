@@ -13,7 +13,19 @@ from dataclasses import dataclass
 
 from ._codec import COLUMNS
 
-__all__ = ["SCHEMA_VERSION", "Dialect", "Statements", "migrations"]
+__all__ = ["SCHEMA_VERSION", "Dialect", "Statements", "count_by_status_query", "list_query", "migrations"]
+
+
+def _sqlite_json_text(p: str) -> str:
+    # JSON true/false come out of json_extract as 1/0: spell them as JSON does.
+    return (
+        f"CASE json_type(data, {p}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE CAST(json_extract(data, {p}) AS TEXT) END"
+    )
+
+
+def _sqlite_json_path(key: str) -> str:
+    return f'$."{key}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +43,10 @@ class Dialect:
     # The database infers a parameter's type from its context and cannot inside a CASE
     # whose other branch is NULL (PostgreSQL): such placeholders are cast explicitly.
     cast_params: bool = False
+    # A top-level key of the saga's JSON data as text (a business-key search): the SQL for it,
+    # given the placeholder that json_path(key) is bound to (keys never enter the SQL text).
+    json_text: Callable[[str], str] = _sqlite_json_text
+    json_path: Callable[[str], str] = _sqlite_json_path
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -225,29 +241,61 @@ class Statements:
         # fmt: on
 
 
-def list_query(d: Dialect, columns: str, q: object, *, count: bool = False) -> tuple[str, list[object]]:
-    """SELECT for a SagaQuery: filters in order, newest first, paged."""
-    from .._store import SagaQuery
+def _where(d: Dialect, q: object) -> tuple[str, list[object]]:
+    """The WHERE clause of a SagaQuery's filters, and its arguments."""
+    from .._store import UNFINISHED, SagaQuery, data_text
 
     assert isinstance(q, SagaQuery)
     where: list[str] = []
     args: list[object] = []
 
-    def add(cond: str, value: object) -> None:
-        args.append(value)
-        where.append(cond.format(d.param(len(args))))
+    def add(cond: str, *values: object) -> None:
+        marks = []
+        for v in values:
+            args.append(v)
+            marks.append(d.param(len(args)))
+        where.append(cond.format(*marks))
 
     if q.status is not None:
         add("status = {}", q.status.value)
+    if q.statuses is not None:
+        if q.statuses:
+            add(f"status IN ({', '.join('{}' for _ in q.statuses)})", *(s.value for s in q.statuses))
+        else:
+            where.append("1 = 0")
     if q.name is not None:
         add("name = {}", q.name)
+    if q.version is not None:
+        add("version = {}", q.version)
     if q.correlation_id is not None:
         add("correlation_id = {}", q.correlation_id)
     if q.created_after is not None:
         add("created_at >= {}", q.created_after)
     if q.created_before is not None:
         add("created_at < {}", q.created_before)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    if q.updated_after is not None:
+        add("updated_at >= {}", q.updated_after)
+    if q.updated_before is not None:
+        add("updated_at < {}", q.updated_before)
+    for key, value in (q.data_equals or {}).items():
+        args.append(d.json_path(key))
+        path = d.param(len(args))
+        add(f"{d.json_text(path)} = {{}}", data_text(value))
+    if q.overdue_before is not None:
+        add(
+            f"status IN ({', '.join('{}' for _ in UNFINISHED)}) AND wake_at < {{}}",
+            *(s.value for s in UNFINISHED),
+            q.overdue_before,
+        )
+    return (f" WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def list_query(d: Dialect, columns: str, q: object, *, count: bool = False) -> tuple[str, list[object]]:
+    """SELECT for a SagaQuery: filters in order, newest first, paged."""
+    from .._store import SagaQuery
+
+    assert isinstance(q, SagaQuery)
+    clause, args = _where(d, q)
     if count:
         return f"SELECT COUNT(*) FROM sagakit_sagas{clause}", args
     args.extend([q.limit, q.offset])
@@ -257,3 +305,9 @@ def list_query(d: Dialect, columns: str, q: object, *, count: bool = False) -> t
         f"LIMIT {d.param(n - 1)} OFFSET {d.param(n)}",
         args,
     )
+
+
+def count_by_status_query(d: Dialect, q: object) -> tuple[str, list[object]]:
+    """SELECT status, COUNT(*) for a SagaQuery's filters (paging ignored)."""
+    clause, args = _where(d, q)
+    return f"SELECT status, COUNT(*) FROM sagakit_sagas{clause} GROUP BY status", args

@@ -7,13 +7,14 @@ this store sees the same copies and JSON round trips as on SQLite.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
-from .._store import DeadLetter, OutboxMessage, OutboxRecord, SagaQuery, Write
+from .._status import SagaStatus
+from .._store import UNFINISHED, DeadLetter, OutboxMessage, OutboxRecord, SagaQuery, Write, data_text
 from ..machine import HistoryEntry, SagaState
-from ._codec import decode_row, dumps, encode_steps
+from ._codec import decode_row, dumps, encode_steps, loads
 
 __all__ = ["MemoryStore"]
 
@@ -165,19 +166,36 @@ class MemoryStore:
 
     def _matching(self, q: SagaQuery) -> list[_Row]:
         out = []
+        statuses = None if q.statuses is None else {s.value for s in q.statuses}
+        unfinished = {s.value for s in UNFINISHED}
         for r in self._rows.values():
             v = r.values
             if q.status is not None and v[3] != q.status.value:
                 continue
+            if statuses is not None and v[3] not in statuses:
+                continue
             if q.name is not None and v[1] != q.name:
+                continue
+            if q.version is not None and v[2] != q.version:
                 continue
             if q.correlation_id is not None and v[8] != q.correlation_id:
                 continue
-            created = v[6]
+            created, updated = v[6], v[7]
             assert isinstance(created, float | int)
+            assert isinstance(updated, float | int)
             if q.created_after is not None and created < q.created_after:
                 continue
             if q.created_before is not None and created >= q.created_before:
+                continue
+            if q.updated_after is not None and updated < q.updated_after:
+                continue
+            if q.updated_before is not None and updated >= q.updated_before:
+                continue
+            if q.data_equals and not _data_matches(v[4], q.data_equals):
+                continue
+            if q.overdue_before is not None and (
+                v[3] not in unfinished or r.wake_at is None or r.wake_at >= q.overdue_before
+            ):
                 continue
             out.append(r)
         return out
@@ -189,6 +207,14 @@ class MemoryStore:
 
     async def count(self, query: SagaQuery) -> int:
         return len(self._matching(query))
+
+    async def count_by_status(self, query: SagaQuery | None = None) -> dict[SagaStatus, int]:
+        counts = dict.fromkeys(SagaStatus, 0)
+        for r in self._matching(query or SagaQuery()):
+            status = r.values[3]
+            assert isinstance(status, str)
+            counts[SagaStatus(status)] += 1
+        return counts
 
     async def next_wake(self) -> float | None:
         wakes = [r.wake_at for r in self._rows.values() if r.wake_at is not None]
@@ -235,6 +261,18 @@ class MemoryStore:
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)
         return newest[offset : offset + limit]
+
+
+def _data_matches(encoded: object, wanted: Mapping[str, str | int | float | bool]) -> bool:
+    """Whether the saga's data has every business key, compared as text like the SQL stores do."""
+    data = loads(encoded) if isinstance(encoded, str | bytes) else None
+    if not isinstance(data, dict):
+        return False
+    for key, value in wanted.items():
+        have = data.get(key)
+        if have is None or isinstance(have, dict | list) or data_text(have) != data_text(value):
+            return False
+    return True
 
 
 @dataclass(slots=True)

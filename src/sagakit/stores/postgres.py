@@ -62,10 +62,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
+from .._status import SagaStatus
 from .._store import SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps, loads
-from ._sql import SCHEMA_VERSION, Dialect, Statements, list_query, migrations
+from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
     from .._store import DeadLetter, OutboxRecord
@@ -79,6 +80,8 @@ DIALECT = Dialect(
     bigint="BIGINT",
     lock_rows=" FOR UPDATE SKIP LOCKED",
     cast_params=True,
+    json_text=lambda p: f"(data::jsonb ->> {p})",
+    json_path=lambda key: key,
 )
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no
@@ -533,6 +536,13 @@ class PostgresStore:
         stmt, args = list_query(DIALECT, self._sql.columns, query, count=True)
         rows = await self._fetch("count", stmt, *args)
         return int(rows[0][0])
+
+    async def count_by_status(self, query: SagaQuery | None = None) -> dict[SagaStatus, int]:
+        stmt, args = count_by_status_query(DIALECT, query or SagaQuery())
+        rows = await self._fetch("count_by_status", stmt, *args)
+        counts = dict.fromkeys(SagaStatus, 0)
+        counts.update({SagaStatus(r[0]): int(r[1]) for r in rows})
+        return counts
 
     async def next_wake(self) -> float | None:
         rows = await self._fetch("next_wake", self._sql.next_wake)

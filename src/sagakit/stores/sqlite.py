@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
+from .._status import SagaStatus
 from .._store import DeadLetter, OutboxRecord, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps, loads
-from ._sql import SCHEMA_VERSION, Dialect, Statements, list_query, migrations
+from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 __all__ = ["SQLiteStore"]
 
@@ -362,6 +363,13 @@ class SQLiteStore:
         stmt, args = list_query(DIALECT, self._sql.columns, query, count=True)
         rows = await self._read(self._fetchall, stmt, args)
         return int(rows[0][0])
+
+    async def count_by_status(self, query: SagaQuery | None = None) -> dict[SagaStatus, int]:
+        stmt, args = count_by_status_query(DIALECT, query or SagaQuery())
+        rows = await self._read(self._fetchall, stmt, args)
+        counts = dict.fromkeys(SagaStatus, 0)
+        counts.update({SagaStatus(r[0]): int(r[1]) for r in rows})
+        return counts
 
     async def next_wake(self) -> float | None:
         rows = await self._read(self._fetchall, self._sql.next_wake, ())
