@@ -146,6 +146,13 @@ class TestPostgresStore(StoreContract):
         stores = [make_store() for _ in range(5)]
         await asyncio.gather(*(s.open() for s in stores))
         assert {await self.schema_version(s) for s in stores} == {SCHEMA_VERSION}
+        one = stores[0]
+        assert isinstance(one, PostgresStore)
+        pool = one._pool
+        await one.close()
+        await asyncio.gather(one.open(), one.open())  # one object opened twice at once: one pool
+        assert one._pool is not None
+        assert one._pool is not pool
 
     async def test_foreign_sagakit_sagas_table_is_refused_and_left_alone(self, pg_dsn: str, pg_schema: str) -> None:
         conn = await asyncpg.connect(pg_dsn)

@@ -142,6 +142,9 @@ class PostgresStore:
         notify_within: a commit that leaves a saga unleased and due within
             this many seconds of its transition notifies idle workers.
         connect_timeout: seconds to wait for a connection.
+        command_timeout: seconds one statement may take before it fails with
+            StoreError (a server that stopped answering must not hang a worker);
+            None waits forever.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class PostgresStore:
         pool_size: int = 8,
         notify_within: float = 1.0,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = 60.0,
     ) -> None:
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise StoreError(
@@ -166,6 +170,7 @@ class PostgresStore:
         self.pool_size = pool_size
         self.notify_within = notify_within
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         query = urlencode({"schema": schema}) if schema else ""
         base = urlunsplit(urlsplit(safe_url(dsn))._replace(query=query))
         self.url = base
@@ -184,6 +189,7 @@ class PostgresStore:
         )
         self._listener: Any = None
         self._work = asyncio.Event()
+        self._opening = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -248,8 +254,11 @@ class PostgresStore:
             NotASagaStore: the schema has a ``sagakit_sagas`` table that sagakit did not make.
             StoreError: the server cannot be reached, or its schema is newer than this sagakit.
         """
-        if self._pool is not None:
-            return
+        async with self._opening:  # two callers opening at once get one pool
+            if self._pool is None:
+                await self._open()
+
+    async def _open(self) -> None:
         with self._errors("connecting"):
             pool = await self._pg.create_pool(
                 self._dsn,
@@ -257,6 +266,7 @@ class PostgresStore:
                 max_size=self.pool_size,
                 server_settings=self._settings,
                 timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
                 # Room for every statement and list-filter variant, so none is re-prepared.
                 statement_cache_size=256,
             )
