@@ -1052,8 +1052,29 @@ class SagaEngine:
                 nxt = None
             if nxt is not None:
                 delay = min(delay, max(0.002, nxt - self.clock()))
+            await self._idle(poke, delay)
+
+    async def _idle(self, poke: asyncio.Event, delay: float) -> None:
+        """Sleep until poked, until *delay* passes, or until the store says work may be due.
+
+        A store with ``wait_for_work`` (PostgreSQL's LISTEN/NOTIFY) wakes idle
+        workers when another worker's commit makes a saga due; polling stays
+        the fallback.
+        """
+        wait_for_work = getattr(self.store, "wait_for_work", None)
+        if wait_for_work is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(poke.wait(), delay)
+            return
+        waiters = {asyncio.ensure_future(poke.wait()), asyncio.ensure_future(wait_for_work(delay))}
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            for w in waiters:
+                with contextlib.suppress(BaseException):
+                    await w
 
     async def _claim_once(self) -> bool:
         room = self.concurrency * 2 - len(self._held)
@@ -1106,9 +1127,22 @@ class SagaEngine:
                 held = self._held.get(sid)
                 if held is not None and not held.queued and not held.committing:
                     del self._held[sid]
+                    running = [
+                        f"{n!r} attempt {s.compensation_attempts if s.status.value == 'compensating' else s.attempts}"
+                        for n, s in held.state.steps.items()
+                        if s.token and s.token in held.inflight
+                    ]
                     for task in held.inflight.values():
                         task.cancel()
                     log.warning("sagakit: lease of saga %s was lost to another worker", sid)
+                    if running:
+                        entry = HistoryEntry(
+                            self.clock(),
+                            "fenced",
+                            f"worker {self.worker_id} lost its lease while running {', '.join(running)}; "
+                            "it stopped them and none of their results is applied",
+                        )
+                        self._in_background(self.store.append_history(sid, held.state.revision, [entry]))
 
     # ------------------------------------------------------------ lookups
 

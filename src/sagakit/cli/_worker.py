@@ -1,7 +1,123 @@
-"""(commands added in their own change)"""
+"""``sagakit worker``: a long-running worker process."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+
 import click
 
-commands: list[click.Command] = []
+from .._definition import SagaDefinition
+from .._engine import SagaEngine
+from .._errors import StoreError
+from .._transport import TransportError
+from ._load import load_definitions
+
+log = logging.getLogger("sagakit.worker")
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option(
+    "--store",
+    envvar="SAGAKIT_STORE",
+    default="sqlite:///sagas.db",
+    show_default=True,
+    help="Store URL (env SAGAKIT_STORE).",
+)
+@click.option(
+    "--transport",
+    envvar="SAGAKIT_TRANSPORT",
+    default=None,
+    help="Transport URL for message steps (env SAGAKIT_TRANSPORT).",
+)
+@click.option(
+    "--concurrency",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Step attempts in flight at once, at most.",
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a claim lives before another worker may take over.",
+)
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running attempts get to finish on SIGTERM.",
+)
+@click.option("--worker-id", default=None, help="Name of this worker in leases and history.")
+@click.option(
+    "--path", "paths", multiple=True, default=["."], show_default=True, help="Directories added to the import path."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def worker(
+    targets: tuple[str, ...],
+    store: str,
+    transport: str | None,
+    concurrency: int,
+    lease_seconds: float,
+    grace: float,
+    worker_id: str | None,
+    paths: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Run sagas of TARGETS (modules like myapp.sagas[:attr], or .json/.yaml definition files).
+
+    Claims due sagas from the store, runs their steps and resumes what dead
+    workers left. SIGTERM or SIGINT stops claiming, lets running attempts
+    finish for --grace seconds and releases every lease before exiting.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    definitions = load_definitions(targets, path=paths)
+    try:
+        asyncio.run(_run(definitions, store, transport, concurrency, lease_seconds, grace, worker_id))
+    except (StoreError, TransportError) as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(4) from None
+
+
+async def _run(
+    definitions: list[SagaDefinition],
+    store: str,
+    transport: str | None,
+    concurrency: int,
+    lease_seconds: float,
+    grace: float,
+    worker_id: str | None,
+) -> None:
+    engine = SagaEngine(
+        store,
+        transport=transport,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        shutdown_grace=grace,
+        worker_id=worker_id,
+    )
+    engine.register(*definitions)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with engine:
+        names = ", ".join(f"{d.name} v{d.version}" for d in definitions)
+        log.info("worker %s (pid %d) running %s on %s", engine.worker_id, os.getpid(), names, store)
+        print(f"sagakit worker {engine.worker_id} ready", flush=True)
+        await stop.wait()
+        log.info("worker %s stopping", engine.worker_id)
+    print(f"sagakit worker {engine.worker_id} stopped", flush=True)
+
+
+commands: list[click.Command] = [worker]

@@ -1,0 +1,5 @@
+"""``python -m sagakit``: the command line."""
+
+from .cli import main
+
+main()
