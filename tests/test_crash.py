@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.crash.child import make_definition
 
 from sagakit import SagaEngine, SagaStatus, StepStatus
+from tests.crash.child import make_definition
 
 COUNT = 300
 pytestmark = pytest.mark.slow
