@@ -1,0 +1,55 @@
+"""Operations: find, inspect and fix sagas from Python, the command line, HTTP and a dashboard.
+
+``Operations`` is the one API; ``sagakit retry/skip/compensate/abort/fork``
+and ``sagakit serve`` (``create_app``) are thin layers over it. The HTTP app
+needs the ``dashboard`` extra (``pip install 'sagakit[dashboard]'``) and is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._filters import InvalidParameter, SagaFilter, parse_filter
+from ._graph import GraphNode, SagaGraph
+from ._loader import DefinitionsNotLoaded, load_definitions
+from ._masking import DEFAULT_MASK_PATTERN, Masker
+from ._operations import ACTIONS, ActionOutcome, BulkResult, DefinitionMissing, Operations, Overview, SagaPage
+from ._timeline import AdminAction, Attempt, Timeline
+
+if TYPE_CHECKING:
+    from ._app import AccessDenied, AuthInput, create_app
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_MASK_PATTERN",
+    "AccessDenied",
+    "ActionOutcome",
+    "AdminAction",
+    "Attempt",
+    "AuthInput",
+    "BulkResult",
+    "DefinitionMissing",
+    "DefinitionsNotLoaded",
+    "GraphNode",
+    "InvalidParameter",
+    "Masker",
+    "Operations",
+    "Overview",
+    "SagaFilter",
+    "SagaGraph",
+    "SagaPage",
+    "Timeline",
+    "create_app",
+    "load_definitions",
+    "parse_filter",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP app imports starlette: only when it is asked for.
+    if name in ("create_app", "AuthInput", "AccessDenied"):
+        from . import _app
+
+        return getattr(_app, name)
+    raise AttributeError(f"module 'sagakit.admin' has no attribute {name!r}")

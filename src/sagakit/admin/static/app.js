@@ -1,0 +1,551 @@
+// sagakit dashboard: plain JavaScript over the JSON API (/openapi.json describes it).
+// Every text from the server goes into the page through textContent, never as HTML.
+"use strict";
+
+const TOKEN_KEY = "sagakit.token";
+const ACTOR_KEY = "sagakit.actor";
+const STATUSES = ["pending", "running", "compensating", "completed", "compensated", "failed", "aborted"];
+const TERMINAL = new Set(["completed", "compensated", "failed", "aborted"]);
+const STATES = ["done", "running", "waiting", "failed", "compensated", "remaining"];
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PAGE = 25;
+
+let info = null;
+let generation = 0; // bumped on every navigation: stale polls stop drawing
+
+// ---------------------------------------------------------------- helpers
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
+    if (k === "text") node.textContent = v;
+    else node.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) if (c) node.append(c);
+  return node;
+}
+
+function time(t) {
+  if (t === null || t === undefined) return "";
+  return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "";
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 120) return `${s.toFixed(2)} s`;
+  if (s < 7200) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+function badge(status, id) {
+  return el("span", { class: `badge st-${status}`, id, "data-status": status, text: status });
+}
+
+function json(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json" };
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  const init = { method: options.method || "GET", headers, credentials: "omit", cache: "no-store" };
+  if (options.body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(options.body);
+  }
+  const res = await fetch(path, init);
+  let payload = null;
+  try {
+    payload = await res.json();
+  } catch (e) {
+    payload = null;
+  }
+  if (!res.ok) {
+    const err = new Error((payload && payload.error && payload.error.message) || `${res.status} ${res.statusText}`);
+    err.status = res.status;
+    err.payload = payload;
+    throw err;
+  }
+  return payload;
+}
+
+function flash(message, ok) {
+  const box = document.getElementById("flash");
+  box.textContent = message;
+  box.className = `flash ${ok ? "ok" : "bad"}`;
+  box.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => { box.hidden = true; }, 12000);
+}
+
+function problem(err) {
+  const status = err.status ? `${err.status}` : "network";
+  const code = err.payload && err.payload.error ? ` ${err.payload.error.code}` : "";
+  return `refused (${status}${code}): ${err.message}`;
+}
+
+// Poll fn every `ms` until the view changes; fn returns a number to change the period.
+function poll(fn, ms) {
+  const mine = generation;
+  const tick = async () => {
+    if (mine !== generation) return;
+    let next = ms;
+    try {
+      const r = await fn(mine);
+      if (typeof r === "number") next = r;
+    } catch (e) {
+      if (mine === generation) flash(`could not refresh: ${e.message}`, false);
+    }
+    if (mine === generation) setTimeout(tick, document.hidden ? Math.max(next, 5000) : next);
+  };
+  tick();
+}
+
+// ---------------------------------------------------------------- token
+
+function showToken() {
+  const has = Boolean(token());
+  document.getElementById("token-state").textContent = has ? "token set" : "no token";
+  document.getElementById("token-forget").hidden = !has;
+}
+
+function setupToken() {
+  const dialog = document.getElementById("token-dialog");
+  document.getElementById("token-set").addEventListener("click", () => {
+    document.getElementById("token-input").value = "";
+    dialog.showModal();
+  });
+  document.getElementById("token-cancel").addEventListener("click", () => dialog.close());
+  document.getElementById("token-form").addEventListener("submit", () => {
+    const value = document.getElementById("token-input").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    showToken();
+  });
+  document.getElementById("token-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showToken();
+    flash("token forgotten: actions will be refused until you set it again", true);
+  });
+  showToken();
+}
+
+// ---------------------------------------------------------------- routing
+
+function route() {
+  generation += 1;
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const view = document.getElementById("view");
+  view.replaceChildren();
+  for (const a of document.querySelectorAll("header nav a")) a.classList.remove("active");
+  if (path.startsWith("/saga/")) {
+    document.getElementById("nav-sagas").classList.add("active");
+    sagaPage(view, decodeURIComponent(path.slice("/saga/".length)));
+  } else if (path.startsWith("/sagas")) {
+    document.getElementById("nav-sagas").classList.add("active");
+    listPage(view, params);
+  } else {
+    document.getElementById("nav-overview").classList.add("active");
+    overviewPage(view);
+  }
+}
+
+// ---------------------------------------------------------------- overview
+
+function overviewPage(view) {
+  const counts = el("div", { class: "counts", id: "counts" });
+  const chart = el("div", { class: "card", id: "throughput" });
+  const stuck = el("div", { id: "stuck" });
+  view.append(
+    el("h1", { text: "Overview" }),
+    counts,
+    el("h2", { text: "Throughput (last 15 minutes, per minute)" }),
+    chart,
+    el("h2", { text: "Stuck sagas: failed, or overdue by more than 60 s" }),
+    stuck,
+  );
+  poll(async (mine) => {
+    const o = await api("/api/overview");
+    if (mine !== generation) return;
+    counts.replaceChildren(
+      el("a", { class: "count", href: "#/sagas" }, el("div", { class: "n", text: o.total }), el("div", { class: "label", text: "all" })),
+      ...STATUSES.map((s) =>
+        el("a", { class: `count st-${s}`, href: `#/sagas?status=${s}`, "data-count": s },
+          el("div", { class: "n", text: o.counts[s] }), el("div", { class: "label", text: s }))),
+    );
+    chart.replaceChildren(throughputChart(o.throughput), legend(["started", "completed", "compensated", "failed", "aborted"]));
+    stuck.replaceChildren(o.stuck.items.length
+      ? sagaTable(o.stuck.items, true)
+      : el("p", { class: "muted", text: "Nothing is stuck." }));
+    if (o.stuck.total > o.stuck.items.length) {
+      stuck.append(el("p", {}, el("a", { href: "#/sagas?stuck=60", text: `all ${o.stuck.total} stuck sagas` })));
+    }
+  }, 2000);
+}
+
+function throughputChart(buckets) {
+  const w = 900, h = 170, pad = 24;
+  const finished = (b) => b.completed + b.compensated + b.failed + b.aborted;
+  const max = Math.max(1, ...buckets.map((b) => Math.max(finished(b), b.started)));
+  const bw = (w - pad * 2) / Math.max(1, buckets.length);
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "sagas per minute" });
+  root.append(svg("line", { class: "axis", x1: pad, y1: h - pad, x2: w - pad, y2: h - pad }));
+  root.append(svg("text", { x: 2, y: 12, text: String(max) }));
+  const points = [];
+  buckets.forEach((b, i) => {
+    let y = h - pad;
+    for (const s of ["completed", "compensated", "failed", "aborted"]) {
+      const bh = ((h - pad * 2) * b[s]) / max;
+      if (bh > 0) {
+        y -= bh;
+        root.append(svg("rect", { class: `bar-${s}`, x: pad + i * bw + 2, y, width: Math.max(1, bw - 4), height: bh },
+          svg("title", { text: `${b[s]} ${s}, ${time(b.start)}` })));
+      }
+    }
+    points.push(`${pad + i * bw + bw / 2},${h - pad - ((h - pad * 2) * b.started) / max}`);
+    if (i % 5 === 0) root.append(svg("text", { x: pad + i * bw, y: h - 8, text: time(b.start).slice(11, 16) }));
+  });
+  root.append(svg("polyline", { class: "started", points: points.join(" ") }));
+  return root;
+}
+
+function legend(names) {
+  return el("div", { class: "legend" }, names.map((n) => el("span", {}, el("i", { class: `l-${n}` }), n)));
+}
+
+// ---------------------------------------------------------------- list
+
+const FILTER_FIELDS = [
+  ["name", "Name", "text"],
+  ["version", "Version", "number"],
+  ["correlation_id", "Correlation id", "text"],
+  ["key", "Business key (name=value)", "text"],
+  ["created_after", "Created after (ISO or Unix)", "text"],
+  ["created_before", "Created before", "text"],
+  ["updated_after", "Updated after", "text"],
+  ["updated_before", "Updated before", "text"],
+  ["stuck", "Stuck for more than (s)", "number"],
+];
+
+function listPage(view, params) {
+  const chosen = new Set(params.getAll("status").flatMap((s) => s.split(",")));
+  const form = el("form", { class: "search", id: "search-form" },
+    el("fieldset", {}, el("legend", { text: "Status" }),
+      STATUSES.map((s) => el("label", {},
+        el("input", { type: "checkbox", name: "status", value: s, id: `filter-status-${s}`, checked: chosen.has(s) }), s))),
+    FILTER_FIELDS.map(([name, label, type]) => el("label", {}, label,
+      el("input", { name, type, id: `filter-${name}`, value: params.get(name) || "", autocomplete: "off" }))),
+    el("div", { class: "buttons" },
+      el("button", { type: "submit", class: "primary", id: "search-button", text: "Search" }),
+      el("button", { type: "button", id: "search-clear", text: "Clear", onclick: () => { location.hash = "#/sagas"; } })),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const box of form.querySelectorAll("input[name=status]:checked")) q.append("status", box.value);
+    for (const [name] of FILTER_FIELDS) {
+      const v = form.elements[name].value.trim();
+      if (v) q.append(name, v);
+    }
+    location.hash = `#/sagas?${q.toString()}`;
+  });
+  const results = el("div", { id: "results" });
+  view.append(el("h1", { text: "Sagas" }), form, results);
+  const offset = Number(params.get("offset") || 0);
+  const query = new URLSearchParams(params);
+  query.set("limit", String(PAGE));
+  query.set("offset", String(offset));
+  poll(async (mine) => {
+    let page;
+    try {
+      page = await api(`/api/sagas?${query.toString()}`);
+    } catch (e) {
+      if (mine === generation) results.replaceChildren(el("p", { class: "error", id: "search-error", text: e.message }));
+      return 5000;
+    }
+    if (mine !== generation) return undefined;
+    const pager = el("div", { class: "pager" },
+      el("span", { id: "result-count", class: "muted",
+        text: page.total ? `${offset + 1}-${offset + page.items.length} of ${page.total}` : "no sagas match" }),
+      el("button", { type: "button", class: "small", id: "page-prev", disabled: offset === 0,
+        onclick: () => go(Math.max(0, offset - PAGE)), text: "Previous" }),
+      el("button", { type: "button", class: "small", id: "page-next", disabled: offset + PAGE >= page.total,
+        onclick: () => go(offset + PAGE), text: "Next" }));
+    results.replaceChildren(page.items.length ? sagaTable(page.items, false) : el("p", { class: "muted", text: "No sagas match." }), pager);
+    return 2000;
+  }, 2000);
+
+  function go(to) {
+    const q = new URLSearchParams(params);
+    q.set("offset", String(to));
+    location.hash = `#/sagas?${q.toString()}`;
+  }
+}
+
+function sagaTable(items, overdue) {
+  const head = ["Id", "Name", "Status", "Steps", "Created", "Updated", overdue ? "Overdue" : null, "Error"].filter(Boolean);
+  return el("div", { class: "table-wrap" }, el("table", { class: "sagas" },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))),
+    el("tbody", {}, items.map((s) => el("tr", { class: "saga-row", "data-id": s.id, "data-status": s.status },
+      el("td", { class: "mono" }, el("a", { href: `#/saga/${encodeURIComponent(s.id)}`, class: "saga-link", text: s.id.slice(0, 12) })),
+      el("td", { text: `${s.name} v${s.version}` }),
+      el("td", {}, badge(s.status)),
+      el("td", { class: "num", text: `${s.steps_done}/${s.steps_total}` }),
+      el("td", { text: time(s.created_at) }),
+      el("td", { text: time(s.updated_at) }),
+      overdue ? el("td", { text: s.overdue_seconds === null ? "" : duration(s.overdue_seconds) }) : null,
+      el("td", { class: "err", text: s.error || "" })))),
+  ));
+}
+
+// ---------------------------------------------------------------- saga page
+
+function sagaPage(view, id) {
+  const enc = encodeURIComponent(id);
+  const head = el("div", { class: "saga-head" });
+  const fields = el("dl", { class: "fields" });
+  const actions = el("div", { class: "actions", id: "actions" });
+  const graph = el("div", { id: "graph" });
+  const attempts = el("div", { id: "timeline" });
+  const admin = el("div", { id: "admin-actions" });
+  const events = el("details", { id: "events" });
+  const data = el("pre", { class: "json", id: "saga-data" });
+  const results = el("div", { id: "step-results" });
+  view.append(
+    el("p", {}, el("a", { href: "#/sagas", text: "← sagas" })),
+    head, fields, actions,
+    el("h2", { text: "Graph" }), graph, legend(STATES),
+    el("h2", { text: "Timeline" }), attempts,
+    el("h2", { text: "Admin actions" }), admin, events,
+    el("div", { class: "grid2" },
+      el("div", {}, el("h2", { text: "Data (secrets masked)" }), data),
+      el("div", {}, el("h2", { text: "Step results" }), results)),
+  );
+  let lastAllowed = null;
+  poll(async (mine) => {
+    let saga;
+    try {
+      saga = await api(`/api/sagas/${enc}`);
+    } catch (e) {
+      if (mine === generation) head.replaceChildren(el("h1", { class: "error", id: "saga-error", text: e.message }));
+      return e.status === 404 ? 10000 : 3000;
+    }
+    const [g, t, allowed] = await Promise.all([
+      api(`/api/sagas/${enc}/graph`),
+      api(`/api/sagas/${enc}/timeline`),
+      api(`/api/sagas/${enc}/actions`),
+    ]);
+    if (mine !== generation) return undefined;
+    head.replaceChildren(el("h1", { text: `${saga.name} v${saga.version}` }), badge(saga.status, "saga-status"),
+      el("span", { class: "mono muted", id: "saga-id", text: saga.id }));
+    fields.replaceChildren(...[
+      ["error", saga.error], ["correlation id", saga.correlation_id], ["idempotency key", saga.idempotency_key],
+      ["created", time(saga.created_at)], ["updated", time(saga.updated_at)],
+      ["wakes at", time(saga.wake_at)],
+      ["definition", saga.definition_registered ? "registered here" : "not registered here: actions are refused (serve with --app)"],
+    ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: k === "error" ? "error" : "", text: v })]));
+    const key = JSON.stringify(allowed);
+    if (key !== lastAllowed) {
+      lastAllowed = key;
+      actions.replaceChildren(...actionButtons(saga, allowed));
+    }
+    graph.replaceChildren(drawGraph(g));
+    attempts.replaceChildren(timelineTable(t));
+    admin.replaceChildren(t.admin_actions.length ? adminTable(t.admin_actions) : el("p", { class: "muted", text: "None." }));
+    events.replaceChildren(el("summary", { text: `All ${t.events.length} history entries` }), eventsTable(t.events));
+    data.textContent = json(saga.data);
+    results.replaceChildren(resultsTable(saga.steps));
+    return TERMINAL.has(saga.status) ? 3000 : 1000;
+  }, 1000);
+}
+
+function actionButtons(saga, allowed) {
+  const disabled = info && !info.actions_enabled;
+  return ["retry", "skip", "compensate", "abort", "fork"].map((name) => {
+    const a = allowed[name];
+    const title = disabled ? "actions are disabled on this server" : (a.allowed ? "" : a.reason || "");
+    return el("button", {
+      type: "button", class: name === "abort" ? "danger" : "", "data-action": name, id: `action-${name}`,
+      title, disabled: Boolean(disabled),
+      onclick: () => confirmAction(saga, name, a),
+      text: name[0].toUpperCase() + name.slice(1),
+    });
+  });
+}
+
+function confirmAction(saga, name, allowed) {
+  const dialog = document.getElementById("confirm-dialog");
+  const stepRow = document.getElementById("dialog-step-row");
+  const resultRow = document.getElementById("dialog-result-row");
+  const select = document.getElementById("dialog-step");
+  const error = document.getElementById("dialog-error");
+  document.getElementById("dialog-title").textContent = `${name} saga ${saga.id.slice(0, 12)}?`;
+  document.getElementById("dialog-text").textContent = allowed.allowed
+    ? `This ${name}s the saga ${saga.name} (now ${saga.status}). It is recorded in its history with your name and reason.`
+    : `The state machine will likely refuse this: ${allowed.reason}`;
+  stepRow.hidden = !(name === "skip" || name === "fork");
+  resultRow.hidden = name !== "skip";
+  select.replaceChildren(...((allowed.steps && allowed.steps.length ? allowed.steps : Object.keys(saga.steps))
+    .map((s) => el("option", { value: s, text: s }))));
+  document.getElementById("dialog-reason").value = "";
+  document.getElementById("dialog-actor").value = localStorage.getItem(ACTOR_KEY) || "";
+  document.getElementById("dialog-token").value = "";
+  document.getElementById("dialog-token-row").hidden = Boolean(token());
+  error.hidden = true;
+  const form = document.getElementById("confirm-form");
+  form.onsubmit = async (ev) => {
+    ev.preventDefault();
+    const body = { reason: document.getElementById("dialog-reason").value };
+    const actor = document.getElementById("dialog-actor").value.trim();
+    if (actor) {
+      body.actor = actor;
+      localStorage.setItem(ACTOR_KEY, actor);
+    }
+    if (name === "skip") {
+      body.step = select.value;
+      try {
+        body.result = JSON.parse(document.getElementById("dialog-result").value || "null");
+      } catch (e) {
+        error.textContent = `the result is not JSON: ${e.message}`;
+        error.hidden = false;
+        return;
+      }
+    }
+    if (name === "fork") body.from_step = select.value;
+    const typed = document.getElementById("dialog-token").value.trim();
+    if (typed) {
+      sessionStorage.setItem(TOKEN_KEY, typed);
+      showToken();
+    }
+    dialog.close();
+    try {
+      const out = await api(`/api/sagas/${encodeURIComponent(saga.id)}/${name}`, { method: "POST", body });
+      flash(`${name}: ok${out.status ? ` (saga is ${out.status})` : ""}${out.new_id ? `, new saga ${out.new_id}` : ""}`, true);
+      if (out.new_id) location.hash = `#/saga/${encodeURIComponent(out.new_id)}`;
+    } catch (e) {
+      flash(`${name} ${problem(e)}`, false);
+    }
+  };
+  document.getElementById("dialog-cancel").onclick = () => dialog.close();
+  dialog.showModal();
+}
+
+function drawGraph(g) {
+  const W = 170, H = 54, GX = 60, GY = 22, PAD = 16;
+  const width = PAD * 2 + Math.max(1, g.layers) * W + Math.max(0, g.layers - 1) * GX;
+  const height = PAD * 2 + Math.max(1, g.rows) * H + Math.max(0, g.rows - 1) * GY;
+  const pos = {};
+  for (const n of g.nodes) pos[n.name] = { x: PAD + n.layer * (W + GX), y: PAD + n.row * (H + GY) };
+  const root = svg("svg", { class: "graph", id: "graph-svg", viewBox: `0 0 ${width} ${height}`, width, height,
+    role: "img", "aria-label": `steps of ${g.name}` });
+  root.append(svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, svg("path", { class: "arrow", d: "M0,0 L10,5 L0,10 z" }))));
+  for (const e of g.edges) {
+    const a = pos[e.from], b = pos[e.to];
+    if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mid = (x1 + x2) / 2;
+    root.append(svg("path", { class: "edge", d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2 - 2},${y2}`,
+      "marker-end": "url(#arrow)", "data-from": e.from, "data-to": e.to }));
+  }
+  for (const n of g.nodes) {
+    const p = pos[n.name];
+    const sub = [n.status, n.attempts ? `×${n.attempts}` : "", n.compensation ? "↺" : "", n.pivot ? "pivot" : "", n.kind !== "local" ? n.kind : ""]
+      .filter(Boolean).join(" · ");
+    const tip = `${n.name}: ${n.state} (${n.status})${n.error ? `\n${n.error}` : ""}${n.after.length ? `\nafter ${n.after.join(", ")}` : ""}`;
+    root.append(svg("g", { class: `node state-${n.state}${n.pivot ? " pivot" : ""}`, "data-step": n.name, "data-state": n.state,
+      transform: `translate(${p.x},${p.y})` },
+      svg("title", { text: tip }),
+      svg("rect", { width: W, height: H, rx: 8 }),
+      svg("text", { x: 10, y: 22, text: n.name.length > 22 ? `${n.name.slice(0, 21)}…` : n.name }),
+      svg("text", { class: "sub", x: 10, y: 40, text: sub })));
+  }
+  if (!g.definition_known) {
+    return el("div", {}, root, el("p", { class: "muted", text: "The definition is not registered here: steps shown in stored order, without dependencies." }));
+  }
+  return root;
+}
+
+function timelineTable(t) {
+  if (!t.attempts.length) return el("p", { class: "muted", text: "No attempts yet." });
+  return el("div", { class: "table-wrap" }, el("table", { id: "timeline-attempts" },
+    el("thead", {}, el("tr", {}, ["Step", "Direction", "#", "Started", "Duration", "Outcome", "Error"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, t.attempts.map((a) => el("tr", { class: "attempt", "data-step": a.step, "data-outcome": a.outcome },
+      el("td", { text: a.step }),
+      el("td", { text: a.direction }),
+      el("td", { class: "num", text: a.attempt }),
+      el("td", { text: time(a.started_at) }),
+      el("td", { class: "num", text: a.duration === null ? "" : duration(a.duration) }),
+      el("td", { class: `outcome-${a.outcome}`, text: a.outcome }),
+      el("td", { class: "err", text: a.error || "" })))),
+  ));
+}
+
+function adminTable(items) {
+  return el("div", { class: "table-wrap" }, el("table", { id: "admin-table" },
+    el("thead", {}, el("tr", {}, ["At", "Action", "Who", "Why"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, items.map((a) => el("tr", { class: "admin-action", "data-action": a.action },
+      el("td", { text: time(a.at) }), el("td", { text: a.action }), el("td", { text: a.actor || "" }),
+      el("td", { text: a.reason || "" })))),
+  ));
+}
+
+function eventsTable(events) {
+  return el("table", {},
+    el("thead", {}, el("tr", {}, ["At", "Event", "Step", "#", "Message"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, events.map((h) => el("tr", {},
+      el("td", { text: time(h.at) }), el("td", { text: h.kind }), el("td", { text: h.step || "" }),
+      el("td", { class: "num", text: h.attempt === null ? "" : h.attempt }), el("td", { text: h.message })))));
+}
+
+function resultsTable(steps) {
+  return el("div", { class: "table-wrap" }, el("table", {},
+    el("thead", {}, el("tr", {}, ["Step", "Status", "Result"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, Object.entries(steps).map(([name, s]) => el("tr", {},
+      el("td", { text: name }), el("td", { text: s.status }),
+      el("td", {}, s.result === null ? "" : el("code", { text: JSON.stringify(s.result) })))))));
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  setupToken();
+  try {
+    info = await api("/api/info");
+    const badgeEl = document.getElementById("mode-badge");
+    if (info.read_only || !info.actions_enabled) {
+      badgeEl.textContent = info.read_only ? "read-only" : "actions disabled (no token configured)";
+      badgeEl.className = "badge mode";
+      badgeEl.hidden = false;
+    }
+  } catch (e) {
+    flash(`cannot reach the API: ${e.message}`, false);
+  }
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
