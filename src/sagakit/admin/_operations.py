@@ -487,6 +487,22 @@ class Operations:
         if dry_run:
             outcomes = tuple(ActionOutcome(i, action, "matched") for i in ids)
             return BulkResult(action, f.describe(), total, outcomes, dry_run=True)
+        outcomes = await self.act_many(action, ids, reason=reason, actor=actor, step=step, result=result, data=data)
+        return BulkResult(action, f.describe(), total, outcomes)
+
+    async def act_many(
+        self,
+        action: str,
+        saga_ids: Iterable[str],
+        *,
+        reason: str = "",
+        actor: str = "operator",
+        step: str | None = None,
+        result: Any = None,
+        data: Any = None,
+    ) -> tuple[ActionOutcome, ...]:
+        """Apply *action* to each saga; a saga's rejection is its outcome, never an exception."""
+        _check_action(action, step, reason, actor)
         gate = asyncio.Semaphore(_BULK_CONCURRENCY)
 
         async def one(saga_id: str) -> ActionOutcome:
@@ -498,8 +514,7 @@ class Operations:
                 except SagaError as e:
                     return rejection(saga_id, action, e)
 
-        outcomes = tuple(await asyncio.gather(*(one(i) for i in ids)))
-        return BulkResult(action, f.describe(), total, outcomes)
+        return tuple(await asyncio.gather(*(one(i) for i in saga_ids)))
 
     # ------------------------------------------------------------ helpers
 
