@@ -135,7 +135,8 @@ def list_command(
         return
     out = console()
     if not sagas:
-        out.print(f"no sagas match (of {total} matching the filters) in {store_url}")
+        where = f"at offset {offset} ({total} match)" if total else "match"
+        out.print(f"no sagas {where} in {store_url}")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("ID", no_wrap=True)
