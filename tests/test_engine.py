@@ -759,3 +759,37 @@ async def test_fork_reruns_from_a_step_with_earlier_results(store_url: str) -> N
     assert snap.data == {"order": 1}
     assert any(h.kind == "fork" and old in h.message and "bob" in h.message for h in snap.history)
     assert any(h.kind == "fork" and new in h.message for h in old_snap.history)
+
+
+async def test_a_retried_attempt_runs_once_when_commits_are_slow(tmp_path: Path) -> None:
+    """A retry timer must not fire locally while the saga's lease is being released."""
+    import collections
+
+    from sagakit.stores.sqlite import SQLiteStore
+
+    class SlowStore(SQLiteStore):
+        async def commit(self, writes: Any) -> Any:
+            await asyncio.sleep(0.03)
+            return await super().commit(writes)
+
+    runs: collections.Counter[tuple[str, int]] = collections.Counter()
+
+    async def ok(ctx: StepContext) -> None:
+        return None
+
+    async def flaky(ctx: StepContext) -> None:
+        runs[(ctx.saga_id, ctx.attempt)] += 1
+        if ctx.attempt == 1:
+            raise ConnectionError("transient")
+
+    b = SagaBuilder("race")
+    b.step("a", ok)
+    b.step("b", flaky, retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0))
+    engine = SagaEngine(SlowStore(str(tmp_path / "r.db")), poll_interval=0.005)
+    engine.register(b.build())
+    async with engine:
+        ids = await asyncio.gather(*(engine.start("race", {}) for _ in range(20)))
+        snaps = [await engine.wait(i, timeout=30) for i in ids]
+    assert {s.status for s in snaps} == {SagaStatus.COMPLETED}
+    assert len(runs) == 40
+    assert all(n == 1 for n in runs.values()), [k for k, n in runs.items() if n > 1]

@@ -156,6 +156,7 @@ class SagaEngine:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
+        self._hold_for = min(1.0, self.lease_seconds / 3)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self._threads = threads
@@ -791,10 +792,17 @@ class SagaEngine:
             st = p.state
             assert st is not None
             runs_here = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
-            keep = runs_here and not st.status.terminal and self._running
+            # A timer due very soon (a short retry back-off) is kept here and fired by a
+            # local timer: cheaper than a release and a claim of the same saga a moment later.
+            soon = st.wake_at is not None and st.wake_at - now <= self._hold_for
+            keep = (runs_here or soon) and not st.status.terminal and self._running
             if self._closing and not held.inflight:
                 keep = False
             p.release = not keep
+            if not keep and held.timer is not None:
+                # Once released, the row's wake time is the timer: a worker claims it then.
+                held.timer.cancel()
+                held.timer = None
             wake = lease_until if keep else st.wake_at
             if runs_here and not keep and not held.inflight and not st.status.terminal:
                 # Attempts this engine will not run (it is not running: an admin CLI, or it
@@ -876,8 +884,8 @@ class SagaEngine:
             del self._held[sid]
             if held.timer is not None:
                 held.timer.cancel()
-            if self._running and st.wake_at is not None and st.wake_at <= self.clock() + 0.001:
-                self._poke_claimer()
+            if self._running and st.wake_at is not None and st.wake_at <= self.clock() + self.poll_interval:
+                self._poke_claimer()  # it sleeps until the earliest wake time it finds
             return
         by_name = held.definition.by_name
         for eff in p.effects:
@@ -889,7 +897,10 @@ class SagaEngine:
                 self._dispatch(held, eff)
             elif self._messaging.fire_and_forget(held.definition, eff):
                 self._apply(held, StepSucceeded(eff.step, eff.token))
-        self._set_timer(held)
+        if not held.queued:
+            # A newer transition is still to be committed otherwise; its commit sets the
+            # timer, if it keeps the saga here at all.
+            self._set_timer(held)
 
     def _record_fenced(self, sid: str, p: _Pending) -> None:
         entry = HistoryEntry(
