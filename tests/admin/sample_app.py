@@ -1,10 +1,11 @@
 """A small application for the admin tests: an order saga whose shipping can be switched off.
 
-``ship`` runs after the pivot step ``charge``: while ``SHIPPING["down"]`` is
-true it fails for good, so the saga ends ``FAILED`` (it cannot be rolled back
-past the pivot) and an operator's retry finishes it once shipping is back.
-``reserve`` fails for orders with ``"reserve_fails": true`` (the saga is then
-compensated). Payloads carry secrets that the admin API must mask.
+``reserve`` and ``check_fraud`` run in parallel, then ``charge`` (the pivot),
+then ``ship``: while ``SHIPPING["down"]`` is true shipping fails for good, so
+the saga ends ``FAILED`` (it cannot be rolled back past the pivot) and an
+operator's retry finishes it once shipping is back. ``reserve`` fails for
+orders with ``"reserve_fails": true`` (the saga is then compensated).
+Payloads carry secrets that the admin API must mask.
 """
 
 from __future__ import annotations
@@ -37,16 +38,16 @@ async def ship(ctx: StepContext) -> dict[str, Any]:
     return {"tracking": f"t-{ctx.data['order_id']}"}
 
 
-async def notify(ctx: StepContext) -> None:
-    return None
+async def check_fraud(ctx: StepContext) -> dict[str, Any]:
+    return {"score": 3}
 
 
 def build() -> Any:
     b = SagaBuilder("order", version=1)
     b.step("reserve", reserve, release, retry=ONE_TRY)
-    b.step("charge", charge, pivot=True, retry=ONE_TRY)
-    b.step("ship", ship, after=["charge"], retry=ONE_TRY)
-    b.step("notify", notify, after=["charge"], retry=ONE_TRY)
+    b.step("check_fraud", check_fraud, after=[], retry=ONE_TRY)
+    b.step("charge", charge, after=["reserve", "check_fraud"], pivot=True, retry=ONE_TRY)
+    b.step("ship", ship, retry=ONE_TRY)
     return b.build()
 
 

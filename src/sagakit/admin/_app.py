@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from .._errors import SagaBusy, SagaError, SagaNotFound, SagaStateError, StoreError
-from ._filters import InvalidParameter, parse_filter, parse_int, parse_seconds
+from ._filters import FILTER_PARAMETERS, InvalidParameter, parse_filter, parse_int, parse_seconds
 from ._openapi import openapi_document
 from ._operations import ACTIONS, MAX_BULK, DefinitionMissing, Operations
 
@@ -346,6 +346,10 @@ class _Api:
             raise InvalidParameter("filter", repr(raw)[:80], "give a non-empty object of search filters")
         params: dict[str, list[str]] = {}
         for key, value in raw.items():
+            if key not in FILTER_PARAMETERS:
+                raise InvalidParameter(
+                    f"filter.{key}", repr(value)[:80], f"unknown filter; use: {', '.join(FILTER_PARAMETERS)}"
+                )
             values = value if isinstance(value, list) else [value]
             if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
                 raise InvalidParameter(f"filter.{key}", repr(value)[:80], "use a string, a number or a list of them")

@@ -18,6 +18,7 @@ from .._status import SagaStatus
 from .._store import UNFINISHED, SagaQuery
 
 __all__ = [
+    "FILTER_PARAMETERS",
     "MAX_LIMIT",
     "InvalidParameter",
     "SagaFilter",
@@ -32,6 +33,10 @@ MAX_OFFSET = 1_000_000
 _MAX_VERSION = 2**31 - 1  # the column is a 32-bit INTEGER on PostgreSQL
 _MAX_TEXT = 500
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FILTER_PARAMETERS = (
+    "status", "name", "version", "correlation_id", "key", "created_after", "created_before",
+    "updated_after", "updated_before", "stuck",
+)  # fmt: skip
 
 
 class InvalidParameter(SagaError, ValueError):

@@ -91,9 +91,17 @@ class SagaGraph:
         }
 
 
-def step_state(s: StepSnapshot, sdef: StepDefinition | None) -> str:
-    """The operator's word for a step's state (see the module docstring)."""
+def step_state(s: StepSnapshot, sdef: StepDefinition | None, *, saga_finished: bool = False) -> str:
+    """The operator's word for a step's state (see the module docstring).
+
+    Nothing runs in a finished saga: a step it left running or compensating
+    (the saga failed or was aborted meanwhile) did not finish.
+    """
     st = s.status
+    if saga_finished and st is StepStatus.RUNNING:
+        return "remaining"
+    if saga_finished and st is StepStatus.COMPENSATING:
+        return "done"
     if st in (StepStatus.COMPLETED, StepStatus.SKIPPED):
         return "done"
     if st in (StepStatus.FAILED, StepStatus.COMPENSATION_FAILED):
@@ -136,7 +144,7 @@ def build_graph(snap: SagaSnapshot, definition: SagaDefinition | None) -> SagaGr
                 kind=_kind(sdef.action) if sdef is not None else "unknown",
                 compensation=None if sdef is None or sdef.compensation is None else _kind(sdef.compensation),
                 pivot=bool(sdef and sdef.pivot),
-                state=step_state(s, sdef) if s is not None else "remaining",
+                state=step_state(s, sdef, saga_finished=snap.status.terminal) if s is not None else "remaining",
                 status=s.status.value if s is not None else StepStatus.PENDING.value,
                 attempts=s.attempts if s is not None else 0,
                 compensation_attempts=s.compensation_attempts if s is not None else 0,

@@ -98,6 +98,20 @@ _FILTERS = [
         "seconds ago (no worker runs them).",
     ),
 ]
+_KEY_TEXT = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}=", "maxLength": 565}
+_BULK_FILTER: dict[str, Any] = {
+    "status": {"oneOf": [{"type": "string", "pattern": _STATUS_LIST},
+                         {"type": "array", "items": {"type": "string", "pattern": _STATUS_LIST}}]},
+    "name": {"type": "string", "maxLength": 500},
+    "version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    "correlation_id": {"type": "string", "maxLength": 500},
+    "key": {"oneOf": [_KEY_TEXT, {"type": "array", "items": _KEY_TEXT}]},
+    "created_after": {"oneOf": [_TIME, _NUM]},
+    "created_before": {"oneOf": [_TIME, _NUM]},
+    "updated_after": {"oneOf": [_TIME, _NUM]},
+    "updated_before": {"oneOf": [_TIME, _NUM]},
+    "stuck": {"type": "number", "minimum": 0, "maximum": 315360000},
+}  # fmt: skip
 _PAGE = [
     _param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "Page size."),
     _param("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 0}, "Sagas to skip."),
@@ -320,15 +334,9 @@ def _schemas() -> dict[str, Any]:
                 "filter": {
                     "type": "object",
                     "minProperties": 1,
-                    "description": "Search filters, named as the query parameters of GET /api/sagas "
-                    "(a string, a number, or a list for status and key).",
-                    "additionalProperties": {
-                        "oneOf": [
-                            _STR,
-                            _NUM,
-                            {"type": "array", "items": {"oneOf": [_STR, _NUM]}},
-                        ]
-                    },
+                    "description": "Search filters, as the query parameters of GET /api/sagas.",
+                    "properties": _BULK_FILTER,
+                    "additionalProperties": False,
                 },
                 "step": {"type": "string", "description": "skip: the step to skip."},
                 "result": {"description": "skip: the step's result."},
@@ -374,15 +382,36 @@ def _action_operation(name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _get(op_id: str, summary: str, schema: str, params: list[dict[str, Any]], errors: tuple[str, ...]) -> Any:
+def _get(
+    op_id: str,
+    summary: str,
+    schema: str,
+    params: list[dict[str, Any]],
+    errors: tuple[str, ...],
+    links: dict[str, Any] | None = None,
+) -> Any:
+    ok = _json_response("OK", _ref(schema))
+    if links:
+        ok["links"] = links
     return {
         "get": {
             "operationId": op_id,
             "summary": summary,
             "tags": ["sagas"],
             "parameters": params,
-            "responses": {"200": _json_response("OK", _ref(schema)), **_errors("401", "403", *errors)},
+            "responses": {"200": ok, **_errors("401", "403", *errors)},
         }
+    }
+
+
+# Where a saga's id in a response leads: the operations on that saga.
+_SAGA_OPERATIONS = ["getSaga", "getTimeline", "getGraph", "allowedActions", *(f"{a}Saga" for a in ACTIONS)]
+
+
+def _links(pointer: str) -> dict[str, Any]:
+    return {
+        op[0].upper() + op[1:]: {"operationId": op, "parameters": {"saga_id": f"$response.body#{pointer}"}}
+        for op in _SAGA_OPERATIONS
     }
 
 
@@ -453,6 +482,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "SagaPage",
             [*_FILTERS, *_PAGE],
             ("400", "503"),
+            _links("/items/0/id"),
         ),
         "/api/sagas/{saga_id}": _get(
             "getSaga",
