@@ -350,9 +350,9 @@ class Operations:
         """Counts per status, sagas started and finished per *bucket* seconds over the last
         *window* seconds (by ``created_at`` and ``updated_at``), and the stuck sagas."""
         if not (math.isfinite(bucket) and bucket >= 1):
-            raise InvalidParameter("bucket", str(bucket), "must be at least 1 second")
+            raise InvalidParameter("bucket", f"{bucket:g}", "must be at least 1 second")
         if not (math.isfinite(window) and bucket <= window <= 200 * bucket):
-            raise InvalidParameter("window", str(window), "must be between one and 200 buckets long")
+            raise InvalidParameter("window", f"{window:g}", "must be between one and 200 buckets long")
         store = await self._store()
         now = self.now()
         counts = await store.count_by_status()
