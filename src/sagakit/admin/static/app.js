@@ -208,7 +208,7 @@ function overviewPage(view) {
 }
 
 function throughputChart(buckets) {
-  const w = 900, h = 170, pad = 24;
+  const w = 1300, h = 170, pad = 24;
   const finished = (b) => b.completed + b.compensated + b.failed + b.aborted;
   const max = Math.max(1, ...buckets.map((b) => Math.max(finished(b), b.started)));
   const bw = (w - pad * 2) / Math.max(1, buckets.length);
@@ -389,7 +389,8 @@ function actionButtons(saga, allowed) {
     const a = allowed[name];
     const title = disabled ? "actions are disabled on this server" : (a.allowed ? "" : a.reason || "");
     return el("button", {
-      type: "button", class: name === "abort" ? "danger" : "", "data-action": name, id: `action-${name}`,
+      type: "button", "data-action": name, id: `action-${name}`, "data-allowed": String(a.allowed),
+      class: [name === "abort" ? "danger" : "", a.allowed ? "" : "not-allowed"].join(" ").trim(),
       title, disabled: Boolean(disabled),
       onclick: () => confirmAction(saga, name, a),
       text: name[0].toUpperCase() + name.slice(1),
