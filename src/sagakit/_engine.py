@@ -171,6 +171,7 @@ class SagaEngine:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
+        self._work_waiter: asyncio.Future[Any] | None = None
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -252,6 +253,10 @@ class SagaEngine:
             for t in (claim, renew):
                 t.cancel()
             await asyncio.gather(claim, renew, return_exceptions=True)
+            if self._work_waiter is not None:
+                self._work_waiter.cancel()
+                await asyncio.gather(self._work_waiter, return_exceptions=True)
+                self._work_waiter = None
             inflight = [t for h in self._held.values() for t in h.inflight.values()]
             if inflight:
                 _, late = await asyncio.wait(inflight, timeout=self.shutdown_grace)
@@ -1077,15 +1082,20 @@ class SagaEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(poke.wait(), delay)
             return
-        waiters = {asyncio.ensure_future(poke.wait()), asyncio.ensure_future(wait_for_work(delay))}
+        # The store's wait lives on across idle periods: cancelling it midway (say,
+        # while it connects its listener) would leave it never listening.
+        work = self._work_waiter
+        if work is None or work.done():
+            work = self._work_waiter = asyncio.ensure_future(wait_for_work(self.poll_interval))
+        poked = asyncio.ensure_future(poke.wait())
         try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({poked, work}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for w in waiters:
-                w.cancel()
-            for w in waiters:
-                with contextlib.suppress(BaseException):
-                    await w
+            poked.cancel()
+            with contextlib.suppress(BaseException):
+                await poked
+        if work.done() and not work.cancelled() and work.exception() is not None:
+            log.warning("sagakit: waiting for work failed: %s", work.exception())
 
     async def _claim_once(self) -> bool:
         room = self.concurrency * 2 - len(self._held)

@@ -44,7 +44,8 @@ def schema() -> Iterator[str]:
 class Workers:
     """Worker processes running tests.scale.sagas."""
 
-    def __init__(self, url: str, lease: float, step_seconds: float = 0.005) -> None:
+    def __init__(self, url: str, lease: float, step_seconds: float = 0.005, logs: Path | None = None) -> None:
+        self.logs = logs or Path(os.environ.get("TMPDIR", "/tmp"))
         self.url = url
         self.lease = lease
         self.step_seconds = step_seconds
@@ -53,16 +54,21 @@ class Workers:
     def start(self, name: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "SCALE_DSN": self.url, "SCALE_STEP_SECONDS": str(self.step_seconds),
                "PYTHONPATH": str(ROOT)}  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sagakit", "worker", "tests.scale.sagas", "--store", self.url,
-             "--lease", str(self.lease), "--concurrency", "32", "--worker-id", name, "--grace", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        with open(self.log(name), "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sagakit", "worker", "tests.scale.sagas", "--store", self.url,
+                 "--lease", str(self.lease), "--concurrency", "32", "--worker-id", name, "--grace", "2"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "ready" in line, (line, proc.stderr.read().decode() if proc.stderr else "")
+        line = proc.stdout.readline().decode()  # "ready", then nothing more on stdout
+        assert "ready" in line, (line, self.log(name).read_text())
         self.procs[name] = proc
         return proc
+
+    def log(self, name: str) -> Path:
+        """Where a worker's log goes: a file, so a full pipe can never block the worker."""
+        return self.logs / f"worker-{name}-{os.getpid()}.log"
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
