@@ -569,7 +569,11 @@ async def test_expired_lease_is_taken_over_and_stale_completion_refused(store_ur
         release_first.set()
         await asyncio.sleep(0.2)
     await stuck.close()
-    final = await SagaEngine(store_url).get(sid)
+    reader = SagaEngine(store_url)
+    try:
+        final = await reader.get(sid)
+    finally:
+        await reader.close()
     assert final.steps["a"].result == "from the new worker"
     assert calls == [f"{sid}:a:action"] * 2
     assert any(h.kind == "fenced" and "stuck" in h.message for h in final.history)
