@@ -1,0 +1,257 @@
+"""Scaling curves: sagas/s and claim latency with 0, 100k and 1M finished sagas already in the store.
+
+Runs in sagakit's environment. Per store (SQLite file; PostgreSQL schema) and
+per size, a store is built once: one real saga of workload A runs through
+the engine, then its saga row and its history (9 rows) are copied *size*
+times with plain SQL (``INSERT … SELECT`` over a generated series), so the
+store holds *size* finished sagas as sagakit writes them, with all their
+indexes, in seconds rather than hours. PostgreSQL gets ``ANALYZE`` after.
+
+Then, in each of ``--runs`` rounds, sizes interleaved:
+
+- **claim latency**: 1,000 due PENDING sagas are stored by an engine that is
+  not running, then ``store.claim(limit=50)`` is called until none is left;
+  each call is timed (20 claims of 50). The claimed sagas are deleted after.
+- **throughput**: workload A, N sagas through the engine in this process,
+  50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix.
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from sagakit import SagaEngine
+from sagakit.cli._bench import WORKLOADS, Counters, definition, instrument, run_sagakit
+from sagakit.stores.postgres import PostgresStore
+from sagakit.stores.sqlite import SQLiteStore
+
+SAGA_COLS = (
+    "name, version, status, data, steps, created_at, updated_at, correlation_id, idempotency_key, wake_at, "
+    "deadline_at, error, seq, revision, meta, lease_owner, lease_expires"
+)
+HIST_COLS = "revision, idx, at, kind, step, attempt, message"
+CLAIM_SAGAS = 1000
+CLAIM_LIMIT = 50
+
+
+def _store(kind: str, where: str, tag: str) -> SQLiteStore | PostgresStore:
+    if kind == "sqlite":
+        return SQLiteStore(os.path.join(where, f"scaling-{tag}.db"))
+    return PostgresStore.from_url(f"{where}?schema=sagakit_scaling_{os.getpid()}_{tag}")
+
+
+async def _template(store: SQLiteStore | PostgresStore) -> str:
+    """Run one real saga of workload A; returns its id (the row the bulk insert copies)."""
+    counters = Counters()
+    instrument(store, counters)
+    await run_sagakit(WORKLOADS["A"], 1, 1, store, counters)
+    await store.open()
+    rows = await store.list(_query())
+    return rows[0].id
+
+
+def _query() -> Any:
+    from sagakit._store import SagaQuery
+
+    return SagaQuery(limit=1)
+
+
+def _fill_sqlite(path: str, template: str, size: int) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")  # building only; the measured store runs with its own pragmas
+        step = 200_000
+        for lo in range(0, size, step):
+            hi = min(size, lo + step)
+            conn.execute("BEGIN")
+            series = f"WITH RECURSIVE c(x) AS (SELECT {lo + 1} UNION ALL SELECT x + 1 FROM c WHERE x < {hi}) "
+            conn.execute(
+                series + f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT printf('f%031x', x), {SAGA_COLS} "
+                "FROM c, (SELECT * FROM sagakit_sagas WHERE id = ?)",
+                (template,),
+            )
+            conn.execute(
+                series + f"INSERT INTO sagakit_history (saga_id, {HIST_COLS}) "
+                f"SELECT printf('f%031x', x), {', '.join('h.' + c.strip() for c in HIST_COLS.split(','))} "
+                "FROM c, (SELECT * FROM sagakit_history WHERE saga_id = ?) h",
+                (template,),
+            )
+            conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+async def _fill_pg(store: PostgresStore, template: str, size: int) -> None:
+    pool = store._pool
+    step = 200_000
+    hist = ", ".join("h." + c.strip() for c in HIST_COLS.split(","))
+    for lo in range(0, size, step):
+        hi = min(size, lo + step)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT 'f' || lpad(to_hex(x), 31, '0'), {SAGA_COLS} "
+                f"FROM generate_series({lo + 1}, {hi}) x, (SELECT * FROM sagakit_sagas WHERE id = $1) t",
+                template,
+            )
+            await conn.execute(
+                f"INSERT INTO sagakit_history (saga_id, {HIST_COLS}) SELECT 'f' || lpad(to_hex(x), 31, '0'), {hist} "
+                f"FROM generate_series({lo + 1}, {hi}) x, (SELECT * FROM sagakit_history WHERE saga_id = $1) h",
+                template,
+            )
+    await pool.execute("ANALYZE")
+
+
+async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | PostgresStore, float]:
+    """A store holding *size* finished sagas (plus the template); returns it closed, and seconds taken."""
+    begin = time.perf_counter()
+    store = _store(kind, where, str(size))
+    template = await _template(store)
+    if isinstance(store, PostgresStore):
+        await _fill_pg(store, template, size)
+        await store.close()
+    else:
+        await store.close()
+        await asyncio.to_thread(_fill_sqlite, store.path, template, size)
+    return store, time.perf_counter() - begin
+
+
+async def claim_latency(store: SQLiteStore | PostgresStore) -> list[float]:
+    """Seconds per claim of 50 among 1,000 due sagas (and the store's finished ones)."""
+    calls = [0]
+    defn = definition(WORKLOADS["A"], calls)
+    engine = SagaEngine(store)  # not running: start() stores PENDING sagas
+    engine.register(defn)
+    for lo in range(0, CLAIM_SAGAS, 250):
+        await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in range(lo, lo + 250)))
+    owner = f"claimer-{uuid.uuid4().hex[:6]}"
+    times: list[float] = []
+    while True:
+        now = time.time()
+        begin = time.perf_counter()
+        got = await store.claim(owner, now, now + 600, CLAIM_LIMIT)
+        elapsed = time.perf_counter() - begin
+        if not got:
+            break
+        times.append(elapsed)
+    await _delete_pending(store)
+    await engine.close()
+    return times
+
+
+async def _delete_pending(store: SQLiteStore | PostgresStore) -> None:
+    where = "saga_id IN (SELECT id FROM sagakit_sagas WHERE status = 'pending')"
+    if isinstance(store, PostgresStore):
+        async with store._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"DELETE FROM sagakit_history WHERE {where}")
+            await conn.execute("DELETE FROM sagakit_sagas WHERE status = 'pending'")
+        return
+
+    def delete() -> None:
+        conn = sqlite3.connect(store.path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"DELETE FROM sagakit_history WHERE {where}")
+            conn.execute("DELETE FROM sagakit_sagas WHERE status = 'pending'")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(delete)
+
+
+async def throughput(store: SQLiteStore | PostgresStore, n: int) -> float:
+    counters = Counters()
+    instrument(store, counters)
+    seconds, _ = await run_sagakit(WORKLOADS["A"], n, 50, store, counters)
+    return n / seconds
+
+
+async def _drop(store: SQLiteStore | PostgresStore) -> None:
+    if isinstance(store, PostgresStore):
+        await store.open()
+        await store._pool.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
+        await store.close()
+
+
+async def _build_all(kind: str, where: str, sizes: list[int]) -> dict[int, tuple[Any, float]]:
+    built = {}
+    for size in sizes:
+        built[size] = await build(kind, where, size)
+        print(f"{kind}: built {size:,} finished sagas in {built[size][1]:.1f} s", file=sys.stderr)
+    return built
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"sizes": args.sizes, "runs": args.runs, "n": args.n, "claim_sagas": CLAIM_SAGAS,
+                           "claim_limit": CLAIM_LIMIT, "stores": {}}  # fmt: skip
+    tmp = tempfile.mkdtemp(prefix="sagakit-scaling-", dir=args.dir)
+    built: dict[str, dict[int, tuple[Any, float]]] = {}
+    try:
+        # The stores are built side by side (SQLite in a thread, PostgreSQL on the server); measured one at a time.
+        kinds = list(args.stores)
+        results = await asyncio.gather(
+            *(_build_all(k, tmp if k == "sqlite" else args.pg, args.sizes) for k in kinds), return_exceptions=True
+        )
+        for kind, res in zip(kinds, results, strict=True):
+            if isinstance(res, BaseException):
+                raise res
+            built[kind] = res
+        for kind in kinds:
+            claims: dict[int, list[float]] = {s: [] for s in args.sizes}
+            rates: dict[int, list[float]] = {s: [] for s in args.sizes}
+            for run in range(args.runs):
+                for size in args.sizes:
+                    store = built[kind][size][0]
+                    await store.open()
+                    ts = await claim_latency(store)  # closes the store
+                    claims[size].append(statistics.median(ts))
+                    rate = await throughput(store, args.n)  # the engine closes the store
+                    rates[size].append(rate)
+                    print(f"{kind} run {run + 1} size {size:,}: claim {statistics.median(ts) * 1000:.2f} ms, "
+                          f"{rate:,.0f} sagas/s", file=sys.stderr)  # fmt: skip
+            out["stores"][kind] = {
+                str(size): {
+                    "build_seconds": built[kind][size][1],
+                    "claim_ms": [x * 1000 for x in claims[size]],
+                    "sagas_per_s": rates[size],
+                }
+                for size in args.sizes
+            }
+    finally:
+        for stores in built.values():
+            for store, _ in stores.values():
+                await _drop(store)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100_000, 1_000_000])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--n", type=int, default=2000, help="sagas per throughput run")
+    p.add_argument("--stores", type=lambda s: s.split(","), default=["sqlite", "postgresql"])
+    p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--dir", default=None, help="where the SQLite files go")
+    args = p.parse_args()
+    result = asyncio.run(main_async(args))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
