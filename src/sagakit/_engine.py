@@ -357,17 +357,10 @@ class SagaEngine:
             SagaNotFound: no such saga.
         """
         await self._ensure_open()
-        load = getattr(self.store, "load", None)
-        if load is not None:
-            found = await load(saga_id)
-            if found is None:
-                raise SagaNotFound(saga_id)
-            st, history = found
-        else:
-            st = await self.store.get(saga_id)
-            if st is None:
-                raise SagaNotFound(saga_id)
-            history = await self.store.history(saga_id)
+        found = await self.store.load(saga_id)
+        if found is None:
+            raise SagaNotFound(saga_id)
+        st, history = found
         return SagaSnapshot.from_state(st, tuple(history))
 
     async def list(

@@ -191,6 +191,10 @@ class Store(Protocol):
 
     async def history(self, saga_id: str) -> list[HistoryEntry]: ...
 
+    async def load(self, saga_id: str) -> tuple[SagaState, builtins.list[HistoryEntry]] | None:
+        """The saga and its history, read together (one consistent snapshot where the database allows)."""
+        ...
+
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         """Record entries outside a transition (e.g. a refused write of a worker that lost its lease)."""
         ...

@@ -424,9 +424,7 @@ class StoreContract:
         assert await store.history("nope") == []
 
     async def test_load_reads_saga_and_history_together(self, store: Store) -> None:
-        load = getattr(store, "load", None)  # optional: the engine uses it when a store has it
-        if load is None:
-            pytest.skip(f"{type(store).__name__} has no load()")
+        load = store.load
         st = saga("a")
         await put(store, st, history=[entry("one"), entry("two")])
         assert await load("a") == (await store.get("a"), await store.history("a"))

@@ -158,6 +158,13 @@ class MemoryStore:
         r = self._rows.get(saga_id)
         return decode_row(r.values) if r else None
 
+    async def load(self, saga_id: str) -> tuple[SagaState, builtins.list[HistoryEntry]] | None:
+        """The saga and its history together."""
+        st = await self.get(saga_id)
+        if st is None:
+            return None
+        return st, await self.history(saga_id)
+
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         r = self._rows.get(saga_id)
         if r is None:
