@@ -1,16 +1,16 @@
-"""The runtime: the only part of sagakit that does I/O.
+"""SagaEngine: the public face of the runtime, the only part of sagakit that does I/O.
 
 ``SagaEngine`` claims due sagas from the store under a lease, feeds events to
 the pure state machine, commits the resulting transitions of many sagas in one
-transaction (group commit) and, only once a transition is committed, executes
-its effects: step attempts run as asyncio tasks (plain ``def`` steps on a
-bounded thread pool), each under its timeout.
+transaction (group commit) and executes their effects; the machinery lives in
+``_runtime.py``. This module holds the lifecycle (``async with engine``), the
+API for starting, reading and waiting for sagas, and the operator actions.
 
-A saga is *held* by this engine while it has attempts in flight or
-transitions waiting to commit; its lease is renewed in the background. When a
-transition leaves nothing in flight the lease is released in the same write,
-with the row's wake time set to the machine's next timer, and any worker
-(this one included) claims it again when that time comes.
+A saga is *held* by an engine while it has attempts in flight or transitions
+waiting to commit; its lease is renewed in the background. When a transition
+leaves nothing to do here the lease is released in the same write, with the
+row's wake time set to the machine's next timer, and any worker (this one
+included) claims it again when that time comes.
 """
 
 from __future__ import annotations
@@ -25,17 +25,15 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from ._context import StepContext
 from ._definition import SagaDefinition
 from ._errors import (
-    NonRetryableError,
     PayloadTooLarge,
     SagaBusy,
     SagaNotFound,
@@ -43,11 +41,12 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
-from ._messages import MessageMappingError, validate_state
+from ._messages import validate_state
 from ._messaging import Messaging
+from ._runtime import _Held, _Pending, _Runtime
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import DeadLetter, OutboxMessage, SagaQuery, Store, Write, store_from_url
+from ._store import DeadLetter, SagaQuery, Store, Write, store_from_url
 from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
@@ -55,63 +54,22 @@ from .machine import (
     Decision,
     Event,
     HistoryEntry,
-    Resume,
     Retry,
-    RunStep,
-    SagaState,
     Skip,
-    StepFailed,
-    StepSucceeded,
-    Timer,
     decide,
     new_saga,
-    step_results,
 )
 
 __all__ = ["SagaEngine"]
 
 log = logging.getLogger("sagakit")
 
-_PARK_SECONDS = 30.0
 # Saga ids need uniqueness, not secrecy: a generator seeded from the OS is
 # ~100x cheaper per id than reading the OS's random source each time.
 _ids = random.Random(os.urandom(32))
 
 
-@dataclass(slots=True)
-class _Held:
-    """A saga this engine holds the lease of."""
-
-    state: SagaState
-    definition: SagaDefinition
-    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    durable: bool = False  # the saga's row exists in the store
-    # The whole history, for a saga this engine started and held since: lets
-    # wait() answer without reading the store. None when part of it is elsewhere.
-    history: list[HistoryEntry] | None = None
-    queued: bool = False  # a transition waits in the commit queue
-    committing: int = 0  # transitions in the batch being committed
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(slots=True)
-class _Pending:
-    """Transitions of one saga waiting for the next group commit, merged."""
-
-    held: _Held
-    expected_revision: int
-    history: list[HistoryEntry]
-    effects: list[RunStep]
-    insert: bool = False
-    data_changed: bool = False
-    futures: list[asyncio.Future[str]] = field(default_factory=list)
-    state: SagaState | None = None
-    release: bool = False
-    outbox: list[OutboxMessage] = field(default_factory=list)
-    inbox: list[str] = field(default_factory=list)
-
-
-class SagaEngine:
+class SagaEngine(_Runtime):
     """Runs sagas durably on a store.
 
     Args:
@@ -653,511 +611,6 @@ class SagaEngine:
                 continue
             return None
 
-    async def _flush(self) -> None:
-        """Commit the queue now (used when no commit loop runs)."""
-        while self._queue:
-            await self._commit_batch()
-
-    # ------------------------------------------------------------ transitions
-
-    def _loop_(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None
-        return self._loop
-
-    def _kick(self) -> None:
-        if self._queue_ready is not None:
-            self._queue_ready.set()
-
-    def _transition(
-        self,
-        held: _Held,
-        decision: Decision,
-        *,
-        insert: bool = False,
-        future: asyncio.Future[str] | None = None,
-        inbox: str | None = None,
-    ) -> None:
-        old = held.state
-        st = decision.state
-        st.revision = old.revision + 1
-        held.state = st
-        sid = st.id
-        if held.history is not None:
-            held.history.extend(decision.history)
-        p = self._queue.get(sid)
-        if p is None:
-            p = _Pending(held, old.revision, decision.history, [], insert=insert)
-            p.data_changed = insert or st.data is not old.data
-            self._queue[sid] = p
-            held.queued = True
-            if len(self._queue) == 1:
-                self._kick()
-        else:
-            p.history.extend(decision.history)
-            p.data_changed = p.data_changed or st.data is not old.data
-        p.state = st
-        if inbox is not None:
-            p.inbox.append(inbox)
-        if st.status.terminal and not old.status.terminal:
-            self._outcome_event(held, p, st)
-        if decision.effects:
-            if held.durable and self._running and not self._closing:
-                # Local attempts start without waiting for this transition to commit:
-                # should the process die first, the last committed state still shows
-                # the previous attempt running and it runs again with the same
-                # idempotency key - the at-least-once contract holds either way. A
-                # saga's first attempts wait for its row, so no side effect can ever
-                # happen for a saga the store does not know.
-                defn = held.definition.by_name
-                for eff in decision.effects:
-                    sdef = defn[eff.step]
-                    if sdef.compensation_local if eff.compensation else sdef.local:
-                        self._dispatch(held, eff)
-                    else:
-                        self._message_effect(held, p, eff)
-            else:
-                defn = held.definition.by_name
-                for eff in decision.effects:
-                    sdef = defn[eff.step]
-                    if sdef.compensation_local if eff.compensation else sdef.local:
-                        p.effects.append(eff)
-                    else:
-                        self._message_effect(held, p, eff)
-        if future is not None:
-            p.futures.append(future)
-        if st.status.terminal:
-            for task in held.inflight.values():
-                task.cancel()
-            held.inflight.clear()
-
-    def _runs_here(self, held: _Held, eff: RunStep) -> bool:
-        """Whether an effect keeps this worker busy with the saga (else its lease is released)."""
-        sdef = held.definition.by_name[eff.step]
-        if sdef.compensation_local if eff.compensation else sdef.local:
-            return True
-        return self._messaging.fire_and_forget(held.definition, eff)
-
-    def _message_effect(self, held: _Held, p: _Pending, eff: RunStep) -> None:
-        """A message step's attempt: its command joins the transition's write (the outbox)."""
-        try:
-            msg = self._messaging.outbox_for(held.state, held.definition, eff)
-        except MessageMappingError as e:
-            self._apply(held, StepFailed(eff.step, eff.token, str(e), retryable=False))
-            return
-        if msg is not None:
-            p.outbox.append(msg)
-        p.effects.append(eff)
-
-    def _outcome_event(self, held: _Held, p: _Pending, st: SagaState) -> None:
-        try:
-            msg = self._messaging.outcome_event(st, held.definition)
-        except MessageMappingError as e:
-            p.history.append(HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}"))
-            return
-        if msg is not None:
-            p.outbox.append(msg)
-
-    async def _commit_loop(self) -> None:
-        ready = self._queue_ready
-        assert ready is not None
-        backoff = 0.05
-        while True:
-            await ready.wait()
-            ready.clear()
-            while self._queue:
-                try:
-                    await self._commit_batch()
-                    backoff = 0.05
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("sagakit: commit failed; retrying in %.2fs", backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            if not self._running:
-                return
-
-    async def _commit_batch(self) -> None:
-        batch = self._queue
-        self._queue = {}
-        now = self.clock()
-        lease_until = now + self.lease_seconds
-        writes = []
-        for p in batch.values():
-            held = p.held
-            held.queued = False
-            held.committing += 1
-            st = p.state
-            assert st is not None
-            runs_here = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
-            # A timer due very soon (a short retry back-off) is kept here and fired by a
-            # local timer: cheaper than a release and a claim of the same saga a moment later.
-            soon = st.wake_at is not None and st.wake_at - now <= self._hold_for
-            keep = (runs_here or soon) and not st.status.terminal and self._running
-            if self._closing and not held.inflight:
-                keep = False
-            p.release = not keep
-            if not keep and held.timer is not None:
-                # Once released, the row's wake time is the timer: a worker claims it then.
-                held.timer.cancel()
-                held.timer = None
-            wake = lease_until if keep else st.wake_at
-            if runs_here and not keep and not held.inflight and not st.status.terminal:
-                # Attempts this engine will not run (it is not running: an admin CLI, or it
-                # is shutting down): the saga is due now, so a worker claims it and runs them.
-                wake = now
-            writes.append(
-                Write(
-                    st,
-                    p.expected_revision,
-                    p.history,
-                    wake,
-                    owner=self.worker_id if keep else None,
-                    lease_expires=lease_until if keep else None,
-                    insert=p.insert,
-                    data_changed=p.data_changed,
-                    outbox=p.outbox,
-                    inbox=p.inbox,
-                )
-            )
-        try:
-            results = await self.store.commit(writes)
-        except BaseException:
-            # Nothing of the batch is committed: queue it again, ahead of newer transitions.
-            for sid, p in batch.items():
-                p.held.committing -= 1
-                newer = self._queue.get(sid)
-                if newer is not None:
-                    p.history.extend(newer.history)
-                    p.effects.extend(newer.effects)
-                    p.futures.extend(newer.futures)
-                    p.outbox.extend(newer.outbox)
-                    p.inbox.extend(newer.inbox)
-                    p.state = newer.state
-                    p.data_changed = p.data_changed or newer.data_changed
-                p.held.queued = True
-            self._queue = {**batch, **{k: v for k, v in self._queue.items() if k not in batch}}
-            raise
-        for p, res in zip(batch.values(), results, strict=True):
-            p.held.committing -= 1
-            self._after_commit(p, res)
-
-    def _after_commit(self, p: _Pending, result: str | None) -> None:
-        held = p.held
-        st = p.state
-        assert st is not None
-        sid = st.id
-        if result is None or result != sid:
-            # Fenced (another worker took the saga) or a duplicate idempotency key.
-            if self._held.get(sid) is held:
-                del self._held[sid]
-            for task in held.inflight.values():
-                task.cancel()
-            held.inflight.clear()
-            if result is None and not p.insert:
-                self._record_fenced(sid, p)
-                err: BaseException = SagaBusy(
-                    f"saga {sid} was taken over by another worker; the transition was refused"
-                )
-                for f in p.futures:
-                    if not f.done():
-                        f.set_exception(err)
-            else:
-                for f in p.futures:
-                    if not f.done():
-                        f.set_result(result or sid)
-            return
-        held.durable = True
-        for f in p.futures:
-            if not f.done():
-                f.set_result(sid)
-        current = held.state
-        if st.status.terminal:
-            self._notify(sid, held, st)
-        if self._held.get(sid) is not held:
-            return
-        if p.outbox:
-            self._messaging.poke()
-        if p.release and not held.queued and not held.committing and not held.inflight:
-            del self._held[sid]
-            if held.timer is not None:
-                held.timer.cancel()
-            if self._running and st.wake_at is not None and st.wake_at <= self.clock() + self.poll_interval:
-                self._poke_claimer()  # it sleeps until the earliest wake time it finds
-            return
-        by_name = held.definition.by_name
-        for eff in p.effects:
-            s = current.steps.get(eff.step)
-            if s is None or s.token != eff.token or self._closing or not self._running:
-                continue
-            sdef = by_name[eff.step]
-            if sdef.compensation_local if eff.compensation else sdef.local:
-                self._dispatch(held, eff)
-            elif self._messaging.fire_and_forget(held.definition, eff):
-                self._apply(held, StepSucceeded(eff.step, eff.token))
-        if not held.queued:
-            # A newer transition is still to be committed otherwise; its commit sets the
-            # timer, if it keeps the saga here at all.
-            self._set_timer(held)
-
-    def _record_fenced(self, sid: str, p: _Pending) -> None:
-        entry = HistoryEntry(
-            self.clock(),
-            "fenced",
-            f"worker {self.worker_id} lost its lease: its transition from revision "
-            f"{p.expected_revision} was refused and not applied",
-        )
-        self._in_background(self.store.append_history(sid, p.expected_revision, [entry]))
-
-    def _in_background(self, aw: Awaitable[Any]) -> None:
-        """Run a store write that no caller waits for; close() waits for it."""
-        task = asyncio.ensure_future(aw)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
-
-    def _notify(self, sid: str, held: _Held, st: SagaState) -> None:
-        waiters = self._waiters.get(sid)
-        if not waiters:
-            return
-        snap = None
-        if held.history is not None and held.state is st:
-            snap = SagaSnapshot.from_state(st, tuple(held.history))
-        for f in waiters:
-            if not f.done():
-                f.set_result(snap)
-
-    def _set_timer(self, held: _Held) -> None:
-        if held.timer is not None:
-            held.timer.cancel()
-            held.timer = None
-        wake = held.state.wake_at
-        if wake is None:
-            return
-        loop = self._loop_()
-        delay = max(0.0, wake - self.clock())
-        held.timer = loop.call_later(delay, self._fire_timer, held.state.id)
-
-    def _fire_timer(self, sid: str) -> None:
-        held = self._held.get(sid)
-        if held is None:
-            return
-        held.timer = None
-        self._apply(held, Timer())
-
-    def _apply(self, held: _Held, event: Event, *, force: bool = False) -> None:
-        decision = decide(held.definition, held.state, event, self.clock())
-        if decision.rejected is not None:
-            return
-        if force or decision.history or decision.effects:
-            self._transition(held, decision)
-
-    # ------------------------------------------------------------ steps
-
-    def _dispatch(self, held: _Held, eff: RunStep) -> None:
-        task = asyncio.create_task(self._run_step(held, eff))
-        held.inflight[eff.token] = task
-
-    async def _run_step(self, held: _Held, eff: RunStep) -> None:
-        st = held.state
-        defn = held.definition
-        name = eff.step
-        key = (defn.name, defn.version, name, eff.compensation)
-        entry = self._fns.get(key)
-        direction = "compensation" if eff.compensation else "action"
-        event: Event
-        slots = self._slots
-        assert slots is not None
-        try:
-            if entry is None:
-                raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
-            fn, is_async = entry
-            ctx = StepContext(
-                saga_id=st.id,
-                saga_name=st.name,
-                step=name,
-                attempt=eff.attempt,
-                data=st.data,
-                results=step_results(st),
-                idempotency_key=f"{st.id}:{name}:{direction}",
-                correlation_id=st.correlation_id,
-                compensation=eff.compensation,
-                result=st.steps[name].result if eff.compensation else None,
-            )
-            async with slots:
-                if eff.timeout is None:
-                    result = await self._call(fn, is_async, ctx)
-                else:
-                    async with asyncio.timeout(eff.timeout):
-                        result = await self._call(fn, is_async, ctx)
-            if result is None:
-                event = StepSucceeded(name, eff.token, None, 4)
-            else:
-                try:
-                    blob = orjson.dumps(result)
-                except TypeError as e:
-                    event = StepFailed(
-                        name,
-                        eff.token,
-                        f"{direction} of step {name!r} returned a value that is not "
-                        f"JSON-serialisable ({type(result).__name__}): {e}",
-                        retryable=False,
-                    )
-                else:
-                    event = StepSucceeded(name, eff.token, orjson.loads(blob), len(blob))
-        except TimeoutError:
-            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s")
-        except asyncio.CancelledError:
-            held.inflight.pop(eff.token, None)
-            raise
-        except NonRetryableError as e:
-            event = StepFailed(name, eff.token, _describe(e), retryable=False)
-        except Exception as e:
-            sdef = defn.by_name[name]
-            policy = sdef.compensation_retry if eff.compensation else sdef.retry
-            event = StepFailed(name, eff.token, _describe(e), retryable=policy.is_retryable(e))
-        if held.inflight.pop(eff.token, None) is None or self._held.get(st.id) is not held:
-            return  # the saga was aborted, finished or taken over meanwhile
-        self._apply(held, event)
-
-    async def _call(self, fn: Callable[..., Any], is_async: bool, ctx: StepContext) -> Any:
-        if is_async:
-            return await fn(ctx)
-        assert self._executor is not None
-        result = await self._loop_().run_in_executor(self._executor, fn, ctx)
-        if inspect.isawaitable(result):
-            return await result
-        return result
-
-    # ------------------------------------------------------------ claiming
-
-    def _poke_claimer(self) -> None:
-        if self._poke is not None:
-            self._poke.set()
-
-    async def _claim_loop(self) -> None:
-        poke = self._poke
-        assert poke is not None
-        backoff = 0.05
-        while True:
-            poke.clear()
-            try:
-                claimed = await self._claim_once()
-                backoff = 0.05
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sagakit: claiming failed; retrying in %.2fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if claimed:
-                await asyncio.sleep(0)
-                continue
-            delay = self.poll_interval
-            try:
-                nxt = await self.store.next_wake()
-            except Exception:
-                nxt = None
-            if nxt is not None:
-                delay = min(delay, max(0.002, nxt - self.clock()))
-            await self._idle(poke, delay)
-
-    async def _idle(self, poke: asyncio.Event, delay: float) -> None:
-        """Sleep until poked, until *delay* passes, or until the store says work may be due.
-
-        A store with ``wait_for_work`` (PostgreSQL's LISTEN/NOTIFY) wakes idle
-        workers when another worker's commit makes a saga due; polling stays
-        the fallback.
-        """
-        wait_for_work = getattr(self.store, "wait_for_work", None)
-        if wait_for_work is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poke.wait(), delay)
-            return
-        # The store's wait lives on across idle periods: cancelling it midway (say,
-        # while it connects its listener) would leave it never listening.
-        work = self._work_waiter
-        if work is None or work.done():
-            work = self._work_waiter = asyncio.ensure_future(wait_for_work(self.poll_interval))
-        poked = asyncio.ensure_future(poke.wait())
-        try:
-            await asyncio.wait({poked, work}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            poked.cancel()
-            with contextlib.suppress(BaseException):
-                await poked
-        if work.done() and not work.cancelled() and work.exception() is not None:
-            log.warning("sagakit: waiting for work failed: %s", work.exception())
-
-    async def _claim_once(self) -> bool:
-        room = self.concurrency * 2 - len(self._held)
-        if room <= 0:
-            return False
-        now = self.clock()
-        limit = min(room, 256)
-        states = await self.store.claim(self.worker_id, now, now + self.lease_seconds, limit)
-        for st in states:
-            self._adopt(st)
-        return len(states) == limit
-
-    def _adopt(self, st: SagaState) -> None:
-        old = self._held.pop(st.id, None)
-        if old is not None:
-            for task in old.inflight.values():
-                task.cancel()
-        defn = self._definitions.get((st.name, st.version))
-        if defn is None:
-            self._park(st)
-            return
-        held = _Held(st, defn, durable=True)
-        self._held[st.id] = held
-        self._apply(held, Resume(), force=True)
-
-    def _park(self, st: SagaState) -> None:
-        """A saga whose definition version is not registered here waits for a worker that has it."""
-        reason = f"parked: definition {st.name} v{st.version} is not registered in worker {self.worker_id}"
-        new = st.copy()
-        new.revision = st.revision + 1
-        new.meta = {**st.meta, "parked": reason}
-        history = [] if st.meta.get("parked") == reason else [HistoryEntry(self.clock(), "parked", reason)]
-        wake = self.clock() + _PARK_SECONDS
-        self._in_background(self.store.commit([Write(new, st.revision, history, wake, data_changed=False)]))
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            ids = [sid for sid, h in self._held.items() if not h.queued and not h.committing]
-            if not ids:
-                continue
-            try:
-                lost = await self.store.renew(self.worker_id, ids, self.clock() + self.lease_seconds)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sagakit: renewing leases failed")
-                continue
-            for sid in lost:
-                held = self._held.get(sid)
-                if held is not None and not held.queued and not held.committing:
-                    del self._held[sid]
-                    running = [
-                        f"{n!r} attempt {s.compensation_attempts if s.status.value == 'compensating' else s.attempts}"
-                        for n, s in held.state.steps.items()
-                        if s.token and s.token in held.inflight
-                    ]
-                    for task in held.inflight.values():
-                        task.cancel()
-                    log.warning("sagakit: lease of saga %s was lost to another worker", sid)
-                    if running:
-                        entry = HistoryEntry(
-                            self.clock(),
-                            "fenced",
-                            f"worker {self.worker_id} lost its lease while running {', '.join(running)}; "
-                            "it stopped them and none of their results is applied",
-                        )
-                        self._in_background(self.store.append_history(sid, held.state.revision, [entry]))
-
     # ------------------------------------------------------------ lookups
 
     def _definition(self, name: str, version: int | None) -> SagaDefinition:
@@ -1201,13 +654,3 @@ def _status(status: SagaStatus | str) -> SagaStatus:
 def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("sagakit: background store write failed", exc_info=task.exception())

@@ -49,7 +49,8 @@ from ._transport import Delivery, Transport
 from .machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
 
 if TYPE_CHECKING:
-    from ._engine import SagaEngine, _Held
+    from ._engine import SagaEngine
+    from ._runtime import _Held
 
 __all__ = ["Messaging"]
 
