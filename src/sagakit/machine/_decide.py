@@ -1,259 +1,36 @@
-"""The saga state machine: a pure function from (state, event, time) to (state, effects).
-
-``decide(definition, state, event, now)`` owns every rule of sagakit's saga
-semantics: which steps are ready, retry back-off, attempt timeouts of message
-steps, failure -> compensation of completed steps in reverse dependency order,
-compensation retries, ``FAILED`` when a compensation gives up, stale-attempt
-rejection, pivot steps, the whole-saga deadline, payload limits and the admin
-commands. It performs no I/O, reads no clock and draws no random numbers: time
-comes in as ``now``, ids come in with the state, and the retry jitter is
-derived from the saga id. The runtime commits the returned state and history
-and only then executes the effects.
-
-The definition is an argument rather than part of the state because it is
-code: a saga stores its definition's name and version, and the runtime passes
-the matching definition back in.
-"""
+"""The machine's rules: ``new_saga`` and ``decide``, pure functions over the types of ``_types``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from ._definition import SagaDefinition, StepAction, StepDefinition
-from ._status import SagaStatus, StepStatus
+from .._definition import SagaDefinition, StepAction, StepDefinition
+from .._status import SagaStatus, StepStatus
+from ._types import (
+    KEEP,
+    Abort,
+    Begin,
+    Compensate,
+    Decision,
+    Event,
+    HistoryEntry,
+    Resume,
+    Retry,
+    RunStep,
+    SagaState,
+    Skip,
+    StepFailed,
+    StepState,
+    StepSucceeded,
+    Timer,
+)
 
-__all__ = [
-    "KEEP",
-    "Abort",
-    "Begin",
-    "Compensate",
-    "Decision",
-    "Event",
-    "HistoryEntry",
-    "Resume",
-    "Retry",
-    "RunStep",
-    "SagaState",
-    "Skip",
-    "StepFailed",
-    "StepState",
-    "StepSucceeded",
-    "Timer",
-    "decide",
-    "new_saga",
-]
+__all__ = ["attempt_timeout", "decide", "new_saga", "step_results"]
 
 _S = StepStatus
 _DONE = (_S.COMPLETED, _S.SKIPPED)
 _ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
-
-
-# ---------------------------------------------------------------- state
-
-
-class _Keep:
-    """Marker: leave the saga's data as it is."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "KEEP"
-
-
-KEEP: Any = _Keep()
-
-
-@dataclass(slots=True)
-class StepState:
-    """Persisted state of one step in one saga.
-
-    ``token`` is non-zero while an attempt (action or compensation) is in
-    flight; only a completion carrying that token is applied. ``wake_at`` is
-    when a waiting step is due: the next retry, or the reply deadline of a
-    message step.
-    """
-
-    status: StepStatus = _S.PENDING
-    attempts: int = 0
-    compensation_attempts: int = 0
-    token: int = 0
-    result: Any = None
-    error: str | None = None
-    wake_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def copy(self) -> StepState:
-        return StepState(
-            self.status,
-            self.attempts,
-            self.compensation_attempts,
-            self.token,
-            self.result,
-            self.error,
-            self.wake_at,
-            self.started_at,
-            self.finished_at,
-        )
-
-
-@dataclass(slots=True)
-class SagaState:
-    """Persisted state of one saga: everything the machine needs to decide, in one row."""
-
-    id: str
-    name: str
-    version: int
-    status: SagaStatus
-    data: Any
-    steps: dict[str, StepState]
-    created_at: float
-    updated_at: float
-    correlation_id: str | None = None
-    idempotency_key: str | None = None
-    wake_at: float | None = None
-    deadline_at: float | None = None
-    error: str | None = None
-    seq: int = 0
-    revision: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def copy(self) -> SagaState:
-        return SagaState(
-            self.id,
-            self.name,
-            self.version,
-            self.status,
-            self.data,
-            {k: v.copy() for k, v in self.steps.items()},
-            self.created_at,
-            self.updated_at,
-            self.correlation_id,
-            self.idempotency_key,
-            self.wake_at,
-            self.deadline_at,
-            self.error,
-            self.seq,
-            self.revision,
-            self.meta,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One line of a saga's audit trail."""
-
-    at: float
-    kind: str
-    message: str
-    step: str | None = None
-    attempt: int | None = None
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Begin:
-    """Start a PENDING saga."""
-
-
-@dataclass(frozen=True, slots=True)
-class Timer:
-    """Due timers fired: retries, reply deadlines, the saga deadline."""
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    """The saga was claimed by a worker: attempts left in flight by a dead worker run again."""
-
-
-@dataclass(frozen=True, slots=True)
-class StepSucceeded:
-    """An attempt succeeded. ``data``, unless ``KEEP``, is the saga's new data (a merged reply)."""
-
-    step: str
-    token: int
-    result: Any = None
-    size: int = 0
-    data: Any = KEEP
-
-
-@dataclass(frozen=True, slots=True)
-class StepFailed:
-    step: str
-    token: int
-    error: str
-    retryable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Admin: re-run a failed step or compensation, or a step waiting for its retry, now."""
-
-    reason: str = ""
-    actor: str = "operator"
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    """Admin: mark a waiting or failed step SKIPPED with the given result and move on."""
-
-    step: str
-    result: Any = None
-    reason: str = ""
-    actor: str = "operator"
-
-
-@dataclass(frozen=True, slots=True)
-class Compensate:
-    """Admin: start compensating a running saga now."""
-
-    reason: str = ""
-    actor: str = "operator"
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    """Admin: stop the saga where it stands, without compensation."""
-
-    reason: str = ""
-    actor: str = "operator"
-
-
-Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Retry | Skip | Compensate | Abort
-
-
-# ---------------------------------------------------------------- effects
-
-
-@dataclass(frozen=True, slots=True)
-class RunStep:
-    """Run one attempt of a step's action (or compensation) and report it with *token*."""
-
-    step: str
-    compensation: bool
-    attempt: int
-    token: int
-    timeout: float | None
-
-
-@dataclass(slots=True)
-class Decision:
-    """What decide() returns: the new state, what to do, and what to record.
-
-    ``rejected`` is set (and the state unchanged) when an admin command is not
-    allowed; ``stale`` when a completion was refused because its attempt is no
-    longer current (the refusal is still recorded in ``history``).
-    """
-
-    state: SagaState
-    effects: list[RunStep]
-    history: list[HistoryEntry]
-    rejected: str | None = None
-    stale: bool = False
 
 
 # ---------------------------------------------------------------- entry points
