@@ -1,0 +1,355 @@
+"""NATS JetStream transport (``nats://host:4222``; needs ``pip install 'sagakit[nats]'``).
+
+- One stream (``SAGAKIT`` by default, file storage, interest retention)
+  holds the subjects ``<prefix>.<destination>``. A message stays in it until
+  every consumer group whose subscription covers it has acknowledged it.
+- A group is a durable push consumer per (group, destination) with a deliver
+  group, so the members of a group compete for its messages and it survives
+  restarts of both the clients and the server. A new group starts with the
+  messages published after it was created.
+- Acknowledged when the handler returned; a handler that raises gets a
+  delayed ``NAK`` (back-off doubling per attempt), a consumer that vanished
+  gets its messages again after ``ack_timeout``. Long handlers send progress
+  acks so they keep their message.
+- The broker drops a repeated publish of the same message id within the
+  stream's duplicate window (``Nats-Msg-Id``).
+- After ``max_deliveries`` the message goes to the dead-letter destination,
+  with the reason in its headers, and is acknowledged.
+
+URL options (query string): ``stream``, ``prefix``, ``max_deliveries``,
+``redelivery_delay``, ``ack_timeout``, ``concurrency``, ``dead_letter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.js import api
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"the NATS transport needs nats-py: pip install 'sagakit[nats]' ({e})") from e
+
+from .._transport import Delivery, Handler, TransportError
+
+__all__ = ["DEAD_LETTER_GROUP", "NatsTransport", "subject_for"]
+
+log = logging.getLogger("sagakit.transport.nats")
+
+DEAD_LETTER_GROUP = "dead-letters"  # the group that keeps dead letters until someone reads them
+_MSG_ID = "Nats-Msg-Id"
+_ID = "x-sagakit-message-id"
+_OPTIONS = {
+    "stream": str,
+    "prefix": str,
+    "dead_letter": str,
+    "max_deliveries": int,
+    "concurrency": int,
+    "redelivery_delay": float,
+    "ack_timeout": float,
+}
+
+
+def subject_for(prefix: str, destination: str) -> str:
+    """The subject of *destination*: its dot-separated words percent-encoded, so no wildcard can appear.
+
+    Raises:
+        TransportError: the destination is empty.
+    """
+    if not destination:
+        raise TransportError("a destination name must not be empty")
+    words = destination.split(".")
+    if all(words):
+        return prefix + "." + ".".join(quote(w, safe="-_") for w in words)
+    # Empty words (leading, trailing or doubled dots) are invalid subject tokens: one token then.
+    return prefix + "." + quote(destination, safe="-_").replace(".", "%2E")
+
+
+def _consumer_name(group: str, destination: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", f"{group}__{destination.rsplit('.', 1)[-1]}")[:48]
+    digest = hashlib.sha256(f"{group}\0{destination}".encode()).hexdigest()[:16]
+    return f"{readable}_{digest}"
+
+
+class NatsTransport:
+    """A Transport on NATS JetStream.
+
+    Args:
+        url: ``nats://[user:pass@]host:port`` (several servers: comma-separated).
+        stream: the JetStream stream that holds sagakit's subjects (created if missing).
+        prefix: the first subject token of every destination.
+        max_deliveries: failed deliveries before a message is dead-lettered.
+        redelivery_delay: delay before the first redelivery of a failed message; doubles per attempt.
+        ack_timeout: seconds an unacknowledged message stays with a silent consumer.
+        concurrency: handlers running at once per destination subscribed.
+        dead_letter: the destination of dead letters.
+        close_grace: seconds ``close`` waits for handlers in progress before cancelling them.
+        connect_timeout: seconds ``start`` keeps trying to connect.
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        stream: str = "SAGAKIT",
+        prefix: str = "sagakit",
+        max_deliveries: int = 5,
+        redelivery_delay: float = 0.2,
+        ack_timeout: float = 30.0,
+        concurrency: int = 16,
+        dead_letter: str = "sagakit.dead_letter",
+        close_grace: float = 10.0,
+        connect_timeout: float = 30.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.prefix = prefix
+        self.max_deliveries = max_deliveries
+        self.redelivery_delay = redelivery_delay
+        self.ack_timeout = ack_timeout
+        self.concurrency = concurrency
+        self.dead_letter = dead_letter
+        self.close_grace = close_grace
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self._nc: Any = None
+        self._js: Any = None
+        self._subs: list[Any] = []
+        self._handling: set[asyncio.Task[None]] = set()
+        self._dead_letter_ready = False
+
+    @classmethod
+    def from_url(cls, url: str) -> NatsTransport:
+        parts = urlsplit(url)
+        opts: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query):
+            if key not in _OPTIONS:
+                raise TransportError(f"unknown option {key!r} in NATS URL {url!r}: use one of {sorted(_OPTIONS)}")
+            opts[key] = _OPTIONS[key](value)
+        return cls(urlunsplit((parts.scheme, parts.netloc, "", "", "")), **opts)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._nc is not None:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.connect_timeout
+        delay = 0.1
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    self.url.split(","),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                break
+            except Exception as e:
+                if loop.time() + delay > give_up:
+                    raise TransportError(f"cannot connect to NATS at {self.url}: {e}") from e
+                log.warning("NATS at %s unreachable (%s); retrying in %.1fs", self.url, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._js = self._nc.jetstream(timeout=self.publish_timeout)
+        try:
+            await self._ensure_stream()
+        except Exception:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+        for sub in self._subs:  # no new deliveries; handlers in progress may still publish and ack
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self._handling:
+            _, late = await asyncio.wait(set(self._handling), timeout=self.close_grace)
+            for t in late:
+                t.cancel()  # the handler naks its message: another member gets it now
+            await asyncio.gather(*late, return_exceptions=True)
+        self._nc = self._js = None
+        self._dead_letter_ready = False
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    async def _on_error(self, e: Exception) -> None:
+        log.debug("NATS: %s", e)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS: disconnected from %s; reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        log.warning("NATS: reconnected to %s", self.url)
+
+    async def _ensure_stream(self) -> None:
+        try:
+            await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
+                await self._js.add_stream(
+                    api.StreamConfig(
+                        name=self.stream,
+                        subjects=[f"{self.prefix}.>"],
+                        retention=api.RetentionPolicy.INTEREST,
+                        storage=api.StorageType.FILE,
+                        duplicate_window=120.0,
+                        max_age=7 * 24 * 3600.0,
+                    )
+                )
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(
+        self, destination: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None
+    ) -> None:
+        await self._publish(subject_for(self.prefix, destination), body, message_id, headers or {}, message_id)
+
+    async def _publish(self, subject: str, body: bytes, mid: str, headers: dict[str, str], dedup_id: str) -> None:
+        if self._js is None:
+            raise TransportError("NATS transport is not started")
+        if not self._nc.is_connected:
+            raise TransportError(f"NATS at {self.url} is unreachable (reconnecting)")
+        hdrs = {**headers, _ID: mid, _MSG_ID: dedup_id}
+        try:
+            await self._js.publish(subject, body, headers=hdrs, timeout=self.publish_timeout)
+        except Exception as e:
+            raise TransportError(f"NATS did not accept the message for {subject}: {type(e).__name__}: {e}") from e
+
+    # ------------------------------------------------------------ consuming
+
+    async def subscribe(self, destinations: Sequence[str], group: str, handler: Handler) -> None:
+        if self._js is None:
+            raise TransportError("NATS transport is not started")
+        try:
+            await self._ensure_dead_letter_group()
+            for destination in destinations:
+                await self._subscribe(destination, group, handler)
+        except TransportError:
+            raise
+        except Exception as e:
+            raise TransportError(f"cannot subscribe {group!r} on NATS: {type(e).__name__}: {e}") from e
+
+    async def _ensure_consumer(self, destination: str, group: str) -> tuple[str, Any]:
+        name = _consumer_name(group, destination)
+        try:
+            info = await self._js.consumer_info(self.stream, name)
+        except nats.js.errors.NotFoundError:
+            config = api.ConsumerConfig(
+                durable_name=name,
+                description=f"sagakit group {group!r} on {destination!r}",
+                deliver_subject=self._nc.new_inbox(),
+                deliver_group=name,
+                deliver_policy=api.DeliverPolicy.NEW,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_timeout,
+                max_deliver=-1,  # dead-lettering is ours, with the reason
+                max_ack_pending=max(1000, self.concurrency * 4),
+                filter_subject=subject_for(self.prefix, destination),
+            )
+            try:
+                info = await self._js.add_consumer(self.stream, config)
+            except nats.js.errors.BadRequestError:  # another member created it first
+                info = await self._js.consumer_info(self.stream, name)
+        return name, info.config
+
+    async def _ensure_dead_letter_group(self) -> None:
+        # Interest retention keeps a message only for existing consumers: give dead letters one.
+        if not self._dead_letter_ready:
+            await self._ensure_consumer(self.dead_letter, DEAD_LETTER_GROUP)
+            self._dead_letter_ready = True
+
+    async def _subscribe(self, destination: str, group: str, handler: Handler) -> None:
+        name, config = await self._ensure_consumer(destination, group)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def on_message(msg: Any) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(self._handle(msg, destination, handler))
+            self._handling.add(task)
+            task.add_done_callback(done)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._handling.discard(task)
+            slots.release()
+
+        sub = await self._js.subscribe_bind(
+            stream=self.stream, config=config, consumer=name, cb=on_message, manual_ack=True
+        )
+        self._subs.append(sub)
+
+    async def _handle(self, msg: Any, destination: str, handler: Handler) -> None:
+        headers = dict(msg.headers or {})
+        mid = headers.pop(_ID, None) or headers.get(_MSG_ID, "")
+        headers.pop(_MSG_ID, None)
+        attempt = msg.metadata.num_delivered
+        delivery = Delivery(destination, msg.data, mid, attempt, headers)
+        if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
+            await self._give_up(msg, delivery, f"delivered {attempt} times without being acknowledged")
+            return
+        beat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await handler(delivery)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as e:
+            if attempt >= self.max_deliveries:
+                await self._give_up(msg, delivery, f"delivery {attempt} failed: {type(e).__name__}: {e}")
+            else:
+                log.info("NATS: handling %s failed (delivery %d): %s", mid, attempt, e)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.redelivery_delay * 2 ** (attempt - 1))
+        else:
+            with contextlib.suppress(Exception):  # a lost ack means one more delivery, no loss
+                await msg.ack()
+        finally:
+            beat.cancel()
+
+    async def _keep_alive(self, msg: Any) -> None:
+        while True:
+            await asyncio.sleep(self.ack_timeout / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _give_up(self, msg: Any, delivery: Delivery, reason: str) -> None:
+        log.warning("NATS: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
+        headers = {
+            **delivery.headers,
+            "x-sagakit-reason": reason,
+            "x-sagakit-destination": delivery.destination,
+            "x-sagakit-deliveries": str(delivery.attempt),
+        }
+        try:
+            await self._publish(
+                subject_for(self.prefix, self.dead_letter),
+                delivery.body,
+                delivery.message_id,
+                headers,
+                f"{delivery.message_id}:dead-letter",
+            )
+        except TransportError as e:
+            log.warning("NATS: cannot dead-letter %s yet: %s", delivery.message_id, e)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.redelivery_delay)
+            return
+        with contextlib.suppress(Exception):
+            await msg.ack()

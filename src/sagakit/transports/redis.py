@@ -1,0 +1,373 @@
+"""Redis Streams transport (``redis://host:6379/0``; needs ``pip install 'sagakit[redis]'``).
+
+- A destination is the stream ``<prefix>:<destination>``; a message is one
+  entry (``id``, ``body``, ``headers``), added with ``XADD``.
+- A group is a Redis consumer group on each of its destinations' streams;
+  every member reads with ``XREADGROUP`` under its own consumer name, so the
+  members compete and every group gets every entry added after it was
+  created.
+- ``XACK`` when the handler returned. A handler that raises gets its entry
+  again after a back-off (doubling per attempt; ``XCLAIM`` counts the
+  delivery). Entries of a consumer that vanished are taken over with
+  ``XAUTOCLAIM`` by the other members once idle for ``ack_timeout``; long
+  handlers refresh their claim so they keep their entry.
+- After ``max_deliveries`` the entry is added to the dead-letter stream, with
+  the reason in its headers, and acknowledged.
+- Readers reconnect with exponential back-off. A group that disappeared
+  (the server restarted without persistence, or it was deleted) is created
+  again from the start of its stream, so entries added meanwhile are read.
+
+Redis has no broker-side de-duplication: a repeated publish is delivered
+twice and the receiver's inbox drops the second. Streams are not trimmed
+unless ``maxlen`` is set (which may drop entries a slow group has not read).
+Redis without persistence loses what it held when it restarts: sagas get
+their commands again through their steps' reply timeouts.
+
+URL options (query string, removed before connecting): ``prefix``,
+``max_deliveries``, ``redelivery_delay``, ``ack_timeout``, ``concurrency``,
+``dead_letter``, ``maxlen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import RedisError, ResponseError
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"the Redis transport needs redis-py: pip install 'sagakit[redis]' ({e})") from e
+
+from .._transport import Delivery, Handler, TransportError
+
+__all__ = ["DEAD_LETTER_GROUP", "RedisTransport"]
+
+log = logging.getLogger("sagakit.transport.redis")
+
+DEAD_LETTER_GROUP = "dead-letters"  # the group that keeps dead letters until someone reads them
+_OPTIONS = {
+    "prefix": str,
+    "dead_letter": str,
+    "max_deliveries": int,
+    "concurrency": int,
+    "maxlen": int,
+    "redelivery_delay": float,
+    "ack_timeout": float,
+}
+
+
+class RedisTransport:
+    """A Transport on Redis Streams (Redis 6.2 or later: ``XAUTOCLAIM``).
+
+    Args:
+        url: ``redis://[:password@]host:6379/db`` (``rediss://`` for TLS).
+        prefix: prepended to every stream key (``<prefix>:<destination>``).
+        max_deliveries: failed deliveries before a message is dead-lettered.
+        redelivery_delay: delay before the first redelivery of a failed message; doubles per attempt.
+        ack_timeout: seconds an unacknowledged entry stays with a silent consumer.
+        concurrency: handlers running at once per destination subscribed.
+        dead_letter: the destination of dead letters.
+        maxlen: trim streams to about this many entries (None: never trim).
+        close_grace: seconds ``close`` waits for handlers in progress before cancelling them.
+        connect_timeout: seconds ``start`` keeps trying to connect.
+        block: seconds one ``XREADGROUP`` waits for new entries.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "sagakit",
+        max_deliveries: int = 5,
+        redelivery_delay: float = 0.2,
+        ack_timeout: float = 30.0,
+        concurrency: int = 16,
+        dead_letter: str = "sagakit.dead_letter",
+        maxlen: int | None = None,
+        close_grace: float = 10.0,
+        connect_timeout: float = 30.0,
+        block: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_deliveries = max_deliveries
+        self.redelivery_delay = redelivery_delay
+        self.ack_timeout = ack_timeout
+        self.concurrency = concurrency
+        self.dead_letter = dead_letter
+        self.maxlen = maxlen
+        self.close_grace = close_grace
+        self.connect_timeout = connect_timeout
+        self.block = block
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._redis: Any = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._handling: set[asyncio.Task[None]] = set()
+        self._groups: set[tuple[str, str]] = set()
+        self._publishing = asyncio.Semaphore(32)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisTransport:
+        parts = urlsplit(url)
+        opts: dict[str, Any] = {}
+        rest = []
+        for key, value in parse_qsl(parts.query):
+            if key in _OPTIONS:
+                opts[key] = _OPTIONS[key](value)
+            else:
+                rest.append((key, value))  # redis-py's own (socket_timeout, ...)
+        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), "")), **opts)
+
+    def key(self, destination: str) -> str:
+        """The stream key of *destination* (Redis keys are binary-safe: no escaping needed)."""
+        if not destination:
+            raise TransportError("a destination name must not be empty")
+        return f"{self.prefix}:{destination}"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._redis is not None:
+            return
+        client = aioredis.Redis.from_url(
+            self.url,
+            max_connections=1024,
+            socket_connect_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        )
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.connect_timeout
+        delay = 0.1
+        while True:
+            try:
+                await client.ping()
+                break
+            except (RedisError, OSError) as e:
+                if loop.time() + delay > give_up:
+                    await client.aclose()
+                    raise TransportError(f"cannot connect to Redis at {self._safe_url}: {e}") from e
+                log.warning("Redis at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._redis = client
+
+    def _reader_client(self) -> Any:
+        return aioredis.Redis.from_url(
+            self.url,
+            single_connection_client=True,
+            socket_connect_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        )
+
+    @property
+    def _safe_url(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+    async def close(self) -> None:
+        client = self._redis
+        if client is None:
+            return
+        for t in self._readers:
+            t.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers.clear()
+        if self._handling:
+            _, late = await asyncio.wait(set(self._handling), timeout=self.close_grace)
+            for t in late:
+                t.cancel()  # left pending: another member claims it after ack_timeout
+            await asyncio.gather(*late, return_exceptions=True)
+        for key, group in self._groups:  # leave no empty consumer names behind
+            with contextlib.suppress(RedisError, OSError):
+                if not await client.xpending_range(key, group, "-", "+", 1, consumername=self.consumer):
+                    await client.xgroup_delconsumer(key, group, self.consumer)
+        self._groups.clear()
+        self._redis = None
+        await client.aclose()
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(
+        self, destination: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None
+    ) -> None:
+        if self._redis is None:
+            raise TransportError("Redis transport is not started")
+        fields = {"id": message_id, "body": body, "headers": orjson.dumps(headers or {})}
+        try:
+            async with self._publishing:  # a burst of publishes shares a few connections
+                await self._redis.xadd(self.key(destination), fields, maxlen=self.maxlen, approximate=True)
+        except (RedisError, OSError) as e:
+            raise TransportError(f"Redis at {self._safe_url} did not take the message: {e}") from e
+
+    # ------------------------------------------------------------ consuming
+
+    async def _create_group(self, key: str, group: str, start: str) -> None:
+        try:
+            await self._redis.xgroup_create(key, group, id=start, mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def subscribe(self, destinations: Sequence[str], group: str, handler: Handler) -> None:
+        if self._redis is None:
+            raise TransportError("Redis transport is not started")
+        try:
+            await self._create_group(self.key(self.dead_letter), DEAD_LETTER_GROUP, "0")
+            for destination in destinations:
+                key = self.key(destination)
+                await self._create_group(key, group, "$")  # a new group reads what comes next
+                self._groups.add((key, group))
+        except (RedisError, OSError) as e:
+            raise TransportError(f"cannot subscribe {group!r} on Redis: {e}") from e
+        for destination in destinations:
+            task = asyncio.create_task(self._read(destination, group, handler), name=f"sagakit-redis:{destination}")
+            self._readers.append(task)
+
+    async def _read(self, destination: str, group: str, handler: Handler) -> None:
+        # Its own connection: a blocked XREADGROUP must not hold one of the shared pool's.
+        reader = self._reader_client()
+        try:
+            await self._read_with(reader, destination, group, handler)
+        finally:
+            await reader.aclose()
+
+    async def _read_with(self, reader: Any, destination: str, group: str, handler: Handler) -> None:
+        key = self.key(destination)
+        inflight: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        next_claim = 0.0
+        delay = 0.1
+        while True:
+            if len(inflight) >= self.concurrency:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            free = self.concurrency - len(inflight)
+            try:
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + min(self.ack_timeout / 2, 5.0)
+                    batch = await self._reclaim(key, group, free)
+                else:
+                    block = min(self.block, max(0.05, next_claim - loop.time()))
+                    reply = await reader.xreadgroup(
+                        group, self.consumer, {key: ">"}, count=free, block=int(block * 1000)
+                    )
+                    batch = [(i, f, 1) for _key, entries in reply or () for i, f in entries]
+                delay = 0.1
+            except ResponseError as e:
+                if "NOGROUP" in str(e):
+                    # The group is gone (server restarted without persistence): read its stream from the start.
+                    log.warning("Redis: group %r on %s is gone; creating it again", group, key)
+                    try:
+                        await self._create_group(key, group, "0")
+                    except (RedisError, OSError):
+                        await asyncio.sleep(delay)
+                    continue
+                log.warning("Redis: reading %s failed: %s; retrying in %.1fs", key, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except (RedisError, OSError) as e:
+                log.warning("Redis at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for entry_id, fields, attempt in batch:
+                task = asyncio.create_task(self._handle(destination, key, group, handler, entry_id, fields, attempt))
+                for tasks in (inflight, self._handling):
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+
+    async def _reclaim(self, key: str, group: str, count: int) -> list[tuple[bytes, dict[bytes, bytes], int]]:
+        """Entries other consumers left unacknowledged for ``ack_timeout``, now ours, with their delivery counts."""
+        reply = await self._redis.xautoclaim(key, group, self.consumer, int(self.ack_timeout * 1000), "0-0", count)
+        entries = reply[1]
+        for entry_id in reply[2] if len(reply) > 2 else ():  # deleted from the stream meanwhile
+            await self._redis.xack(key, group, entry_id)
+        live = [(i, f) for i, f in entries if f is not None]
+        if not live:
+            return []
+        pending = await self._redis.xpending_range(
+            key, group, live[0][0], live[-1][0], len(live) * 2, consumername=self.consumer
+        )
+        counts = {p["message_id"]: p["times_delivered"] for p in pending}
+        return [(i, f, counts.get(i, 2)) for i, f in live]
+
+    async def _handle(
+        self,
+        destination: str,
+        key: str,
+        group: str,
+        handler: Handler,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        attempt: int,
+    ) -> None:
+        redis = self._redis
+        while True:
+            headers = orjson.loads(fields.get(b"headers", b"{}"))
+            delivery = Delivery(
+                destination, fields.get(b"body", b""), fields.get(b"id", b"").decode(), attempt, headers
+            )
+            if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
+                await self._give_up(
+                    key, group, entry_id, delivery, f"delivered {attempt} times without being acknowledged"
+                )
+                return
+            beat = asyncio.create_task(self._keep_alive(key, group, entry_id))
+            try:
+                await handler(delivery)
+            except Exception as e:
+                if attempt >= self.max_deliveries:
+                    await self._give_up(
+                        key, group, entry_id, delivery, f"delivery {attempt} failed: {type(e).__name__}: {e}"
+                    )
+                    return
+                log.info("Redis: handling %s failed (delivery %d): %s", delivery.message_id, attempt, e)
+                await asyncio.sleep(self.redelivery_delay * 2 ** (attempt - 1))
+                try:  # take it again (counts a delivery); gone if another member took it over
+                    claimed = await redis.xclaim(key, group, self.consumer, 0, [entry_id])
+                except (RedisError, OSError):
+                    return  # still pending: claimed by someone after ack_timeout
+                if not claimed or claimed[0][1] is None:
+                    return
+                fields, attempt = claimed[0][1], attempt + 1
+                continue
+            else:
+                with contextlib.suppress(RedisError, OSError):  # a lost ack means one more delivery, no loss
+                    await redis.xack(key, group, entry_id)
+                return
+            finally:
+                beat.cancel()
+
+    async def _keep_alive(self, key: str, group: str, entry_id: bytes) -> None:
+        while True:
+            await asyncio.sleep(self.ack_timeout / 3)
+            with contextlib.suppress(RedisError, OSError):  # resets the idle time, counts no delivery
+                await self._redis.xclaim(key, group, self.consumer, 0, [entry_id], justid=True)
+
+    async def _give_up(self, key: str, group: str, entry_id: bytes, delivery: Delivery, reason: str) -> None:
+        log.warning("Redis: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
+        headers = {
+            **delivery.headers,
+            "x-sagakit-reason": reason,
+            "x-sagakit-destination": delivery.destination,
+            "x-sagakit-deliveries": str(delivery.attempt),
+        }
+        try:
+            await self._create_group(self.key(self.dead_letter), DEAD_LETTER_GROUP, "0")
+            await self.publish(self.dead_letter, delivery.body, message_id=delivery.message_id, headers=headers)
+            await self._redis.xack(key, group, entry_id)
+        except (TransportError, RedisError, OSError) as e:
+            log.warning("Redis: cannot dead-letter %s yet: %s", delivery.message_id, e)

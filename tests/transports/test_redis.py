@@ -1,0 +1,49 @@
+"""The transport contract on Redis Streams (the server at 127.0.0.1:6379)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from .contract import Kit, TransportContract
+from .kit import REDIS_ADDR, broker_missing
+
+
+def redis_url(kit_ns: str, address: tuple[str, int] | None = None, **options: Any) -> str:
+    host, port = address or REDIS_ADDR
+    return f"redis://{host}:{port}/0?{urlencode({'prefix': kit_ns, **options})}"
+
+
+async def drop_keys(prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=REDIS_ADDR[0], port=REDIS_ADDR[1])
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+class TestRedisTransport(TransportContract):
+    address = REDIS_ADDR
+    options = {"redelivery_delay": 0.01}
+
+    def missing(self) -> str | None:
+        return broker_missing("Redis", REDIS_ADDR, "redis", "redis")
+
+    def url(self, kit: Kit, address: tuple[str, int] | None = None, **options: Any) -> str:
+        return redis_url(kit.ns, address, **options)
+
+    async def cleanup(self, kit: Kit) -> None:
+        await drop_keys(kit.ns)
+
+    async def test_from_url_reads_the_options(self, kit: Kit) -> None:
+        from sagakit._transport import transport_from_url
+        from sagakit.transports.redis import RedisTransport
+
+        t = transport_from_url(self.url(kit, max_deliveries=7, ack_timeout=2.5, maxlen=1000))
+        assert isinstance(t, RedisTransport)
+        assert (t.prefix, t.max_deliveries, t.ack_timeout, t.maxlen) == (kit.ns, 7, 2.5, 1000)
+        assert t.url == "redis://127.0.0.1:6379/0"
