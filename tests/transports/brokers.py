@@ -1,0 +1,60 @@
+"""Real brokers for the saga-level tests: a fresh namespace per test, transports made from it, cleanup."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sagakit._transport import Transport, transport_from_url
+
+from .kit import NATS_ADDR, RABBIT_ADDR, REDIS_ADDR, broker_missing
+from .test_nats import drop_stream, nats_url
+from .test_rabbitmq import drop_topology, rabbit_url
+from .test_redis import drop_keys, redis_url
+
+NAMES = ["nats", "rabbitmq", "redis"]
+
+
+class Broker:
+    """One test's namespace on a real broker."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ns = f"t{uuid.uuid4().hex[:10]}"
+        self.subscribed: set[tuple[str, str]] = set()
+
+    def missing(self) -> str | None:
+        return {
+            "nats": lambda: broker_missing("NATS", NATS_ADDR, "nats", "nats"),
+            "rabbitmq": lambda: broker_missing("RabbitMQ", RABBIT_ADDR, "aio_pika", "rabbitmq"),
+            "redis": lambda: broker_missing("Redis", REDIS_ADDR, "redis", "redis"),
+        }[self.name]()
+
+    def url(self, **options: Any) -> str:
+        options.setdefault("dead_letter", f"{self.ns}.dead_letter")
+        if self.name == "nats":
+            return nats_url(self.ns, **options)
+        options.pop("ack_timeout", None)
+        if self.name == "rabbitmq":
+            return rabbit_url(self.ns, **options)
+        return redis_url(self.ns, **options)
+
+    def transport(self, **options: Any) -> Transport:
+        """A new transport in this namespace; its subscriptions are recorded for the cleanup."""
+        t: Any = transport_from_url(self.url(**options))
+        subscribe = t.subscribe
+
+        async def recording(destinations: Any, group: str, handler: Any) -> None:
+            self.subscribed.update((group, d) for d in destinations)
+            await subscribe(destinations, group, handler)
+
+        t.subscribe = recording
+        return t  # type: ignore[no-any-return]
+
+    async def cleanup(self) -> None:
+        if self.name == "nats":
+            await drop_stream(self.ns.upper())
+        elif self.name == "rabbitmq":
+            await drop_topology(self.ns, self.subscribed, f"{self.ns}.dead_letter")
+        else:
+            await drop_keys(self.ns)
