@@ -29,6 +29,7 @@ from ._errors import (
     UnknownSagaType,
 )
 from ._messages import send, wait_for
+from ._observe import AttemptInput, BaseObserver, CommitInput, LoggingObserver, Observer, TransitionInput
 from ._policy import RetryPolicy
 from ._snapshot import SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
@@ -55,10 +56,15 @@ def load_definition(
 
 
 __all__ = [
+    "AttemptInput",
+    "BaseObserver",
+    "CommitInput",
     "DefinitionError",
     "HistoryEntry",
+    "LoggingObserver",
     "NonRetryableError",
     "NotASagaStore",
+    "Observer",
     "PayloadTooLarge",
     "RetryPolicy",
     "SagaBuilder",
@@ -76,6 +82,7 @@ __all__ = [
     "StepStatus",
     "Store",
     "StoreError",
+    "TransitionInput",
     "UnknownSagaType",
     "__version__",
     "load_definition",

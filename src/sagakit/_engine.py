@@ -43,6 +43,7 @@ from ._errors import (
 )
 from ._messages import validate_state
 from ._messaging import Messaging
+from ._observe import Observer
 from ._runtime import _Held, _Pending, _Runtime
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
@@ -81,6 +82,7 @@ class SagaEngine(_Runtime):
         poll_interval: longest sleep of an idle worker between looks for due work.
         worker_id: name of this worker in leases and history (default: host:pid:random).
         clock: source of wall-clock time in seconds (injected in tests).
+        observers: objects told of every transition, attempt and commit (see ``sagakit.Observer``).
 
     Use it as an async context manager: entering starts the workers and
     resumes unfinished sagas; leaving shuts down gracefully.
@@ -98,6 +100,7 @@ class SagaEngine(_Runtime):
         shutdown_grace: float = 10.0,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        observers: Iterable[Observer] = (),
     ) -> None:
         if isinstance(store, str):
             store = store_from_url(store)
@@ -115,6 +118,7 @@ class SagaEngine(_Runtime):
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
         self._hold_for = min(1.0, self.lease_seconds / 3)
+        self._observers = tuple(observers)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self._threads = threads

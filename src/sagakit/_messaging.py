@@ -56,6 +56,18 @@ __all__ = ["Messaging"]
 
 log = logging.getLogger("sagakit")
 
+
+def traceparent(saga_id: str) -> str:
+    """The W3C traceparent of a saga's messages: the saga's id is its trace id (see sagakit.otel)."""
+    try:
+        trace_id = int(saga_id, 16)
+    except ValueError:
+        return ""
+    if not 0 < trace_id < 1 << 128:
+        return ""
+    return f"00-{trace_id:032x}-{(trace_id & ((1 << 64) - 1)) or 1:016x}-01"
+
+
 CONSUMER_GROUP = "sagakit"
 
 
@@ -138,6 +150,7 @@ class Messaging:
             step=eff.step,
             token=eff.token,
             correlation_id=st.correlation_id,
+            headers={"traceparent": traceparent(st.id)},
         )
         return OutboxMessage(
             id=f"{mid}/{eff.token}",

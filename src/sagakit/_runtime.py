@@ -31,6 +31,7 @@ from ._definition import SagaDefinition
 from ._errors import NonRetryableError, SagaBusy
 from ._messages import MessageMappingError
 from ._messaging import Messaging
+from ._observe import AttemptInput, CommitInput, Observer, TransitionInput
 from ._snapshot import SagaSnapshot
 from ._store import OutboxMessage, Store, Write
 from .machine import (
@@ -112,6 +113,14 @@ class _Runtime:
     _loop: asyncio.AbstractEventLoop | None
     _background: set[asyncio.Future[Any]]
     _work_waiter: asyncio.Future[Any] | None
+    _observers: tuple[Observer, ...]
+
+    def _report(self, method: str, event: object) -> None:
+        for o in self._observers:
+            try:
+                getattr(o, method)(event)
+            except Exception:
+                log.exception("sagakit: observer %r failed in %s", o, method)
 
     async def _flush(self) -> None:
         """Commit the queue now (used when no commit loop runs)."""
@@ -138,6 +147,13 @@ class _Runtime:
         old = held.state
         st = decision.state
         st.revision = old.revision + 1
+        if self._observers:
+            self._report(
+                "on_transition",
+                TransitionInput(
+                    st.id, st.name, st.version, old.status, st.status, tuple(decision.history), st.updated_at
+                ),
+            )
         held.state = st
         sid = st.id
         if held.history is not None:
@@ -280,6 +296,9 @@ class _Runtime:
             )
         try:
             results = await self.store.commit(writes)
+            if self._observers:
+                refused = sum(1 for r, p in zip(results, batch.values(), strict=True) if r is None and not p.insert)
+                self._report("on_commit", CommitInput(len(writes), refused, now, self.clock()))
         except BaseException:
             # Nothing of the batch is committed: queue it again, ahead of newer transitions.
             for sid, p in batch.items():
@@ -424,6 +443,7 @@ class _Runtime:
         event: Event
         slots = self._slots
         assert slots is not None
+        started = self.clock() if self._observers else 0.0
         try:
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
@@ -472,6 +492,16 @@ class _Runtime:
             sdef = defn.by_name[name]
             policy = sdef.compensation_retry if eff.compensation else sdef.retry
             event = StepFailed(name, eff.token, _describe(e), retryable=policy.is_retryable(e))
+        if self._observers:
+            error = event.error if isinstance(event, StepFailed) else None
+            outcome = "succeeded" if error is None else ("timed_out" if "timed out" in error else "failed")
+            self._report(
+                "on_attempt",
+                AttemptInput(
+                    st.id, st.name, name, eff.attempt, eff.compensation, started, self.clock(), outcome, error,
+                    st.correlation_id,
+                ),
+            )  # fmt: skip
         if held.inflight.pop(eff.token, None) is None or self._held.get(st.id) is not held:
             return  # the saga was aborted, finished or taken over meanwhile
         self._apply(held, event)
