@@ -75,6 +75,7 @@ class TransportContract:
     out_of_process: ClassVar[bool] = True  # a consumer in another process shares its groups
     options: ClassVar[dict[str, Any]] = {}  # transport options of every test (fast redelivery)
     counts_crash_redeliveries: ClassVar[bool] = True  # a redelivery after a crash has attempt >= 2
+    retries_transport_errors: ClassVar[bool] = True  # a handler's TransportError is not the message's fault
 
     # ------------------------------------------------------------ per transport
 
@@ -209,6 +210,17 @@ class TransportContract:
         assert letter.headers["x-sagakit-destination"] == kit.dest()
         await asyncio.sleep(0.5)
         assert len(got.deliveries) == 3
+
+    async def test_a_handler_failing_on_a_broker_outage_is_retried_not_dead_lettered(self, kit: Kit) -> None:
+        if not self.retries_transport_errors:
+            pytest.skip("this transport counts a handler's TransportError like any failure")
+        t = await kit.transport(max_deliveries=2, redelivery_delay=0.01)
+        got = Collector(fail=4, error=TransportError("broker unreachable"))
+        await kit.subscribe(t, [kit.dest()], kit.group(), got)
+        await t.publish(kit.dest(), b"x", message_id="m-outage")
+        await wait_until(lambda: len(got.done) == 1, 20, "the handler to succeed")
+        assert len(got.deliveries) == 5
+        assert {d.attempt for d in got.deliveries} == {1}  # retried in place: one delivery
 
     async def test_redelivered_after_a_consumer_closes_without_acknowledging(self, kit: Kit) -> None:
         a = await kit.transport(close_grace=0.2, ack_timeout=1.0)

@@ -153,3 +153,56 @@ def wait_port(addr: tuple[str, int], up: bool, timeout: float) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"{addr} still {'down' if up else 'up'} after {timeout}s")
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- stopping and starting the real servers
+
+
+def _run(cmd: list[str] | str) -> None:
+    subprocess.run(cmd, shell=isinstance(cmd, str), check=True, capture_output=True, timeout=120)
+
+
+def _stop_nats() -> None:
+    pid = pid_listening(NATS_ADDR[1])
+    assert pid is not None, "no nats-server listens on 4222"
+    os.kill(pid, 15)
+
+
+SERVERS: dict[str, tuple[tuple[str, int], Callable[[], None], Callable[[], None]]] = {
+    # name: (address, stop, start) -- the start commands are the machine's own
+    "redis": (
+        REDIS_ADDR,
+        lambda: _run(["redis-cli", "shutdown", "nosave"]),
+        lambda: _run(
+            'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+            "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+        ),
+    ),
+    "rabbitmq": (
+        RABBIT_ADDR,
+        lambda: _run(["rabbitmqctl", "stop_app"]),
+        lambda: _run(["rabbitmqctl", "start_app"]),
+    ),
+    "nats": (
+        NATS_ADDR,
+        _stop_nats,
+        lambda: _run(
+            "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- "
+            "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
+        ),
+    ),
+}
+
+
+def stop_server(name: str) -> None:
+    addr, stop, _ = SERVERS[name]
+    stop()
+    wait_port(addr, up=False, timeout=60)
+
+
+def start_server(name: str) -> None:
+    """Start the server unless it already answers."""
+    addr, _, start = SERVERS[name]
+    if not reachable(addr, 0.5):
+        start()
+    wait_port(addr, up=True, timeout=90)

@@ -223,7 +223,9 @@ class KafkaTransport:
             mid = headers.pop(_ID, "")
             for attempt in range(1, self.max_deliveries + 1):
                 try:
-                    await handler(Delivery(destination, record.value, mid, attempt, headers))
+                    await _call(
+                        handler, Delivery(destination, record.value, mid, attempt, headers), self.redelivery_delay
+                    )
                     break
                 except Exception as e:
                     if attempt == self.max_deliveries:
@@ -246,3 +248,19 @@ class KafkaTransport:
                 log.warning("Kafka: cannot dead-letter %s yet: %s", mid, err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
+    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
+
+    Such a failure says nothing about the message, so it does not count
+    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
+    """
+    while True:
+        try:
+            await handler(delivery)
+            return
+        except TransportError as e:
+            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -306,7 +306,7 @@ class NatsTransport:
             return
         beat = asyncio.create_task(self._keep_alive(msg))
         try:
-            await handler(delivery)
+            await _call(handler, delivery, self.redelivery_delay)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -353,3 +353,19 @@ class NatsTransport:
             return
         with contextlib.suppress(Exception):
             await msg.ack()
+
+
+async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
+    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
+
+    Such a failure says nothing about the message, so it does not count
+    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
+    """
+    while True:
+        try:
+            await handler(delivery)
+            return
+        except TransportError as e:
+            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -304,7 +304,7 @@ class RabbitMQTransport:
             await self._give_up(message, delivery, f"delivered {attempt} times without being acknowledged")
             return
         try:
-            await sub.handler(delivery)
+            await _call(sub.handler, delivery, self.redelivery_delay)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
@@ -339,3 +339,19 @@ class RabbitMQTransport:
             return
         with contextlib.suppress(Exception):
             await message.ack()
+
+
+async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
+    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
+
+    Such a failure says nothing about the message, so it does not count
+    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
+    """
+    while True:
+        try:
+            await handler(delivery)
+            return
+        except TransportError as e:
+            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

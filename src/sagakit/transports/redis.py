@@ -327,7 +327,7 @@ class RedisTransport:
                 return
             beat = asyncio.create_task(self._keep_alive(key, group, entry_id))
             try:
-                await handler(delivery)
+                await _call(handler, delivery, self.redelivery_delay)
             except Exception as e:
                 if attempt >= self.max_deliveries:
                     await self._give_up(
@@ -371,3 +371,19 @@ class RedisTransport:
             await self._redis.xack(key, group, entry_id)
         except (TransportError, RedisError, OSError) as e:
             log.warning("Redis: cannot dead-letter %s yet: %s", delivery.message_id, e)
+
+
+async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
+    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
+
+    Such a failure says nothing about the message, so it does not count
+    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
+    """
+    while True:
+        try:
+            await handler(delivery)
+            return
+        except TransportError as e:
+            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
