@@ -28,7 +28,7 @@ from sagakit.declarative import (
     render,
     snake_case,
 )
-from sagakit.declarative._generate import _pystr
+from sagakit.declarative._pysource import pystr
 
 from .conftest import FIXTURES, SEED
 
@@ -361,6 +361,6 @@ def test_app_root_option(project: Path) -> None:
 
 @given(st.text(max_size=40))
 def test_string_literals_round_trip(text: str) -> None:
-    literal = _pystr(text)
+    literal = pystr(text)
     assert ast.literal_eval(literal) == text
     assert "\n" not in literal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import keyword
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,9 @@ orchestrator_names = st.from_regex(r"[A-Z][a-z0-9]{0,6}([A-Z][a-z0-9]{1,6}){0,2}
     lambda s: s + "Orchestrator"
 )
 
-attribute_paths = st.lists(identifier.filter(lambda s: not s.startswith("_")), min_size=1, max_size=3).map(".".join)
+attribute_paths = st.lists(
+    identifier.filter(lambda s: not s.startswith("_") and not keyword.iskeyword(s)), min_size=1, max_size=3
+).map(".".join)
 
 
 def _correlation(param: str) -> st.SearchStrategy[str]:

@@ -18,20 +18,15 @@ an untouched file, but refuses to overwrite one that was edited unless
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import keyword
 import os
 import re
-import sys
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from .._errors import SagaError
-from ._correlation import compile_correlation
 from ._loader import (
     InvalidDefinition,
     Source,
@@ -41,10 +36,23 @@ from ._loader import (
     read_definition,
 )
 from ._models import SagaOrchestratorInputDTO, SagaStepInputDTO, success_events
+from ._pysource import (
+    LINE_LENGTH,
+    Call,
+    Chain,
+    Imports,
+    Layout,
+    correlation_body,
+    def_lines,
+    docstring,
+    flat_text,
+    layout_lines,
+    pystr,
+    string_assignment,
+)
 
 __all__ = ["GeneratedFileEdited", "generate", "module_path", "render", "snake_case"]
 
-LINE_LENGTH = 88
 _ORCHESTRATOR = re.compile(r"^[A-Z][A-Za-z0-9]*Orchestrator$")
 _RULE = (
     "Class: PascalCase, typically ends with 'Orchestrator'. "
@@ -82,338 +90,12 @@ def module_path(name: str, *, bounded_ctx: str, root: str | os.PathLike[str] = "
     return Path(root, app_root, "domain", bounded_ctx, "sagas", f"{snake_case(name)}.py")
 
 
-# ---------------------------------------------------------------- layout helpers
-
-
-def _pystr(s: str) -> str:
-    """A string literal the way ruff format writes it (double quotes unless that needs more escapes).
-
-    Non-ASCII characters are written as escapes.
-    """
-    quote = "'" if s.count('"') > s.count("'") else '"'
-    out = []
-    for ch in s:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == quote:
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif not ch.isprintable() or not ch.isascii():
-            # Non-ASCII is escaped too: linters flag look-alike characters (RUF001).
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return quote + "".join(out) + quote
-
-
-@dataclass
-class _Call:
-    """``head(args)`` (or a tuple when head is ""), laid out flat or one argument per line.
-
-    ``group`` makes a plain parenthesised expression: no trailing comma when split.
-    """
-
-    head: str
-    args: list[_Layout] = field(default_factory=list)
-    tuple: bool = False
-    group: bool = False
-
-
-@dataclass
-class _Chain:
-    """Operands joined by ``+``; split before each ``+`` (inside brackets) when too long."""
-
-    parts: list[_Layout]
-
-
-_Layout = _Call | _Chain | str
-
-
-def _flat(x: _Layout) -> str:
-    if isinstance(x, str):
-        return x
-    if isinstance(x, _Chain):
-        return " + ".join(_flat(p) for p in x.parts)
-    inner = ", ".join(_flat(a) for a in x.args)
-    if x.tuple and len(x.args) == 1:
-        inner += ","
-    return f"{x.head}({inner})"
-
-
-def _lines(x: _Layout, indent: int, prefix: str = "", suffix: str = "") -> list[str]:
-    pad = " " * indent
-    flat = prefix + _flat(x) + suffix
-    if isinstance(x, str) or indent + len(flat) <= LINE_LENGTH:
-        return [pad + flat]
-    if isinstance(x, _Chain):
-        # Only ever laid out inside brackets, where a line may start with "+".
-        out: list[str] = []
-        last = len(x.parts) - 1
-        for i, part in enumerate(x.parts):
-            out += _lines(part, indent, prefix if i == 0 else "+ ", suffix if i == last else "")
-        return out
-    if not x.args:
-        return [pad + flat]
-    # One argument per line with a trailing comma: ruff format keeps this
-    # layout (magic trailing comma), so the output is stable under formatting.
-    out = [f"{pad}{prefix}{x.head}("]
-    for a in x.args:
-        out += _lines(a, indent + 4, suffix="" if x.group else ",")
-    out.append(f"{pad}){suffix}")
-    return out
-
-
-def _def(indent: int, name: str, params: list[str], returns: str) -> list[str]:
-    return _lines(_Call(f"def {name}", list(params)), indent, suffix=f" -> {returns}:")
-
-
-def _string_assignment(indent: int, target: str, value: str | None) -> list[str]:
-    pad = " " * indent
-    if value is None:
-        return [f"{pad}{target} = None"]
-    one = f"{pad}{target} = {_pystr(value)}"
-    if len(one) <= LINE_LENGTH:
-        return [one]
-    width = LINE_LENGTH - indent - 4 - 3
-    chunks: list[str] = []
-    rest = value
-    while rest:
-        piece = rest[:width]
-        # Prefer to break after a space; never let the escaped literal overflow.
-        cut = piece.rfind(" ") + 1 if len(rest) > width and " " in piece[width // 2 :] else len(piece)
-        while len(_pystr(rest[:cut])) > width + 2 and cut > 1:
-            cut -= 1
-        chunks.append(rest[:cut])
-        rest = rest[cut:]
-    return [f"{pad}{target} = (", *(f"{pad}    {_pystr(c)}" for c in chunks), f"{pad})"]
-
-
-def _docstring(indent: int, summary: str, body: str = "") -> list[str]:
-    pad = " " * indent
-    # Room for both quote triples: ruff format puts the closing quotes of a
-    # one-line docstring on that line, however long it gets.
-    first = textwrap.wrap(summary, width=LINE_LENGTH - indent - 6, break_long_words=False)
-    if not body and len(first) == 1:
-        return [f'{pad}"""{summary}"""']
-    lines = [f'{pad}"""{first[0]}', *(f"{pad}{line}" for line in first[1:])]
-    if body:
-        lines.append("")
-        lines += [f"{pad}{line}" if line else "" for line in body.splitlines()]
-    lines.append(f'{pad}"""')
-    return lines
-
-
 _SAFE_TEXT = re.compile(r"^[A-Za-z0-9_.\- ]*$")
 
 
 def _safe(text: str) -> str:
     """Text for docstrings and comments: identifiers and file names only, else a placeholder."""
     return text if _SAFE_TEXT.match(text) else "(name not shown)"
-
-
-# ---------------------------------------------------------------- imports
-
-
-def _natural(s: str) -> tuple[tuple[int, int], ...]:
-    # Character order with digit runs compared as numbers, like ruff's isort.
-    key: list[tuple[int, int]] = []
-    for run in re.findall(r"\d+|\D", s):
-        key.append((ord("0"), int(run)) if run[0].isdigit() else (ord(run), 0))
-    return tuple(key)
-
-
-def _module_key(module: str) -> tuple[object, ...]:
-    return (_natural(module.lower()), _natural(module))
-
-
-def _member_key(name: str) -> tuple[object, ...]:
-    kind = 0 if len(name) > 1 and name.isupper() else 1 if name[:1].isupper() else 2
-    return (kind, _natural(name.lower()), _natural(name))
-
-
-def _section(module: str, root: Path) -> int:
-    top = module.split(".", maxsplit=1)[0]
-    if top == "__future__":
-        return 0
-    if top in sys.stdlib_module_names:
-        return 1
-    for base in (root, root / "src"):
-        if (base / top).is_dir() or (base / f"{top}.py").is_file():
-            return 3
-    return 2
-
-
-class _Imports:
-    """The generated module's imports; gives each (module, name) a unique local name."""
-
-    def __init__(self, reserved: set[str]) -> None:
-        self.reserved = reserved
-        self.local: dict[tuple[str, str], str] = {}
-
-    def add(self, module: str, name: str) -> str:
-        key = (module, name)
-        if key in self.local:
-            return self.local[key]
-        taken = self.reserved | set(self.local.values())
-        local = name
-        n = 2
-        while local in taken:
-            local = f"{name}{n}"
-            n += 1
-        self.local[key] = local
-        return local
-
-    def render(self, root: Path) -> list[str]:
-        by_module: dict[str, list[tuple[str, str]]] = {}
-        for (module, name), local in self.local.items():
-            by_module.setdefault(module, []).append((name, local))
-        sections: dict[int, list[str]] = {}
-        for module in sorted(by_module, key=_module_key):
-            members = by_module[module]
-            plain = sorted((n for n, local in members if n == local), key=_member_key)
-            aliased = sorted(((n, a) for n, a in members if n != a), key=lambda p: (_member_key(p[0]), p[1]))
-            # Like isort: one statement for the plain names, one per alias,
-            # ordered by their first name (plain before alias on a tie).
-            statements: list[tuple[tuple[object, ...], list[str]]] = []
-            if plain:
-                statements.append(((_member_key(plain[0]), ""), plain))
-            statements += [((_member_key(n), a), [f"{n} as {a}"]) for n, a in aliased]
-            out = sections.setdefault(_section(module, root), [])
-            for _, names in sorted(statements, key=lambda st: st[0]):
-                out += _import_lines(module, names)
-        lines: list[str] = []
-        for key in sorted(sections):
-            if lines:
-                lines.append("")
-            lines += sections[key]
-        return lines
-
-
-def _import_lines(module: str, names: list[str]) -> list[str]:
-    one = f"from {module} import {', '.join(names)}"
-    if len(one) <= LINE_LENGTH:
-        return [one]
-    head = f"from {module} import ("
-    if len(head) > LINE_LENGTH:
-        # A module path longer than a line cannot be wrapped; say so to the linter.
-        head += "  # noqa: E501"
-    return [head, *(f"    {n}," for n in names), ")"]
-
-
-# ---------------------------------------------------------------- correlation source
-
-
-def _expr_source(node: ast.expr, in_fstring: bool = False) -> str:
-    """Source of an accepted correlation expression, quoted the way ruff format quotes."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_expr_source(node.value, in_fstring)}.{node.attr}"
-    if isinstance(node, ast.Subscript):
-        return f"{_expr_source(node.value, in_fstring)}[{_expr_source(node.slice, in_fstring)}]"
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return f"-{_expr_source(node.operand, in_fstring)}"
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, str):
-            return repr(node.value) if in_fstring else _pystr(node.value)
-        return repr(node.value)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        return f"{node.func.id}({', '.join(_expr_source(a, in_fstring) for a in node.args)})"
-    if isinstance(node, ast.BinOp):
-        return f"{_expr_source(node.left, in_fstring)} + {_expr_source(node.right, in_fstring)}"
-    if isinstance(node, ast.JoinedStr):
-        parts = []
-        for v in node.values:
-            if isinstance(v, ast.Constant):
-                text = str(v.value).replace("{", "{{").replace("}", "}}")
-                parts.append(_pystr(text)[1:-1] if '"' not in text else text)
-            elif isinstance(v, ast.FormattedValue):
-                flag = f"!{chr(v.conversion)}" if v.conversion != -1 else ""
-                parts.append("{" + _expr_source(v.value, True) + flag + "}")
-        return 'f"' + "".join(parts) + '"'
-    raise ValueError(f"unexpected node {ast.dump(node)}")
-
-
-def _correlation_body(source: str) -> tuple[str, _Layout, bool]:
-    """(parameter, body layout, body is certainly a str) of an accepted correlation lambda."""
-    fn = compile_correlation(source)
-    lam = ast.parse(source.strip(), mode="eval").body
-    assert isinstance(lam, ast.Lambda)
-    tree = _Tidy().visit(lam.body)
-    try:
-        body = _expr_source(tree)
-        same = ast.dump(ast.parse(body, mode="eval").body) == ast.dump(tree)
-    except (ValueError, SyntaxError):
-        same = False
-    layout = _expr_layout(tree) if same else ast.unparse(tree)
-    return fn.parameter, layout, fn.returns_str
-
-
-def _expr_layout(node: ast.expr) -> _Layout:
-    """Calls and ``+`` chains as breakable layout; everything else as its flat source."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        return _Call(node.func.id, [_expr_layout(a) for a in node.args])
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        parts: list[_Layout] = []
-        for side in (node.left, node.right):
-            inner = _expr_layout(side)
-            # "+" is left-associative: only the left operand continues the chain.
-            if isinstance(inner, _Chain) and side is node.left:
-                parts += inner.parts
-            elif isinstance(inner, _Chain):
-                parts.append(_Call("", [inner], group=True))
-            else:
-                parts.append(inner)
-        return _Chain(parts)
-    return _expr_source(node)
-
-
-class _Tidy(ast.NodeTransformer):
-    """Rewrite an accepted correlation body into the equivalent form linters ask for.
-
-    ``f"{str(x)}"`` -> ``f"{x!s}"`` (RUF010), ``int(int(x))`` -> ``int(x)``
-    (RUF046) and ``str("a")`` -> ``"a"`` (UP018): the same value every time.
-    """
-
-    _TYPES: ClassVar[dict[str, type]] = {"str": str, "int": int, "float": float}
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        name = _conversion(node)
-        if name is None:
-            return node
-        arg = node.args[0]
-        if _conversion(arg) == name:
-            return arg
-        if isinstance(arg, ast.Constant) and type(arg.value) is self._TYPES[name]:
-            return arg
-        return node
-
-    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
-        self.generic_visit(node)
-        if node.conversion == -1 and node.format_spec is None and _conversion(node.value) == "str":
-            assert isinstance(node.value, ast.Call)
-            return ast.FormattedValue(value=node.value.args[0], conversion=ord("s"), format_spec=None)
-        return node
-
-
-def _conversion(node: ast.AST) -> str | None:
-    """ "str", "int" or "float" for a one-argument call of that builtin, else None."""
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id in ("str", "int", "float")
-        and len(node.args) == 1
-        and not node.keywords
-    ):
-        return node.func.id
-    return None
 
 
 # ---------------------------------------------------------------- rendering
@@ -474,7 +156,7 @@ def render(
     dto = definition
     _check_name(dto.name)
     reserved = _MODULE_NAMES | {dto.name}
-    imports = _Imports(reserved)
+    imports = Imports(reserved)
     resolver = _Resolver()
 
     state = imports.add(dto.state_dto_module, dto.state_dto_name)
@@ -483,8 +165,8 @@ def render(
     hooks = _Hooks(used={"saga_type", "state_dto", "state_repository", "description", "build_definition"})
     builder: list[str] = []
     indent = 8
-    builder += _lines(
-        _Call("SagaBuilder", [_pystr(dto.saga_type), "version=version", "description=cls.description"]),
+    builder += layout_lines(
+        Call("SagaBuilder", [pystr(dto.saga_type), "version=version", "description=cls.description"]),
         indent,
         prefix="b = ",
     )
@@ -492,19 +174,19 @@ def render(
 
     for t in dto.triggering_events:
         event = imports.add(t.event_module, t.event_name)
-        param, expr, is_str = _correlation_body(t.correlation_id_provider_str)
+        param, expr, is_str = correlation_body(t.correlation_id_provider_str)
         hook = hooks.name(_ident(f"correlate_{snake_case(t.event_name)}", "correlate"))
-        ret: _Layout = _Call("to_correlation_id", [expr]) if not is_str else expr
-        if isinstance(ret, _Chain) and 15 + len(_flat(ret)) > LINE_LENGTH:
-            ret = _Call("", [ret], group=True)  # split inside parentheses
+        ret: Layout = Call("to_correlation_id", [expr]) if not is_str else expr
+        if isinstance(ret, Chain) and 15 + len(flat_text(ret)) > LINE_LENGTH:
+            ret = Call("", [ret], group=True)  # split inside parentheses
         hooks.lines += [
             "",
             "    @staticmethod",
-            *_def(4, hook, [f"{param}: {event}"], "str"),
-            *_docstring(8, f"Correlation id of {event} (the definition's lambda)."),
-            *_lines(ret, 8, prefix="return "),
+            *def_lines(4, hook, [f"{param}: {event}"], "str"),
+            *docstring(8, f"Correlation id of {event} (the definition's lambda)."),
+            *layout_lines(ret, 8, prefix="return "),
         ]
-        builder += _lines(_Call("b.trigger", [event, f"correlation=cls.{hook}"]), indent)
+        builder += layout_lines(Call("b.trigger", [event, f"correlation=cls.{hook}"]), indent)
 
     for step in dto.steps:
         builder += _step(step, dto, imports, hooks, resolver)
@@ -519,19 +201,19 @@ def render(
     if resolver.errors:
         raise InvalidDefinition(resolver.errors, origin)
 
-    extras = _Call(
+    extras = Call(
         "b.extras.update",
         [
-            f"orchestrator={_pystr(dto.name)}",
+            f"orchestrator={pystr(dto.name)}",
             "description=cls.description",
             "state_repository=cls.state_repository",
-            "imports=" + _flat(_imports_tuple(dto)),
+            "imports=" + flat_text(_imports_tuple(dto)),
             "compensating_transactions="
-            + _flat(_Call("", [_pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True)),
+            + flat_text(Call("", [pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True)),
         ],
     )
     # Keyword values are laid out flat inside; split the call itself one per line.
-    extras_lines = _lines(extras, indent)
+    extras_lines = layout_lines(extras, indent)
     if any(len(line) > LINE_LENGTH for line in extras_lines):
         extras_lines = _extras_exploded(dto, indent)
     builder += extras_lines
@@ -547,7 +229,7 @@ def render(
     ]
     out: list[str] = [
         *header,
-        *_docstring(
+        *docstring(
             0,
             f"{_safe(dto.name)}: orchestrates the {_safe(dto.saga_type)} saga.",
             "Built with sagakit's code-first API from a declarative definition: ``definition``\n"
@@ -566,7 +248,7 @@ def render(
         imports.local[("sagakit", name)] = name
     imports.local[("sagakit.declarative", "default_command")] = "default_command"
     imports.local[("sagakit.declarative", "merge_event")] = "merge_event"
-    if any(not _correlation_body(t.correlation_id_provider_str)[2] for t in dto.triggering_events):
+    if any(not correlation_body(t.correlation_id_provider_str)[2] for t in dto.triggering_events):
         imports.local[("sagakit.declarative", "to_correlation_id")] = "to_correlation_id"
     out += imports.render(Path(root))
     out += [
@@ -575,22 +257,22 @@ def render(
         "",
         "",
         f"class {dto.name}:",
-        *_docstring(
+        *docstring(
             4,
             f"The {_safe(dto.saga_type)} saga: its state, triggers, steps and hooks.",
             "Edit the hooks to customise how commands are built from the saga state and how\n"
             "events change it; ``build_definition`` wires them into the saga.",
         ),
         "",
-        f"    saga_type = {_pystr(dto.saga_type)}",
+        f"    saga_type = {pystr(dto.saga_type)}",
         f"    state_dto = {state}",
         f"    state_repository = {repository}",
-        *_string_assignment(4, "description: str | None", dto.description),
+        *string_assignment(4, "description: str | None", dto.description),
     ]
     if custom:
         out += [
             "    # The definition's custom imports, at hand for the hooks.",
-            *_lines(_Call("", list(custom), tuple=True), 4, prefix="custom_imports = "),
+            *layout_lines(Call("", list(custom), tuple=True), 4, prefix="custom_imports = "),
         ]
     out += [
         "",
@@ -611,11 +293,11 @@ def render(
     return text + _CHECKSUM + _checksum(text) + "\n"
 
 
-def _imports_tuple(dto: SagaOrchestratorInputDTO) -> _Call:
-    return _Call(
+def _imports_tuple(dto: SagaOrchestratorInputDTO) -> Call:
+    return Call(
         "",
         [
-            _Call("", [_pystr(imp.module), _Call("", [_pystr(n) for n in imp.names], tuple=True)], tuple=True)
+            Call("", [pystr(imp.module), Call("", [pystr(n) for n in imp.names], tuple=True)], tuple=True)
             for imp in dto.imports
         ],
         tuple=True,
@@ -624,15 +306,15 @@ def _imports_tuple(dto: SagaOrchestratorInputDTO) -> _Call:
 
 def _extras_exploded(dto: SagaOrchestratorInputDTO, indent: int) -> list[str]:
     pad = " " * (indent + 4)
-    comp = _Call("", [_pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True)
+    comp = Call("", [pystr(s.step_name) for s in dto.steps if s.is_compensating_transaction], tuple=True)
     lines = [
         f"{' ' * indent}b.extras.update(",
-        f"{pad}orchestrator={_pystr(dto.name)},",
+        f"{pad}orchestrator={pystr(dto.name)},",
         f"{pad}description=cls.description,",
         f"{pad}state_repository=cls.state_repository,",
     ]
-    lines += _lines(_imports_tuple(dto), indent + 4, prefix="imports=", suffix=",")
-    lines += _lines(comp, indent + 4, prefix="compensating_transactions=", suffix=",")
+    lines += layout_lines(_imports_tuple(dto), indent + 4, prefix="imports=", suffix=",")
+    lines += layout_lines(comp, indent + 4, prefix="compensating_transactions=", suffix=",")
     lines.append(f"{' ' * indent})")
     return lines
 
@@ -640,7 +322,7 @@ def _extras_exploded(dto: SagaOrchestratorInputDTO, indent: int) -> list[str]:
 def _step(
     step: SagaStepInputDTO,
     dto: SagaOrchestratorInputDTO,
-    imports: _Imports,
+    imports: Imports,
     hooks: _Hooks,
     resolver: _Resolver,
 ) -> list[str]:
@@ -656,15 +338,15 @@ def _step(
     merge = hooks.name(f"{base}_succeeded")
     hooks.lines += _command_hook(make, step.step_name, command, "command")
     hooks.lines += _merge_hook(merge, step.step_name, success, "success event")
-    args: list[_Layout] = [command, _list_arg("success", success)]
+    args: list[Layout] = [command, _list_arg("success", success)]
     if failure is not None:
         args.append(f"failure={failure}")
     args += [f"to_command=cls.{make}", f"merge=cls.{merge}"]
-    step_args: list[_Layout] = [_pystr(step.step_name), _Call("action=send", args)]
+    step_args: list[Layout] = [pystr(step.step_name), Call("action=send", args)]
 
     if step.compensation_command_name is not None and step.compensation_command_module is not None:
         comp = imports.add(step.compensation_command_module, step.compensation_command_name)
-        comp_args: list[_Layout] = [comp]
+        comp_args: list[Layout] = [comp]
         outcomes: list[str] = []
         for field_name in ("compensation_success_event_name", "compensation_failure_event_name"):
             value = getattr(step, field_name)
@@ -685,8 +367,8 @@ def _step(
             merge_comp = hooks.name(f"{base}_compensated")
             hooks.lines += _merge_hook(merge_comp, step.step_name, [comp_success], "compensation success event")
             comp_args.append(f"merge=cls.{merge_comp}")
-        step_args.append(_Call("compensation=send", comp_args))
-    return _lines(_Call("b.step", step_args), 8, suffix="")
+        step_args.append(Call("compensation=send", comp_args))
+    return layout_lines(Call("b.step", step_args), 8, suffix="")
 
 
 def _list_arg(name: str, items: list[str]) -> str:
@@ -697,9 +379,9 @@ def _command_hook(name: str, step_name: str, command: str, what: str) -> list[st
     return [
         "",
         "    @staticmethod",
-        *_def(4, name, ["state: Mapping[str, Any]"], command),
-        *_docstring(8, f"The {what} of step {_safe(step_name)}, built from the saga state."),
-        *_lines(_Call("default_command", [command, "state"]), 8, prefix="return "),
+        *def_lines(4, name, ["state: Mapping[str, Any]"], command),
+        *docstring(8, f"The {what} of step {_safe(step_name)}, built from the saga state."),
+        *layout_lines(Call("default_command", [command, "state"]), 8, prefix="return "),
     ]
 
 
@@ -707,9 +389,9 @@ def _merge_hook(name: str, step_name: str, events: list[str], what: str) -> list
     return [
         "",
         "    @staticmethod",
-        *_def(4, name, ["state: Mapping[str, Any]", f"event: {' | '.join(events)}"], "Mapping[str, Any]"),
-        *_docstring(8, f"The saga state after a {what} of step {_safe(step_name)}."),
-        *_lines(_Call("merge_event", ["state", "event"]), 8, prefix="return "),
+        *def_lines(4, name, ["state: Mapping[str, Any]", f"event: {' | '.join(events)}"], "Mapping[str, Any]"),
+        *docstring(8, f"The saga state after a {what} of step {_safe(step_name)}."),
+        *layout_lines(Call("merge_event", ["state", "event"]), 8, prefix="return "),
     ]
 
 
