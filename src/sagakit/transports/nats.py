@@ -194,7 +194,8 @@ class NatsTransport:
         log.debug("NATS: %s", e)
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS: disconnected from %s; reconnecting", self.url)
+        if self._nc is not None and not self._nc.is_closed:  # not our own close()
+            log.warning("NATS: disconnected from %s; reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
         log.warning("NATS: reconnected to %s", self.url)

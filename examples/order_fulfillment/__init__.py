@@ -1,0 +1,1 @@
+"""Order fulfilment across processes: an orchestrator and inventory, payment and shipping services over a broker."""
