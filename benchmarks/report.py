@@ -53,6 +53,12 @@ def spawn_rate(m: dict[str, Any]) -> float:
     return m["n"] / m["seconds"]
 
 
+def busy(m: dict[str, Any]) -> float:
+    """Cores the workers and the server kept busy while the sagas ran (of the machine's 2)."""
+    secs = m.get("processing_seconds") or m["seconds"]
+    return float((m.get("worker_cpu_seconds") or 0) + (m.get("server_cpu_seconds") or 0)) / secs
+
+
 def ok(m: dict[str, Any]) -> bool:
     return "error" not in m and "unsupported" not in m and bool(m.get("ok"))
 
@@ -173,9 +179,16 @@ def headline(f: Figures, store: str) -> str:
     return table(head, rows)
 
 
+def per_saga_ms(ms: Sequence[dict[str, Any]], key: str) -> float | None:
+    """Median over runs of a CPU figure (seconds) per saga, in milliseconds."""
+    return med([m[key] * 1000 / m["n"] for m in ms if ok(m) and m.get(key) is not None])
+
+
 def detail(f: Figures, store: str) -> str:
     head = ["workload", "system", "N", "sagas/s", "steps/s", "p50 step-to-step (ms)", "p99 (ms)",
-            "peak RSS (MiB)", "write tx / saga"]  # fmt: skip
+            "peak RSS (MiB)", "write tx / saga", "CPU ms / saga"]  # fmt: skip
+    if store == "postgresql":
+        head.append("server CPU ms / saga")
     rows = []
     for w in WORKLOADS:
         for system, n in f.series(store, w):
@@ -185,22 +198,24 @@ def detail(f: Figures, store: str) -> str:
             good = [m for m in ms if ok(m)]
             if not good:
                 why = ms[0].get("unsupported") or ms[0].get("error", "failed").splitlines()[-1][:80]
-                rows.append([w, NAMES[system], f"{n:,}", f"not run: {why}", "", "", "", "", ""])
+                rows.append([w, NAMES[system], f"{n:,}", f"not run: {why}", *([""] * (len(head) - 4))])
                 continue
-            rows.append(
-                [
-                    w,
-                    NAMES[system],
-                    f"{n:,}",
-                    span([rate(m) for m in good]),
-                    span([m["step_runs"] / m["seconds"] for m in good]),
-                    fmt(lat(good, "p50"), ".1f"),
-                    fmt(lat(good, "p99"), ".1f"),
-                    fmt(max(m.get("peak_rss_mb", 0) for m in good), ".0f"),
-                    fmt(med([m["write_tx"] / m["n"] for m in good if m.get("write_tx") is not None]), ".2f"),
-                ]
-            )
-    return table(head, rows, "lllrrrrrr")
+            row = [
+                w,
+                NAMES[system],
+                f"{n:,}",
+                span([rate(m) for m in good]),
+                span([m["step_runs"] / m["seconds"] for m in good]),
+                fmt(lat(good, "p50"), ".1f"),
+                fmt(lat(good, "p99"), ".1f"),
+                fmt(max(m.get("peak_rss_mb", 0) for m in good), ".0f"),
+                fmt(med([m["write_tx"] / m["n"] for m in good if m.get("write_tx") is not None]), ".2f"),
+                fmt(per_saga_ms(good, "cpu_seconds"), ".2f"),
+            ]
+            if store == "postgresql":
+                row.append(fmt(per_saga_ms(good, "server_cpu_seconds"), ".2f"))
+            rows.append(row)
+    return table(head, rows, "lll" + "r" * (len(head) - 3))
 
 
 def workers_table(f: Figures) -> str:
@@ -208,7 +223,9 @@ def workers_table(f: Figures) -> str:
     n, dn = f.cfg["workers_n"], f.cfg["dbos_workers_n"]
     base = f.runs_of("workers", "sagakit", "postgresql", "A", n, 1)
     head = ["worker processes", f"sagakit sagas/s (N={n:,})", "from spawn", "vs 1 worker", "worker peak RSS (MiB)",
-            "write tx / saga", f"DBOS sagas/s (N={dn:,})", "DBOS from spawn", "sagakit ÷ DBOS"]  # fmt: skip
+            "write tx / saga", "worker CPU ms / saga", "server CPU ms / saga", "cores busy",
+            f"DBOS sagas/s (N={dn:,})", "DBOS from spawn", "DBOS worker CPU ms / saga", "DBOS server CPU ms / saga",
+            "sagakit ÷ DBOS"]  # fmt: skip
     rows = []
     for k in k_list:
         sk = f.get("workers", "sagakit", "postgresql", "A", n, k)
@@ -216,19 +233,22 @@ def workers_table(f: Figures) -> str:
         skr = f.runs_of("workers", "sagakit", "postgresql", "A", n, k)
         dbr = f.runs_of("workers", "dbos", "postgresql", "A", dn, k)
         good = [m for m in sk if ok(m)]
-        rows.append(
-            [
-                str(k),
-                span(list(skr.values())),
-                span([spawn_rate(m) for m in good]),
-                span(f.ratio(skr, base), ".2f") if k != 1 else "1",
-                fmt(max((m.get("worker_peak_rss_mb") or 0 for m in good), default=None), ".0f"),
-                fmt(med([m["write_tx"] / m["n"] for m in good if m.get("write_tx") is not None]), ".3f"),
-                span(list(dbr.values())),
-                span([spawn_rate(m) for m in db if ok(m)]),
-                span(f.ratio(skr, dbr), ",.0f") + " ~x~" if dbr else "—",
-            ]
-        )
+        rows.append([
+            str(k),
+            span(list(skr.values())),
+            span([spawn_rate(m) for m in good]),
+            span(f.ratio(skr, base), ".2f") if k != 1 else "1",
+            fmt(max((m.get("worker_peak_rss_mb") or 0 for m in good), default=None), ".0f"),
+            fmt(med([m["write_tx"] / m["n"] for m in good if m.get("write_tx") is not None]), ".3f"),
+            fmt(per_saga_ms(good, "worker_cpu_seconds"), ".2f"),
+            fmt(per_saga_ms(good, "server_cpu_seconds"), ".2f"),
+            fmt(med([busy(m) for m in good if m.get("worker_cpu_seconds") is not None]), ".2f"),
+            span(list(dbr.values())),
+            span([spawn_rate(m) for m in db if ok(m)]),
+            fmt(per_saga_ms(db, "worker_cpu_seconds"), ".1f"),
+            fmt(per_saga_ms(db, "server_cpu_seconds"), ".1f"),
+            span(f.ratio(skr, dbr), ",.0f") + " ~x~" if dbr else "~-~",
+        ])  # fmt: skip
     return table(head, rows)
 
 

@@ -230,3 +230,33 @@ def test_standalone_benchmark_runner() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["workloads"]["A"]["raw"]["transactions_per_saga"] == 4
+
+
+def test_bench_workloads_c_and_d_run_on_sqlite() -> None:
+    result = run("bench", "--n", "40", "--runs", "1", "--workload", "D", "--json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)["workloads"]["D"]
+    assert d["raw"]["transactions_per_saga"] == 10  # created, then 8 parallel steps and the join
+    assert d["sagakit"]["steps_per_s"]["median"] / d["sagakit"]["sagas_per_s"]["median"] == pytest.approx(9)
+
+
+def test_bench_refuses_workers_on_sqlite() -> None:
+    result = run("bench", "--n", "10", "--runs", "1", "--workers", "2")
+    assert result.exit_code == 1
+    assert "PostgreSQL" in result.output
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_bench_on_postgres_in_process_and_with_a_worker_process() -> None:
+    from tests.conftest import PG_DSN, pg_available, require_service
+
+    require_service(pg_available())
+    result = run("bench", "--store", PG_DSN, "--n", "60", "--runs", "1", "--workers", "0,1", "--no-dbos", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["store"] == "postgresql" and summary["workload"] == "A" and summary["dbos"] is None
+    assert set(summary["modes"]) == {"0", "1"}
+    for mode in summary["modes"].values():
+        assert mode["sagakit"]["sagas_per_s"]["median"] > 0
+        assert mode["dbos"] is None

@@ -113,6 +113,42 @@ def percentiles(gaps: Sequence[float]) -> dict[str, float | None]:
     return {"p50": xs[n // 2], "p99": xs[min(n - 1, int(n * 0.99))], "samples": n}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every process named postgres on this machine (the local server; approximate)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # The postmaster's children that exited (closed connections) count through cutime/cstime.
+            total += sum(int(x) for x in fields[11:15]) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["tx", "batch"], default="tx")
     args = parser.parse_args()
     spec = common.WORKLOADS[args.workload]
+    server0 = common.postgres_cpu_seconds() if args.store == "postgresql" else 0.0
+    cpu0 = common.cpu_seconds()
     if args.store == "sqlite":
         run = sqlite_tx if args.mode == "tx" else sqlite_batch
         seconds, tx = run(spec, args.n, args.db)
@@ -219,6 +221,8 @@ def main() -> None:
         else:
             seconds, tx = asyncio.run(pg_batch(spec, args.n, args.db, schema))
         version = f"asyncpg {asyncpg.__version__}, pool of {POOL}"
+    cpu = common.cpu_seconds() - cpu0  # the schema's setup and teardown included: small
+    server = common.postgres_cpu_seconds() - server0 if args.store == "postgresql" else None
     common.emit(
         {
             "system": f"raw-{args.mode}",
@@ -233,6 +237,8 @@ def main() -> None:
             "ok": True,
             "finished": args.n,
             "write_tx": tx,
+            "cpu_seconds": cpu,
+            "server_cpu_seconds": server,
             "transitions_per_saga": spec.transitions,
         }
     )

@@ -42,12 +42,14 @@ import itertools
 import json
 import os
 import platform
+import resource
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 import uuid
@@ -213,6 +215,8 @@ class Counters:
     finished: int = 0
     claims: int = 0
     claim_seconds: list[float] = field(default_factory=list)  # claims that returned sagas
+    commit_seconds: list[float] = field(default_factory=list)
+    next_wakes: int = 0  # reads of the earliest wake time (the claim loop's look for due work)
     progressed: asyncio.Event | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -223,6 +227,8 @@ class Counters:
             "finished": self.finished,
             "claims": self.claims,
             "claim_seconds": self.claim_seconds[-2000:],
+            "commit_seconds": self.commit_seconds[-2000:],
+            "next_wakes": self.next_wakes,
         }
 
 
@@ -239,7 +245,9 @@ def _wrappers(counters: Counters, get: Callable[[str], Callable[..., Awaitable[A
         counters.transactions += 1
         counters.commits += 1
         counters.writes += len(writes)
+        begin = time.perf_counter()
         results: list[str | None] = await commit_orig(*args)
+        counters.commit_seconds.append(time.perf_counter() - begin)
         ended = sum(1 for w, r in zip(writes, results, strict=True) if r == w.state.id and w.state.status.terminal)
         if ended:
             counters.finished += ended
@@ -256,7 +264,13 @@ def _wrappers(counters: Counters, get: Callable[[str], Callable[..., Awaitable[A
             counters.claim_seconds.append(time.perf_counter() - begin)
         return states
 
-    out: dict[str, Any] = {"commit": commit, "claim": claim}
+    next_wake_orig = get("next_wake")
+
+    async def next_wake(*args: Any) -> Any:
+        counters.next_wakes += 1
+        return await next_wake_orig(*args)
+
+    out: dict[str, Any] = {"commit": commit, "claim": claim, "next_wake": next_wake}
     for name in _WRITE_METHODS:
         orig = get(name)
 
@@ -285,7 +299,7 @@ def _count_in_this_worker(path: str) -> None:
     """In a ``sagakit worker`` process: count every store's writes; write the counts at exit."""
     counters = Counters()
     for cls in (SQLiteStore, PostgresStore):
-        originals = {name: getattr(cls, name) for name in ("commit", "claim", *_WRITE_METHODS)}
+        originals = {name: getattr(cls, name) for name in ("commit", "claim", "next_wake", *_WRITE_METHODS)}
         for name, fn in _wrappers(counters, originals.__getitem__).items():
             setattr(cls, name, fn)
 
@@ -437,8 +451,12 @@ async def run_one(
     store = _store_for(url, directory, w.key)
     counters = Counters()
     instrument(store, counters)
+    pg_cpu0 = _postgres_cpu() if isinstance(store, PostgresStore) else 0.0
+    cpu0 = _self_cpu()
     seconds, calls = await run_sagakit(w, n, in_flight, store, counters)
+    cpu = _self_cpu() - cpu0
     out: dict[str, Any] = {
+        "cpu_seconds": cpu,
         "seconds": seconds,
         "step_runs": calls,
         "ok": True,
@@ -447,6 +465,8 @@ async def run_one(
         "commits": counters.commits,
         "saga_writes": counters.writes,
     }
+    if isinstance(store, PostgresStore):
+        out["server_cpu_seconds"] = _postgres_cpu() - pg_cpu0
     await store.open()  # the engine closed it; reopen to read the histories and clean up
     try:
         if latencies:
@@ -521,9 +541,11 @@ async def run_workers(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="sagakit-bench-") as tmp:
+            pg_cpu0 = _postgres_cpu()
             begin_wall = time.time()
             begin = time.perf_counter()
             procs.extend(_spawn_workers(workers, store_url, concurrency, tmp))
+            ready_cpu = _watch_ready(procs)
             last, last_change = -1, time.perf_counter()
             done, end_at = 0, None
             while True:
@@ -533,7 +555,7 @@ async def run_workers(
                     break
                 dead = [p for p in procs if p.poll() is not None]
                 if dead:
-                    err = (dead[0].stderr.read() if dead[0].stderr else b"").decode(errors="replace")[-2000:]
+                    err = _log_tail(tmp, procs.index(dead[0]))
                     raise BenchError(f"a sagakit worker exited with status {dead[0].returncode}: {err}")
                 if done != last:
                     last, last_change = done, time.perf_counter()
@@ -542,6 +564,8 @@ async def run_workers(
             wall = time.perf_counter() - begin
             seconds = (end_at - begin_wall) if end_at is not None else wall
             rss = [_vm_hwm_mb(p.pid) for p in procs]
+            cpu = sum(_proc_cpu(p.pid) for p in procs) - sum(ready_cpu)
+            pg_cpu = _postgres_cpu() - pg_cpu0
             _stop(procs)
             counts = _read_counts(workers, tmp)
         first = await monitor._pool.fetchval("SELECT min(at) FROM sagakit_history WHERE kind = 'started'")
@@ -559,7 +583,14 @@ async def run_workers(
             "write_tx": sum(c["transactions"] for c in counts) if len(counts) == workers else None,
             "producer_tx": n,
             "claims": sum(c["claims"] for c in counts) if counts else None,
+            "next_wakes": sum(c.get("next_wakes", 0) for c in counts) if counts else None,
+            "claim_ms_p50": _p50([x * 1000 for c in counts for x in c.get("claim_seconds", [])]),
+            "commit_ms_p50": _p50([x * 1000 for c in counts for x in c.get("commit_seconds", [])]),
             "worker_peak_rss_mb": round(max(rss), 1) if rss else None,
+            # CPU of the workers once ready (start-up left out), and of every PostgreSQL server process
+            # (approximate: other clients of the server count too).
+            "worker_cpu_seconds": cpu,
+            "server_cpu_seconds": pg_cpu,
         }
         if latencies:
             out["latency"] = percentiles(step_latencies(w, await _history_rows(monitor)))
@@ -576,8 +607,70 @@ def _spawn_workers(workers: int, store_url: str, concurrency: int, tmp: str) -> 
         env = {**os.environ, COUNTS_ENV: os.path.join(tmp, f"worker-{i}.json")}
         cmd = [sys.executable, "-m", "sagakit", "worker", "sagakit.cli._bench:WORKER_DEFINITIONS",
                "--store", store_url, "--concurrency", str(concurrency), "--grace", "5"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        with open(os.path.join(tmp, f"worker-{i}.log"), "wb") as log:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log))
     return procs
+
+
+def _watch_ready(procs: Sequence[subprocess.Popen[bytes]]) -> list[float]:
+    """Each worker's CPU seconds when it says it is ready (its start-up), filled in by reader threads."""
+    cpu = [0.0] * len(procs)
+
+    def watch(i: int, p: subprocess.Popen[bytes]) -> None:
+        assert p.stdout is not None
+        with p.stdout:  # closed at the worker's exit
+            for line in p.stdout:
+                if b"ready" in line and not cpu[i]:
+                    cpu[i] = _proc_cpu(p.pid)
+
+    for i, p in enumerate(procs):
+        t = threading.Thread(target=watch, args=(i, p), daemon=True)
+        t.start()
+        _READERS.append(t)
+    return cpu
+
+
+_READERS: list[threading.Thread] = []
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of the local PostgreSQL server: its live processes, and the exited ones (closed
+    connections) through the postmaster's children's times."""
+    total = 0.0
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == "postgres":
+                    with open(f"/proc/{entry}/stat") as st:
+                        fields = st.read().rsplit(")", 1)[1].split()
+                    total += sum(int(x) for x in fields[11:15]) / _TICK
+    return total
+
+
+def _p50(xs: Sequence[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _log_tail(tmp: str, i: int) -> str:
+    with contextlib.suppress(OSError), open(os.path.join(tmp, f"worker-{i}.log"), "rb") as f:
+        return f.read()[-2000:].decode(errors="replace")
+    return ""
 
 
 def _read_counts(workers: int, tmp: str) -> list[dict[str, Any]]:
@@ -599,6 +692,8 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    while _READERS:
+        _READERS.pop().join(10)
 
 
 # ---------------------------------------------------------------- raw sqlite3
