@@ -32,6 +32,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -205,9 +206,13 @@ async def _inprocess(args: Any, spec: common.Spec) -> dict[str, Any]:
             return str(await wf(i))
 
     writes0 = _tx["writes"]
+    server0 = common.postgres_cpu_seconds() if args.store == "postgresql" else 0.0
+    cpu0 = common.cpu_seconds()
     begin = time.perf_counter()
     results = await asyncio.gather(*(one(i) for i in range(args.n)))
     seconds = time.perf_counter() - begin
+    cpu = common.cpu_seconds() - cpu0
+    server = common.postgres_cpu_seconds() - server0 if args.store == "postgresql" else None
     writes = _tx["writes"] - writes0
     ok = sum(1 for r in results if r == spec.expected)
     return {
@@ -216,6 +221,8 @@ async def _inprocess(args: Any, spec: common.Spec) -> dict[str, Any]:
         "ok": ok == args.n,
         "finished": ok,
         "write_tx": writes,
+        "cpu_seconds": cpu,
+        "server_cpu_seconds": server,
     }
 
 
@@ -285,11 +292,25 @@ def _workers(args: Any, spec: common.Spec) -> dict[str, Any]:
     DBOS.destroy()
     _enqueue_all(args, spec)
     cmd = [sys.executable, os.path.abspath(__file__), "--role", "worker", *sys.argv[1:]]
+    server0 = common.postgres_cpu_seconds()
     begin_wall = time.time()
     begin = time.perf_counter()
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.workers)
     ]
+    ready_cpu = [0.0] * len(procs)
+    outputs: list[list[str]] = [[] for _ in procs]
+
+    def watch(i: int, p: Any) -> None:
+        with p.stdout:
+            for line in p.stdout:
+                outputs[i].append(line)
+                if line.startswith("ready") and not ready_cpu[i]:
+                    ready_cpu[i] = common.process_cpu_seconds(p.pid)
+
+    readers = [threading.Thread(target=watch, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in readers:
+        t.start()
     last, last_change = -1, time.perf_counter()
     ended = 0
     writes: list[int] = []
@@ -306,17 +327,21 @@ def _workers(args: Any, spec: common.Spec) -> dict[str, Any]:
                 break
         wall = time.perf_counter() - begin
         rss = [_read_hwm(p.pid) for p in procs]
+        cpu = sum(common.process_cpu_seconds(p.pid) for p in procs) - sum(ready_cpu)
+        server = common.postgres_cpu_seconds() - server0
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                out, _ = p.communicate(timeout=30)
-                lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-                if lines:
-                    writes.append(int(json.loads(lines[-1])["write_tx"]))
+                p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for i, t in enumerate(readers):
+            t.join(10)
+            lines = [ln for ln in outputs[i] if ln.startswith("{")]
+            if lines:
+                writes.append(int(json.loads(lines[-1])["write_tx"]))
     return {
         "seconds": (last_at - begin_wall) if last_at is not None else wall,
         "wall_seconds": wall,
@@ -326,6 +351,8 @@ def _workers(args: Any, spec: common.Spec) -> dict[str, Any]:
         "finished": ended,
         "write_tx": sum(writes) if len(writes) == len(procs) else None,
         "worker_peak_rss_mb": round(max(rss), 1) if rss else None,
+        "worker_cpu_seconds": cpu,
+        "server_cpu_seconds": server,
     }
 
 

@@ -184,9 +184,13 @@ async def _run(args: Any, spec: common.Spec) -> dict[str, Any]:
                 await orch.start(saga_name=f"bench_{spec.key}", initial_data={"i": i}, aggregation_id=f"agg-{i}")
 
         writes0 = _tx["writes"]
+        server0 = common.postgres_cpu_seconds() if args.store == "postgresql" else 0.0
+        cpu0 = common.cpu_seconds()
         begin = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(args.n)))
         seconds = time.perf_counter() - begin
+        cpu = common.cpu_seconds() - cpu0
+        server = common.postgres_cpu_seconds() - server0 if args.store == "postgresql" else None
         writes = _tx["writes"] - writes0
         async with engine.connect() as conn:
             rows = (await conn.execute(sa.text("SELECT status, count(*) FROM bench_saga_state GROUP BY status"))).all()
@@ -214,6 +218,8 @@ async def _run(args: Any, spec: common.Spec) -> dict[str, Any]:
         "ok": outcomes.get(spec.expected, 0) == args.n,
         "finished": outcomes.get(spec.expected, 0),
         "write_tx": writes,
+        "cpu_seconds": cpu,
+        "server_cpu_seconds": server,
         "outcomes": outcomes,
         "latency": common.percentiles(gaps),
     }

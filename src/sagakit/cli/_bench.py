@@ -464,6 +464,7 @@ async def run_one(
         "write_tx": counters.transactions,
         "commits": counters.commits,
         "saga_writes": counters.writes,
+        "commit_ms_p50": _p50([x * 1000 for x in counters.commit_seconds]),
     }
     if isinstance(store, PostgresStore):
         out["server_cpu_seconds"] = _postgres_cpu() - pg_cpu0
