@@ -797,3 +797,38 @@ async def test_a_retried_attempt_runs_once_when_commits_are_slow(tmp_path: Path)
     assert {s.status for s in snaps} == {SagaStatus.COMPLETED}
     assert len(runs) == 40
     assert all(n == 1 for n in runs.values()), [k for k, n in runs.items() if n > 1]
+
+
+async def test_retry_after_a_failure_past_the_pivot_reruns_steps_cut_off_in_parallel(store_url: str) -> None:
+    ship_ok = False
+    notified: list[int] = []
+
+    async def ok(ctx: StepContext) -> str:
+        return "ok"
+
+    async def ship(ctx: StepContext) -> str:
+        if not ship_ok:
+            raise NonRetryableError("no carrier")
+        return "shipped"
+
+    async def notify(ctx: StepContext) -> str:
+        notified.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(30)  # still running when "ship" fails
+        return "sent"
+
+    b = SagaBuilder("pivot_parallel")
+    b.step("charge", ok, pivot=True)
+    b.step("ship", ship, after=["charge"])
+    b.step("notify", notify, after=["charge"])
+    async with SagaEngine(store_url) as engine:
+        engine.register(b.build())
+        sid = await engine.start("pivot_parallel")
+        snap = await engine.wait(sid, timeout=10)
+        assert snap.status is SagaStatus.FAILED
+        ship_ok = True
+        await engine.retry(sid, reason="carrier found")
+        snap = await engine.wait(sid, timeout=10)
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.steps["notify"].result == "sent"
+    assert snap.steps["notify"].attempts == 2 and notified[-1] == 2

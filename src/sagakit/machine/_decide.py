@@ -354,6 +354,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
                 s.status = _S.PENDING
                 s.attempts = 0
                 s.wake_at = None
+            _orphans_pending(st)
             st.status = SagaStatus.RUNNING
             st.error = None
             hist.append(HistoryEntry(now, "retry", f"retry of steps {failed} {who}"))
@@ -368,6 +369,20 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
             return None
         return f"saga is {st.status.value} and no step is waiting for a retry: nothing to retry"
     return f"saga is {st.status.value}: only a failed saga or a waiting step can be retried"
+
+
+def _orphans_pending(st: SagaState) -> None:
+    """Steps left running when the saga failed past its pivot run again when it goes on.
+
+    The saga's end stopped their attempts (or the worker that ran them is gone
+    and, the saga being finished, nobody resumed them): without this they would
+    hold the saga RUNNING with nothing that can ever complete them.
+    """
+    for s in st.steps.values():
+        if s.status is _S.RUNNING:
+            s.status = _S.PENDING
+            s.token = 0
+            s.wake_at = None
 
 
 def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]) -> str | None:
@@ -406,6 +421,8 @@ def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: li
         if compensating or not still_failed:
             st.status = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
             st.error = None
+            if not compensating:
+                _orphans_pending(st)
         else:
             # Another step failed after the pivot too: running again would
             # leave the saga RUNNING with nothing it can run.
