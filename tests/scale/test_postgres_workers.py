@@ -280,4 +280,5 @@ async def test_postgres_restart_mid_run(schema: str) -> None:
     assert {s.status for s in snaps} == {SagaStatus.COMPLETED}
     rows, effects = await _executions(url)
     assert len(effects) == 3 * n
-    _assert_no_overlap(rows, {})
+    # An attempt cut off by the outage could not record its end: check the others.
+    _assert_no_overlap([r for r in rows if r[3] is not None], {})
