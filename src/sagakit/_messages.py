@@ -123,9 +123,7 @@ def from_payload(cls: type[T], payload: Mapping[str, Any]) -> T:
         if dataclasses.is_dataclass(cls):
             return cast("T", _adapter(cls).validate_python(dict(payload)))
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
         raise MessageMappingError(f"cannot build {message_type_name(cls)}: {problems}") from e
     raise MessageMappingError(f"{cls!r} is not a message type: use a pydantic model or a dataclass class")
 
@@ -326,9 +324,7 @@ class SendCommand(StepAction):
         _check_hook(where, "to_command", self.to_command)
         _check_hook(where, "merge", self.merge)
         if self.destination is not None and (not isinstance(self.destination, str) or not self.destination):
-            raise DefinitionError(
-                f"{where}: destination must be a non-empty string or None, got {self.destination!r}"
-            )
+            raise DefinitionError(f"{where}: destination must be a non-empty string or None, got {self.destination!r}")
 
     @property
     def type_name(self) -> str:
@@ -360,8 +356,7 @@ class SendCommand(StepAction):
         cmd = self.to_command(state)
         if not isinstance(cmd, self.command):
             raise MessageMappingError(
-                f"to_command returned {type(cmd).__qualname__}, expected a "
-                f"{message_type_name(self.command)} instance"
+                f"to_command returned {type(cmd).__qualname__}, expected a {message_type_name(self.command)} instance"
             )
         return cmd
 
@@ -581,9 +576,7 @@ class Envelope:
         """
         expected = message_type_name(cls)
         if self.type_name != expected:
-            raise MessageMappingError(
-                f"envelope {self.message_id} holds a {self.type_name}, not a {expected}"
-            )
+            raise MessageMappingError(f"envelope {self.message_id} holds a {self.type_name}, not a {expected}")
         return from_payload(cls, self.payload)
 
     def reply(
@@ -620,9 +613,7 @@ class Envelope:
         try:
             return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         except TypeError as e:
-            raise EnvelopeError(
-                f"envelope {self.message_id} ({self.type_name}) cannot be encoded: {e}"
-            ) from e
+            raise EnvelopeError(f"envelope {self.message_id} ({self.type_name}) cannot be encoded: {e}") from e
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview | str) -> Envelope:
@@ -639,9 +630,7 @@ class Envelope:
             raise EnvelopeError(f"not a sagakit envelope: expected a JSON object, got {type(doc).__name__}")
         fmt = doc.get("sagakit_envelope")
         if fmt != ENVELOPE_FORMAT:
-            raise EnvelopeError(
-                f"not a sagakit envelope of format {ENVELOPE_FORMAT}: 'sagakit_envelope' is {fmt!r}"
-            )
+            raise EnvelopeError(f"not a sagakit envelope of format {ENVELOPE_FORMAT}: 'sagakit_envelope' is {fmt!r}")
         _expect(doc, "message_id", str)
         _expect(doc, "type_name", str)
         _expect(doc, "timestamp", int | float)

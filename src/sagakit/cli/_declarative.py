@@ -22,8 +22,7 @@ _path_option = click.option(
     "paths",
     multiple=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="A directory to resolve the definition's modules from (repeatable); the current "
-    "directory always is one.",
+    help="A directory to resolve the definition's modules from (repeatable); the current directory always is one.",
 )
 
 
