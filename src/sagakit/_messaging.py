@@ -44,7 +44,7 @@ from ._messages import (
     to_payload,
     validate_state,
 )
-from ._store import DeadLetter, OutboxMessage
+from ._store import DeadLetter, OutboxMessage, OutboxRecord
 from ._transport import Delivery, Transport
 from .machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
 
@@ -88,6 +88,7 @@ class Messaging:
         self.engine = engine
         self.transport = transport
         self.relay_batch = 100
+        self.relay_concurrency = 32  # sagas whose messages are published at once
         self._triggers: dict[str, list[tuple[SagaDefinition, Trigger]]] = {}
         self._expects: dict[str, list[_Expect]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -248,20 +249,7 @@ class Messaging:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            done: list[str] = []
-            retry: list[str] = []
-            blocked: set[str] = set()
-            for rec in batch:
-                if rec.saga_id in blocked:
-                    retry.append(rec.id)  # keep a saga's messages in order
-                    continue
-                try:
-                    await transport.publish(rec.destination, rec.payload, message_id=rec.id, headers=rec.headers)
-                    done.append(rec.id)
-                except Exception as e:
-                    log.warning("sagakit: publishing %s failed: %s", rec.id, e)
-                    blocked.add(rec.saga_id)
-                    retry.append(rec.id)
+            done, retry = await self._publish(transport, batch)
             try:
                 if done:
                     await store.outbox_done(owner, done)
@@ -278,6 +266,33 @@ class Messaging:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), 0.5)
+
+    async def _publish(self, transport: Transport, batch: list[OutboxRecord]) -> tuple[list[str], list[str]]:
+        """Publish a batch: each saga's messages in order, different sagas' concurrently.
+
+        Returns the ids published and the ids to try again (a failed message and
+        the messages of its saga after it).
+        """
+        by_saga: dict[str, list[OutboxRecord]] = {}
+        for rec in batch:
+            by_saga.setdefault(rec.saga_id, []).append(rec)
+        done: list[str] = []
+        retry: list[str] = []
+        gate = asyncio.Semaphore(self.relay_concurrency)
+
+        async def one_saga(records: list[OutboxRecord]) -> None:
+            async with gate:
+                for i, rec in enumerate(records):
+                    try:
+                        await transport.publish(rec.destination, rec.payload, message_id=rec.id, headers=rec.headers)
+                    except Exception as e:
+                        log.warning("sagakit: publishing %s failed: %s", rec.id, e)
+                        retry.extend(r.id for r in records[i:])
+                        return
+                    done.append(rec.id)
+
+        await asyncio.gather(*(one_saga(records) for records in by_saga.values()))
+        return done, retry
 
     # ------------------------------------------------------------ incoming
 

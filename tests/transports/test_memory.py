@@ -13,7 +13,6 @@ from .kit import wait_until
 
 class TestMemoryTransport(TransportContract):
     out_of_process = False
-    retries_transport_errors = False  # MemoryTransport redelivers (and dead-letters) on any exception
 
     def make(self, kit: Kit, address: tuple[str, int] | None, **options: Any) -> Transport:
         broker = self._broker(kit)

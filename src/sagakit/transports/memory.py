@@ -143,6 +143,12 @@ class MemoryTransport:
             except asyncio.CancelledError:
                 g.queue.put_nowait(msg)  # not acknowledged: another consumer gets it
                 raise
+            except TransportError:
+                # The handler could not reach the broker (e.g. to publish its reply):
+                # not the message's fault, so it is retried without counting against it.
+                msg.deliveries -= 1
+                await asyncio.sleep(broker.redelivery_delay)
+                g.queue.put_nowait(msg)
             except Exception as e:
                 if msg.deliveries >= broker.max_deliveries:
                     broker.dead_letters.append(
