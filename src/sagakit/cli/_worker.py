@@ -13,7 +13,7 @@ from .._definition import SagaDefinition
 from .._engine import SagaEngine
 from .._errors import StoreError
 from .._transport import TransportError
-from ._load import load_definitions
+from ..admin import DefinitionsNotLoaded, load_definitions
 
 log = logging.getLogger("sagakit.worker")
 
@@ -81,7 +81,10 @@ def worker(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    definitions = load_definitions(targets, path=paths)
+    try:
+        definitions = load_definitions(targets, path=paths)
+    except DefinitionsNotLoaded as e:
+        raise click.UsageError(str(e)) from None
     try:
         asyncio.run(_run(definitions, store, transport, concurrency, lease_seconds, grace, worker_id))
     except (StoreError, TransportError) as e:

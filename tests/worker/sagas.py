@@ -1,0 +1,27 @@
+"""Definitions the worker CLI test runs: a quick saga and one whose step takes long."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from sagakit import SagaBuilder, StepContext
+
+
+async def quick(ctx: StepContext) -> str:
+    return ctx.step
+
+
+async def slow(ctx: StepContext) -> str:
+    await asyncio.sleep(float(os.environ.get("SLOW_SECONDS", "30")))
+    return "slow done"
+
+
+_quick = SagaBuilder("quick")
+_quick.step("a", quick)
+_quick.step("b", quick)
+quick_saga = _quick.build()
+
+_slow = SagaBuilder("slow")
+_slow.step("wait", slow)
+slow_saga = _slow.build()
