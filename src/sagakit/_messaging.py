@@ -44,6 +44,7 @@ from ._messages import (
     to_payload,
     validate_state,
 )
+from ._status import SagaStatus
 from ._store import DeadLetter, OutboxMessage, OutboxRecord
 from ._transport import Delivery, Transport
 from .machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
@@ -170,7 +171,8 @@ class Messaging:
 
     def outcome_event(self, st: SagaState, defn: SagaDefinition) -> OutboxMessage | None:
         """The saga's completion or failure event, built from its data, when it has one."""
-        from ._status import SagaStatus
+        if defn.completion_event is None and defn.failure_event is None:
+            return None
 
         if st.status is SagaStatus.COMPLETED:
             cls, label = defn.completion_event, "completed"

@@ -530,7 +530,7 @@ class Operations:
         if m.pattern is None:
             return snap
         steps = {n: replace(s, result=m.value(s.result), error=m.text(s.error)) for n, s in snap.steps.items()}
-        history = tuple(replace(h, message=m.text(h.message)) for h in snap.history)
+        history = tuple(h._replace(message=m.text(h.message)) for h in snap.history)
         return replace(
             snap,
             data=m.value(snap.data),

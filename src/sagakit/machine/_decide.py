@@ -488,7 +488,10 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
                 all_done = False
                 if s.status is _S.PENDING and (s.wake_at is None or s.wake_at <= now):
                     sdef = defn.by_name[name]
-                    if all(steps[d].status in _DONE for d in sdef.after):
+                    for d in sdef.after:
+                        if steps[d].status not in _DONE:
+                            break
+                    else:
                         _dispatch(sdef, st, s, False, now, fx, hist)
             if all_done:
                 st.status = SagaStatus.COMPLETED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._status import SagaStatus, StepStatus
 
@@ -120,9 +120,12 @@ class SagaState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One line of a saga's audit trail."""
+class HistoryEntry(NamedTuple):
+    """One line of a saga's audit trail.
+
+    The events and effects made on every transition are named tuples: immutable
+    like frozen dataclasses, and several times cheaper to create on the hot path.
+    """
 
     at: float
     kind: str
@@ -149,8 +152,7 @@ class Resume:
     """The saga was claimed by a worker: attempts left in flight by a dead worker run again."""
 
 
-@dataclass(frozen=True, slots=True)
-class StepSucceeded:
+class StepSucceeded(NamedTuple):
     """An attempt succeeded. ``data``, unless ``KEEP``, is the saga's new data (a merged reply)."""
 
     step: str
@@ -160,8 +162,9 @@ class StepSucceeded:
     data: Any = KEEP
 
 
-@dataclass(frozen=True, slots=True)
-class StepFailed:
+class StepFailed(NamedTuple):
+    """An attempt failed; ``retryable`` False skips the remaining retries."""
+
     step: str
     token: int
     error: str
@@ -208,8 +211,7 @@ Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Retry | Skip | Com
 # ---------------------------------------------------------------- effects
 
 
-@dataclass(frozen=True, slots=True)
-class RunStep:
+class RunStep(NamedTuple):
     """Run one attempt of a step's action (or compensation) and report it with *token*."""
 
     step: str
