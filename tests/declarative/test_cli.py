@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner, Result
 
 from sagakit.cli._main import cli
+from tests.conftest import require_service
 
 from .conftest import SEED
 
@@ -142,4 +147,90 @@ def test_graph(tmp_path: Path, seed: dict[str, Any]) -> None:
     result = run("graph", str(bad))
     assert result.exit_code == 1
     assert result.stderr == f"{bad}: steps: required field is missing; add it\n"
-    assert CliRunner().invoke(cli, ["graph", str(SEED), "--format", "svg"]).exit_code == 2
+    assert CliRunner().invoke(cli, ["graph", str(SEED), "--format", "png"]).exit_code == 2
+
+
+def test_graph_svg() -> None:
+    require_service(None if shutil.which("dot") else "Graphviz's dot is not installed (apt-get install graphviz)")
+    result = run("graph", str(SEED), "--format", "svg")
+    assert result.exit_code == 0, result.output
+    root = ElementTree.fromstring(result.stdout)
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"ProcessPayment", "ShipOrder", "undo ShipOrder"} <= texts
+
+
+def test_graph_svg_without_graphviz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot here
+    result = run("graph", str(SEED), "--format", "svg")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"{SEED}: SVG output needs Graphviz's 'dot' program, which is not on PATH: ")
+    assert "apt-get install graphviz" in result.stderr
+
+
+def scaffold_definition(tmp_path: Path, seed: dict[str, Any], package: str) -> Path:
+    seed["state_dto_module"] = f"{package}.state"
+    seed["state_repository_module"] = f"{package}.repository"
+    return write(tmp_path / "saga.json", seed)
+
+
+@pytest.fixture
+def forget_cli_pkg() -> Iterator[None]:
+    yield
+    for name in [m for m in sys.modules if m == "cli_pkg" or m.startswith("cli_pkg.")]:
+        del sys.modules[name]
+
+
+def test_generate_scaffold(tmp_path: Path, seed: dict[str, Any], forget_cli_pkg: None) -> None:
+    f = scaffold_definition(tmp_path, seed, "cli_pkg")
+    out = tmp_path / "out"
+    args = ["generate", str(f), "--bounded-ctx", "ordering", "--out", str(out), "--scaffold"]
+    orchestrator = out / "app/domain/ordering/sagas/order_processing_saga_orchestrator.py"
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        str(out / "cli_pkg/state.py"),
+        str(out / "cli_pkg/repository.py"),
+        str(orchestrator),
+    ]
+    assert result.stderr == ""
+    assert "class OrderProcessingSagaState(BaseModel):" in (out / "cli_pkg/state.py").read_text()
+    assert (out / "cli_pkg/__init__.py").is_file()
+    assert run("validate", "--path", str(out), str(f)).exit_code == 0
+
+    # Again: nothing to scaffold, only the orchestrator's path.
+    result = run(*args)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, f"{orchestrator}\n", "")
+
+    # An edited state DTO is kept, and said so; --force replaces it.
+    state = out / "cli_pkg/state.py"
+    state.write_text(state.read_text().replace("address: str", "address: str = ''"))
+    result = run(*args)
+    assert result.exit_code == 0
+    assert result.stdout == f"{orchestrator}\n"
+    assert result.stderr == (
+        f"{state}: kept: edited since sagakit generated it (OrderProcessingSagaState); --force replaces it\n"
+    )
+    result = run(*args, "--force")
+    assert result.stdout.splitlines() == [str(state), str(orchestrator)]
+    assert "address: str = ''" not in state.read_text()
+
+
+def test_generate_scaffold_of_existing_modules(tmp_path: Path) -> None:
+    result = run("generate", str(SEED), "--bounded-ctx", "ordering", "--root", str(tmp_path), "--scaffold")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{tmp_path / 'app/domain/ordering/sagas/order_processing_saga_orchestrator.py'}\n"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("app_root_name.domain.ordering.sagas.order_processing_saga_state (")
+    assert lines[0].endswith("): exists, not scaffolded (OrderProcessingSagaState)")
+
+
+def test_generate_scaffold_errors(tmp_path: Path, seed: dict[str, Any]) -> None:
+    seed["steps"][1]["command_name"] = "Nope"
+    f = scaffold_definition(tmp_path, seed, "cli_broken")
+    result = run("generate", str(f), "--bounded-ctx", "ordering", "--root", str(tmp_path / "out"), "--scaffold")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{f}: steps[1].command_name: module ")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

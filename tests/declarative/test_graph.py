@@ -1,14 +1,18 @@
-"""graph(): steps, dependencies and compensations as Mermaid or DOT."""
+"""graph(): steps, dependencies and compensations as Mermaid, DOT or SVG (through Graphviz)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from pydantic import BaseModel
 
-from sagakit import SagaBuilder, send, wait_for
-from sagakit.declarative import graph, load_definition
+from sagakit import SagaBuilder, SagaError, send, wait_for
+from sagakit.declarative import GraphvizError, GraphvizNotFound, graph, load_definition, render_svg
+from tests.conftest import require_service
 
 from .conftest import SEED
 
@@ -134,5 +138,53 @@ def test_no_compensation_no_failure_node() -> None:
 
 def test_unknown_format() -> None:
     d = SagaBuilder("s").step("a", action=reserve).build()
-    with pytest.raises(ValueError, match="unknown graph format 'svg'"):
-        graph(d, "svg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown graph format 'png': use 'mermaid', 'dot' or 'svg'"):
+        graph(d, "png")  # type: ignore[arg-type]
+
+
+def dot_missing() -> str | None:
+    if shutil.which("dot") is None:
+        return "Graphviz's dot is not installed (apt-get install graphviz)"
+    return None
+
+
+def svg_texts(svg: str) -> list[str]:
+    root = ElementTree.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    return [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_the_seed_example_as_svg() -> None:
+    require_service(dot_missing())
+    svg = graph(load_definition(SEED), "svg")
+    texts = svg_texts(svg)
+    for name in ("ProcessPayment", "ShipOrder", "undo ShipOrder", "OrderCreatedEvent", "OrderProcessingFailedEvent"):
+        assert name in texts
+    assert "send ShipOrderCommand" in texts
+    assert render_svg(graph(load_definition(SEED), "dot")) == svg  # the same layout every time
+
+
+def test_svg_of_labels_that_need_escaping() -> None:
+    require_service(dot_missing())
+
+    class Quoted(BaseModel):  # qualname holds <locals>
+        x: str
+
+    d = SagaBuilder("weird").step("a", action=send(Quoted, success=Approved)).build()
+    texts = svg_texts(graph(d, "svg"))  # well-formed XML: Graphviz escaped the < and >
+    assert "a" in texts
+    assert any(t.startswith("send ") and t.endswith("<locals>.Quoted") for t in texts)
+
+
+def test_svg_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(GraphvizNotFound, match="install Graphviz") as e:
+        render_svg("digraph {}", dot=str(tmp_path / "no-dot"))
+    assert isinstance(e.value, GraphvizError) and isinstance(e.value, SagaError)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    d = SagaBuilder("s").step("a", action=reserve).build()
+    with pytest.raises(GraphvizNotFound, match=r"apt-get install graphviz.*or use --format dot or mermaid"):
+        graph(d, "svg")
+    monkeypatch.undo()
+    require_service(dot_missing())
+    with pytest.raises(GraphvizError, match="Graphviz's 'dot -Tsvg' failed: .*syntax error"):
+        render_svg("digraph { -> }")

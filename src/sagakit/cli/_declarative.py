@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 
@@ -95,39 +95,63 @@ def validate(files: tuple[Path, ...], paths: tuple[Path, ...]) -> None:
     help="The project directory to write under.",
 )
 @click.option("--app-root", default="app", show_default=True, help="The application package under --root.")
-@click.option("--force", is_flag=True, help="Overwrite the module even if it was edited.")
+@click.option(
+    "--scaffold",
+    is_flag=True,
+    help="Also create the state DTO and state repository modules the definition names, if they do not exist.",
+)
+@click.option("--force", is_flag=True, help="Overwrite generated files even if they were edited.")
 @_path_option
 def generate(
     file: Path,
     bounded_ctx: str,
     root: Path,
     app_root: str,
+    scaffold: bool,
     force: bool,
     paths: tuple[Path, ...],
 ) -> None:
-    """Write FILE's orchestrator as a Python module and print its path.
+    """Write FILE's orchestrator as a Python module and print the paths written.
 
     Follows the format's naming and location rules: the class is the
     definition's name (PascalCase ending in Orchestrator), the file its
     snake_case, under ROOT/APP_ROOT/domain/BOUNDED_CTX/sagas/. Re-running
     replaces the module unless it was edited since (then --force).
+
+    With --scaffold, the state DTO and state repository modules the
+    definition names are created first where their module paths say
+    (a.b.c: ROOT/a/b/c.py) when they do not exist yet: a pydantic model with
+    the fields of the definition's events, and a small repository over a
+    SagaEngine. Their paths are printed before the orchestrator's; modules
+    you wrote are never touched, and scaffolded ones you edited only with
+    --force.
     """
     from ..declarative import GeneratedFileEdited, InvalidDefinition
-    from ..declarative import generate as write_module
+    from ..declarative._generate import generate_files
 
     try:
-        target = write_module(
+        target, scaffolded = generate_files(
             file,
             bounded_ctx=bounded_ctx,
             root=root,
             app_root=app_root,
             force=force,
             search_path=_search_path(paths),
+            scaffold=scaffold,
         )
     except (InvalidDefinition, GeneratedFileEdited) as e:
         _fail(file, e)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    for s in scaffolded:
+        classes = ", ".join(s.classes)
+        if s.action in ("created", "updated"):
+            click.echo(str(s.path))
+        elif s.action == "kept":
+            click.echo(f"{s.path}: kept: edited since sagakit generated it ({classes}); --force replaces it", err=True)
+        elif s.action == "exists":
+            where = f" ({s.path})" if s.path is not None else ""
+            click.echo(f"{s.module}{where}: exists, not scaffolded ({classes})", err=True)
     click.echo(str(target))
 
 
@@ -136,22 +160,30 @@ def generate(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["mermaid", "dot"]),
+    type=click.Choice(["mermaid", "dot", "svg"]),
     default="mermaid",
     show_default=True,
-    help="Mermaid flowchart or Graphviz DOT.",
+    help="Mermaid flowchart, Graphviz DOT, or SVG (laid out by Graphviz's dot, which must be installed).",
 )
 @_path_option
-def graph(file: Path, fmt: str, paths: tuple[Path, ...]) -> None:
-    """Print FILE's saga as a flowchart of steps, dependencies and compensations."""
-    from ..declarative import InvalidDefinition, load_definition
+def graph(file: Path, fmt: Literal["mermaid", "dot", "svg"], paths: tuple[Path, ...]) -> None:
+    """Print FILE's saga as a flowchart of steps, dependencies and compensations.
+
+    --format svg pipes the DOT text through Graphviz (dot -Tsvg); without
+    Graphviz installed it exits 1 and says so.
+    """
+    from ..declarative import GraphvizError, InvalidDefinition, load_definition
     from ..declarative import graph as draw
 
     try:
         definition = load_definition(file, search_path=_search_path(paths))
     except InvalidDefinition as e:
         _fail(file, e)
-    click.echo(draw(definition, "dot" if fmt == "dot" else "mermaid"), nl=False)
+    try:
+        text = draw(definition, fmt)
+    except GraphvizError as e:
+        _fail(file, e)
+    click.echo(text, nl=False)
 
 
 commands: list[click.Command] = [validate, generate, graph]

@@ -5,7 +5,9 @@
 - ``read_definition`` validates without importing anything;
 - ``compile_correlation`` is the safe compiler of ``correlation_id_provider_str``;
 - ``generate`` writes a code-first orchestrator module (``render`` returns its
-  source), ``graph`` draws a definition as Mermaid or DOT.
+  source); ``scaffold`` (or ``generate(..., scaffold=True)``) creates the state
+  DTO and state repository modules a definition names when they do not exist;
+- ``graph`` draws a definition as Mermaid, DOT or (with Graphviz) SVG.
 
 ``default_command``, ``merge_event`` and ``to_correlation_id`` are the default
 mapping of message steps, re-exported here for generated modules.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 from .._messages import default_command, merge_event, to_correlation_id
 from ._correlation import CorrelationFunction, compile_correlation
-from ._generate import GeneratedFileEdited, generate, module_path, render, snake_case
-from ._graph import graph
+from ._generate import GeneratedFileEdited, Scaffolded, generate, module_path, render, scaffold, snake_case
+from ._graph import GraphvizError, GraphvizNotFound, graph, render_svg
 from ._loader import InvalidDefinition, build_definition_from, load_definition, read_definition
 from ._models import (
     ImportDefinitionDTO,
@@ -31,10 +33,13 @@ from ._models import (
 __all__ = [
     "CorrelationFunction",
     "GeneratedFileEdited",
+    "GraphvizError",
+    "GraphvizNotFound",
     "ImportDefinitionDTO",
     "InvalidDefinition",
     "SagaOrchestratorInputDTO",
     "SagaStepInputDTO",
+    "Scaffolded",
     "TriggerEventConfigInputDTO",
     "build_definition_from",
     "compile_correlation",
@@ -46,6 +51,8 @@ __all__ = [
     "module_path",
     "read_definition",
     "render",
+    "render_svg",
+    "scaffold",
     "snake_case",
     "to_correlation_id",
 ]

@@ -14,18 +14,33 @@ the lint rules sagakit itself uses, and type-checks with ``mypy --strict``.
 The last line holds a checksum of the file: re-running ``generate`` replaces
 an untouched file, but refuses to overwrite one that was edited unless
 ``force=True``.
+
+``scaffold`` (``generate(..., scaffold=True)``, ``sagakit generate --scaffold``)
+also creates the state DTO and state repository modules the definition names
+when they do not exist yet, under the same rules: deterministic, importable,
+ruff- and mypy-clean, and never overwriting an edited file without ``force``.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import keyword
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+from .._definition import is_message_type
 from .._errors import SagaError
 from ._loader import (
     InvalidDefinition,
@@ -51,7 +66,7 @@ from ._pysource import (
     string_assignment,
 )
 
-__all__ = ["GeneratedFileEdited", "generate", "module_path", "render", "snake_case"]
+__all__ = ["GeneratedFileEdited", "Scaffolded", "generate", "module_path", "render", "scaffold", "snake_case"]
 
 _ORCHESTRATOR = re.compile(r"^[A-Z][A-Za-z0-9]*Orchestrator$")
 _RULE = (
@@ -60,6 +75,7 @@ _RULE = (
 )
 _CHECKSUM = "# sagakit-checksum: "  # then the sha256 of everything above
 _PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class GeneratedFileEdited(SagaError, FileExistsError):
@@ -422,6 +438,7 @@ def generate(
     force: bool = False,
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
+    scaffold: bool = False,
 ) -> Path:
     """Write the orchestrator module of *definition* and return its path.
 
@@ -435,18 +452,43 @@ def generate(
         bounded_ctx: the bounded context, a lower-case Python package name.
         root: the project directory.
         app_root: the application package under *root* (seed 000: ``app``).
-        force: overwrite the file even if it was edited since it was generated.
+        force: overwrite the file even if it was edited since it was generated
+            (with *scaffold*, the edited state modules sagakit generated too).
+        scaffold: first create the state DTO and state repository modules the
+            definition names if they do not exist yet (see ``scaffold``); the
+            rest of the definition is checked before anything is written.
 
     Raises:
         InvalidDefinition: the definition is invalid or breaks the naming rule.
         ValueError: *bounded_ctx* or *app_root* is not a package name.
         GeneratedFileEdited: the file exists and was edited (pass ``force=True``).
     """
-    if isinstance(definition, SagaOrchestratorInputDTO):
-        dto, origin = definition, None
-    else:
-        dto = read_definition(definition)
-        origin = None if isinstance(definition, Mapping) else Path(definition).name
+    target, _ = generate_files(
+        definition,
+        bounded_ctx=bounded_ctx,
+        root=root,
+        app_root=app_root,
+        force=force,
+        version=version,
+        search_path=search_path,
+        scaffold=scaffold,
+    )
+    return target
+
+
+def generate_files(
+    definition: SagaOrchestratorInputDTO | Source,
+    *,
+    bounded_ctx: str,
+    root: str | os.PathLike[str] = ".",
+    app_root: str = "app",
+    force: bool = False,
+    version: int = 1,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+    scaffold: bool = False,
+) -> tuple[Path, list[Scaffolded]]:
+    """``generate``, also returning what *scaffold* did with each state module (empty without it)."""
+    dto, origin = _read(definition)
     for label, value in (("bounded_ctx", bounded_ctx), ("app_root", app_root)):
         if not _PACKAGE.match(value) or keyword.iskeyword(value):
             raise ValueError(
@@ -455,10 +497,18 @@ def generate(
     _check_name(dto.name)
     root_path = Path(root)
     paths = [root_path, *(search_path or ())]
+    target = module_path(dto.name, bounded_ctx=bounded_ctx, root=root_path, app_root=app_root)
+    scaffolded: list[Scaffolded] = []
+    if scaffold:
+        _check_writable(target, force=force)  # before any file is written
+        with extended_sys_path(paths):
+            targets = _plan(dto, root_path, origin)
+            _check_collisions(targets, f"{app_root}.domain.{bounded_ctx}.sagas.{snake_case(dto.name)}", origin)
+            _check_all_but_state(dto, targets, version, origin)
+            scaffolded = _write_scaffolds(dto, targets, root_path, origin, force=force)
     build_definition_from(dto, version=version, search_path=paths, origin=origin)
     with extended_sys_path(paths):
         source = render(dto, root=root_path, origin=origin)
-    target = module_path(dto.name, bounded_ctx=bounded_ctx, root=root_path, app_root=app_root)
     _write(target, source, force=force)
     package = target.parent
     while package not in (root_path, package.parent):
@@ -466,7 +516,63 @@ def generate(
         if not init.exists():
             init.touch()
         package = package.parent
-    return target
+    return target, scaffolded
+
+
+def _check_writable(target: Path, *, force: bool) -> None:
+    if target.exists() and not force and not _untouched(target.read_text(encoding="utf-8")):
+        raise GeneratedFileEdited(_edited_message(target))
+
+
+def _edited_message(target: Path) -> str:
+    return (
+        f"{target} was edited since sagakit generated it; not overwriting it. Move your "
+        "changes aside, or pass --force (force=True) to replace it"
+    )
+
+
+def _check_collisions(targets: Sequence[_Target], orchestrator: str, origin: str | None) -> None:
+    """A state module to be written must not be (or contain, or sit inside) the orchestrator module."""
+    errors = [
+        f"{t.roles[0]}_module: {t.module!r} collides with the generated orchestrator module {orchestrator!r}; "
+        "name another module"
+        for t in targets
+        if not t.found
+        and (
+            t.module == orchestrator
+            or orchestrator.startswith(t.module + ".")
+            or t.module.startswith(orchestrator + ".")
+        )
+    ]
+    if errors:
+        raise InvalidDefinition(errors, origin)
+
+
+def _check_all_but_state(
+    dto: SagaOrchestratorInputDTO, targets: Sequence[_Target], version: int, origin: str | None
+) -> None:
+    """Load the definition; problems with the state modules about to be created do not count."""
+    try:
+        build_definition_from(dto, version=version, origin=origin)
+    except InvalidDefinition as e:
+        fields = tuple(f"{role}_" for t in targets if not t.found for role in t.roles)
+        dto_created = any(not t.found and "state_dto" in t.roles for t in targets)
+
+        def expected(err: str) -> bool:
+            if err.startswith(fields):
+                return True
+            # A repository module that exists may import the state DTO module being created.
+            needs = re.search(r"it needs '([^']+)'", err)
+            return (
+                dto_created
+                and err.startswith("state_repository_")
+                and needs is not None
+                and (dto.state_dto_module + ".").startswith(needs.group(1) + ".")
+            )
+
+        remaining = [err for err in e.errors if not expected(err)]
+        if remaining:
+            raise InvalidDefinition(remaining, origin) from None
 
 
 def _write(target: Path, source: str, *, force: bool) -> None:
@@ -475,10 +581,7 @@ def _write(target: Path, source: str, *, force: bool) -> None:
         if current == source:
             return
         if not _untouched(current):
-            raise GeneratedFileEdited(
-                f"{target} was edited since sagakit generated it; not overwriting it. Move your "
-                "changes aside, or pass --force (force=True) to replace it"
-            )
+            raise GeneratedFileEdited(_edited_message(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(source, encoding="utf-8")
 
@@ -486,3 +589,689 @@ def _write(target: Path, source: str, *, force: bool) -> None:
 def _untouched(text: str) -> bool:
     body, sep, tail = text.rpartition(_CHECKSUM)
     return bool(sep) and tail.strip() == _checksum(body)
+
+
+# ---------------------------------------------------------------- scaffolding
+
+ScaffoldAction = Literal["created", "updated", "unchanged", "kept", "exists"]
+_SCAFFOLD_HEADER = "# Generated by `sagakit generate --scaffold`."
+
+
+@dataclass(frozen=True, slots=True)
+class Scaffolded:
+    """What ``scaffold`` (``generate --scaffold``) did with one module the definition names.
+
+    ``action`` is one of:
+
+    - ``created``: the module did not exist; it was written at ``path``;
+    - ``updated``: sagakit's own, unedited file, rewritten for the current definition;
+    - ``unchanged``: sagakit's own file, already up to date;
+    - ``kept``: sagakit's file, edited since it was generated: left alone (``force`` replaces it);
+    - ``exists``: a module sagakit did not write (``path`` is where it was found, if a file): never touched.
+    """
+
+    module: str
+    classes: tuple[str, ...]
+    path: Path | None
+    action: ScaffoldAction
+
+
+@dataclass
+class _Target:
+    module: str
+    roles: list[str]  # "state_dto" and/or "state_repository", in that order
+    path: Path | None = None  # where the file is, or will be
+    base: Path | None = None  # a new file: the existing directory its new packages start under
+    found: bool = False  # the module exists
+
+
+def scaffold(
+    definition: SagaOrchestratorInputDTO | Source,
+    *,
+    root: str | os.PathLike[str] = ".",
+    force: bool = False,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+) -> list[Scaffolded]:
+    """Create the state DTO and state repository modules a definition names, where they do not exist yet.
+
+    Module ``a.b.c`` becomes ``root/a/b/c.py`` (with the package ``__init__.py``
+    files on the way), or goes inside the package ``a.b`` (or ``a``) when that
+    already exists under *root* (e.g. in ``root/src``, on *search_path*). The
+    state DTO is a pydantic model with the fields of the definition's trigger and
+    success events (those that can be imported); the repository a small class
+    reading that state from a ``SagaEngine``: sagakit stores saga state itself.
+
+    Only the definition's format is checked here: events that cannot be
+    imported yet leave the state DTO with fewer fields (its docstring says
+    which). ``generate(..., scaffold=True)`` checks the whole definition first.
+
+    Re-running is deterministic; a module sagakit did not write is never
+    touched, and a generated one that was edited only with ``force=True``.
+
+    Raises:
+        InvalidDefinition: the definition is invalid, or a module cannot be
+            created (a parent is a plain module, or a package outside *root*).
+    """
+    dto, origin = _read(definition)
+    root_path = Path(root)
+    with extended_sys_path([root_path, *(search_path or ())]):
+        targets = _plan(dto, root_path, origin)
+        return _write_scaffolds(dto, targets, root_path, origin, force=force)
+
+
+def _read(definition: SagaOrchestratorInputDTO | Source) -> tuple[SagaOrchestratorInputDTO, str | None]:
+    if isinstance(definition, SagaOrchestratorInputDTO):
+        return definition, None
+    dto = read_definition(definition)
+    return dto, None if isinstance(definition, Mapping) else Path(definition).name
+
+
+def _valid_module(name: str) -> bool:
+    return bool(_MODULE_PATH.match(name)) and not any(keyword.iskeyword(p) for p in name.split("."))
+
+
+def _valid_class(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _plan(dto: SagaOrchestratorInputDTO, root: Path, origin: str | None) -> list[_Target]:
+    """Where the state modules are or go; raises for those that cannot be created."""
+    errors: list[str] = []
+    targets: dict[str, _Target] = {}
+    for role in ("state_dto", "state_repository"):
+        module, name = getattr(dto, f"{role}_module"), getattr(dto, f"{role}_name")
+        if not _valid_module(module):
+            errors.append(f"{role}_module: {module!r} is not a dotted Python module path like 'app.domain.state'")
+        elif not _valid_class(name):
+            errors.append(f"{role}_name: {name!r} is not a Python class name")
+        else:
+            targets.setdefault(module, _Target(module, [])).roles.append(role)
+    if (
+        dto.state_dto_module == dto.state_repository_module
+        and dto.state_dto_name == dto.state_repository_name
+        and not errors
+    ):
+        errors.append(
+            "state_repository_name: the same class as state_dto_name in the same module; "
+            "the state DTO and its repository must be two classes"
+        )
+    for target in targets.values():
+        problem = _locate(target, root)
+        if problem is not None:
+            errors.append(f"{target.roles[0]}_module: {problem}")
+    written = [t for t in targets.values() if t.path is not None and not t.found]
+    for a in written:
+        for b in written:
+            if b.module.startswith(a.module + "."):
+                errors.append(
+                    f"{b.roles[0]}_module: {b.module!r} would live inside {a.module!r}, which is to be "
+                    "created as a plain module; put the two in sibling modules"
+                )
+    if errors:
+        raise InvalidDefinition(errors, origin)
+    return list(targets.values())
+
+
+def _locate(target: _Target, root: Path) -> str | None:
+    """Find the module, or where to create it; the reason it cannot be created, else None."""
+    try:
+        spec = importlib.util.find_spec(target.module)
+    except ModuleNotFoundError:
+        spec = None  # a parent package is missing too
+    except Exception as e:  # a parent package failed to import
+        return f"cannot look for module {target.module!r}: importing its package failed: {type(e).__name__}: {e}"
+    if spec is not None and spec.has_location and spec.origin is not None and not Path(spec.origin).exists():
+        spec = None  # imported earlier in this process from a file deleted since
+    if spec is not None:
+        target.found = True
+        if spec.origin is not None and Path(spec.origin).is_file():
+            target.path = _within(Path(spec.origin), root)
+        return None
+    parts = target.module.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:i])
+        try:
+            found = importlib.util.find_spec(parent)
+        except ModuleNotFoundError:
+            continue
+        except Exception as e:
+            return f"cannot create {target.module!r}: importing package {parent!r} failed: {type(e).__name__}: {e}"
+        if found is None:
+            continue
+        if found.submodule_search_locations is None:
+            return f"cannot create {target.module!r}: {parent!r} is a module ({found.origin}), not a package"
+        inside = [Path(p) for p in found.submodule_search_locations if _is_under(Path(p), root)]
+        if not inside:
+            where = ", ".join(str(p) for p in found.submodule_search_locations) or "(nowhere)"
+            return (
+                f"cannot create {target.module!r}: its package {parent!r} is at {where}, outside the "
+                f"project directory {root}; --scaffold writes only under it (create the module "
+                "yourself, or pass that project as --root)"
+            )
+        target.base = _within(inside[0], root)
+        target.path = target.base.joinpath(*parts[i:-1], f"{parts[-1]}.py")
+        return None
+    target.base = root
+    target.path = root.joinpath(*parts[:-1], f"{parts[-1]}.py")
+    return None
+
+
+def _within(path: Path, root: Path) -> Path:
+    """*path* spelled from *root* when it is under it (as the paths sagakit creates are), else absolute."""
+    try:
+        return root / path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return path.resolve()
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _write_scaffolds(
+    dto: SagaOrchestratorInputDTO,
+    targets: Sequence[_Target],
+    root: Path,
+    origin: str | None,
+    *,
+    force: bool,
+) -> list[Scaffolded]:
+    out: list[Scaffolded] = []
+    for t in targets:
+        classes = tuple(getattr(dto, f"{role}_name") for role in t.roles)
+        if t.path is None or (t.found and not _is_ours(t.path)):
+            out.append(Scaffolded(t.module, classes, t.path, "exists"))
+            continue
+        if "state_dto" in t.roles:
+            source = _render_state_module(dto, root=root, origin=origin, with_repository=len(t.roles) == 2)
+        else:
+            source = _render_repository_module(dto, root=root, origin=origin)
+        out.append(Scaffolded(t.module, classes, t.path, _write_scaffold(t, source, force=force)))
+    importlib.invalidate_caches()
+    return out
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == _SCAFFOLD_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _write_scaffold(target: _Target, source: str, *, force: bool) -> ScaffoldAction:
+    path = target.path
+    assert path is not None
+    if path.exists():
+        if not _is_ours(path):
+            return "exists"
+        current = path.read_text(encoding="utf-8")
+        if current == source:
+            return "unchanged"
+        if not _untouched(current) and not force:
+            return "kept"
+        path.write_text(source, encoding="utf-8")
+        return "updated"
+    base = target.base or path.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    package = path.parent
+    while package != base and _is_under(package, base):
+        init = package / "__init__.py"
+        if not init.exists():
+            init.touch()
+        package = package.parent
+    path.write_text(source, encoding="utf-8")
+    return "created"
+
+
+# ---------------------------------------------------------------- the state DTO
+
+
+@dataclass
+class _StateField:
+    name: str
+    types: list[Any] = field(default_factory=list)
+    triggers: int = 0  # how many trigger events carry it
+
+
+def _message_fields(module: str, name: str) -> list[tuple[str, Any, bool]] | None:
+    """(field, type, required) of a command or event class, or None if it cannot be imported."""
+    if not _valid_module(module) or not _valid_class(name):
+        return None
+    try:
+        mod = importlib.import_module(module)
+    except Exception:
+        return None
+    cls = getattr(mod, name, None)
+    if not isinstance(cls, type) or not is_message_type(cls):
+        return None
+    if dataclasses.is_dataclass(cls):
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:
+            hints = {}
+        return [
+            (
+                f.name,
+                hints.get(f.name, Any),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+            if f.init
+        ]
+    model_fields: Mapping[str, Any] = getattr(cls, "model_fields", {})
+    return [
+        (n, info.annotation if info.annotation is not None else Any, bool(info.is_required()))
+        for n, info in model_fields.items()
+    ]
+
+
+def _state_sources(dto: SagaOrchestratorInputDTO) -> list[tuple[str, str, bool]]:
+    """(module, class, is a trigger) of every event whose fields end up in the state, in order."""
+    out: list[tuple[str, str, bool]] = [(t.event_module, t.event_name, True) for t in dto.triggering_events]
+    resolver = _Resolver()
+    for step in dto.steps:
+        out += [(m, n, False) for m, n in success_events(step)]
+        if step.compensation_command_name is not None and step.compensation_success_event_name is not None:
+            found = resolver.locate_loose(
+                "compensation_success_event_name", step.compensation_success_event_name, step, dto.imports
+            )
+            if found is not None:
+                out.append((*found, False))
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for module, name, trigger in out:
+        if (module, name) not in seen:
+            seen.add((module, name))
+            unique.append((module, name, trigger))
+    return unique
+
+
+_ABC_GENERICS = {
+    collections.abc.Sequence: "Sequence",
+    collections.abc.MutableSequence: "MutableSequence",
+    collections.abc.Mapping: "Mapping",
+    collections.abc.MutableMapping: "MutableMapping",
+    collections.abc.Set: "Set",
+    collections.abc.MutableSet: "MutableSet",
+}
+_BUILTIN_GENERICS: dict[Any, str] = {
+    list: "list[{0}]",
+    set: "set[{0}]",
+    frozenset: "frozenset[{0}]",
+    dict: "dict[{0}, {0}]",
+    tuple: "tuple[{0}, ...]",
+}
+_PLAIN_TYPES: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool", bytes: "bytes"}
+
+
+def _members(tp: Any, add: Callable[[str, str], str]) -> list[str] | None:
+    """The members of *tp* as annotation sources (one unless it is a union); None if one cannot be written."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0], add)
+    if origin is typing.Union or origin is types.UnionType:
+        out: list[str] = []
+        for arg in typing.get_args(tp):
+            found = _members(arg, add)
+            if found is None:
+                return None
+            out += found
+        return out
+    text = _type_source(tp, add)
+    return None if text is None else [text]
+
+
+def _type_source(tp: Any, add: Callable[[str, str], str]) -> str | None:
+    """The annotation source of *tp*, importing what it needs through *add*; None if it cannot be written."""
+    if tp is None or tp is type(None):
+        return "None"
+    if tp is Any:
+        return add("typing", "Any")
+    if isinstance(tp, type) and tp in _PLAIN_TYPES:
+        return _PLAIN_TYPES[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Annotated, typing.Union, types.UnionType):
+        members = _members(tp, add)
+        return None if members is None else _union(members)
+    if origin is typing.Literal:
+        if not all(v is None or type(v) in (str, int, bool) for v in args):
+            return None
+        values = ", ".join(pystr(v) if isinstance(v, str) else repr(v) for v in args)
+        return f"{add('typing', 'Literal')}[{values}]"
+    if origin is not None:
+        inner = [_type_source(a, add) if a is not Ellipsis else "..." for a in args]
+        if any(i is None for i in inner) or (not inner and origin is not tuple):
+            return None
+        joined = ", ".join(i for i in inner if i is not None) or "()"
+        if origin in (list, set, frozenset, dict, tuple):
+            return f"{origin.__name__}[{joined}]"
+        if origin in _ABC_GENERICS:
+            return f"{add('collections.abc', _ABC_GENERICS[origin])}[{joined}]"
+        return None
+    if tp in _BUILTIN_GENERICS:
+        return _BUILTIN_GENERICS[tp].format(add("typing", "Any"))
+    if isinstance(tp, type):
+        return _class_source(tp, add)
+    return None
+
+
+def _class_source(tp: type, add: Callable[[str, str], str]) -> str | None:
+    """A class defined at the top level of an importable module (an enum, a nested model), else None."""
+    if getattr(tp, "__parameters__", ()):
+        return None  # a generic class without its parameters: not strict-typing clean
+    module_name, name = getattr(tp, "__module__", None), tp.__name__
+    if not isinstance(module_name, str) or module_name in ("builtins", "__main__") or tp.__qualname__ != name:
+        return None
+    if not _valid_module(module_name) or not _valid_class(name):
+        return None
+    if getattr(sys.modules.get(module_name), name, None) is not tp:
+        return None
+    return add(module_name, name)
+
+
+def _union(members: Sequence[str]) -> str:
+    """``A | B | None``: each member once, None last."""
+    unique = list(dict.fromkeys(members))
+    return " | ".join([m for m in unique if m != "None"] + (["None"] if "None" in unique else []))
+
+
+def _copy(imports: Imports) -> Imports:
+    trial = Imports(set(imports.reserved))
+    trial.local = dict(imports.local)
+    return trial
+
+
+def _field_line(f: _StateField, required: bool, imports: Imports, indent: int) -> str:
+    """The field's line: its type(s) as written, or Any when they cannot be written (or do not fit)."""
+    pad, default = " " * indent, "" if required else " = None"
+
+    def render(table: Imports) -> str | None:
+        members: list[str] = []
+        for tp in f.types:
+            found = _members(tp, table.add)
+            if found is None:
+                return None
+            members += found
+        any_name = table.local.get(("typing", "Any"))
+        if any_name is not None and any_name in members:
+            ann = any_name  # Any absorbs the rest, None included
+        else:
+            ann = _union(members if required else [*members, "None"])
+        text = f"{pad}{f.name}: {ann}{default}"
+        return text if len(text) <= LINE_LENGTH else None
+
+    if render(_copy(imports)) is not None:
+        line = render(imports)  # the same names: the trial ran on a copy of this table
+        assert line is not None
+        return line
+    return f"{pad}{f.name}: {imports.add('typing', 'Any')}{default}"
+
+
+def _state_class(dto: SagaOrchestratorInputDTO, imports: Imports) -> list[str]:
+    """The state DTO class: fields derived from the definition's events, and a docstring on extending it."""
+    from pydantic import BaseModel
+
+    name = dto.state_dto_name
+    fixed = {"BaseModel", "ConfigDict", name, dto.state_repository_name}
+    fields: dict[str, _StateField] = {}
+    inspected: list[str] = []
+    missing: list[str] = []
+    skipped: list[str] = []
+    triggers = 0
+    all_triggers_seen = True
+    for module, cls, trigger in _state_sources(dto):
+        found = _message_fields(module, cls)
+        if found is None:
+            missing.append(_safe(cls))
+            all_triggers_seen = all_triggers_seen and not trigger
+            continue
+        inspected.append(f"{_safe(cls)} (trigger)" if trigger else _safe(cls))
+        triggers += trigger
+        for field_name, tp, _ in found:
+            if (
+                not _valid_class(field_name)
+                or field_name.startswith("_")
+                or hasattr(BaseModel, field_name)
+                or field_name in fixed
+            ):
+                if _safe(field_name) not in skipped:
+                    skipped.append(_safe(field_name))
+                continue
+            f = fields.setdefault(field_name, _StateField(field_name))
+            f.types.append(tp)
+            f.triggers += trigger
+
+    imports.reserved |= set(fields)
+    body: list[str] = []
+    for f in fields.values():
+        required = all_triggers_seen and triggers > 0 and f.triggers == triggers
+        body.append(_field_line(f, required, imports, 4))
+
+    config = ['extra="allow"']
+    if any(f.startswith("model_") for f in fields):
+        config.append("protected_namespaces=()")  # pydantic < 2.10 warns on model_ fields otherwise
+
+    # The commands' required fields no event supplies: the default mapping cannot fill them.
+    needed: list[str] = []
+    for step in dto.steps:
+        pairs = [(step.command_module, step.command_name)]
+        if step.compensation_command_module and step.compensation_command_name:
+            pairs.append((step.compensation_command_module, step.compensation_command_name))
+        for module, cls in pairs:
+            for field_name, _, required in _message_fields(module, cls) or []:
+                label = _safe(f"{cls}.{field_name}")
+                if required and field_name not in fields and field_name not in skipped and label not in needed:
+                    needed.append(label)
+
+    paragraphs = [
+        "A saga starts with the fields of its trigger event; the fields of each success event are "
+        "merged in when it arrives, and each command is built from the state fields of the same "
+        "name (sagakit's default mapping, which the orchestrator's hooks can change). sagakit "
+        "stores this state and validates it against this model on every change.",
+    ]
+    if inspected:
+        paragraphs.append(
+            f"The fields below come from {_listing(inspected)}. Those every trigger event carries are "
+            "required; the others arrive with a later event and default to None."
+        )
+    else:
+        paragraphs.append(
+            "No event of the definition could be imported when this file was generated, so no field "
+            "is declared yet: every key of the state is kept as it is. Declare the fields the saga "
+            "works with to have them validated, e.g. order_id: str for a field every trigger event "
+            "carries and payment_id: str | None = None for one a later event adds."
+        )
+    if inspected and missing:
+        paragraphs.append(
+            f"Not inspected (their modules could not be imported): {_listing(missing)}; declare their "
+            "fields by hand, with a default of None unless every trigger event carries them."
+        )
+    if skipped:
+        paragraphs.append(f"Kept undeclared (not usable as pydantic field names here): {_listing(skipped)}.")
+    if needed:
+        paragraphs.append(
+            f"No event carries these required command fields: {_listing(needed)}. Build those "
+            "commands in the orchestrator's command hooks, or add the fields here with a default."
+        )
+    paragraphs.append(
+        "Extend it like any pydantic model: add a field with a default and set it from an "
+        "orchestrator hook, or narrow a type. Keys not declared here are kept as they are "
+        '(extra="allow"); declare them to have them validated, or set extra="ignore" to drop them.'
+    )
+    doc_body = "\n\n".join(textwrap.fill(p, width=LINE_LENGTH - 4, break_long_words=False) for p in paragraphs)
+    return [
+        f"class {name}(BaseModel):",
+        *docstring(4, f"The state of the {_safe(dto.saga_type)} saga.", doc_body),
+        "",
+        f"    model_config = ConfigDict({', '.join(config)})",
+        *([""] if body else []),
+        *body,
+    ]
+
+
+def _listing(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (the items are shown as they are: pass them through _safe)."""
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _scaffold_header(origin: str | None) -> list[str]:
+    lines = [_SCAFFOLD_HEADER]
+    if origin and len(origin) <= 60:
+        lines.append(f"# Source: {_safe(origin)}")
+    return [
+        *lines,
+        "# Yours to edit: re-running replaces this file only while it is unedited",
+        "# (or with --force).",
+    ]
+
+
+def _render_state_module(
+    dto: SagaOrchestratorInputDTO,
+    *,
+    root: str | os.PathLike[str] = ".",
+    origin: str | None = None,
+    with_repository: bool = False,
+) -> str:
+    """The source of the state DTO module (holding the repository too when both share a module)."""
+    reserved = {"annotations", dto.state_dto_name, dto.state_repository_name, "_STATE"}
+    imports = Imports(reserved)
+    imports.local[("pydantic", "BaseModel")] = "BaseModel"
+    imports.local[("pydantic", "ConfigDict")] = "ConfigDict"
+    state = _state_class(dto, imports)
+    names = [dto.state_dto_name]
+    classes = [*state]
+    if with_repository:
+        imports.local[("pydantic", "TypeAdapter")] = "TypeAdapter"
+        imports.local[("sagakit", "SagaEngine")] = "SagaEngine"
+        names.append(dto.state_repository_name)
+        classes += ["", "", *_repository_class(dto, dto.state_dto_name)]
+    summary = f"The state DTO of the {_safe(dto.saga_type)} saga" + (" and its repository." if with_repository else ".")
+    return _scaffold_module(summary, imports, root, names, classes, origin)
+
+
+def _render_repository_module(
+    dto: SagaOrchestratorInputDTO,
+    *,
+    root: str | os.PathLike[str] = ".",
+    origin: str | None = None,
+) -> str:
+    """The source of the state repository module."""
+    imports = Imports({"annotations", dto.state_repository_name, "_STATE"})
+    imports.local[("pydantic", "TypeAdapter")] = "TypeAdapter"
+    imports.local[("sagakit", "SagaEngine")] = "SagaEngine"
+    state = imports.add(dto.state_dto_module, dto.state_dto_name)
+    summary = f"The state repository of the {_safe(dto.saga_type)} saga."
+    return _scaffold_module(summary, imports, root, [dto.state_repository_name], _repository_class(dto, state), origin)
+
+
+def _scaffold_module(
+    summary: str,
+    imports: Imports,
+    root: str | os.PathLike[str],
+    names: Sequence[str],
+    body: Sequence[str],
+    origin: str | None,
+) -> str:
+    out = [
+        *_scaffold_header(origin),
+        *docstring(0, summary),
+        "",
+        "from __future__ import annotations",
+        "",
+        *imports.render(Path(root)),
+        "",
+        *_all_lines(names),
+        "",
+        "",
+        *body,
+    ]
+    # Two blank lines: ruff format puts them between a class body and a top-level comment.
+    text = "\n".join(out) + "\n\n\n"
+    return text + _CHECKSUM + _checksum(text) + "\n"
+
+
+def _all_lines(names: Sequence[str]) -> list[str]:
+    one = f"__all__ = [{', '.join(pystr(n) for n in names)}]"
+    if len(one) <= LINE_LENGTH:
+        return [one]
+    return ["__all__ = [", *(f"    {pystr(n)}," for n in names), "]"]
+
+
+def _repository_class(dto: SagaOrchestratorInputDTO, state: str) -> list[str]:
+    """A small repository over a SagaEngine: sagakit owns the state; this reads it, typed."""
+    name = dto.state_repository_name
+    saga = _safe(dto.saga_type)
+    return [
+        f"_STATE = TypeAdapter({state})",
+        "",
+        "",
+        f"class {name}:",
+        *docstring(
+            4,
+            f"The state of {saga} sagas, read from a SagaEngine.",
+            textwrap.fill(
+                "sagakit stores saga state itself: in the engine's store, in the same transaction as "
+                "the step that changed it, validated against the state DTO on every change. So this "
+                "repository is optional glue for application code that wants the state as a typed "
+                "object; the saga itself never calls it. Add queries here (e.g. with engine.list's "
+                "filters) as the application needs them.",
+                width=LINE_LENGTH - 4,
+            ),
+        ),
+        "",
+        f"    saga_type = {pystr(dto.saga_type)}",
+        "",
+        "    def __init__(self, engine: SagaEngine) -> None:",
+        "        self.engine = engine",
+        "",
+        f"    async def get(self, saga_id: str) -> {state}:",
+        *docstring(
+            8,
+            "The state of saga *saga_id*.",
+            "Raises:\n    SagaNotFound: no such saga.",
+        ),
+        "        snapshot = await self.engine.get(saga_id)",
+        "        return _STATE.validate_python(snapshot.data)",
+        "",
+        *layout_lines(Call("async def find", ["self", "correlation_id: str"]), 4, suffix=f" -> {state} | None:"),
+        *docstring(8, "The state of the saga started for *correlation_id*, or None."),
+        *layout_lines(
+            Call(
+                "await self.engine.list",
+                ["name=self.saga_type", "correlation_id=correlation_id", "limit=1"],
+            ),
+            8,
+            prefix="found = ",
+        ),
+        "        return _STATE.validate_python(found[0].data) if found else None",
+        "",
+        *layout_lines(
+            Call("async def save", ["self", f"state: {state}", "*", "correlation_id: str"]), 4, suffix=" -> str:"
+        ),
+        *docstring(
+            8,
+            "Start a saga with *state* as its initial state; return the saga's id.",
+            textwrap.fill(
+                "A saga's state is saved once, here: from then on its steps change it (through their "
+                "events and the orchestrator's hooks). Saving again with the same correlation id "
+                "returns the id of the saga it started, which is left as it is.",
+                width=LINE_LENGTH - 8,
+            ),
+        ),
+        *layout_lines(
+            Call(
+                "await self.engine.start",
+                [
+                    "self.saga_type",
+                    '_STATE.dump_python(state, mode="json")',
+                    "correlation_id=correlation_id",
+                    "idempotency_key=correlation_id",
+                ],
+            ),
+            8,
+            prefix="return ",
+        ),
+    ]

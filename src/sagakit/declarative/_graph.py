@@ -1,23 +1,42 @@
-"""``graph``: a saga definition as a Mermaid flowchart (or Graphviz DOT) of steps and compensations.
+"""``graph``: a saga definition as a Mermaid flowchart, Graphviz DOT or SVG of steps and compensations.
 
 Solid arrows are the forward flow (trigger events, step dependencies, the
 completion event); dotted arrows are the rollback: a step that fails starts
 the compensations of the completed steps before it, in reverse dependency
 order, ending in the failure event.
+
+SVG is the DOT text laid out by Graphviz's ``dot -Tsvg``, so it needs
+Graphviz installed (``apt-get install graphviz``, ``brew install graphviz``).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._definition import SagaDefinition, StepAction, StepDefinition
+from .._errors import SagaError
 from .._messages import SendCommand, WaitFor
 
-__all__ = ["graph"]
+__all__ = ["GraphvizError", "GraphvizNotFound", "graph", "render_svg"]
 
-GraphFormat = Literal["mermaid", "dot"]
+GraphFormat = Literal["mermaid", "dot", "svg"]
+
+INSTALL_GRAPHVIZ = (
+    "install Graphviz, which provides it (Debian/Ubuntu: apt-get install graphviz; macOS: brew install "
+    "graphviz; see https://graphviz.org/download/), or use --format dot or mermaid"
+)
+
+
+class GraphvizError(SagaError, RuntimeError):
+    """Graphviz's ``dot`` failed to lay out the graph."""
+
+
+class GraphvizNotFound(GraphvizError, FileNotFoundError):
+    """SVG output needs Graphviz's ``dot`` executable, which is not on ``PATH``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +55,60 @@ class _Edge:
 
 
 def graph(definition: SagaDefinition, format: GraphFormat = "mermaid") -> str:
-    """Draw *definition*: ``format="mermaid"`` (a ``flowchart TD``) or ``"dot"`` (Graphviz).
+    """Draw *definition*: ``format="mermaid"`` (a ``flowchart TD``), ``"dot"`` (Graphviz) or ``"svg"``.
 
     Works for any definition: message steps show their command and events,
-    local steps the function's name.
+    local steps the function's name. ``"svg"`` is the DOT text laid out by
+    Graphviz (see ``render_svg``).
+
+    Raises:
+        ValueError: an unknown format.
+        GraphvizNotFound: ``"svg"`` without Graphviz's ``dot`` on ``PATH``.
+        GraphvizError: ``dot`` failed.
     """
     nodes, edges = _layout(definition)
     if format == "mermaid":
         return _mermaid(nodes, edges)
     if format == "dot":
         return _dot(definition.name, nodes, edges)
-    raise ValueError(f"unknown graph format {format!r}: use 'mermaid' or 'dot'")
+    if format == "svg":
+        return render_svg(_dot(definition.name, nodes, edges))
+    raise ValueError(f"unknown graph format {format!r}: use 'mermaid', 'dot' or 'svg'")
+
+
+def render_svg(dot_text: str, *, dot: str | None = None, timeout: float = 60.0) -> str:
+    """Lay out Graphviz DOT text as SVG by piping it through ``dot -Tsvg``.
+
+    Args:
+        dot_text: the graph, e.g. ``graph(definition, "dot")``.
+        dot: the ``dot`` executable; found on ``PATH`` by default.
+        timeout: seconds to wait for ``dot``.
+
+    Raises:
+        GraphvizNotFound: no ``dot`` executable (Graphviz is not installed).
+        GraphvizError: ``dot`` failed or timed out.
+    """
+    exe = dot or shutil.which("dot")
+    if exe is None:
+        raise GraphvizNotFound(f"SVG output needs Graphviz's 'dot' program, which is not on PATH: {INSTALL_GRAPHVIZ}")
+    try:
+        done = subprocess.run(
+            [exe, "-Tsvg"],
+            input=dot_text.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GraphvizNotFound(f"Graphviz's 'dot' program was not found at {exe!r}: {INSTALL_GRAPHVIZ}") from None
+    except subprocess.TimeoutExpired:
+        raise GraphvizError(f"Graphviz's 'dot' did not finish within {timeout:g} seconds") from None
+    except OSError as e:
+        raise GraphvizError(f"cannot run Graphviz's 'dot' ({exe}): {e}") from None
+    if done.returncode != 0:
+        problem = done.stderr.decode("utf-8", "replace").strip() or f"exit status {done.returncode}"
+        raise GraphvizError(f"Graphviz's 'dot -Tsvg' failed: {problem}")
+    return done.stdout.decode("utf-8")
 
 
 def _type(t: type) -> str:
