@@ -114,6 +114,7 @@ class _Runtime:
     _background: set[asyncio.Future[Any]]
     _work_waiter: asyncio.Future[Any] | None
     _observers: tuple[Observer, ...]
+    _continue: tuple[_Held, list[RunStep]] | None
 
     def _report(self, method: str, event: object) -> None:
         for o in self._observers:
@@ -430,10 +431,37 @@ class _Runtime:
             self._transition(held, decision)
 
     def _dispatch(self, held: _Held, eff: RunStep) -> None:
-        task = asyncio.create_task(self._run_step(held, eff))
+        nxt = self._continue
+        if nxt is not None and nxt[0] is held:
+            # A step of this saga just finished in the task that applies its result:
+            # that task runs what comes next, saving a task per step.
+            nxt[1].append(eff)
+            return
+        task = asyncio.create_task(self._run_steps(held, eff))
         held.inflight[eff.token] = task
 
-    async def _run_step(self, held: _Held, eff: RunStep) -> None:
+    async def _run_steps(self, held: _Held, eff: RunStep) -> None:
+        """Run an attempt, then the attempt it makes ready next in the same saga, and so on."""
+        while True:
+            event = await self._run_step(held, eff)
+            if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
+                return  # the saga was aborted, finished or taken over meanwhile
+            self._continue = (held, [])
+            try:
+                self._apply(held, event)
+                follow = self._continue[1]
+            finally:
+                self._continue = None
+            if not follow:
+                return
+            eff = follow[0]
+            current = asyncio.current_task()
+            assert current is not None
+            held.inflight[eff.token] = current
+            for other in follow[1:]:
+                self._dispatch(held, other)
+
+    async def _run_step(self, held: _Held, eff: RunStep) -> Event:
         st = held.state
         defn = held.definition
         name = eff.step
@@ -502,9 +530,7 @@ class _Runtime:
                     st.correlation_id,
                 ),
             )  # fmt: skip
-        if held.inflight.pop(eff.token, None) is None or self._held.get(st.id) is not held:
-            return  # the saga was aborted, finished or taken over meanwhile
-        self._apply(held, event)
+        return event
 
     async def _call(self, fn: Callable[..., Any], is_async: bool, ctx: StepContext) -> Any:
         if is_async:
