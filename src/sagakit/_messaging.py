@@ -412,19 +412,27 @@ class Messaging:
         return f"saga {st.id} ({st.status.value}) has no {where} waiting for {env.type_name}"
 
     async def _correlate(self, env: Envelope) -> str | None:
-        """Find the saga a header-less event is for, with the waiting steps' correlation extractors."""
+        """Find the saga a header-less event is for, by correlation id.
+
+        The extractor is the waiting step's own (``wait_for(..., correlation=)``),
+        else the saga's trigger extractors applied to the reply (replies usually
+        carry the same business key as the event that started the saga).
+        """
         for exp in self._expects.get(env.type_name, ()):
-            extract: Callable[[Any], Any] | None = getattr(exp.action, "correlation", None)
-            if extract is None:
-                continue
+            own: Callable[[Any], Any] | None = getattr(exp.action, "correlation", None)
+            extractors = [own] if own is not None else [t.correlation for t in exp.definition.triggers]
             try:
                 event: Any = from_payload(exp.action.reply_types[env.type_name], env.payload)
-                cid = to_correlation_id(extract(event))
             except Exception:
                 continue
-            for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
-                if not snap.status.terminal:
-                    return snap.id
+            for extract in extractors:
+                try:
+                    cid = to_correlation_id(extract(event))
+                except Exception:
+                    continue
+                for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
+                    if not snap.status.terminal:
+                        return snap.id
         return None
 
     async def _dead(self, mid: str, saga_id: str | None, type_name: str, body: bytes | str, reason: str) -> None:
