@@ -82,10 +82,25 @@ class Figures:
             return int(self.cfg["raw_n"])
         return int(self.cfg["ns"][0])
 
+    def raw_ns(self, store: str, w: str) -> list[int]:
+        """The N at which the raw baseline ran for this store and workload."""
+        ms = self.ms
+        return sorted({m["n"] for m in ms if m["system"] == "raw-tx" and m["store"] == store and m["workload"] == w})
+
+    def raw_n_for(self, store: str, w: str, n: int) -> int | None:
+        """The raw baseline's N to compare sagakit at *n* with: the same, else the nearest smaller one."""
+        ns = [x for x in self.raw_ns(store, w) if x <= n] or self.raw_ns(store, w)
+        return ns[-1] if ns else None
+
+    def raw_runs(self, system: str, store: str, w: str, n: int) -> dict[int, float]:
+        rn = self.raw_n_for(store, w, n)
+        return self.runs_of("matrix", system, store, w, rn) if rn is not None else {}
+
     def series(self, store: str, w: str) -> list[tuple[str, int]]:
         """(system, N) rows of the matrix for one store and workload."""
         rows = [("sagakit", n) for n in self.cfg["ns"]]
-        rows += [(s, self.peer_n(s, w)) for s in ("dbos", "pso", "raw-tx", "raw-batch")]
+        rows += [(s, self.peer_n(s, w)) for s in ("dbos", "pso")]
+        rows += [(s, n) for s in ("raw-tx", "raw-batch") for n in self.raw_ns(store, w)]
         return rows
 
     def runs_of(self, section: str, system: str, store: str, w: str, n: int, workers: int = 0) -> dict[int, float]:
@@ -140,48 +155,49 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]], align: str | None 
 
 
 def headline(f: Figures, store: str) -> str:
-    n_small, n_big = f.cfg["ns"][0], f.cfg["ns"][-1]
-    two = n_big != n_small
-    head = [
-        "workload",
-        f"sagakit N={n_small:,}",
-        *([f"sagakit N={n_big:,}"] if two else []),
-        "DBOS",
-        "python-saga-orchestrator",
-        "raw 1 tx/transition",
-        "raw batched",
-        "sagakit ÷ DBOS",
-        "sagakit ÷ p-s-o",
-        "sagakit ÷ raw 1 tx",
-        "sagakit ÷ raw batched",
-    ]
+    ns = f.cfg["ns"]
+    n_small = ns[0]
+    head = ["workload", *(f"sagakit N={n:,}" for n in ns), "DBOS", "python-saga-orchestrator",
+            f"raw 1 tx/transition N={n_small:,}", f"raw batched N={n_small:,}", "sagakit ÷ DBOS",
+            "sagakit ÷ p-s-o", *(f"sagakit ÷ raw 1 tx, N={n:,}" for n in ns),
+            *(f"sagakit ÷ raw batched, N={n:,}" for n in ns)]  # fmt: skip
     rows = []
     for w, what in WORKLOADS.items():
-        if not any(f.get("matrix", "sagakit", store, w, n) for n in f.cfg["ns"]):
+        if not any(f.get("matrix", "sagakit", store, w, n) for n in ns):
             continue
-        sk_small = f.runs_of("matrix", "sagakit", store, w, n_small)
-        sk_big = f.runs_of("matrix", "sagakit", store, w, n_big)
+        sk = {n: f.runs_of("matrix", "sagakit", store, w, n) for n in ns}
         cells = [f"{w}: {what}"]
-        cells.append(span(list(sk_small.values())))
-        if two:
-            cells.append(span(list(sk_big.values())))
-        for s in ("dbos", "pso", "raw-tx", "raw-batch"):
+        cells += [span(list(sk[n].values())) for n in ns]
+        for s in ("dbos", "pso"):
             ms = f.get("matrix", s, store, w, f.peer_n(s, w))
             if ms and all("unsupported" in m for m in ms):
                 cells.append("not supported")
             else:
                 cells.append(span(list(f.runs_of("matrix", s, store, w, f.peer_n(s, w)).values())))
-        for s in ("dbos", "pso"):
-            cells.append(span(f.ratio(sk_small, f.runs_of("matrix", s, store, w, f.peer_n(s, w))), ",.0f") + " ~x~")
         for s in ("raw-tx", "raw-batch"):
-            cells.append(span(f.ratio(sk_big, f.runs_of("matrix", s, store, w, f.peer_n(s, w))), ".2f") + " ~x~")
-        rows.append([c.replace("— ~x~", "—") for c in cells])
+            cells.append(span(list(f.raw_runs(s, store, w, n_small).values())))
+        for s in ("dbos", "pso"):
+            peer = f.runs_of("matrix", s, store, w, f.peer_n(s, w))
+            cells.append(span(f.ratio(sk[n_small], peer), ",.0f") + " ~x~")
+        for s in ("raw-tx", "raw-batch"):
+            for n in ns:
+                mark = "" if f.raw_n_for(store, w, n) == n else " \u2020"
+                cells.append(span(f.ratio(sk[n], f.raw_runs(s, store, w, n)), ".2f") + " ~x~" + mark)
+        rows.append([c.replace("\u2014 ~x~", "\u2014") for c in cells])
     return table(head, rows)
 
 
 def per_saga_ms(ms: Sequence[dict[str, Any]], key: str) -> float | None:
     """Median over runs of a CPU figure (seconds) per saga, in milliseconds."""
     return med([m[key] * 1000 / m["n"] for m in ms if ok(m) and m.get(key) is not None])
+
+
+def _short_error(lines: Sequence[str]) -> str:
+    """The telling line of a failed run's output (the exception), shortened."""
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln.strip()[:100].replace("|", "/")
+    return (lines[-1].strip()[:100] if lines else "?").replace("|", "/")
 
 
 def detail(f: Figures, store: str) -> str:
@@ -200,11 +216,16 @@ def detail(f: Figures, store: str) -> str:
                 why = ms[0].get("unsupported") or ms[0].get("error", "failed").splitlines()[-1][:80]
                 rows.append([w, NAMES[system], f"{n:,}", f"not run: {why}", *([""] * (len(head) - 4))])
                 continue
+            failed = [m for m in ms if not ok(m)]
+            note = ""
+            if failed:
+                why = failed[0].get("error", "failed").strip().splitlines()
+                note = f" ({len(failed)} of {len(ms)} runs failed: {_short_error(why)})"
             row = [
                 w,
                 NAMES[system],
                 f"{n:,}",
-                span([rate(m) for m in good]),
+                span([rate(m) for m in good]) + note,
                 span([m["step_runs"] / m["seconds"] for m in good]),
                 fmt(lat(good, "p50"), ".1f"),
                 fmt(lat(good, "p99"), ".1f"),
@@ -258,21 +279,49 @@ def scaling_table(res: dict[str, Any]) -> str:
     rows = []
     for store, sizes in res.get("stores", {}).items():
         base = sizes.get("0") or next(iter(sizes.values()))
-        c0, r0 = med(base["claim_ms"]), med(base["sagas_per_s"])
         for size, v in sizes.items():
-            c, r = med(v["claim_ms"]), med(v["sagas_per_s"])
-            rows.append(
-                [
-                    STORES[store],
-                    f"{int(size):,}",
-                    span(v["claim_ms"], ".2f"),
-                    fmt(c / c0 if c and c0 else None, ".2f"),
-                    span(v["sagas_per_s"]),
-                    fmt(r / r0 if r and r0 else None, ".2f"),
-                    fmt(v["build_seconds"], ".0f"),
-                ]
-            )
+            # Per round, against the empty store measured in the same round; then the median.
+            c = [x / y for x, y in zip(v["claim_ms"], base["claim_ms"], strict=False)]
+            r = [x / y for x, y in zip(v["sagas_per_s"], base["sagas_per_s"], strict=False)]
+            rows.append([
+                STORES[store],
+                f"{int(size):,}",
+                span(v["claim_ms"], ".2f"),
+                span(c, ".2f"),
+                span(v["sagas_per_s"]),
+                span(r, ".2f"),
+                fmt(v["build_seconds"], ".0f"),
+            ])  # fmt: skip
     return table(head, rows)
+
+
+def cli_section(summary: dict[str, Any]) -> str:
+    """The figures of `sagakit bench --store postgresql://… --workers 1,2,4 --json`, saved beside the suite's."""
+    dbos = summary.get("dbos") or {}
+    env = summary.get("environment", {})
+    rows = []
+    for k, m in summary["modes"].items():
+        sk = m["sagakit"]
+        scale = summary.get("scaling_vs_1_worker", {}).get(k)
+        rows.append([
+            "0 (in the bench process)" if k == "0" else k,
+            span(sk["sagas_per_s"]["values"]),
+            span(sk.get("sagas_per_s_from_spawn", {}).get("values", [])),
+            fmt(sk.get("store_transactions_per_saga"), ".3f"),
+            span(m["dbos"]["sagas_per_s"]["values"]) if m.get("dbos") else "not run",
+            (span(m["ratio"]["values"], ",.0f") + " ~x~") if m.get("ratio") else "",
+            span(scale["values"], ".2f") if scale else "",
+        ])  # fmt: skip
+    head = ["worker processes", f"sagakit sagas/s (N={summary['n']:,})", "from spawn", "store tx / saga",
+            f"DBOS sagas/s (N={dbos.get('n', 0):,})", "sagakit ÷ DBOS", "vs 1 worker"]  # fmt: skip
+    return (
+        "## `sagakit bench` on PostgreSQL (issue 4)\n\n"
+        f"The command itself: `sagakit bench --store postgresql://postgres@127.0.0.1:5432/test --workers 1,2,4 "
+        f"--n {summary['n']} --runs {summary['runs']} --dbos-n {dbos.get('n', '?')} --json`, workload "
+        f"{summary['workload']} ({summary['description']}), {summary['in_flight']} in flight per process, "
+        f"{dbos.get('version') or 'DBOS'} on the same database in the same runs; run on {env.get('date', '?')} "
+        "right after the suite (figures in `benchmarks/results/cli-postgres.json`).\n\n" + table(head, rows) + "\n"
+    )
 
 
 # ---------------------------------------------------------------- targets
@@ -280,7 +329,7 @@ def scaling_table(res: dict[str, Any]) -> str:
 
 def targets(f: Figures) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
-    n_small, n_big = f.cfg["ns"][0], f.cfg["ns"][-1]
+    n_small = f.cfg["ns"][0]
 
     def verdict(values: Sequence[float], good: Callable[[float], bool]) -> str:
         if not values:
@@ -293,11 +342,13 @@ def targets(f: Figures) -> list[tuple[str, str, str]]:
         out.append((f"A on {STORES[store]}: ≥ {peer_goal} ~x~ the fastest peer",
                     f"{span(r, ',.0f')} ~x~ (sagakit N={n_small:,} ÷ the faster of DBOS and p-s-o, per run)",
                     verdict(r, lambda x, g=peer_goal: x >= g)))  # fmt: skip
-        skb = f.runs_of("matrix", "sagakit", store, "A", n_big)
-        r = f.ratio(skb, f.runs_of("matrix", "raw-tx", store, "A", f.peer_n("raw-tx", "A")))
         what = "the raw rate with a pool of 8" if store == "postgresql" else "the raw 1-tx-per-transition rate"
-        out.append((f"A on {STORES[store]}: ≥ {raw_goal} ~x~ {what}", f"{span(r, '.2f')} ~x~ (sagakit N={n_big:,})",
-                    verdict(r, lambda x, g=raw_goal: x >= g)))  # fmt: skip
+        for nn in f.cfg["ns"]:
+            r = f.ratio(f.runs_of("matrix", "sagakit", store, "A", nn), f.raw_runs("raw-tx", store, "A", nn))
+            rn = f.raw_n_for(store, "A", nn) or 0
+            out.append((f"A on {STORES[store]}: ≥ {raw_goal} ~x~ {what} (N={nn:,})",
+                        f"{span(r, '.2f')} ~x~ (sagakit N={nn:,} ÷ raw N={rn:,})",
+                        verdict(r, lambda x, g=raw_goal: x >= g)))  # fmt: skip
     n = f.cfg["workers_n"]
     one = f.runs_of("workers", "sagakit", "postgresql", "A", n, 1)
     two = f.runs_of("workers", "sagakit", "postgresql", "A", n, 2)
@@ -591,7 +642,7 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         ),
         f"runs: {cfg['runs']}; sagakit N = {', '.join(f'{n:,}' for n in cfg['ns'])}; peers N = "
         + ", ".join(f"{w} {n}" for w, n in cfg["peer_n"].items())
-        + f"; raw N = {cfg['raw_n']:,}; 50 sagas in flight",
+        + f"; raw N = {cfg['raw_n']:,} (SQLite: every sagakit N); 50 sagas in flight",
     ]
     parts.append("**Machine and run.** " + "; ".join(env) + ".\n")
 
@@ -609,7 +660,8 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         parts.append(f"## {store_name}: sagakit ÷ peers\n")
         parts.append(
             "Sagas/s, median of the runs (min~-~max); ratios are per run, then the median. Peer ratios use sagakit "
-            f"at N={cfg['ns'][0]:,}; ratios to raw use sagakit at N={cfg['ns'][-1]:,}.\n"
+            f"at N={cfg['ns'][0]:,}; ratios to raw compare the same N, except where marked \u2020 (the raw "
+            f"baseline ran at N={cfg['raw_n']:,} only).\n"
         )
         parts.append(headline(f, store) + "\n")
     if "bench-throughput.png" in made:
@@ -632,6 +684,10 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         parts.append(workers_table(f) + "\n")
         if "bench-workers.png" in made:
             parts.append("![worker processes](img/bench-workers.png)\n")
+
+    cli = HERE / "results" / "cli-postgres.json"
+    if cli.exists():
+        parts.append(cli_section(json.loads(cli.read_text())))
 
     sc = result.get("scaling")
     if sc and "stores" in sc:

@@ -536,7 +536,9 @@ async def run_workers(
     schema = f"sagakit_bench_{os.getpid()}_w{workers}_{uuid.uuid4().hex[:6]}"
     store_url, _ = _pg_url(url, schema)
     defn = definition(w, [0])
+    produce_begin = time.perf_counter()
     await _produce(defn, n, store_url)
+    produce_seconds = time.perf_counter() - produce_begin
     monitor = PostgresStore.from_url(store_url)
     await monitor.open()
     procs: list[subprocess.Popen[bytes]] = []
@@ -583,6 +585,8 @@ async def run_workers(
             "finished": n,
             "write_tx": sum(c["transactions"] for c in counts) if len(counts) == workers else None,
             "producer_tx": n,
+            # Storing the N PENDING sagas with engine.start() on an engine that is not running.
+            "producer_seconds": produce_seconds,
             "claims": sum(c["claims"] for c in counts) if counts else None,
             "next_wakes": sum(c.get("next_wakes", 0) for c in counts) if counts else None,
             "claim_ms_p50": _p50([x * 1000 for c in counts for x in c.get("claim_seconds", [])]),
