@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from sagakit._definition import build_definition
 from sagakit._messages import Envelope, message_type_name
 from sagakit.cli._main import cli
 from sagakit.declarative import load_definition
-from sagakit.participant import Participant
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
+from tests.messaging.test_message_saga import MakeTransport, Outcomes, Participants, saga_for
 
 from .conftest import FIXTURES, SEED_DATA
 
@@ -67,10 +68,11 @@ def fast(defn: SagaDefinition, *, reply_timeout: float | None = None, attempts: 
     )
 
 
-class Services:
-    def __init__(self, broker: MemoryBroker, app: Any) -> None:
-        self.payments = Participant(MemoryTransport(broker), name="payments")
-        self.shipping = Participant(MemoryTransport(broker), name="shipping")
+class Services(Participants):
+    """Fake payment and shipping services for the seed's commands (*app*: its message classes)."""
+
+    def __init__(self, make_transport: MakeTransport, app: Any) -> None:
+        super().__init__(make_transport)
         self.refunds: list[str] = []
 
         @self.payments.handles(app.ProcessPaymentCommand)
@@ -88,38 +90,6 @@ class Services:
                 return app.ShipmentFailedEvent(order_id=cmd.order_id, reason="no such address")
             return app.OrderShippedEvent(order_id=cmd.order_id, tracking_number=f"trk-{cmd.order_id}")
 
-    async def __aenter__(self) -> Services:
-        await self.payments.start()
-        await self.shipping.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.payments.close()
-        await self.shipping.close()
-
-
-async def outcome_listener(broker: MemoryBroker) -> tuple[MemoryTransport, list[Envelope]]:
-    transport = MemoryTransport(broker)
-    await transport.start()
-    seen: list[Envelope] = []
-
-    async def collect(d: Any) -> None:
-        seen.append(Envelope.from_bytes(d.body))
-
-    await transport.subscribe(
-        [f"{EVENTS}.OrderProcessingCompletedEvent", f"{EVENTS}.OrderProcessingFailedEvent"], "observer", collect
-    )
-    return transport, seen
-
-
-async def saga_for(engine: SagaEngine, order_id: str, timeout: float = 10) -> Any:
-    for _ in range(int(timeout * 100)):
-        found = await engine.list(correlation_id=order_id)
-        if found:
-            return await engine.wait(found[0].id, timeout=timeout)
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no saga started for order {order_id}")
-
 
 async def until(check: Callable[[], Any], timeout: float = 10) -> None:
     for _ in range(int(timeout * 100)):
@@ -132,11 +102,12 @@ async def until(check: Callable[[], Any], timeout: float = 10) -> None:
 async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any, store: str) -> None:
     """The scenario of the issue, for one way of obtaining the definitions."""
     broker = MemoryBroker()
-    listener, outcomes = await outcome_listener(broker)
+    transports = partial(MemoryTransport, broker)
     created = app.OrderCreatedEvent
-    try:
+    outcomes = Outcomes(transports, [f"{EVENTS}.OrderProcessingCompletedEvent", f"{EVENTS}.OrderProcessingFailedEvent"])
+    async with outcomes:
         # Happy path: the trigger starts one saga per order; completion is announced.
-        async with Services(broker, app), SagaEngine(store, transport=MemoryTransport(broker)) as engine:
+        async with Services(transports, app), SagaEngine(store, transport=transports()) as engine:
             engine.register(defn)
             await engine.publish(created(order_id="o-1", amount=20.0, address="1 Main St"))
             await engine.publish(created(order_id="o-1", amount=20.0, address="1 Main St"))
@@ -145,12 +116,12 @@ async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any,
             assert snap.name == "OrderProcessingSaga"
             assert snap.data["payment_id"] == "pay-o-1" and snap.data["tracking_number"] == "trk-o-1"
             assert await engine.count(correlation_id="o-1") == 1
-            await until(lambda: _async(len(outcomes) == 1))
-            assert outcomes[0].type_name == f"{EVENTS}.OrderProcessingCompletedEvent"
-            assert outcomes[0].payload == {"order_id": "o-1"}
+            await outcomes.wait_for(1, timeout=10)
+            assert outcomes.events[0].type_name == f"{EVENTS}.OrderProcessingCompletedEvent"
+            assert outcomes.events[0].payload == {"order_id": "o-1"}
 
         # A shipping failure: payment refunded, failure announced.
-        async with Services(broker, app) as services, SagaEngine(store, transport=MemoryTransport(broker)) as engine:
+        async with Services(transports, app) as services, SagaEngine(store, transport=transports()) as engine:
             engine.register(failing)
             await engine.publish(created(order_id="o-2", amount=5.0, address="nowhere"))
             snap = await saga_for(engine, "o-2")
@@ -159,12 +130,12 @@ async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any,
             assert "no such address" in (snap.steps["ShipOrder"].error or "")
             assert snap.steps["ProcessPayment"].status is StepStatus.COMPENSATED
             assert services.refunds == ["pay-o-2"]
-            await until(lambda: _async(len(outcomes) == 2))
-            assert outcomes[1].type_name == f"{EVENTS}.OrderProcessingFailedEvent"
+            await outcomes.wait_for(2, timeout=10)
+            assert outcomes.events[1].type_name == f"{EVENTS}.OrderProcessingFailedEvent"
 
         # A lost reply: timed out, resent with the same message id, then compensated.
         broker.drop_next[f"{SHIPPING}.OrderShippedEvent"] = 10
-        async with Services(broker, app) as services, SagaEngine(store, transport=MemoryTransport(broker)) as engine:
+        async with Services(transports, app) as services, SagaEngine(store, transport=transports()) as engine:
             engine.register(fast(failing, reply_timeout=0.2, attempts=2))
             await engine.publish(created(order_id="o-3", amount=5.0, address="2 Side St"))
             snap = await saga_for(engine, "o-3")
@@ -183,7 +154,7 @@ async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any,
 
         # A duplicated reply: no second effect, recorded as a dead letter.
         broker.duplicate_next[f"{PAYMENTS}.PaymentProcessedEvent"] = 1
-        async with Services(broker, app), SagaEngine(store, transport=MemoryTransport(broker)) as engine:
+        async with Services(transports, app), SagaEngine(store, transport=transports()) as engine:
             engine.register(defn)
             await engine.publish(created(order_id="o-4", amount=5.0, address="3 Hill Rd"))
             snap = await saga_for(engine, "o-4")
@@ -204,7 +175,7 @@ async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any,
                 step="ProcessPayment",
                 token=1,
             )
-            transport = MemoryTransport(broker)
+            transport = transports()
             await transport.start()
             await transport.publish(stray.type_name, stray.to_bytes(), message_id="stray-1")
             await transport.close()
@@ -215,12 +186,6 @@ async def run_scenarios(defn: SagaDefinition, failing: SagaDefinition, app: Any,
             await until(stray_recorded)
             [letter] = [d for d in await engine.dead_letters() if d.message_id == "stray-1"]
             assert f"unknown saga {'0' * 32}" in letter.reason
-    finally:
-        await listener.close()
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 @pytest.fixture

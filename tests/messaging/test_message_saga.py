@@ -1,15 +1,23 @@
-"""Message-driven sagas over the in-memory transport: triggers, replies, timeouts, duplicates."""
+"""Message-driven sagas over the in-memory transport: triggers, replies, timeouts, duplicates.
+
+The fake services, the outcome collector and the scenarios take a transport
+factory: tests/transports runs the scenarios on real brokers, and other tests
+reuse the helpers.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, Self
 
 import pytest
 from pydantic import BaseModel
 
 from sagakit import RetryPolicy, SagaBuilder, SagaEngine, SagaStatus, StepStatus
 from sagakit._messages import Envelope, message_type_name, send
+from sagakit._transport import Delivery, Transport
 from sagakit.participant import Participant
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
 
@@ -100,12 +108,31 @@ def definition(*, reply_timeout: float | None = None, attempts: int = 3) -> Any:
     return b.build()
 
 
-class Services:
-    """Fake payment and shipping services on the broker."""
+MakeTransport = Callable[[], Transport]
 
-    def __init__(self, broker: MemoryBroker) -> None:
-        self.payments = Participant(MemoryTransport(broker), name="payments")
-        self.shipping = Participant(MemoryTransport(broker), name="shipping")
+
+class Participants:
+    """A payment and a shipping participant, each on a transport of its own, started and closed together."""
+
+    def __init__(self, make_transport: MakeTransport, *, payments: Transport | None = None) -> None:
+        self.payments = Participant(payments or make_transport(), name="payments")
+        self.shipping = Participant(make_transport(), name="shipping")
+
+    async def __aenter__(self) -> Self:
+        await self.payments.start()
+        await self.shipping.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.payments.close()
+        await self.shipping.close()
+
+
+class Services(Participants):
+    """Fake payment and shipping services (*payments*: the payment service's transport, if not a new one)."""
+
+    def __init__(self, make_transport: MakeTransport, *, payments: Transport | None = None) -> None:
+        super().__init__(make_transport, payments=payments)
         self.charged: list[str] = []
         self.refunded: list[str] = []
 
@@ -127,89 +154,95 @@ class Services:
                 return ShippingFailed(order_id=cmd.order_id, reason="address unknown")
             return OrderShipped(order_id=cmd.order_id, tracking=f"t-{cmd.order_id}")
 
-    async def __aenter__(self) -> Services:
-        await self.payments.start()
-        await self.shipping.start()
+
+class Outcomes:
+    """Collects the sagas' completion and failure events (those of *destinations*)."""
+
+    def __init__(
+        self,
+        make_transport: MakeTransport,
+        destinations: Sequence[str] = (message_type_name(OrderCompleted), message_type_name(OrderFailed)),
+    ) -> None:
+        self.transport = make_transport()
+        self.destinations = list(destinations)
+        self.events: list[Envelope] = []
+
+    async def __aenter__(self) -> Outcomes:
+        await self.transport.start()
+
+        async def collect(d: Delivery) -> None:
+            self.events.append(Envelope.from_bytes(d.body))
+
+        await self.transport.subscribe(self.destinations, "observer", collect)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.payments.close()
-        await self.shipping.close()
+        await self.transport.close()
+
+    async def wait_for(self, n: int, timeout: float = 20) -> None:
+        for _ in range(int(timeout * 100)):
+            if len(self.events) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{n} outcome events not seen within {timeout}s (seen: {len(self.events)})")
 
 
-class Outcomes:
-    """Collects the sagas' completion and failure events."""
-
-    def __init__(self, broker: MemoryBroker) -> None:
-        self.transport = MemoryTransport(broker)
-        self.events: list[Envelope] = []
-
-    async def start(self) -> None:
-        await self.transport.start()
-
-        async def collect(d: Any) -> None:
-            self.events.append(Envelope.from_bytes(d.body))
-
-        await self.transport.subscribe(
-            [message_type_name(OrderCompleted), message_type_name(OrderFailed)], "observer", collect
-        )
-
-    async def wait_for(self, n: int, timeout: float = 10) -> None:
-        async def poll() -> None:
-            while len(self.events) < n:
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(poll(), timeout)
-
-
-async def _saga_for(engine: SagaEngine, order_id: str) -> Any:
-    for _ in range(500):
+async def saga_for(engine: SagaEngine, order_id: str, timeout: float = 10) -> Any:
+    """The saga of *order_id* once it has finished: started within *timeout* seconds, finished within as many."""
+    for _ in range(int(timeout * 100)):
         found = await engine.list(correlation_id=order_id)
         if found:
-            return await engine.wait(found[0].id, timeout=10)
+            return await engine.wait(found[0].id, timeout=timeout)
         await asyncio.sleep(0.01)
-    raise AssertionError(f"no saga for {order_id}")
+    raise AssertionError(f"no saga started for order {order_id}")
 
 
-@pytest.fixture
-def broker() -> MemoryBroker:
-    return MemoryBroker()
+async def dead_letters(engine: SagaEngine, timeout: float = 10) -> list[Any]:
+    """The engine's dead letters once there are any (none after *timeout* seconds)."""
+    for _ in range(int(timeout * 100)):
+        letters = await engine.dead_letters()
+        if letters:
+            return letters
+        await asyncio.sleep(0.01)
+    return []
 
 
-async def test_trigger_to_completion_event(store_url: str, broker: MemoryBroker) -> None:
-    outcomes = Outcomes(broker)
-    await outcomes.start()
+# ------------------------------------------------------------ scenarios, on any transport (tests/transports too)
+
+
+async def trigger_to_completion(store_url: str, make_transport: MakeTransport) -> None:
+    """A trigger event starts one saga per correlation id; it completes and announces it."""
     async with (
-        Services(broker) as services,
-        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+        Outcomes(make_transport) as outcomes,
+        Services(make_transport) as services,
+        SagaEngine(store_url, transport=make_transport()) as engine,
     ):
         engine.register(definition())
+        await engine._messaging.ready()
         await engine.publish(OrderCreated(order_id="o-1", amount=10))
         await engine.publish(OrderCreated(order_id="o-1", amount=10))  # same correlation: no-op
-        snap = await _saga_for(engine, "o-1")
+        snap = await saga_for(engine, "o-1")
         await outcomes.wait_for(1)
         assert await engine.count() == 1
     assert snap.status is SagaStatus.COMPLETED
-    assert snap.data["payment_id"] == "p-o-1"
-    assert snap.data["tracking"] == "t-o-1"
+    assert (snap.data["payment_id"], snap.data["tracking"]) == ("p-o-1", "t-o-1")
     assert snap.correlation_id == "o-1"
     assert services.charged == ["o-1"]
     [done] = outcomes.events
     assert done.type_name == message_type_name(OrderCompleted)
     assert done.payload == {"order_id": "o-1", "saga_id": snap.id}
-    await outcomes.transport.close()
 
 
-async def test_shipping_failure_compensates_and_announces(store_url: str, broker: MemoryBroker) -> None:
-    outcomes = Outcomes(broker)
-    await outcomes.start()
+async def shipping_failure_compensates_and_announces(store_url: str, make_transport: MakeTransport) -> None:
+    """A failure reply compensates the steps done and announces the failure."""
     async with (
-        Services(broker) as services,
-        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+        Outcomes(make_transport) as outcomes,
+        Services(make_transport) as services,
+        SagaEngine(store_url, transport=make_transport()) as engine,
     ):
         engine.register(definition())
         await engine.publish(OrderCreated(order_id="o-2", amount=10, fail_shipping=True))
-        snap = await _saga_for(engine, "o-2")
+        snap = await saga_for(engine, "o-2")
         await outcomes.wait_for(1)
     assert snap.status is SagaStatus.COMPENSATED
     assert snap.steps["ShipOrder"].status is StepStatus.FAILED
@@ -219,56 +252,20 @@ async def test_shipping_failure_compensates_and_announces(store_url: str, broker
     [failed] = outcomes.events
     assert failed.type_name == message_type_name(OrderFailed)
     assert "address unknown" in failed.payload["reason"]
-    await outcomes.transport.close()
 
 
-async def test_lost_reply_is_resent_with_the_same_message_id(store_url: str, broker: MemoryBroker) -> None:
-    broker.drop_next[message_type_name(OrderShipped)] = 1
+async def duplicated_reply_has_no_second_effect(
+    store_url: str, make_transport: MakeTransport, *, payments: Transport | None = None
+) -> None:
+    """A payment reply delivered twice (the caller arranges it) completes the step once; the copy is dead-lettered."""
     async with (
-        Services(broker) as services,
-        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+        Services(make_transport, payments=payments),
+        SagaEngine(store_url, transport=make_transport()) as engine,
     ):
-        engine.register(definition(reply_timeout=0.3))
-        await engine.publish(OrderCreated(order_id="o-3", amount=10))
-        snap = await _saga_for(engine, "o-3")
-    assert snap.status is SagaStatus.COMPLETED
-    assert snap.steps["ShipOrder"].attempts == 2
-    ship_ids = [m.message_id for m in broker.published if m.destination == message_type_name(ShipOrder)]
-    sent = [
-        Envelope.from_bytes(m.body) for m in broker.published if m.destination == message_type_name(ShipOrder)
-    ]
-    assert len(sent) == 2 and sent[0].message_id == sent[1].message_id
-    assert sent[0].token != sent[1].token
-    assert len(set(ship_ids)) == 2  # distinct outbox rows for the broker
-    assert services.shipping.handled == 1 and services.shipping.duplicates == 1
-    assert any("timed out" in h.message for h in snap.history)
-
-
-async def test_lost_reply_after_last_attempt_compensates(store_url: str, broker: MemoryBroker) -> None:
-    broker.drop_next[message_type_name(OrderShipped)] = 5
-    async with (
-        Services(broker) as services,
-        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
-    ):
-        engine.register(definition(reply_timeout=0.2, attempts=2))
-        await engine.publish(OrderCreated(order_id="o-4", amount=10))
-        snap = await _saga_for(engine, "o-4")
-    assert snap.status is SagaStatus.COMPENSATED
-    assert "timed out" in (snap.steps["ShipOrder"].error or "")
-    assert services.refunded == ["p-o-4"]
-
-
-async def test_duplicated_reply_has_no_second_effect(store_url: str, broker: MemoryBroker) -> None:
-    broker.duplicate_next[message_type_name(PaymentProcessed)] = 1
-    async with Services(broker), SagaEngine(store_url, transport=MemoryTransport(broker)) as engine:
         engine.register(definition())
         await engine.publish(OrderCreated(order_id="o-5", amount=10))
-        snap = await _saga_for(engine, "o-5")
-        for _ in range(200):
-            letters = await engine.dead_letters()
-            if letters:
-                break
-            await asyncio.sleep(0.01)
+        snap = await saga_for(engine, "o-5")
+        letters = await dead_letters(engine)
     assert snap.status is SagaStatus.COMPLETED
     assert sum(h.kind == "step_completed" and h.step == "ProcessPayment" for h in snap.history) == 1
     [letter] = letters
@@ -277,10 +274,77 @@ async def test_duplicated_reply_has_no_second_effect(store_url: str, broker: Mem
     assert "duplicate" in letter.reason or "no step" in letter.reason
 
 
-async def test_reply_for_an_unknown_saga_is_dead_lettered(store_url: str, broker: MemoryBroker) -> None:
-    stray = MemoryTransport(broker)
+# ------------------------------------------------------------ tests
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+@pytest.fixture
+def transports(broker: MemoryBroker) -> MakeTransport:
+    """Makes transports on the test's broker."""
+    return partial(MemoryTransport, broker)
+
+
+async def test_trigger_to_completion_event(store_url: str, transports: MakeTransport) -> None:
+    await trigger_to_completion(store_url, transports)
+
+
+async def test_shipping_failure_compensates_and_announces(store_url: str, transports: MakeTransport) -> None:
+    await shipping_failure_compensates_and_announces(store_url, transports)
+
+
+async def test_lost_reply_is_resent_with_the_same_message_id(
+    store_url: str, broker: MemoryBroker, transports: MakeTransport
+) -> None:
+    broker.drop_next[message_type_name(OrderShipped)] = 1
+    async with (
+        Services(transports) as services,
+        SagaEngine(store_url, transport=transports()) as engine,
+    ):
+        engine.register(definition(reply_timeout=0.3))
+        await engine.publish(OrderCreated(order_id="o-3", amount=10))
+        snap = await saga_for(engine, "o-3")
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.steps["ShipOrder"].attempts == 2
+    ship_ids = [m.message_id for m in broker.published if m.destination == message_type_name(ShipOrder)]
+    sent = [Envelope.from_bytes(m.body) for m in broker.published if m.destination == message_type_name(ShipOrder)]
+    assert len(sent) == 2 and sent[0].message_id == sent[1].message_id
+    assert sent[0].token != sent[1].token
+    assert len(set(ship_ids)) == 2  # distinct outbox rows for the broker
+    assert services.shipping.handled == 1 and services.shipping.duplicates == 1
+    assert any("timed out" in h.message for h in snap.history)
+
+
+async def test_lost_reply_after_last_attempt_compensates(
+    store_url: str, broker: MemoryBroker, transports: MakeTransport
+) -> None:
+    broker.drop_next[message_type_name(OrderShipped)] = 5
+    async with (
+        Services(transports) as services,
+        SagaEngine(store_url, transport=transports()) as engine,
+    ):
+        engine.register(definition(reply_timeout=0.2, attempts=2))
+        await engine.publish(OrderCreated(order_id="o-4", amount=10))
+        snap = await saga_for(engine, "o-4")
+    assert snap.status is SagaStatus.COMPENSATED
+    assert "timed out" in (snap.steps["ShipOrder"].error or "")
+    assert services.refunded == ["p-o-4"]
+
+
+async def test_duplicated_reply_has_no_second_effect(
+    store_url: str, broker: MemoryBroker, transports: MakeTransport
+) -> None:
+    broker.duplicate_next[message_type_name(PaymentProcessed)] = 1
+    await duplicated_reply_has_no_second_effect(store_url, transports)
+
+
+async def test_reply_for_an_unknown_saga_is_dead_lettered(store_url: str, transports: MakeTransport) -> None:
+    stray = transports()
     await stray.start()
-    engine = SagaEngine(store_url, transport=MemoryTransport(broker))
+    engine = SagaEngine(store_url, transport=transports())
     engine.register(definition())  # registered before it starts: subscribed on entry
     async with engine:
         env = Envelope.wrap(
@@ -292,38 +356,34 @@ async def test_reply_for_an_unknown_saga_is_dead_lettered(store_url: str, broker
             token=1,
         )
         await stray.publish(env.type_name, env.to_bytes(), message_id="m-stray")
-        for _ in range(200):
-            letters = await engine.dead_letters()
-            if letters:
-                break
-            await asyncio.sleep(0.01)
+        letters = await dead_letters(engine)
     await stray.close()
     [letter] = letters
     assert letter.message_id == "m-stray"
     assert "unknown saga no-such-saga" in letter.reason
 
 
-async def test_business_failure_reply_fails_without_retry(store_url: str, broker: MemoryBroker) -> None:
+async def test_business_failure_reply_fails_without_retry(store_url: str, transports: MakeTransport) -> None:
     async with (
-        Services(broker) as services,
-        SagaEngine(store_url, transport=MemoryTransport(broker)) as engine,
+        Services(transports) as services,
+        SagaEngine(store_url, transport=transports()) as engine,
     ):
         engine.register(definition())
         await engine.publish(OrderCreated(order_id="o-6", amount=5000))
-        snap = await _saga_for(engine, "o-6")
+        snap = await saga_for(engine, "o-6")
     assert snap.status is SagaStatus.COMPENSATED
     assert snap.steps["ProcessPayment"].attempts == 1
     assert "limit exceeded" in (snap.steps["ProcessPayment"].error or "")
     assert services.refunded == []
 
 
-async def test_outbox_holds_commands_until_a_transport_runs(tmp_path: Any, broker: MemoryBroker) -> None:
+async def test_outbox_holds_commands_until_a_transport_runs(tmp_path: Any, transports: MakeTransport) -> None:
     url = f"sqlite:///{tmp_path}/o.db"
     queued = SagaEngine(url)
     queued.register(definition())
     sid = await queued.start("order_processing", {"order_id": "o-7", "amount": 3})
     await queued.close()
-    async with Services(broker), SagaEngine(url, transport=MemoryTransport(broker)) as engine:
+    async with Services(transports), SagaEngine(url, transport=transports()) as engine:
         engine.register(definition())
         snap = await engine.wait(sid, timeout=10)
         for _ in range(200):  # the completion event is published right after the last commit

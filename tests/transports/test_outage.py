@@ -18,9 +18,9 @@ from collections import Counter
 import pytest
 
 from sagakit import SagaEngine, SagaStatus
-from sagakit.participant import Participant
 from tests.messaging.test_message_saga import (
     OrderShipped,
+    Participants,
     PaymentProcessed,
     ProcessPayment,
     ShipOrder,
@@ -35,12 +35,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 ORDERS = 60
 
 
-class Ledger:
+class Ledger(Participants):
     """Payment and shipping services that count their effects per order."""
 
     def __init__(self, b: Broker) -> None:
-        self.payments = Participant(b.transport(ack_timeout=3.0), name="payments")
-        self.shipping = Participant(b.transport(ack_timeout=3.0), name="shipping")
+        super().__init__(lambda: b.transport(ack_timeout=3.0))
         self.charged: Counter[str] = Counter()
         self.shipped: Counter[str] = Counter()
 
@@ -53,15 +52,6 @@ class Ledger:
         async def ship(cmd: ShipOrder) -> OrderShipped:
             self.shipped[cmd.order_id] += 1
             return OrderShipped(order_id=cmd.order_id, tracking=f"t-{cmd.order_id}")
-
-    async def __aenter__(self) -> Ledger:
-        await self.payments.start()
-        await self.shipping.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.payments.close()
-        await self.shipping.close()
 
 
 async def test_sagas_survive_a_broker_restart(store_url: str, broker: Broker) -> None:

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -42,12 +41,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"the Kafka transport needs aiokafka: pip install 'sagakit[kafka]' ({e})") from e
 
 from .._transport import Delivery, Handler, TransportError
+from . import _base
 
 __all__ = ["KafkaTransport", "topic_for"]
 
 log = logging.getLogger("sagakit.transport.kafka")
 
-_ID = "x-sagakit-message-id"
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
 _OPTIONS = {
     "prefix": str,
@@ -61,12 +60,8 @@ _OPTIONS = {
 
 def topic_for(prefix: str, destination: str) -> str:
     """The topic of *destination*: ``<prefix>.<escaped destination>``, hashed past Kafka's 249 characters."""
-    if not destination:
-        raise TransportError("a destination name must not be empty")
-    name = prefix + "." + "".join(chr(b) if b in _SAFE else f"_{b:02X}" for b in destination.encode())
-    if len(name) > 249:
-        name = name[:224] + "_" + hashlib.sha256(name.encode()).hexdigest()[:24]
-    return name
+    escaped = "".join(chr(b) if b in _SAFE else f"_{b:02X}" for b in _base.check_destination(destination).encode())
+    return _base.fit_name(prefix + "." + escaped, 249, "_")
 
 
 class KafkaTransport:
@@ -114,31 +109,29 @@ class KafkaTransport:
 
     @classmethod
     def from_url(cls, url: str) -> KafkaTransport:
-        parts = urlsplit(url)
-        opts: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query):
-            if key not in _OPTIONS:
-                raise TransportError(f"unknown option {key!r} in Kafka URL {url!r}: use one of {sorted(_OPTIONS)}")
-            opts[key] = _OPTIONS[key](value)
+        parts, opts, _ = _base.url_options(url, _OPTIONS, strict="Kafka")
         return cls(f"kafka://{parts.netloc}", **opts)
 
     async def _retrying(self, what: str, make: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.connect_timeout
-        delay = 0.1
-        while True:
+        async def start() -> Any:
             client = make()
             try:
                 await client.start()
-                return client
-            except (KafkaError, OSError) as e:
+            except (KafkaError, OSError):
                 with contextlib.suppress(Exception):
                     await client.stop()
-                if loop.time() + delay > give_up:
-                    raise TransportError(f"cannot connect {what} to Kafka at {self.bootstrap}: {e}") from e
-                log.warning("Kafka at %s unreachable (%s); retrying in %.1fs", self.bootstrap, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                raise
+            return client
+
+        return await _base.connect_with_retries(
+            start,
+            broker="Kafka",
+            where=self.bootstrap,
+            log=log,
+            timeout=self.connect_timeout,
+            errors=(KafkaError, OSError),
+            what=what,
+        )
 
     async def start(self) -> None:
         if self._producer is None:
@@ -165,7 +158,7 @@ class KafkaTransport:
     ) -> None:
         if self._producer is None:
             raise TransportError("Kafka transport is not started")
-        hdrs = [(k, v.encode()) for k, v in {**(headers or {}), _ID: message_id}.items()]
+        hdrs = [(k, v.encode()) for k, v in {**(headers or {}), _base.MESSAGE_ID_HEADER: message_id}.items()]
         topic = topic_for(self.prefix, destination)
         try:
             await asyncio.wait_for(
@@ -202,7 +195,7 @@ class KafkaTransport:
         self._consumers.append((consumer, task))
 
     async def _consume(self, consumer: Any, topics: dict[str, str], handler: Handler) -> None:
-        delay = 0.1
+        backoff = _base.Backoff()
         while True:
             try:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=self.concurrency)
@@ -211,56 +204,34 @@ class KafkaTransport:
                 )
                 if batches:
                     await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-                delay = 0.1
+                backoff.reset()
             except KafkaError as e:  # the client reconnects by itself; uncommitted records come again
-                log.warning("Kafka: consuming failed (%s); retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("Kafka: consuming failed (%s); retrying in %.1fs", e, backoff.delay)
+                await backoff.wait()
 
     async def _partition(self, destination: str, records: list[Any], handler: Handler) -> None:
         for record in records:
             headers = {k: v.decode() for k, v in record.headers or ()}
-            mid = headers.pop(_ID, "")
+            mid = headers.pop(_base.MESSAGE_ID_HEADER, "")
             for attempt in range(1, self.max_deliveries + 1):
+                delivery = Delivery(destination, record.value, mid, attempt, headers)
                 try:
-                    await _call(
-                        handler, Delivery(destination, record.value, mid, attempt, headers), self.redelivery_delay
-                    )
+                    await _base.call_handler(handler, delivery, self.redelivery_delay, log)
                     break
                 except Exception as e:
                     if attempt == self.max_deliveries:
-                        await self._give_up(destination, record.value, mid, headers, attempt, e)
+                        await self._give_up(delivery, _base.failed_reason(attempt, e))
                     else:
-                        await asyncio.sleep(self.redelivery_delay * 2 ** (attempt - 1))
+                        await asyncio.sleep(_base.backoff_delay(self.redelivery_delay, attempt))
 
-    async def _give_up(
-        self, destination: str, body: bytes, mid: str, headers: dict[str, str], attempt: int, e: Exception
-    ) -> None:
-        reason = f"delivery {attempt} failed: {type(e).__name__}: {e}"
-        log.warning("Kafka: message %s on %s dead-lettered: %s", mid, destination, reason)
-        extra = {"x-sagakit-reason": reason, "x-sagakit-destination": destination, "x-sagakit-deliveries": str(attempt)}
-        delay = self.redelivery_delay
+    async def _give_up(self, delivery: Delivery, reason: str) -> None:
+        log.warning("Kafka: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
+        headers = _base.dead_letter_headers(delivery, reason)
+        backoff = _base.Backoff(self.redelivery_delay)
         while True:  # the offset is committed only once the dead letter is stored
             try:
-                await self.publish(self.dead_letter, body, message_id=mid, headers={**headers, **extra})
+                await self.publish(self.dead_letter, delivery.body, message_id=delivery.message_id, headers=headers)
                 return
             except TransportError as err:
-                log.warning("Kafka: cannot dead-letter %s yet: %s", mid, err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-
-async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
-    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
-
-    Such a failure says nothing about the message, so it does not count
-    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
-    """
-    while True:
-        try:
-            await handler(delivery)
-            return
-        except TransportError as e:
-            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                log.warning("Kafka: cannot dead-letter %s yet: %s", delivery.message_id, err)
+                await backoff.wait()

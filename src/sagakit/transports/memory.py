@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._transport import Delivery, Handler, TransportError
+from . import _base
 
 __all__ = ["DeadLetter", "MemoryBroker", "MemoryTransport"]
 
@@ -151,14 +152,8 @@ class MemoryTransport:
                 g.queue.put_nowait(msg)
             except Exception as e:
                 if msg.deliveries >= broker.max_deliveries:
-                    broker.dead_letters.append(
-                        DeadLetter(
-                            msg.destination,
-                            msg.message_id,
-                            msg.body,
-                            f"delivery {msg.deliveries} failed: {type(e).__name__}: {e}",
-                        )
-                    )
+                    reason = _base.failed_reason(msg.deliveries, e)
+                    broker.dead_letters.append(DeadLetter(msg.destination, msg.message_id, msg.body, reason))
                     log.warning("message %s dead-lettered: %s", msg.message_id, e)
                 else:
                     await asyncio.sleep(broker.redelivery_delay)

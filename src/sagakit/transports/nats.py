@@ -29,7 +29,7 @@ import logging
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlunsplit
 
 try:
     import nats
@@ -40,14 +40,14 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"the NATS transport needs nats-py: pip install 'sagakit[nats]' ({e})") from e
 
 from .._transport import Delivery, Handler, TransportError
+from . import _base
+from ._base import DEAD_LETTER_GROUP
 
 __all__ = ["DEAD_LETTER_GROUP", "NatsTransport", "subject_for"]
 
 log = logging.getLogger("sagakit.transport.nats")
 
-DEAD_LETTER_GROUP = "dead-letters"  # the group that keeps dead letters until someone reads them
 _MSG_ID = "Nats-Msg-Id"
-_ID = "x-sagakit-message-id"
 _OPTIONS = {
     "stream": str,
     "prefix": str,
@@ -65,13 +65,8 @@ def subject_for(prefix: str, destination: str) -> str:
     Raises:
         TransportError: the destination is empty.
     """
-    if not destination:
-        raise TransportError("a destination name must not be empty")
-    words = destination.split(".")
-    if all(words):
-        return prefix + "." + ".".join(quote(w, safe="-_") for w in words)
-    # Empty words (leading, trailing or doubled dots) are invalid subject tokens: one token then.
-    return prefix + "." + quote(destination, safe="-_").replace(".", "%2E")
+    # quote() keeps dots: escaped here, for the one-token form of a destination with empty words.
+    return prefix + "." + _base.encode_words(destination, lambda w: quote(w, safe="-_").replace(".", "%2E"))
 
 
 def _consumer_name(group: str, destination: str) -> str:
@@ -130,12 +125,7 @@ class NatsTransport:
 
     @classmethod
     def from_url(cls, url: str) -> NatsTransport:
-        parts = urlsplit(url)
-        opts: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query):
-            if key not in _OPTIONS:
-                raise TransportError(f"unknown option {key!r} in NATS URL {url!r}: use one of {sorted(_OPTIONS)}")
-            opts[key] = _OPTIONS[key](value)
+        parts, opts, _ = _base.url_options(url, _OPTIONS, strict="NATS")
         return cls(urlunsplit((parts.scheme, parts.netloc, "", "", "")), **opts)
 
     # ------------------------------------------------------------ lifecycle
@@ -143,28 +133,22 @@ class NatsTransport:
     async def start(self) -> None:
         if self._nc is not None:
             return
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.connect_timeout
-        delay = 0.1
-        while True:
-            try:
-                self._nc = await nats.connect(
-                    self.url.split(","),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-                break
-            except Exception as e:
-                if loop.time() + delay > give_up:
-                    raise TransportError(f"cannot connect to NATS at {self.url}: {e}") from e
-                log.warning("NATS at %s unreachable (%s); retrying in %.1fs", self.url, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self._nc = await _base.connect_with_retries(
+            lambda: nats.connect(
+                self.url.split(","),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            ),
+            broker="NATS",
+            where=self.url,
+            log=log,
+            timeout=self.connect_timeout,
+        )
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
         try:
             await self._ensure_stream()
@@ -180,11 +164,7 @@ class NatsTransport:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-        if self._handling:
-            _, late = await asyncio.wait(set(self._handling), timeout=self.close_grace)
-            for t in late:
-                t.cancel()  # the handler naks its message: another member gets it now
-            await asyncio.gather(*late, return_exceptions=True)
+        await _base.drain(self._handling, self.close_grace)  # a cancelled handler naks: another member gets it now
         self._nc = self._js = None
         self._dead_letter_ready = False
         with contextlib.suppress(Exception):
@@ -228,7 +208,7 @@ class NatsTransport:
             raise TransportError("NATS transport is not started")
         if not self._nc.is_connected:
             raise TransportError(f"NATS at {self.url} is unreachable (reconnecting)")
-        hdrs = {**headers, _ID: mid, _MSG_ID: dedup_id}
+        hdrs = {**headers, _base.MESSAGE_ID_HEADER: mid, _MSG_ID: dedup_id}
         try:
             await self._js.publish(subject, body, headers=hdrs, timeout=self.publish_timeout)
         except Exception as e:
@@ -298,27 +278,27 @@ class NatsTransport:
 
     async def _handle(self, msg: Any, destination: str, handler: Handler) -> None:
         headers = dict(msg.headers or {})
-        mid = headers.pop(_ID, None) or headers.get(_MSG_ID, "")
+        mid = headers.pop(_base.MESSAGE_ID_HEADER, None) or headers.get(_MSG_ID, "")
         headers.pop(_MSG_ID, None)
         attempt = msg.metadata.num_delivered
         delivery = Delivery(destination, msg.data, mid, attempt, headers)
         if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
-            await self._give_up(msg, delivery, f"delivered {attempt} times without being acknowledged")
+            await self._give_up(msg, delivery, _base.unacknowledged_reason(attempt))
             return
         beat = asyncio.create_task(self._keep_alive(msg))
         try:
-            await _call(handler, delivery, self.redelivery_delay)
+            await _base.call_handler(handler, delivery, self.redelivery_delay, log)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
         except Exception as e:
             if attempt >= self.max_deliveries:
-                await self._give_up(msg, delivery, f"delivery {attempt} failed: {type(e).__name__}: {e}")
+                await self._give_up(msg, delivery, _base.failed_reason(attempt, e))
             else:
                 log.info("NATS: handling %s failed (delivery %d): %s", mid, attempt, e)
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=self.redelivery_delay * 2 ** (attempt - 1))
+                    await msg.nak(delay=_base.backoff_delay(self.redelivery_delay, attempt))
         else:
             with contextlib.suppress(Exception):  # a lost ack means one more delivery, no loss
                 await msg.ack()
@@ -333,18 +313,12 @@ class NatsTransport:
 
     async def _give_up(self, msg: Any, delivery: Delivery, reason: str) -> None:
         log.warning("NATS: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
-        headers = {
-            **delivery.headers,
-            "x-sagakit-reason": reason,
-            "x-sagakit-destination": delivery.destination,
-            "x-sagakit-deliveries": str(delivery.attempt),
-        }
         try:
             await self._publish(
                 subject_for(self.prefix, self.dead_letter),
                 delivery.body,
                 delivery.message_id,
-                headers,
+                _base.dead_letter_headers(delivery, reason),
                 f"{delivery.message_id}:dead-letter",
             )
         except TransportError as e:
@@ -354,19 +328,3 @@ class NatsTransport:
             return
         with contextlib.suppress(Exception):
             await msg.ack()
-
-
-async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
-    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
-
-    Such a failure says nothing about the message, so it does not count
-    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
-    """
-    while True:
-        try:
-            await handler(delivery)
-            return
-        except TransportError as e:
-            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 try:
     import aio_pika
@@ -40,12 +39,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"the RabbitMQ transport needs aio-pika: pip install 'sagakit[rabbitmq]' ({e})") from e
 
 from .._transport import Delivery, Handler, TransportError
+from . import _base
+from ._base import DEAD_LETTER_GROUP
 
 __all__ = ["DEAD_LETTER_GROUP", "RabbitMQTransport", "queue_name", "routing_key"]
 
 log = logging.getLogger("sagakit.transport.rabbitmq")
 
-DEAD_LETTER_GROUP = "dead-letters"  # the group that keeps dead letters until someone reads them
 _MAX_NAME = 255  # bytes, for routing keys and queue names
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _OPTIONS = {
@@ -58,10 +58,7 @@ _OPTIONS = {
 
 
 def _fit(name: str) -> str:
-    if len(name.encode()) <= _MAX_NAME:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
-    return name[: _MAX_NAME - 26] + ".:" + digest
+    return _base.fit_name(name, _MAX_NAME, ".:")
 
 
 def _encode(text: str) -> str:
@@ -75,11 +72,7 @@ def routing_key(destination: str) -> str:
     Raises:
         TransportError: the destination is empty.
     """
-    if not destination:
-        raise TransportError("a destination name must not be empty")
-    words = destination.split(".")
-    key = ".".join(_encode(w) for w in words) if all(words) else _encode(destination)
-    return _fit(key)
+    return _fit(_base.encode_words(destination, _encode))
 
 
 def queue_name(exchange: str, group: str, destination: str) -> str:
@@ -142,15 +135,8 @@ class RabbitMQTransport:
 
     @classmethod
     def from_url(cls, url: str) -> RabbitMQTransport:
-        parts = urlsplit(url)
-        opts: dict[str, Any] = {}
-        rest = []
-        for key, value in parse_qsl(parts.query):
-            if key in _OPTIONS:
-                opts[key] = _OPTIONS[key](value)
-            else:
-                rest.append((key, value))  # aio-pika's own (heartbeat, ...)
-        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), "")), **opts)
+        parts, opts, rest = _base.url_options(url, _OPTIONS)  # the rest is aio-pika's own (heartbeat, ...)
+        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, rest, "")), **opts)
 
     @property
     def queues(self) -> list[str]:
@@ -163,37 +149,35 @@ class RabbitMQTransport:
         if self._watcher is not None:
             return
         self._closing = False
-        await self._connect(give_up=asyncio.get_running_loop().time() + self.connect_timeout)
+        await self._connect(timeout=self.connect_timeout)
         self._watcher = asyncio.create_task(self._watch(), name="sagakit-rabbitmq-reconnect")
 
-    async def _connect(self, give_up: float | None) -> None:
-        """Connect, declare the topology and resume the consumers, retrying with back-off."""
-        loop = asyncio.get_running_loop()
-        delay = 0.1
-        while True:
-            conn = None
-            try:
-                conn = await aio_pika.connect(self.url, timeout=5)
-                channel = await conn.channel(publisher_confirms=True)
-                exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-                await self._declare(channel, DEAD_LETTER_GROUP, self.dead_letter)
-                for sub in self._subs:
-                    await self._consume(conn, sub)
-                break
-            except Exception as e:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                if self._closing:
-                    raise TransportError("RabbitMQ transport closed while connecting") from e
-                if give_up is not None and loop.time() + delay > give_up:
-                    raise TransportError(f"cannot connect to RabbitMQ at {self._safe_url}: {e}") from e
-                log.warning("RabbitMQ at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    async def _connect(self, timeout: float | None) -> None:
+        """Connect, declare the topology and resume the consumers, retrying with back-off (None: forever)."""
+        conn, exchange = await _base.connect_with_retries(
+            self._connect_once, broker="RabbitMQ", where=self._safe_url, log=log, timeout=timeout
+        )
         self._lost.clear()
         conn.close_callbacks.add(lambda *_: self._lost.set())
         self._conn, self._exchange = conn, exchange
+
+    async def _connect_once(self) -> tuple[Any, Any]:
+        conn = None
+        try:
+            conn = await aio_pika.connect(self.url, timeout=5)
+            channel = await conn.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+            await self._declare(channel, DEAD_LETTER_GROUP, self.dead_letter)
+            for sub in self._subs:
+                await self._consume(conn, sub)
+        except Exception as e:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if self._closing:
+                raise TransportError("RabbitMQ transport closed while connecting") from e
+            raise
+        return conn, exchange
 
     async def _watch(self) -> None:
         while True:
@@ -203,14 +187,12 @@ class RabbitMQTransport:
             log.warning("RabbitMQ: connection to %s lost; reconnecting", self._safe_url)
             self._exchange = None
             with contextlib.suppress(TransportError):
-                await self._connect(give_up=None)
+                await self._connect(timeout=None)
                 log.warning("RabbitMQ: reconnected to %s", self._safe_url)
 
     @property
     def _safe_url(self) -> str:
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        return f"{parts.scheme}://{host}:{parts.port or 5672}{parts.path}"
+        return _base.safe_url(self.url, 5672)
 
     async def close(self) -> None:
         self._closing = True
@@ -224,11 +206,7 @@ class RabbitMQTransport:
             if sub.queue is not None and sub.consumer_tag is not None:
                 with contextlib.suppress(Exception):
                     await sub.queue.cancel(sub.consumer_tag)
-        if self._handling:
-            _, late = await asyncio.wait(set(self._handling), timeout=self.close_grace)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await _base.drain(self._handling, self.close_grace)
         conn, self._conn, self._exchange = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -301,20 +279,20 @@ class RabbitMQTransport:
         attempt = int(headers.pop("x-delivery-count", 0)) + 1
         delivery = Delivery(sub.destination, message.body, message.message_id or "", attempt, headers)
         if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
-            await self._give_up(message, delivery, f"delivered {attempt} times without being acknowledged")
+            await self._give_up(message, delivery, _base.unacknowledged_reason(attempt))
             return
         try:
-            await _call(sub.handler, delivery, self.redelivery_delay)
+            await _base.call_handler(sub.handler, delivery, self.redelivery_delay, log)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             raise
         except Exception as e:
             if attempt >= self.max_deliveries:
-                await self._give_up(message, delivery, f"delivery {attempt} failed: {type(e).__name__}: {e}")
+                await self._give_up(message, delivery, _base.failed_reason(attempt, e))
                 return
             log.info("RabbitMQ: handling %s failed (delivery %d): %s", delivery.message_id, attempt, e)
-            await asyncio.sleep(self.redelivery_delay * 2 ** (attempt - 1))
+            await asyncio.sleep(_base.backoff_delay(self.redelivery_delay, attempt))
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
         else:
@@ -323,12 +301,7 @@ class RabbitMQTransport:
 
     async def _give_up(self, message: Any, delivery: Delivery, reason: str) -> None:
         log.warning("RabbitMQ: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
-        headers = {
-            **delivery.headers,
-            "x-sagakit-reason": reason,
-            "x-sagakit-destination": delivery.destination,
-            "x-sagakit-deliveries": str(delivery.attempt),
-        }
+        headers = _base.dead_letter_headers(delivery, reason)
         try:
             await self.publish(self.dead_letter, delivery.body, message_id=delivery.message_id, headers=headers)
         except TransportError as e:
@@ -339,19 +312,3 @@ class RabbitMQTransport:
             return
         with contextlib.suppress(Exception):
             await message.ack()
-
-
-async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
-    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
-
-    Such a failure says nothing about the message, so it does not count
-    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
-    """
-    while True:
-        try:
-            await handler(delivery)
-            return
-        except TransportError as e:
-            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

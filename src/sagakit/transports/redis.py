@@ -38,7 +38,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import orjson
 
@@ -51,12 +51,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"the Redis transport needs redis-py: pip install 'sagakit[redis]' ({e})") from e
 
 from .._transport import Delivery, Handler, TransportError
+from . import _base
+from ._base import DEAD_LETTER_GROUP
 
 __all__ = ["DEAD_LETTER_GROUP", "RedisTransport"]
 
 log = logging.getLogger("sagakit.transport.redis")
 
-DEAD_LETTER_GROUP = "dead-letters"  # the group that keeps dead letters until someone reads them
 _OPTIONS = {
     "prefix": str,
     "dead_letter": str,
@@ -120,21 +121,12 @@ class RedisTransport:
 
     @classmethod
     def from_url(cls, url: str) -> RedisTransport:
-        parts = urlsplit(url)
-        opts: dict[str, Any] = {}
-        rest = []
-        for key, value in parse_qsl(parts.query):
-            if key in _OPTIONS:
-                opts[key] = _OPTIONS[key](value)
-            else:
-                rest.append((key, value))  # redis-py's own (socket_timeout, ...)
-        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), "")), **opts)
+        parts, opts, rest = _base.url_options(url, _OPTIONS)  # the rest is redis-py's own (socket_timeout, ...)
+        return cls(urlunsplit((parts.scheme, parts.netloc, parts.path, rest, "")), **opts)
 
     def key(self, destination: str) -> str:
         """The stream key of *destination* (Redis keys are binary-safe: no escaping needed)."""
-        if not destination:
-            raise TransportError("a destination name must not be empty")
-        return f"{self.prefix}:{destination}"
+        return f"{self.prefix}:{_base.check_destination(destination)}"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,20 +139,18 @@ class RedisTransport:
             socket_connect_timeout=2.0,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
         )
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.connect_timeout
-        delay = 0.1
-        while True:
-            try:
-                await client.ping()
-                break
-            except (RedisError, OSError) as e:
-                if loop.time() + delay > give_up:
-                    await client.aclose()
-                    raise TransportError(f"cannot connect to Redis at {self._safe_url}: {e}") from e
-                log.warning("Redis at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            await _base.connect_with_retries(
+                client.ping,
+                broker="Redis",
+                where=self._safe_url,
+                log=log,
+                timeout=self.connect_timeout,
+                errors=(RedisError, OSError),
+            )
+        except TransportError:
+            await client.aclose()
+            raise
         self._redis = client
 
     def _reader_client(self) -> Any:
@@ -173,8 +163,7 @@ class RedisTransport:
 
     @property
     def _safe_url(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+        return _base.safe_url(self.url, 6379)
 
     async def close(self) -> None:
         client = self._redis
@@ -184,11 +173,7 @@ class RedisTransport:
             t.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers.clear()
-        if self._handling:
-            _, late = await asyncio.wait(set(self._handling), timeout=self.close_grace)
-            for t in late:
-                t.cancel()  # left pending: another member claims it after ack_timeout
-            await asyncio.gather(*late, return_exceptions=True)
+        await _base.drain(self._handling, self.close_grace)  # a cancelled handler's entry: claimed after ack_timeout
         for key, group in self._groups:  # leave no empty consumer names behind
             with contextlib.suppress(RedisError, OSError):
                 if not await client.xpending_range(key, group, "-", "+", 1, consumername=self.consumer):
@@ -248,7 +233,7 @@ class RedisTransport:
         inflight: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         next_claim = 0.0
-        delay = 0.1
+        backoff = _base.Backoff()
         while True:
             if len(inflight) >= self.concurrency:
                 await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
@@ -264,7 +249,7 @@ class RedisTransport:
                         group, self.consumer, {key: ">"}, count=free, block=int(block * 1000)
                     )
                     batch = [(i, f, 1) for _key, entries in reply or () for i, f in entries]
-                delay = 0.1
+                backoff.reset()
             except ResponseError as e:
                 if "NOGROUP" in str(e):
                     # The group is gone (server restarted without persistence): read its stream from the start.
@@ -272,16 +257,14 @@ class RedisTransport:
                     try:
                         await self._create_group(key, group, "0")
                     except (RedisError, OSError):
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(backoff.delay)
                     continue
-                log.warning("Redis: reading %s failed: %s; retrying in %.1fs", key, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("Redis: reading %s failed: %s; retrying in %.1fs", key, e, backoff.delay)
+                await backoff.wait()
                 continue
             except (RedisError, OSError) as e:
-                log.warning("Redis at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("Redis at %s unreachable (%s); retrying in %.1fs", self._safe_url, e, backoff.delay)
+                await backoff.wait()
                 continue
             for entry_id, fields, attempt in batch:
                 task = asyncio.create_task(self._handle(destination, key, group, handler, entry_id, fields, attempt))
@@ -321,21 +304,17 @@ class RedisTransport:
                 destination, fields.get(b"body", b""), fields.get(b"id", b"").decode(), attempt, headers
             )
             if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
-                await self._give_up(
-                    key, group, entry_id, delivery, f"delivered {attempt} times without being acknowledged"
-                )
+                await self._give_up(key, group, entry_id, delivery, _base.unacknowledged_reason(attempt))
                 return
             beat = asyncio.create_task(self._keep_alive(key, group, entry_id))
             try:
-                await _call(handler, delivery, self.redelivery_delay)
+                await _base.call_handler(handler, delivery, self.redelivery_delay, log)
             except Exception as e:
                 if attempt >= self.max_deliveries:
-                    await self._give_up(
-                        key, group, entry_id, delivery, f"delivery {attempt} failed: {type(e).__name__}: {e}"
-                    )
+                    await self._give_up(key, group, entry_id, delivery, _base.failed_reason(attempt, e))
                     return
                 log.info("Redis: handling %s failed (delivery %d): %s", delivery.message_id, attempt, e)
-                await asyncio.sleep(self.redelivery_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(_base.backoff_delay(self.redelivery_delay, attempt))
                 try:  # take it again (counts a delivery); gone if another member took it over
                     claimed = await redis.xclaim(key, group, self.consumer, 0, [entry_id])
                 except (RedisError, OSError):
@@ -359,31 +338,10 @@ class RedisTransport:
 
     async def _give_up(self, key: str, group: str, entry_id: bytes, delivery: Delivery, reason: str) -> None:
         log.warning("Redis: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
-        headers = {
-            **delivery.headers,
-            "x-sagakit-reason": reason,
-            "x-sagakit-destination": delivery.destination,
-            "x-sagakit-deliveries": str(delivery.attempt),
-        }
+        headers = _base.dead_letter_headers(delivery, reason)
         try:
             await self._create_group(self.key(self.dead_letter), DEAD_LETTER_GROUP, "0")
             await self.publish(self.dead_letter, delivery.body, message_id=delivery.message_id, headers=headers)
             await self._redis.xack(key, group, entry_id)
         except (TransportError, RedisError, OSError) as e:
             log.warning("Redis: cannot dead-letter %s yet: %s", delivery.message_id, e)
-
-
-async def _call(handler: Handler, delivery: Delivery, delay: float) -> None:
-    """Run *handler*; while it fails with TransportError (its own publish hit a broker outage), retry it in place.
-
-    Such a failure says nothing about the message, so it does not count
-    towards ``max_deliveries``: the message is neither redelivered nor dead-lettered for it.
-    """
-    while True:
-        try:
-            await handler(delivery)
-            return
-        except TransportError as e:
-            log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
