@@ -392,3 +392,32 @@ async def test_outbox_holds_commands_until_a_transport_runs(tmp_path: Any, trans
             await asyncio.sleep(0.01)
         assert await engine.store.outbox_pending() == 0
     assert snap.status is SagaStatus.COMPLETED
+
+
+async def test_a_reply_without_saga_headers_is_matched_by_correlation(store_url: str, broker: MemoryBroker) -> None:
+    """A participant that does not echo the envelope: the trigger's extractor finds the saga by order id."""
+    stripped = MemoryTransport(broker)
+    await stripped.start()
+
+    async def pay_without_headers(d: Any) -> None:
+        cmd = Envelope.from_bytes(d.body)
+        reply = Envelope.wrap(
+            PaymentProcessed(order_id=cmd.payload["order_id"], payment_id="p-bare"),
+            message_id=f"bare-{cmd.message_id}",
+            timestamp=0.0,
+        )
+        await stripped.publish(reply.type_name, reply.to_bytes(), message_id=reply.message_id)
+
+    await stripped.subscribe([message_type_name(ProcessPayment)], "bare-payments", pay_without_headers)
+    shipping = Services(lambda: MemoryTransport(broker)).shipping
+    await shipping.start()
+    try:
+        async with SagaEngine(store_url, transport=MemoryTransport(broker)) as engine:
+            engine.register(definition())
+            await engine.publish(OrderCreated(order_id="o-8", amount=10))
+            snap = await saga_for(engine, "o-8")
+    finally:
+        await shipping.close()
+        await stripped.close()
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.data["payment_id"] == "p-bare"
