@@ -133,17 +133,10 @@ class NatsTransport:
     async def start(self) -> None:
         if self._nc is not None:
             return
+        # nats-py retries an unreachable server on its own, forever with these reconnect
+        # settings: each attempt is bounded here so connect_timeout can take effect.
         self._nc = await _base.connect_with_retries(
-            lambda: nats.connect(
-                self.url.split(","),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-            ),
+            lambda: asyncio.wait_for(self._connect(), 5.0),
             broker="NATS",
             where=self.url,
             log=log,
@@ -155,6 +148,18 @@ class NatsTransport:
         except Exception:
             await self.close()
             raise
+
+    async def _connect(self) -> Any:
+        return await nats.connect(
+            self.url.split(","),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
 
     async def close(self) -> None:
         nc = self._nc
