@@ -584,17 +584,31 @@ class StoreContract:
         s: Any = store
         first = await s.outbox_claim("r1", 200.0, 230.0, 2)
         assert [m.id for m in first] == ["m0", "m1"]
-        rest = await s.outbox_claim("r2", 200.0, 230.0, 10)
-        assert [m.id for m in rest] == ["m2"]  # claimed messages are not handed out twice
+        # One relay per saga at a time: r1 holds saga a's messages, so r2 gets none of them.
+        assert await s.outbox_claim("r2", 200.0, 230.0, 10) == []
         await s.outbox_done("r2", ["m0"])  # not r2's: stays
         await s.outbox_done("r1", ["m0"])
         assert await s.outbox_pending() == 2
         await s.outbox_retry("r1", ["m1"], 300.0)
-        assert await s.outbox_claim("r3", 220.0, 250.0, 10) == []  # m1 not yet due, m2 held
-        again = await s.outbox_claim("r3", 300.0, 330.0, 10)  # m1 due; r2's claim on m2 expired
-        assert sorted((m.id, m.attempts) for m in again) == [("m1", 2), ("m2", 2)]
+        # m1 waits for its retry; m2 comes after it, so it waits too.
+        assert await s.outbox_claim("r3", 220.0, 250.0, 10) == []
+        again = await s.outbox_claim("r3", 300.0, 330.0, 10)
+        assert [(m.id, m.attempts) for m in again] == [("m1", 2), ("m2", 1)]
         await s.outbox_done("r3", ["m1", "m2"])
         assert await s.outbox_pending() == 0
+
+    async def test_outbox_claim_of_a_dead_relay_expires(self, store: Store) -> None:
+        self._messaging(store)
+        st = saga("a")
+        await put(store, st)
+        w = update(st)
+        w.outbox += [OutboxMessage(f"m{i}", "a", "q", b"x") for i in range(2)]
+        await store.commit([w])
+        s: Any = store
+        assert [m.id for m in await s.outbox_claim("dead", 200.0, 230.0, 1)] == ["m0"]
+        assert await s.outbox_claim("alive", 210.0, 240.0, 10) == []  # m0 is held: m1 waits
+        taken = await s.outbox_claim("alive", 231.0, 260.0, 10)  # the dead relay's claim ran out
+        assert [(m.id, m.attempts) for m in taken] == [("m0", 2), ("m1", 1)]
 
     async def test_inbox_records_messages_of_applied_transitions(self, store: Store) -> None:
         self._messaging(store)

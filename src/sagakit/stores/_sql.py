@@ -47,6 +47,10 @@ class Dialect:
     # given the placeholder that json_path(key) is bound to (keys never enter the SQL text).
     json_text: Callable[[str], str] = _sqlite_json_text
     json_path: Callable[[str], str] = _sqlite_json_path
+    # A condition that holds for one claimer of a saga at a time within a transaction
+    # (PostgreSQL: a transaction-scoped advisory lock on the saga id), so two relays
+    # never split one saga's messages between them; "" where writers are serialised.
+    saga_lock: Callable[[str], str] = lambda column: ""
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -80,8 +84,7 @@ def migrations(d: Dialect) -> list[list[str]]:
             )""",
             # Finding due work reads only this partial index: finished sagas
             # have no wake time and are not in it.
-            "CREATE INDEX IF NOT EXISTS sagakit_sagas_due ON sagakit_sagas (wake_at) "
-            "WHERE wake_at IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS sagakit_sagas_due ON sagakit_sagas (wake_at) WHERE wake_at IS NOT NULL",
             "CREATE UNIQUE INDEX IF NOT EXISTS sagakit_sagas_idem "
             "ON sagakit_sagas (name, idempotency_key) WHERE idempotency_key IS NOT NULL",
             "CREATE INDEX IF NOT EXISTS sagakit_sagas_created ON sagakit_sagas (created_at)",
@@ -214,12 +217,20 @@ class Statements:
         )
         self.next_wake = "SELECT MIN(wake_at) FROM sagakit_sagas WHERE wake_at IS NOT NULL"
         # owner=1 claimed_until=2 now=3 limit=4: claim unpublished messages, oldest first.
+        # A saga whose messages another relay holds is passed over entirely, and a message
+        # waits while an earlier one of its saga waits for a retry: one relay publishes a
+        # saga's messages at a time, in order.
         self.outbox_claim = (
             f"UPDATE sagakit_outbox SET claimed_by={p(1)}, claimed_until={p(2)}, "
-            "attempts=attempts+1 WHERE id IN (SELECT id FROM sagakit_outbox "
-            f"WHERE available_at <= {p(3)} AND (claimed_by IS NULL OR claimed_until <= {p(3)}) "
-            f"ORDER BY available_at, saga_id, revision, idx LIMIT {p(4)}{d.lock_rows}) "
-            "RETURNING id, saga_id, destination, payload, headers, attempts, available_at, "
+            "attempts=attempts+1 WHERE id IN (SELECT o.id FROM sagakit_outbox o "
+            f"WHERE o.available_at <= {p(3)} AND (o.claimed_by IS NULL OR o.claimed_until <= {p(3)}) "
+            "AND NOT EXISTS (SELECT 1 FROM sagakit_outbox h WHERE h.saga_id = o.saga_id AND h.id <> o.id "
+            f"AND ((h.claimed_by IS NOT NULL AND h.claimed_by <> {p(1)} AND h.claimed_until > {p(3)}) "
+            "OR ((h.revision < o.revision OR (h.revision = o.revision AND h.idx < o.idx)) "
+            f"AND h.available_at > {p(3)})))"
+            f"{d.saga_lock('o.saga_id')} "
+            f"ORDER BY o.created_at, o.saga_id, o.revision, o.idx LIMIT {p(4)}{d.lock_rows}) "
+            "RETURNING id, saga_id, destination, payload, headers, attempts, created_at, "
             "revision, idx"
         )
         self.outbox_done = f"DELETE FROM sagakit_outbox WHERE id={p(1)} AND claimed_by={p(2)}"

@@ -111,9 +111,7 @@ class MemoryStore:
         due = [
             r
             for r in self._rows.values()
-            if r.wake_at is not None
-            and r.wake_at <= now
-            and (r.lease_owner is None or (r.lease_expires or 0.0) <= now)
+            if r.wake_at is not None and r.wake_at <= now and (r.lease_owner is None or (r.lease_expires or 0.0) <= now)
         ]
         due.sort(key=lambda r: r.wake_at or 0.0)
         return [self._take(r, owner, lease_until) for r in due[:limit]]
@@ -230,12 +228,27 @@ class MemoryStore:
     async def outbox_claim(
         self, owner: str, now: float, claimed_until: float, limit: int
     ) -> builtins.list[OutboxRecord]:
+        entries = list(self.outbox.values())
+
+        def blocked(e: _Out) -> bool:
+            # Another relay holds one of its saga's messages, or an earlier one waits for a retry.
+            saga_id = e.message.saga_id
+            return any(
+                h is not e
+                and h.message.saga_id == saga_id
+                and (
+                    (h.claimed_by not in (None, owner) and (h.claimed_until or 0.0) > now)
+                    or (h.order < e.order and h.available_at > now)
+                )
+                for h in entries
+            )
+
         ready = [
             e
-            for e in self.outbox.values()
-            if e.available_at <= now and (e.claimed_by is None or (e.claimed_until or 0.0) <= now)
+            for e in entries
+            if e.available_at <= now and (e.claimed_by is None or (e.claimed_until or 0.0) <= now) and not blocked(e)
         ]
-        ready.sort(key=lambda e: (e.available_at, e.order))
+        ready.sort(key=lambda e: e.order)
         out: builtins.list[OutboxRecord] = []
         for e in ready[:limit]:
             e.claimed_by, e.claimed_until = owner, claimed_until

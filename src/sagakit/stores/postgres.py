@@ -82,6 +82,7 @@ DIALECT = Dialect(
     cast_params=True,
     json_text=lambda p: f"(data::jsonb ->> {p})",
     json_path=lambda key: key,
+    saga_lock=lambda column: f" AND pg_try_advisory_xact_lock(hashtext({column}))",
 )
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no

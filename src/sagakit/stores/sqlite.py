@@ -151,9 +151,7 @@ class SQLiteStore:
     def _migrate(conn: sqlite3.Connection, version: int) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             for step in migrations(DIALECT)[version:]:
                 for stmt in step:
                     conn.execute(stmt)
@@ -253,8 +251,7 @@ class SQLiteStore:
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         rows = [
-            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message)
-            for i, h in enumerate(entries)
+            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message) for i, h in enumerate(entries)
         ]
         await self._run(self._executemany_tx, self._sql.insert_history, rows)
 
@@ -383,9 +380,7 @@ class SQLiteStore:
     ) -> builtins.list[OutboxRecord]:
         return await self._run(self._outbox_claim, owner, now, claimed_until, limit)
 
-    def _outbox_claim(
-        self, owner: str, now: float, claimed_until: float, limit: int
-    ) -> builtins.list[OutboxRecord]:
+    def _outbox_claim(self, owner: str, now: float, claimed_until: float, limit: int) -> builtins.list[OutboxRecord]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
