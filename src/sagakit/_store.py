@@ -16,7 +16,6 @@ for a held one (so a dead worker's sagas become due), NULL once finished.
 from __future__ import annotations
 
 import builtins
-import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from ._backends import Backend, backend_from_url
 from ._errors import StoreError
 from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
@@ -253,7 +253,7 @@ def describe(value: Any) -> str:
 
 # Backends by URL scheme, imported by name only when their URL is used: the
 # runtime never imports a backend module (or its driver) itself.
-_BACKENDS = {
+_BACKENDS: dict[str, Backend] = {
     "memory": ("sagakit.stores.memory", "MemoryStore", None),
     "sqlite": ("sagakit.stores.sqlite", "SQLiteStore", None),
     "postgresql": ("sagakit.stores.postgres", "PostgresStore", "postgres"),
@@ -270,18 +270,11 @@ def store_from_url(url: str) -> Store:
     Raises:
         StoreError: unknown scheme, or the backend's extra is not installed.
     """
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    scheme = scheme.split("+", 1)[0]
-    backend = _BACKENDS.get(scheme)
-    if backend is None:
-        raise StoreError(
-            f"unknown store URL {url!r}: use memory://, sqlite:///path.db or postgresql://user@host/db"
-        )
-    module_name, cls_name, extra = backend
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        hint = f" Install it with: pip install 'sagakit[{extra}]'" if extra else ""
-        raise StoreError(f"the {scheme} store is not available: {e}.{hint}") from e
-    store: Store = getattr(module, cls_name).from_url(url)
+    store: Store = backend_from_url(
+        url,
+        _BACKENDS,
+        kind="store",
+        usage="memory://, sqlite:///path.db or postgresql://user@host/db",
+        error=StoreError,
+    )
     return store

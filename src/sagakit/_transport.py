@@ -18,11 +18,11 @@ own module and imports its client library only there.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ._backends import Backend, backend_from_url
 from ._errors import SagaError
 
 __all__ = [
@@ -85,7 +85,7 @@ class Transport(Protocol):
         ...
 
 
-_BACKENDS = {
+_BACKENDS: dict[str, Backend] = {
     "memory": ("sagakit.transports.memory", "MemoryTransport", None),
     "nats": ("sagakit.transports.nats", "NatsTransport", "nats"),
     "amqp": ("sagakit.transports.rabbitmq", "RabbitMQTransport", "rabbitmq"),
@@ -103,17 +103,11 @@ def transport_from_url(url: str) -> Transport:
     Raises:
         TransportError: unknown scheme, or the transport's extra is not installed.
     """
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    backend = _BACKENDS.get(scheme)
-    if backend is None:
-        raise TransportError(
-            f"unknown transport URL {url!r}: use memory://, nats://, amqp://, redis:// or kafka://"
-        )
-    module_name, cls_name, extra = backend
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        hint = f" Install it with: pip install 'sagakit[{extra}]'" if extra else ""
-        raise TransportError(f"the {scheme} transport is not available: {e}.{hint}") from e
-    transport: Transport = getattr(module, cls_name).from_url(url)
+    transport: Transport = backend_from_url(
+        url,
+        _BACKENDS,
+        kind="transport",
+        usage="memory://, nats://, amqp://, redis:// or kafka://",
+        error=TransportError,
+    )
     return transport
