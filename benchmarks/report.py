@@ -384,6 +384,7 @@ def charts(f: Figures, img: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     img.mkdir(parents=True, exist_ok=True)
     made = []
@@ -422,8 +423,9 @@ def charts(f: Figures, img: Path) -> list[str]:
             ax.set_title(typo(f"{STORES[store]}: sagas/s (median of runs, min~-~max)"))
             ax.set_xlabel("workload")
             ax.grid(axis="y", which="both", alpha=0.3)
-        axes[0][0].legend(fontsize=8, loc="lower left")
-        fig.tight_layout()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(bars), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         fig.savefig(img / "bench-throughput.png", dpi=110)
         plt.close(fig)
         made.append("bench-throughput.png")
@@ -509,7 +511,8 @@ def charts(f: Figures, img: Path) -> list[str]:
         ax.plot([p["waiting"] for p in tm["points"]], [p["rss_mb"] for p in tm["points"]], marker="o")
         ax.set_xlabel("sagas waiting on a timer (one hour away)")
         ax.set_ylabel("resident set size, MiB")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(p["rss_mb"] for p in tm["points"]) * 1.25)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
         ax.set_title("sagakit engine memory vs sagas waiting on timers")
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -526,7 +529,7 @@ STATIC_USAGE = """\
 
 ```bash
 python benchmarks/run.py --setup     # the peers' virtual environments (benchmarks/.venvs/, from PyPI)
-python benchmarks/run.py --quick     # every section at small sizes, 1 run: ~3 minutes
+python benchmarks/run.py --quick     # every section at small sizes, 1 run: ~2-3 minutes (rewrites this page too)
 python benchmarks/run.py             # the full suite, median of 3 runs: ~20 minutes
 python benchmarks/report.py benchmarks/results/full.json   # this page and the charts again, from saved figures
 
@@ -565,12 +568,18 @@ METHOD = """\
 - **python-saga-orchestrator** (`pso_peer.py`, own virtual environment on Python ≥ 3.12, which it
   requires): `SagaBuilder` steps (`BaseStep` with `compensate`), `NoRetry`, `SagaOrchestrator.start()`,
   50 at once; SQLite through `aiosqlite`, PostgreSQL through `asyncpg`. It runs steps one after another
-  only, so workload D is *not supported* there.
+  only, so workload D is *not supported* there. Its virtual environment is made on the newest Python ≥ 3.12
+  `run.py --setup` finds on the machine (`python3.1x` on `PATH`, pyenv's versions, `/usr/bin`) — here the
+  machine image's pyenv CPython 3.12.1 (Debian 12's apt offers no `python3.12`). On a machine without one
+  the suite reports python-saga-orchestrator as not set up and runs the rest.
 - **raw** (`raw_peer.py`, own virtual environment): the same durable writes with no orchestration at all —
   a table of the saga table's shape, an INSERT and then one revision-fenced UPDATE per step function run.
   *1 tx per transition*: SQLite one connection, `BEGIN IMMEDIATE`…`COMMIT` each; PostgreSQL an `asyncpg`
   pool of 8, 50 sagas at once, each statement its own transaction. *Batched*: 50 sagas' transitions per
-  commit (PostgreSQL: up to 8 batches at once, one per connection).
+  commit (PostgreSQL: up to 8 batches at once, one per connection). On SQLite the raw baseline runs at
+  each N sagakit runs at (a file that grows past SQLite's 4 MB WAL auto-checkpoint pays checkpoints during
+  the run, a small one does not), on PostgreSQL at the first N only (its cost per transaction does not
+  depend on N; at 10,000 sagas the 1-tx-per-transition runs of C and D would take a minute each).
 
 **Stores.** SQLite: a new file per measurement, WAL, `synchronous=NORMAL` (sagakit's defaults; set on
 the peers' connections too). PostgreSQL: the local server with its default settings (every commit flushed),
