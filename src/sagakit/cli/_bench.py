@@ -1134,6 +1134,13 @@ def _workers_option(value: tuple[str, ...]) -> list[int]:
     default=None,
     help="Workflows per DBOS run (DBOS runs ~50 sagas/s: 10,000 would take minutes per run) [min(N, 500)].",
 )
+@click.option(
+    "--transport",
+    "transports",
+    multiple=True,
+    help="Message-step round trip instead: a transport URL (memory://, nats://…, amqp://…, redis://…), "
+    "repeatable; p50/p99 latency and sagas/s of a 3-step message saga over it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench_command(
     n: int | None,
@@ -1144,6 +1151,7 @@ def bench_command(
     workers_opt: tuple[str, ...],
     with_dbos: bool | None,
     dbos_n: int | None,
+    transports: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Measure sagas/s: on SQLite beside raw sqlite3, or on PostgreSQL with worker processes beside DBOS.
@@ -1164,6 +1172,9 @@ def bench_command(
     Figures are the median of --runs runs, with min-max; ratios are the median
     of the per-run ratios.
     """
+    if transports:
+        _bench_transports(transports, n or 500, in_flight, None if store_url == "sqlite" else store_url, as_json)
+        return
     workers = _workers_option(workers_opt)
     if is_postgres(store_url):
         _bench_postgres(n or 10_000, runs, (workload or "A").upper(), in_flight, store_url, workers or [1, 2, 4],
@@ -1201,6 +1212,24 @@ def bench_command(
         f"[dim]{env['cpus']} CPUs, Python {env['python']}, SQLite {env['sqlite']}, "
         f"{env['platform']}, {env['date']}[/dim]"
     )
+
+
+def _bench_transports(urls: Sequence[str], n: int, in_flight: int, store: str | None, as_json: bool) -> None:
+    """``sagakit bench --transport URL``: a 3-step message saga's round trip over each transport."""
+    from .._bench_transport import run_transport_bench, transport_bench_table
+    from .._transport import TransportError
+
+    results = []
+    for url in urls:
+        click.echo(f"transport {url}: {n} sagas, {in_flight} in flight ...", err=True)
+        try:
+            results.append(asyncio.run(run_transport_bench(url, n, in_flight=in_flight, store=store)))
+        except TransportError as e:
+            fail(f"transport {url}: {e}", EXIT_STORE)
+    if as_json:
+        echo_json({"transports": results})
+        return
+    console().print(transport_bench_table(results))
 
 
 def _bench_postgres(
