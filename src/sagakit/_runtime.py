@@ -360,8 +360,11 @@ class _Runtime:
             del self._held[sid]
             if held.timer is not None:
                 held.timer.cancel()
-            if self._running and st.wake_at is not None and st.wake_at <= self.clock() + self.poll_interval:
-                self._poke_claimer()  # it sleeps until the earliest wake time it finds
+            if self._running and (
+                (st.wake_at is not None and st.wake_at <= self.clock() + self.poll_interval)
+                or len(self._held) + 1 == self.concurrency * 2
+            ):
+                self._poke_claimer()  # it sleeps until the earliest wake time it finds, or until there is room
             return
         by_name = held.definition.by_name
         for eff in p.effects:
@@ -564,6 +567,11 @@ class _Runtime:
             if claimed:
                 await asyncio.sleep(0)
                 continue
+            if self._full():
+                # Nothing can be taken on until a held saga is let go; its release pokes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(poke.wait(), self.poll_interval)
+                continue
             delay = self.poll_interval
             try:
                 nxt = await self.store.next_wake()
@@ -599,6 +607,10 @@ class _Runtime:
                 await poked
         if work.done() and not work.cancelled() and work.exception() is not None:
             log.warning("sagakit: waiting for work failed: %s", work.exception())
+
+    def _full(self) -> bool:
+        """Whether this engine holds as many sagas as it takes on."""
+        return len(self._held) >= self.concurrency * 2
 
     async def _claim_once(self) -> bool:
         room = self.concurrency * 2 - len(self._held)

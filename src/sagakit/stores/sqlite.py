@@ -100,6 +100,7 @@ class SQLiteStore:
     def _open_reader(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA cache_size=-65536")
         return conn
 
     def _open(self) -> None:
@@ -135,6 +136,8 @@ class SQLiteStore:
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # A page cache that holds the hot indexes of a large store (SQLite's default is 2 MiB).
+            conn.execute("PRAGMA cache_size=-65536")
             if version < SCHEMA_VERSION:
                 self._migrate(conn, version)
         except sqlite3.DatabaseError as e:
