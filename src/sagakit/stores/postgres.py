@@ -27,7 +27,7 @@ and TEXT skips JSONB's parse and re-encode on every write).
   this boundary to ``StoreError`` naming the URL without its password.
 
 Driver choice: asyncpg 0.32, measured against psycopg 3.3.9 (binary) on the
-hot path with ``tests/stores/pg_driver_measurement.py``: the same statements,
+hot path with ``benchmarks/pg_driver_measurement.py``: the same statements,
 prepared on the server, one connection each, rounds interleaved; PostgreSQL 15
 on loopback with every commit flushed, 2 cores. Milliseconds, the median of
 60 rounds, the range over three runs:

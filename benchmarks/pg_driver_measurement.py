@@ -1,6 +1,6 @@
 """Measure asyncpg against psycopg 3 on the PostgreSQL store's hot path (not a test).
 
-Run: ``.venv/bin/python tests/stores/pg_driver_measurement.py [DSN]`` with both
+Run: ``.venv/bin/python benchmarks/pg_driver_measurement.py [DSN]`` with both
 drivers installed (``pip install asyncpg 'psycopg[binary]'``). It works in a
 scratch schema that it drops afterwards, and prints the median time of:
 
