@@ -9,7 +9,7 @@ import orjson
 from .._status import SagaStatus, StepStatus
 from ..machine import SagaState, StepState
 
-__all__ = ["COLUMNS", "decode_row", "dumps", "encode_steps", "loads"]
+__all__ = ["COLUMNS", "add_side_rows", "decode_row", "dumps", "encode_steps", "loads"]
 
 # Column order of a saga row as the stores read it.
 COLUMNS = (
@@ -96,3 +96,21 @@ def decode_row(row: Any) -> SagaState:
 
 def _steps_from(raw: dict[str, Any]) -> dict[str, StepState]:
     return decode_steps(orjson.dumps(raw))
+
+
+def add_side_rows(
+    w: Any, history: list[tuple[Any, ...]], outbox: list[tuple[Any, ...]], inbox: list[tuple[Any, ...]]
+) -> None:
+    """Append the history, outbox and inbox rows of an applied write (a ``Write``) to the given lists.
+
+    Rows are keyed by (saga id, revision, position), in the column order of the
+    stores' ``insert_history``, ``insert_outbox`` and ``insert_inbox`` statements.
+    """
+    st = w.state
+    rev = st.revision
+    for i, h in enumerate(w.history):
+        history.append((st.id, rev, i, h.at, h.kind, h.step, h.attempt, h.message))
+    for i, m in enumerate(w.outbox):
+        outbox.append((m.id, st.id, rev, i, m.destination, m.payload.decode(), dumps(m.headers), st.updated_at))
+    for mid in w.inbox:
+        inbox.append((mid, st.id, st.updated_at))

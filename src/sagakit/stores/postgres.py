@@ -65,7 +65,7 @@ from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import decode_row, dumps, encode_steps, loads
+from ._codec import add_side_rows, decode_row, dumps, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
@@ -397,16 +397,7 @@ class PostgresStore:
                 if not applied[i]:
                     continue  # fenced, or an insert that met an existing saga: nothing else
                 st = w.state
-                rev = st.revision
-                for n, h in enumerate(w.history):
-                    history.append((st.id, rev, n, h.at, h.kind, h.step, h.attempt, h.message))
-                for n, m in enumerate(w.outbox):
-                    outbox.append(
-                        (m.id, st.id, rev, n, m.destination, m.payload.decode(),
-                         dumps(m.headers), st.updated_at)
-                    )  # fmt: skip
-                for mid in w.inbox:
-                    inbox.append((mid, st.id, st.updated_at))
+                add_side_rows(w, history, outbox, inbox)
                 if (
                     w.owner is None
                     and w.wake_at is not None

@@ -20,7 +20,7 @@ from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import DeadLetter, OutboxRecord, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import decode_row, dumps, encode_steps, loads
+from ._codec import add_side_rows, decode_row, dumps, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 __all__ = ["SQLiteStore"]
@@ -229,16 +229,7 @@ class SQLiteStore:
                         results.append(None)
                         continue
                 results.append(st.id)
-                rev = st.revision
-                for i, h in enumerate(w.history):
-                    history.append((st.id, rev, i, h.at, h.kind, h.step, h.attempt, h.message))
-                for i, m in enumerate(w.outbox):
-                    outbox.append(
-                        (m.id, st.id, rev, i, m.destination, m.payload.decode(),
-                         dumps(m.headers), st.updated_at)
-                    )  # fmt: skip
-                for mid in w.inbox:
-                    inbox.append((mid, st.id, st.updated_at))
+                add_side_rows(w, history, outbox, inbox)
             if history:
                 db.executemany(sql.insert_history, history)
             if outbox:
