@@ -262,6 +262,20 @@ async def test_idempotent_start(store_url: str) -> None:
     assert rec.calls.count("reserve") == 2
 
 
+async def test_saga_ids_are_unique_and_sort_in_creation_order(store_url: str) -> None:
+    rec = Recorder()
+    async with SagaEngine(store_url) as engine:
+        engine.register(order_saga(rec))
+        ids = []
+        for _ in range(3):
+            ids.extend(await asyncio.gather(*(engine.start("order", {}) for _ in range(20))))
+            await asyncio.sleep(0.002)  # the next group starts in a later millisecond
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    groups = [ids[0:20], ids[20:40], ids[40:60]]
+    assert max(groups[0]) < min(groups[1]) and max(groups[1]) < min(groups[2])
+
+
 async def test_start_errors_store_nothing(store_url: str) -> None:
     rec = Recorder()
     async with SagaEngine(store_url) as engine:
