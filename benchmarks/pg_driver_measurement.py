@@ -29,7 +29,7 @@ import psycopg
 
 from sagakit import SagaStatus
 from sagakit.machine import HistoryEntry, SagaState, StepState
-from sagakit.stores._codec import decode_row, dumps, encode_steps
+from sagakit.stores._codec import decode_row, dumps, encode_history, encode_steps
 from sagakit.stores._sql import Statements, migrations
 from sagakit.stores.postgres import DIALECT
 
@@ -60,7 +60,7 @@ def update_args(st: SagaState, expected: int) -> tuple[Any, ...]:
 
 def history_rows(states: list[SagaState]) -> list[tuple[Any, ...]]:
     h = HistoryEntry(1.0, "step_completed", "step a completed", "a", 1)
-    return [(st.id, st.revision, i, h.at, h.kind, h.step, h.attempt, h.message) for st in states for i in range(2)]
+    return [(st.id, st.revision, 0, encode_history([h, h])) for st in states]
 
 
 async def setup(schema: str) -> None:

@@ -2,10 +2,11 @@
 
 Runs in sagakit's environment. Per store (SQLite file; PostgreSQL schema) and
 per size, a store is built once: one real saga of workload A runs through
-the engine, then its saga row and its history (9 rows) are copied *size*
+the engine, then its saga row and its history rows are copied *size*
 times with plain SQL (``INSERT … SELECT`` over a generated series), so the
 store holds *size* finished sagas as sagakit writes them, with all their
-indexes, in seconds rather than hours. PostgreSQL gets ``ANALYZE`` after.
+indexes, in seconds rather than hours. Their ids sort before the live sagas'
+(as older sagas' ids do). PostgreSQL gets ``ANALYZE`` after.
 
 Then, in each of ``--runs`` rounds, sizes interleaved:
 
@@ -42,7 +43,7 @@ SAGA_COLS = (
     "name, version, status, data, steps, created_at, updated_at, correlation_id, idempotency_key, wake_at, "
     "deadline_at, error, seq, revision, meta, lease_owner, lease_expires"
 )
-HIST_COLS = "revision, idx, at, kind, step, attempt, message"
+HIST_COLS = "revision, part, entries"
 CLAIM_SAGAS = 1000
 CLAIM_LIMIT = 50
 
@@ -80,13 +81,13 @@ def _fill_sqlite(path: str, template: str, size: int) -> None:
             conn.execute("BEGIN")
             series = f"WITH RECURSIVE c(x) AS (SELECT {lo + 1} UNION ALL SELECT x + 1 FROM c WHERE x < {hi}) "
             conn.execute(
-                series + f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT printf('f%031x', x), {SAGA_COLS} "
+                series + f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT printf('0%031x', x), {SAGA_COLS} "
                 "FROM c, (SELECT * FROM sagakit_sagas WHERE id = ?)",
                 (template,),
             )
             conn.execute(
                 series + f"INSERT INTO sagakit_history (saga_id, {HIST_COLS}) "
-                f"SELECT printf('f%031x', x), {', '.join('h.' + c.strip() for c in HIST_COLS.split(','))} "
+                f"SELECT printf('0%031x', x), {', '.join('h.' + c.strip() for c in HIST_COLS.split(','))} "
                 "FROM c, (SELECT * FROM sagakit_history WHERE saga_id = ?) h",
                 (template,),
             )
@@ -104,12 +105,12 @@ async def _fill_pg(store: PostgresStore, template: str, size: int) -> None:
         hi = min(size, lo + step)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT 'f' || lpad(to_hex(x), 31, '0'), {SAGA_COLS} "
+                f"INSERT INTO sagakit_sagas (id, {SAGA_COLS}) SELECT '0' || lpad(to_hex(x), 31, '0'), {SAGA_COLS} "
                 f"FROM generate_series({lo + 1}, {hi}) x, (SELECT * FROM sagakit_sagas WHERE id = $1) t",
                 template,
             )
             await conn.execute(
-                f"INSERT INTO sagakit_history (saga_id, {HIST_COLS}) SELECT 'f' || lpad(to_hex(x), 31, '0'), {hist} "
+                f"INSERT INTO sagakit_history (saga_id, {HIST_COLS}) SELECT '0' || lpad(to_hex(x), 31, '0'), {hist} "
                 f"FROM generate_series({lo + 1}, {hi}) x, (SELECT * FROM sagakit_history WHERE saga_id = $1) h",
                 template,
             )

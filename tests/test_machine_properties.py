@@ -10,6 +10,8 @@ checks the saga invariants against it after every decision and at the end.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,7 +353,12 @@ def step(
     observe: bool = True,
 ) -> Decision:
     """One decide() call as the runtime makes it, with the checks every transition must pass."""
+    before = copy.deepcopy(state)
     d = decide(defn, state, event, now)
+    assert state == before, f"decide() mutated its input state on {event!r}"
+    assert all(d.state.steps[n] is not s for n, s in state.steps.items() if d.state.steps[n] != s), (
+        "a changed step must be a new object"
+    )
     assert d.rejected is None
     if statuses(d.state) != statuses(state):
         assert d.history, f"transition without a history entry on {event!r}"

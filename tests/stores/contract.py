@@ -70,6 +70,31 @@ async def put(
     return result
 
 
+# Schema version 2 kept one history row per entry. A store opened on such a database
+# packs them (migration 3); these are what the migration tests put there and expect.
+V2_HISTORY_TABLE = (
+    "CREATE TABLE sagakit_history (saga_id TEXT NOT NULL, revision {bigint} NOT NULL, idx INTEGER NOT NULL, "
+    "at {real} NOT NULL, kind TEXT NOT NULL, step TEXT, attempt INTEGER, message TEXT NOT NULL)"
+)
+V2_HISTORY_INDEX = "CREATE INDEX sagakit_history_saga ON sagakit_history (saga_id, revision, idx)"
+# (saga_id, revision, idx, at, kind, step, attempt, message), stored out of order on purpose.
+V2_HISTORY_ROWS = [
+    ("old", 1, 1, 1.25, "step_started", "reserve", 1, "step 'reserve' attempt 1"),
+    ("old", 0, 0, 1.0, "created", None, None, "saga order v1 created"),
+    ("old", 1, 1000, 3.5, "fenced", None, None, "worker w1 lost its lease"),
+    ("old", 1, 0, 1.125, "started", None, None, "saga started"),
+    ("old", 2, 0, 2.0000001, "step_completed", "reserve", 1, "step 'reserve' completed"),
+    ("other", 0, 0, 9.0, "created", None, None, "another saga"),
+]
+V2_HISTORY_EXPECTED = [
+    HistoryEntry(1.0, "created", "saga order v1 created"),
+    HistoryEntry(1.125, "started", "saga started"),
+    HistoryEntry(1.25, "step_started", "step 'reserve' attempt 1", "reserve", 1),
+    HistoryEntry(3.5, "fenced", "worker w1 lost its lease"),
+    HistoryEntry(2.0000001, "step_completed", "step 'reserve' completed", "reserve", 1),
+]
+
+
 def update(
     st: SagaState, *, expected: int | None = None, history: list[HistoryEntry] | None = None, **changes: Any
 ) -> Write:

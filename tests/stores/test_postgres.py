@@ -14,7 +14,17 @@ from sagakit.stores._sql import SCHEMA_VERSION
 from sagakit.stores.postgres import PostgresStore, safe_url
 
 from .conftest import IN_CI
-from .contract import StoreContract, StoreFactory, put, saga, update
+from .contract import (
+    V2_HISTORY_EXPECTED,
+    V2_HISTORY_INDEX,
+    V2_HISTORY_ROWS,
+    V2_HISTORY_TABLE,
+    StoreContract,
+    StoreFactory,
+    put,
+    saga,
+    update,
+)
 
 try:
     import asyncpg
@@ -50,6 +60,28 @@ class TestPostgresStore(StoreContract):
         finally:
             await conn.close()
         return int(value)
+
+    async def test_version_2_history_is_packed_on_open(self, make_store: StoreFactory) -> None:
+        s = make_store()
+        await s.open()
+        await put(s, saga("old"))
+        assert isinstance(s, PostgresStore)
+        conn = await asyncpg.connect(s._dsn)
+        try:  # the schema as version 2 left it
+            await conn.execute(f'SET search_path TO "{s.schema}"')
+            await conn.execute("DROP TABLE sagakit_history")
+            await conn.execute(V2_HISTORY_TABLE.format(bigint="BIGINT", real="DOUBLE PRECISION"))
+            await conn.execute(V2_HISTORY_INDEX)
+            insert = "INSERT INTO sagakit_history VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            await conn.executemany(insert, V2_HISTORY_ROWS)
+            await conn.execute("UPDATE sagakit_meta SET value='2' WHERE key='schema_version'")
+        finally:
+            await conn.close()
+        again = make_store()
+        await again.open()
+        assert await again.history("old") == V2_HISTORY_EXPECTED
+        assert [h.message for h in await again.history("other")] == ["another saga"]
+        assert await self.schema_version(again) == SCHEMA_VERSION
 
     # ------------------------------------------------------------ URLs and errors
 

@@ -14,7 +14,16 @@ from sagakit._store import Store, store_from_url
 from sagakit.stores._sql import SCHEMA_VERSION
 from sagakit.stores.sqlite import SQLiteStore
 
-from .contract import StoreContract, StoreFactory, put, saga
+from .contract import (
+    V2_HISTORY_EXPECTED,
+    V2_HISTORY_INDEX,
+    V2_HISTORY_ROWS,
+    V2_HISTORY_TABLE,
+    StoreContract,
+    StoreFactory,
+    put,
+    saga,
+)
 
 
 class TestSQLiteStore(StoreContract):
@@ -67,6 +76,33 @@ class TestSQLiteStore(StoreContract):
         conn.close()
         with pytest.raises(StoreError, match="newer"):
             await make_store().open()
+
+    async def test_version_2_history_is_packed_on_open(self, make_store: StoreFactory, db_path: Path) -> None:
+        s = make_store()
+        await s.open()
+        await put(s, saga("old"))
+        await s.close()
+        with sqlite3.connect(db_path) as conn:  # the database as schema version 2 left it
+            conn.execute("DROP TABLE sagakit_history")
+            conn.execute(V2_HISTORY_TABLE.format(bigint="INTEGER", real="REAL"))
+            conn.execute(V2_HISTORY_INDEX)
+            conn.executemany("INSERT INTO sagakit_history VALUES (?, ?, ?, ?, ?, ?, ?, ?)", V2_HISTORY_ROWS)
+            conn.execute("UPDATE sagakit_meta SET value='2' WHERE key='schema_version'")
+        conn.close()
+        s = make_store()
+        await s.open()
+        try:
+            assert await s.history("old") == V2_HISTORY_EXPECTED
+            assert [h.message for h in await s.history("other")] == ["another saga"]
+            assert await self.schema_version(s) == SCHEMA_VERSION
+        finally:
+            await s.close()
+        with sqlite3.connect(db_path) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            rows = conn.execute("SELECT COUNT(*) FROM sagakit_history WHERE saga_id='old'").fetchone()[0]
+        conn.close()
+        assert "sagakit_history_rows" not in tables
+        assert rows == 4  # one per (revision, part)
 
     async def test_finding_due_work_reads_the_partial_wake_index(self, store: Store) -> None:
         assert isinstance(store, SQLiteStore)

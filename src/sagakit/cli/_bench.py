@@ -53,7 +53,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from .._engine import SagaEngine
 from .._errors import NonRetryableError, StoreError
 from .._status import SagaStatus
 from .._store import SagaQuery, Write
+from ..stores._codec import decode_history
 from ..stores.postgres import PostgresStore
 from ..stores.sqlite import SQLiteStore
 from ._render import EXIT_FAILED, EXIT_STORE, console, echo_json, fail
@@ -336,19 +337,26 @@ async def _drop_schema(store: PostgresStore) -> None:
         await pool.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
 
 
-_HISTORY_SQL = (
-    "SELECT saga_id, at, kind, step FROM sagakit_history "
-    "WHERE kind IN ('step_completed', 'step_failed', 'compensation_completed')"
-)
+_HISTORY_SQL = "SELECT saga_id, entries FROM sagakit_history"
+_STEP_ENDS = frozenset({"step_completed", "step_failed", "compensation_completed"})
+
+
+def _step_ends(rows: Iterable[Sequence[Any]]) -> list[tuple[str, float, str, str]]:
+    """(saga id, time, kind, step) of every step end in history rows (saga id, entries)."""
+    out = []
+    for saga_id, entries in rows:
+        for h in decode_history([(entries,)]):
+            if h.kind in _STEP_ENDS and h.step is not None:
+                out.append((saga_id, float(h.at), h.kind, h.step))
+    return out
 
 
 async def _history_rows(store: SQLiteStore | PostgresStore) -> list[tuple[str, float, str, str]]:
     if isinstance(store, PostgresStore):
-        rows = await store._pool.fetch(_HISTORY_SQL)
-        return [(r[0], float(r[1]), r[2], r[3]) for r in rows]
+        return _step_ends(await store._pool.fetch(_HISTORY_SQL))
     conn = sqlite3.connect(store.path)
     try:
-        return [(r[0], float(r[1]), r[2], r[3]) for r in conn.execute(_HISTORY_SQL)]
+        return _step_ends(conn.execute(_HISTORY_SQL))
     finally:
         conn.close()
 
@@ -571,7 +579,10 @@ async def run_workers(
             pg_cpu = _postgres_cpu() - pg_cpu0
             _stop(procs)
             counts = _read_counts(workers, tmp)
-        first = await monitor._pool.fetchval("SELECT min(at) FROM sagakit_history WHERE kind = 'started'")
+        first = await monitor._pool.fetchval(
+            "SELECT min((e ->> 0)::float8) FROM sagakit_history, json_array_elements(entries::json) e "
+            "WHERE e ->> 1 = 'started'"
+        )
         ok = await monitor.count(SagaQuery(status=w.expected, name=defn.name))
         if ok != n:
             raise BenchError(f"workload {w.key}: {ok} of {n} sagas are {w.expected.value}")

@@ -7,9 +7,18 @@ from typing import Any
 import orjson
 
 from .._status import SagaStatus, StepStatus
-from ..machine import SagaState, StepState
+from ..machine import HistoryEntry, SagaState, StepState
 
-__all__ = ["COLUMNS", "add_side_rows", "decode_row", "dumps", "encode_steps", "loads"]
+__all__ = [
+    "COLUMNS",
+    "add_side_rows",
+    "decode_history",
+    "decode_row",
+    "dumps",
+    "encode_history",
+    "encode_steps",
+    "loads",
+]
 
 # Column order of a saga row as the stores read it.
 COLUMNS = (
@@ -69,6 +78,16 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
     }
 
 
+def encode_history(entries: Any) -> str:
+    """History entries as one JSON array of ``[at, kind, message, step, attempt]`` (a history row)."""
+    return orjson.dumps([(*h,) for h in entries]).decode()
+
+
+def decode_history(rows: Any) -> list[HistoryEntry]:
+    """The entries of history rows (each a 1-tuple holding the ``entries`` column), in row order."""
+    return [HistoryEntry(*e) for r in rows for e in orjson.loads(r[0])]
+
+
 def decode_row(row: Any) -> SagaState:
     """Build a SagaState from a row in COLUMNS order (JSON columns as text or parsed)."""
     data = row[4]
@@ -104,12 +123,13 @@ def add_side_rows(
     """Append the history, outbox and inbox rows of an applied write (a ``Write``) to the given lists.
 
     Rows are keyed by (saga id, revision, position), in the column order of the
-    stores' ``insert_history``, ``insert_outbox`` and ``insert_inbox`` statements.
+    stores' ``insert_history``, ``insert_outbox`` and ``insert_inbox`` statements;
+    the write's history entries make one history row.
     """
     st = w.state
     rev = st.revision
-    for i, h in enumerate(w.history):
-        history.append((st.id, rev, i, h.at, h.kind, h.step, h.attempt, h.message))
+    if w.history:
+        history.append((st.id, rev, 0, encode_history(w.history)))
     for i, m in enumerate(w.outbox):
         outbox.append((m.id, st.id, rev, i, m.destination, m.payload.decode(), dumps(m.headers), st.updated_at))
     for mid in w.inbox:

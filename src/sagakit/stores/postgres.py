@@ -65,7 +65,7 @@ from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import add_side_rows, decode_row, dumps, encode_steps, loads
+from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ DIALECT = Dialect(
     json_text=lambda p: f"(data::jsonb ->> {p})",
     json_path=lambda key: key,
     saga_lock=lambda column: f" AND pg_try_advisory_xact_lock(hashtext({column}))",
+    history_entries_agg="json_agg(json_build_array(at, kind, message, step, attempt) ORDER BY idx)::text",
 )
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no
@@ -416,13 +417,10 @@ class PostgresStore:
         return results
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
-        rows = [
-            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message) for i, h in enumerate(entries)
-        ]
-        if not rows:
+        if not entries:
             return
         async with self._tx("appending history") as conn:
-            await conn.executemany(self._sql.insert_history, rows)
+            await conn.execute(self._sql.insert_history, saga_id, revision, 1, encode_history(entries))
 
     # ------------------------------------------------------------ leases
 
@@ -523,11 +521,11 @@ class PostgresStore:
                 if row is None:
                     return None
                 history = await conn.fetch(self._sql.history, saga_id)
-        return decode_row(row), [HistoryEntry(*r) for r in history]
+        return decode_row(row), decode_history(history)
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         rows = await self._fetch("history", self._sql.history, saga_id)
-        return [HistoryEntry(*r) for r in rows]
+        return decode_history(rows)
 
     async def list(self, query: SagaQuery) -> list[SagaState]:
         stmt, args = list_query(DIALECT, self._sql.columns, query)

@@ -20,7 +20,7 @@ from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import DeadLetter, OutboxRecord, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import add_side_rows, decode_row, dumps, encode_steps, loads
+from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 __all__ = ["SQLiteStore"]
@@ -244,10 +244,9 @@ class SQLiteStore:
         return results
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
-        rows = [
-            (saga_id, revision, 1000 + i, h.at, h.kind, h.step, h.attempt, h.message) for i, h in enumerate(entries)
-        ]
-        await self._run(self._executemany_tx, self._sql.insert_history, rows)
+        if entries:
+            rows = [(saga_id, revision, 1, encode_history(entries))]
+            await self._run(self._executemany_tx, self._sql.insert_history, rows)
 
     def _executemany_tx(self, stmt: str, rows: list[tuple[Any, ...]]) -> None:
         db = self._db
@@ -336,11 +335,11 @@ class SQLiteStore:
             history = db.execute(self._sql.history, (saga_id,)).fetchall()
         finally:
             db.execute("COMMIT")
-        return decode_row(row), [HistoryEntry(*r) for r in history]
+        return decode_row(row), decode_history(history)
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         rows = await self._read(self._fetchall, self._sql.history, (saga_id,))
-        return [HistoryEntry(*r) for r in rows]
+        return decode_history(rows)
 
     def _fetchall(self, stmt: str, args: Sequence[Any]) -> list[Any]:
         return self._rdb.execute(stmt, args).fetchall()
