@@ -221,6 +221,27 @@ class StoreContract:
         assert await put(store, saga("a", idempotency_key="k"), history=[entry("again")]) == "a"
         assert [h.message for h in await store.history("a")] == ["first"]
 
+    async def test_several_inserts_in_one_commit(self, store: Store) -> None:
+        assert await put(store, saga("old", idempotency_key="k0")) == "old"
+        writes = [
+            Write(saga("n1", idempotency_key="k1"), 0, [entry("n1")], 10.0, insert=True),
+            Write(saga("n2", idempotency_key="k1"), 0, [entry("n2")], 10.0, insert=True),  # k1 again: n1 wins
+            Write(saga("n3", idempotency_key="k0"), 0, [entry("n3")], 10.0, insert=True),  # key of a stored saga
+            Write(saga("n4"), 0, [entry("n4")], 10.0, insert=True),
+            Write(saga("n4", data={"v": 2}), 0, [entry("n4 again")], 10.0, insert=True),  # the same id twice
+            Write(saga("old"), 0, [entry("old again")], 10.0, insert=True),  # an id already stored
+            Write(saga("n5", name="refund", idempotency_key="k1"), 0, [entry("n5")], None, insert=True),
+        ]
+        assert await store.commit(writes) == ["n1", "n1", "old", "n4", None, None, "n5"]
+        for sid in ("n2", "n3"):
+            assert await store.get(sid) is None
+        got = await store.get("n4")
+        assert got is not None and got.data == {"order_id": "n4"}
+        assert [h.message for h in await store.history("n4")] == ["n4"]
+        assert [h.message for h in await store.history("n1")] == ["n1"]
+        assert await store.history("old") == []
+        assert await store.count(SagaQuery()) == 4
+
     async def test_insert_of_an_existing_id_is_refused(self, store: Store) -> None:
         assert await put(store, saga("a", data={"v": 1})) == "a"
         assert await put(store, saga("a", data={"v": 2}), history=[entry("x")]) is None

@@ -65,7 +65,7 @@ from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
-from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
+from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
@@ -99,6 +99,18 @@ _UPDATE_MANY = (
     "$12::text[], $13::float8[], $14::text[]) AS v(id, expected, status, steps, updated_at, "
     "wake_at, deadline_at, error, seq, revision, meta, lease_owner, lease_expires, data) "
     "WHERE s.id = v.id AND s.revision = v.expected RETURNING s.id"
+)
+# Several new sagas of a commit in one round trip: unnest()ed arrays in the commit's
+# order (WITH ORDINALITY), so of two equal idempotency keys the first still wins; RETURNING
+# names the sagas stored.
+_INSERT_MANY = (
+    f"INSERT INTO sagakit_sagas ({', '.join(COLUMNS)}, lease_owner, lease_expires) "
+    f"SELECT {', '.join(COLUMNS)}, lease_owner, lease_expires FROM unnest("
+    "$1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[], "
+    "$8::float8[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[], $14::bigint[], "
+    "$15::bigint[], $16::text[], $17::text[], $18::float8[]) WITH ORDINALITY "
+    f"AS v({', '.join(COLUMNS)}, lease_owner, lease_expires, n) ORDER BY n "
+    "ON CONFLICT DO NOTHING RETURNING id"
 )
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # URL query parameters that configure the store; the rest go to the driver.
@@ -362,22 +374,30 @@ class PostgresStore:
                 rounds.append([])
             rounds[k].append(i)
         async with self._tx("commit") as conn:
-            for i in inserts:
-                w = writes[i]
-                st = w.state
-                status = await conn.execute(
-                    sql.insert,
-                    st.id, st.name, st.version, st.status.value, dumps(st.data),
-                    encode_steps(st.steps), st.created_at, st.updated_at,
-                    st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
-                    st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
-                    w.owner, w.lease_expires,
-                )  # fmt: skip
-                if status == "INSERT 0 1":
-                    results[i] = st.id
-                    applied[i] = True
-                elif st.idempotency_key is not None:
-                    results[i] = await conn.fetchval(sql.find_idempotent, st.name, st.idempotency_key)
+            if inserts:
+                new: list[tuple[Any, ...]] = []
+                for i in inserts:
+                    w = writes[i]
+                    st = w.state
+                    new.append(
+                        (st.id, st.name, st.version, st.status.value, dumps(st.data),
+                         encode_steps(st.steps), st.created_at, st.updated_at,
+                         st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
+                         st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
+                         w.owner, w.lease_expires)
+                    )  # fmt: skip
+                if len(new) == 1:
+                    stored = {new[0][0]} if await conn.execute(sql.insert, *new[0]) == "INSERT 0 1" else set()
+                else:
+                    stored = {r[0] for r in await conn.fetch(_INSERT_MANY, *zip(*new, strict=True))}
+                for i in inserts:
+                    st = writes[i].state
+                    if st.id in stored:
+                        stored.discard(st.id)  # a second write of the same new saga id was refused
+                        results[i] = st.id
+                        applied[i] = True
+                    elif st.idempotency_key is not None:
+                        results[i] = await conn.fetchval(sql.find_idempotent, st.name, st.idempotency_key)
             for batch in rounds:
                 rows = []
                 for i in batch:
