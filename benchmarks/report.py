@@ -713,7 +713,7 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         parts.append("## Scaling: finished sagas already in the store\n")
         parts.append(
             f"Each store is built once per size: one real saga of workload A runs through the engine, then its row "
-            f"and its 9 history rows are copied with SQL (`INSERT … SELECT` over a generated series). Per round "
+            f"and its history rows are copied with SQL (`INSERT … SELECT` over a generated series). Per round "
             f"(sizes interleaved, {sc['runs']} rounds): *claim* — {sc['claim_sagas']:,} due PENDING sagas are "
             f"stored, then `store.claim(limit={sc['claim_limit']})` is timed until none is left (median claim of "
             f"the round); *sagas/s* — workload A, N={sc['n']:,}, 50 in flight, in one process.\n"

@@ -119,6 +119,7 @@ class SagaDefinition:
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     descendants: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
     ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    pivots: tuple[str, ...] = field(default=(), compare=False)  # the pivot steps, in order
 
     @property
     def key(self) -> tuple[str, int]:
@@ -371,6 +372,7 @@ def build_definition(
         dependents={k: tuple(v) for k, v in dependents.items()},
         descendants={k: frozenset(v) for k, v in descendants.items()},
         ancestors=ancestors,
+        pivots=tuple(s.name for s in steps if s.pivot),
     )
 
 

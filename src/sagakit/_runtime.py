@@ -33,6 +33,7 @@ from ._messages import MessageMappingError
 from ._messaging import Messaging
 from ._observe import AttemptInput, CommitInput, Observer, TransitionInput
 from ._snapshot import SagaSnapshot
+from ._status import _TERMINAL
 from ._store import OutboxMessage, Store, Write
 from .machine import (
     Decision,
@@ -173,7 +174,8 @@ class _Runtime:
         p.state = st
         if inbox is not None:
             p.inbox.append(inbox)
-        if st.status.terminal and not old.status.terminal:
+        terminal = st.status in _TERMINAL
+        if terminal and old.status not in _TERMINAL:
             self._outcome_event(held, p, st)
         if decision.effects:
             if held.durable and self._running and not self._closing:
@@ -200,7 +202,7 @@ class _Runtime:
                         self._message_effect(held, p, eff)
         if future is not None:
             p.futures.append(future)
-        if st.status.terminal:
+        if terminal:
             for task in held.inflight.values():
                 task.cancel()
             held.inflight.clear()
@@ -264,11 +266,17 @@ class _Runtime:
             held.committing += 1
             st = p.state
             assert st is not None
-            runs_here = bool(held.inflight or any(self._runs_here(held, e) for e in p.effects))
+            runs_here = bool(held.inflight)
+            if not runs_here:
+                for e in p.effects:
+                    if self._runs_here(held, e):
+                        runs_here = True
+                        break
+            terminal = st.status in _TERMINAL
             # A timer due very soon (a short retry back-off) is kept here and fired by a
             # local timer: cheaper than a release and a claim of the same saga a moment later.
             soon = st.wake_at is not None and st.wake_at - now <= self._hold_for
-            keep = (runs_here or soon) and not st.status.terminal and self._running
+            keep = (runs_here or soon) and not terminal and self._running
             if self._closing and not held.inflight:
                 keep = False
             p.release = not keep
@@ -277,7 +285,7 @@ class _Runtime:
                 held.timer.cancel()
                 held.timer = None
             wake = lease_until if keep else st.wake_at
-            if runs_here and not keep and not held.inflight and not st.status.terminal:
+            if runs_here and not keep and not held.inflight and not terminal:
                 # Attempts this engine will not run (it is not running: an admin CLI, or it
                 # is shutting down): the saga is due now, so a worker claims it and runs them.
                 wake = now
@@ -350,7 +358,7 @@ class _Runtime:
             if not f.done():
                 f.set_result(sid)
         current = held.state
-        if st.status.terminal:
+        if st.status in _TERMINAL:
             self._notify(sid, held, st)
         if self._held.get(sid) is not held:
             return
@@ -445,6 +453,7 @@ class _Runtime:
 
     async def _run_steps(self, held: _Held, eff: RunStep) -> None:
         """Run an attempt, then the attempt it makes ready next in the same saga, and so on."""
+        current: asyncio.Task[Any] | None = None
         while True:
             event = await self._run_step(held, eff)
             if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
@@ -458,8 +467,9 @@ class _Runtime:
             if not follow:
                 return
             eff = follow[0]
-            current = asyncio.current_task()
-            assert current is not None
+            if current is None:
+                current = asyncio.current_task()
+                assert current is not None
             held.inflight[eff.token] = current
             for other in follow[1:]:
                 self._dispatch(held, other)
@@ -491,12 +501,15 @@ class _Runtime:
                 compensation=eff.compensation,
                 result=st.steps[name].result if eff.compensation else None,
             )
-            async with slots:
+            await slots.acquire()
+            try:
                 if eff.timeout is None:
-                    result = await self._call(fn, is_async, ctx)
+                    result = await fn(ctx) if is_async else await self._call(fn, is_async, ctx)
                 else:
                     async with asyncio.timeout(eff.timeout):
                         result = await self._call(fn, is_async, ctx)
+            finally:
+                slots.release()
             if result is None:
                 event = StepSucceeded(name, eff.token, None, 4)
             else:

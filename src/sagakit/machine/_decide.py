@@ -600,7 +600,9 @@ def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
         return None
     # Past the pivot the deadline no longer applies; keeping it would leave the
     # saga due forever once it has passed.
-    wake = st.deadline_at if status is SagaStatus.RUNNING and not _past_pivot(defn, st) else None
+    wake = st.deadline_at
+    if wake is not None and (status is not SagaStatus.RUNNING or _past_pivot(defn, st)):
+        wake = None
     for s in st.steps.values():
         w = s.wake_at
         if w is not None and (wake is None or w < wake):
@@ -609,9 +611,9 @@ def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
 
 
 def _past_pivot_name(defn: SagaDefinition, st: SagaState) -> str | None:
-    for sdef in defn.steps:
-        if sdef.pivot and st.steps[sdef.name].status in _DONE:
-            return sdef.name
+    for name in defn.pivots:
+        if st.steps[name].status in _DONE:
+            return name
     return None
 
 
