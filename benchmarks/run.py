@@ -68,7 +68,7 @@ MODES: dict[str, dict[str, Any]] = {
         "dbos_workers_n": 200,
         "scaling_sizes": [0, 100_000, 1_000_000],
         "scaling_runs": 3,
-        "scaling_n": 1500,
+        "scaling_n": 5000,
         "timers_n": 100_000,
     },
 }
@@ -278,6 +278,13 @@ def run_suite(mode: str, pg: str, stores: list[str], workloads: list[str], secti
                             add(measure_retrying("raw", w, n, store, pg=pg, mode="tx"), run, "matrix")
                     for n in raw_ns:
                         add(measure_retrying("raw", w, n, store, pg=pg, mode="batch"), run, "matrix")
+                if {"A", "B"} <= set(workloads):
+                    # B's time per saga against A's: the two run back to back at each N, so that
+                    # a change of machine speed between them (the matrix puts peers in between)
+                    # does not enter the ratio.
+                    for n in cfg["ns"]:
+                        for w in ("A", "B"):
+                            add(measure_retrying("sagakit", w, n, store, pg=pg), run, "pair")
         if "workers" in sections and "postgresql" in stores:
             for k in cfg["workers"]:
                 add(measure_retrying("sagakit", "A", cfg["workers_n"], "postgresql", pg=pg, workers=k), run, "workers")
