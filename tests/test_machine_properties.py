@@ -11,7 +11,6 @@ checks the saga invariants against it after every decision and at the end.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass, field
 from typing import Any
 
