@@ -112,6 +112,11 @@ _INSERT_MANY = (
     f"AS v({', '.join(COLUMNS)}, lease_owner, lease_expires, n) ORDER BY n "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
+# The history rows of a commit in one statement (one execution on the server instead of one per row).
+_INSERT_HISTORY_MANY = (
+    "INSERT INTO sagakit_history (saga_id, revision, part, entries) "
+    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[])"
+)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # URL query parameters that configure the store; the rest go to the driver.
 _STORE_PARAMS = ("schema", "pool_size")
@@ -426,8 +431,10 @@ class PostgresStore:
                     and (due is None or w.wake_at < due)
                 ):
                     due = w.wake_at
-            if history:
-                await conn.executemany(sql.insert_history, history)
+            if len(history) > 1:
+                await conn.execute(_INSERT_HISTORY_MANY, *zip(*history, strict=True))
+            elif history:
+                await conn.execute(sql.insert_history, *history[0])
             if outbox:
                 await conn.executemany(sql.insert_outbox, outbox)
             if inbox:
