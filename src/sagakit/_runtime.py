@@ -240,6 +240,10 @@ class _Runtime:
         backoff = 0.05
         while True:
             await ready.wait()
+            # One turn of the loop first: steps already scheduled run, and the transitions
+            # they make join this batch (a claimed saga's first and last transitions then
+            # go in one write instead of two).
+            await asyncio.sleep(0)
             ready.clear()
             while self._queue:
                 try:
