@@ -10,9 +10,9 @@ indexes, in seconds rather than hours. Their ids sort before the live sagas'
 
 Then, in each of ``--runs`` rounds, sizes interleaved:
 
-- **claim latency**: 1,000 due PENDING sagas are stored by an engine that is
+- **claim latency**: 3,000 due PENDING sagas are stored by an engine that is
   not running, then ``store.claim(limit=50)`` is called until none is left;
-  each call is timed (20 claims of 50). The claimed sagas are deleted after.
+  each call is timed (60 claims of 50). The claimed sagas are deleted after.
 - **throughput**: workload A, N sagas through the engine in this process,
   50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix.
 
@@ -44,7 +44,7 @@ SAGA_COLS = (
     "deadline_at, error, seq, revision, meta, lease_owner, lease_expires"
 )
 HIST_COLS = "revision, part, entries"
-CLAIM_SAGAS = 1000
+CLAIM_SAGAS = 3000
 CLAIM_LIMIT = 50
 
 
@@ -132,7 +132,7 @@ async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | Postgre
 
 
 async def claim_latency(store: SQLiteStore | PostgresStore) -> list[float]:
-    """Seconds per claim of 50 among 1,000 due sagas (and the store's finished ones)."""
+    """Seconds per claim of 50 among 3,000 due sagas (and the store's finished ones)."""
     calls = [0]
     defn = definition(WORKLOADS["A"], calls)
     engine = SagaEngine(store)  # not running: start() stores PENDING sagas

@@ -506,6 +506,33 @@ async def test_admin_from_an_engine_that_is_not_running(store_url: str) -> None:
         await admin.close()
 
 
+async def test_a_claimed_saga_that_runs_through_is_written_once(store_url: str) -> None:
+    """A worker that claims sagas and runs all their steps at once stores each in one write, not two."""
+    rec = Recorder()
+    definition = order_saga(rec)
+    admin = SagaEngine(store_url)
+    admin.register(definition)
+    try:
+        sids = [await admin.start("order", {"i": i}) for i in range(5)]  # PENDING: nobody runs them
+    finally:
+        await admin.close()
+    engine = SagaEngine(store_url)
+    engine.register(definition)
+    writes: list[tuple[str, str]] = []
+    commit = engine.store.commit
+
+    async def counting_commit(batch: Any) -> Any:
+        writes.extend((w.state.id, w.state.status.value) for w in batch)
+        return await commit(batch)
+
+    engine.store.commit = counting_commit  # type: ignore[method-assign]
+    async with engine:
+        for sid in sids:
+            assert (await engine.wait(sid, timeout=10)).status is SagaStatus.COMPLETED
+    assert {sid: [status for i, status in writes if i == sid] for sid in sids} == {sid: ["completed"] for sid in sids}
+    assert rec.calls.count("ship") == 5
+
+
 async def test_started_sagas_are_resumed_by_the_next_engine(store_url: str) -> None:
     rec = Recorder()
     definition = order_saga(rec)
