@@ -44,15 +44,22 @@ def _states(spec: common.Spec) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- SQLite
 
 
-def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
+_SQLITE_INSERT = "INSERT INTO sagas VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+_SQLITE_UPDATE = "UPDATE sagas SET status=?, steps=?, updated_at=?, revision=revision+1 WHERE id=? AND revision=?"
+
+
+def _sqlite_open(spec: common.Spec, path: str) -> tuple[sqlite3.Connection, tuple[str, str], list[tuple[str, str]]]:
+    """A new SQLite file with the saga table (WAL, synchronous=NORMAL); the first row's state and the rest."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(SCHEMA)
     states = _states(spec)
-    first, rest = states[0], states[1:]
-    ins = "INSERT INTO sagas VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
-    upd = "UPDATE sagas SET status=?, steps=?, updated_at=?, revision=revision+1 WHERE id=? AND revision=?"
+    return conn, states[0], states[1:]
+
+
+def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
+    conn, first, rest = _sqlite_open(spec, path)
     execute = conn.execute
     tx = 0
     begin = time.perf_counter()
@@ -60,12 +67,12 @@ def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
         sid = uuid.uuid4().hex
         now = time.time()
         execute("BEGIN IMMEDIATE")
-        execute(ins, (sid, "raw", first[0], f'{{"i":{i}}}', first[1], now, now))
+        execute(_SQLITE_INSERT, (sid, "raw", first[0], f'{{"i":{i}}}', first[1], now, now))
         execute("COMMIT")
         tx += 1
         for rev, (status, steps) in enumerate(rest):
             execute("BEGIN IMMEDIATE")
-            if execute(upd, (status, steps, time.time(), sid, rev)).rowcount != 1:
+            if execute(_SQLITE_UPDATE, (status, steps, time.time(), sid, rev)).rowcount != 1:
                 raise RuntimeError("fenced update refused")
             execute("COMMIT")
             tx += 1
@@ -75,29 +82,21 @@ def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
 
 
 def sqlite_batch(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(SCHEMA)
-    states = _states(spec)
-    first, rest = states[0], states[1:]
-    ins = "INSERT INTO sagas VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
-    upd = "UPDATE sagas SET status=?, steps=?, updated_at=?, revision=revision+1 WHERE id=? AND revision=?"
+    conn, first, rest = _sqlite_open(spec, path)
     tx = 0
     begin = time.perf_counter()
     for lo in range(0, n, BATCH):
         ids = [uuid.uuid4().hex for _ in range(lo, min(n, lo + BATCH))]
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            ins, [(sid, "raw", first[0], f'{{"i":{lo + k}}}', first[1], now, now) for k, sid in enumerate(ids)]
-        )
+        rows = [(sid, "raw", first[0], f'{{"i":{lo + k}}}', first[1], now, now) for k, sid in enumerate(ids)]
+        conn.executemany(_SQLITE_INSERT, rows)
         conn.execute("COMMIT")
         tx += 1
         for rev, (status, steps) in enumerate(rest):
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
-            cur = conn.executemany(upd, [(status, steps, now, sid, rev) for sid in ids])
+            cur = conn.executemany(_SQLITE_UPDATE, [(status, steps, now, sid, rev) for sid in ids])
             if cur.rowcount != len(ids):
                 raise RuntimeError("fenced update refused")
             conn.execute("COMMIT")
