@@ -8,11 +8,15 @@ store holds *size* finished sagas as sagakit writes them, with all their
 indexes, in seconds rather than hours. Their ids sort before the live sagas'
 (as older sagas' ids do). PostgreSQL gets ``ANALYZE`` after.
 
-Then, in each of ``--runs`` rounds, sizes interleaved:
+Then, in each of ``--runs`` rounds, sizes interleaved, PostgreSQL's saga and
+history tables first get ``VACUUM ANALYZE`` (the servers here run with
+autovacuum off; a default server would clear earlier rounds' dead rows itself):
 
-- **claim latency**: 3,000 due PENDING sagas are stored by an engine that is
-  not running, then ``store.claim(limit=50)`` is called until none is left;
-  each call is timed (60 claims of 50). The claimed sagas are deleted after.
+- **claim latency**: in every store, 3,000 due PENDING sagas are stored by an
+  engine that is not running; then the stores take turns calling
+  ``store.claim(limit=50)`` until none is left, each call timed (60 claims of
+  50 per store, the sizes side by side as in an A/B pair). The claimed sagas
+  are deleted after.
 - **throughput**: workload A, N sagas through the engine in this process,
   50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix.
 
@@ -131,27 +135,51 @@ async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | Postgre
     return store, time.perf_counter() - begin
 
 
-async def claim_latency(store: SQLiteStore | PostgresStore) -> list[float]:
-    """Seconds per claim of 50 among 3,000 due sagas (and the store's finished ones)."""
+async def claim_latencies(stores: dict[int, SQLiteStore | PostgresStore]) -> dict[int, list[float]]:
+    """Seconds per claim of 50 among 3,000 due sagas (and each store's finished ones), per size.
+
+    The sizes take turns claim by claim (the order rotating), so that every size is
+    measured under the same load from the rest of the machine, as in an A/B pair.
+    """
     calls = [0]
     defn = definition(WORKLOADS["A"], calls)
-    engine = SagaEngine(store)  # not running: start() stores PENDING sagas
-    engine.register(defn)
-    for lo in range(0, CLAIM_SAGAS, 250):
-        await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in range(lo, lo + 250)))
+    engines = {}
+    for size, store in stores.items():
+        await store.open()
+        await _vacuum(store)
+        engine = SagaEngine(store)  # not running: start() stores PENDING sagas
+        engine.register(defn)
+        for lo in range(0, CLAIM_SAGAS, 250):
+            await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in range(lo, lo + 250)))
+        engines[size] = engine
     owner = f"claimer-{uuid.uuid4().hex[:6]}"
-    times: list[float] = []
-    while True:
-        now = time.time()
-        begin = time.perf_counter()
-        got = await store.claim(owner, now, now + 600, CLAIM_LIMIT)
-        elapsed = time.perf_counter() - begin
-        if not got:
-            break
-        times.append(elapsed)
-    await _delete_pending(store)
-    await engine.close()
+    times: dict[int, list[float]] = {size: [] for size in stores}
+    turn = list(stores)
+    while turn:
+        for size in list(turn):
+            now = time.time()
+            begin = time.perf_counter()
+            got = await stores[size].claim(owner, now, now + 600, CLAIM_LIMIT)
+            elapsed = time.perf_counter() - begin
+            if got:
+                times[size].append(elapsed)
+            else:
+                turn.remove(size)
+        turn = turn[1:] + turn[:1]
+    for size, store in stores.items():
+        await _delete_pending(store)
+        await engines[size].close()  # closes the store
     return times
+
+
+async def _vacuum(store: SQLiteStore | PostgresStore) -> None:
+    """PostgreSQL: clear the dead rows of earlier rounds, as autovacuum would.
+
+    A server with autovacuum off (this benchmark's machines have it so) would otherwise
+    carry every earlier round's claimed and deleted rows in its indexes.
+    """
+    if isinstance(store, PostgresStore):
+        await store._pool.execute("VACUUM ANALYZE sagakit_sagas, sagakit_history")
 
 
 async def _delete_pending(store: SQLiteStore | PostgresStore) -> None:
@@ -216,14 +244,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             claims: dict[int, list[float]] = {s: [] for s in args.sizes}
             rates: dict[int, list[float]] = {s: [] for s in args.sizes}
             for run in range(args.runs):
+                lat = await claim_latencies({size: built[kind][size][0] for size in args.sizes})
                 for size in args.sizes:
+                    claims[size].append(statistics.median(lat[size]))
                     store = built[kind][size][0]
                     await store.open()
-                    ts = await claim_latency(store)  # closes the store
-                    claims[size].append(statistics.median(ts))
+                    await _vacuum(store)
                     rate = await throughput(store, args.n)  # the engine closes the store
                     rates[size].append(rate)
-                    print(f"{kind} run {run + 1} size {size:,}: claim {statistics.median(ts) * 1000:.2f} ms, "
+                    print(f"{kind} run {run + 1} size {size:,}: claim {claims[size][-1] * 1000:.2f} ms, "
                           f"{rate:,.0f} sagas/s", file=sys.stderr)  # fmt: skip
             out["stores"][kind] = {
                 str(size): {

@@ -233,13 +233,25 @@ class TestPostgresStore(StoreContract):
             await put(store, saga(f"due{i}"), wake_at=float(i))
         async with store._pool.acquire() as conn:
             await conn.execute("ANALYZE sagakit_sagas")
-            rows = await conn.fetch(f"EXPLAIN {store._sql.claim}", "w1", 100.0, 50.0, 10)
-        plan = "\n".join(r[0] for r in rows)
-        # The subquery that picks due sagas reads the partial index on wake_at (finished
-        # sagas have no wake time and are not in it), and nothing scans the table.
-        assert "sagakit_sagas_due" in plan, plan
-        assert "Seq Scan" not in plan, plan
-        assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED
+            custom = await conn.fetch(f"EXPLAIN {store._sql.claim}", "w1", 100.0, 50.0, 10)
+            # A statement that the pool's connections reuse may be given the generic plan,
+            # made without knowing the limit or the time: it must not scan the table either.
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE generic_claim AS {store._sql.claim}")
+            try:
+                generic = await conn.fetch("EXPLAIN EXECUTE generic_claim('w1', 100.0, 50.0, 10)")
+            finally:
+                await conn.execute("DEALLOCATE generic_claim")
+                await conn.execute("RESET plan_cache_mode")
+        for rows in (custom, generic):
+            plan = "\n".join(r[0] for r in rows)
+            # The subquery that picks due sagas reads the partial index on wake_at (finished
+            # sagas have no wake time and are not in it), the claimed rows are fetched by
+            # primary key, and nothing scans the table.
+            assert "sagakit_sagas_due" in plan, plan
+            assert "sagakit_sagas_pkey" in plan, plan
+            assert "Seq Scan" not in plan, plan
+            assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED
 
     async def test_statements_are_prepared_once_and_reused(self, make_store: StoreFactory) -> None:
         s = make_store()

@@ -40,6 +40,11 @@ class Dialect:
     # Appended to the claim's row-picking subquery (PostgreSQL: " FOR UPDATE SKIP LOCKED",
     # so concurrent claimers pass over each other's rows instead of waiting).
     lock_rows: str = ""
+    # "id <this> (subquery)" for the claims' UPDATE … WHERE id IN (SELECT … LIMIT n).
+    # PostgreSQL is given an array (= ANY(ARRAY(…))): the subquery runs once and the rows
+    # are fetched by primary key, whatever the planner estimates; with IN it may hash-join
+    # against a scan of the whole saga table, finished sagas included.
+    in_subquery: Callable[[str], str] = lambda sub: f"IN ({sub})"
     # The database infers a parameter's type from its context and cannot inside a CASE
     # whose other branch is NULL (PostgreSQL): such placeholders are cast explicitly.
     cast_params: bool = False
@@ -214,9 +219,13 @@ class Statements:
         # owner=1 lease_until=2 now=3 limit=4
         self.claim = (
             f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, wake_at={p(2)}, "
-            "revision=revision+1 WHERE id IN (SELECT id FROM sagakit_sagas "
-            f"WHERE wake_at <= {p(3)} AND (lease_owner IS NULL OR lease_expires <= {p(3)}) "
-            f"ORDER BY wake_at LIMIT {p(4)}{d.lock_rows}) RETURNING {cols}"
+            "revision=revision+1 WHERE id "
+            + d.in_subquery(
+                f"SELECT id FROM sagakit_sagas WHERE wake_at <= {p(3)} "
+                f"AND (lease_owner IS NULL OR lease_expires <= {p(3)}) "
+                f"ORDER BY wake_at LIMIT {p(4)}{d.lock_rows}"
+            )
+            + f" RETURNING {cols}"
         )
         # owner=1 lease_until=2 now=3 id=4
         self.claim_one = (
@@ -248,16 +257,18 @@ class Statements:
         # saga's messages at a time, in order.
         self.outbox_claim = (
             f"UPDATE sagakit_outbox SET claimed_by={p(1)}, claimed_until={p(2)}, "
-            "attempts=attempts+1 WHERE id IN (SELECT o.id FROM sagakit_outbox o "
-            f"WHERE o.available_at <= {p(3)} AND (o.claimed_by IS NULL OR o.claimed_until <= {p(3)}) "
-            "AND NOT EXISTS (SELECT 1 FROM sagakit_outbox h WHERE h.saga_id = o.saga_id AND h.id <> o.id "
-            f"AND ((h.claimed_by IS NOT NULL AND h.claimed_by <> {p(1)} AND h.claimed_until > {p(3)}) "
-            "OR ((h.revision < o.revision OR (h.revision = o.revision AND h.idx < o.idx)) "
-            f"AND h.available_at > {p(3)})))"
-            f"{d.saga_lock('o.saga_id')} "
-            f"ORDER BY o.created_at, o.saga_id, o.revision, o.idx LIMIT {p(4)}{d.lock_rows}) "
-            "RETURNING id, saga_id, destination, payload, headers, attempts, created_at, "
-            "revision, idx"
+            "attempts=attempts+1 WHERE id "
+            + d.in_subquery(
+                f"SELECT o.id FROM sagakit_outbox o WHERE o.available_at <= {p(3)} "
+                f"AND (o.claimed_by IS NULL OR o.claimed_until <= {p(3)}) "
+                "AND NOT EXISTS (SELECT 1 FROM sagakit_outbox h WHERE h.saga_id = o.saga_id AND h.id <> o.id "
+                f"AND ((h.claimed_by IS NOT NULL AND h.claimed_by <> {p(1)} AND h.claimed_until > {p(3)}) "
+                "OR ((h.revision < o.revision OR (h.revision = o.revision AND h.idx < o.idx)) "
+                f"AND h.available_at > {p(3)})))"
+                f"{d.saga_lock('o.saga_id')} "
+                f"ORDER BY o.created_at, o.saga_id, o.revision, o.idx LIMIT {p(4)}{d.lock_rows}"
+            )
+            + " RETURNING id, saga_id, destination, payload, headers, attempts, created_at, revision, idx"
         )
         self.outbox_done = f"DELETE FROM sagakit_outbox WHERE id={p(1)} AND claimed_by={p(2)}"
         # id=1 owner=2 available_at=3: publishing failed, try again later

@@ -5,17 +5,20 @@ rendered for PostgreSQL by ``DIALECT``: ``$N`` placeholders, DOUBLE PRECISION
 times, BIGINT revisions, JSON kept as TEXT (the store never looks inside it,
 and TEXT skips JSONB's parse and re-encode on every write).
 
-- Claims are one statement: ``UPDATE … WHERE id IN (SELECT … ORDER BY wake_at
-  LIMIT n FOR UPDATE SKIP LOCKED) RETURNING …``. Concurrent claimers pass over
-  each other's rows instead of waiting on them, and never get the same saga.
-- A commit is one transaction for many transitions. Inserts run one by one
-  (``ON CONFLICT DO NOTHING``, then the existing saga is looked up by its
-  idempotency key); all updates run as one statement over arrays, each row
-  fenced by ``WHERE id=… AND revision=…``, ``RETURNING`` the ids it applied
-  (the per-write row count, in one round trip). A refused write returns None
-  and writes no history, outbox or inbox rows. The arrays are in saga id
-  order, so committers whose rows overlap (a lease taken over mid-commit)
-  lock them in one order.
+- Claims are one statement: ``UPDATE … WHERE id = ANY(ARRAY(SELECT … ORDER BY
+  wake_at LIMIT n FOR UPDATE SKIP LOCKED)) RETURNING …``. Concurrent claimers
+  pass over each other's rows instead of waiting on them, and never get the
+  same saga. The array form fixes the plan: the due index picks the rows and
+  the primary key fetches them, however many finished sagas the table holds
+  (``IN (SELECT …)`` lets the planner hash-join against a scan of the table).
+- A commit is one transaction for many transitions. New sagas go in one
+  ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`` (an existing saga
+  is then looked up by its idempotency key); all updates run as one statement
+  over arrays, each row fenced by ``WHERE id=… AND revision=…``, ``RETURNING``
+  the ids it applied (the per-write row count, in one round trip). A refused
+  write returns None and writes no history, outbox or inbox rows. The arrays
+  are in saga id order, so committers whose rows overlap (a lease taken over
+  mid-commit) lock them in one order.
 - Statements are prepared once per pooled connection and reused (asyncpg's
   statement cache, keyed by the SQL text, which ``Statements`` renders once).
 - ``wait_for_work`` is an extra beside the protocol: an idle worker sleeps
@@ -79,6 +82,7 @@ DIALECT = Dialect(
     real="DOUBLE PRECISION",
     bigint="BIGINT",
     lock_rows=" FOR UPDATE SKIP LOCKED",
+    in_subquery=lambda sub: f"= ANY(ARRAY({sub}))",
     cast_params=True,
     json_text=lambda p: f"(data::jsonb ->> {p})",
     json_path=lambda key: key,
