@@ -719,9 +719,12 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         parts.append(
             f"Each store is built once per size: one real saga of workload A runs through the engine, then its row "
             f"and its history rows are copied with SQL (`INSERT … SELECT` over a generated series). Per round "
-            f"(sizes interleaved, {sc['runs']} rounds): *claim* — {sc['claim_sagas']:,} due PENDING sagas are "
-            f"stored, then `store.claim(limit={sc['claim_limit']})` is timed until none is left (median claim of "
-            f"the round); *sagas/s* — workload A, N={sc['n']:,}, 50 in flight, in one process.\n"
+            f"(sizes interleaved, {sc['runs']} rounds; on PostgreSQL each store's saga and history tables get "
+            f"`VACUUM ANALYZE` first, since this machine's server runs with autovacuum off): *claim* — "
+            f"{sc['claim_sagas']:,} due PENDING sagas are stored in every store, then the stores take turns, "
+            f"claim by claim, timing `store.claim(limit={sc['claim_limit']})` until none is left (median claim "
+            f"of the round, per store; the sizes side by side as in an A/B pair); *sagas/s* — workload A, "
+            f"N={sc['n']:,}, 50 in flight, in one process.\n"
         )
         parts.append(scaling_table(sc) + "\n")
         if "bench-scaling.png" in made:
