@@ -53,6 +53,7 @@ MODES: dict[str, dict[str, Any]] = {
         "raw_n": 1000,
         "workers": [1, 2, 4],
         "workers_n": 1000,
+        "worker_pairs": 1,
         "dbos_workers_n": 40,
         "scaling_sizes": [0, 100_000],
         "scaling_runs": 1,
@@ -67,6 +68,7 @@ MODES: dict[str, dict[str, Any]] = {
         "raw_n": 1000,
         "workers": [1, 2, 4],
         "workers_n": 10_000,
+        "worker_pairs": 3,
         "dbos_workers_n": 200,
         "scaling_sizes": [0, 100_000, 1_000_000],
         "scaling_runs": 3,
@@ -300,6 +302,13 @@ def run_suite(mode: str, pg: str, stores: list[str], workloads: list[str], secti
                         run,
                         "workers",
                     )
+            # 2 workers against 1: one pair per run is the sequence above; the ratio of 10-second runs
+            # scatters (1.3-2.2 within one session), so more pairs follow, 1 worker then 2, back to back.
+            for k in range(1, cfg["worker_pairs"]):
+                for workers in (1, 2):
+                    m = measure_retrying("sagakit", "A", cfg["workers_n"], "postgresql", pg=pg, workers=workers)
+                    m["pair"] = k
+                    add(m, run, "workers_pair")
     out: dict[str, Any] = {"measurements": measurements}
     if "scaling" in sections:
         log("scaling: building stores with finished sagas, then measuring")
