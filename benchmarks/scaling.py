@@ -18,7 +18,9 @@ autovacuum off; a default server would clear earlier rounds' dead rows itself):
   50 per store, the sizes side by side as in an A/B pair). The claimed sagas
   are deleted after.
 - **throughput**: workload A, N sagas through the engine in this process,
-  50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix.
+  50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix;
+  every size twice per round, the sizes in order and then in reverse, and
+  the round's figure is the mean of the two.
 
 Prints one JSON object.
 """
@@ -245,15 +247,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             rates: dict[int, list[float]] = {s: [] for s in args.sizes}
             for run in range(args.runs):
                 lat = await claim_latencies({size: built[kind][size][0] for size in args.sizes})
-                for size in args.sizes:
-                    claims[size].append(statistics.median(lat[size]))
+                # Throughput: each size twice, in order and then in reverse (0, 100k, 1M, 1M, 100k, 0),
+                # so that a drift of the machine's speed during the round weighs on every size alike.
+                got: dict[int, list[float]] = {size: [] for size in args.sizes}
+                for size in [*args.sizes, *reversed(args.sizes)]:
                     store = built[kind][size][0]
                     await store.open()
                     await _vacuum(store)
-                    rate = await throughput(store, args.n)  # the engine closes the store
-                    rates[size].append(rate)
+                    got[size].append(await throughput(store, args.n))  # the engine closes the store
+                for size in args.sizes:
+                    claims[size].append(statistics.median(lat[size]))
+                    rates[size].append(statistics.mean(got[size]))
                     print(f"{kind} run {run + 1} size {size:,}: claim {claims[size][-1] * 1000:.2f} ms, "
-                          f"{rate:,.0f} sagas/s", file=sys.stderr)  # fmt: skip
+                          f"{rates[size][-1]:,.0f} sagas/s ({', '.join(f'{r:,.0f}' for r in got[size])})",
+                          file=sys.stderr)  # fmt: skip
             out["stores"][kind] = {
                 str(size): {
                     "build_seconds": built[kind][size][1],
