@@ -873,3 +873,27 @@ async def test_retry_after_a_failure_past_the_pivot_reruns_steps_cut_off_in_para
     assert snap.status is SagaStatus.COMPLETED
     assert snap.steps["notify"].result == "sent"
     assert snap.steps["notify"].attempts == 2 and notified[-1] == 2
+
+
+async def test_close_stops_an_idle_worker_whatever_it_was_awaiting() -> None:
+    """close() cancels the claim loop; no await inside it may swallow that cancellation.
+
+    The store's ``wait_for_work`` returns at once, so the idle claim loop spins through
+    every await it has (claim, next wake, the wait for work or a poke, the clean-up of
+    that wait); closing at many different moments lands the cancellation in each of them.
+    A loop that swallowed it went on polling and close() never returned.
+    """
+    from sagakit.stores.memory import MemoryStore
+
+    class ListeningStore(MemoryStore):
+        async def wait_for_work(self, timeout: float) -> bool:
+            return False
+
+    rec = Recorder()
+    for i in range(60):
+        engine = SagaEngine(ListeningStore(), poll_interval=0.001)
+        engine.register(order_saga(rec))
+        await engine.run()
+        for _ in range(i % 7):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(engine.close(), 5)

@@ -569,7 +569,10 @@ class _Runtime:
         poke = self._poke
         assert poke is not None
         backoff = 0.05
-        while True:
+        # close() sets _closing before it cancels this task: should a cancellation still be
+        # lost (asyncio.wait_for can drop one that races its inner future, Python < 3.12),
+        # the loop ends at its next turn instead of polling on with close() waiting for it.
+        while not self._closing:
             poke.clear()
             try:
                 claimed = await self._claim_once()
@@ -620,8 +623,9 @@ class _Runtime:
             await asyncio.wait({poked, work}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
             poked.cancel()
-            with contextlib.suppress(BaseException):
-                await poked
+            # gather, not a suppressed await: should this task be cancelled (close()) while it
+            # waits here, the cancellation must reach the claim loop instead of being swallowed.
+            await asyncio.gather(poked, return_exceptions=True)
         if work.done() and not work.cancelled() and work.exception() is not None:
             log.warning("sagakit: waiting for work failed: %s", work.exception())
 
