@@ -743,8 +743,11 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
             f"{sc['claim_sagas']:,} due PENDING sagas are stored in every store, then the stores take turns, "
             f"claim by claim, timing `store.claim(limit={sc['claim_limit']})` until none is left (median claim "
             f"of the round, per store; the sizes side by side as in an A/B pair); *sagas/s* — workload A, "
-            f"N={sc['n']:,}, 50 in flight, in one process.\n"
+            f"N={sc['n']:,}, 50 in flight, in one process, every size twice per round (the sizes in order, "
+            f"then in reverse; the mean of the two).\n"
         )
+        if sc.get("note"):
+            parts.append(sc["note"] + "\n")
         parts.append(scaling_table(sc) + "\n")
         if "bench-scaling.png" in made:
             parts.append("![scaling with finished sagas](img/bench-scaling.png)\n")
