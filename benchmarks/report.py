@@ -558,7 +558,7 @@ STATIC_USAGE = """\
 ```bash
 python benchmarks/run.py --setup     # the peers' virtual environments (benchmarks/.venvs/, from PyPI)
 python benchmarks/run.py --quick     # every section at small sizes, 1 run: ~2-3 minutes (rewrites this page too)
-python benchmarks/run.py             # the full suite, median of 3 runs: ~20 minutes
+python benchmarks/run.py             # the full suite, median of 3 runs: ~35 minutes
 python benchmarks/report.py benchmarks/results/full.json   # this page and the charts again, from saved figures
 
 sagakit bench                        # SQLite: workloads A and B beside raw sqlite3 (N=5000, 3 runs)
@@ -738,8 +738,11 @@ def write(result: dict[str, Any], doc: Path, img: Path) -> None:
         parts.append(
             f"Each store is built once per size: one real saga of workload A runs through the engine, then its row "
             f"and its history rows are copied with SQL (`INSERT … SELECT` over a generated series). Per round "
-            f"(sizes interleaved, {sc['runs']} rounds; on PostgreSQL each store's saga and history tables get "
-            f"`VACUUM ANALYZE` first, since this machine's server runs with autovacuum off): *claim* — "
+            f"(sizes interleaved, {sc['runs']} rounds) every store is first brought to rest, the same for every size: "
+            f"on PostgreSQL the saga and history tables get `VACUUM ANALYZE` (this machine's server runs with "
+            f"autovacuum off) and the server a `CHECKPOINT`; on SQLite the WAL is checkpointed into the file. "
+            f"The finished sagas themselves are vacuumed, frozen and checkpointed once after the bulk load, as "
+            f"long-finished work is on a running server. Then *claim* — "
             f"{sc['claim_sagas']:,} due PENDING sagas are stored in every store, then the stores take turns, "
             f"claim by claim, timing `store.claim(limit={sc['claim_limit']})` until none is left (median claim "
             f"of the round, per store; the sizes side by side as in an A/B pair); *sagas/s* — workload A, "

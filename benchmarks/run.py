@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --setup      # make the peers' virtual environments only
     python benchmarks/run.py --quick      # every section at small sizes, 1 run (~3 minutes)
-    python benchmarks/run.py              # the full suite, median of 3 runs (~20 minutes)
+    python benchmarks/run.py              # the full suite, median of 3 runs (~35 minutes)
     python benchmarks/report.py benchmarks/results/full.json   # tables and charts again, from saved figures
 
 Writes ``benchmarks/results/{quick,full}.json`` (every measurement),
@@ -72,7 +72,7 @@ MODES: dict[str, dict[str, Any]] = {
         "dbos_workers_n": 200,
         "scaling_sizes": [0, 100_000, 1_000_000],
         "scaling_runs": 3,
-        "scaling_n": 5000,
+        "scaling_n": 10_000,
         "timers_n": 100_000,
     },
 }
