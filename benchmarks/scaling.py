@@ -59,7 +59,7 @@ SAGA_COLS = (
     "deadline_at, error, seq, revision, meta, lease_owner, lease_expires"
 )
 HIST_COLS = "revision, part, entries"
-CLAIM_SAGAS = 6000
+CLAIM_SAGAS = 6000  # due sagas claimed per store per round (120 claims of 50)
 CLAIM_LIMIT = 50
 
 
@@ -133,8 +133,12 @@ async def _fill_pg(store: PostgresStore, template: str, size: int) -> None:
     await pool.execute("CHECKPOINT")
 
 
-async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | PostgresStore, float]:
-    """A store holding *size* finished sagas (plus the template); returns it closed, and seconds taken."""
+async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | PostgresStore, float, int]:
+    """A store holding *size* finished sagas (plus the template).
+
+    Returns it closed, the seconds taken, and the finished sagas the store reports
+    holding once built (a check that the bulk load did what it was asked).
+    """
     begin = time.perf_counter()
     store = _store(kind, where, str(size))
     template = await _template(store)
@@ -144,11 +148,17 @@ async def build(kind: str, where: str, size: int) -> tuple[SQLiteStore | Postgre
     else:
         await store.close()
         await asyncio.to_thread(_fill_sqlite, store.path, template, size)
-    return store, time.perf_counter() - begin
+    seconds = time.perf_counter() - begin
+    await store.open()
+    try:
+        finished = sum(n for status, n in (await store.count_by_status()).items() if status.terminal)
+    finally:
+        await store.close()
+    return store, seconds, finished
 
 
-async def claim_latencies(stores: dict[int, SQLiteStore | PostgresStore]) -> dict[int, list[float]]:
-    """Seconds per claim of 50 among 6,000 due sagas (and each store's finished ones), per size.
+async def claim_latencies(stores: dict[int, SQLiteStore | PostgresStore], due: int) -> dict[int, list[float]]:
+    """Seconds per claim of 50 among *due* due sagas (and each store's finished ones), per size.
 
     The sizes take turns claim by claim (the order rotating), so that every size is
     measured under the same load from the rest of the machine, as in an A/B pair.
@@ -160,8 +170,8 @@ async def claim_latencies(stores: dict[int, SQLiteStore | PostgresStore]) -> dic
         await store.open()
         engine = SagaEngine(store)  # not running: start() stores PENDING sagas
         engine.register(defn)
-        for lo in range(0, CLAIM_SAGAS, 250):
-            await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in range(lo, lo + 250)))
+        for lo in range(0, due, 250):
+            await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in range(lo, min(due, lo + 250))))
         engines[size] = engine
     for store in stores.values():
         await _settle(store)
@@ -243,7 +253,7 @@ async def _drop(store: SQLiteStore | PostgresStore) -> None:
         await store.close()
 
 
-async def _build_all(kind: str, where: str, sizes: list[int]) -> dict[int, tuple[Any, float]]:
+async def _build_all(kind: str, where: str, sizes: list[int]) -> dict[int, tuple[Any, float, int]]:
     built = {}
     for size in sizes:
         built[size] = await build(kind, where, size)
@@ -252,10 +262,10 @@ async def _build_all(kind: str, where: str, sizes: list[int]) -> dict[int, tuple
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"sizes": args.sizes, "runs": args.runs, "n": args.n, "claim_sagas": CLAIM_SAGAS,
+    out: dict[str, Any] = {"sizes": args.sizes, "runs": args.runs, "n": args.n, "claim_sagas": args.claim_sagas,
                            "claim_limit": CLAIM_LIMIT, "stores": {}}  # fmt: skip
     tmp = tempfile.mkdtemp(prefix="sagakit-scaling-", dir=args.dir)
-    built: dict[str, dict[int, tuple[Any, float]]] = {}
+    built: dict[str, dict[int, tuple[Any, float, int]]] = {}
     try:
         # The stores are built side by side (SQLite in a thread, PostgreSQL on the server); measured one at a time.
         kinds = list(args.stores)
@@ -268,9 +278,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             built[kind] = res
         for kind in kinds:
             claims: dict[int, list[float]] = {s: [] for s in args.sizes}
+            counted: dict[int, list[int]] = {s: [] for s in args.sizes}
             rates: dict[int, list[float]] = {s: [] for s in args.sizes}
             for run in range(args.runs):
-                lat = await claim_latencies({size: built[kind][size][0] for size in args.sizes})
+                lat = await claim_latencies({size: built[kind][size][0] for size in args.sizes}, args.claim_sagas)
                 # Throughput: each size twice, in order and then in reverse (0, 100k, 1M, 1M, 100k, 0),
                 # so that a drift of the machine's speed during the round weighs on every size alike.
                 got: dict[int, list[float]] = {size: [] for size in args.sizes}
@@ -281,6 +292,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     got[size].append(await throughput(store, args.n))  # the engine closes the store
                 for size in args.sizes:
                     claims[size].append(statistics.median(lat[size]))
+                    counted[size].append(len(lat[size]))
                     rates[size].append(statistics.mean(got[size]))
                     print(f"{kind} run {run + 1} size {size:,}: claim {claims[size][-1] * 1000:.2f} ms, "
                           f"{rates[size][-1]:,.0f} sagas/s ({', '.join(f'{r:,.0f}' for r in got[size])})",
@@ -288,6 +300,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             out["stores"][kind] = {
                 str(size): {
                     "build_seconds": built[kind][size][1],
+                    "finished": built[kind][size][2],
+                    "claims_per_round": counted[size],
                     "claim_ms": [x * 1000 for x in claims[size]],
                     "sagas_per_s": rates[size],
                 }
@@ -295,7 +309,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             }
     finally:
         for stores in built.values():
-            for store, _ in stores.values():
+            for store, _, _ in stores.values():
                 await _drop(store)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -309,6 +323,7 @@ def main() -> None:
     p.add_argument("--stores", type=lambda s: s.split(","), default=["sqlite", "postgresql"])
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--dir", default=None, help="where the SQLite files go")
+    p.add_argument("--claim-sagas", type=int, default=CLAIM_SAGAS, help="due sagas claimed per store per round")
     args = p.parse_args()
     result = asyncio.run(main_async(args))
     sys.stdout.write(json.dumps(result) + "\n")
