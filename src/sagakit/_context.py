@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .machine import SagaState, step_results
+
 __all__ = ["StepContext"]
 
 
@@ -27,13 +29,14 @@ class StepContext:
     """
 
     __slots__ = (
+        "_idempotency_key",
+        "_results",
+        "_state",
         "attempt",
         "compensation",
         "correlation_id",
         "data",
-        "idempotency_key",
         "result",
-        "results",
         "saga_id",
         "saga_name",
         "step",
@@ -58,11 +61,51 @@ class StepContext:
         self.step = step
         self.attempt = attempt
         self.data = data
-        self.results = results
-        self.idempotency_key = idempotency_key
+        self._results: Mapping[str, Any] | None = results
+        self._idempotency_key: str | None = idempotency_key
+        self._state: SagaState | None = None
         self.correlation_id = correlation_id
         self.compensation = compensation
         self.result = result
+
+    @classmethod
+    def _of(cls, st: SagaState, step: str, attempt: int, compensation: bool) -> StepContext:
+        """The context of an attempt of *step* in the saga *st* (a state the machine no longer changes).
+
+        ``results`` and ``idempotency_key`` are worked out when first read.
+        """
+        ctx = cls.__new__(cls)
+        ctx.saga_id = st.id
+        ctx.saga_name = st.name
+        ctx.step = step
+        ctx.attempt = attempt
+        ctx.data = st.data
+        ctx._results = None
+        ctx._idempotency_key = None
+        ctx._state = st
+        ctx.correlation_id = st.correlation_id
+        ctx.compensation = compensation
+        ctx.result = st.steps[step].result if compensation else None
+        return ctx
+
+    @property
+    def results(self) -> Mapping[str, Any]:
+        """Outputs of the steps that completed (or were skipped) before this attempt, by step name."""
+        results = self._results
+        if results is None:
+            assert self._state is not None
+            results = self._results = step_results(self._state)
+        return results
+
+    @property
+    def idempotency_key(self) -> str:
+        """``saga id:step:action`` (or ``:compensation``): the same for every attempt of this step's side."""
+        key = self._idempotency_key
+        if key is None:
+            key = self._idempotency_key = (
+                f"{self.saga_id}:{self.step}:{'compensation' if self.compensation else 'action'}"
+            )
+        return key
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "action"

@@ -85,15 +85,29 @@ class StepDefinition:
     timeout: float | None = None
     compensation_timeout: float | None = None
     pivot: bool = False
+    # Derived from the fields above when the definition is made; the state
+    # machine and the runtime read them on every attempt.
+    local: bool = field(init=False, repr=False, compare=False)
+    """True when the action is a Python function run by the engine."""
+    compensation_local: bool = field(init=False, repr=False, compare=False)
+    """True when the compensation (if any) is a Python function run by the engine."""
+    attempt_timeouts: tuple[float | None, float | None] = field(init=False, repr=False, compare=False)
+    """Seconds one attempt of the action, and of the compensation, may take (see ``attempt_timeout``)."""
 
-    @property
-    def local(self) -> bool:
-        """True when the action is a Python function run by the engine."""
-        return not isinstance(self.action, StepAction)
+    def __post_init__(self) -> None:
+        def limit(action: object, own: float | None) -> float | None:
+            if isinstance(action, StepAction) and action.reply_timeout is not None:
+                return action.reply_timeout
+            return own
 
-    @property
-    def compensation_local(self) -> bool:
-        return not isinstance(self.compensation, StepAction)
+        setattr_ = object.__setattr__
+        setattr_(self, "local", not isinstance(self.action, StepAction))
+        setattr_(self, "compensation_local", not isinstance(self.compensation, StepAction))
+        setattr_(
+            self,
+            "attempt_timeouts",
+            (limit(self.action, self.timeout), limit(self.compensation, self.compensation_timeout)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from ._errors import (
 from ._messages import validate_state
 from ._messaging import Messaging
 from ._observe import Observer
-from ._runtime import _Held, _Pending, _Runtime
+from ._runtime import _Held, _Pending, _Runtime, _Slots
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
 from ._store import DeadLetter, SagaQuery, Store, Write, store_from_url
@@ -146,7 +146,7 @@ class SagaEngine(_Runtime):
         self._work_waiter: asyncio.Future[Any] | None = None
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: _Slots | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -200,7 +200,7 @@ class SagaEngine(_Runtime):
             return
         await self._ensure_open()
         self._closing = False
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = _Slots(self.concurrency)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
         self._running = True
         self._tasks = [

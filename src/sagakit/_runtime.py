@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -46,10 +47,9 @@ from .machine import (
     StepSucceeded,
     Timer,
     decide,
-    step_results,
 )
 
-__all__ = ["_Held", "_Pending", "_Runtime"]
+__all__ = ["_Held", "_Pending", "_Runtime", "_Slots"]
 
 log = logging.getLogger("sagakit")
 
@@ -70,6 +70,40 @@ class _Held:
     queued: bool = False  # a transition waits in the commit queue
     committing: int = 0  # transitions in the batch being committed
     timer: asyncio.TimerHandle | None = None
+
+
+class _Slots:
+    """How many more step attempts may run at once: a semaphore whose free path is two attribute reads.
+
+    Take a slot with ``if slots.free and not slots.waiters: slots.free -= 1``,
+    else ``await slots.wait()``; give it back with ``release()``.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def wait(self) -> None:
+        """Wait for a slot; ``release`` hands it over directly."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot, then cancelled before taking it: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass(slots=True)
@@ -109,7 +143,7 @@ class _Runtime:
     _closing: bool
     _queue_ready: asyncio.Event | None
     _poke: asyncio.Event | None
-    _slots: asyncio.Semaphore | None
+    _slots: _Slots | None
     _executor: ThreadPoolExecutor | None
     _loop: asyncio.AbstractEventLoop | None
     _background: set[asyncio.Future[Any]]
@@ -457,10 +491,10 @@ class _Runtime:
 
     async def _run_steps(self, held: _Held, eff: RunStep) -> None:
         """Run an attempt, then the attempt it makes ready next in the same saga, and so on."""
-        current: asyncio.Task[Any] | None = None
         while True:
             event = await self._run_step(held, eff)
-            if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
+            current = held.inflight.pop(eff.token, None)  # this task
+            if current is None or self._held.get(held.state.id) is not held:
                 return  # the saga was aborted, finished or taken over meanwhile
             self._continue = (held, [])
             try:
@@ -471,9 +505,6 @@ class _Runtime:
             if not follow:
                 return
             eff = follow[0]
-            if current is None:
-                current = asyncio.current_task()
-                assert current is not None
             held.inflight[eff.token] = current
             for other in follow[1:]:
                 self._dispatch(held, other)
@@ -493,19 +524,11 @@ class _Runtime:
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
             fn, is_async = entry
-            ctx = StepContext(
-                saga_id=st.id,
-                saga_name=st.name,
-                step=name,
-                attempt=eff.attempt,
-                data=st.data,
-                results=step_results(st),
-                idempotency_key=f"{st.id}:{name}:{direction}",
-                correlation_id=st.correlation_id,
-                compensation=eff.compensation,
-                result=st.steps[name].result if eff.compensation else None,
-            )
-            await slots.acquire()
+            ctx = StepContext._of(st, name, eff.attempt, eff.compensation)
+            if slots.free and not slots.waiters:
+                slots.free -= 1
+            else:
+                await slots.wait()
             try:
                 if eff.timeout is None:
                     result = await fn(ctx) if is_async else await self._call(fn, is_async, ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._definition import SagaDefinition, StepAction, StepDefinition
+from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
 from ._types import (
     KEEP,
@@ -557,7 +557,7 @@ def _dispatch(
     if compensation:
         s.compensation_attempts += 1
         attempt = s.compensation_attempts
-        timeout = attempt_timeout(sdef, True)
+        timeout = sdef.attempt_timeouts[1]
         local = sdef.compensation_local
         hist.append(
             HistoryEntry(
@@ -572,7 +572,7 @@ def _dispatch(
         s.status = _S.RUNNING
         s.attempts += 1
         attempt = s.attempts
-        timeout = attempt_timeout(sdef, False)
+        timeout = sdef.attempt_timeouts[0]
         local = sdef.local
         if attempt == 1:
             s.started_at = now
@@ -585,11 +585,7 @@ def _dispatch(
 
 def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
     """Seconds one attempt may take: the step's timeout, or a message action's reply timeout."""
-    action = sdef.compensation if compensation else sdef.action
-    own = sdef.compensation_timeout if compensation else sdef.timeout
-    if isinstance(action, StepAction) and action.reply_timeout is not None:
-        return action.reply_timeout
-    return own
+    return sdef.attempt_timeouts[compensation]
 
 
 def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
