@@ -54,7 +54,12 @@ def observable(st: SagaState) -> tuple[Any, ...]:
 
 class Run:
     """Drives one saga through decide(), checking at every call that the input is not mutated
-    and that every transition is recorded in the history."""
+    and that every transition is recorded in the history.
+
+    decide() shares the step states a transition leaves alone between the old
+    state and the new one, so every earlier state is checked too: none may
+    change when a later one is decided on.
+    """
 
     def __init__(
         self, defn: SagaDefinition, now: float = 0.0, *, begin: bool = True, data: Any = None
@@ -63,11 +68,15 @@ class Run:
         self.last = new_saga(defn, "saga-1", data if data is not None else {"order": 1}, now, begin=begin)
         self.state = self.last.state
         self.history = list(self.last.history)
+        self.earlier: list[tuple[SagaState, SagaState]] = []  # each state decided on, and a copy of it
 
     def send(self, event: Event, now: float) -> Decision:
         before = copy.deepcopy(self.state)
+        self.earlier.append((self.state, before))
         d = decide(self.defn, self.state, event, now)
         assert self.state == before, "decide() mutated its input state"
+        for i, (old, copied) in enumerate(self.earlier):
+            assert old == copied, f"decide() on {event!r} changed state {i} of the saga's run"
         if d.rejected is not None:
             assert d.state is self.state
             assert d.effects == [] and d.history == []

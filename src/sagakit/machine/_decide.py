@@ -81,8 +81,11 @@ def new_saga(
 
 
 def decide(definition: SagaDefinition, state: SagaState, event: Event, now: float) -> Decision:
-    """Apply *event* to *state* at time *now*; the input state is never modified."""
-    st = state.copy()
+    """Apply *event* to *state* at time *now*; the input state is never modified.
+
+    The new state shares the step states it does not change with *state*.
+    """
+    st = _fork(state)
     fx: list[RunStep] = []
     hist: list[HistoryEntry] = []
     stale = False
@@ -113,7 +116,45 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
         _advance(definition, st, now, fx, hist)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
+    st._shared = None
     return Decision(st, fx, hist, stale=stale)
+
+
+def _fork(state: SagaState) -> SagaState:
+    """A new state with *state*'s fields; its steps are *state*'s until ``_own`` copies one."""
+    st = SagaState(
+        state.id,
+        state.name,
+        state.version,
+        state.status,
+        state.data,
+        dict(state.steps),
+        state.created_at,
+        state.updated_at,
+        state.correlation_id,
+        state.idempotency_key,
+        state.wake_at,
+        state.deadline_at,
+        state.error,
+        state.seq,
+        state.revision,
+        state.meta,
+    )
+    st._shared = state.steps
+    return st
+
+
+def _own(st: SagaState, name: str) -> StepState:
+    """Step *name* of *st*, ready to change: copied first while *st* still shares it with its origin.
+
+    Every change to a step state in this module goes through here.
+    """
+    s = st.steps[name]
+    shared = st._shared
+    if shared is not None and shared.get(name) is s:
+        s = s.copy()
+        st.steps[name] = s
+    return s
 
 
 # ---------------------------------------------------------------- event handlers
@@ -148,6 +189,7 @@ def _on_completion(
         return False
     sdef = defn.by_name[ev.step]
     compensating = s.status is _S.COMPENSATING
+    s = _own(st, ev.step)
     s.token = 0
     if isinstance(ev, StepSucceeded) and ev.data is not KEEP and ev.size <= defn.max_payload_bytes:
         st.data = ev.data
@@ -286,6 +328,7 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[Histor
     for name in defn.order:
         s = st.steps[name]
         if s.token and s.wake_at is not None and s.wake_at <= now:
+            s = _own(st, name)
             sdef = defn.by_name[name]
             comp = s.status is _S.COMPENSATING
             timeout = attempt_timeout(sdef, comp)
@@ -308,6 +351,7 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep
         sdef = defn.by_name[name]
         comp = s.status is _S.COMPENSATING
         if sdef.compensation_local if comp else sdef.local:
+            s = _own(st, name)
             st.seq += 1
             s.token = st.seq
             attempt = s.compensation_attempts if comp else s.attempts
@@ -339,7 +383,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
         comp_failed = [n for n, s in st.steps.items() if s.status is _S.COMPENSATION_FAILED]
         if comp_failed:
             for n in comp_failed:
-                s = st.steps[n]
+                s = _own(st, n)
                 s.status = _S.COMPENSATING
                 s.compensation_attempts = 0
                 s.wake_at = now
@@ -350,7 +394,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
         failed = [n for n, s in st.steps.items() if s.status is _S.FAILED]
         if failed:
             for n in failed:
-                s = st.steps[n]
+                s = _own(st, n)
                 s.status = _S.PENDING
                 s.attempts = 0
                 s.wake_at = None
@@ -364,7 +408,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
         waiting = [n for n, s in st.steps.items() if not s.token and s.wake_at is not None]
         if waiting:
             for n in waiting:
-                st.steps[n].wake_at = now
+                _own(st, n).wake_at = now
             hist.append(HistoryEntry(now, "retry", f"retry of waiting steps {waiting} now {who}"))
             return None
         return f"saga is {st.status.value} and no step is waiting for a retry: nothing to retry"
@@ -378,8 +422,9 @@ def _orphans_pending(st: SagaState) -> None:
     and, the saga being finished, nobody resumed them): without this they would
     hold the saga RUNNING with nothing that can ever complete them.
     """
-    for s in st.steps.values():
-        if s.status is _S.RUNNING:
+    for n, was in st.steps.items():
+        if was.status is _S.RUNNING:
+            s = _own(st, n)
             s.status = _S.PENDING
             s.token = 0
             s.wake_at = None
@@ -394,6 +439,7 @@ def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: li
     if s.status in (_S.COMPLETED, _S.COMPENSATED, _S.SKIPPED):
         return f"step {ev.step!r} is {s.status.value}: only a waiting or failed step can be skipped"
     was = s.status
+    s = _own(st, ev.step)
     s.status = _S.SKIPPED
     s.token = 0
     s.wake_at = None
@@ -453,7 +499,8 @@ def _on_abort(st: SagaState, ev: Abort, now: float, hist: list[HistoryEntry]) ->
         return f"saga is {st.status.value}: it has already finished"
     st.status = SagaStatus.ABORTED
     st.error = f"aborted {_who(ev.actor, ev.reason)}"
-    for s in st.steps.values():
+    for n in st.steps:
+        s = _own(st, n)
         s.token = 0
         s.wake_at = None
     hist.append(HistoryEntry(now, "abort", st.error))
@@ -467,9 +514,9 @@ def _start_compensation(
     st: SagaState, now: float, reason: str, hist: list[HistoryEntry], kind: str = "compensating"
 ) -> None:
     st.status = SagaStatus.COMPENSATING
-    for s in st.steps.values():
-        if s.status is _S.PENDING:
-            s.wake_at = None  # a step waiting for its retry will not run
+    for n, s in st.steps.items():
+        if s.status is _S.PENDING and s.wake_at is not None:
+            _own(st, n).wake_at = None  # a step waiting for its retry will not run
     hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
 
 
@@ -515,6 +562,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
             elif status is _S.COMPLETED:
                 sdef = defn.by_name[name]
                 if sdef.compensation is not None and not _blocked(defn, st, name):
+                    s = _own(st, name)
                     s.status = _S.COMPENSATING
                     s.compensation_attempts = 0
                     _dispatch(sdef, st, s, True, now, fx, hist)
@@ -552,6 +600,7 @@ def _dispatch(
     fx: list[RunStep],
     hist: list[HistoryEntry],
 ) -> None:
+    s = _own(st, sdef.name)
     st.seq += 1
     s.token = st.seq
     if compensation:

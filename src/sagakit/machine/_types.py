@@ -98,6 +98,9 @@ class SagaState:
     seq: int = 0
     revision: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    # Only while decide() makes this state from an earlier one: that state's steps,
+    # which this one shares until it changes them (machine._decide._own). None otherwise.
+    _shared: dict[str, StepState] | None = field(default=None, init=False, repr=False, compare=False)
 
     def copy(self) -> SagaState:
         return SagaState(
