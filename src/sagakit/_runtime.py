@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from ._snapshot import SagaSnapshot
 from ._status import _TERMINAL
 from ._store import OutboxMessage, Store, Write
 from .machine import (
+    KEEP,
     Decision,
     Event,
     HistoryEntry,
@@ -54,6 +56,8 @@ __all__ = ["_Held", "_Pending", "_Runtime", "_Slots"]
 log = logging.getLogger("sagakit")
 
 _PARK_SECONDS = 30.0
+# StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
+_succeeded = functools.partial(tuple.__new__, StepSucceeded)
 
 
 @dataclass(slots=True)
@@ -538,7 +542,7 @@ class _Runtime:
             finally:
                 slots.release()
             if result is None:
-                event = StepSucceeded(name, eff.token, None, 4)
+                event = _succeeded((name, eff.token, None, 4, KEEP))
             else:
                 try:
                     blob = orjson.dumps(result)
@@ -551,7 +555,7 @@ class _Runtime:
                         retryable=False,
                     )
                 else:
-                    event = StepSucceeded(name, eff.token, orjson.loads(blob), len(blob))
+                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), KEEP))
         except TimeoutError:
             event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s")
         except asyncio.CancelledError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,10 @@ from ._types import (
 __all__ = ["attempt_timeout", "decide", "new_saga", "step_results"]
 
 _S = StepStatus
+# HistoryEntry((at, kind, message, step, attempt)) and RunStep((...)) without the
+# named tuples' generated __new__: a Python call less per entry on the hot path.
+_entry = functools.partial(tuple.__new__, HistoryEntry)
+_run = functools.partial(tuple.__new__, RunStep)
 _DONE = (_S.COMPLETED, _S.SKIPPED)
 _ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
@@ -162,7 +167,7 @@ def _own(st: SagaState, name: str) -> StepState:
 
 def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
     st.status = SagaStatus.RUNNING
-    hist.append(HistoryEntry(now, "started", "saga started"))
+    hist.append(_entry((now, "started", "saga started", None, None)))
     _advance(defn, st, now, fx, hist)
 
 
@@ -226,7 +231,7 @@ def _action_done(
         s.error = None
         s.finished_at = now
         s.wake_at = None
-        hist.append(HistoryEntry(now, "step_completed", f"step {name!r} completed", name, s.attempts))
+        hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts)))
         return
     s.error = ev.error
     s.wake_at = None
@@ -291,7 +296,7 @@ def _compensation_done(
         s.error = None
         s.wake_at = None
         s.finished_at = now
-        hist.append(HistoryEntry(now, "compensation_completed", f"step {name!r} compensated", name, n))
+        hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, n)))
         return
     s.error = ev.error
     policy = sdef.compensation_retry
@@ -543,7 +548,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
             if all_done:
                 st.status = SagaStatus.COMPLETED
                 st.error = None
-                hist.append(HistoryEntry(now, "completed", "saga completed"))
+                hist.append(_entry((now, "completed", "saga completed", None, None)))
             return
     if st.status is SagaStatus.COMPENSATING:
         busy = False
@@ -576,7 +581,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
                 hist.append(HistoryEntry(now, "failed", st.error, gave_up[0]))
             else:
                 st.status = SagaStatus.COMPENSATED
-                hist.append(HistoryEntry(now, "compensated", "saga compensated"))
+                hist.append(_entry((now, "compensated", "saga compensated", None, None)))
 
 
 def _blocked(defn: SagaDefinition, st: SagaState, name: str) -> bool:
@@ -609,12 +614,14 @@ def _dispatch(
         timeout = sdef.attempt_timeouts[1]
         local = sdef.compensation_local
         hist.append(
-            HistoryEntry(
-                now,
-                "compensation_started",
-                f"compensation of step {sdef.name!r} attempt {attempt}",
-                sdef.name,
-                attempt,
+            _entry(
+                (
+                    now,
+                    "compensation_started",
+                    f"compensation of step {sdef.name!r} attempt {attempt}",
+                    sdef.name,
+                    attempt,
+                )
             )
         )
     else:
@@ -625,11 +632,11 @@ def _dispatch(
         local = sdef.local
         if attempt == 1:
             s.started_at = now
-        hist.append(HistoryEntry(now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt))
+        hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt)))
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None
-    fx.append(RunStep(sdef.name, compensation, attempt, s.token, timeout))
+    fx.append(_run((sdef.name, compensation, attempt, s.token, timeout)))
 
 
 def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
