@@ -292,7 +292,8 @@ class SagaEngine(_Runtime):
         data = orjson.loads(blob)
         if defn.state_model is not None:
             data = validate_state(defn.state_model, data if isinstance(data, dict) else {})
-        await self._ensure_open()
+        if not self._opened:
+            await self._ensure_open()
         now = self.clock()
         saga_id = _new_saga_id()
         decision = new_saga(

@@ -200,7 +200,7 @@ class _Runtime:
             held.history.extend(decision.history)
         p = self._queue.get(sid)
         if p is None:
-            p = _Pending(held, old.revision, decision.history, [], insert=insert)
+            p = _Pending(held, old.revision, decision.history, [], insert)
             p.data_changed = insert or st.data is not old.data
             self._queue[sid] = p
             held.queued = True

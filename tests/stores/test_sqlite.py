@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from sagakit import SagaStatus
 from sagakit._errors import NotASagaStore, StoreError
-from sagakit._store import Store, store_from_url
+from sagakit._store import SagaQuery, Store, Write, store_from_url
 from sagakit.stores._sql import SCHEMA_VERSION
 from sagakit.stores.sqlite import SQLiteStore
 
@@ -119,3 +120,43 @@ class TestSQLiteStore(StoreContract):
         # scans the table (finished sagas have no wake time and are not in that index).
         assert any("USING INDEX sagakit_sagas_due" in d for d in details), details
         assert not any(d.startswith("SCAN sagakit_sagas") for d in details), details
+
+
+async def _write_bursts(store: SQLiteStore, bursts: int, pause: float) -> None:
+    """Bursts of 40 commits of 10 sagas with ~2 KB of data each (~1 MB of WAL a burst), *pause* s apart."""
+    n = 0
+    for _ in range(bursts):
+        for _ in range(40):
+            writes = []
+            for _ in range(10):
+                st = saga(f"s{n:06d}", data={"blob": "x" * 2000, "n": n})
+                st.wake_at = None
+                writes.append(Write(st, 0, [], None, insert=True))
+                n += 1
+            assert await store.commit(writes) == [w.state.id for w in writes]
+        await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize(("interval", "small"), [(0.05, True), (None, False)], ids=["checkpoint-thread", "inline-only"])
+async def test_the_wal_is_checkpointed_off_the_writer_between_bursts(
+    tmp_path: Path, interval: float | None, small: bool
+) -> None:
+    # The checkpoint thread copies each burst into the database file during the pause after
+    # it, so the next burst starts the WAL again from its beginning. Left to SQLite alone
+    # (the writer checkpoints inline every 1,000 pages) the WAL file grows past 4 MB.
+    path = tmp_path / "bursts.db"
+    store = SQLiteStore(str(path), checkpoint_interval=interval)
+    await store.open()
+    try:
+        await _write_bursts(store, bursts=5, pause=0.3)
+        wal = os.path.getsize(f"{path}-wal")
+        assert (wal < 3_000_000) is small, f"the WAL file holds {wal:,} bytes after 5 bursts of ~1 MB"
+        assert await store.count(SagaQuery()) == 2000
+    finally:
+        await store.close()
+    assert not os.path.exists(f"{path}-wal")  # the last connection checkpointed and removed it
+
+
+def test_checkpoint_interval_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_interval must be >= 0 seconds or None, got -1"):
+        SQLiteStore(str(tmp_path / "x.db"), checkpoint_interval=-1)

@@ -122,7 +122,7 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
     st.wake_at = _wake(definition, st)
     st.updated_at = now
     st._shared = None
-    return Decision(st, fx, hist, stale=stale)
+    return Decision(st, fx, hist, None, stale)
 
 
 def _fork(state: SagaState) -> SagaState:

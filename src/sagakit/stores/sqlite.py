@@ -3,14 +3,22 @@
 One dedicated thread owns the connection and takes whole batches: a group of
 transitions costs one thread hop and one fsync-equivalent commit, not one per
 statement.
+
+The WAL is checkpointed (its pages copied into the database file, which is
+then synced) by a thread of its own, at most every ``checkpoint_interval``
+seconds while commits come in, so the writer never waits for it. SQLite's own
+automatic checkpoint, run by the writer after a commit, stays as a backstop
+for a WAL that reaches ``_BACKSTOP_PAGES``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,6 +34,9 @@ from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, li
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+log = logging.getLogger("sagakit")
+# The writer checkpoints inline only when the WAL reaches this many pages (SQLite's default: 1,000).
+_BACKSTOP_PAGES = 4000
 DIALECT = Dialect(name="sqlite", param=lambda i: f"?{i}")
 _HEADER = b"SQLite format 3\x00"
 
@@ -33,10 +44,19 @@ _HEADER = b"SQLite format 3\x00"
 class SQLiteStore:
     """Sagas in one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", checkpoint_interval: float | None = 0.25) -> None:
+        """*checkpoint_interval*: seconds between WAL checkpoints on their own thread; None leaves
+        checkpoints to SQLite (inline, on the writer, every 1,000 pages)."""
+        if checkpoint_interval is not None and checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be >= 0 seconds or None, got {checkpoint_interval!r}")
         self.path = path
         self.url = f"sqlite:///{path}"
         self.synchronous = synchronous
+        self.checkpoint_interval = checkpoint_interval
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_busy = False  # a checkpoint is queued or running
+        self._stop_checkpoints = threading.Event()
         self._sql = Statements(DIALECT)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -96,6 +116,13 @@ class SQLiteStore:
         if self.path != ":memory:":
             self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagakit-sqlite-read")
             self._reader = await self._read(self._open_reader)
+            if self.checkpoint_interval is not None:
+                self._stop_checkpoints.clear()
+                self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagakit-sqlite-checkpoint")
+                self._checkpoint_conn = await asyncio.get_running_loop().run_in_executor(
+                    self._checkpointer, self._open_reader
+                )
+                await self._run(self._db.execute, f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
 
     def _open_reader(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -171,6 +198,15 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._checkpointer is not None:
+            checkpointer = self._checkpointer
+            self._checkpointer = None  # the writer asks for no more
+            self._stop_checkpoints.set()
+            conn = self._checkpoint_conn
+            self._checkpoint_conn = None
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(checkpointer, conn.close)
+            checkpointer.shutdown(wait=True)
         if self._read_executor is not None:
             if self._reader is not None:
                 await self._read(self._reader.close)
@@ -241,7 +277,40 @@ class SQLiteStore:
             if db.in_transaction:
                 execute("ROLLBACK")
             raise
+        self._maybe_checkpoint()
         return results
+
+    def _maybe_checkpoint(self) -> None:
+        """After a commit (on the writer thread): have the checkpoint thread copy the WAL soon."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or self._checkpoint_busy:
+            return
+        self._checkpoint_busy = True
+        try:
+            checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # shut down meanwhile (close)
+            self._checkpoint_busy = False
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (PASSIVE: writers and readers go on).
+
+        Starts an interval after the commit that asked for it; pages committed meanwhile are
+        copied by another pass an interval later, and so on until none is left. A WAL copied to
+        its end starts again from its beginning at the next commit.
+        """
+        interval = self.checkpoint_interval or 0.0
+        try:
+            while not self._stop_checkpoints.wait(interval):
+                conn = self._checkpoint_conn
+                if conn is None:
+                    return
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if row is None or row[1] <= row[2]:  # (busy, pages in the WAL, pages copied)
+                    return
+        except sqlite3.Error as e:
+            log.warning("sagakit: WAL checkpoint of %s failed: %s", self.path, e)
+        finally:
+            self._checkpoint_busy = False
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         if entries:
