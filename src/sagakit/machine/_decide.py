@@ -127,24 +127,7 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
 
 def _fork(state: SagaState) -> SagaState:
     """A new state with *state*'s fields; its steps are *state*'s until ``_own`` copies one."""
-    st = SagaState(
-        state.id,
-        state.name,
-        state.version,
-        state.status,
-        state.data,
-        dict(state.steps),
-        state.created_at,
-        state.updated_at,
-        state.correlation_id,
-        state.idempotency_key,
-        state.wake_at,
-        state.deadline_at,
-        state.error,
-        state.seq,
-        state.revision,
-        state.meta,
-    )
+    st = state.with_steps(dict(state.steps))
     st._shared = state.steps
     return st
 

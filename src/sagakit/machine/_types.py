@@ -103,13 +103,17 @@ class SagaState:
     _shared: dict[str, StepState] | None = field(default=None, init=False, repr=False, compare=False)
 
     def copy(self) -> SagaState:
+        return self.with_steps({k: v.copy() for k, v in self.steps.items()})
+
+    def with_steps(self, steps: dict[str, StepState]) -> SagaState:
+        """A new state with this one's fields and *steps* (``copy`` gives it copies of this one's)."""
         return SagaState(
             self.id,
             self.name,
             self.version,
             self.status,
             self.data,
-            {k: v.copy() for k, v in self.steps.items()},
+            steps,
             self.created_at,
             self.updated_at,
             self.correlation_id,
