@@ -20,6 +20,8 @@ from .test_generate import RUFF_RULES, describe
 
 POOL, POOL2 = "decl_fixtures.pool", "decl_fixtures.pool2"
 COMMANDS = [(POOL, "CommandA"), (POOL, "CommandB"), (POOL, "CommandC"), (POOL2, "CommandA"), (POOL2, "send")]
+# Names the definitions' `imports` entry may list from POOL; a bare name among them resolves to POOL.
+POOL_IMPORTABLE = ["CONSTANT", "EventA", "State"]
 EVENTS = [(POOL, "EventA"), (POOL, "EventB"), (POOL, "EventC"), (POOL, "EventD"), (POOL2, "EventA")]
 
 identifier = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
@@ -91,8 +93,10 @@ def steps(draw: st.DrawFn) -> dict[str, Any]:
         for field, (module, name) in zip(
             ("compensation_success_event_name", "compensation_failure_event_name"), comp_events, strict=False
         ):
-            # bare when the compensation command's module has it, else module.ClassName
-            step[field] = name if module == comp[0] and draw(st.booleans()) else f"{module}.{name}"
+            # bare when the compensation command's module has it, else module.ClassName; never a bare
+            # name that the definition's `imports` (of POOL, drawn later) may give to another module
+            bare = module == comp[0] and (module == POOL or name not in POOL_IMPORTABLE)
+            step[field] = name if bare and draw(st.booleans()) else f"{module}.{name}"
     return step
 
 
@@ -123,7 +127,7 @@ def definitions(draw: st.DrawFn) -> dict[str, Any]:
         data["imports"] = [
             {
                 "module": POOL,
-                "names": draw(st.lists(st.sampled_from(["CONSTANT", "EventA", "State"]), unique=True)),
+                "names": draw(st.lists(st.sampled_from(POOL_IMPORTABLE), unique=True)),
             }
         ]
     return data
