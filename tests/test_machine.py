@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 
-from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, SagaStatus, StepStatus
+from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, SagaStatus, StepStatus, send, wait_for
 from sagakit._definition import StepAction
 from sagakit.machine import (
     Abort,
     Begin,
+    CancelAttempt,
     Compensate,
     Decision,
     Event,
+    HistoryEntry,
     Resume,
     Retry,
     RunStep,
@@ -28,6 +30,7 @@ from sagakit.machine import (
     new_saga,
     step_results,
 )
+from sagakit.machine._decide import ROLLBACK
 
 S = StepStatus
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -43,9 +46,25 @@ def undo(ctx: Any) -> None:
 
 
 class Reply(StepAction):
-    """A message step: the attempt ends when a reply arrives, not when a function returns."""
+    """A message step: the attempt ends when a reply arrives, not when a function returns.
 
-    local = False
+    It sends nothing (``sends`` is False), so it is not ``effectful``.
+    """
+
+
+@dataclasses.dataclass
+class Ship:
+    order: int = 0
+
+
+@dataclasses.dataclass
+class Shipped:
+    order: int = 0
+
+
+@dataclasses.dataclass
+class Approved:
+    order: int = 0
 
 
 def observable(st: SagaState) -> tuple[Any, ...]:
@@ -61,10 +80,8 @@ class Run:
     change when a later one is decided on.
     """
 
-    def __init__(
-        self, defn: SagaDefinition, now: float = 0.0, *, begin: bool = True, data: Any = None
-    ) -> None:
-        self.defn = defn
+    def __init__(self, defn: SagaDefinition, now: float = 0.0, *, begin: bool = True, data: Any = None) -> None:
+        self.defn: SagaDefinition | None = defn  # None: decide as for a saga whose definition is not here
         self.last = new_saga(defn, "saga-1", data if data is not None else {"order": 1}, now, begin=begin)
         self.state = self.last.state
         self.history = list(self.last.history)
@@ -79,9 +96,20 @@ class Run:
             assert old == copied, f"decide() on {event!r} changed state {i} of the saga's run"
         if d.rejected is not None:
             assert d.state is self.state
-            assert d.effects == [] and d.history == []
-        elif observable(d.state) != observable(before):
-            assert d.history, f"transition without a history entry on {event!r}"
+            assert d.effects == []
+            # the refusal is recorded, with its reason
+            assert [h.kind for h in d.history] == ["refused"], d.history
+            assert d.rejected in d.history[0].message
+            assert d.history[0].at == now
+        else:
+            assert "refused" not in [h.kind for h in d.history]
+            if observable(d.state) != observable(before):
+                assert d.history, f"transition without a history entry on {event!r}"
+        for e in d.effects:
+            if isinstance(e, CancelAttempt):
+                # the machine ends the attempt before asking for its cancellation
+                assert before.steps[e.step].token == e.token != 0
+                assert d.state.steps[e.step].token != e.token
         self.last = d
         self.state = d.state
         self.history += d.history
@@ -93,8 +121,10 @@ class Run:
     def ok(self, step: str, now: float, result: Any = None, size: int = 0) -> Decision:
         return self.send(StepSucceeded(step, self.token(step), result, size), now)
 
-    def fail(self, step: str, now: float, error: str = "boom", retryable: bool = True) -> Decision:
-        return self.send(StepFailed(step, self.token(step), error, retryable), now)
+    def fail(
+        self, step: str, now: float, error: str = "boom", retryable: bool = True, uncertain: bool = False
+    ) -> Decision:
+        return self.send(StepFailed(step, self.token(step), error, retryable, uncertain), now)
 
     def status(self, step: str) -> StepStatus:
         return self.state.steps[step].status
@@ -104,7 +134,13 @@ class Run:
 
 
 def runs(d: Decision) -> list[tuple[str, bool, int]]:
-    return [(e.step, e.compensation, e.attempt) for e in d.effects]
+    """The attempts a decision starts (its RunStep effects)."""
+    return [(e.step, e.compensation, e.attempt) for e in d.effects if isinstance(e, RunStep)]
+
+
+def cancels(d: Decision) -> list[tuple[str, bool]]:
+    """The attempts a decision cancels (its CancelAttempt effects)."""
+    return [(e.step, e.compensation) for e in d.effects if isinstance(e, CancelAttempt)]
 
 
 def kinds(d: Decision) -> list[str]:
@@ -301,17 +337,23 @@ def test_independent_branches_are_compensated_in_parallel() -> None:
     assert r.state.status is SagaStatus.COMPENSATED
 
 
-def test_running_step_blocks_compensation_of_its_ancestors_then_is_compensated() -> None:
+def test_running_step_is_cancelled_on_rollback_and_compensated_before_its_ancestors() -> None:
     r = Run(diamond())
     r.ok("a", 1.0)
+    tok_c = r.token("c")
     d = r.fail("b", 2.0)
     assert r.state.status is SagaStatus.COMPENSATING
-    assert d.effects == []  # c still runs: a must wait
-    assert r.status("c") is S.RUNNING and r.status("a") is S.COMPLETED
-    d = r.ok("c", 3.0, {"c": 1})
-    assert r.status("c") is S.COMPENSATING
+    # c's attempt in flight is not waited for: it is cancelled at once...
+    assert d.effects[0] == CancelAttempt("c", False, tok_c, "the saga is rolled back (step 'b' failed: boom)")
+    assert kinds(d) == ["step_failed", "compensating", "step_cancelled", "compensation_started"]
+    c = r.state.steps["c"]
+    assert (c.attempts, c.uncertain) == (1, True)  # a local function may have had its effect
+    assert c.error == "cancelled: the saga is rolled back (step 'b' failed: boom)"
+    # ...and, since it may have acted, undone before a (which waits for it)
     assert runs(d) == [("c", True, 1)]
-    assert r.status("d") is S.PENDING  # never started after the failure
+    assert r.statuses() == {"a": S.COMPLETED, "b": S.FAILED, "c": S.COMPENSATING, "d": S.PENDING}
+    assert r.send(StepSucceeded("c", tok_c, {"c": 1}), 2.5).stale  # the cancelled attempt reports late
+    assert r.state.steps["c"].result is None
     d = r.ok("c", 4.0)
     assert runs(d) == [("a", True, 1)]
     r.ok("a", 5.0)
@@ -319,17 +361,23 @@ def test_running_step_blocks_compensation_of_its_ancestors_then_is_compensated()
     assert r.statuses() == {"a": S.COMPENSATED, "b": S.FAILED, "c": S.COMPENSATED, "d": S.PENDING}
 
 
-def test_running_step_that_fails_during_compensation_is_not_retried() -> None:
+def test_late_failure_of_a_cancelled_attempt_is_stale_and_not_retried() -> None:
     b = SagaBuilder("fork")
     b.step("a", act, undo)
     b.step("b", act, undo, after=["a"], retry=NO_RETRY)
     b.step("c", act, undo, after=["a"], retry=RetryPolicy(max_attempts=5))
     r = Run(b.build())
     r.ok("a", 1.0)
-    r.fail("b", 2.0)
-    d = r.fail("c", 3.0, "late")
-    assert r.status("c") is S.FAILED
-    assert "not retried: saga is compensating" in d.history[0].message
+    tok_c = r.token("c")
+    d = r.fail("b", 2.0)
+    assert cancels(d) == [("c", False)]
+    assert runs(d) == [("c", True, 1)]  # cancelled, so uncertain, so compensated
+    d = r.send(StepFailed("c", tok_c, "late"), 3.0)
+    assert d.stale and d.effects == []
+    assert kinds(d) == ["stale_rejected"]
+    s = r.state.steps["c"]
+    assert (s.status, s.attempts, s.compensation_attempts) == (S.COMPENSATING, 1, 1)
+    d = r.ok("c", 4.0)
     assert runs(d) == [("a", True, 1)]
 
 
@@ -349,21 +397,30 @@ def test_steps_without_compensation_are_not_compensated() -> None:
     assert not [h for h in r.history if h.step == "notify" and "compensation" in h.kind]
 
 
-def test_pending_retry_is_cancelled_when_compensation_starts() -> None:
+def test_step_waiting_for_a_retry_fails_when_the_rollback_starts() -> None:
     b = SagaBuilder("fork")
     b.step("a", act, undo)
     b.step("b", act, undo, after=["a"], retry=FAST)
     b.step("c", act, undo, after=["a"], retry=NO_RETRY)
     r = Run(b.build())
     r.ok("a", 1.0)
-    r.fail("b", 2.0)  # b waits for its retry at 3.0
+    r.fail("b", 2.0, "db down")  # b waits for its retry at 3.0
     assert r.state.steps["b"].wake_at == 3.0
     d = r.fail("c", 2.5)
-    assert r.state.steps["b"].wake_at is None
+    assert kinds(d) == ["step_failed", "compensating", "step_failed", "compensation_started"]
+    assert d.history[2].message == "step 'b' failed: db down (not retried: the saga is rolled back)"
+    assert d.history[2].step == "b" and d.history[2].attempt == 1
+    s = r.state.steps["b"]
+    assert (s.status, s.wake_at, s.finished_at, s.uncertain) == (S.FAILED, None, 2.5, False)
+    # b failed outright (a certain error): there is nothing of it to undo
     assert runs(d) == [("a", True, 1)]
+    assert cancels(d) == []
     d = r.send(Timer(), 3.0)
     assert d.effects == []
-    assert r.status("b") is S.PENDING
+    assert r.status("b") is S.FAILED
+    r.ok("a", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.statuses() == {"a": S.COMPENSATED, "b": S.FAILED, "c": S.FAILED}
 
 
 def test_compensation_retries_then_gives_up_and_the_saga_fails() -> None:
@@ -476,11 +533,15 @@ def test_duplicate_completion_is_stale() -> None:
 def test_completion_after_abort_is_stale() -> None:
     r = Run(linear())
     tok = r.token("reserve")
-    r.send(Abort(reason="stop"), 1.0)
+    d = r.send(Abort(reason="stop"), 1.0)
+    assert d.effects == [CancelAttempt("reserve", False, tok, "the saga was aborted")]
+    s = r.state.steps["reserve"]
+    assert (s.status, s.token, s.uncertain) == (S.FAILED, 0, True)
+    assert s.error == "cancelled: the saga was aborted"
     d = r.send(StepSucceeded("reserve", tok, {"x": 1}), 2.0)
     assert d.stale
     assert r.state.status is SagaStatus.ABORTED
-    assert r.status("reserve") is S.RUNNING  # stopped where it stood
+    assert r.status("reserve") is S.FAILED
     assert r.state.steps["reserve"].result is None
 
 
@@ -505,23 +566,30 @@ def test_failure_before_the_pivot_completes_compensates() -> None:
     assert runs(d) == [("reserve", True, 1)]
 
 
-def test_failure_after_the_pivot_retries_beyond_max_attempts() -> None:
-    r = Run(pivot_saga())
+def test_failure_after_the_pivot_is_retried_by_its_policy_then_fails_the_saga() -> None:
+    r = Run(pivot_saga())  # ship: max_attempts 2, 1s apart
     r.ok("reserve", 1.0)
     r.ok("charge", 2.0)
-    now = 3.0
-    for attempt in range(1, 6):  # max_attempts is 2
-        assert r.state.steps["ship"].attempts == attempt
-        r.fail("ship", now)
-        assert r.status("ship") is S.PENDING
-        assert r.state.status is SagaStatus.RUNNING
-        wake = r.state.steps["ship"].wake_at
-        assert wake is not None and wake > now
-        now = wake
-        d = r.send(Timer(), now)
-        assert runs(d) == [("ship", False, attempt + 1)]
+    d = r.fail("ship", 3.0, "carrier down")
+    assert r.status("ship") is S.PENDING and r.state.status is SagaStatus.RUNNING
+    assert r.state.steps["ship"].wake_at == 4.0
+    d = r.send(Timer(), 4.0)
+    assert runs(d) == [("ship", False, 2)]
+    d = r.fail("ship", 5.0, "carrier down")  # the policy's last attempt: no more retries
+    assert r.status("ship") is S.FAILED
+    assert "step 'ship' failed (after 2 attempts): carrier down" in d.history[0].message
+    assert r.state.status is SagaStatus.FAILED
+    assert r.state.error == (
+        "step 'ship' failed after pivot step 'charge' completed: carrier down; "
+        "the saga cannot be rolled back: retry or skip the step"
+    )
+    assert kinds(d) == ["step_failed", "failed"]
+    assert d.effects == [] and r.state.wake_at is None
     assert not [h for h in r.history if h.kind in ("compensating", "compensation_started")]
-    r.ok("ship", now)
+    # an operator takes it from there
+    d = r.send(Retry(reason="carrier is back"), 10.0)
+    assert runs(d) == [("ship", False, 1)]
+    r.ok("ship", 11.0)
     assert r.state.status is SagaStatus.COMPLETED
 
 
@@ -535,9 +603,11 @@ def test_non_retryable_failure_after_the_pivot_fails_the_saga_without_compensati
     assert r.status("ship") is S.FAILED
     assert r.statuses()["reserve"] is S.COMPLETED and r.statuses()["charge"] is S.COMPLETED
     assert kinds(d) == ["step_failed", "failed"]
-    assert r.state.error is not None
-    assert "step 'ship' failed after the pivot step completed: address invalid" in r.state.error
-    assert "cannot be rolled back" in r.state.error
+    assert r.state.error == (
+        "step 'ship' failed after pivot step 'charge' completed: address invalid; "
+        "the saga cannot be rolled back: retry or skip the step"
+    )
+    assert d.history[1].message == r.state.error and d.history[1].step == "ship"
 
 
 def test_compensate_is_rejected_after_the_pivot() -> None:
@@ -556,21 +626,29 @@ def test_compensate_is_rejected_after_the_pivot() -> None:
 # ---------------------------------------------------------------- deadline
 
 
-def test_timer_after_the_deadline_compensates() -> None:
+def test_timer_after_the_deadline_cancels_the_running_step_and_compensates() -> None:
     r = Run(linear(deadline=10.0), now=100.0)
     assert r.state.deadline_at == 110.0
     assert r.state.wake_at == 110.0
     r.ok("reserve", 101.0)
     assert r.state.wake_at == 110.0
+    tok = r.token("charge")
     d = r.send(Timer(), 109.9)
     assert d.effects == [] and d.history == []
     d = r.send(Timer(), 110.0)
     assert r.state.status is SagaStatus.COMPENSATING
     assert r.state.error == "deadline of 10.0s exceeded"
+    assert kinds(d) == ["compensating", "step_cancelled", "compensation_started"]
     assert "compensation started: deadline of 10.0s exceeded" in d.history[0].message
-    assert d.effects == []  # charge still runs and blocks reserve's compensation
-    d = r.ok("charge", 111.0)
+    assert d.history[1].step == "charge"
+    assert "step 'charge' attempt 1 cancelled: the saga is rolled back (deadline of 10.0s exceeded)" in (
+        d.history[1].message
+    )
+    # charge is not waited for: cancelled, and undone since it may have acted
+    assert d.effects[0] == CancelAttempt("charge", False, tok, "the saga is rolled back (deadline of 10.0s exceeded)")
     assert runs(d) == [("charge", True, 1)]
+    assert r.state.steps["charge"].uncertain
+    assert r.send(StepSucceeded("charge", tok), 110.5).stale
     r.ok("charge", 112.0)
     r.ok("reserve", 113.0)
     assert r.state.status is SagaStatus.COMPENSATED
@@ -606,17 +684,34 @@ def test_deadline_is_ignored_after_the_pivot_and_does_not_keep_the_saga_due() ->
 # ---------------------------------------------------------------- payload limit
 
 
-def test_oversized_result_fails_the_step_without_retry() -> None:
+def test_oversized_result_fails_the_step_without_retry_and_it_is_compensated() -> None:
     r = Run(linear(retry=RetryPolicy(max_attempts=5), max_payload_bytes=100))
     d = r.ok("reserve", 1.0, {"big": "x" * 200}, size=101)
-    assert r.status("reserve") is S.FAILED
-    assert r.state.steps["reserve"].result is None
-    err = r.state.steps["reserve"].error
+    assert kinds(d)[:3] == ["step_failed", "compensating", "compensation_started"]
+    s = r.state.steps["reserve"]
+    assert s.status is S.COMPENSATING
+    assert s.result is None and s.attempts == 1
+    assert s.uncertain  # the action ran to its end: its effect happened
+    err = s.error
     assert err is not None
     assert "result of step 'reserve' is 101 bytes, over the limit of 100 bytes" in err
     assert "max_payload_bytes" in err
     assert "not retryable" in d.history[0].message
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 2.0)
     assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_oversized_result_of_a_step_without_compensation_just_fails_it() -> None:
+    b = SagaBuilder("big", max_payload_bytes=100)
+    b.step("a", act, undo)
+    b.step("b", act, retry=RetryPolicy(max_attempts=5))
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    d = r.ok("b", 2.0, "x" * 200, size=101)
+    assert r.status("b") is S.FAILED and r.state.steps["b"].uncertain
+    assert runs(d) == [("a", True, 1)]  # only a has an undo
 
 
 def test_result_at_the_payload_limit_is_accepted() -> None:
@@ -808,13 +903,44 @@ def test_skip_of_a_waiting_step_gives_its_result_to_dependents() -> None:
     assert r.state.status is SagaStatus.COMPLETED
 
 
-def test_skip_of_a_running_step_makes_its_completion_stale() -> None:
+def test_skip_of_a_message_step_waiting_for_its_reply_makes_the_reply_stale() -> None:
+    b = SagaBuilder("msg")
+    b.step("approve", Reply(), timeout=5.0)
+    b.step("ship", act)
+    r = Run(b.build())
+    tok = r.token("approve")
+    d = r.send(Skip("approve", result=7), 1.0)
+    assert d.rejected is None
+    assert runs(d) == [("ship", False, 1)]
+    s = r.state.steps["approve"]
+    assert (s.status, s.token, s.wake_at) == (S.SKIPPED, 0, None)
+    assert r.send(StepSucceeded("approve", tok, 8), 2.0).stale
+    assert step_results(r.state) == {"approve": 7}
+
+
+def test_skip_of_a_running_local_step_is_refused() -> None:
     r = Run(linear())
-    tok = r.token("reserve")
-    d = r.send(Skip("reserve", result=7), 1.0)
-    assert runs(d) == [("charge", False, 1)]
-    assert r.send(StepSucceeded("reserve", tok, 8), 2.0).stale
-    assert step_results(r.state) == {"reserve": 7}
+    d = r.send(Skip("reserve", result=7, actor="carol"), 1.0)
+    assert d.rejected == (
+        "step 'reserve' is executing (an attempt is in flight): skip is refused while it runs; "
+        "wait for the attempt to end, or compensate or abort the saga, which cancel it"
+    )
+    assert d.history[0].step == "reserve"
+    assert d.history[0].message.startswith("skip (by carol) refused: step 'reserve' is executing")
+    r.ok("reserve", 2.0, 8)
+    assert step_results(r.state) == {"reserve": 8}
+
+
+def test_skip_of_a_running_local_compensation_is_refused() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0)
+    assert r.status("reserve") is S.COMPENSATING and r.token("reserve")
+    d = r.send(Skip("reserve"), 3.0)
+    assert d.rejected is not None
+    assert "step 'reserve' is executing (its compensation is in flight)" in d.rejected
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
 
 
 def test_skip_of_a_failed_step_after_the_pivot_resumes_the_saga() -> None:
@@ -831,24 +957,30 @@ def test_skip_of_a_failed_step_after_the_pivot_resumes_the_saga() -> None:
     assert runs(d) == [("notify", False, 1)]
 
 
-def test_skip_of_one_of_two_failed_steps_after_the_pivot_keeps_the_saga_failed() -> None:
+def pivot_with_siblings() -> SagaDefinition:
+    """A pivot running alongside two sibling roots; z needs all three."""
     b = SagaBuilder("p")
     b.step("pay", act, undo, pivot=True)
-    b.step("x", act)
-    b.step("y", act, after=["pay"])
-    b.step("z", act, after=["x", "y"])
-    r = Run(b.build())
-    r.ok("pay", 1.0)
-    r.fail("x", 2.0, "bad x", retryable=False)
-    r.fail("y", 3.0, "bad y", retryable=False)  # was in flight when the saga failed
-    assert r.statuses()["y"] is S.FAILED
+    b.step("x", act, after=[], retry=FAST)
+    b.step("y", act, after=[], retry=FAST)
+    b.step("z", act, after=["pay", "x", "y"])
+    return b.build()
+
+
+def test_skip_of_one_of_two_failed_steps_after_the_pivot_keeps_the_saga_failed() -> None:
+    r = Run(pivot_with_siblings())
+    r.fail("x", 1.0, "bad x", retryable=False)  # the rollback waits for pay
+    r.fail("y", 2.0, "bad y")  # not retried while the rollback waits
+    r.ok("pay", 3.0)  # the rollback is refused: two steps failed after the pivot
+    assert r.state.status is SagaStatus.FAILED
+    assert r.statuses() == {"pay": S.COMPLETED, "x": S.FAILED, "y": S.FAILED, "z": S.PENDING}
     d = r.send(Skip("x", result=1), 4.0)
     assert d.rejected is None and d.effects == []
     # y still needs an operator: the saga must not look running with nothing to run
     assert r.state.status is SagaStatus.FAILED
-    assert (
-        r.state.error is not None and "step 'y' failed after the pivot step completed: bad y" in r.state.error
-    )
+    assert r.state.error is not None
+    assert "step 'y' failed after" in r.state.error and "bad y" in r.state.error
+    assert "retry or skip the step" in r.state.error
     d = r.send(Skip("y", result=2), 5.0)
     assert r.state.status is SagaStatus.RUNNING and r.state.error is None
     assert runs(d) == [("z", False, 1)]
@@ -857,17 +989,35 @@ def test_skip_of_one_of_two_failed_steps_after_the_pivot_keeps_the_saga_failed()
 
 
 def test_retry_after_the_pivot_reruns_every_failed_step() -> None:
+    r = Run(pivot_with_siblings())
+    r.fail("x", 1.0, retryable=False)
+    r.fail("y", 2.0)
+    r.ok("pay", 3.0)
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Retry(), 4.0)
+    assert sorted(runs(d)) == [("x", False, 1), ("y", False, 1)]
+    assert r.state.status is SagaStatus.RUNNING
+    r.ok("x", 5.0)
+    d = r.ok("y", 6.0)
+    assert runs(d) == [("z", False, 1)]
+
+
+def test_failure_after_the_pivot_stops_other_attempts_in_flight_until_retried() -> None:
     b = SagaBuilder("p")
     b.step("pay", act, undo, pivot=True)
-    b.step("x", act)
+    b.step("x", act, retry=NO_RETRY)
     b.step("y", act, after=["pay"])
     r = Run(b.build())
     r.ok("pay", 1.0)
-    r.fail("x", 2.0, retryable=False)
-    r.fail("y", 3.0, retryable=False)
-    d = r.send(Retry(), 4.0)
-    assert sorted(e.step for e in d.effects) == ["x", "y"]
-    assert r.state.status is SagaStatus.RUNNING
+    tok_y = r.token("y")
+    d = r.fail("x", 2.0, "bad x")
+    assert r.state.status is SagaStatus.FAILED
+    assert cancels(d) == [("y", False)]
+    assert r.status("y") is S.PENDING and r.token("y") == 0
+    assert r.send(StepSucceeded("y", tok_y), 2.5).stale
+    assert r.state.status is SagaStatus.FAILED
+    d = r.send(Retry(), 3.0)
+    assert sorted(runs(d)) == [("x", False, 1), ("y", False, 2)]
 
 
 def test_skip_of_a_failed_compensation_marks_it_resolved() -> None:
@@ -906,17 +1056,21 @@ def test_compensate_a_running_saga() -> None:
     r = Run(diamond())
     r.ok("a", 1.0)
     r.ok("b", 2.0)  # c still running
+    tok_c = r.token("c")
     d = r.send(Compensate(reason="fraud suspected", actor="dave"), 3.0)
     assert d.rejected is None
     assert r.state.status is SagaStatus.COMPENSATING
-    assert kinds(d)[0] == "compensate"
+    assert kinds(d)[:2] == ["compensate", "step_cancelled"]
     assert "compensation requested by dave: fraud suspected" in d.history[0].message
     assert r.state.error == "compensation requested by dave: fraud suspected"
-    assert runs(d) == [("b", True, 1)]  # a waits for running c
+    reason = "the saga is rolled back (compensation requested by dave: fraud suspected)"
+    assert d.effects[0] == CancelAttempt("c", False, tok_c, reason)
+    assert r.state.steps["c"].error == f"cancelled: {reason}"
+    # the cancelled c may have acted: it is compensated with b; a waits for both
+    assert sorted(runs(d)) == [("b", True, 1), ("c", True, 1)]
     r.ok("b", 4.0)
     d = r.ok("c", 5.0)
-    assert runs(d) == [("c", True, 1)]
-    r.ok("c", 6.0)
+    assert runs(d) == [("a", True, 1)]
     r.ok("a", 7.0)
     assert r.state.status is SagaStatus.COMPENSATED
     assert r.status("d") is S.PENDING
@@ -953,21 +1107,29 @@ def test_compensate_rejected_unless_pending_or_running(setup: str) -> None:
 # ---------------------------------------------------------------- admin: abort
 
 
-def test_abort_stops_the_saga_and_clears_tokens() -> None:
+def test_abort_cancels_attempts_in_flight_and_stops_the_saga() -> None:
     r = Run(diamond(timeout=None))
     r.ok("a", 1.0)
+    tok_b, tok_c = r.token("b"), r.token("c")
     d = r.send(Abort(reason="duplicate order", actor="erin"), 2.0)
-    assert d.rejected is None and d.effects == []
+    assert d.rejected is None
+    assert d.effects == [
+        CancelAttempt("b", False, tok_b, "the saga was aborted"),
+        CancelAttempt("c", False, tok_c, "the saga was aborted"),
+    ]
     assert r.state.status is SagaStatus.ABORTED
     assert all(s.token == 0 and s.wake_at is None for s in r.state.steps.values())
     assert r.state.wake_at is None
     assert r.state.error == "aborted by erin: duplicate order"
-    assert kinds(d) == ["abort"]
+    assert kinds(d) == ["abort", "step_cancelled", "step_cancelled"]
     assert d.history[0].message == "aborted by erin: duplicate order"
-    assert r.status("a") is S.COMPLETED  # no compensation
+    assert "step 'b' attempt 1 cancelled: the saga was aborted; it may have had its effect" in d.history[1].message
+    assert r.statuses() == {"a": S.COMPLETED, "b": S.FAILED, "c": S.FAILED, "d": S.PENDING}  # no compensation
+    assert r.state.steps["b"].uncertain and r.state.steps["b"].error == "cancelled: the saga was aborted"
     d = r.send(Abort(), 3.0)
     assert d.rejected == "saga is aborted: it has already finished"
     assert r.send(Timer(), 100.0).effects == []
+    assert r.send(StepSucceeded("b", tok_b), 101.0).stale
 
 
 def test_abort_of_a_waiting_retry_cancels_it() -> None:
@@ -1021,3 +1183,625 @@ def test_same_inputs_give_the_same_decision() -> None:
     ev = StepSucceeded("a", st.steps["a"].token, 1)
     a, b = decide(defn, st, ev, 3.0), decide(defn, st, ev, 3.0)
     assert a.state == b.state and a.effects == b.effects and a.history == b.history
+
+
+# ---------------------------------------------------------------- rollback cancels attempts in flight
+
+
+def message_saga(action: StepAction, *, retry: RetryPolicy = NO_RETRY, with_undo: bool = True) -> SagaDefinition:
+    """reserve, then *action* (with or without a local compensation) beside a local root 'other'."""
+    b = SagaBuilder("msg")
+    b.step("reserve", act, undo)
+    if with_undo:
+        b.step("remote", action, undo, retry=retry)
+    else:
+        b.step("remote", action, retry=retry)
+    b.step("other", act, after=[], retry=NO_RETRY)
+    return b.build()
+
+
+def test_compensate_cancels_a_running_local_step_and_compensates_it() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    tok = r.token("charge")
+    d = r.send(Compensate(reason="customer asked"), 2.0)
+    reason = "the saga is rolled back (compensation requested by operator: customer asked)"
+    assert d.effects[0] == CancelAttempt("charge", False, tok, reason)
+    assert kinds(d) == ["compensate", "step_cancelled", "compensation_started"]
+    assert d.history[1].step == "charge" and d.history[1].attempt == 1
+    assert d.history[1].message == f"step 'charge' attempt 1 cancelled: {reason}; it may have had its effect"
+    s = r.state.steps["charge"]
+    assert (s.status, s.token, s.error, s.uncertain) == (
+        S.COMPENSATING,
+        d.effects[1].token,
+        f"cancelled: {reason}",
+        True,
+    )
+    assert s.finished_at == 2.0 and s.attempts == 1
+    # charge may have acted: it is undone first, then reserve
+    assert runs(d) == [("charge", True, 1)]
+    late = r.send(StepSucceeded("charge", tok, {"paid": 1}), 2.5)
+    assert late.stale and late.effects == []
+    assert r.state.steps["charge"].result is None
+    d = r.ok("charge", 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.statuses() == {"reserve": S.COMPENSATED, "charge": S.COMPENSATED, "ship": S.PENDING}
+
+
+def test_rollback_cancels_a_wait_for_step_without_uncertainty() -> None:
+    r = Run(message_saga(wait_for(Approved, timeout=60.0)))
+    r.ok("reserve", 1.0)
+    tok = r.token("remote")
+    assert r.state.steps["remote"].wake_at == 61.0
+    d = r.fail("other", 2.0, "no stock")
+    assert cancels(d) == [("remote", False)]
+    assert d.effects[0].token == tok
+    s = r.state.steps["remote"]
+    assert (s.status, s.token, s.wake_at, s.uncertain) == (S.FAILED, 0, None, False)
+    assert s.error is not None and s.error.startswith("cancelled: ")
+    cancelled = [h for h in d.history if h.kind == "step_cancelled"]
+    assert len(cancelled) == 1 and "may have had its effect" not in cancelled[0].message
+    # waiting for an event did nothing: there is nothing of it to undo
+    assert runs(d) == [("reserve", True, 1)]
+    assert r.send(StepSucceeded("remote", tok), 3.0).stale
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.statuses() == {"reserve": S.COMPENSATED, "remote": S.FAILED, "other": S.FAILED}
+
+
+def test_rollback_cancels_a_send_step_and_compensates_it() -> None:
+    r = Run(message_saga(send(Ship, success=Shipped, reply_timeout=60.0)))
+    r.ok("reserve", 1.0)
+    tok = r.token("remote")
+    d = r.fail("other", 2.0, "no stock")
+    assert d.effects[0] == CancelAttempt(
+        "remote", False, tok, "the saga is rolled back (step 'other' failed: no stock)"
+    )
+    s = r.state.steps["remote"]
+    assert s.uncertain  # the command went out: it may have been carried out
+    assert runs(d) == [("remote", True, 1)]  # undone before reserve
+    assert r.status("reserve") is S.COMPLETED
+    assert r.send(StepSucceeded("remote", tok), 2.5).stale  # the late reply
+    d = r.ok("remote", 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_cancelled_step_without_compensation_is_not_compensated() -> None:
+    b = SagaBuilder("x")
+    b.step("a", act, retry=NO_RETRY)
+    b.step("b", act, after=[], retry=NO_RETRY)
+    r = Run(b.build())
+    d = r.fail("a", 1.0)
+    assert cancels(d) == [("b", False)] and runs(d) == []
+    assert r.state.steps["b"].uncertain
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+def test_deadline_cancels_a_running_message_step() -> None:
+    b = SagaBuilder("msg", deadline=10.0)
+    b.step("remote", send(Ship, success=Shipped, reply_timeout=60.0), undo)
+    r = Run(b.build())
+    assert r.state.wake_at == 10.0  # the deadline comes before the reply deadline
+    tok = r.token("remote")
+    d = r.send(Timer(), 10.0)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert d.effects[0] == CancelAttempt("remote", False, tok, "the saga is rolled back (deadline of 10.0s exceeded)")
+    assert runs(d) == [("remote", True, 1)]
+    assert r.state.steps["remote"].uncertain
+    r.ok("remote", 11.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+
+
+# ---------------------------------------------------------------- uncertain means compensate
+
+
+def test_step_that_failed_outright_is_not_compensated() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo)
+    b.step("charge", act, undo, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    d = r.fail("charge", 2.0, "card declined")
+    assert not r.state.steps["charge"].uncertain
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 3.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.status("charge") is S.FAILED
+    assert r.state.steps["charge"].compensation_attempts == 0
+
+
+def test_compensate_failed_option_compensates_a_step_that_failed_outright() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo)
+    b.step("charge", act, undo, retry=NO_RETRY, compensate_failed=True)
+    b.step("ship", act, undo, compensate_failed=True)
+    defn = b.build()
+    assert defn.by_name["charge"].compensate_failed and not defn.by_name["reserve"].compensate_failed
+    r = Run(defn)
+    r.ok("reserve", 1.0)
+    d = r.fail("charge", 2.0, "card declined", retryable=False)
+    assert not r.state.steps["charge"].uncertain
+    # it may have half-failed: its undo runs first, then reserve's
+    assert runs(d) == [("charge", True, 1)]
+    d = r.ok("charge", 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    # ship never ran (no attempt): compensate_failed does not undo what never happened
+    assert r.status("ship") is S.PENDING and r.state.steps["ship"].compensation_attempts == 0
+
+
+def test_compensate_failed_option_compensates_a_step_waiting_for_its_retry() -> None:
+    b = SagaBuilder("fork")
+    b.step("a", act, undo)
+    b.step("b", act, undo, after=["a"], retry=FAST, compensate_failed=True)
+    b.step("c", act, after=["a"], retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("a", 1.0)
+    r.fail("b", 2.0)  # waits for its retry
+    d = r.fail("c", 2.5)
+    assert r.status("b") is S.COMPENSATING
+    assert runs(d) == [("b", True, 1)]
+    d = r.ok("b", 3.0)
+    assert runs(d) == [("a", True, 1)]
+
+
+def test_uncertain_failure_is_compensated() -> None:
+    r = Run(linear())
+    r.ok("reserve", 1.0)
+    d = r.fail("charge", 2.0, "result lost", retryable=False, uncertain=True)
+    assert r.state.steps["charge"].uncertain
+    assert runs(d) == [("charge", True, 1)]
+    d = r.ok("charge", 3.0)
+    assert runs(d) == [("reserve", True, 1)]
+    r.ok("reserve", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.statuses() == {"reserve": S.COMPENSATED, "charge": S.COMPENSATED, "ship": S.PENDING}
+
+
+def test_step_failed_carries_uncertain_as_its_fifth_field() -> None:
+    assert StepFailed._fields == ("step", "token", "error", "retryable", "uncertain")
+    assert StepFailed("a", 1, "x").uncertain is False
+    assert StepFailed("a", 1, "x", True, True).uncertain is True
+
+
+def test_uncertain_is_sticky_over_a_later_certain_failure() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo)
+    b.step("charge", act, undo, retry=FAST)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.fail("charge", 2.0, "timed out", uncertain=True)
+    s = r.state.steps["charge"]
+    assert (s.status, s.uncertain) == (S.PENDING, True)
+    r.send(Timer(), 3.0)
+    assert r.status("charge") is S.RUNNING and r.state.steps["charge"].uncertain
+    d = r.fail("charge", 4.0, "card declined", retryable=False)  # certain, but the first may have charged
+    s = r.state.steps["charge"]
+    assert (s.uncertain, s.error, s.attempts) == (True, "card declined", 2)
+    assert runs(d) == [("charge", True, 1)]
+
+
+def test_uncertain_step_waits_for_its_descendants_to_be_undone() -> None:
+    b = SagaBuilder("chain")
+    b.step("a", act, undo, retry=FAST)
+    b.step("b", act, undo)
+    b.step("c", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.fail("a", 1.0, uncertain=True)
+    r.send(Timer(), 2.0)
+    r.ok("a", 3.0)
+    r.ok("b", 4.0)
+    d = r.fail("c", 5.0)
+    assert runs(d) == [("b", True, 1)]  # a only after b
+    d = r.ok("b", 6.0)
+    assert runs(d) == [("a", True, 1)]
+
+
+# ---------------------------------------------------------------- reply timeouts
+
+
+@pytest.mark.parametrize(
+    ("action", "uncertain"),
+    [
+        (send(Ship, success=Shipped, reply_timeout=5.0), True),  # the command went out
+        (wait_for(Approved, timeout=5.0), False),  # nothing was asked of anyone
+    ],
+)
+def test_reply_timeout_is_uncertain_when_the_step_is_effectful(action: StepAction, uncertain: bool) -> None:
+    r = Run(message_saga(action))
+    assert r.defn is not None and r.defn.by_name["remote"].effectful is uncertain
+    r.ok("reserve", 0.5)
+    r.ok("other", 0.5)
+    assert r.state.steps["remote"].wake_at == 5.5 and r.state.wake_at == 5.5
+    tok = r.token("remote")
+    assert r.send(Timer(), 5.4).history == []
+    d = r.send(Timer(), 5.5)
+    s = r.state.steps["remote"]
+    assert s.attempts == 1 and s.uncertain is uncertain
+    assert s.error == "timed out after 5.0s waiting for the reply"
+    assert d.history[0].kind == "step_failed" and "timed out after 5.0s" in d.history[0].message
+    assert cancels(d) == []  # the attempt ended by itself: nothing to cancel
+    assert r.state.status is SagaStatus.COMPENSATING
+    if uncertain:
+        assert runs(d) == [("remote", True, 1)]
+    else:
+        assert runs(d) == [("reserve", True, 1)]
+    assert r.send(StepSucceeded("remote", tok), 6.0).stale
+
+
+def test_reply_timeout_with_retries_left_retries_and_stays_uncertain() -> None:
+    b = SagaBuilder("msg")
+    b.step("remote", send(Ship, success=Shipped, reply_timeout=5.0), undo, retry=FAST)
+    r = Run(b.build())
+    r.send(Timer(), 5.0)
+    s = r.state.steps["remote"]
+    assert (s.status, s.wake_at, s.uncertain) == (S.PENDING, 6.0, True)
+    d = r.send(Timer(), 6.0)
+    assert runs(d) == [("remote", False, 2)]
+    d = r.fail("remote", 7.0, "rejected", retryable=False)
+    assert runs(d) == [("remote", True, 1)]
+
+
+# ---------------------------------------------------------------- pivot: deferred rollback
+
+
+def deferred_pivot(pivot_retry: RetryPolicy = NO_RETRY) -> SagaDefinition:
+    """reserve, then pay (the pivot) beside a sibling root 'side'; ship after both."""
+    b = SagaBuilder("pivoted")
+    b.step("reserve", act, undo)
+    b.step("pay", act, undo, pivot=True, retry=pivot_retry)
+    b.step("side", act, undo, after=[], retry=FAST)
+    b.step("ship", act, after=["pay", "side"])
+    return b.build()
+
+
+def test_compensate_while_the_pivot_runs_is_deferred_then_refused_when_it_completes() -> None:
+    r = Run(deferred_pivot())
+    r.ok("reserve", 1.0)
+    r.ok("side", 1.0)
+    assert r.status("pay") is S.RUNNING
+    d = r.send(Compensate(reason="customer asked", actor="dave"), 2.0)
+    assert d.rejected is None and d.effects == []  # nothing cancelled: pay may still go through
+    assert r.state.status is SagaStatus.RUNNING
+    reason = "compensation requested by dave: customer asked"
+    assert r.state.meta[ROLLBACK] == reason
+    assert kinds(d) == ["rollback_deferred"]
+    assert d.history[0].step == "pay"
+    assert d.history[0].message == (
+        f"rollback requested ({reason}): it waits for the outcome of pivot step 'pay', which is running"
+    )
+    assert r.state.wake_at is None
+    # a second request is refused while the first waits
+    d = r.send(Compensate(reason="again"), 2.5)
+    assert d.rejected == f"a rollback is already requested ({reason}) and waits for the running pivot step"
+    d = r.ok("pay", 3.0)
+    assert kinds(d) == ["step_completed", "rollback_refused", "step_started"]
+    assert d.history[1].step == "pay"
+    assert "rollback refused: pivot step 'pay' completed" in d.history[1].message
+    assert f"(the request: {reason})" in d.history[1].message
+    assert ROLLBACK not in r.state.meta
+    assert r.state.status is SagaStatus.RUNNING and r.state.error is None
+    assert runs(d) == [("ship", False, 1)]  # the saga goes forward
+    r.ok("ship", 4.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_deferred_rollback_proceeds_when_the_pivot_fails_even_retryably() -> None:
+    r = Run(deferred_pivot(pivot_retry=RetryPolicy(max_attempts=5, initial_delay=1.0, jitter=0.0)))
+    r.ok("reserve", 1.0)
+    r.send(Compensate(reason="customer asked"), 2.0)
+    d = r.fail("pay", 3.0, "bank down")  # it had retries left
+    assert "step 'pay' failed (not retried: a rollback waits for the pivot step): bank down" in d.history[0].message
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert ROLLBACK not in r.state.meta
+    assert r.state.error == "compensation requested by operator: customer asked"
+    assert r.status("pay") is S.FAILED
+    # side still ran: it is cancelled; it may have acted, so it is undone, as reserve is
+    assert cancels(d) == [("side", False)]
+    assert sorted(runs(d)) == [("reserve", True, 1), ("side", True, 1)]
+    r.ok("reserve", 4.0)
+    r.ok("side", 4.0)
+    assert r.state.status is SagaStatus.COMPENSATED
+    assert r.status("pay") is S.FAILED  # failed outright: nothing to undo
+
+
+def test_sibling_failure_while_the_pivot_runs_defers_the_rollback() -> None:
+    b = SagaBuilder("pivoted")
+    b.step("pay", act, undo, pivot=True)
+    b.step("side", act, undo, after=[], retry=FAST)
+    b.step("other", act, undo, after=[], retry=FAST)
+    b.step("late", act, after=["side"])
+    b.step("ship", act, after=["pay", "side", "other"])
+    r = Run(b.build())
+    r.fail("other", 1.0, "flaky")  # waits for its retry at 2.0
+    assert r.state.steps["other"].wake_at == 2.0
+    d = r.fail("side", 1.5, "no stock", retryable=False)
+    assert kinds(d) == ["step_failed", "rollback_deferred"]
+    assert r.state.status is SagaStatus.RUNNING
+    assert r.state.meta[ROLLBACK] == "step 'side' failed: no stock"
+    assert d.effects == []
+    # the retry waiting for its time will not run while the rollback waits
+    s = r.state.steps["other"]
+    assert (s.status, s.wake_at) == (S.PENDING, None)
+    assert r.state.wake_at is None
+    assert r.send(Timer(), 2.0).effects == []
+    assert r.send(Retry(), 2.1).rejected is not None  # nothing waits for a retry any more
+    d = r.ok("pay", 3.0)
+    assert kinds(d)[:3] == ["step_completed", "rollback_refused", "failed"]
+    assert r.state.status is SagaStatus.FAILED
+    assert r.state.error == (
+        "step 'side' failed after pivot step 'pay' completed: no stock; "
+        "the saga cannot be rolled back: retry or skip the step"
+    )
+    assert ROLLBACK not in r.state.meta
+    assert not [e for e in d.effects if isinstance(e, RunStep)]
+    assert not [h for h in r.history if h.kind.startswith("compensation")]
+    assert r.statuses()["late"] is S.PENDING and r.statuses()["ship"] is S.PENDING
+
+
+def test_no_step_starts_and_sibling_failures_are_final_while_the_rollback_waits() -> None:
+    b = SagaBuilder("pivoted")
+    b.step("pay", act, undo, pivot=True)
+    b.step("a", act, undo, after=[], retry=FAST)
+    b.step("a2", act, after=["a"])
+    b.step("b", act, undo, after=[], retry=FAST)
+    r = Run(b.build())
+    r.send(Compensate(), 1.0)
+    d = r.ok("a", 2.0)
+    assert d.effects == []  # a2 does not start
+    assert r.status("a2") is S.PENDING
+    d = r.fail("b", 3.0, "flaky")  # retryable, with retries left: final all the same
+    assert r.status("b") is S.FAILED and r.state.steps["b"].wake_at is None
+    assert "not retried: a rollback waits for the pivot step" in d.history[0].message
+    assert r.state.status is SagaStatus.RUNNING
+    d = r.fail("pay", 4.0, "declined", retryable=False)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("a", True, 1)]  # b failed outright, pay too
+
+
+def test_deferred_deadline_does_not_leave_the_saga_due_forever() -> None:
+    b = SagaBuilder("pivoted", deadline=10.0)
+    b.step("reserve", act, undo)
+    b.step("pay", act, undo, pivot=True)
+    b.step("ship", act)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    assert r.state.wake_at == 10.0
+    d = r.send(Timer(), 10.0)
+    assert kinds(d) == ["rollback_deferred"]
+    assert r.state.meta[ROLLBACK] == "deadline of 10.0s exceeded"
+    assert r.state.status is SagaStatus.RUNNING
+    assert r.state.wake_at is None or r.state.wake_at > 10.0
+    # a later timer finds nothing to do and does not record the request again
+    d = r.send(Timer(), 20.0)
+    assert d.history == [] and d.effects == []
+    assert r.state.wake_at is None or r.state.wake_at > 20.0
+    d = r.ok("pay", 21.0)
+    assert kinds(d) == ["step_completed", "rollback_refused", "step_started"]
+    assert "(the request: deadline of 10.0s exceeded)" in d.history[1].message
+    assert runs(d) == [("ship", False, 1)]
+    assert r.state.wake_at is None  # past the pivot the deadline is moot
+    r.ok("ship", 22.0)
+    assert r.state.status is SagaStatus.COMPLETED
+
+
+def test_deferred_deadline_proceeds_when_the_pivot_fails() -> None:
+    b = SagaBuilder("pivoted", deadline=10.0)
+    b.step("reserve", act, undo)
+    b.step("pay", act, undo, pivot=True)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.send(Timer(), 10.0)
+    d = r.fail("pay", 12.0, "declined")
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert r.state.error == "deadline of 10.0s exceeded"
+    assert runs(d) == [("reserve", True, 1)]
+
+
+def test_deferred_message_pivot_keeps_its_reply_deadline_and_its_timeout_lets_the_rollback_go() -> None:
+    b = SagaBuilder("pivoted")
+    b.step("reserve", act, undo)
+    b.step("pay", send(Ship, success=Shipped, reply_timeout=30.0), undo, pivot=True, retry=FAST)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.send(Compensate(), 2.0)
+    assert r.state.wake_at == 31.0  # the pivot's reply deadline
+    d = r.send(Timer(), 31.0)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert r.state.steps["pay"].uncertain  # the payment may have gone through
+    assert runs(d) == [("pay", True, 1)]
+    d = r.ok("pay", 32.0)
+    assert runs(d) == [("reserve", True, 1)]
+
+
+def test_oversized_pivot_result_while_a_rollback_waits_lets_it_go_and_undoes_the_pivot() -> None:
+    b = SagaBuilder("pivoted", max_payload_bytes=10)
+    b.step("reserve", act, undo)
+    b.step("pay", act, undo, pivot=True)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.send(Compensate(), 2.0)
+    d = r.ok("pay", 3.0, "x" * 50, size=52)
+    assert r.state.status is SagaStatus.COMPENSATING
+    assert runs(d) == [("pay", True, 1)]
+
+
+def test_abort_while_a_rollback_waits_cancels_the_pivot_and_clears_the_request() -> None:
+    r = Run(deferred_pivot())
+    r.ok("reserve", 1.0)
+    r.send(Compensate(), 2.0)
+    d = r.send(Abort(), 3.0)
+    assert sorted(cancels(d)) == [("pay", False), ("side", False)]
+    assert r.state.status is SagaStatus.ABORTED
+    assert ROLLBACK not in r.state.meta
+    assert r.state.wake_at is None
+
+
+def test_compensate_after_the_pivot_is_rejected_even_with_a_step_running() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    assert r.status("ship") is S.RUNNING
+    d = r.send(Compensate(), 3.0)
+    assert d.rejected == "pivot step 'charge' has completed: the saga can no longer be rolled back"
+    assert r.status("ship") is S.RUNNING
+
+
+# ---------------------------------------------------------------- abort cancels
+
+
+def test_abort_cancels_a_running_compensation() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo)
+    b.step("charge", act, undo, compensation_retry=FAST)
+    b.step("ship", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    r.fail("ship", 3.0)
+    r.fail("charge", 4.0, "refund api 500")  # the compensation waits for its retry
+    assert r.state.steps["charge"].wake_at == 5.0
+    r.send(Timer(), 5.0)
+    tok = r.token("charge")
+    d = r.send(Abort(reason="handled by hand"), 6.0)
+    assert d.effects == [CancelAttempt("charge", True, tok, "the saga was aborted")]
+    assert kinds(d) == ["abort", "compensation_cancelled"]
+    assert "compensation of step 'charge' attempt 2 cancelled: the saga was aborted" in d.history[1].message
+    s = r.state.steps["charge"]
+    assert (s.status, s.token, s.wake_at) == (S.COMPENSATION_FAILED, 0, None)
+    assert s.error == "cancelled: the saga was aborted"
+    assert r.state.status is SagaStatus.ABORTED and r.state.wake_at is None
+    assert r.send(StepSucceeded("charge", tok), 7.0).stale
+
+
+def test_abort_clears_the_wake_time_of_a_waiting_compensation() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo, compensation_retry=FAST)
+    b.step("ship", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.fail("ship", 2.0)
+    r.fail("reserve", 3.0)
+    assert r.state.wake_at == 4.0
+    d = r.send(Abort(), 3.5)
+    assert d.effects == []
+    assert r.state.steps["reserve"].wake_at is None and r.state.wake_at is None
+
+
+def test_abort_of_a_wait_for_step_is_not_uncertain() -> None:
+    b = SagaBuilder("w")
+    b.step("approve", wait_for(Approved, timeout=60.0))
+    r = Run(b.build())
+    d = r.send(Abort(), 1.0)
+    assert cancels(d) == [("approve", False)]
+    s = r.state.steps["approve"]
+    assert (s.status, s.uncertain, s.wake_at) == (S.FAILED, False, None)
+    assert r.state.wake_at is None
+
+
+def test_abort_of_a_pending_saga() -> None:
+    r = Run(linear(), begin=False)
+    d = r.send(Abort(), 1.0)
+    assert d.rejected is None and d.effects == []
+    assert r.state.status is SagaStatus.ABORTED and r.state.wake_at is None
+
+
+# ---------------------------------------------------------------- without the definition
+
+
+def test_abort_without_the_definition_cancels_attempts_in_flight() -> None:
+    r = Run(diamond())
+    r.ok("a", 1.0)
+    tok_b, tok_c = r.token("b"), r.token("c")
+    r.defn = None  # a worker without this version of the definition
+    d = r.send(Abort(reason="stuck", actor="ops"), 2.0)
+    assert d.rejected is None
+    assert d.effects == [
+        CancelAttempt("b", False, tok_b, "the saga was aborted"),
+        CancelAttempt("c", False, tok_c, "the saga was aborted"),
+    ]
+    assert r.state.status is SagaStatus.ABORTED
+    assert r.state.error == "aborted by ops: stuck"
+    # without the code, an attempt cannot be known to be harmless
+    assert r.state.steps["b"].uncertain and r.state.steps["c"].uncertain
+    assert r.state.wake_at is None and r.state.updated_at == 2.0
+
+
+def test_skip_without_the_definition_of_a_step_with_no_attempt_in_flight() -> None:
+    r = Run(linear(retry=FAST))
+    r.fail("reserve", 1.0)  # waits for its retry
+    r.defn = None
+    d = r.send(Skip("reserve", result={"manual": True}), 1.5)
+    assert d.rejected is None
+    assert d.effects == []  # nothing can be dispatched without the code
+    s = r.state.steps["reserve"]
+    assert (s.status, s.result, s.wake_at) == (S.SKIPPED, {"manual": True}, None)
+    assert kinds(d) == ["skip"]
+
+
+def test_skip_without_the_definition_of_a_step_in_flight_is_refused() -> None:
+    r = Run(linear())
+    r.defn = None
+    d = r.send(Skip("reserve"), 1.0)
+    assert d.rejected is not None and "step 'reserve' is executing" in d.rejected
+
+
+@pytest.mark.parametrize("event", [Timer(), Resume(), Begin(), Retry(), Compensate(), StepSucceeded("reserve", 1)])
+def test_other_events_without_the_definition_are_refused(event: Event) -> None:
+    r = Run(linear())
+    r.defn = None
+    d = r.send(event, 1.0)
+    assert d.rejected == (
+        "definition orders v1 is not registered here: "
+        "only abort and skip are possible until a worker that has it runs the saga"
+    )
+
+
+# ---------------------------------------------------------------- refusals are recorded
+
+
+def test_rejected_event_records_the_refusal_and_leaves_the_state_alone() -> None:
+    r = Run(pivot_saga())
+    r.ok("reserve", 1.0)
+    r.ok("charge", 2.0)
+    before = copy.deepcopy(r.state)
+    d = r.send(Compensate(reason="too late", actor="dave"), 3.0)
+    assert d.state is r.state and d.state == before and d.state.updated_at == 2.0
+    assert d.effects == [] and not d.stale
+    assert d.history == [
+        HistoryEntry(
+            3.0,
+            "refused",
+            "compensate (by dave) refused: pivot step 'charge' has completed: the saga can no longer be rolled back",
+        )
+    ]
+    d = r.send(Skip("nope", actor="erin"), 4.0)
+    assert (
+        d.history[0].message == "skip (by erin) refused: saga pivoted has no step 'nope' (steps: reserve, charge, ship)"
+    )
+    assert d.history[0].step == "nope"
+
+
+def test_skip_of_a_message_compensation_waiting_for_its_reply_marks_it_resolved() -> None:
+    b = SagaBuilder("msg")
+    b.step("reserve", act, undo)
+    b.step("pay", act, send(Ship, success=Shipped, reply_timeout=30.0))
+    b.step("ship", act, retry=NO_RETRY)
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+    r.ok("pay", 2.0)
+    r.fail("ship", 3.0)
+    tok = r.token("pay")
+    assert r.status("pay") is S.COMPENSATING and r.state.steps["pay"].wake_at == 33.0
+    d = r.send(Skip("pay", reason="refunded by hand"), 4.0)
+    assert d.rejected is None
+    assert "compensation marked resolved" in d.history[0].message
+    assert runs(d) == [("reserve", True, 1)]
+    assert r.send(StepSucceeded("pay", tok), 5.0).stale
+    r.ok("reserve", 6.0)
+    assert r.state.status is SagaStatus.COMPENSATED

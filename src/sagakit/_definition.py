@@ -8,7 +8,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ._errors import DefinitionError
 from ._policy import RetryPolicy
@@ -33,9 +33,12 @@ class StepAction:
 
     ``local`` is False for actions that send a command or wait for an event:
     their attempt ends when a reply arrives, not when a function returns.
+    ``sends`` is True for actions whose attempt sends a command, and so may
+    have an effect elsewhere before its outcome is known.
     """
 
-    local: bool = False
+    local: ClassVar[bool] = False
+    sends: ClassVar[bool] = False
     reply_timeout: float | None = None
 
     def validate(self, where: str) -> None:
@@ -85,6 +88,8 @@ class StepDefinition:
     timeout: float | None = None
     compensation_timeout: float | None = None
     pivot: bool = False
+    compensate_failed: bool = False
+    """Compensate the step on rollback even when it failed (for steps that can half-fail)."""
     # Derived from the fields above when the definition is made; the state
     # machine and the runtime read them on every attempt.
     local: bool = field(init=False, repr=False, compare=False)
@@ -93,6 +98,8 @@ class StepDefinition:
     """True when the compensation (if any) is a Python function run by the engine."""
     attempt_timeouts: tuple[float | None, float | None] = field(init=False, repr=False, compare=False)
     """Seconds one attempt of the action, and of the compensation, may take (see ``attempt_timeout``)."""
+    effectful: bool = field(init=False, repr=False, compare=False)
+    """True when an attempt of the action may have an effect of its own (a function runs, a command is sent)."""
 
     def __post_init__(self) -> None:
         def limit(action: object, own: float | None) -> float | None:
@@ -103,6 +110,7 @@ class StepDefinition:
         setattr_ = object.__setattr__
         setattr_(self, "local", not isinstance(self.action, StepAction))
         setattr_(self, "compensation_local", not isinstance(self.compensation, StepAction))
+        setattr_(self, "effectful", not isinstance(self.action, StepAction) or self.action.sends)
         setattr_(
             self,
             "attempt_timeouts",
@@ -187,8 +195,13 @@ class SagaBuilder:
         timeout: float | None = None,
         compensation_timeout: float | None = None,
         pivot: bool = False,
+        compensate_failed: bool = False,
     ) -> SagaBuilder:
         """Add a step. ``after=None`` runs it after the previous step; ``after=[]`` makes it a root.
+
+        A step whose outcome is uncertain (cancelled, timed out, result lost) is
+        compensated on rollback; one that failed outright is not, unless
+        *compensate_failed* says it can fail half-way.
 
         Returns the builder, so calls can be chained.
         """
@@ -206,13 +219,12 @@ class SagaBuilder:
                 after=deps,
                 retry=retry if retry is not None else _DEFAULT_RETRY,
                 compensation_retry=(
-                    compensation_retry
-                    if compensation_retry is not None
-                    else _DEFAULT_COMPENSATION_RETRY
+                    compensation_retry if compensation_retry is not None else _DEFAULT_COMPENSATION_RETRY
                 ),
                 timeout=timeout,
                 compensation_timeout=compensation_timeout,
                 pivot=pivot,
+                compensate_failed=compensate_failed,
             )
         )
         return self
@@ -299,8 +311,7 @@ def build_definition(
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise DefinitionError(
-            f"saga name {name!r} is invalid: use letters, digits, '_', '-' or '.', "
-            "starting with a letter or '_'"
+            f"saga name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting with a letter or '_'"
         )
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise DefinitionError(f"saga {name!r}: version must be an integer >= 1, got {version!r}")
@@ -309,9 +320,7 @@ def build_definition(
     if deadline is not None and not deadline > 0:
         raise DefinitionError(f"saga {name!r}: deadline must be > 0 seconds, got {deadline!r}")
     if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
-        raise DefinitionError(
-            f"saga {name!r}: max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
-        )
+        raise DefinitionError(f"saga {name!r}: max_payload_bytes must be a positive integer, got {max_payload_bytes!r}")
 
     by_name: dict[str, StepDefinition] = {}
     for s in steps:
@@ -435,9 +444,7 @@ def _check_correlation(where: str, fn: object) -> None:
     try:
         sig.bind(object())
     except TypeError:
-        raise DefinitionError(
-            f"{where} must accept one argument (the event); {fn!r} has signature {sig}"
-        ) from None
+        raise DefinitionError(f"{where} must accept one argument (the event); {fn!r} has signature {sig}") from None
 
 
 def _topological_order(steps: Sequence[StepDefinition]) -> list[str]:

@@ -56,6 +56,7 @@ from .machine import (
     Event,
     HistoryEntry,
     Retry,
+    SagaState,
     Skip,
     decide,
     new_saga,
@@ -552,7 +553,7 @@ class SagaEngine(_Runtime):
     # ------------------------------------------------------------ admin plumbing
 
     async def _admin(self, saga_id: str, event: Event) -> SagaSnapshot:
-        rejected = await self._act(saga_id, lambda held: event)
+        rejected = await self._act(saga_id, lambda held: event, admin=event)
         if rejected is not None:
             raise SagaStateError(saga_id, rejected)
         return await self.get(saga_id)
@@ -564,11 +565,15 @@ class SagaEngine(_Runtime):
         *,
         inbox: str | None = None,
         busy_timeout: float = 5.0,
+        admin: Event | None = None,
     ) -> str | None:
         """Apply the event *make* derives from the saga, claiming the saga if nobody holds it.
 
         Returns once the transition is committed, or with the reason the event
-        was not applied (*make* returned a reason, or the machine rejected it).
+        was not applied (*make* returned a reason, or the machine rejected it;
+        a rejected *admin* command is recorded in the saga's history). An
+        *admin* command also applies to a saga whose definition version is not
+        registered here, as far as the machine allows without it (abort, skip).
 
         Raises:
             SagaNotFound: no such saga.
@@ -594,6 +599,8 @@ class SagaEngine(_Runtime):
                 if held is None:
                     defn = self._definitions.get((st.name, st.version))
                     if defn is None:
+                        if admin is not None:
+                            return await self._act_parked(st, admin)
                         await self.store.release(self.worker_id, [(saga_id, self.clock())])
                         raise UnknownSagaType(
                             f"saga {saga_id} runs {st.name} v{st.version}, which is not registered with this engine"
@@ -608,6 +615,8 @@ class SagaEngine(_Runtime):
                 decision = decide(held.definition, held.state, made, self.clock())
                 rejected = decision.rejected
             if rejected is not None:
+                if admin is not None and not isinstance(made, str):
+                    self._in_background(self.store.append_history(saga_id, held.state.revision, decision.history))
                 if claimed and not held.inflight and not held.queued and not held.committing:
                     self._held.pop(saga_id, None)
                     # The claimed row's wake time is the lease expiry; make it due now
@@ -625,6 +634,22 @@ class SagaEngine(_Runtime):
                     raise
                 continue
             return None
+
+    async def _act_parked(self, st: SagaState, event: Event) -> str | None:
+        """Apply an admin command to a claimed saga whose definition is not registered here."""
+        decision = decide(None, st, event, self.clock())
+        new = decision.state
+        if decision.rejected is not None:
+            await self.store.append_history(st.id, st.revision, decision.history)
+            await self.store.release(self.worker_id, [(st.id, self.clock())])
+            return decision.rejected
+        new.revision = st.revision + 1
+        # Released at once: due now unless finished, so a worker that has the definition goes on.
+        wake = None if new.status.terminal else self.clock()
+        res = await self.store.commit([Write(new, st.revision, decision.history, wake, data_changed=False)])
+        if res[0] is None:
+            raise SagaBusy(f"saga {st.id} was taken over by another worker meanwhile; try again")
+        return None
 
     # ------------------------------------------------------------ lookups
 

@@ -25,7 +25,7 @@ import functools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import orjson
 
@@ -300,6 +300,8 @@ class SendCommand(StepAction):
         destination: where to send the command (topic, queue, subject); None lets
             the transport derive it from the command's type name.
     """
+
+    sends: ClassVar[bool] = True
 
     command: type
     success: tuple[type, ...] = ()

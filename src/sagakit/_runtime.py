@@ -39,6 +39,7 @@ from ._status import _TERMINAL
 from ._store import OutboxMessage, Store, Write
 from .machine import (
     KEEP,
+    CancelAttempt,
     Decision,
     Event,
     HistoryEntry,
@@ -216,6 +217,9 @@ class _Runtime:
         if terminal and old.status not in _TERMINAL:
             self._outcome_event(held, p, st)
         if decision.effects:
+            for eff in decision.effects:
+                if type(eff) is CancelAttempt:
+                    self._cancel_attempt(held, eff)
             if held.durable and self._running and not self._closing:
                 # Local attempts start without waiting for this transition to commit:
                 # should the process die first, the last committed state still shows
@@ -225,6 +229,8 @@ class _Runtime:
                 # happen for a saga the store does not know.
                 defn = held.definition.by_name
                 for eff in decision.effects:
+                    if type(eff) is not RunStep:
+                        continue
                     sdef = defn[eff.step]
                     if sdef.compensation_local if eff.compensation else sdef.local:
                         self._dispatch(held, eff)
@@ -233,6 +239,8 @@ class _Runtime:
             else:
                 defn = held.definition.by_name
                 for eff in decision.effects:
+                    if type(eff) is not RunStep:
+                        continue
                     sdef = defn[eff.step]
                     if sdef.compensation_local if eff.compensation else sdef.local:
                         p.effects.append(eff)
@@ -244,6 +252,12 @@ class _Runtime:
             for task in held.inflight.values():
                 task.cancel()
             held.inflight.clear()
+
+    def _cancel_attempt(self, held: _Held, eff: CancelAttempt) -> None:
+        """Stop a local attempt the machine has cancelled; a thread running it is abandoned."""
+        task = held.inflight.pop(eff.token, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     def _runs_here(self, held: _Held, eff: RunStep) -> bool:
         """Whether an effect keeps this worker busy with the saga (else its lease is released)."""
@@ -534,11 +548,14 @@ class _Runtime:
             else:
                 await slots.wait()
             try:
-                if eff.timeout is None:
-                    result = await fn(ctx) if is_async else await self._call(fn, is_async, ctx)
+                if is_async:
+                    if eff.timeout is None:
+                        result = await fn(ctx)
+                    else:
+                        async with asyncio.timeout(eff.timeout):
+                            result = await fn(ctx)
                 else:
-                    async with asyncio.timeout(eff.timeout):
-                        result = await self._call(fn, is_async, ctx)
+                    result = await self._call_in_thread(fn, ctx, eff.timeout)
             finally:
                 slots.release()
             if result is None:
@@ -547,17 +564,20 @@ class _Runtime:
                 try:
                     blob = orjson.dumps(result)
                 except TypeError as e:
+                    # The function ran to its end: its effect happened, only its result is lost.
                     event = StepFailed(
                         name,
                         eff.token,
                         f"{direction} of step {name!r} returned a value that is not "
                         f"JSON-serialisable ({type(result).__name__}): {e}",
-                        retryable=False,
+                        False,
+                        True,
                     )
                 else:
                     event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), KEEP))
         except TimeoutError:
-            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s")
+            # The attempt was cut off mid-way: it may have had its effect.
+            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s", True, True)
         except asyncio.CancelledError:
             held.inflight.pop(eff.token, None)
             raise
@@ -579,11 +599,32 @@ class _Runtime:
             )  # fmt: skip
         return event
 
-    async def _call(self, fn: Callable[..., Any], is_async: bool, ctx: StepContext) -> Any:
-        if is_async:
-            return await fn(ctx)
-        assert self._executor is not None
-        result = await self._loop_().run_in_executor(self._executor, fn, ctx)
+    async def _call_in_thread(self, fn: Callable[..., Any], ctx: StepContext, timeout: float | None) -> Any:
+        """Run a plain function on the thread pool; its timeout counts from when a thread starts it.
+
+        On timeout or cancellation the thread cannot be stopped: it is abandoned,
+        and whatever it returns later is never applied.
+        """
+        executor = self._executor
+        assert executor is not None
+        loop = self._loop_()
+        if timeout is None:
+            result = await loop.run_in_executor(executor, fn, ctx)
+        else:
+            started: asyncio.Future[None] = loop.create_future()
+
+            def run() -> Any:
+                loop.call_soon_threadsafe(_set_done, started)
+                return fn(ctx)
+
+            done = loop.run_in_executor(executor, run)
+            try:
+                await asyncio.wait({started, done}, return_when=asyncio.FIRST_COMPLETED)
+                async with asyncio.timeout(timeout):
+                    result = await done
+            except BaseException:
+                done.cancel()  # drops it from the pool's queue if no thread took it yet
+                raise
         if inspect.isawaitable(result):
             return await result
         return result
@@ -727,6 +768,11 @@ class _Runtime:
                             "it stopped them and none of their results is applied",
                         )
                         self._in_background(self.store.append_history(sid, held.state.revision, [entry]))
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _describe(e: BaseException) -> str:

@@ -12,8 +12,10 @@ from ._types import (
     KEEP,
     Abort,
     Begin,
+    CancelAttempt,
     Compensate,
     Decision,
+    Effect,
     Event,
     HistoryEntry,
     Resume,
@@ -27,7 +29,7 @@ from ._types import (
     Timer,
 )
 
-__all__ = ["attempt_timeout", "decide", "new_saga", "step_results"]
+__all__ = ["ROLLBACK", "attempt_timeout", "decide", "new_saga", "step_results"]
 
 _S = StepStatus
 # HistoryEntry((at, kind, message, step, attempt)) and RunStep((...)) without the
@@ -36,6 +38,8 @@ _entry = functools.partial(tuple.__new__, HistoryEntry)
 _run = functools.partial(tuple.__new__, RunStep)
 _DONE = (_S.COMPLETED, _S.SKIPPED)
 _ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+# Key of SagaState.meta holding a rollback that waits for a running pivot step's outcome.
+ROLLBACK = "rollback_requested"
 
 
 # ---------------------------------------------------------------- entry points
@@ -78,20 +82,26 @@ def new_saga(
         s.result = result
         s.finished_at = now
         hist.append(HistoryEntry(now, "forked", f"step {name!r} result copied from {origin or 'a fork'}", name))
-    fx: list[RunStep] = []
+    fx: list[Effect] = []
     if begin:
         _begin(definition, st, now, fx, hist)
     st.wake_at = _wake(definition, st)
     return Decision(st, fx, hist)
 
 
-def decide(definition: SagaDefinition, state: SagaState, event: Event, now: float) -> Decision:
+def decide(definition: SagaDefinition | None, state: SagaState, event: Event, now: float) -> Decision:
     """Apply *event* to *state* at time *now*; the input state is never modified.
 
     The new state shares the step states it does not change with *state*.
+    *definition* is None for a saga whose definition version is not
+    registered: only ``Abort`` and ``Skip`` apply then (they need no code).
+    A rejected event leaves the state as it was; the decision's history then
+    holds the refusal and its reason.
     """
+    if definition is None:
+        return _decide_parked(state, event, now)
     st = _fork(state)
-    fx: list[RunStep] = []
+    fx: list[Effect] = []
     hist: list[HistoryEntry] = []
     stale = False
     rejected: str | None = None
@@ -100,7 +110,7 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
         case StepSucceeded() | StepFailed():
             stale = not _on_completion(definition, st, event, now, fx, hist)
         case Timer():
-            _on_timer(definition, st, now, hist)
+            _on_timer(definition, st, now, fx, hist)
         case Resume():
             _on_resume(definition, st, now, fx, hist)
         case Begin():
@@ -110,19 +120,55 @@ def decide(definition: SagaDefinition, state: SagaState, event: Event, now: floa
             rejected = _on_retry(st, event, now, hist)
         case Skip():
             rejected = _on_skip(definition, st, event, now, hist)
+            if rejected is None and ROLLBACK in st.meta and event.step in definition.pivots:
+                # An operator settled the pivot a rollback waited for: as if it completed.
+                _refuse_rollback(definition, st, event.step, now, fx, hist)
         case Compensate():
-            rejected = _on_compensate(definition, st, event, now, hist)
+            rejected = _on_compensate(definition, st, event, now, fx, hist)
         case Abort():
-            rejected = _on_abort(st, event, now, hist)
+            rejected = _on_abort(definition, st, event, now, fx, hist)
 
     if rejected is not None:
-        return Decision(state, [], [], rejected=rejected)
+        return _refused(state, event, rejected, now)
     if not stale:
         _advance(definition, st, now, fx, hist)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
     st._shared = None
     return Decision(st, fx, hist, None, stale)
+
+
+def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
+    """``decide`` without the saga's definition: abort and skip, which need no step code."""
+    st = _fork(state)
+    fx: list[Effect] = []
+    hist: list[HistoryEntry] = []
+    rejected: str | None
+    match event:
+        case Abort():
+            rejected = _on_abort(None, st, event, now, fx, hist)
+        case Skip():
+            rejected = _on_skip(None, st, event, now, hist)
+        case _:
+            rejected = (
+                f"definition {state.name} v{state.version} is not registered here: "
+                "only abort and skip are possible until a worker that has it runs the saga"
+            )
+    if rejected is not None:
+        return _refused(state, event, rejected, now)
+    st.wake_at = _wake(None, st)
+    st.updated_at = now
+    st._shared = None
+    return Decision(st, fx, hist)
+
+
+def _refused(state: SagaState, event: Event, reason: str, now: float) -> Decision:
+    what = type(event).__name__.lower()
+    actor = getattr(event, "actor", None)
+    by = f" (by {actor})" if actor else ""
+    step = getattr(event, "step", None)
+    entry = HistoryEntry(now, "refused", f"{what}{by} refused: {reason}", step if isinstance(step, str) else None)
+    return Decision(state, [], [entry], rejected=reason)
 
 
 def _fork(state: SagaState) -> SagaState:
@@ -148,7 +194,7 @@ def _own(st: SagaState, name: str) -> StepState:
 # ---------------------------------------------------------------- event handlers
 
 
-def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
+def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     st.status = SagaStatus.RUNNING
     hist.append(_entry((now, "started", "saga started", None, None)))
     _advance(defn, st, now, fx, hist)
@@ -159,7 +205,7 @@ def _on_completion(
     st: SagaState,
     ev: StepSucceeded | StepFailed,
     now: float,
-    fx: list[RunStep],
+    fx: list[Effect],
     hist: list[HistoryEntry],
 ) -> bool:
     s = st.steps.get(ev.step)
@@ -184,17 +230,19 @@ def _on_completion(
     # Only an action's result is kept (and later shown to other steps); a
     # compensation's result is discarded, so its size cannot undo an undo.
     if not compensating and isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
+        # The action ran to its end: its effect happened though its result is refused.
         ev = StepFailed(
             ev.step,
             ev.token,
             f"result of step {ev.step!r} is {ev.size} bytes, over the limit of "
             f"{defn.max_payload_bytes} bytes (max_payload_bytes)",
-            retryable=False,
+            False,
+            True,
         )
     if compensating:
         _compensation_done(sdef, st, s, ev, now, hist)
     else:
-        _action_done(defn, sdef, st, s, ev, now, hist)
+        _action_done(defn, sdef, st, s, ev, now, fx, hist)
     return True
 
 
@@ -205,6 +253,7 @@ def _action_done(
     s: StepState,
     ev: StepSucceeded | StepFailed,
     now: float,
+    fx: list[Effect],
     hist: list[HistoryEntry],
 ) -> None:
     name = sdef.name
@@ -215,12 +264,18 @@ def _action_done(
         s.finished_at = now
         s.wake_at = None
         hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts)))
+        if sdef.pivot and ROLLBACK in st.meta:
+            _refuse_rollback(defn, st, name, now, fx, hist)
         return
     s.error = ev.error
     s.wake_at = None
+    if ev.uncertain and not s.uncertain:
+        s.uncertain = True
     if st.status is SagaStatus.RUNNING:
-        past_pivot = _past_pivot(defn, st)
-        if ev.retryable and (s.attempts < sdef.retry.max_attempts or past_pivot):
+        # While a rollback waits for the pivot, nothing is retried; the pivot's
+        # failure, whatever it is, lets the rollback go ahead.
+        deferred = ROLLBACK in st.meta
+        if ev.retryable and s.attempts < sdef.retry.max_attempts and not deferred:
             delay = sdef.retry.delay(s.attempts, f"{st.id}:{name}")
             s.status = _S.PENDING
             s.wake_at = now + delay
@@ -236,21 +291,25 @@ def _action_done(
             return
         s.status = _S.FAILED
         s.finished_at = now
-        why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
-        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts))
-        if past_pivot:
-            st.status = SagaStatus.FAILED
-            st.error = (
-                f"step {name!r} failed after the pivot step completed: {ev.error}; "
-                "the saga cannot be rolled back: retry or skip the step"
-            )
-            hist.append(HistoryEntry(now, "failed", st.error, name))
+        if deferred:
+            why = "not retried: a rollback waits for the pivot step"
         else:
-            st.error = f"step {name!r} failed: {ev.error}"
-            _start_compensation(st, now, st.error, hist)
+            why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
+        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts))
+        if deferred:
+            if sdef.pivot:
+                reason = st.meta[ROLLBACK]
+                _clear_rollback(st)
+                _rollback(defn, st, now, reason, fx, hist)
+            return
+        past = _past_pivot_name(defn, st)
+        if past is not None:
+            _fail_past_pivot(st, name, past, ev.error, now, fx, hist)
+        else:
+            _rollback(defn, st, now, f"step {name!r} failed: {ev.error}", fx, hist)
         return
-    # The saga is compensating, aborted or failed: an attempt still in flight
-    # when that happened has failed; it is not retried.
+    # The saga is failed past its pivot: an attempt still in flight then has
+    # failed; it is not retried until an operator says so.
     s.status = _S.FAILED
     s.finished_at = now
     hist.append(
@@ -262,6 +321,61 @@ def _action_done(
             s.attempts,
         )
     )
+
+
+def _fail_past_pivot(
+    st: SagaState,
+    name: str,
+    pivot: str,
+    error: str | None,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """A step failed for good after the pivot: the saga stops for an operator (retry, skip, abort).
+
+    Other attempts in flight are stopped; they run again if the operator retries.
+    """
+    st.status = SagaStatus.FAILED
+    st.error = (
+        f"step {name!r} failed after pivot step {pivot!r} completed: {error}; "
+        "the saga cannot be rolled back: retry or skip the step"
+    )
+    hist.append(HistoryEntry(now, "failed", st.error, name))
+    for n, s in st.steps.items():
+        if s.token:
+            fx.append(CancelAttempt(n, s.status is _S.COMPENSATING, s.token, "the saga failed"))
+            s = _own(st, n)
+            s.status = _S.PENDING
+            s.token = 0
+            s.wake_at = None
+            hist.append(
+                HistoryEntry(now, "step_cancelled", f"step {n!r} attempt {s.attempts} stopped: the saga failed", n)
+            )
+
+
+def _refuse_rollback(
+    defn: SagaDefinition, st: SagaState, pivot: str, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> None:
+    """The pivot a rollback waited for completed: the saga goes forward, the request is refused."""
+    reason = st.meta[ROLLBACK]
+    _clear_rollback(st)
+    hist.append(
+        HistoryEntry(
+            now,
+            "rollback_refused",
+            f"rollback refused: pivot step {pivot!r} completed, so the saga can no longer be rolled back "
+            f"(the request: {reason}); it goes forward",
+            pivot,
+        )
+    )
+    failed = [n for n in defn.order if st.steps[n].status is _S.FAILED]
+    if failed:
+        _fail_past_pivot(st, failed[0], pivot, st.steps[failed[0]].error, now, fx, hist)
+
+
+def _clear_rollback(st: SagaState) -> None:
+    st.meta = {k: v for k, v in st.meta.items() if k != ROLLBACK}
 
 
 def _compensation_done(
@@ -311,7 +425,7 @@ def _compensation_done(
     )
 
 
-def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[HistoryEntry]) -> None:
+def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     # Reply deadlines of message steps (local attempts are timed by the runtime).
     for name in defn.order:
         s = st.steps[name]
@@ -320,15 +434,16 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, hist: list[Histor
             sdef = defn.by_name[name]
             comp = s.status is _S.COMPENSATING
             timeout = attempt_timeout(sdef, comp)
-            ev = StepFailed(name, s.token, f"timed out after {timeout}s waiting for the reply")
+            # A command went out and no answer came: it may have been carried out.
+            ev = StepFailed(name, s.token, f"timed out after {timeout}s waiting for the reply", True, sdef.effectful)
             s.token = 0
             if comp:
                 _compensation_done(sdef, st, s, ev, now, hist)
             else:
-                _action_done(defn, sdef, st, s, ev, now, hist)
+                _action_done(defn, sdef, st, s, ev, now, fx, hist)
 
 
-def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
+def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     if st.status is SagaStatus.PENDING:
         _begin(defn, st, now, fx, hist)
         return
@@ -342,6 +457,8 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep
             s = _own(st, name)
             st.seq += 1
             s.token = st.seq
+            if not comp:
+                s.uncertain = True  # the worker that ran it may have got as far as its effect
             attempt = s.compensation_attempts if comp else s.attempts
             what = "compensation of step" if comp else "step"
             hist.append(
@@ -362,7 +479,7 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep
                     sdef.compensation_timeout if comp else sdef.timeout,
                 )
             )
-    _on_timer(defn, st, now, hist)
+    _on_timer(defn, st, now, fx, hist)
 
 
 def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) -> str | None:
@@ -418,14 +535,26 @@ def _orphans_pending(st: SagaState) -> None:
             s.wake_at = None
 
 
-def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]) -> str | None:
+def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, hist: list[HistoryEntry]) -> str | None:
     s = st.steps.get(ev.step)
     if s is None:
-        return f"saga {st.name} has no step {ev.step!r} (steps: {', '.join(defn.order)})"
+        return f"saga {st.name} has no step {ev.step!r} (steps: {', '.join(st.steps)})"
     if st.status not in (*_ACTIVE_SAGA, SagaStatus.FAILED):
         return f"saga is {st.status.value}: steps of a finished saga cannot be skipped"
     if s.status in (_S.COMPLETED, _S.COMPENSATED, _S.SKIPPED):
         return f"step {ev.step!r} is {s.status.value}: only a waiting or failed step can be skipped"
+    if s.token:
+        comp = s.status is _S.COMPENSATING
+        sdef = None if defn is None else defn.by_name[ev.step]
+        # A message step waiting for its reply may be skipped (its late reply is
+        # then stale); a function that is running may not: it could still act.
+        executing = sdef is None or (sdef.compensation_local if comp else sdef.local)
+        if executing:
+            what = "its compensation" if comp else "an attempt"
+            return (
+                f"step {ev.step!r} is executing ({what} is in flight): skip is refused while it runs; "
+                "wait for the attempt to end, or compensate or abort the saga, which cancel it"
+            )
     was = s.status
     s = _own(st, ev.step)
     s.status = _S.SKIPPED
@@ -469,51 +598,148 @@ def _on_skip(defn: SagaDefinition, st: SagaState, ev: Skip, now: float, hist: li
 
 
 def _on_compensate(
-    defn: SagaDefinition, st: SagaState, ev: Compensate, now: float, hist: list[HistoryEntry]
+    defn: SagaDefinition, st: SagaState, ev: Compensate, now: float, fx: list[Effect], hist: list[HistoryEntry]
 ) -> str | None:
     if st.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
         return f"saga is {st.status.value}: only a pending or running saga can be compensated"
     pivot = _past_pivot_name(defn, st)
     if pivot is not None:
         return f"pivot step {pivot!r} has completed: the saga can no longer be rolled back"
+    if ROLLBACK in st.meta:
+        return f"a rollback is already requested ({st.meta[ROLLBACK]}) and waits for the running pivot step"
     reason = f"compensation requested {_who(ev.actor, ev.reason)}"
-    st.error = reason
-    _start_compensation(st, now, reason, hist, kind="compensate")
+    _rollback(defn, st, now, reason, fx, hist, kind="compensate")
     return None
 
 
-def _on_abort(st: SagaState, ev: Abort, now: float, hist: list[HistoryEntry]) -> str | None:
+def _on_abort(
+    defn: SagaDefinition | None,
+    st: SagaState,
+    ev: Abort,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> str | None:
     if st.status not in (*_ACTIVE_SAGA, SagaStatus.FAILED):
         return f"saga is {st.status.value}: it has already finished"
     st.status = SagaStatus.ABORTED
     st.error = f"aborted {_who(ev.actor, ev.reason)}"
-    for n in st.steps:
-        s = _own(st, n)
-        s.token = 0
-        s.wake_at = None
     hist.append(HistoryEntry(now, "abort", st.error))
+    if ROLLBACK in st.meta:
+        _clear_rollback(st)
+    for n, s in st.steps.items():
+        if s.token:
+            _cancel(defn, st, n, now, "the saga was aborted", fx, hist)
+        elif s.wake_at is not None:
+            _own(st, n).wake_at = None
     return None
 
 
 # ---------------------------------------------------------------- progress
 
 
-def _start_compensation(
-    st: SagaState, now: float, reason: str, hist: list[HistoryEntry], kind: str = "compensating"
+def _cancel(
+    defn: SagaDefinition | None,
+    st: SagaState,
+    name: str,
+    now: float,
+    reason: str,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
 ) -> None:
+    """End the attempt in flight of step *name* now; it may have had its effect."""
+    s = _own(st, name)
+    comp = s.status is _S.COMPENSATING
+    fx.append(CancelAttempt(name, comp, s.token, reason))
+    s.token = 0
+    s.wake_at = None
+    s.finished_at = now
+    s.error = f"cancelled: {reason}"
+    if comp:
+        s.status = _S.COMPENSATION_FAILED
+        hist.append(
+            HistoryEntry(
+                now,
+                "compensation_cancelled",
+                f"compensation of step {name!r} attempt {s.compensation_attempts} cancelled: {reason}",
+                name,
+                s.compensation_attempts,
+            )
+        )
+        return
+    s.status = _S.FAILED
+    effectful = True if defn is None else defn.by_name[name].effectful
+    if effectful:
+        s.uncertain = True
+    note = "; it may have had its effect" if effectful else ""
+    hist.append(
+        HistoryEntry(
+            now, "step_cancelled", f"step {name!r} attempt {s.attempts} cancelled: {reason}{note}", name, s.attempts
+        )
+    )
+
+
+def _rollback(
+    defn: SagaDefinition,
+    st: SagaState,
+    now: float,
+    reason: str,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+    kind: str = "compensating",
+) -> None:
+    """Start compensating: attempts in flight are cancelled, steps waiting for a retry will not run.
+
+    While a pivot step runs, the rollback waits for its outcome instead.
+    """
+    pivot = _running_pivot(defn, st)
+    if pivot is not None:
+        st.meta = {**st.meta, ROLLBACK: reason}
+        for name, s in st.steps.items():
+            if s.status is _S.PENDING and s.wake_at is not None:
+                _own(st, name).wake_at = None  # no retry while the rollback waits
+        hist.append(
+            HistoryEntry(
+                now,
+                "rollback_deferred",
+                f"rollback requested ({reason}): it waits for the outcome of pivot step {pivot!r}, which is running",
+                pivot,
+            )
+        )
+        return
     st.status = SagaStatus.COMPENSATING
-    for n, s in st.steps.items():
-        if s.status is _S.PENDING and s.wake_at is not None:
-            _own(st, n).wake_at = None  # a step waiting for its retry will not run
+    st.error = reason
     hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
+    for name in defn.order:
+        s = st.steps[name]
+        if s.status is _S.RUNNING and s.token:
+            _cancel(defn, st, name, now, f"the saga is rolled back ({reason})", fx, hist)
+        elif s.status is _S.PENDING and s.attempts:
+            # It failed before and waits for its next attempt, which will not come.
+            s = _own(st, name)
+            s.status = _S.FAILED
+            s.wake_at = None
+            s.finished_at = now
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "step_failed",
+                    f"step {name!r} failed: {s.error} (not retried: the saga is rolled back)",
+                    name,
+                    s.attempts,
+                )
+            )
 
 
-def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep], hist: list[HistoryEntry]) -> None:
+def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     steps = st.steps
     if st.status is SagaStatus.RUNNING:
+        if ROLLBACK in st.meta:
+            return  # nothing new starts while a rollback waits for the pivot
         if st.deadline_at is not None and now >= st.deadline_at and _past_pivot_name(defn, st) is None:
-            st.error = f"deadline of {defn.deadline}s exceeded"
-            _start_compensation(st, now, st.error, hist)
+            _rollback(defn, st, now, f"deadline of {defn.deadline}s exceeded", fx, hist)
+            if st.status is SagaStatus.RUNNING:
+                return
         else:
             all_done = True
             for name in defn.order:
@@ -547,9 +773,9 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
                     if s.wake_at is None or s.wake_at <= now:
                         _dispatch(defn.by_name[name], st, s, True, now, fx, hist)
                     busy = True
-            elif status is _S.COMPLETED:
+            elif status is _S.COMPLETED or status is _S.FAILED:
                 sdef = defn.by_name[name]
-                if sdef.compensation is not None and not _blocked(defn, st, name):
+                if _to_undo(sdef, s) and not _blocked(defn, st, name):
                     s = _own(st, name)
                     s.status = _S.COMPENSATING
                     s.compensation_attempts = 0
@@ -567,14 +793,23 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[RunStep],
                 hist.append(_entry((now, "compensated", "saga compensated", None, None)))
 
 
+def _to_undo(sdef: StepDefinition, s: StepState) -> bool:
+    """Whether a rollback compensates the step: it completed, or it may have had its effect."""
+    if sdef.compensation is None:
+        return False
+    if s.status is _S.COMPLETED:
+        return True
+    return s.status is _S.FAILED and s.attempts > 0 and (s.uncertain or sdef.compensate_failed)
+
+
 def _blocked(defn: SagaDefinition, st: SagaState, name: str) -> bool:
-    """A completed step is compensated only after every step that depends on it is settled."""
+    """A step is compensated only after every step that depends on it is settled."""
     steps = st.steps
     for d in defn.descendants[name]:
         s = steps[d]
         if s.status in (_S.RUNNING, _S.COMPENSATING, _S.COMPENSATION_FAILED):
             return True
-        if s.status is _S.COMPLETED and defn.by_name[d].compensation is not None:
+        if (s.status is _S.COMPLETED or s.status is _S.FAILED) and _to_undo(defn.by_name[d], s):
             return True
     return False
 
@@ -585,7 +820,7 @@ def _dispatch(
     s: StepState,
     compensation: bool,
     now: float,
-    fx: list[RunStep],
+    fx: list[Effect],
     hist: list[HistoryEntry],
 ) -> None:
     s = _own(st, sdef.name)
@@ -627,16 +862,18 @@ def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
     return sdef.attempt_timeouts[compensation]
 
 
-def _wake(defn: SagaDefinition, st: SagaState) -> float | None:
+def _wake(defn: SagaDefinition | None, st: SagaState) -> float | None:
     status = st.status
     if status is SagaStatus.PENDING:
         return st.created_at
     if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
         return None
-    # Past the pivot the deadline no longer applies; keeping it would leave the
-    # saga due forever once it has passed.
+    # Past the pivot, or with a rollback already waiting for it, the deadline
+    # no longer applies; keeping it would leave the saga due forever once passed.
     wake = st.deadline_at
-    if wake is not None and (status is not SagaStatus.RUNNING or _past_pivot(defn, st)):
+    if wake is not None and (
+        status is not SagaStatus.RUNNING or ROLLBACK in st.meta or (defn is not None and _past_pivot(defn, st))
+    ):
         wake = None
     for s in st.steps.values():
         w = s.wake_at
@@ -654,6 +891,14 @@ def _past_pivot_name(defn: SagaDefinition, st: SagaState) -> str | None:
 
 def _past_pivot(defn: SagaDefinition, st: SagaState) -> bool:
     return _past_pivot_name(defn, st) is not None
+
+
+def _running_pivot(defn: SagaDefinition, st: SagaState) -> str | None:
+    for name in defn.pivots:
+        s = st.steps[name]
+        if s.status is _S.RUNNING and s.token:
+            return name
+    return None
 
 
 def _who(actor: str, reason: str) -> str:

@@ -11,8 +11,10 @@ __all__ = [
     "KEEP",
     "Abort",
     "Begin",
+    "CancelAttempt",
     "Compensate",
     "Decision",
+    "Effect",
     "Event",
     "HistoryEntry",
     "Resume",
@@ -51,7 +53,9 @@ class StepState:
     ``token`` is non-zero while an attempt (action or compensation) is in
     flight; only a completion carrying that token is applied. ``wake_at`` is
     when a waiting step is due: the next retry, or the reply deadline of a
-    message step.
+    message step. ``uncertain`` is set once an attempt ended without a clear
+    outcome (cancelled, timed out, its result lost): the step may have had its
+    effect, so a rollback compensates it even though it never completed.
     """
 
     status: StepStatus = _S.PENDING
@@ -63,6 +67,7 @@ class StepState:
     wake_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    uncertain: bool = False
 
     def copy(self) -> StepState:
         return StepState(
@@ -75,6 +80,7 @@ class StepState:
             self.wake_at,
             self.started_at,
             self.finished_at,
+            self.uncertain,
         )
 
 
@@ -170,12 +176,17 @@ class StepSucceeded(NamedTuple):
 
 
 class StepFailed(NamedTuple):
-    """An attempt failed; ``retryable`` False skips the remaining retries."""
+    """An attempt failed; ``retryable`` False skips the remaining retries.
+
+    ``uncertain`` says the attempt may have had its effect all the same (it
+    timed out, or its result could not be stored): a rollback compensates it.
+    """
 
     step: str
     token: int
     error: str
     retryable: bool = True
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +209,11 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class Compensate:
-    """Admin: start compensating a running saga now."""
+    """Admin: start compensating a running saga now.
+
+    Attempts in flight are cancelled; while a pivot step runs, the request
+    waits for its outcome (and is refused, and recorded so, if it completes).
+    """
 
     reason: str = ""
     actor: str = "operator"
@@ -206,7 +221,7 @@ class Compensate:
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    """Admin: stop the saga where it stands, without compensation."""
+    """Admin: stop the saga where it stands, without compensation; attempts in flight are cancelled."""
 
     reason: str = ""
     actor: str = "operator"
@@ -228,17 +243,34 @@ class RunStep(NamedTuple):
     timeout: float | None
 
 
+class CancelAttempt(NamedTuple):
+    """Stop the attempt with *token* now: a running function is cancelled (a thread is abandoned).
+
+    The machine has already ended the attempt when it asks for this: whatever
+    the attempt reports later is stale and never applied.
+    """
+
+    step: str
+    compensation: bool
+    token: int
+    reason: str
+
+
+Effect = RunStep | CancelAttempt
+
+
 @dataclass(slots=True)
 class Decision:
     """What decide() returns: the new state, what to do, and what to record.
 
     ``rejected`` is set (and the state unchanged) when an admin command is not
-    allowed; ``stale`` when a completion was refused because its attempt is no
-    longer current (the refusal is still recorded in ``history``).
+    allowed, and ``history`` then holds the refusal with its reason; ``stale``
+    when a completion was refused because its attempt is no longer current
+    (the refusal is still recorded in ``history``).
     """
 
     state: SagaState
-    effects: list[RunStep]
+    effects: list[Effect]
     history: list[HistoryEntry]
     rejected: str | None = None
     stale: bool = False
