@@ -342,9 +342,9 @@ def _fail_past_pivot(
         "the saga cannot be rolled back: retry or skip the step"
     )
     hist.append(HistoryEntry(now, "failed", st.error, name))
-    for n, s in st.steps.items():
-        if s.token:
-            fx.append(CancelAttempt(n, s.status is _S.COMPENSATING, s.token, "the saga failed"))
+    for n, was in st.steps.items():
+        if was.token:
+            fx.append(CancelAttempt(n, was.status is _S.COMPENSATING, was.token, "the saga failed"))
             s = _own(st, n)
             s.status = _S.PENDING
             s.token = 0
