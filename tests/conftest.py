@@ -3,18 +3,25 @@
 ``SAGAKIT_TEST_DB`` selects the database of the engine tests for the whole
 suite: ``sqlite`` (default; each test gets its own file) or ``postgres``
 (each test gets its own schema in the local server's ``test`` database).
+
+The machine's PostgreSQL, Redis, RabbitMQ and NATS serve more than this
+suite: a test that needs a server to go away stops a private one or cuts a
+proxy it owns (``tests/proxy.py``, ``tests/transports/outages.py``), and
+``shared_services_untouched`` fails the run when one of the machine's
+servers was stopped or restarted all the same.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 PG_DSN = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SHARED_SERVICES = {5432: "PostgreSQL", 6379: "Redis", 5672: "RabbitMQ", 4222: "NATS"}
 
 
 def pg_available() -> str | None:
@@ -65,3 +72,82 @@ def store_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(drop())
+
+
+def listening_sockets(ports: Iterable[int]) -> dict[int, frozenset[int]]:
+    """The inodes of the TCP sockets that listen on *ports*, per port that has any (from /proc/net/tcp{,6})."""
+    wanted = set(ports)
+    found: dict[int, set[int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            # sl local_address rem_address st ... inode: "0A" is LISTEN, the port is the hex after the colon
+            cols = row.split()
+            port = int(cols[1].rsplit(":", 1)[1], 16)
+            if cols[3] == "0A" and port in wanted:
+                found.setdefault(port, set()).add(int(cols[9]))
+    return {port: frozenset(inodes) for port, inodes in found.items()}
+
+
+def socket_owners(inodes: Iterable[int]) -> dict[int, int]:
+    """The pid that holds each socket inode, as far as /proc lets this user see."""
+    links = {f"socket:[{inode}]": inode for inode in inodes}
+    owners: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                inode = links.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+            if inode is not None:
+                owners[inode] = int(pid)
+    return owners
+
+
+def describe_listeners(listeners: dict[int, frozenset[int]]) -> dict[int, str]:
+    """Who listens on each port: its pids, or its socket inodes when the pids are not visible."""
+    owners = socket_owners(inode for inodes in listeners.values() for inode in inodes)
+    described: dict[int, str] = {}
+    for port, inodes in listeners.items():
+        pids = sorted({owners[i] for i in inodes if i in owners})
+        who = ("pid", pids) if pids else ("sockets", sorted(inodes))
+        described[port] = f"{who[0]} {', '.join(map(str, who[1]))}"
+    return described
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_services_untouched() -> Iterator[None]:
+    """Fail the run if one of the machine's servers was stopped or restarted while it ran.
+
+    Compares the listening sockets on the services' ports (see SHARED_SERVICES)
+    at the start and the end of the session: a stopped server leaves its port
+    without them, a restarted one listens on new sockets, even when its
+    process stays (``rabbitmqctl stop_app``/``start_app``). A service not
+    running at the start is ignored. Another user restarting a server
+    meanwhile fails the run as well; the message names the pids.
+    """
+    before = listening_sockets(SHARED_SERVICES)
+    was = describe_listeners(before)
+    yield
+    after = listening_sockets(before)
+    gone = [port for port, inodes in before.items() if not inodes <= after.get(port, frozenset())]
+    if gone:
+        now = describe_listeners(after)
+        changed = [
+            f"{SHARED_SERVICES[port]} on port {port}: {was[port]} at the start, "
+            f"{now.get(port, 'nothing listening')} at the end"
+            for port in gone
+        ]
+        pytest.fail(
+            "the machine's services were stopped or restarted during the run (tests must stop only servers "
+            "or proxies of their own):\n  " + "\n  ".join(changed),
+            pytrace=False,
+        )

@@ -16,10 +16,11 @@ NAMES = ["nats", "rabbitmq", "redis"]
 
 
 class Broker:
-    """One test's namespace on a real broker."""
+    """One test's namespace on a real broker: the machine's, or the one at *address*."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, address: tuple[str, int] | None = None) -> None:
         self.name = name
+        self.address = address
         self.ns = f"t{uuid.uuid4().hex[:10]}"
         self.subscribed: set[tuple[str, str]] = set()
 
@@ -33,11 +34,11 @@ class Broker:
     def url(self, **options: Any) -> str:
         options.setdefault("dead_letter", f"{self.ns}.dead_letter")
         if self.name == "nats":
-            return nats_url(self.ns, **options)
+            return nats_url(self.ns, self.address, **options)
         options.pop("ack_timeout", None)
         if self.name == "rabbitmq":
-            return rabbit_url(self.ns, **options)
-        return redis_url(self.ns, **options)
+            return rabbit_url(self.ns, self.address, **options)
+        return redis_url(self.ns, self.address, **options)
 
     def transport(self, **options: Any) -> Transport:
         """A new transport in this namespace; its subscriptions are recorded for the cleanup."""

@@ -21,8 +21,9 @@ import pytest
 
 from sagakit._transport import Delivery, Transport, TransportError, transport_from_url
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 
-from .kit import Collector, TcpProxy, wait_until
+from .kit import Collector, wait_until
 
 DeadLetters = Callable[[int, float], Awaitable[list[Delivery]]]
 HERE = os.path.dirname(__file__)
