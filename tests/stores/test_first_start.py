@@ -27,6 +27,8 @@ from tests.stores.first_start_child import run
 
 WORKERS = 5
 ROUNDS = 20
+# Each test takes a few seconds: five processes started once, twenty opens each.
+pytestmark = pytest.mark.timeout(60)
 
 
 def open_together(urls: list[str]) -> dict[int, list[str]]:
@@ -39,7 +41,7 @@ def open_together(urls: list[str]) -> dict[int, list[str]]:
         p.start()
     errors: dict[int, list[str]] = {}
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 45
         for _ in range(WORKERS * len(urls)):
             try:
                 i, worker, error = results.get(timeout=max(0.1, deadline - time.monotonic()))
