@@ -323,26 +323,40 @@ class PostgresStore:
         return version
 
     async def _migrate(self, conn: Any) -> None:
-        if await self._schema_version(conn) == SCHEMA_VERSION:
-            return
-        # Workers starting together: the advisory lock lets one migrate while the others
-        # wait, then find the schema current.
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
-            if self.schema is not None:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            version = await self._schema_version(conn)
-            if version == SCHEMA_VERSION:
+        # Without the lock only "current" is an answer to act on: anything else is decided
+        # again under it, where no other process is midway through creating the schema.
+        with contextlib.suppress(NotASagaStore):
+            if await self._schema_version(conn) == SCHEMA_VERSION:
                 return
-            await conn.execute("CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            for step in migrations(DIALECT)[version:]:
-                for stmt in step:
-                    await conn.execute(stmt)
-            await conn.execute(
-                "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', $1) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                str(SCHEMA_VERSION),
-            )
+        # Workers starting together: the advisory lock lets one migrate while the others
+        # wait, then find the schema current. It is taken before the transaction begins:
+        # a transaction begun earlier may go on reading the catalogs from the backend's
+        # cache as they were when it began (to_regclass takes no lock that would refresh
+        # them), and see no tables where the last holder of the lock has just made them.
+        await conn.execute("SELECT pg_advisory_lock($1)", self._lock_key)
+        try:
+            async with conn.transaction():
+                if self.schema is not None:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                version = await self._schema_version(conn)
+                if version == SCHEMA_VERSION:
+                    return
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                for step in migrations(DIALECT)[version:]:
+                    for stmt in step:
+                        await conn.execute(stmt)
+                await conn.execute(
+                    "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', $1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    str(SCHEMA_VERSION),
+                )
+        finally:
+            # On a lost connection the server has released the lock with the session, and
+            # open() discards the pool; the error that ended the migration is the one to report.
+            with contextlib.suppress(OSError, self._pg.PostgresError, self._pg.InterfaceError):
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None

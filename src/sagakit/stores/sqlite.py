@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -145,28 +146,14 @@ class SQLiteStore:
             raise StoreError(f"cannot open SQLite database {self.path}: {e}") from e
         try:
             conn.execute("PRAGMA busy_timeout=10000")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            version = 0
-            if "sagakit_meta" in tables:
-                row = conn.execute("SELECT value FROM sagakit_meta WHERE key='schema_version'").fetchone()
-                version = int(row[0]) if row else 0
-            elif "sagakit_sagas" in tables:
-                raise NotASagaStore(
-                    f"{self.path} has a sagakit_sagas table but no sagakit_meta: it was not "
-                    "made by sagakit; the file was left untouched"
-                )
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has sagakit schema version {version}, newer than this "
-                    f"sagakit supports ({SCHEMA_VERSION}); upgrade sagakit"
-                )
+            version = self._schema_version(conn)
             if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             # A page cache that holds the hot indexes of a large store (SQLite's default is 2 MiB).
             conn.execute("PRAGMA cache_size=-65536")
             if version < SCHEMA_VERSION:
-                self._migrate(conn, version)
+                self._migrate(conn)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise NotASagaStore(
@@ -178,18 +165,55 @@ class SQLiteStore:
         self._conn = conn
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode, waiting as long as the busy timeout for others doing the same."""
+        # While other processes open a new file too, the switch can fail with SQLITE_BUSY at
+        # once, without waiting out the connection's busy timeout: the wait is done here.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """The sagakit schema version of the file; 0 when it has no sagakit tables yet."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = 0
+        if "sagakit_meta" in tables:
+            row = conn.execute("SELECT value FROM sagakit_meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+        elif "sagakit_sagas" in tables:
+            raise NotASagaStore(
+                f"{self.path} has a sagakit_sagas table but no sagakit_meta: it was not "
+                "made by sagakit; the file was left untouched"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has sagakit schema version {version}, newer than this "
+                f"sagakit supports ({SCHEMA_VERSION}); upgrade sagakit"
+            )
+        return version
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            for step in migrations(DIALECT)[version:]:
-                for stmt in step:
-                    conn.execute(stmt)
-            conn.execute(
-                "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
+            # Processes opening a new file together all found it without a schema; the first
+            # to get the write lock creates it, and the others find it made when they get it.
+            version = self._schema_version(conn)
+            if version < SCHEMA_VERSION:
+                conn.execute("CREATE TABLE IF NOT EXISTS sagakit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                for step in migrations(DIALECT)[version:]:
+                    for stmt in step:
+                        conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
