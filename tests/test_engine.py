@@ -465,7 +465,10 @@ async def test_abort_stops_without_compensation(store_url: str) -> None:
     async def undo(ctx: StepContext) -> None:
         undone.append(ctx.step)
 
+    started = asyncio.Event()
+
     async def hangs(ctx: StepContext) -> None:
+        started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -478,8 +481,7 @@ async def test_abort_stops_without_compensation(store_url: str) -> None:
     async with SagaEngine(store_url) as engine:
         engine.register(b.build())
         sid = await engine.start("ab")
-        while (await engine.get(sid)).steps["b"].status is not StepStatus.RUNNING:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(started.wait(), 10)
         snap = await engine.abort(sid, reason="fraud")
         assert snap.status is SagaStatus.ABORTED
         await asyncio.wait_for(cancelled.wait(), 5)
@@ -513,31 +515,34 @@ async def test_admin_from_an_engine_that_is_not_running(store_url: str) -> None:
         await admin.close()
 
 
-async def test_a_claimed_saga_that_runs_through_is_written_once(store_url: str) -> None:
-    """A worker that claims sagas and runs all their steps at once stores each in one write, not two."""
-    rec = Recorder()
-    definition = order_saga(rec)
-    admin = SagaEngine(store_url)
-    admin.register(definition)
-    try:
-        sids = [await admin.start("order", {"i": i}) for i in range(5)]  # PENDING: nobody runs them
-    finally:
-        await admin.close()
+async def test_every_attempt_is_committed_before_its_step_runs(store_url: str) -> None:
+    """Write-ahead: when a step body runs, the store already records its attempt as started."""
+    seen: list[tuple[str, str, int, int]] = []
     engine = SagaEngine(store_url)
-    engine.register(definition)
-    writes: list[tuple[str, str]] = []
-    commit = engine.store.commit
 
-    async def counting_commit(batch: Any) -> Any:
-        writes.extend((w.state.id, w.state.status.value) for w in batch)
-        return await commit(batch)
+    async def step(ctx: StepContext) -> str:
+        st = await engine.store.get(ctx.saga_id)
+        assert st is not None
+        s = st.steps[ctx.step]
+        attempt = s.compensation_attempts if ctx.compensation else s.attempts
+        seen.append((ctx.step, s.status.value, attempt, ctx.attempt))
+        if ctx.step == "c" and not ctx.compensation:
+            raise NonRetryableError("no")
+        return "ok"
 
-    engine.store.commit = counting_commit  # type: ignore[method-assign]
+    b = SagaBuilder("ahead")
+    b.step("a", step, step)
+    b.step("b", step, step)
+    b.step("c", step)
+    engine.register(b.build())
     async with engine:
+        sids = [await engine.start("ahead") for _ in range(5)]
         for sid in sids:
-            assert (await engine.wait(sid, timeout=10)).status is SagaStatus.COMPLETED
-    assert {sid: [status for i, status in writes if i == sid] for sid in sids} == {sid: ["completed"] for sid in sids}
-    assert rec.calls.count("ship") == 5
+            assert (await engine.wait(sid, timeout=10)).status is SagaStatus.COMPENSATED
+    assert len(seen) == 5 * 5
+    for name, status, stored, attempt in seen:
+        assert stored == attempt, f"step {name} attempt {attempt} ran before it was recorded"
+        assert status in ("running", "compensating"), (name, status)
 
 
 async def test_started_sagas_are_resumed_by_the_next_engine(store_url: str) -> None:

@@ -129,7 +129,6 @@ class SagaEngine(_Runtime):
         self.shutdown_grace = shutdown_grace
         self._hold_for = min(1.0, self.lease_seconds / 3)
         self._observers = tuple(observers)
-        self._continue = None
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self._threads = threads

@@ -7,8 +7,9 @@
 - **group commit**: one task commits the queue in batches (one transaction
   each), then starts what the committed transitions asked for;
 - **step attempts**: asyncio tasks (plain ``def`` steps on a bounded thread
-  pool), each under its timeout; a local attempt starts without waiting for its
-  transition's commit once the saga's row exists;
+  pool), each under its timeout; an attempt starts only once the transition
+  that dispatched it is committed (write-ahead), and is cancelled when the
+  machine says so;
 - **claims and leases**: idle workers claim due sagas, renew the leases of the
   sagas they hold and release them when nothing runs here.
 """
@@ -57,6 +58,7 @@ __all__ = ["_Held", "_Pending", "_Runtime", "_Slots"]
 log = logging.getLogger("sagakit")
 
 _PARK_SECONDS = 30.0
+_NOT_RUN = object()  # what a thread returns for an attempt cancelled before it started
 # StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
 _succeeded = functools.partial(tuple.__new__, StepSucceeded)
 
@@ -154,7 +156,7 @@ class _Runtime:
     _background: set[asyncio.Future[Any]]
     _work_waiter: asyncio.Future[Any] | None
     _observers: tuple[Observer, ...]
-    _continue: tuple[_Held, list[RunStep]] | None
+    _opened: bool
 
     def _report(self, method: str, event: object) -> None:
         for o in self._observers:
@@ -217,35 +219,20 @@ class _Runtime:
         if terminal and old.status not in _TERMINAL:
             self._outcome_event(held, p, st)
         if decision.effects:
+            # Write-ahead: an attempt starts only once the transition that dispatched it is
+            # committed (_after_commit), so the store knows of every attempt that may have had
+            # an effect, whatever happens to this process. A message step's command joins the
+            # same write through the outbox.
+            defn = held.definition.by_name
             for eff in decision.effects:
-                if type(eff) is CancelAttempt:
+                if isinstance(eff, CancelAttempt):
                     self._cancel_attempt(held, eff)
-            if held.durable and self._running and not self._closing:
-                # Local attempts start without waiting for this transition to commit:
-                # should the process die first, the last committed state still shows
-                # the previous attempt running and it runs again with the same
-                # idempotency key - the at-least-once contract holds either way. A
-                # saga's first attempts wait for its row, so no side effect can ever
-                # happen for a saga the store does not know.
-                defn = held.definition.by_name
-                for eff in decision.effects:
-                    if type(eff) is not RunStep:
-                        continue
-                    sdef = defn[eff.step]
-                    if sdef.compensation_local if eff.compensation else sdef.local:
-                        self._dispatch(held, eff)
-                    else:
-                        self._message_effect(held, p, eff)
-            else:
-                defn = held.definition.by_name
-                for eff in decision.effects:
-                    if type(eff) is not RunStep:
-                        continue
-                    sdef = defn[eff.step]
-                    if sdef.compensation_local if eff.compensation else sdef.local:
-                        p.effects.append(eff)
-                    else:
-                        self._message_effect(held, p, eff)
+                    continue
+                sdef = defn[eff.step]
+                if sdef.compensation_local if eff.compensation else sdef.local:
+                    p.effects.append(eff)
+                else:
+                    self._message_effect(held, p, eff)
         if future is not None:
             p.futures.append(future)
         if terminal:
@@ -498,34 +485,15 @@ class _Runtime:
             self._transition(held, decision)
 
     def _dispatch(self, held: _Held, eff: RunStep) -> None:
-        nxt = self._continue
-        if nxt is not None and nxt[0] is held:
-            # A step of this saga just finished in the task that applies its result:
-            # that task runs what comes next, saving a task per step.
-            nxt[1].append(eff)
-            return
-        task = asyncio.create_task(self._run_steps(held, eff))
+        task = asyncio.create_task(self._run_attempt(held, eff))
         held.inflight[eff.token] = task
 
-    async def _run_steps(self, held: _Held, eff: RunStep) -> None:
-        """Run an attempt, then the attempt it makes ready next in the same saga, and so on."""
-        while True:
-            event = await self._run_step(held, eff)
-            current = held.inflight.pop(eff.token, None)  # this task
-            if current is None or self._held.get(held.state.id) is not held:
-                return  # the saga was aborted, finished or taken over meanwhile
-            self._continue = (held, [])
-            try:
-                self._apply(held, event)
-                follow = self._continue[1]
-            finally:
-                self._continue = None
-            if not follow:
-                return
-            eff = follow[0]
-            held.inflight[eff.token] = current
-            for other in follow[1:]:
-                self._dispatch(held, other)
+    async def _run_attempt(self, held: _Held, eff: RunStep) -> None:
+        """Run one attempt and apply its outcome, unless the saga moved on meanwhile."""
+        event = await self._run_step(held, eff)
+        if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
+            return  # cancelled, or the saga was aborted, finished or taken over meanwhile
+        self._apply(held, event)
 
     async def _run_step(self, held: _Held, eff: RunStep) -> Event:
         st = held.state
@@ -555,7 +523,7 @@ class _Runtime:
                         async with asyncio.timeout(eff.timeout):
                             result = await fn(ctx)
                 else:
-                    result = await self._call_in_thread(fn, ctx, eff.timeout)
+                    result = await self._call_in_thread(fn, ctx, eff.timeout, functools.partial(self._late, held, eff))
             finally:
                 slots.release()
             if result is None:
@@ -599,35 +567,63 @@ class _Runtime:
             )  # fmt: skip
         return event
 
-    async def _call_in_thread(self, fn: Callable[..., Any], ctx: StepContext, timeout: float | None) -> Any:
+    async def _call_in_thread(
+        self,
+        fn: Callable[..., Any],
+        ctx: StepContext,
+        timeout: float | None,
+        late: Callable[[asyncio.Future[Any]], None],
+    ) -> Any:
         """Run a plain function on the thread pool; its timeout counts from when a thread starts it.
 
         On timeout or cancellation the thread cannot be stopped: it is abandoned,
-        and whatever it returns later is never applied.
+        and *late* is told when it ends; what it returns is never applied.
         """
         executor = self._executor
         assert executor is not None
         loop = self._loop_()
-        if timeout is None:
-            result = await loop.run_in_executor(executor, fn, ctx)
-        else:
-            started: asyncio.Future[None] = loop.create_future()
+        started: asyncio.Future[None] = loop.create_future()
+        abandoned = False
 
-            def run() -> Any:
-                loop.call_soon_threadsafe(_set_done, started)
-                return fn(ctx)
+        def run() -> Any:
+            if abandoned:
+                return _NOT_RUN  # cancelled while it waited for a thread: it never starts
+            loop.call_soon_threadsafe(_set_done, started)
+            return fn(ctx)
 
-            done = loop.run_in_executor(executor, run)
-            try:
+        done = loop.run_in_executor(executor, run)
+        try:
+            if timeout is None:
+                result = await asyncio.shield(done)
+            else:
                 await asyncio.wait({started, done}, return_when=asyncio.FIRST_COMPLETED)
                 async with asyncio.timeout(timeout):
-                    result = await done
-            except BaseException:
-                done.cancel()  # drops it from the pool's queue if no thread took it yet
-                raise
+                    result = await asyncio.shield(done)
+        except BaseException:
+            abandoned = True
+            done.add_done_callback(late)
+            raise
         if inspect.isawaitable(result):
             return await result
         return result
+
+    def _late(self, held: _Held, eff: RunStep, fut: asyncio.Future[Any]) -> None:
+        """An abandoned thread finished: record that its outcome came too late and is not applied."""
+        if fut.cancelled() or not self._opened:
+            return
+        exc = fut.exception()
+        if exc is None and fut.result() is _NOT_RUN:
+            return
+        how = f"raised {_describe(exc)}" if exc is not None else "returned"
+        what = "compensation of step" if eff.compensation else "step"
+        entry = HistoryEntry(
+            self.clock(),
+            "stale_rejected",
+            f"{what} {eff.step!r} attempt {eff.attempt} {how} after it was abandoned; its result is not applied",
+            eff.step,
+            eff.attempt,
+        )
+        self._in_background(self.store.append_history(held.state.id, held.state.revision, [entry]))
 
     def _poke_claimer(self) -> None:
         if self._poke is not None:

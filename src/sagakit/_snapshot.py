@@ -25,6 +25,8 @@ class StepSnapshot:
     started_at: float | None
     finished_at: float | None
     next_attempt_at: float | None
+    uncertain: bool = False
+    """An attempt ended without a clear outcome (cancelled, timed out, result lost): it may have had its effect."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class SagaSnapshot:
                 started_at=s.started_at,
                 finished_at=s.finished_at,
                 next_attempt_at=s.wake_at if not s.token else None,
+                uncertain=s.uncertain,
             )
             for name, s in st.steps.items()
         }
@@ -101,6 +104,7 @@ class SagaSnapshot:
                     "started_at": s.started_at,
                     "finished_at": s.finished_at,
                     "next_attempt_at": s.next_attempt_at,
+                    "uncertain": s.uncertain,
                 }
                 for n, s in self.steps.items()
             },

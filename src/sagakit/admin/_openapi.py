@@ -138,6 +138,7 @@ def _schemas() -> dict[str, Any]:
             "started_at": _nullable(_NUM),
             "finished_at": _nullable(_NUM),
             "next_attempt_at": _nullable(_NUM),
+            "uncertain": {"type": "boolean"},
         }
     )
     history = _obj({"at": _NUM, "kind": _STR, "step": _nullable(_STR), "attempt": _nullable(_INT), "message": _STR})

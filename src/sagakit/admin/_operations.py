@@ -313,11 +313,18 @@ class Operations:
             raise SagaNotFound(saga_id)
         defn = self.definitions.get((st.name, st.version))
         if defn is None:
+            # Abort and skip need no step code: the machine decides them from the stored state alone.
             why = self._missing(st.name, st.version)
-            return {
+            now = self.now()
+            parked: dict[str, Any] = {
                 a: {"allowed": False, "reason": why, **({"steps": []} if a in ("skip", "fork") else {})}
                 for a in ACTIONS
             }
+            rejected = decide(None, st, Abort(), now).rejected
+            parked["abort"] = {"allowed": rejected is None, "reason": rejected}
+            steps = [n for n in st.steps if decide(None, st, Skip(n), now).rejected is None]
+            parked["skip"] = {"allowed": bool(steps), "reason": None if steps else why, "steps": steps}
+            return parked
         now = self.now()
         out: dict[str, Any] = {}
         events: dict[str, Event] = {"retry": Retry(), "compensate": Compensate(), "abort": Abort()}
@@ -435,7 +442,7 @@ class Operations:
         current = await engine.store.get(saga_id)
         if current is None:
             raise SagaNotFound(saga_id)
-        if (current.name, current.version) not in self.definitions:
+        if (current.name, current.version) not in self.definitions and action not in ("abort", "skip"):
             raise DefinitionMissing(saga_id, self._missing(current.name, current.version))
         try:
             if action == "fork":

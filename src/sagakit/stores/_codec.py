@@ -56,6 +56,8 @@ def encode_steps(steps: dict[str, StepState]) -> str:
             d["started_at"] = s.started_at
         if s.finished_at is not None:
             d["finished_at"] = s.finished_at
+        if s.uncertain:
+            d["uncertain"] = True
         out[name] = d
     return orjson.dumps(out).decode()
 
@@ -73,6 +75,7 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
             d.get("wake_at"),
             d.get("started_at"),
             d.get("finished_at"),
+            d.get("uncertain", False),
         )
         for name, d in raw.items()
     }

@@ -1,0 +1,46 @@
+"""Child process: starts one saga whose second step hangs, says so, and waits to be killed.
+
+``reserve`` completes; ``charge`` writes a marker file and then hangs. Both
+have compensations (run later by the parent's engine, which registers the same
+definition through ``make_definition``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from sagakit import SagaBuilder, SagaDefinition, SagaEngine, StepContext
+
+
+def make_definition(marker: Path, undone: list[str] | None = None) -> SagaDefinition:
+    async def reserve(ctx: StepContext) -> dict[str, Any]:
+        return {"reservation": "r-1"}
+
+    async def charge(ctx: StepContext) -> dict[str, Any]:
+        marker.write_text(ctx.saga_id)
+        await asyncio.Event().wait()
+        return {"charged": True}
+
+    async def undo(ctx: StepContext) -> None:
+        if undone is not None:
+            undone.append(ctx.step)
+
+    b = SagaBuilder("hung")
+    b.step("reserve", reserve, undo)
+    b.step("charge", charge, undo)
+    return b.build()
+
+
+async def main(store_url: str, marker: str) -> None:
+    engine = SagaEngine(store_url, lease_seconds=1.0)
+    engine.register(make_definition(Path(marker)))
+    async with engine:
+        await engine.start("hung", {})
+        await asyncio.sleep(3600)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
