@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -659,7 +658,7 @@ async def test_versioned_definitions(store_url: str) -> None:
         assert snap.version == 1 and snap.steps["a"].result == 1
 
 
-async def test_saga_of_unregistered_version_is_parked(store_url: str) -> None:
+async def test_a_worker_claims_only_sagas_whose_definition_it_has(store_url: str) -> None:
     def make(version: int) -> Any:
         async def step(ctx: StepContext) -> int:
             return version
@@ -672,33 +671,50 @@ async def test_saga_of_unregistered_version_is_parked(store_url: str) -> None:
     queued.register(make(1))
     sid = await queued.start("ver")
     await queued.close()
-    async with SagaEngine(store_url) as engine:
+    async with SagaEngine(store_url, poll_interval=0.02) as engine:
         engine.register(make(2))
-        for _ in range(200):
-            snap = await engine.get(sid)
-            if any(h.kind == "parked" for h in snap.history):
-                break
-            await asyncio.sleep(0.01)
-        assert snap.status is SagaStatus.PENDING
-        parked = [h for h in snap.history if h.kind == "parked"]
-        assert parked and "ver v1 is not registered" in parked[0].message
+        st = await engine.store.get(sid)
+        assert st is not None
+        revision = st.revision
+        # It claims and runs sagas of v2 meanwhile ...
+        done = await engine.wait(await engine.start("ver"), timeout=10)
+        assert done.status is SagaStatus.COMPLETED
+        for _ in range(10):
+            await asyncio.sleep(engine.poll_interval)
+        # ... and never takes the v1 saga: no claim, no parking, nothing delayed for 30 s.
+        st = await engine.store.get(sid)
+        assert st is not None and st.revision == revision
+        assert st.status is SagaStatus.PENDING
+        assert not any(h.kind == "parked" for h in (await engine.get(sid)).history)
     async with SagaEngine(store_url) as engine:
         engine.register(make(1))
-        # The parked saga wakes again later; a worker with v1 can also take it now.
-        snap = await _wait_with_claim(engine, sid)
+        snap = await engine.wait(sid, timeout=10)  # a worker that has v1 runs it at once
     assert snap.status is SagaStatus.COMPLETED and snap.steps["a"].result == 1
 
 
-async def _wait_with_claim(engine: SagaEngine, sid: str) -> Any:
-    st = await engine.store.get(sid)
-    assert st is not None
-    # Make it due now instead of waiting out the parking interval.
-    from sagakit._store import Write
+async def test_a_process_without_definitions_never_claims(store_url: str) -> None:
+    b = SagaBuilder("api_only")
+    b.step("a", lambda ctx: 1)
+    queued = SagaEngine(store_url)
+    queued.register(b.build())
+    sid = await queued.start("api_only")
+    await queued.close()
+    engine = SagaEngine(store_url, poll_interval=0.02)
+    claims = 0
+    claim = engine.store.claim
 
-    st.revision += 1
-    await engine.store.commit([Write(st, st.revision - 1, [], time.time(), data_changed=False)])
-    engine._poke_claimer()
-    return await engine.wait(sid, timeout=10)
+    async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    engine.store.claim = counting_claim  # type: ignore[method-assign]
+    async with engine:
+        for _ in range(10):
+            await asyncio.sleep(engine.poll_interval)
+        st = await engine.store.get(sid)
+    assert claims == 0
+    assert st is not None and st.status is SagaStatus.PENDING and st.revision == 0
 
 
 async def test_deadline_compensates(store_url: str) -> None:

@@ -128,6 +128,8 @@ class SagaEngine(_Runtime):
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
         self._hold_for = min(1.0, self.lease_seconds / 3)
+        # A lease that may have less than this left when an attempt would start is not relied on.
+        self._lease_margin = self.lease_seconds / 5
         self._observers = tuple(observers)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +58,6 @@ __all__ = ["_Held", "_Pending", "_Runtime", "_Slots"]
 
 log = logging.getLogger("sagakit")
 
-_PARK_SECONDS = 30.0
 _NOT_RUN = object()  # what a thread returns for an attempt cancelled before it started
 # StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
 _succeeded = functools.partial(tuple.__new__, StepSucceeded)
@@ -140,6 +140,7 @@ class _Runtime:
     poll_interval: float
     concurrency: int
     _hold_for: float
+    _lease_margin: float
     _definitions: dict[tuple[str, int], SagaDefinition]
     _fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]]
     _held: dict[str, _Held]
@@ -344,8 +345,10 @@ class _Runtime:
                     data_changed=p.data_changed,
                     outbox=p.outbox,
                     inbox=p.inbox,
+                    lease_seconds=self.lease_seconds if keep else None,
                 )
             )
+        sent = time.monotonic()
         try:
             results = await self.store.commit(writes)
             if self._observers:
@@ -367,11 +370,22 @@ class _Runtime:
                 p.held.queued = True
             self._queue = {**batch, **{k: v for k, v in self._queue.items() if k not in batch}}
             raise
+        # The leases this commit set run from no earlier than the moment it was sent (on
+        # the database's clock, which runs at the rate of ours). A commit that took so long
+        # that they may be nearly over proves nothing: what it dispatched is not started
+        # here, and whoever holds the saga next runs it (it is recorded as running).
+        assured = time.monotonic() - sent < self.lease_seconds - self._lease_margin
+        if not assured:
+            log.warning(
+                "sagakit: a commit took %.1fs, too close to the %.1fs lease: its attempts are left to the next holder",
+                time.monotonic() - sent,
+                self.lease_seconds,
+            )
         for p, res in zip(batch.values(), results, strict=True):
             p.held.committing -= 1
-            self._after_commit(p, res)
+            self._after_commit(p, res, assured)
 
-    def _after_commit(self, p: _Pending, result: str | None) -> None:
+    def _after_commit(self, p: _Pending, result: str | None, assured: bool = True) -> None:
         held = p.held
         st = p.state
         assert st is not None
@@ -407,6 +421,16 @@ class _Runtime:
             return
         if p.outbox:
             self._messaging.poke()
+        if not assured and not p.release:
+            # Its lease is not proven: start nothing, let go of it, and leave it to whoever
+            # claims it once the lease has run out.
+            del self._held[sid]
+            if held.timer is not None:
+                held.timer.cancel()
+            for task in held.inflight.values():
+                task.cancel()
+            held.inflight.clear()
+            return
         if p.release and not held.queued and not held.committing and not held.inflight:
             del self._held[sid]
             if held.timer is not None:
@@ -658,7 +682,7 @@ class _Runtime:
                 continue
             delay = self.poll_interval
             try:
-                nxt = await self.store.next_wake()
+                nxt = await self.store.next_wake(self._definitions.keys()) if self._definitions else None
             except Exception:
                 nxt = None
             if nxt is not None:
@@ -701,9 +725,12 @@ class _Runtime:
         room = self.concurrency * 2 - len(self._held)
         if room <= 0:
             return False
+        kinds = self._definitions.keys()
+        if not kinds:
+            return False  # a process that runs no definition never claims a saga
         now = self.clock()
         limit = min(room, 256)
-        states = await self.store.claim(self.worker_id, now, now + self.lease_seconds, limit)
+        states = await self.store.claim(self.worker_id, now, now + self.lease_seconds, limit, kinds)
         for st in states:
             self._adopt(st)
         return len(states) == limit
@@ -715,21 +742,12 @@ class _Runtime:
                 task.cancel()
         defn = self._definitions.get((st.name, st.version))
         if defn is None:
-            self._park(st)
+            # Claims name this engine's definitions; one unregistered meanwhile is let go.
+            self._in_background(self.store.release(self.worker_id, [(st.id, self.clock())]))
             return
         held = _Held(st, defn, durable=True)
         self._held[st.id] = held
         self._apply(held, Resume(), force=True)
-
-    def _park(self, st: SagaState) -> None:
-        """A saga whose definition version is not registered here waits for a worker that has it."""
-        reason = f"parked: definition {st.name} v{st.version} is not registered in worker {self.worker_id}"
-        new = st.copy()
-        new.revision = st.revision + 1
-        new.meta = {**st.meta, "parked": reason}
-        history = [] if st.meta.get("parked") == reason else [HistoryEntry(self.clock(), "parked", reason)]
-        wake = self.clock() + _PARK_SECONDS
-        self._in_background(self.store.commit([Write(new, st.revision, history, wake, data_changed=False)]))
 
     async def _renew_loop(self) -> None:
         while True:
@@ -738,7 +756,8 @@ class _Runtime:
             if not ids:
                 continue
             try:
-                lost = await self.store.renew(self.worker_id, ids, self.clock() + self.lease_seconds)
+                now = self.clock()
+                lost = await self.store.renew(self.worker_id, ids, now + self.lease_seconds, now=now)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -82,7 +82,9 @@ class Write:
 
     ``state.revision`` is the revision after the write; ``expected_revision``
     the one the row must still have (ignored for an insert). ``owner`` and
-    ``lease_expires`` are the lease after the write (None releases it).
+    ``lease_expires`` are the lease after the write (None releases it);
+    ``lease_seconds``, when given, is how long it lasts from the commit, which
+    a store whose database has a clock of its own measures there instead.
     """
 
     state: SagaState
@@ -95,6 +97,7 @@ class Write:
     data_changed: bool = True
     outbox: list[OutboxMessage] = field(default_factory=list)
     inbox: list[str] = field(default_factory=list)
+    lease_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +170,14 @@ class Store(Protocol):
         """
         ...
 
-    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
-        """Lease up to *limit* sagas that are due and not leased by a live worker."""
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int, kinds: Collection[tuple[str, int]] | None = None
+    ) -> list[SagaState]:
+        """Lease up to *limit* sagas that are due and not leased by a live worker.
+
+        *kinds* limits the claim to sagas of these (name, version) definitions
+        (a worker claims only what it can run); None claims any.
+        """
         ...
 
     async def claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
@@ -179,8 +188,13 @@ class Store(Protocol):
         """
         ...
 
-    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
-        """Extend this owner's leases; returns the ids whose lease is no longer held."""
+    async def renew(
+        self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
+    ) -> set[str]:
+        """Extend this owner's leases; returns the ids whose lease is no longer held.
+
+        *now* is the caller's time, so that the lease's length is ``lease_until - now``.
+        """
         ...
 
     async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
@@ -207,8 +221,8 @@ class Store(Protocol):
         """How many sagas match *query* (paging ignored), per status; every status is a key."""
         ...
 
-    async def next_wake(self) -> float | None:
-        """The earliest wake time of any saga, or None."""
+    async def next_wake(self, kinds: Collection[tuple[str, int]] | None = None) -> float | None:
+        """The earliest wake time of any saga (of the *kinds* definitions, if given), or None."""
         ...
 
     async def outbox_claim(

@@ -364,6 +364,17 @@ class StoreContract:
         held = saga("due")
         assert await store.commit([update(held, status=SagaStatus.COMPLETED)]) == [None]
 
+    async def test_claim_takes_only_sagas_of_the_given_definitions(self, store: Store) -> None:
+        await put(store, saga("o1", name="order"), wake_at=1.0)
+        await put(store, saga("s1", name="shipping"), wake_at=2.0)
+        await put(store, saga("o2", name="order"), wake_at=3.0)
+        assert await store.next_wake([("shipping", 1)]) == 2.0
+        assert await store.next_wake([("order", 2)]) is None  # another version: not ours
+        assert await store.claim("w1", 10.0, 40.0, 10, [("order", 2)]) == []
+        assert sorted(s.id for s in await store.claim("w1", 10.0, 40.0, 10, [("order", 1)])) == ["o1", "o2"]
+        assert await store.claim("w1", 10.0, 40.0, 10, []) == []  # no definitions: nothing
+        assert [s.id for s in await store.claim("w2", 10.0, 40.0, 10)] == ["s1"]  # None: any
+
     async def test_claim_respects_limit_and_wake_order(self, store: Store) -> None:
         for sid, wake in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
             await put(store, saga(sid), wake_at=wake)

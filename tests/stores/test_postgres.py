@@ -42,7 +42,9 @@ class TestPostgresStore(StoreContract):
         made: list[PostgresStore] = []
 
         def make() -> Store:
-            s = PostgresStore(pg_dsn, schema=pg_schema, pool_size=4)
+            # The contract injects time: leases on the caller's clock here (the database's
+            # clock is tested below, in TestLeasesOnTheDatabaseClock).
+            s = PostgresStore(pg_dsn, schema=pg_schema, pool_size=4, lease_clock="caller")
             made.append(s)
             return s
 
@@ -234,13 +236,14 @@ class TestPostgresStore(StoreContract):
             await put(store, saga(f"due{i}"), wake_at=float(i))
         async with store._pool.acquire() as conn:
             await conn.execute("ANALYZE sagakit_sagas")
-            custom = await conn.fetch(f"EXPLAIN {store._sql.claim}", "w1", 100.0, 50.0, 10)
+            kinds = ["saga:1"]
+            custom = await conn.fetch(f"EXPLAIN {store._sql.claim}", "w1", 100.0, 50.0, 10, 50.0, kinds)
             # A statement that the pool's connections reuse may be given the generic plan,
             # made without knowing the limit or the time: it must not scan the table either.
             await conn.execute("SET plan_cache_mode = force_generic_plan")
             await conn.execute(f"PREPARE generic_claim AS {store._sql.claim}")
             try:
-                generic = await conn.fetch("EXPLAIN EXECUTE generic_claim('w1', 100.0, 50.0, 10)")
+                generic = await conn.fetch("EXPLAIN EXECUTE generic_claim('w1', 100.0, 50.0, 10, 50.0, '{saga:1}')")
             finally:
                 await conn.execute("DEALLOCATE generic_claim")
                 await conn.execute("RESET plan_cache_mode")
@@ -347,3 +350,71 @@ class TestPostgresStore(StoreContract):
         await asyncio.sleep(0.05)
         await put(busy, saga("now", created_at=100.0), wake_at=100.0)
         assert await asyncio.wait_for(waiter, 5.0) is True
+
+
+class TestLeasesOnTheDatabaseClock:
+    """Workers whose clocks disagree with the server's cannot take a live lease or hold one too long."""
+
+    @pytest.fixture
+    async def stores(self, pg_dsn: str, pg_schema: str) -> AsyncIterator[dict[str, PostgresStore]]:
+        made = {
+            clock: PostgresStore(pg_dsn, schema=pg_schema, pool_size=2, lease_clock=clock)
+            for clock in ("database", "caller")
+        }
+        for s in made.values():
+            await s.open()
+        yield made
+        for s in made.values():
+            await s.close()
+
+    @pytest.mark.parametrize("clock", ["database", "caller"])
+    async def test_a_fast_clock_cannot_take_a_live_lease(self, stores: dict[str, PostgresStore], clock: str) -> None:
+        import time
+
+        store = stores[clock]
+        await put(store, saga("a"), wake_at=1.0)
+        now = time.time()
+        assert [s.id for s in await store.claim("w1", now, now + 10.0, 5)] == ["a"]
+        fast = now + 30.0  # this worker's clock runs 30 s ahead
+        taken = [s.id for s in await store.claim("w2", fast, fast + 10.0, 5)]
+        # On the database's clock the lease has 10 s to go; on the caller's it has "expired".
+        assert taken == ([] if clock == "database" else ["a"])
+
+    @pytest.mark.parametrize("clock", ["database", "caller"])
+    async def test_a_slow_clock_still_gets_a_full_lease(self, stores: dict[str, PostgresStore], clock: str) -> None:
+        import time
+
+        store = stores[clock]
+        await put(store, saga("b"), wake_at=1.0)
+        slow = time.time() - 30.0  # this worker's clock runs 30 s behind
+        assert [s.id for s in await store.claim("w1", slow, slow + 10.0, 5)] == ["b"]
+        now = time.time()
+        taken = [s.id for s in await store.claim("w2", now, now + 10.0, 5)]
+        assert taken == ([] if clock == "database" else ["b"])
+        if clock == "caller":
+            return
+        # A renewal measures the lease on the server too.
+        assert await store.renew("w1", ["b"], slow + 10.0, now=slow) == set()
+        async with store._pool.acquire() as conn:
+            left = await conn.fetchval(
+                "SELECT lease_expires - EXTRACT(EPOCH FROM clock_timestamp()) FROM sagakit_sagas WHERE id = 'b'"
+            )
+        assert 8.0 < left <= 10.0
+
+    async def test_a_commit_that_keeps_the_lease_sets_it_on_the_database_clock(
+        self, stores: dict[str, PostgresStore]
+    ) -> None:
+        import time
+
+        from sagakit._store import Write
+
+        store = stores["database"]
+        st = saga("c")
+        slow = time.time() - 30.0
+        w = Write(st, 0, [], slow + 10.0, owner="w1", lease_expires=slow + 10.0, insert=True, lease_seconds=10.0)
+        assert await store.commit([w]) == ["c"]
+        async with store._pool.acquire() as conn:
+            left = await conn.fetchval(
+                "SELECT lease_expires - EXTRACT(EPOCH FROM clock_timestamp()) FROM sagakit_sagas WHERE id = 'c'"
+            )
+        assert 8.0 < left <= 10.0

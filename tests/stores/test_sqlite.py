@@ -112,7 +112,8 @@ class TestSQLiteStore(StoreContract):
         await put(store, saga("due"), wake_at=1.0)
         conn = sqlite3.connect(store.path)
         try:
-            plan = conn.execute(f"EXPLAIN QUERY PLAN {store._sql.claim}", ("w1", 100.0, 50.0, 10)).fetchall()
+            args = ("w1", 100.0, 50.0, 10, 50.0, '["saga:1"]')
+            plan = conn.execute(f"EXPLAIN QUERY PLAN {store._sql.claim}", args).fetchall()
         finally:
             conn.close()
         details = [row[-1] for row in plan]

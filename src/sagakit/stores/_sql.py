@@ -61,6 +61,15 @@ class Dialect:
     # selected FROM the old table ordered by saga_id, revision, idx (SQLite aggregates
     # in that order; PostgreSQL is told with ORDER BY).
     history_entries_agg: str = "json_group_array(json_array(at, kind, message, step, attempt))"
+    # The condition that a saga is of one of the definitions listed in the placeholder
+    # (a list of "name:version" texts; NULL lists every definition).
+    of_kinds: Callable[[str], str] = lambda p: (
+        f"({p} IS NULL OR (name || ':' || version) IN (SELECT value FROM json_each({p})))"
+    )
+    # The database's own clock in seconds since the epoch, for lease expiries when
+    # workers on several machines share the database (PostgreSQL); None: leases are
+    # measured on the caller's clock (one machine).
+    clock: str | None = None
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -175,7 +184,7 @@ SCHEMA_VERSION = 3
 class Statements:
     """The store's statements, rendered once for a dialect."""
 
-    def __init__(self, d: Dialect) -> None:
+    def __init__(self, d: Dialect, *, database_clock: bool = True) -> None:
         p = d.param
         cols = ", ".join(COLUMNS)
         self.columns = cols
@@ -216,23 +225,34 @@ class Statements:
         self.find_idempotent = (
             f"SELECT id FROM sagakit_sagas WHERE name={p(1)} AND idempotency_key={p(2)}"
         )
-        # owner=1 lease_until=2 now=3 limit=4
+        # Lease expiries are compared with, and set from, the database's clock where it has
+        # one: a worker whose own clock runs fast or slow cannot cut another's lease short
+        # or stretch its own. Wake times stay the callers' (they are timers of the machine).
+        clock = d.clock if database_clock and d.clock else None
+
+        def lease_now(i: int) -> str:
+            # The caller's time (placeholder i) stays in the statement, multiplied away, so the
+            # database knows its type and the statements take the same arguments either way.
+            return f"({clock} + 0 * {d.real_param(i)})" if clock else d.real_param(i)
+
+        # owner=1 lease_until=2 now=3 limit=4 lease_seconds=5 kinds=6
+        now = lease_now(3)
         self.claim = (
-            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, wake_at={p(2)}, "
+            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, wake_at={p(2)}, "
             "revision=revision+1 WHERE id "
             + d.in_subquery(
                 f"SELECT id FROM sagakit_sagas WHERE wake_at <= {p(3)} "
-                f"AND (lease_owner IS NULL OR lease_expires <= {p(3)}) "
+                f"AND (lease_owner IS NULL OR lease_expires <= {now}) AND {d.of_kinds(p(6))} "
                 f"ORDER BY wake_at LIMIT {p(4)}{d.lock_rows}"
             )
             + f" RETURNING {cols}"
         )
-        # owner=1 lease_until=2 now=3 id=4
+        # owner=1 lease_until=2 now=3 id=4 lease_seconds=5
         self.claim_one = (
-            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={p(2)}, "
+            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, "
             f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(2)} END, "
             f"revision=revision+1 WHERE id={p(4)} AND "
-            f"(lease_owner IS NULL OR lease_owner={p(1)} OR lease_expires <= {p(3)}) "
+            f"(lease_owner IS NULL OR lease_owner={p(1)} OR lease_expires <= {now}) "
             f"RETURNING {cols}"
         )
         # owner=1 wake_at=2 id=3; a finished saga keeps its NULL wake time
@@ -241,16 +261,25 @@ class Statements:
             f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(2)} END "
             f"WHERE id={p(3)} AND lease_owner={p(1)}"
         )
+        # owner=1 lease_until=2 id=3 now=4 lease_seconds=5
+        now = lease_now(4)
         self.renew = (
-            f"UPDATE sagakit_sagas SET lease_expires={p(2)}, wake_at={p(2)} "
+            f"UPDATE sagakit_sagas SET lease_expires={now} + {d.real_param(5)}, wake_at={p(2)} "
             f"WHERE id={p(3)} AND lease_owner={p(1)}"
         )
+        # The database's clock, read at the start of a commit that sets leases.
+        self.clock = f"SELECT {clock}" if clock else None
         self.get = f"SELECT {cols} FROM sagakit_sagas WHERE id={p(1)}"
         self.exists = f"SELECT 1 FROM sagakit_sagas WHERE id={p(1)}"
         self.history = (
             f"SELECT entries FROM sagakit_history WHERE saga_id={p(1)} ORDER BY revision, part"
         )
         self.next_wake = "SELECT MIN(wake_at) FROM sagakit_sagas WHERE wake_at IS NOT NULL"
+        # kinds=1
+        self.next_wake_of = (
+            f"SELECT wake_at FROM sagakit_sagas WHERE wake_at IS NOT NULL AND {d.of_kinds(p(1))} "
+            "ORDER BY wake_at LIMIT 1"
+        )
         # owner=1 claimed_until=2 now=3 limit=4: claim unpublished messages, oldest first.
         # A saga whose messages another relay holds is passed over entirely, and a message
         # waits while an earlier one of its saga waits for a retry: one relay publishes a

@@ -7,7 +7,7 @@ this store sees the same copies and JSON round trips as on SQLite.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
@@ -107,11 +107,17 @@ class MemoryStore:
         if row is not None:
             row.history.extend((revision, 1000 + i, h) for i, h in enumerate(entries))
 
-    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int, kinds: Collection[tuple[str, int]] | None = None
+    ) -> list[SagaState]:
+        wanted = None if kinds is None else set(kinds)
         due = [
             r
             for r in self._rows.values()
-            if r.wake_at is not None and r.wake_at <= now and (r.lease_owner is None or (r.lease_expires or 0.0) <= now)
+            if r.wake_at is not None
+            and r.wake_at <= now
+            and (r.lease_owner is None or (r.lease_expires or 0.0) <= now)
+            and (wanted is None or (r.values[1], r.values[2]) in wanted)
         ]
         due.sort(key=lambda r: r.wake_at or 0.0)
         return [self._take(r, owner, lease_until) for r in due[:limit]]
@@ -132,7 +138,9 @@ class MemoryStore:
             return None
         return self._take(r, owner, lease_until)
 
-    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
+    async def renew(
+        self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
+    ) -> set[str]:
         lost: set[str] = set()
         for sid in saga_ids:
             r = self._rows.get(sid)
@@ -221,8 +229,13 @@ class MemoryStore:
             counts[SagaStatus(status)] += 1
         return counts
 
-    async def next_wake(self) -> float | None:
-        wakes = [r.wake_at for r in self._rows.values() if r.wake_at is not None]
+    async def next_wake(self, kinds: Collection[tuple[str, int]] | None = None) -> float | None:
+        wanted = None if kinds is None else set(kinds)
+        wakes = [
+            r.wake_at
+            for r in self._rows.values()
+            if r.wake_at is not None and (wanted is None or (r.values[1], r.values[2]) in wanted)
+        ]
         return min(wakes) if wakes else None
 
     async def outbox_claim(

@@ -60,7 +60,8 @@ import builtins
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -88,6 +89,8 @@ DIALECT = Dialect(
     json_path=lambda key: key,
     saga_lock=lambda column: f" AND pg_try_advisory_xact_lock(hashtext({column}))",
     history_entries_agg="json_agg(json_build_array(at, kind, message, step, attempt) ORDER BY idx)::text",
+    of_kinds=lambda p: f"({p}::text[] IS NULL OR (name || ':' || version::text) = ANY({p}::text[]))",
+    clock="EXTRACT(EPOCH FROM clock_timestamp())::float8",
 )
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no
@@ -123,7 +126,7 @@ _INSERT_HISTORY_MANY = (
 )
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # URL query parameters that configure the store; the rest go to the driver.
-_STORE_PARAMS = ("schema", "pool_size")
+_STORE_PARAMS = ("schema", "pool_size", "lease_clock")
 _INSTALL_HINT = "pip install 'sagakit[postgres]'"
 
 
@@ -164,6 +167,10 @@ class PostgresStore:
             needs few: claims, the committer and reads share them).
         notify_within: a commit that leaves a saga unleased and due within
             this many seconds of its transition notifies idle workers.
+        lease_clock: ``"database"`` (the default) measures lease expiries on the
+            server's clock, so workers whose clocks disagree cannot take a live
+            lease or hold one too long; ``"caller"`` uses the times the worker
+            passes in (tests that inject time).
         connect_timeout: seconds to wait for a connection.
         command_timeout: seconds one statement may take before it fails with
             StoreError (a server that stopped answering must not hang a worker);
@@ -177,6 +184,7 @@ class PostgresStore:
         schema: str | None = None,
         pool_size: int = 8,
         notify_within: float = 1.0,
+        lease_clock: str = "database",
         connect_timeout: float = 10.0,
         command_timeout: float | None = 60.0,
     ) -> None:
@@ -187,6 +195,8 @@ class PostgresStore:
             )
         if pool_size < 1:
             raise StoreError(f"pool_size must be >= 1, got {pool_size!r}")
+        if lease_clock not in ("database", "caller"):
+            raise StoreError(f"lease_clock must be 'database' or 'caller', got {lease_clock!r}")
         self._pg = _driver()
         self._dsn = dsn
         self.schema = schema
@@ -197,7 +207,8 @@ class PostgresStore:
         query = urlencode({"schema": schema}) if schema else ""
         base = urlunsplit(urlsplit(safe_url(dsn))._replace(query=query))
         self.url = base
-        self._sql = Statements(DIALECT)
+        self.lease_clock = lease_clock
+        self._sql = Statements(DIALECT, database_clock=lease_clock == "database")
         self._pool: Any = None
         self._settings = {"search_path": f'"{schema}"'} if schema else {}
         # Workers on other schemas of the same database are not woken by this one's work.
@@ -235,7 +246,12 @@ class PostgresStore:
                 pool_size = int(ours["pool_size"])
             except ValueError:
                 raise StoreError(f"bad pool_size {ours['pool_size']!r} in {safe_url(url)!r}: use an integer") from None
-        return cls(dsn, schema=ours.get("schema") or None, pool_size=pool_size)
+        return cls(
+            dsn,
+            schema=ours.get("schema") or None,
+            pool_size=pool_size,
+            lease_clock=ours.get("lease_clock") or "database",
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r})"
@@ -397,6 +413,10 @@ class PostgresStore:
                 rounds.append([])
             rounds[k].append(i)
         async with self._tx("commit") as conn:
+            leases = self._sql.clock is not None and any(w.lease_seconds is not None for w in writes)
+            # A lease this commit sets runs from the database's clock, read before the writes:
+            # it ends no later than it would from the moment they are applied.
+            db_now: float = await conn.fetchval(self._sql.clock) if leases else 0.0
             if inserts:
                 new: list[tuple[Any, ...]] = []
                 for i in inserts:
@@ -407,7 +427,7 @@ class PostgresStore:
                          encode_steps(st.steps), st.created_at, st.updated_at,
                          st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
                          st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
-                         w.owner, w.lease_expires)
+                         w.owner, _lease(w, db_now, leases))
                     )  # fmt: skip
                 if len(new) == 1:
                     stored = {new[0][0]} if await conn.execute(sql.insert, *new[0]) == "INSERT 0 1" else set()
@@ -430,7 +450,7 @@ class PostgresStore:
                         (st.id, w.expected_revision, st.status.value, encode_steps(st.steps),
                          st.updated_at, w.wake_at, st.deadline_at, st.error, st.seq,
                          st.revision, dumps(st.meta) if st.meta else None, w.owner,
-                         w.lease_expires, dumps(st.data) if w.data_changed else None)
+                         _lease(w, db_now, leases), dumps(st.data) if w.data_changed else None)
                     )  # fmt: skip
                 done = {r[0] for r in await conn.fetch(_UPDATE_MANY, *zip(*rows, strict=True))}
                 for i in batch:
@@ -469,27 +489,35 @@ class PostgresStore:
 
     # ------------------------------------------------------------ leases
 
-    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
-        rows = await self._fetch("claim", self._sql.claim, owner, lease_until, now, limit)
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int, kinds: Collection[tuple[str, int]] | None = None
+    ) -> list[SagaState]:
+        rows = await self._fetch(
+            "claim", self._sql.claim, owner, lease_until, now, limit, lease_until - now, _kinds(kinds)
+        )
         return [decode_row(r) for r in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, now: float, lease_until: float) -> SagaState | None:
         pool = self._open_pool()
         with self._errors("claim_saga"):
             async with pool.acquire() as conn:
-                row = await conn.fetchrow(self._sql.claim_one, owner, lease_until, now, saga_id)
+                row = await conn.fetchrow(self._sql.claim_one, owner, lease_until, now, saga_id, lease_until - now)
                 exists = row is not None or await conn.fetchval(self._sql.exists, saga_id)
         if not exists:
             raise SagaNotFound(saga_id)
         return decode_row(row) if row is not None else None
 
-    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
+    async def renew(
+        self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
+    ) -> set[str]:
         lost: set[str] = set()
         if not saga_ids:
             return lost
+        if now is None:
+            now = time.time()
         async with self._tx("renew") as conn:
             for sid in sorted(saga_ids):
-                if await conn.execute(self._sql.renew, owner, lease_until, sid) != "UPDATE 1":
+                if await conn.execute(self._sql.renew, owner, lease_until, sid, now, lease_until - now) != "UPDATE 1":
                     lost.add(sid)
         return lost
 
@@ -589,9 +617,12 @@ class PostgresStore:
         counts.update({SagaStatus(r[0]): int(r[1]) for r in rows})
         return counts
 
-    async def next_wake(self) -> float | None:
-        rows = await self._fetch("next_wake", self._sql.next_wake)
-        value = rows[0][0]
+    async def next_wake(self, kinds: Collection[tuple[str, int]] | None = None) -> float | None:
+        if kinds is None:
+            rows = await self._fetch("next_wake", self._sql.next_wake)
+        else:
+            rows = await self._fetch("next_wake", self._sql.next_wake_of, _kinds(kinds))
+        value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
     # ------------------------------------------------------------ outbox, inbox, dead letters
@@ -636,3 +667,15 @@ class PostgresStore:
 
         rows = await self._fetch("dead_letters", self._sql.dead_letters, limit, offset)
         return [DeadLetter(*r) for r in rows]
+
+
+def _kinds(kinds: Collection[tuple[str, int]] | None) -> list[str] | None:
+    """Definitions as the "name:version" texts that the claim statements filter on."""
+    return None if kinds is None else [f"{n}:{v}" for n, v in kinds]
+
+
+def _lease(w: Write, db_now: float, database_clock: bool) -> float | None:
+    """The lease expiry a write stores: on the database's clock when it has one and the write says how long."""
+    if database_clock and w.owner is not None and w.lease_seconds is not None:
+        return db_now + w.lease_seconds
+    return w.lease_expires

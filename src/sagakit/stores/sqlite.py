@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -353,14 +353,16 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ leases
 
-    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
-        return await self._run(self._claim, owner, now, lease_until, limit)
+    async def claim(
+        self, owner: str, now: float, lease_until: float, limit: int, kinds: Collection[tuple[str, int]] | None = None
+    ) -> list[SagaState]:
+        return await self._run(self._claim, owner, now, lease_until, limit, _kinds_json(kinds))
 
-    def _claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[SagaState]:
+    def _claim(self, owner: str, now: float, lease_until: float, limit: int, kinds: str | None) -> list[SagaState]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = db.execute(self._sql.claim, (owner, lease_until, now, limit)).fetchall()
+            rows = db.execute(self._sql.claim, (owner, lease_until, now, limit, lease_until - now, kinds)).fetchall()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -374,7 +376,7 @@ class SQLiteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(self._sql.claim_one, (owner, lease_until, now, saga_id)).fetchone()
+            row = db.execute(self._sql.claim_one, (owner, lease_until, now, saga_id, lease_until - now)).fetchone()
             exists = row is not None or db.execute(self._sql.exists, (saga_id,)).fetchone()
             db.execute("COMMIT")
         except BaseException:
@@ -384,16 +386,18 @@ class SQLiteStore:
             raise SagaNotFound(saga_id)
         return decode_row(row) if row is not None else None
 
-    async def renew(self, owner: str, saga_ids: Sequence[str], lease_until: float) -> set[str]:
-        return await self._run(self._renew, owner, list(saga_ids), lease_until)
+    async def renew(
+        self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
+    ) -> set[str]:
+        return await self._run(self._renew, owner, list(saga_ids), lease_until, lease_until if now is None else now)
 
-    def _renew(self, owner: str, saga_ids: list[str], lease_until: float) -> set[str]:
+    def _renew(self, owner: str, saga_ids: list[str], lease_until: float, now: float) -> set[str]:
         db = self._db
         lost: set[str] = set()
         db.execute("BEGIN IMMEDIATE")
         try:
             for sid in saga_ids:
-                if db.execute(self._sql.renew, (owner, lease_until, sid)).rowcount != 1:
+                if db.execute(self._sql.renew, (owner, lease_until, sid, now, lease_until - now)).rowcount != 1:
                     lost.add(sid)
             db.execute("COMMIT")
         except BaseException:
@@ -454,9 +458,12 @@ class SQLiteStore:
         counts.update({SagaStatus(r[0]): int(r[1]) for r in rows})
         return counts
 
-    async def next_wake(self) -> float | None:
-        rows = await self._read(self._fetchall, self._sql.next_wake, ())
-        value = rows[0][0]
+    async def next_wake(self, kinds: Collection[tuple[str, int]] | None = None) -> float | None:
+        if kinds is None:
+            rows = await self._read(self._fetchall, self._sql.next_wake, ())
+        else:
+            rows = await self._read(self._fetchall, self._sql.next_wake_of, (_kinds_json(kinds),))
+        value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
     # ------------------------------------------------------------ outbox, inbox, dead letters
@@ -503,3 +510,8 @@ class SQLiteStore:
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
+
+
+def _kinds_json(kinds: Collection[tuple[str, int]] | None) -> str | None:
+    """Definitions as the JSON list of "name:version" texts that the claim statements filter on."""
+    return None if kinds is None else dumps([f"{n}:{v}" for n, v in kinds])

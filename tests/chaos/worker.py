@@ -1,0 +1,132 @@
+"""Worker process of the chaos test: one SagaEngine on PostgreSQL, run until killed or SIGTERM.
+
+Usage: ``python -m tests.chaos.worker URL WORKER_ID LEASE_SECONDS [SKEW_SECONDS]``
+
+``URL`` is a store URL with ``?schema=``; the ``effects`` table lives in the
+same schema (the parent creates it). ``SKEW_SECONDS`` (default 0) shifts the
+engine's clock by that much through the ``clock=`` hook; a worker whose
+process time is shifted by libfaketime gets 0 here and the shift from its
+environment. Either way the first line on stdout is
+``ready <worker id> skew=<engine clock minus the database's clock>``.
+
+Every step and compensation applies its effect by inserting one row into
+``effects``, and in the same statement records whether this worker held the
+saga's lease at that moment on the database's clock (``lease_valid``). The
+same check at the start of the attempt goes to ``started_valid``, to tell an
+attempt begun without a lease from one that lost it while it ran (a freeze,
+a takeover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import asyncpg
+
+from sagakit import NonRetryableError, RetryPolicy, SagaBuilder, SagaEngine, StepContext
+
+WORKER_ID = os.environ.get("CHAOS_WORKER_ID", "")
+STEP_SECONDS = (0.05, 0.5)  # simulated work of an attempt, between the lease check at its start and its effect
+
+_pool: asyncpg.Pool | None = None
+_lock: asyncio.Lock | None = None
+
+LEASE_HELD = (
+    "SELECT COALESCE((SELECT lease_owner = $1::text AND lease_expires > extract(epoch FROM clock_timestamp()) "
+    "FROM sagakit_sagas WHERE id = $2::text), false)"
+)
+APPLY = (
+    "INSERT INTO effects (key, saga_id, step, direction, worker, attempt, started_valid, lease_valid) "
+    "SELECT $3::text, $2::text, $4::text, $5::text, $1::text, $6::int, $7::boolean, "
+    "COALESCE((SELECT lease_owner = $1 AND "
+    "lease_expires > extract(epoch FROM clock_timestamp()) FROM sagakit_sagas WHERE id = $2), false)"
+)
+
+TABLES = (
+    "CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, saga_id TEXT NOT NULL, "
+    "step TEXT NOT NULL, direction TEXT NOT NULL, worker TEXT NOT NULL, attempt INTEGER NOT NULL, "
+    "started_valid BOOLEAN NOT NULL, lease_valid BOOLEAN NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
+    "CREATE INDEX IF NOT EXISTS effects_saga ON effects (saga_id)",
+)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    base, _, schema = url.partition("?schema=")
+    return base, schema
+
+
+async def _get_pool() -> asyncpg.Pool:
+    global _pool, _lock
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        if _pool is None:
+            base, schema = split_url(os.environ["CHAOS_DSN"])
+            _pool = await asyncpg.create_pool(base, min_size=1, max_size=6, server_settings={"search_path": schema})
+    return _pool
+
+
+async def _effect(ctx: StepContext) -> dict[str, Any]:
+    pool = await _get_pool()
+    direction = "compensation" if ctx.compensation else "action"
+    started_valid = await pool.fetchval(LEASE_HELD, WORKER_ID, ctx.saga_id)
+    await asyncio.sleep(random.uniform(*STEP_SECONDS))
+    if not ctx.compensation and ctx.step == "ship" and ctx.data.get("fail"):
+        raise NonRetryableError("cannot ship")  # refused: no effect
+    await pool.execute(
+        APPLY, WORKER_ID, ctx.saga_id, ctx.idempotency_key, ctx.step, direction, ctx.attempt, started_valid
+    )
+    return {"key": ctx.idempotency_key}
+
+
+def make_definition():  # type: ignore[no-untyped-def]
+    retry = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=0.5)
+    b = SagaBuilder("chaos")
+    for step in ("reserve", "charge", "pack"):
+        b.step(step, _effect, _effect, retry=retry, compensation_retry=retry, timeout=15.0)
+    b.step("ship", _effect, retry=retry, timeout=15.0)
+    return b.build()
+
+
+definition = make_definition()
+
+
+async def main(url: str, worker_id: str, lease: float, skew: float) -> None:
+    global WORKER_ID
+    WORKER_ID = worker_id
+    os.environ["CHAOS_DSN"] = url
+    clock = (lambda: time.time() + skew) if skew else time.time
+    engine = SagaEngine(
+        url,
+        lease_seconds=lease,
+        concurrency=24,
+        threads=2,
+        poll_interval=0.2,
+        shutdown_grace=1.0,
+        worker_id=worker_id,
+        clock=clock,
+    )
+    engine.register(definition)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    pool = await _get_pool()
+    db_now = float(await pool.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+    measured = engine.clock() - db_now
+    async with engine:
+        print(f"ready {worker_id} skew={measured:.3f}", flush=True)
+        await stop.wait()
+    await pool.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    skew = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), skew))
