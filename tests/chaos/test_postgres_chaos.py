@@ -2,7 +2,8 @@
 
 Three worker processes (``tests/chaos/worker.py``) run sagas of four steps
 (``reserve``, ``charge``, ``pack`` with compensations, ``ship`` without; every
-5th saga fails non-retryably at ``ship`` and compensates) on a schema of
+5th saga fails non-retryably at ``ship`` and compensates, every 4th fails
+``charge`` twice and retries it after a back-off) on a schema of
 their own in the local server's ``test`` database, with a 2 s lease. The
 parent starts the sagas at a steady pace while it:
 
@@ -330,10 +331,10 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
         window = CHAOS_SECONDS * 0.75
         t0 = time.monotonic()
         for i in range(SAGAS):
-            sid = await producer.start("chaos", {"i": i, "fail": i % 5 == 0}, idempotency_key=f"c-{i}")
+            sid = await producer.start("chaos", {"i": i, "fail": i % 5 == 0, "flaky": i % 4 == 1}, idempotency_key=f"c-{i}")
             ids[sid] = i
             if i in chosen:
-                op_tasks.append(asyncio.create_task(operate(sid, rng.uniform(0.0, 1.0))))
+                op_tasks.append(asyncio.create_task(operate(sid, rng.uniform(0.0, 2.5))))
             ahead = t0 + (i + 1) * window / SAGAS - time.monotonic()
             if ahead > 0:
                 await asyncio.sleep(ahead)

@@ -15,6 +15,11 @@ saga's lease at that moment on the database's clock (``lease_valid``). The
 same check at the start of the attempt goes to ``started_valid``, to tell an
 attempt begun without a lease from one that lost it while it ran (a freeze,
 a takeover).
+
+Sagas with ``flaky`` in their data fail ``charge`` twice (retryable, before
+its effect) and wait 0.5 s, then 1 s for the retries: a worker holds a saga
+while it has work in flight and releases it only while it waits, so this is
+when an operator's ``compensate`` from another process can get hold of it.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ async def _effect(ctx: StepContext) -> dict[str, Any]:
     await asyncio.sleep(random.uniform(*STEP_SECONDS))
     if not ctx.compensation and ctx.step == "ship" and ctx.data.get("fail"):
         raise NonRetryableError("cannot ship")  # refused: no effect
+    if not ctx.compensation and ctx.step == "charge" and ctx.data.get("flaky") and ctx.attempt <= 2:
+        raise RuntimeError("card network busy")  # retried after a back-off, saga released meanwhile: no effect
     await pool.execute(
         APPLY, WORKER_ID, ctx.saga_id, ctx.idempotency_key, ctx.step, direction, ctx.attempt, started_valid
     )
@@ -88,9 +95,10 @@ async def _effect(ctx: StepContext) -> dict[str, Any]:
 
 def make_definition():  # type: ignore[no-untyped-def]
     retry = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=0.5)
+    slow = RetryPolicy(max_attempts=10, initial_delay=0.5, multiplier=2.0, max_delay=2.0)
     b = SagaBuilder("chaos")
     for step in ("reserve", "charge", "pack"):
-        b.step(step, _effect, _effect, retry=retry, compensation_retry=retry, timeout=15.0)
+        b.step(step, _effect, _effect, retry=slow if step == "charge" else retry, compensation_retry=retry, timeout=15.0)
     b.step("ship", _effect, retry=retry, timeout=15.0)
     return b.build()
 
