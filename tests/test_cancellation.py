@@ -24,6 +24,7 @@ from sagakit import (
     RetryPolicy,
     SagaBuilder,
     SagaEngine,
+    SagaStateError,
     SagaStatus,
     StepContext,
     StepStatus,
@@ -328,10 +329,13 @@ async def test_a_parked_saga_can_be_aborted_without_its_definition(store_url: st
 
     bare = SagaEngine(store_url)  # knows no definition at all
     try:
+        with pytest.raises(SagaStateError, match="not registered here: only abort and skip"):
+            await bare.compensate(sid)
         snap = await bare.abort(sid, reason="flow retired", actor="alice")
         assert snap.status is SagaStatus.ABORTED
         assert snap.history[-1].message == "aborted by alice: flow retired"
-        with pytest.raises(Exception, match="not registered"):
+        assert any(h.kind == "refused" and "compensate" in h.message for h in snap.history)
+        with pytest.raises(SagaStateError, match="already finished"):
             await bare.retry(sid)
     finally:
         await bare.close()
@@ -352,3 +356,106 @@ async def test_cancelled_attempt_state_is_stored_with_its_uncertainty(store_url:
         st: SagaState | None = await engine.store.get(sid)
     assert st is not None and st.steps["a"].uncertain
     assert st.steps["a"].status is StepStatus.FAILED
+
+
+async def test_abort_reaches_a_hung_step_on_the_live_worker_that_holds_it(store_url: str) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hangs(ctx: StepContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    b = SagaBuilder("hung_here")
+    b.step("a", hangs)
+    definition = b.build()
+    async with SagaEngine(store_url, lease_seconds=30.0) as worker:
+        worker.register(definition)
+        sid = await worker.start("hung_here")
+        await asyncio.wait_for(started.wait(), 10)
+        # Another process's engine, running nothing: it cannot claim the saga (the worker's
+        # lease has 30 s to go), so it asks the worker, which cancels the step.
+        operator = SagaEngine(store_url)
+        try:
+            began = time.monotonic()
+            snap = await operator.abort(sid, reason="stuck on a dead card terminal", actor="alice")
+            took = time.monotonic() - began
+            with pytest.raises(SagaStateError, match="already finished"):
+                await operator.compensate(sid)
+        finally:
+            await operator.close()
+        assert cancelled.is_set()
+    assert snap.status is SagaStatus.ABORTED
+    assert took < 30.0, "the operator waited for the lease instead of asking the worker"
+    assert any(h.kind == "step_cancelled" for h in snap.history)
+
+
+async def test_a_refused_request_comes_back_with_the_holders_reason(store_url: str) -> None:
+    started = asyncio.Event()
+
+    async def hangs(ctx: StepContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    b = SagaBuilder("hung_skip")
+    b.step("a", hangs)
+    async with SagaEngine(store_url, lease_seconds=30.0) as worker:
+        worker.register(b.build())
+        sid = await worker.start("hung_skip")
+        await asyncio.wait_for(started.wait(), 10)
+        operator = SagaEngine(store_url)
+        try:
+            with pytest.raises(SagaStateError, match="is executing"):
+                await operator.skip(sid, "a", result=1)
+            snap = await operator.compensate(sid, reason="give up")
+        finally:
+            await operator.close()
+        assert snap.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)
+        snap = await worker.wait(sid, timeout=10)
+    assert snap.status is SagaStatus.COMPENSATED
+    assert any(h.kind == "refused" and "skip" in h.message for h in snap.history)
+
+
+async def test_cli_abort_of_a_hung_step_while_its_worker_process_is_alive(store_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "charging"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    errors = tmp_path / "child.err"
+    with errors.open("wb") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker), "30"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+
+        async def started() -> bool:
+            assert child.poll() is None, errors.read_text()
+            return marker.exists()
+
+        await poll("the child's step to start", started, timeout=30)
+        sid = marker.read_text()
+        cli = subprocess.run(
+            [sys.executable, "-m", "sagakit", "abort", sid, "--store", store_url, "--reason", "hung", "--actor", "bob"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert child.poll() is None, "the worker must still be alive: it applied the abort"
+        await poll("the worker to cancel its step", lambda: asyncio.sleep(0, marker.with_suffix(".cancelled").exists()))
+    finally:
+        child.kill()
+        child.wait(10)
+    reader = SagaEngine(store_url)
+    try:
+        snap = await reader.get(sid)
+    finally:
+        await reader.close()
+    assert snap.status is SagaStatus.ABORTED
+    assert snap.error == "aborted by bob: hung"

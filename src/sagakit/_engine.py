@@ -44,6 +44,7 @@ from ._errors import (
 from ._messages import validate_state
 from ._messaging import Messaging
 from ._observe import Observer
+from ._requests import encode_admin
 from ._runtime import _Held, _Pending, _Runtime, _Slots
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
@@ -130,6 +131,8 @@ class SagaEngine(_Runtime):
         self._hold_for = min(1.0, self.lease_seconds / 3)
         # A lease that may have less than this left when an attempt would start is not relied on.
         self._lease_margin = self.lease_seconds / 5
+        # How often a running engine looks for operators' requests for the sagas it holds.
+        self._request_poll = min(0.25, poll_interval)
         self._observers = tuple(observers)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
@@ -209,6 +212,7 @@ class SagaEngine(_Runtime):
             asyncio.create_task(self._commit_loop(), name="sagakit-commit"),
             asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
             asyncio.create_task(self._renew_loop(), name="sagakit-renew"),
+            asyncio.create_task(self._requests_loop(), name="sagakit-requests"),
         ]
         await self._messaging.start()
 
@@ -223,10 +227,10 @@ class SagaEngine(_Runtime):
         if self._running:
             await self._messaging.close()
             self._closing = True
-            claim, renew = self._tasks[1], self._tasks[2]
-            for t in (claim, renew):
+            background = self._tasks[1:]
+            for t in background:
                 t.cancel()
-            await asyncio.gather(claim, renew, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             if self._work_waiter is not None:
                 self._work_waiter.cancel()
                 await asyncio.gather(self._work_waiter, return_exceptions=True)
@@ -583,19 +587,40 @@ class SagaEngine(_Runtime):
         await self._ensure_open()
         loop = self._loop_()
         give_up = loop.time() + busy_timeout
+        request: str | None = None  # an admin request left for the worker that holds the saga
         while True:
             held = self._held.get(saga_id)
             claimed = False
             if held is None:
+                if request is not None:
+                    outcome = await self.store.request_outcome(request)
+                    if outcome is not None:
+                        await self.store.drop_request(request)
+                        return outcome or None  # applied (or refused) by the worker that holds it
                 now = self.clock()
                 st = await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds)
                 if st is None:
+                    if admin is not None and request is None:
+                        # The holder is the one that can cancel what runs: ask it. Should it be
+                        # frozen or gone, its lease runs out and this engine applies the request.
+                        request = uuid.uuid4().hex
+                        await self.store.request(request, saga_id, encode_admin(admin), self.clock())
+                        give_up = max(give_up, loop.time() + self.lease_seconds + busy_timeout)
                     if loop.time() > give_up:
+                        if request is not None and not await self.store.withdraw_request(request):
+                            continue  # answered just now: read the outcome
                         raise SagaBusy(
                             f"saga {saga_id} is held by another worker; try again when its current step finishes"
                         )
                     await asyncio.sleep(0.05)
                     continue
+                if request is not None and not await self.store.withdraw_request(request):
+                    # Answered meanwhile by the worker that held it: that outcome stands.
+                    outcome = await self.store.request_outcome(request)
+                    await self.store.drop_request(request)
+                    await self.store.release(self.worker_id, [(saga_id, self.clock())])
+                    return outcome or None
+                request = None
                 held = self._held.get(saga_id)
                 if held is None:
                     defn = self._definitions.get((st.name, st.version))
@@ -695,3 +720,4 @@ def _status(status: SagaStatus | str) -> SagaStatus:
 def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:
     if not fut.done():
         fut.set_result(None)
+

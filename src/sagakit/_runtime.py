@@ -36,6 +36,7 @@ from ._errors import NonRetryableError, SagaBusy
 from ._messages import MessageMappingError
 from ._messaging import Messaging
 from ._observe import AttemptInput, CommitInput, Observer, TransitionInput
+from ._requests import decode_admin
 from ._snapshot import SagaSnapshot
 from ._status import _TERMINAL
 from ._store import OutboxMessage, Store, Write
@@ -141,6 +142,7 @@ class _Runtime:
     concurrency: int
     _hold_for: float
     _lease_margin: float
+    _request_poll: float
     _definitions: dict[tuple[str, int], SagaDefinition]
     _fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]]
     _held: dict[str, _Held]
@@ -748,6 +750,49 @@ class _Runtime:
         held = _Held(st, defn, durable=True)
         self._held[st.id] = held
         self._apply(held, Resume(), force=True)
+
+    async def _requests_loop(self) -> None:
+        """Carry out operators' requests for sagas this engine holds (it alone can cancel what runs)."""
+        while True:
+            await asyncio.sleep(self._request_poll)
+            if not self._held:
+                continue
+            try:
+                requests = await self.store.open_requests()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sagakit: reading operator requests failed")
+                continue
+            for rid, sid, text in requests:
+                held = self._held.get(sid)
+                if held is None:
+                    continue
+                try:
+                    await self._answer(rid, held, text)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("sagakit: carrying out operator request %s for saga %s failed", rid, sid)
+
+    async def _answer(self, rid: str, held: _Held, text: str) -> None:
+        try:
+            event = decode_admin(text)
+        except ValueError as e:
+            await self.store.answer_request(rid, str(e))
+            return
+        decision = decide(held.definition, held.state, event, self.clock())
+        if decision.rejected is not None:
+            await self.store.append_history(held.state.id, held.state.revision, decision.history)
+            await self.store.answer_request(rid, decision.rejected)
+            return
+        fut: asyncio.Future[str] = self._loop_().create_future()
+        self._transition(held, decision, future=fut)
+        try:
+            await fut
+        except SagaBusy:
+            return  # fenced: the saga has a new holder, which the requester reaches by itself
+        await self.store.answer_request(rid, "")
 
     async def _renew_loop(self) -> None:
         while True:

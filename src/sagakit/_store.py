@@ -254,6 +254,30 @@ class Store(Protocol):
         """Record a received message that reached no saga."""
         ...
 
+    async def request(self, request_id: str, saga_id: str, event: str, at: float) -> None:
+        """Leave an operator's request (an encoded admin event) for the worker that holds the saga."""
+        ...
+
+    async def open_requests(self) -> builtins.list[tuple[str, str, str]]:
+        """Requests not answered yet, oldest first: (request id, saga id, event)."""
+        ...
+
+    async def answer_request(self, request_id: str, outcome: str) -> None:
+        """Record a request's outcome: "" when it was applied, else why it was refused."""
+        ...
+
+    async def request_outcome(self, request_id: str) -> str | None:
+        """The outcome of a request, or None while it waits (or is gone)."""
+        ...
+
+    async def withdraw_request(self, request_id: str) -> bool:
+        """Delete a request nobody answered; False if it was answered meanwhile (it is kept then)."""
+        ...
+
+    async def drop_request(self, request_id: str) -> None:
+        """Delete a request whatever its state."""
+        ...
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """Recorded dead letters, newest first."""
         ...

@@ -98,7 +98,8 @@ def make_definition():  # type: ignore[no-untyped-def]
     slow = RetryPolicy(max_attempts=10, initial_delay=0.5, multiplier=2.0, max_delay=2.0)
     b = SagaBuilder("chaos")
     for step in ("reserve", "charge", "pack"):
-        b.step(step, _effect, _effect, retry=slow if step == "charge" else retry, compensation_retry=retry, timeout=15.0)
+        policy = slow if step == "charge" else retry
+        b.step(step, _effect, _effect, retry=policy, compensation_retry=retry, timeout=15.0)
     b.step("ship", _effect, retry=retry, timeout=15.0)
     return b.build()
 

@@ -1,6 +1,7 @@
 """Child process: starts one saga whose second step hangs, says so, and waits to be killed.
 
-``reserve`` completes; ``charge`` writes a marker file and then hangs. Both
+``reserve`` completes; ``charge`` writes a marker file and then hangs (and
+writes a second marker, ``*.cancelled``, when its task is cancelled). Both
 have compensations (run later by the parent's engine, which registers the same
 definition through ``make_definition``).
 """
@@ -21,7 +22,11 @@ def make_definition(marker: Path, undone: list[str] | None = None) -> SagaDefini
 
     async def charge(ctx: StepContext) -> dict[str, Any]:
         marker.write_text(ctx.saga_id)
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            marker.with_suffix(".cancelled").write_text(ctx.saga_id)
+            raise
         return {"charged": True}
 
     async def undo(ctx: StepContext) -> None:
@@ -34,8 +39,8 @@ def make_definition(marker: Path, undone: list[str] | None = None) -> SagaDefini
     return b.build()
 
 
-async def main(store_url: str, marker: str) -> None:
-    engine = SagaEngine(store_url, lease_seconds=1.0)
+async def main(store_url: str, marker: str, lease_seconds: float = 1.0) -> None:
+    engine = SagaEngine(store_url, lease_seconds=lease_seconds)
     engine.register(make_definition(Path(marker)))
     async with engine:
         await engine.start("hung", {})
@@ -43,4 +48,4 @@ async def main(store_url: str, marker: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], *(float(a) for a in sys.argv[3:4])))

@@ -375,6 +375,21 @@ class StoreContract:
         assert await store.claim("w1", 10.0, 40.0, 10, []) == []  # no definitions: nothing
         assert [s.id for s in await store.claim("w2", 10.0, 40.0, 10)] == ["s1"]  # None: any
 
+    async def test_operator_requests_are_answered_once(self, store: Store) -> None:
+        await store.request("r1", "s1", '{"kind": "abort"}', 2.0)
+        await store.request("r0", "s2", '{"kind": "retry"}', 1.0)
+        assert await store.open_requests() == [("r0", "s2", '{"kind": "retry"}'), ("r1", "s1", '{"kind": "abort"}')]
+        assert await store.request_outcome("r1") is None
+        await store.answer_request("r1", "")
+        await store.answer_request("r1", "too late")  # the first answer stands
+        assert await store.request_outcome("r1") == ""
+        assert await store.open_requests() == [("r0", "s2", '{"kind": "retry"}')]
+        assert not await store.withdraw_request("r1")  # answered: kept for its requester
+        await store.drop_request("r1")
+        assert await store.request_outcome("r1") is None
+        assert await store.withdraw_request("r0")
+        assert await store.open_requests() == []
+
     async def test_claim_respects_limit_and_wake_order(self, store: Store) -> None:
         for sid, wake in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
             await put(store, saga(sid), wake_at=wake)

@@ -149,6 +149,8 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
             rejected = _on_abort(None, st, event, now, fx, hist)
         case Skip():
             rejected = _on_skip(None, st, event, now, hist)
+        case _ if state.status.terminal and state.status is not SagaStatus.FAILED:
+            rejected = f"saga is {state.status.value}: it has already finished"
         case _:
             rejected = (
                 f"definition {state.name} v{state.version} is not registered here: "

@@ -175,10 +175,21 @@ def migrations(d: Dialect) -> list[list[str]]:
             "GROUP BY saga_id, revision, idx / 1000",
             "DROP TABLE sagakit_history_rows",
         ],
+        [
+            # Operator requests for a saga another worker holds: that worker applies them
+            # (it is the one that can cancel what runs) and writes the outcome back.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_requests (
+                id TEXT PRIMARY KEY,
+                saga_id TEXT NOT NULL,
+                event TEXT NOT NULL,
+                requested_at {d.real} NOT NULL,
+                outcome TEXT
+            )""",
+        ],
     ]
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Statements:
@@ -267,6 +278,17 @@ class Statements:
             f"UPDATE sagakit_sagas SET lease_expires={now} + {d.real_param(5)}, wake_at={p(2)} "
             f"WHERE id={p(3)} AND lease_owner={p(1)}"
         )
+        # id=1 saga_id=2 event=3 requested_at=4
+        self.insert_request = (
+            f"INSERT INTO sagakit_requests (id, saga_id, event, requested_at) VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)})"
+        )
+        self.open_requests = (
+            "SELECT id, saga_id, event FROM sagakit_requests WHERE outcome IS NULL ORDER BY requested_at"
+        )
+        self.answer_request = f"UPDATE sagakit_requests SET outcome={p(2)} WHERE id={p(1)} AND outcome IS NULL"
+        self.request_outcome = f"SELECT outcome FROM sagakit_requests WHERE id={p(1)}"
+        self.withdraw_request = f"DELETE FROM sagakit_requests WHERE id={p(1)} AND outcome IS NULL"
+        self.drop_request = f"DELETE FROM sagakit_requests WHERE id={p(1)}"
         # The database's clock, read at the start of a commit that sets leases.
         self.clock = f"SELECT {clock}" if clock else None
         self.get = f"SELECT {cols} FROM sagakit_sagas WHERE id={p(1)}"

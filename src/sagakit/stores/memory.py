@@ -38,6 +38,14 @@ class _Row:
         return v
 
 
+@dataclass
+class _Request:
+    saga_id: str
+    event: str
+    at: float
+    outcome: str | None = None
+
+
 def _encode(st: SagaState, wake_at: float | None) -> list[object]:
     return [
         st.id, st.name, st.version, st.status.value, dumps(st.data), encode_steps(st.steps),
@@ -50,6 +58,7 @@ class MemoryStore:
     """Sagas in a dict; lost when the process ends."""
 
     def __init__(self) -> None:
+        self._requests: dict[str, _Request] = {}
         self.url = "memory://"
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
@@ -290,6 +299,32 @@ class MemoryStore:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         self._dead.append(letter)
+
+    async def request(self, request_id: str, saga_id: str, event: str, at: float) -> None:
+        self._requests[request_id] = _Request(saga_id, event, at)
+
+    async def open_requests(self) -> builtins.list[tuple[str, str, str]]:
+        pending = sorted((r.at, rid) for rid, r in self._requests.items() if r.outcome is None)
+        return [(rid, self._requests[rid].saga_id, self._requests[rid].event) for _, rid in pending]
+
+    async def answer_request(self, request_id: str, outcome: str) -> None:
+        r = self._requests.get(request_id)
+        if r is not None and r.outcome is None:
+            r.outcome = outcome
+
+    async def request_outcome(self, request_id: str) -> str | None:
+        r = self._requests.get(request_id)
+        return None if r is None else r.outcome
+
+    async def withdraw_request(self, request_id: str) -> bool:
+        r = self._requests.get(request_id)
+        if r is None or r.outcome is not None:
+            return False
+        del self._requests[request_id]
+        return True
+
+    async def drop_request(self, request_id: str) -> None:
+        self._requests.pop(request_id, None)
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)

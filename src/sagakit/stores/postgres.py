@@ -662,6 +662,30 @@ class PostgresStore:
                 letter.body, letter.reason,
             )  # fmt: skip
 
+    async def request(self, request_id: str, saga_id: str, event: str, at: float) -> None:
+        async with self._tx("request") as conn:
+            await conn.execute(self._sql.insert_request, request_id, saga_id, event, at)
+
+    async def open_requests(self) -> builtins.list[tuple[str, str, str]]:
+        rows = await self._fetch("open_requests", self._sql.open_requests)
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def answer_request(self, request_id: str, outcome: str) -> None:
+        async with self._tx("answer_request") as conn:
+            await conn.execute(self._sql.answer_request, request_id, outcome)
+
+    async def request_outcome(self, request_id: str) -> str | None:
+        rows = await self._fetch("request_outcome", self._sql.request_outcome, request_id)
+        return rows[0][0] if rows else None
+
+    async def withdraw_request(self, request_id: str) -> bool:
+        async with self._tx("withdraw_request") as conn:
+            return bool(await conn.execute(self._sql.withdraw_request, request_id) == "DELETE 1")
+
+    async def drop_request(self, request_id: str) -> None:
+        async with self._tx("drop_request") as conn:
+            await conn.execute(self._sql.drop_request, request_id)
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         from .._store import DeadLetter
 

@@ -507,6 +507,37 @@ class SQLiteStore:
         )  # fmt: skip
         await self._run(self._executemany_tx, self._sql.insert_dead_letter, [row])
 
+    async def request(self, request_id: str, saga_id: str, event: str, at: float) -> None:
+        await self._run(self._executemany_tx, self._sql.insert_request, [(request_id, saga_id, event, at)])
+
+    async def open_requests(self) -> builtins.list[tuple[str, str, str]]:
+        rows = await self._run(self._fetchall, self._sql.open_requests, ())
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def answer_request(self, request_id: str, outcome: str) -> None:
+        await self._run(self._executemany_tx, self._sql.answer_request, [(request_id, outcome)])
+
+    async def request_outcome(self, request_id: str) -> str | None:
+        rows = await self._run(self._fetchall, self._sql.request_outcome, (request_id,))
+        return rows[0][0] if rows else None
+
+    async def withdraw_request(self, request_id: str) -> bool:
+        return await self._run(self._rowcount_tx, self._sql.withdraw_request, (request_id,)) == 1
+
+    async def drop_request(self, request_id: str) -> None:
+        await self._run(self._executemany_tx, self._sql.drop_request, [(request_id,)])
+
+    def _rowcount_tx(self, stmt: str, args: tuple[Any, ...]) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n = db.execute(stmt, args).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
