@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sagakit import SagaBuilder, SagaEngine, SagaStatus, StepContext
-from sagakit._runtime import _Slots
+from sagakit._runtime._base import Slots as _Slots
 
 
 async def test_no_more_attempts_run_at_once_than_the_concurrency_allows(store_url: str) -> None:

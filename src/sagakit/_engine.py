@@ -42,10 +42,14 @@ from ._errors import (
     UnknownSagaType,
 )
 from ._messages import validate_state
-from ._messaging import Messaging
 from ._observe import Observer
-from ._requests import encode_admin
-from ._runtime import _Held, _Pending, _Runtime, _Slots
+from ._runtime._base import Held, Pending, Slots
+from ._runtime.attempts import Attempts
+from ._runtime.commit import Committer
+from ._runtime.leases import Leases
+from ._runtime.messaging import Messaging
+from ._runtime.requests import Requests, encode_admin
+from ._runtime.timers import Timers
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
 from ._store import DeadLetter, SagaQuery, Store, Write, store_from_url
@@ -81,7 +85,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(_Runtime):
+class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
     """Runs sagas durably on a store.
 
     Args:
@@ -98,6 +102,8 @@ class SagaEngine(_Runtime):
     Use it as an async context manager: entering starts the workers and
     resumes unfinished sagas; leaving shuts down gracefully.
     """
+
+    _messaging: Messaging
 
     def __init__(
         self,
@@ -140,8 +146,8 @@ class SagaEngine(_Runtime):
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._latest: dict[str, SagaDefinition] = {}
         self._fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]] = {}
-        self._held: dict[str, _Held] = {}
-        self._queue: dict[str, _Pending] = {}
+        self._held: dict[str, Held] = {}
+        self._queue: dict[str, Pending] = {}
         self._waiters: dict[str, list[asyncio.Future[SagaSnapshot | None]]] = {}
         self._opened = False
         self._running = False
@@ -151,7 +157,7 @@ class SagaEngine(_Runtime):
         self._work_waiter: asyncio.Future[Any] | None = None
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
-        self._slots: _Slots | None = None
+        self._slots: Slots | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -205,7 +211,7 @@ class SagaEngine(_Runtime):
             return
         await self._ensure_open()
         self._closing = False
-        self._slots = _Slots(self.concurrency)
+        self._slots = Slots(self.concurrency)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
         self._running = True
         self._tasks = [
@@ -322,7 +328,7 @@ class SagaEngine(_Runtime):
             assert result is not None
             return result
         saga_id = decision.state.id
-        held = _Held(decision.state, defn, history=[])
+        held = Held(decision.state, defn, history=[])
         decision.state.revision = -1  # _transition bumps it to 0 for the insert
         self._held[saga_id] = held
         fut: asyncio.Future[str] = self._loop_().create_future()
@@ -566,7 +572,7 @@ class SagaEngine(_Runtime):
     async def _act(
         self,
         saga_id: str,
-        make: Callable[[_Held], Event | str],
+        make: Callable[[Held], Event | str],
         *,
         inbox: str | None = None,
         busy_timeout: float = 5.0,
@@ -631,7 +637,7 @@ class SagaEngine(_Runtime):
                         raise UnknownSagaType(
                             f"saga {saga_id} runs {st.name} v{st.version}, which is not registered with this engine"
                         )
-                    held = _Held(st, defn, durable=True)
+                    held = Held(st, defn, durable=True)
                     self._held[saga_id] = held
                     claimed = True
             made = make(held)
@@ -720,4 +726,3 @@ def _status(status: SagaStatus | str) -> SagaStatus:
 def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:
     if not fut.done():
         fut.set_result(None)
-

@@ -25,12 +25,13 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from ._definition import SagaDefinition, StepDefinition, Trigger
-from ._messages import (
+from .._definition import SagaDefinition, StepDefinition, Trigger
+from .._errors import SagaNotFound
+from .._messages import (
     Envelope,
     EnvelopeError,
     MessageMappingError,
@@ -44,14 +45,12 @@ from ._messages import (
     to_payload,
     validate_state,
 )
-from ._status import SagaStatus
-from ._store import DeadLetter, OutboxMessage, OutboxRecord
-from ._transport import Delivery, Transport
-from .machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
-
-if TYPE_CHECKING:
-    from ._engine import SagaEngine
-    from ._runtime import _Held
+from .._snapshot import SagaSnapshot
+from .._status import SagaStatus, StepStatus
+from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
+from .._transport import Delivery, Transport
+from ..machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
+from ._base import Held
 
 __all__ = ["Messaging"]
 
@@ -72,6 +71,42 @@ def traceparent(saga_id: str) -> str:
 CONSUMER_GROUP = "sagakit"
 
 
+class Host(Protocol):
+    """What the message side needs of the engine it serves (``SagaEngine``)."""
+
+    store: Store
+    worker_id: str
+
+    def clock(self) -> float: ...
+
+    async def start(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        version: int | None = None,
+    ) -> str: ...
+
+    async def list(
+        self,
+        status: Any = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SagaSnapshot]: ...
+
+    async def _act(
+        self,
+        saga_id: str,
+        make: Callable[[Held], Event | str],
+        *,
+        inbox: str | None = None,
+    ) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Expect:
     """A step of a registered definition that waits for events of one type."""
@@ -85,7 +120,7 @@ class _Expect:
 class Messaging:
     """Outbox rows for message steps, the relay, and the consumer of replies and triggers."""
 
-    def __init__(self, engine: SagaEngine, transport: Transport | None) -> None:
+    def __init__(self, engine: Host, transport: Transport | None) -> None:
         self.engine = engine
         self.transport = transport
         self.relay_batch = 100
@@ -359,8 +394,6 @@ class Messaging:
                     "no saga waits for this event (no saga headers, no correlation match)",
                 )
                 return
-        from ._errors import SagaNotFound
-
         try:
             reason = await self.engine._act(saga_id, lambda held: self._reply_event(held, env), inbox=env.message_id)
         except SagaNotFound:
@@ -368,10 +401,8 @@ class Messaging:
         if reason is not None:
             await self._dead(env.message_id, saga_id, env.type_name, body, reason)
 
-    def _reply_event(self, held: _Held, env: Envelope) -> Event | str:
+    def _reply_event(self, held: Held, env: Envelope) -> Event | str:
         """The machine event for a reply, or why it does not apply."""
-        from ._status import StepStatus
-
         st = held.state
         defn = held.definition
         for exp in self._expects.get(env.type_name, ()):

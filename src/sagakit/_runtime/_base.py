@@ -1,0 +1,198 @@
+"""What the runtime's parts share: the sagas held, the commit queue, and the engine's settings.
+
+``RuntimeBase`` declares the attributes ``SagaEngine.__init__`` sets and the
+methods by which one part hands work to another; each part implements its own
+(``commit``, ``attempts``, ``leases``, ``timers``, ``requests``) and none imports
+another: ``SagaEngine`` combines them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .._definition import SagaDefinition
+from .._observe import Observer
+from .._snapshot import SagaSnapshot
+from .._store import OutboxMessage, Store
+from ..machine import CancelAttempt, Decision, Event, HistoryEntry, RunStep, SagaState
+
+__all__ = ["Held", "MessageSide", "Pending", "RuntimeBase", "Slots", "log"]
+
+log = logging.getLogger("sagakit")
+
+
+@dataclass(slots=True)
+class Held:
+    """A saga this engine holds the lease of."""
+
+    state: SagaState
+    definition: SagaDefinition
+    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    durable: bool = False  # the saga's row exists in the store
+    # The whole history, for a saga this engine started and held since: lets
+    # wait() answer without reading the store. None when part of it is elsewhere.
+    history: list[HistoryEntry] | None = None
+    queued: bool = False  # a transition waits in the commit queue
+    committing: int = 0  # transitions in the batch being committed
+    timer: asyncio.TimerHandle | None = None
+
+
+class Slots:
+    """How many more step attempts may run at once: a semaphore whose free path is two attribute reads.
+
+    Take a slot with ``if slots.free and not slots.waiters: slots.free -= 1``,
+    else ``await slots.wait()``; give it back with ``release()``.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def wait(self) -> None:
+        """Wait for a slot; ``release`` hands it over directly."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot, then cancelled before taking it: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+@dataclass(slots=True)
+class Pending:
+    """Transitions of one saga waiting for the next group commit, merged."""
+
+    held: Held
+    expected_revision: int
+    history: list[HistoryEntry]
+    effects: list[RunStep]
+    insert: bool = False
+    data_changed: bool = False
+    futures: list[asyncio.Future[str]] = field(default_factory=list)
+    state: SagaState | None = None
+    release: bool = False
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    inbox: list[str] = field(default_factory=list)
+
+
+class MessageSide(Protocol):
+    """What the committer asks of the message side (``messaging.Messaging``)."""
+
+    def outbox_for(self, st: SagaState, defn: SagaDefinition, eff: RunStep) -> OutboxMessage | None: ...
+
+    def fire_and_forget(self, defn: SagaDefinition, eff: RunStep) -> bool: ...
+
+    def outcome_event(self, st: SagaState, defn: SagaDefinition) -> OutboxMessage | None: ...
+
+    def poke(self) -> None: ...
+
+
+class RuntimeBase:
+    """The engine's state as the parts see it; the attributes are set by SagaEngine.__init__."""
+
+    store: Store
+    clock: Callable[[], float]
+    worker_id: str
+    lease_seconds: float
+    poll_interval: float
+    concurrency: int
+    _hold_for: float
+    _lease_margin: float
+    _request_poll: float
+    _definitions: dict[tuple[str, int], SagaDefinition]
+    _fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]]
+    _held: dict[str, Held]
+    _queue: dict[str, Pending]
+    _waiters: dict[str, list[asyncio.Future[SagaSnapshot | None]]]
+    _messaging: MessageSide
+    _running: bool
+    _closing: bool
+    _queue_ready: asyncio.Event | None
+    _poke: asyncio.Event | None
+    _slots: Slots | None
+    _executor: ThreadPoolExecutor | None
+    _loop: asyncio.AbstractEventLoop | None
+    _background: set[asyncio.Future[Any]]
+    _work_waiter: asyncio.Future[Any] | None
+    _observers: tuple[Observer, ...]
+    _opened: bool
+
+    def _report(self, method: str, event: object) -> None:
+        for o in self._observers:
+            try:
+                getattr(o, method)(event)
+            except Exception:
+                log.exception("sagakit: observer %r failed in %s", o, method)
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    def _kick(self) -> None:
+        if self._queue_ready is not None:
+            self._queue_ready.set()
+
+    def _in_background(self, aw: Awaitable[Any]) -> None:
+        """Run a store write that no caller waits for; close() waits for it."""
+        task = asyncio.ensure_future(aw)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(log_failure)
+
+    # ------------------------------------------------------------ handed from part to part
+
+    def _transition(
+        self,
+        held: Held,
+        decision: Decision,
+        *,
+        insert: bool = False,
+        future: asyncio.Future[str] | None = None,
+        inbox: str | None = None,
+    ) -> None:
+        """Queue a decision of the machine for the next group commit (``commit``)."""
+        raise NotImplementedError
+
+    def _apply(self, held: Held, event: Event, *, force: bool = False) -> None:
+        """Feed an event to the machine and queue what it decides (``commit``)."""
+        raise NotImplementedError
+
+    def _dispatch(self, held: Held, eff: RunStep) -> None:
+        """Start a committed attempt (``attempts``)."""
+        raise NotImplementedError
+
+    def _cancel_attempt(self, held: Held, eff: CancelAttempt) -> None:
+        """Stop an attempt the machine cancelled (``attempts``)."""
+        raise NotImplementedError
+
+    def _set_timer(self, held: Held) -> None:
+        """Arm the saga's next timer (``timers``)."""
+        raise NotImplementedError
+
+    def _poke_claimer(self) -> None:
+        """Wake the claim loop (``leases``)."""
+        raise NotImplementedError
+
+
+def log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sagakit: background store write failed", exc_info=task.exception())

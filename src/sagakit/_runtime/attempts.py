@@ -1,0 +1,187 @@
+"""Running attempts: step functions as asyncio tasks (plain ``def`` on a bounded thread pool), each under its timeout.
+
+An attempt starts only once the transition that dispatched it is committed,
+and is cancelled when the machine says so; a thread that cannot be stopped is
+abandoned, and what it returns late is recorded as stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .._context import StepContext
+from .._errors import NonRetryableError
+from .._observe import AttemptInput
+from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFailed, StepSucceeded
+from ._base import Held, RuntimeBase
+
+_NOT_RUN = object()  # what a thread returns for an attempt cancelled before it started
+# StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
+_succeeded = functools.partial(tuple.__new__, StepSucceeded)
+
+
+class Attempts(RuntimeBase):
+    """Runs the attempts the committed transitions dispatched, and cancels them."""
+
+    def _cancel_attempt(self, held: Held, eff: CancelAttempt) -> None:
+        """Stop a local attempt the machine has cancelled; a thread running it is abandoned."""
+        task = held.inflight.pop(eff.token, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _dispatch(self, held: Held, eff: RunStep) -> None:
+        task = asyncio.create_task(self._run_attempt(held, eff))
+        held.inflight[eff.token] = task
+
+    async def _run_attempt(self, held: Held, eff: RunStep) -> None:
+        """Run one attempt and apply its outcome, unless the saga moved on meanwhile."""
+        event = await self._run_step(held, eff)
+        if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
+            return  # cancelled, or the saga was aborted, finished or taken over meanwhile
+        self._apply(held, event)
+
+    async def _run_step(self, held: Held, eff: RunStep) -> Event:
+        st = held.state
+        defn = held.definition
+        name = eff.step
+        key = (defn.name, defn.version, name, eff.compensation)
+        entry = self._fns.get(key)
+        direction = "compensation" if eff.compensation else "action"
+        event: Event
+        slots = self._slots
+        assert slots is not None
+        started = self.clock() if self._observers else 0.0
+        try:
+            if entry is None:
+                raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
+            fn, is_async = entry
+            ctx = StepContext._of(st, name, eff.attempt, eff.compensation)
+            if slots.free and not slots.waiters:
+                slots.free -= 1
+            else:
+                await slots.wait()
+            try:
+                if is_async:
+                    if eff.timeout is None:
+                        result = await fn(ctx)
+                    else:
+                        async with asyncio.timeout(eff.timeout):
+                            result = await fn(ctx)
+                else:
+                    result = await self._call_in_thread(fn, ctx, eff.timeout, functools.partial(self._late, held, eff))
+            finally:
+                slots.release()
+            if result is None:
+                event = _succeeded((name, eff.token, None, 4, KEEP))
+            else:
+                try:
+                    blob = orjson.dumps(result)
+                except TypeError as e:
+                    # The function ran to its end: its effect happened, only its result is lost.
+                    event = StepFailed(
+                        name,
+                        eff.token,
+                        f"{direction} of step {name!r} returned a value that is not "
+                        f"JSON-serialisable ({type(result).__name__}): {e}",
+                        False,
+                        True,
+                    )
+                else:
+                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), KEEP))
+        except TimeoutError:
+            # The attempt was cut off mid-way: it may have had its effect.
+            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s", True, True)
+        except asyncio.CancelledError:
+            held.inflight.pop(eff.token, None)
+            raise
+        except NonRetryableError as e:
+            event = StepFailed(name, eff.token, _describe(e), retryable=False)
+        except Exception as e:
+            sdef = defn.by_name[name]
+            policy = sdef.compensation_retry if eff.compensation else sdef.retry
+            event = StepFailed(name, eff.token, _describe(e), retryable=policy.is_retryable(e))
+        if self._observers:
+            error = event.error if isinstance(event, StepFailed) else None
+            outcome = "succeeded" if error is None else ("timed_out" if "timed out" in error else "failed")
+            self._report(
+                "on_attempt",
+                AttemptInput(
+                    st.id, st.name, name, eff.attempt, eff.compensation, started, self.clock(), outcome, error,
+                    st.correlation_id,
+                ),
+            )  # fmt: skip
+        return event
+
+    async def _call_in_thread(
+        self,
+        fn: Callable[..., Any],
+        ctx: StepContext,
+        timeout: float | None,
+        late: Callable[[asyncio.Future[Any]], None],
+    ) -> Any:
+        """Run a plain function on the thread pool; its timeout counts from when a thread starts it.
+
+        On timeout or cancellation the thread cannot be stopped: it is abandoned,
+        and *late* is told when it ends; what it returns is never applied.
+        """
+        executor = self._executor
+        assert executor is not None
+        loop = self._loop_()
+        started: asyncio.Future[None] = loop.create_future()
+        abandoned = False
+
+        def run() -> Any:
+            if abandoned:
+                return _NOT_RUN  # cancelled while it waited for a thread: it never starts
+            loop.call_soon_threadsafe(_set_done, started)
+            return fn(ctx)
+
+        done = loop.run_in_executor(executor, run)
+        try:
+            if timeout is None:
+                result = await asyncio.shield(done)
+            else:
+                await asyncio.wait({started, done}, return_when=asyncio.FIRST_COMPLETED)
+                async with asyncio.timeout(timeout):
+                    result = await asyncio.shield(done)
+        except BaseException:
+            abandoned = True
+            done.add_done_callback(late)
+            raise
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def _late(self, held: Held, eff: RunStep, fut: asyncio.Future[Any]) -> None:
+        """An abandoned thread finished: record that its outcome came too late and is not applied."""
+        if fut.cancelled() or not self._opened:
+            return
+        exc = fut.exception()
+        if exc is None and fut.result() is _NOT_RUN:
+            return
+        how = f"raised {_describe(exc)}" if exc is not None else "returned"
+        what = "compensation of step" if eff.compensation else "step"
+        entry = HistoryEntry(
+            self.clock(),
+            "stale_rejected",
+            f"{what} {eff.step!r} attempt {eff.attempt} {how} after it was abandoned; its result is not applied",
+            eff.step,
+            eff.attempt,
+        )
+        self._in_background(self.store.append_history(held.state.id, held.state.revision, [entry]))
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
