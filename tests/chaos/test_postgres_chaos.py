@@ -62,9 +62,10 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,6 +272,24 @@ async def _describe(conn: object, engine: SagaEngine, sid: str) -> str:
     return f"chaos: stuck {sid}: {dict(row)}; steps {steps}\n    {history}"
 
 
+def _cause(r: Mapping[str, Any], freezes: dict[str, list[tuple[float, float]]]) -> str:
+    """Why an effect was applied without a lease.
+
+    Freezes are known to the second (the parent's clock is the database's host's). An attempt begun with the
+    lease whose worker was frozen (SIGSTOP) before it applied its effect cannot be stopped by any lease, only
+    by a fence downstream of the step; one begun right after a freeze may have been dispatched before it.
+    """
+
+    def frozen_between(start: float, end: float) -> bool:
+        return any(stop <= end and cont >= start for stop, cont in freezes.get(r["worker"], []))
+
+    if r["started_valid"]:
+        return "lost mid-step, frozen" if frozen_between(r["started_at"], r["at"]) else "lost mid-step, not frozen"
+    if frozen_between(r["started_at"] - LEASE - 1.0, r["started_at"]):
+        return "begun without, frozen just before"
+    return "begun without, not frozen"
+
+
 def _log_errors(logs: Path) -> list[str]:
     """The first lines of tracebacks and errors in the workers' logs."""
     found: list[str] = []
@@ -394,7 +413,7 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
             print(await _describe(conn, operator, sid))
         effects = await conn.fetch(
             "SELECT key, saga_id, step, direction, worker, started_valid, lease_valid, "
-            "extract(epoch FROM at)::float8 AS at FROM effects"
+            "extract(epoch FROM started_at)::float8 AS started_at, extract(epoch FROM at)::float8 AS at FROM effects"
         )
     finally:
         for t in (*op_tasks, *freeze_tasks):
@@ -413,15 +432,8 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
     for r in effects:
         applied.setdefault(r["saga_id"], set()).add((r["step"], r["direction"]))
     without_lease = [r for r in effects if not r["lease_valid"]]
+    causes = Counter(_cause(r, fig.frozen) for r in without_lease)
     started_without = sum(1 for r in without_lease if not r["started_valid"])
-    # An attempt begun with the lease whose worker was frozen (SIGSTOP) before it applied its effect:
-    # no lease can stop that; only a fence downstream of the step could.
-    mid_step_freeze = sum(
-        1
-        for r in without_lease
-        if r["started_valid"]
-        and any(stop <= r["at"] <= cont + LEASE + 1.0 for stop, cont in fig.frozen.get(r["worker"], []))
-    )
     not_undone = []
     completed_wrong = []
     wrong_status = []
@@ -457,27 +469,30 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
         f"operator compensations {fig.op_requested} (applied {fig.op_applied}, refused {fig.op_refused}, "
         f"busy {fig.op_busy}, busy twice {fig.op_busy_twice}, errors {len(fig.op_errors)}), "
         f"lost {lost}, stuck {stuck}, effects without lease {len(without_lease)} "
-        f"(begun without one {started_without}, frozen mid-step {mid_step_freeze}), "
+        f"(begun without one {started_without}), "
         f"compensated with effect not undone {len(not_undone)}, "
         f"completed wrong {len(completed_wrong)}, wrong status {len(wrong_status)}, "
         f"executions/keys {executions}/{keys}, recovery time after last chaos event {recovery:.1f} s, "
         f"total {time.monotonic() - t_start:.0f} s"
     )
-    print(f"chaos: statuses {dict(status_counts)}; effects without lease by worker {dict(by_worker)}")
+    print(f"chaos: statuses {dict(status_counts)}")
+    if without_lease:
+        print(f"chaos: effects without lease by cause {dict(causes)}, by worker {dict(by_worker)}")
     if fig.op_refusals:
         print(f"chaos: operator refusals {dict(fig.op_refusals.most_common(3))}")
     if fig.unexpected_exits or fig.op_errors:
         print(f"chaos: unexpected worker exits {fig.unexpected_exits}; operator errors {fig.op_errors[:5]}")
     for line in _log_errors(tmp_path):
         print(f"chaos: log: {line}")
-    for r in without_lease[:3]:
-        print(f"chaos: without lease: {dict(r)}")
+    for cause in causes:
+        examples = [r for r in without_lease if _cause(r, fig.frozen) == cause][:2]
+        for r in examples:
+            print(f"chaos: without lease ({cause}): {dict(r)}")
 
     assert lost == 0, f"{len(missing)} sagas missing, {len(unfinished)} never terminal: {(missing + unfinished)[:5]}"
     assert stuck == 0
     assert not without_lease, (
-        f"{len(without_lease)} effects applied by a worker without a valid lease "
-        f"({started_without} begun without one, {mid_step_freeze} frozen mid-step), by worker {dict(by_worker)}"
+        f"{len(without_lease)} effects applied by a worker without a valid lease by cause {dict(causes)}"
     )
     assert not not_undone, f"COMPENSATED sagas with an action effect not undone: {not_undone[:10]}"
     assert not completed_wrong, f"COMPLETED sagas missing an action or with a compensation: {completed_wrong[:10]}"

@@ -12,7 +12,8 @@ environment. Either way the first line on stdout is
 Every step and compensation applies its effect by inserting one row into
 ``effects``, and in the same statement records whether this worker held the
 saga's lease at that moment on the database's clock (``lease_valid``). The
-same check at the start of the attempt goes to ``started_valid``, to tell an
+same check at the start of the attempt goes to ``started_valid`` (and its time
+to ``started_at``), to tell an
 attempt begun without a lease from one that lost it while it ran (a freeze,
 a takeover).
 
@@ -45,11 +46,11 @@ _lock: asyncio.Lock | None = None
 
 LEASE_HELD = (
     "SELECT COALESCE((SELECT lease_owner = $1::text AND lease_expires > extract(epoch FROM clock_timestamp()) "
-    "FROM sagakit_sagas WHERE id = $2::text), false)"
+    "FROM sagakit_sagas WHERE id = $2::text), false) AS valid, clock_timestamp() AS at"
 )
 APPLY = (
-    "INSERT INTO effects (key, saga_id, step, direction, worker, attempt, started_valid, lease_valid) "
-    "SELECT $3::text, $2::text, $4::text, $5::text, $1::text, $6::int, $7::boolean, "
+    "INSERT INTO effects (key, saga_id, step, direction, worker, attempt, started_valid, started_at, lease_valid) "
+    "SELECT $3::text, $2::text, $4::text, $5::text, $1::text, $6::int, $7::boolean, $8::timestamptz, "
     "COALESCE((SELECT lease_owner = $1 AND "
     "lease_expires > extract(epoch FROM clock_timestamp()) FROM sagakit_sagas WHERE id = $2), false)"
 )
@@ -57,7 +58,8 @@ APPLY = (
 TABLES = (
     "CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, saga_id TEXT NOT NULL, "
     "step TEXT NOT NULL, direction TEXT NOT NULL, worker TEXT NOT NULL, attempt INTEGER NOT NULL, "
-    "started_valid BOOLEAN NOT NULL, lease_valid BOOLEAN NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
+    "started_valid BOOLEAN NOT NULL, started_at TIMESTAMPTZ NOT NULL, lease_valid BOOLEAN NOT NULL, "
+    "at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
     "CREATE INDEX IF NOT EXISTS effects_saga ON effects (saga_id)",
 )
 
@@ -81,14 +83,22 @@ async def _get_pool() -> asyncpg.Pool:
 async def _effect(ctx: StepContext) -> dict[str, Any]:
     pool = await _get_pool()
     direction = "compensation" if ctx.compensation else "action"
-    started_valid = await pool.fetchval(LEASE_HELD, WORKER_ID, ctx.saga_id)
+    started = await pool.fetchrow(LEASE_HELD, WORKER_ID, ctx.saga_id)
     await asyncio.sleep(random.uniform(*STEP_SECONDS))
     if not ctx.compensation and ctx.step == "ship" and ctx.data.get("fail"):
         raise NonRetryableError("cannot ship")  # refused: no effect
     if not ctx.compensation and ctx.step == "charge" and ctx.data.get("flaky") and ctx.attempt <= 2:
         raise RuntimeError("card network busy")  # retried after a back-off, saga released meanwhile: no effect
     await pool.execute(
-        APPLY, WORKER_ID, ctx.saga_id, ctx.idempotency_key, ctx.step, direction, ctx.attempt, started_valid
+        APPLY,
+        WORKER_ID,
+        ctx.saga_id,
+        ctx.idempotency_key,
+        ctx.step,
+        direction,
+        ctx.attempt,
+        started["valid"],
+        started["at"],
     )
     return {"key": ctx.idempotency_key}
 
