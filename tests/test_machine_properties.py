@@ -34,6 +34,7 @@ from hypothesis import event as tally
 from hypothesis import strategies as st
 
 from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, SagaStatus, StepStatus, send, wait_for
+from sagakit._messages import message_type_name
 from sagakit.machine import (
     Abort,
     Begin,
@@ -41,6 +42,7 @@ from sagakit.machine import (
     Compensate,
     Decision,
     Event,
+    Reply,
     Resume,
     RunStep,
     SagaState,
@@ -285,6 +287,12 @@ def statuses(state: SagaState) -> tuple[Any, ...]:
 
 
 def completion(defn: SagaDefinition, eff: RunStep, outcome: str) -> Event:
+    if not _local_attempt(defn, eff):
+        # A message step ends with a reply, which the machine matches to the waiting step.
+        if eff.compensation:
+            return Reply(message_type_name(Undone), {"n": 2}, eff.step, eff.token)
+        kind = Done if outcome == "ok" else Undone
+        return Reply(message_type_name(kind), {"n": 1}, eff.step, eff.token)
     if outcome == "ok":
         return StepSucceeded(eff.step, eff.token, {"by": eff.step})
     if outcome == "timeout":
@@ -328,8 +336,9 @@ def test_random_sagas_keep_the_invariants(defn: SagaDefinition, data: st.DataObj
             eff = model.current[data.draw(st.sampled_from(sorted(model.current)), label="step")]
             local = _local_attempt(defn, eff)
             outcomes = ["ok", "ok", "fail", "fatal"] + (["timeout"] if local else [])
-            if not local and not eff.compensation:
-                outcomes = ["ok", "ok", "fatal"]  # a reply: success or failure event
+            if not local:
+                # a reply: the success or failure event (a compensation's command has a success event only)
+                outcomes = ["ok"] if eff.compensation else ["ok", "ok", "fatal"]
             outcome = data.draw(st.sampled_from(outcomes), label="outcome")
             event = completion(defn, eff, outcome)
             d = step(defn, state, event, now, model, observe=False)
@@ -369,8 +378,17 @@ def test_random_sagas_keep_the_invariants(defn: SagaDefinition, data: st.DataObj
         elif choice == "redeliver":
             eff = model.superseded[data.draw(st.integers(0, len(model.superseded) - 1), label="old")]
             ok = data.draw(st.booleans(), label="old outcome")
-            event = StepSucceeded(eff.step, eff.token) if ok else StepFailed(eff.step, eff.token, "late")
             before = state
+            if not _local_attempt(defn, eff):
+                # a late or duplicated reply, carrying the old attempt's token
+                event = completion(defn, eff, "ok" if ok else "fatal")
+                d = decide(defn, state, event, now)
+                assert d.rejected is not None and d.effects == [], f"stale reply to {eff} was applied"
+                assert d.state is state
+                assert len(d.history) == 1 and d.history[0].kind in ("stale_rejected", "refused")
+                assert d.rejected in d.history[0].message
+                continue
+            event = StepSucceeded(eff.step, eff.token) if ok else StepFailed(eff.step, eff.token, "late")
             d = step(defn, state, event, now, model)
             state = d.state
             assert d.stale, f"superseded attempt {eff} was applied"

@@ -15,6 +15,7 @@ from ._policy import RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ReplyRead",
     "SagaBuilder",
     "SagaDefinition",
     "StepDefinition",
@@ -26,6 +27,19 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _DEFAULT_RETRY = RetryPolicy()
 _DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0)
+
+
+class ReplyRead(NamedTuple):
+    """What a reply does to its step: it fails it (``failure`` says why) or completes it.
+
+    ``result`` is the step's result (the reply's fields), ``size`` its size in
+    bytes as stored, ``data`` the saga's data after the reply was merged in.
+    """
+
+    failure: str | None
+    result: Any = None
+    size: int = 0
+    data: Any = None
 
 
 class StepAction:
@@ -43,6 +57,22 @@ class StepAction:
 
     def validate(self, where: str) -> None:
         """Check the action when the definition is built; raise DefinitionError naming *where*."""
+
+    @property
+    def reply_types(self) -> Mapping[str, type]:
+        """The events that end an attempt, by wire type name (none: the action needs no reply)."""
+        return {}
+
+    def read_reply(
+        self, type_name: str, payload: Mapping[str, Any], data: Any, state_model: type | None, merge: bool
+    ) -> ReplyRead:
+        """What an event of *type_name* with *payload* does to the step, given the saga's *data*.
+
+        With *merge*, a success is merged into the data (validated against
+        *state_model*, if any). Raises ValueError when the event or the merged
+        data is invalid.
+        """
+        raise NotImplementedError
 
 
 def is_message_type(obj: object) -> bool:

@@ -647,7 +647,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
                 decision = decide(held.definition, held.state, made, self.clock())
                 rejected = decision.rejected
             if rejected is not None:
-                if admin is not None and not isinstance(made, str):
+                if not isinstance(made, str) and decision.history:
+                    # A refusal (or a stale reply) is recorded in the saga's history, with its reason.
                     self._in_background(self.store.append_history(saga_id, held.state.revision, decision.history))
                 if claimed and not held.inflight and not held.queued and not held.committing:
                     self._held.pop(saga_id, None)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import orjson
 
-from ._definition import StepAction, _message_type_problem, is_message_type
+from ._definition import ReplyRead, StepAction, _message_type_problem, is_message_type
 from ._errors import DefinitionError, NonRetryableError, SagaError
 
 __all__ = [
@@ -368,6 +368,11 @@ class SendCommand(StepAction):
             return merge_event(state, event)
         return self.merge(state, event)
 
+    def read_reply(
+        self, type_name: str, payload: Mapping[str, Any], data: Any, state_model: type | None, merge: bool
+    ) -> ReplyRead:
+        return _read_reply(self, type_name, payload, data, state_model, merge)
+
 
 @dataclass(frozen=True, slots=True)
 class WaitFor(StepAction):
@@ -409,6 +414,37 @@ class WaitFor(StepAction):
         if self.merge is None:
             return merge_event(state, event)
         return self.merge(state, event)
+
+    def read_reply(
+        self, type_name: str, payload: Mapping[str, Any], data: Any, state_model: type | None, merge: bool
+    ) -> ReplyRead:
+        return _read_reply(self, type_name, payload, data, state_model, merge)
+
+
+def _read_reply(
+    action: SendCommand | WaitFor,
+    type_name: str,
+    payload: Mapping[str, Any],
+    data: Any,
+    state_model: type | None,
+    merge: bool,
+) -> ReplyRead:
+    """See ``StepAction.read_reply``."""
+    cls = action.reply_types[type_name]
+    event: Any = from_payload(cls, payload)
+    if action.reply_kind(type_name) == "failure":
+        return ReplyRead(f"{type_name}: {orjson.dumps(dict(payload)).decode()}")
+    if merge:
+        try:
+            data = dict(action.apply_reply(data if isinstance(data, Mapping) else {}, event))
+        except MessageMappingError:
+            raise
+        except Exception as e:
+            raise MessageMappingError(f"merging {type_name} into the saga state failed: {type(e).__name__}: {e}") from e
+        if state_model is not None:
+            data = validate_state(state_model, data)
+    result = to_payload(event)
+    return ReplyRead(None, result, len(orjson.dumps(result)), data)
 
 
 def send(

@@ -27,8 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
 from .._definition import SagaDefinition, StepDefinition, Trigger
 from .._errors import SagaNotFound
 from .._messages import (
@@ -42,14 +40,13 @@ from .._messages import (
     message_id,
     message_type_name,
     to_correlation_id,
-    to_payload,
     validate_state,
 )
 from .._snapshot import SagaSnapshot
-from .._status import SagaStatus, StepStatus
+from .._status import SagaStatus
 from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
 from .._transport import Delivery, Transport
-from ..machine import Event, RunStep, SagaState, StepFailed, StepSucceeded
+from ..machine import Event, Reply, RunStep, SagaState
 from ._base import Held
 
 __all__ = ["Messaging"]
@@ -372,6 +369,7 @@ class Messaging:
         await self.engine.start(defn.name, data, correlation_id=cid, idempotency_key=cid, version=defn.version)
 
     async def _reply(self, env: Envelope) -> None:
+        """Hand an event to the saga it is for; the machine decides which step it completes, if any."""
         body = _body(env)
         if await self.engine.store.inbox_seen(env.message_id):
             await self._dead(
@@ -394,53 +392,13 @@ class Messaging:
                     "no saga waits for this event (no saga headers, no correlation match)",
                 )
                 return
+        event = Reply(env.type_name, env.payload, env.step, env.token)
         try:
-            reason = await self.engine._act(saga_id, lambda held: self._reply_event(held, env), inbox=env.message_id)
+            reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
         except SagaNotFound:
             reason = f"unknown saga {saga_id}"
         if reason is not None:
             await self._dead(env.message_id, saga_id, env.type_name, body, reason)
-
-    def _reply_event(self, held: Held, env: Envelope) -> Event | str:
-        """The machine event for a reply, or why it does not apply."""
-        st = held.state
-        defn = held.definition
-        for exp in self._expects.get(env.type_name, ()):
-            if exp.definition is not defn:
-                continue
-            name = exp.step.name
-            if env.step is not None and env.step != name:
-                continue
-            s = st.steps[name]
-            waiting = StepStatus.COMPENSATING if exp.compensation else StepStatus.RUNNING
-            if s.status is not waiting or not s.token:
-                continue
-            if env.token is not None and env.token != s.token:
-                return (
-                    f"stale reply for step {name!r}: token {env.token}, the step's current attempt has token {s.token}"
-                )
-            kind = exp.action.reply_kind(env.type_name)
-            cls = exp.action.reply_types[env.type_name]
-            try:
-                event: Any = from_payload(cls, env.payload)
-            except MessageMappingError as e:
-                return StepFailed(name, s.token, f"invalid reply {env.type_name}: {e}", retryable=False)
-            if kind == "failure":
-                detail = orjson.dumps(env.payload).decode()
-                return StepFailed(name, s.token, f"{env.type_name}: {detail}", retryable=False)
-            data: Any = st.data
-            if not exp.compensation:
-                try:
-                    data = dict(exp.action.apply_reply(st.data if isinstance(st.data, Mapping) else {}, event))
-                    if defn.state_model is not None:
-                        data = validate_state(defn.state_model, data)
-                except MessageMappingError as e:
-                    return StepFailed(name, s.token, str(e), retryable=False)
-            result = to_payload(event)
-            size = len(orjson.dumps(result))
-            return StepSucceeded(name, s.token, result, size, data=data)
-        where = f"step {env.step!r}" if env.step else "any step"
-        return f"saga {st.id} ({st.status.value}) has no {where} waiting for {env.type_name}"
 
     async def _correlate(self, env: Envelope) -> str | None:
         """Find the saga a header-less event is for, by correlation id.

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from .._definition import SagaDefinition, StepDefinition
+from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus, StepStatus
 from ._types import (
     KEEP,
@@ -18,6 +18,7 @@ from ._types import (
     Effect,
     Event,
     HistoryEntry,
+    Reply,
     Resume,
     Retry,
     RunStep,
@@ -109,6 +110,14 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
     match event:
         case StepSucceeded() | StepFailed():
             stale = not _on_completion(definition, st, event, now, fx, hist)
+        case Reply():
+            matched = _match_reply(definition, st, event, now, hist)
+            if isinstance(matched, str):
+                if hist:  # a stale reply: refused, and recorded as such
+                    return Decision(state, [], hist, rejected=matched, stale=True)
+                rejected = matched
+            else:
+                _on_completion(definition, st, matched, now, fx, hist)
         case Timer():
             _on_timer(definition, st, now, fx, hist)
         case Resume():
@@ -323,6 +332,50 @@ def _action_done(
             s.attempts,
         )
     )
+
+
+def _match_reply(
+    defn: SagaDefinition, st: SagaState, ev: Reply, now: float, hist: list[HistoryEntry]
+) -> StepSucceeded | StepFailed | str:
+    """The completion a reply makes of the step that waits for it, or why it applies to none.
+
+    A reply for an attempt that is no longer current (its token is not the
+    step's) is stale: the reason comes back with a ``stale_rejected`` entry.
+    """
+    for name in defn.order:
+        sdef = defn.by_name[name]
+        if ev.step is not None and ev.step != name:
+            continue
+        s = st.steps[name]
+        if not s.token:
+            continue
+        compensating = s.status is _S.COMPENSATING
+        action = sdef.compensation if compensating else sdef.action
+        if not isinstance(action, StepAction) or ev.type_name not in action.reply_types:
+            continue
+        if ev.token is not None and ev.token != s.token:
+            reason = (
+                f"stale reply {ev.type_name} for step {name!r}: token {ev.token}, "
+                f"the step's current attempt has token {s.token}"
+            )
+            hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", name))
+            return reason
+        try:
+            read = action.read_reply(ev.type_name, ev.payload, st.data, defn.state_model, not compensating)
+        except Exception as e:  # a user's merge hook or the state model refused it
+            return StepFailed(name, s.token, f"invalid reply {ev.type_name}: {e}", False)
+        if read.failure is not None:
+            return StepFailed(name, s.token, read.failure, False)
+        return StepSucceeded(name, s.token, read.result, read.size, st.data if compensating else read.data)
+    where = f"step {ev.step!r}" if ev.step else "any step"
+    if ev.token is not None and ev.step is not None and ev.step in st.steps:
+        reason = (
+            f"stale reply {ev.type_name} for step {ev.step!r} (token {ev.token}): no step waits for it now "
+            f"(the step is {st.steps[ev.step].status.value})"
+        )
+        hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", ev.step))
+        return reason
+    return f"saga {st.id} ({st.status.value}) has no {where} waiting for {ev.type_name}"
 
 
 def _fail_past_pivot(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ __all__ = [
     "Effect",
     "Event",
     "HistoryEntry",
+    "Reply",
     "Resume",
     "Retry",
     "RunStep",
@@ -190,6 +192,21 @@ class StepFailed(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """An event arrived for the saga: the reply to a command, or an awaited event.
+
+    ``step`` and ``token`` come from the envelope's headers when the sender
+    copied them (a reply to a command does); an external event carries neither
+    and is matched to whichever step waits for its type.
+    """
+
+    type_name: str
+    payload: Mapping[str, Any]
+    step: str | None = None
+    token: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Retry:
     """Admin: re-run a failed step or compensation, or a step waiting for its retry, now."""
 
@@ -227,7 +244,7 @@ class Abort:
     actor: str = "operator"
 
 
-Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Retry | Skip | Compensate | Abort
+Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Reply | Retry | Skip | Compensate | Abort
 
 
 # ---------------------------------------------------------------- effects
