@@ -1,0 +1,226 @@
+"""The masking policy: what of a saga's data, results, errors and history never leaves sagakit's interfaces.
+
+One policy for every surface that shows saga data (``sagakit show`` and
+``list``, the operations API, the HTTP API and the dashboard), so that a
+secret hidden in one place is hidden in all of them. Two kinds of rules:
+
+- **keys**: the value of a key matching a pattern (``DEFAULT_MASK_PATTERN``,
+  case-insensitive, anywhere in the key: ``password``, ``pwd``,
+  ``Authorization``, ``api_key``, ``card``, ``iban`` …) is replaced whole. In
+  free text, ``key=value``, ``key: value`` and quoted JSON or Python spellings
+  are masked up to the next separator (a ``Bearer``/``Basic`` scheme is taken
+  with its credential).
+- **values**, wherever they appear, under any key or inside free text: card
+  numbers (13-19 digits starting 2-6, spaces or dashes allowed between
+  groups, passing the Luhn check), IBANs (a country code, check digits passing
+  the ISO 7064 mod-97 check), bearer tokens, JSON Web Tokens, well-known API
+  key formats (Stripe, GitHub, Slack, AWS access key ids, Google API keys) and
+  the password of ``scheme://user:password@host`` URLs.
+
+The pure functions here do no I/O; callers apply ``Masker.snapshot`` to what
+they print or send.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from ._snapshot import SagaSnapshot
+
+__all__ = ["DEFAULT_MASK_PATTERN", "MASK", "Masker", "hide_password", "iban_valid", "luhn_valid"]
+
+DEFAULT_MASK_PATTERN = (
+    r"pass(?:word|wd|phrase|code)|pwd|secret|token|authori[sz]ation|credential|cookie|session[_-]?(?:id|key)"
+    r"|card|cvv|cvc|iban|api[_-]?key|private[_-]?key|access[_-]?key"
+)
+MASK = "***"
+
+# Countries that issue IBANs (ISO 13616 registry).
+_IBAN_COUNTRY_CODES = """
+AD AE AL AT AZ BA BE BG BH BI BR BY CH CR CY CZ DE DJ DK DO EE EG ES FI FK FO FR GB GE GI GL GR GT HN HR HU
+IE IL IQ IS IT JO KW KZ LB LC LI LT LU LV LY MC MD ME MK MN MR MT MU NI NL NO OM PK PL PS PT QA RO RS RU SA SC
+SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK YE
+"""
+_IBAN_COUNTRIES = frozenset(_IBAN_COUNTRY_CODES.split())
+
+# Groups of digits separated by single spaces or dashes, not inside a word or a decimal number.
+_CARD = re.compile(r"(?<![\w.])[2-6]\d{0,18}(?:[ -]\d{1,19}){0,18}")
+# A country code, two check digits, then groups of letters and digits (optionally in fours).
+_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+_BEARER = re.compile(r"(?i:\bbearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)")
+_TOKENS = re.compile(
+    r"\beyJ[\w-]{6,}\.eyJ[\w-]{6,}\.[\w-]*"  # JSON Web Token
+    r"|\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}"  # Stripe
+    r"|\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,})"  # GitHub
+    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
+    r"|\bAIza[\w-]{35}"  # Google API key
+)
+_SEPARATOR = re.compile(r"[ -]")
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn check (the check digit of card numbers)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_number(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def iban_valid(iban: str) -> bool:
+    """Whether *iban* (uppercase, no spaces) is an IBAN: a known country, 15-34 characters, mod-97 check."""
+    if not 15 <= len(iban) <= 34 or iban[:2] not in _IBAN_COUNTRIES or not iban[2:4].isdigit():
+        return False
+    moved = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _longest(valid: Callable[[str], bool], separators: re.Pattern[str]) -> Callable[[re.Match[str]], str]:
+    """A replacement that masks the longest prefix of the match, ending at a group boundary, that is *valid*.
+
+    A card number followed by a year, or an IBAN followed by a word, is found
+    in one run of groups; the rest of the run is kept.
+    """
+
+    def replace_match(m: re.Match[str]) -> str:
+        text = m.group(0)
+        after = m.string[m.end() : m.end() + 1]
+        ends = [s.start() for s in separators.finditer(text)]
+        if not (after.isalnum() or after == "_"):
+            ends.append(len(text))
+        for end in reversed(ends):
+            if valid(separators.sub("", text[:end])):
+                return MASK + text[end:]
+        return text
+
+    return replace_match
+
+
+_mask_card = _longest(_card_number, _SEPARATOR)
+_mask_iban = _longest(iban_valid, re.compile(" "))
+
+
+def hide_password(url: str) -> str:
+    """*url* (or a text holding URLs) with the password of ``scheme://user:password@host`` masked."""
+    return _URL_PASSWORD.sub(rf"\g<head>{MASK}", url)
+
+
+def _mask_bearer(m: re.Match[str]) -> str:
+    return f"{m.group(0)[: m.start(1) - m.start()]}{m.group(1)}{MASK}"
+
+
+class Masker:
+    """The masking policy: replaces secrets in saga payloads and texts by ``***``.
+
+    Args:
+        pattern: regular expression of the keys whose values are masked
+            (case-insensitive, anywhere in the key); None masks no key.
+        extra: more key patterns, added to *pattern* (for keys of your own,
+            like ``^ssn$`` or ``routing_number``).
+        values: also mask the values that look like secrets wherever they are:
+            card numbers, IBANs, bearer tokens, JSON Web Tokens, known API
+            key formats, passwords in URLs. Default: on, unless *pattern* is
+            None and there is no *extra* (``Masker(None)`` masks nothing).
+
+    Raises:
+        ValueError: a pattern is not a valid regular expression.
+    """
+
+    def __init__(
+        self,
+        pattern: str | re.Pattern[str] | None = DEFAULT_MASK_PATTERN,
+        *,
+        extra: str | Iterable[str] = (),
+        values: bool | None = None,
+    ) -> None:
+        sources = [] if pattern is None else [pattern.pattern if isinstance(pattern, re.Pattern) else pattern]
+        extras = [extra] if isinstance(extra, str) else list(extra)
+        for source in [*sources, *extras]:
+            try:
+                re.compile(source)
+            except re.error as e:
+                raise ValueError(f"bad mask pattern {source!r}: {e}; give a Python regular expression") from None
+        sources += [e for e in extras if e]
+        self.values = bool(sources) if values is None else values
+        self.pattern: re.Pattern[str] | None = None
+        self._text: re.Pattern[str] | None = None
+        if not sources:
+            return
+        source = "|".join(f"(?:{s})" for s in sources)
+        try:
+            self.pattern = re.compile(source, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"bad mask patterns {source!r} together: {e}; give Python regular expressions") from None
+        # A key that contains a match, optionally quoted, then ':' or '=', then the value:
+        # a quoted string, or everything up to a separator; an HTTP auth scheme goes with its credential.
+        self._text = re.compile(
+            rf"""(?P<key>["']?[\w.-]*(?:{source})[\w.-]*["']?\s*[:=]\s*)"""
+            r"""(?P<value>(?:(?:bearer|basic|digest|token)\s+)?"""
+            r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+))""",
+            re.IGNORECASE,
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether this policy masks anything at all."""
+        return self.pattern is not None or self.values
+
+    def key(self, name: str) -> bool:
+        """Whether the value of a key called *name* is masked."""
+        return self.pattern is not None and self.pattern.search(name) is not None
+
+    def value(self, value: Any) -> Any:
+        """A copy of *value* with the values of matching keys replaced by ``***``, strings masked as text,
+        and integers that are card numbers masked."""
+        if isinstance(value, dict):
+            return {k: (MASK if isinstance(k, str) and self.key(k) else self.value(v)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            if len(value) == 2 and isinstance(value[0], str) and self.key(value[0]):
+                return [value[0], MASK]  # a (name, value) pair, like an HTTP header in a list of them
+            return [self.value(v) for v in value]
+        if isinstance(value, str):
+            return self.text(value)
+        if self.values and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            digits = str(value)
+            return MASK if digits[0] in "23456" and _card_number(digits) else value
+        return value
+
+    def text(self, text: str | None) -> Any:
+        """*text* with ``key=value`` and ``"key": "value"`` pairs of matching keys, and secret values, masked."""
+        if not text or not self.active:
+            return text
+        if self.values:
+            text = hide_password(text)
+        if self._text is not None:
+            text = self._text.sub(_replace, text)
+        if self.values:
+            text = _BEARER.sub(_mask_bearer, text)
+            text = _TOKENS.sub(MASK, text)
+            text = _IBAN.sub(_mask_iban, text)
+            text = _CARD.sub(_mask_card, text)
+        return text
+
+    def snapshot(self, snap: SagaSnapshot) -> SagaSnapshot:
+        """*snap* with its data, step results, errors and history lines masked."""
+        if not self.active:
+            return snap
+        steps = {n: replace(s, result=self.value(s.result), error=self.text(s.error)) for n, s in snap.steps.items()}
+        history = tuple(h._replace(message=self.text(h.message)) for h in snap.history)
+        return replace(snap, data=self.value(snap.data), error=self.text(snap.error), steps=steps, history=history)
+
+
+def _replace(m: re.Match[str]) -> str:
+    value = m.group("value")
+    quote = value[0] if value[:1] in ('"', "'") else ""
+    return f"{m.group('key')}{quote}{MASK}{quote}"
