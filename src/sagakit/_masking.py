@@ -61,6 +61,14 @@ _TOKENS = re.compile(
     r"|\bAIza[\w-]{35}"  # Google API key
 )
 _SEPARATOR = re.compile(r"[ -]")
+# A key, optionally quoted, then ':' or '=', then the value: a quoted string, or
+# everything up to a separator; an HTTP auth scheme goes with its credential.
+_PAIR = re.compile(
+    r"""(?P<key>(?P<quote>["']?)(?P<name>[\w.-]+)(?P=quote)\s*[:=]\s*)"""
+    r"""(?P<value>(?:(?:bearer|basic|digest|token)\s+(?=\S))?"""
+    r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+))""",
+    re.IGNORECASE,
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -154,7 +162,6 @@ class Masker:
         sources += [e for e in extras if e]
         self.values = bool(sources) if values is None else values
         self.pattern: re.Pattern[str] | None = None
-        self._text: re.Pattern[str] | None = None
         if not sources:
             return
         source = "|".join(f"(?:{s})" for s in sources)
@@ -162,14 +169,6 @@ class Masker:
             self.pattern = re.compile(source, re.IGNORECASE)
         except re.error as e:
             raise ValueError(f"bad mask patterns {source!r} together: {e}; give Python regular expressions") from None
-        # A key that contains a match, optionally quoted, then ':' or '=', then the value:
-        # a quoted string, or everything up to a separator; an HTTP auth scheme goes with its credential.
-        self._text = re.compile(
-            rf"""(?P<key>["']?[\w.-]*(?:{source})[\w.-]*["']?\s*[:=]\s*)"""
-            r"""(?P<value>(?:(?:bearer|basic|digest|token)\s+)?"""
-            r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+))""",
-            re.IGNORECASE,
-        )
 
     @property
     def active(self) -> bool:
@@ -202,14 +201,31 @@ class Masker:
             return text
         if self.values:
             text = hide_password(text)
-        if self._text is not None:
-            text = self._text.sub(_replace, text)
+        if self.pattern is not None:
+            text = self._pairs(text)
         if self.values:
             text = _BEARER.sub(_mask_bearer, text)
             text = _TOKENS.sub(MASK, text)
             text = _IBAN.sub(_mask_iban, text)
             text = _CARD.sub(_mask_card, text)
         return text
+
+    def _pairs(self, text: str) -> str:
+        """*text* with the values of ``key=value`` pairs whose key is masked replaced."""
+        out = []
+        pos = 0
+        while (m := _PAIR.search(text, pos)) is not None:
+            if self.key(m.group("name")):
+                value = m.group("value")
+                quote = value[0] if value[:1] in ('"', "'") else ""
+                out.append(f"{text[pos : m.start()]}{m.group('key')}{quote}{MASK}{quote}")
+                pos = m.end()
+            else:
+                # Go on from the value: it may hold a pair of its own ("note: password=x", '{"card": …').
+                out.append(text[pos : m.end("key")])
+                pos = m.end("key")
+        out.append(text[pos:])
+        return "".join(out)
 
     def snapshot(self, snap: SagaSnapshot) -> SagaSnapshot:
         """*snap* with its data, step results, errors and history lines masked."""
@@ -218,9 +234,3 @@ class Masker:
         steps = {n: replace(s, result=self.value(s.result), error=self.text(s.error)) for n, s in snap.steps.items()}
         history = tuple(h._replace(message=self.text(h.message)) for h in snap.history)
         return replace(snap, data=self.value(snap.data), error=self.text(snap.error), steps=steps, history=history)
-
-
-def _replace(m: re.Match[str]) -> str:
-    value = m.group("value")
-    quote = value[0] if value[:1] in ('"', "'") else ""
-    return f"{m.group('key')}{quote}{MASK}{quote}"
