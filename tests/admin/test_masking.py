@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -214,6 +215,28 @@ async def test_serve_applies_the_policy_and_its_options(leaky: Leaky, monkeypatc
         assert "Ada Lovelace" not in r.text
     finally:
         await app.state.ops.close()
+
+
+async def test_logs_and_traces(store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sagakit import LoggingObserver
+    from sagakit.otel import OpenTelemetryObserver
+
+    caplog.set_level(logging.INFO, logger="sagakit.events")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    observers = [LoggingObserver(), OpenTelemetryObserver(provider)]
+    async with SagaEngine(store_url, observers=observers) as engine:
+        engine.register(secret_app.leaky)
+        snap = await engine.wait(await engine.start("leaky", secret_app.DATA), timeout=10)
+    assert snap.status is SagaStatus.FAILED
+    assert_masked(caplog.text, ("gateway said",))
+    statuses = [s.status.description or "" for s in exporter.get_finished_spans()]
+    assert_masked("\n".join(statuses), ("gateway said",))
 
 
 # ---------------------------------------------------------------- configuring
