@@ -24,6 +24,7 @@ they print or send.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -47,11 +48,12 @@ SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK YE
 _IBAN_COUNTRIES = frozenset(_IBAN_COUNTRY_CODES.split())
 
 # Groups of digits separated by single spaces or dashes, not inside a word or a decimal number.
-_CARD = re.compile(r"(?<![\w.])[2-6]\d{0,18}(?:[ -]\d{1,19}){0,18}")
+_CARD = re.compile(r"(?<![\w.])[2-6]\d{0,18}(?:[ -]\d{1,19})*")
 # A country code, two check digits, then groups of letters and digits (optionally in fours).
-_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
+_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,}")
 _BEARER = re.compile(r"(?i:\bbearer)(\s+)[A-Za-z0-9._~+/=-]{8,}")
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)")
+# From the start of a scheme only (not \b): "a.b.c.d…" is scanned once, not from every dot.
+_URL_PASSWORD = re.compile(r"(?P<head>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)")
 _TOKENS = re.compile(
     r"\beyJ[\w-]{6,}\.eyJ[\w-]{6,}\.[\w-]*"  # JSON Web Token
     r"|\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}"  # Stripe
@@ -61,12 +63,14 @@ _TOKENS = re.compile(
     r"|\bAIza[\w-]{35}"  # Google API key
 )
 _SEPARATOR = re.compile(r"[ -]")
-# A key, optionally quoted, then ':' or '=', then the value: a quoted string, or
-# everything up to a separator; an HTTP auth scheme goes with its credential.
-_PAIR = re.compile(
-    r"""(?P<key>(?P<quote>["']?)(?P<name>[\w.-]+)(?P=quote)\s*[:=]\s*)"""
-    r"""(?P<value>(?:(?:bearer|basic|digest|token)\s+(?=\S))?"""
-    r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+))""",
+# A key, optionally quoted, then ':' or '='. Keys start at a word's start only,
+# so that a long word is scanned once, not once per character.
+_KEY = re.compile(r"""(?<![\w.-])(?P<quote>["']?)(?P<name>[\w.-]+)(?P=quote)\s*[:=]\s*""")
+# The value after a masked key: a quoted string, or everything up to a
+# separator; an HTTP auth scheme goes with its credential. Matched only after a
+# masked key, so that text is not scanned to its next separator at every key.
+_VALUE = re.compile(
+    r"""(?:(?:bearer|basic|digest|token)\s+(?=\S))?(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+)""",
     re.IGNORECASE,
 )
 
@@ -83,7 +87,18 @@ def luhn_valid(digits: str) -> bool:
 
 
 def _card_number(digits: str) -> bool:
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_valid(digits)
+
+
+def _card_text(text: str) -> bool:
+    """A card number as written: one run of digits, or groups of 3-6 (4-4-4-4, 4-6-5 …), the last 1-6."""
+    groups = _SEPARATOR.split(text)
+    shaped = len(groups) == 1 or (all(3 <= len(g) <= 6 for g in groups[:-1]) and len(groups[-1]) <= 6)
+    return shaped and _card_number("".join(groups))
+
+
+def _iban_text(text: str) -> bool:
+    return iban_valid(text.replace(" ", ""))
 
 
 def iban_valid(iban: str) -> bool:
@@ -94,29 +109,42 @@ def iban_valid(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-def _longest(valid: Callable[[str], bool], separators: re.Pattern[str]) -> Callable[[re.Match[str]], str]:
-    """A replacement that masks the longest prefix of the match, ending at a group boundary, that is *valid*.
+def _runs(valid: Callable[[str], bool], separators: re.Pattern[str], longest: int) -> Callable[[re.Match[str]], str]:
+    """A replacement that masks, in a run of groups, each longest span of whole groups that is *valid* (as written).
 
-    A card number followed by a year, or an IBAN followed by a word, is found
-    in one run of groups; the rest of the run is kept.
+    One run may hold a card number after a quantity, two card numbers, or an
+    IBAN followed by a word: each span (of at most *longest* characters) is
+    tried from each group on, so the secret is found wherever it sits in the
+    run, and the rest is kept.
     """
 
     def replace_match(m: re.Match[str]) -> str:
         text = m.group(0)
+        seps = list(separators.finditer(text))
+        starts = [0, *(s.end() for s in seps)]
+        ends = [s.start() for s in seps]
         after = m.string[m.end() : m.end() + 1]
-        ends = [s.start() for s in separators.finditer(text)]
-        if not (after.isalnum() or after == "_"):
+        if not (after.isalnum() or after == "_"):  # the run does not go on into a word
             ends.append(len(text))
-        for end in reversed(ends):
-            if valid(separators.sub("", text[:end])):
-                return MASK + text[end:]
-        return text
+        out = []
+        pos = 0
+        for start in starts:
+            if start < pos:
+                continue
+            for end in reversed(ends[bisect_right(ends, start) : bisect_right(ends, start + longest)]):
+                if valid(text[start:end]):
+                    out += [text[pos:start], MASK]
+                    pos = end
+                    break
+        out.append(text[pos:])
+        return "".join(out)
 
     return replace_match
 
 
-_mask_card = _longest(_card_number, _SEPARATOR)
-_mask_iban = _longest(iban_valid, re.compile(" "))
+# 19 digits and a separator between each two; 34 characters and a space after every 4.
+_mask_card = _runs(_card_text, _SEPARATOR, 37)
+_mask_iban = _runs(_iban_text, re.compile(" "), 42)
 
 
 def hide_password(url: str) -> str:
@@ -191,8 +219,7 @@ class Masker:
         if isinstance(value, str):
             return self.text(value)
         if self.values and isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            digits = str(value)
-            return MASK if digits[0] in "23456" and _card_number(digits) else value
+            return MASK if _card_number(str(value)) else value
         return value
 
     def text(self, text: str | None) -> Any:
@@ -214,16 +241,15 @@ class Masker:
         """*text* with the values of ``key=value`` pairs whose key is masked replaced."""
         out = []
         pos = 0
-        while (m := _PAIR.search(text, pos)) is not None:
-            if self.key(m.group("name")):
-                value = m.group("value")
+        while (m := _KEY.search(text, pos)) is not None:
+            out.append(text[pos : m.end()])
+            pos = m.end()
+            # A key that is not masked is passed over, not its value: "note: password=x" is found.
+            if self.key(m.group("name")) and (v := _VALUE.match(text, pos)) is not None:
+                value = v.group(0)
                 quote = value[0] if value[:1] in ('"', "'") else ""
-                out.append(f"{text[pos : m.start()]}{m.group('key')}{quote}{MASK}{quote}")
-                pos = m.end()
-            else:
-                # Go on from the value: it may hold a pair of its own ("note: password=x", '{"card": …').
-                out.append(text[pos : m.end("key")])
-                pos = m.end("key")
+                out.append(f"{quote}{MASK}{quote}")
+                pos = v.end()
         out.append(text[pos:])
         return "".join(out)
 

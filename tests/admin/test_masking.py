@@ -239,6 +239,13 @@ async def test_logs_and_traces(store_url: str, caplog: pytest.LogCaptureFixture)
     assert_masked("\n".join(statuses), ("gateway said",))
 
 
+def test_cli_errors_hide_the_password_of_the_store_url() -> None:
+    r = run("list", "--store", "postgresql://app:hunter2-pw@127.0.0.1:1/app")  # nothing listens on port 1
+    assert r.exit_code == 4
+    assert "cannot read store postgresql://app:***@127.0.0.1:1/app" in r.output
+    assert_masked(r.output, ())
+
+
 # ---------------------------------------------------------------- configuring
 
 
@@ -280,6 +287,9 @@ async def test_operations_mask_extra(leaky: Leaky) -> None:
         ("Amex 3782 822463 10005 ok", "Amex *** ok"),
         ("paid with 5555555555554444 in 2026", "paid with *** in 2026"),
         ("4111 1111 1111 1111 2026", "*** 2026"),  # a card number followed by a year
+        ("qty 3 4111111111111111", "qty 3 ***"),  # … and after a quantity
+        ("cards 4111111111111111 5555-5555-5555-4444 2", "cards *** *** 2"),  # two in one run
+        ("IBAN GB82 WEST 1234 5698 7654 32 DE89370400440532013000", "IBAN *** ***"),
         ("IBAN DE89 3704 0044 0532 0130 00, thanks", "IBAN ***, thanks"),
         ("to GB82WEST12345698765432 NOW", "to *** NOW"),
         ("Authorization: Bearer abc.def-123456", "Authorization: ***"),
@@ -304,6 +314,7 @@ def test_masked_in_text(text: str, masked: str) -> None:
         "order 2026-12-07 12:00, qty 3 of 40",
         "IBAN-like DE00370400440532013000 with bad check digits",
         "sha 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+        "scores 3 4 5 6 7 8 9 0 1 2 3 4 5 6",  # 14 digits that pass the Luhn check, but no card's groups
         "the bearer of bad news",
         "author: Ada, token count 5",
     ],
