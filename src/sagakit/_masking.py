@@ -1,8 +1,9 @@
 """The masking policy: what of a saga's data, results, errors and history never leaves sagakit's interfaces.
 
-One policy for every surface that shows saga data (``sagakit show`` and
-``list``, the operations API, the HTTP API and the dashboard), so that a
-secret hidden in one place is hidden in all of them. Two kinds of rules:
+One policy for every surface that shows saga data (``sagakit show``,
+``list`` and the action commands, the operations API, the HTTP API and the
+dashboard, the logging and OpenTelemetry observers), so that a secret hidden
+in one place is hidden in all of them. Two kinds of rules:
 
 - **keys**: the value of a key matching a pattern (``DEFAULT_MASK_PATTERN``,
   case-insensitive, anywhere in the key: ``password``, ``pwd``,
@@ -210,6 +211,8 @@ class Masker:
     def value(self, value: Any) -> Any:
         """A copy of *value* with the values of matching keys replaced by ``***``, strings masked as text,
         and integers that are card numbers masked."""
+        if not self.active:
+            return value
         if isinstance(value, dict):
             return {k: (MASK if isinstance(k, str) and self.key(k) else self.value(v)) for k, v in value.items()}
         if isinstance(value, list | tuple):
