@@ -9,7 +9,9 @@ breaks nobody:
 
 Observers run on the engine's event loop and must be quick; an observer that
 raises is logged and otherwise ignored. ``LoggingObserver`` logs;
-``sagakit.otel.OpenTelemetryObserver`` records spans.
+``sagakit.otel.OpenTelemetryObserver`` records spans. Both pass errors and
+history lines through the masking policy (``sagakit._masking``) first: a log
+line is as public as a dashboard.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._masking import Masker
 from ._status import SagaStatus
 from .machine import HistoryEntry
 
@@ -87,10 +90,17 @@ class BaseObserver:
 
 
 class LoggingObserver(BaseObserver):
-    """Logs status changes and failed attempts at INFO, everything else at DEBUG."""
+    """Logs status changes and failed attempts at INFO, everything else at DEBUG.
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    Args:
+        logger: where to log (default ``sagakit.events``).
+        masker: the masking policy for errors and history lines (default:
+            ``Masker()``; ``Masker(None)`` logs them as they are).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, *, masker: Masker | None = None) -> None:
         self.log = logger or logging.getLogger("sagakit.events")
+        self.masker = Masker() if masker is None else masker
 
     def on_transition(self, event: TransitionInput) -> None:
         level = logging.INFO if event.before is not event.after else logging.DEBUG
@@ -99,7 +109,7 @@ class LoggingObserver(BaseObserver):
                 level,
                 "saga %s (%s v%d) %s -> %s: %s",
                 event.saga_id, event.saga_name, event.version, event.before.value, event.after.value,
-                "; ".join(h.message for h in event.history),
+                self.masker.text("; ".join(h.message for h in event.history)),
             )  # fmt: skip
 
     def on_attempt(self, event: AttemptInput) -> None:
@@ -110,7 +120,7 @@ class LoggingObserver(BaseObserver):
                 level,
                 "saga %s %s %r attempt %d %s in %.1f ms%s",
                 event.saga_id, what, event.step, event.attempt, event.outcome,
-                (event.ended - event.started) * 1000, f": {event.error}" if event.error else "",
+                (event.ended - event.started) * 1000, f": {self.masker.text(event.error)}" if event.error else "",
             )  # fmt: skip
 
     def on_commit(self, event: CommitInput) -> None:

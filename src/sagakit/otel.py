@@ -20,6 +20,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"{e}. Install tracing support with: pip install 'sagakit[otel]'") from e
 
+from ._masking import Masker
 from ._observe import AttemptInput, BaseObserver
 
 __all__ = ["OpenTelemetryObserver", "saga_span_id", "saga_trace_id", "traceparent"]
@@ -50,10 +51,17 @@ def traceparent(saga_id: str) -> str:
 
 
 class OpenTelemetryObserver(BaseObserver):
-    """Records a span per step attempt in the saga's trace."""
+    """Records a span per step attempt in the saga's trace.
 
-    def __init__(self, tracer_provider: Any = None) -> None:
+    Args:
+        tracer_provider: the provider to get the tracer from (default: the global one).
+        masker: the masking policy for the error a span's status carries
+            (default: ``Masker()``; ``Masker(None)`` records it as it is).
+    """
+
+    def __init__(self, tracer_provider: Any = None, *, masker: Masker | None = None) -> None:
         self.tracer = trace.get_tracer("sagakit", tracer_provider=tracer_provider)
+        self.masker = Masker() if masker is None else masker
 
     def on_attempt(self, event: AttemptInput) -> None:
         trace_id = saga_trace_id(event.saga_id)
@@ -81,5 +89,5 @@ class OpenTelemetryObserver(BaseObserver):
             },
         )
         if event.error:
-            span.set_status(Status(StatusCode.ERROR, event.error))
+            span.set_status(Status(StatusCode.ERROR, self.masker.text(event.error)))
         span.end(end_time=int(event.ended * 1e9))

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from sagakit import SagaEngine, SagaNotFound, SagaStateError, SagaStatus
+from sagakit._masking import MASK
 from sagakit.admin import (
     DefinitionMissing,
     DefinitionsNotLoaded,
@@ -18,7 +19,6 @@ from sagakit.admin import (
     load_definitions,
     parse_filter,
 )
-from sagakit.admin._masking import MASK
 
 from . import sample_app
 from .conftest import Seed

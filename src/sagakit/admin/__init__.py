@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._masking import DEFAULT_MASK_PATTERN, Masker
 from ._filters import InvalidParameter, SagaFilter, parse_filter
 from ._graph import GraphNode, SagaGraph
 from ._loader import DefinitionsNotLoaded, load_definitions
-from ._masking import DEFAULT_MASK_PATTERN, Masker
 from ._operations import ACTIONS, ActionOutcome, BulkResult, DefinitionMissing, Operations, Overview, SagaPage
 from ._timeline import AdminAction, Attempt, Timeline
 

@@ -152,6 +152,7 @@ class _Api:
         self, handler: Callable[[Request], Awaitable[Any]], *, mutating: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
+            mask = self.ops.masker.text
             try:
                 principal = await self._authorize(request, mutating)
                 if principal is not None:
@@ -160,16 +161,18 @@ class _Api:
             except _Problem as p:
                 headers = {"www-authenticate": 'Bearer realm="sagakit"'} if p.status == 401 else None
                 return _error(p.status, p.code, p.message, headers, **p.extra)
+            # Error texts go through the masking policy too: a value echoed back
+            # or a state machine's reason may quote a secret.
             except InvalidParameter as e:
-                return _error(400, "bad_parameter", str(e), parameter=e.parameter, value=e.value)
+                return _error(400, "bad_parameter", mask(str(e)), parameter=e.parameter, value=mask(e.value))
             except SagaNotFound as e:
-                return _error(404, "not_found", str(e))
+                return _error(404, "not_found", mask(str(e)))
             except DefinitionMissing as e:
-                return _error(409, "definition_missing", str(e), reason=e.reason)
+                return _error(409, "definition_missing", mask(str(e)), reason=mask(e.reason))
             except SagaStateError as e:
-                return _error(409, "not_allowed", str(e), reason=e.reason)
+                return _error(409, "not_allowed", mask(str(e)), reason=mask(e.reason))
             except SagaBusy as e:
-                return _error(409, "busy", str(e), reason=str(e))
+                return _error(409, "busy", mask(str(e)), reason=mask(str(e)))
             except StoreError:
                 log.exception("sagakit admin: the store failed on %s %s", request.method, request.url.path)
                 return _error(503, "store_unavailable", "the store cannot be used now; see the server log")

@@ -537,9 +537,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             "title": "sagakit operations API",
             "version": version,
             "description": (
-                "Find, inspect and fix sagas. Reads are open unless the server is private; actions need "
-                "Authorization: Bearer <token> and a JSON body. Times are Unix seconds. Secrets in payloads "
-                "are masked."
+                "Find, inspect and fix sagas. Reads are open unless the server is private (the default of "
+                "sagakit serve on a non-loopback address); actions need Authorization: Bearer <token> and a "
+                "JSON body. Times are Unix seconds. Secrets in payloads, errors and history are masked."
             ),
         },
         "paths": paths,

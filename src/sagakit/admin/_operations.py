@@ -1,7 +1,8 @@
 """The operations API: find, inspect and fix sagas. The CLI and the HTTP API are thin layers over it.
 
-Everything it returns has secrets masked (``Masker``): payloads, step
-results, errors and history lines. Every action goes through the engine, which
+Everything it returns has secrets masked by one policy (``Masker``, in
+``sagakit._masking``): payloads, step results, errors, history lines and the
+reasons of rejected actions. Every action goes through the engine, which
 records it in the saga's history with the actor and the reason.
 
 Errors (besides the engine's ``SagaNotFound``, ``SagaStateError``, ``SagaBusy``
@@ -25,13 +26,13 @@ import orjson
 from .._definition import SagaDefinition
 from .._engine import SagaEngine
 from .._errors import PayloadTooLarge, SagaBusy, SagaError, SagaNotFound, SagaStateError, UnknownSagaType
+from .._masking import DEFAULT_MASK_PATTERN, Masker
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from .._store import UNFINISHED, SagaQuery, Store
 from ..machine import Abort, Compensate, Event, Retry, Skip, decide
 from ._filters import MAX_LIMIT, InvalidParameter, SagaFilter
 from ._graph import SagaGraph, build_graph
-from ._masking import DEFAULT_MASK_PATTERN, Masker
 from ._timeline import Timeline, build_timeline
 
 __all__ = [
@@ -192,7 +193,9 @@ class Operations:
         engine: the engine to read and act through. It need not be running: an
             action's next attempts are then run by the workers.
         mask: regular expression of the keys whose values are masked
-            (case-insensitive); None masks nothing.
+            (case-insensitive), replacing the default; None masks nothing; or
+            a ``Masker`` to use as it is.
+        mask_extra: key patterns masked besides *mask* (ignored with a ``Masker``).
         owns_engine: close the engine in ``close()``.
         definitions_hint: how to register a missing definition, for error messages.
 
@@ -203,12 +206,13 @@ class Operations:
         self,
         engine: SagaEngine,
         *,
-        mask: str | re.Pattern[str] | None = DEFAULT_MASK_PATTERN,
+        mask: str | re.Pattern[str] | Masker | None = DEFAULT_MASK_PATTERN,
+        mask_extra: str | Iterable[str] = (),
         owns_engine: bool = False,
         definitions_hint: str = "register the saga's definition with the engine",
     ) -> None:
         self.engine = engine
-        self.masker = Masker(mask)
+        self.masker = mask if isinstance(mask, Masker) else Masker(mask, extra=mask_extra)
         self.owns_engine = owns_engine
         self.definitions_hint = definitions_hint
         self._opened = False
@@ -493,9 +497,9 @@ class Operations:
         ids, total = await self.matching_ids(f, limit)
         if dry_run:
             outcomes = tuple(ActionOutcome(i, action, "matched") for i in ids)
-            return BulkResult(action, f.describe(), total, outcomes, dry_run=True)
+            return BulkResult(action, self.masker.text(f.describe()), total, outcomes, dry_run=True)
         outcomes = await self.act_many(action, ids, reason=reason, actor=actor, step=step, result=result, data=data)
-        return BulkResult(action, f.describe(), total, outcomes)
+        return BulkResult(action, self.masker.text(f.describe()), total, outcomes)
 
     async def act_many(
         self,
@@ -519,7 +523,7 @@ class Operations:
                         action, saga_id, reason=reason, actor=actor, step=step, result=result, data=data
                     )
                 except SagaError as e:
-                    return rejection(saga_id, action, e)
+                    return self.mask_outcome(rejection(saga_id, action, e))
 
         return tuple(await asyncio.gather(*(one(i) for i in saga_ids)))
 
@@ -533,18 +537,13 @@ class Operations:
         )
 
     def _mask(self, snap: SagaSnapshot) -> SagaSnapshot:
-        m = self.masker
-        if m.pattern is None:
-            return snap
-        steps = {n: replace(s, result=m.value(s.result), error=m.text(s.error)) for n, s in snap.steps.items()}
-        history = tuple(h._replace(message=m.text(h.message)) for h in snap.history)
-        return replace(
-            snap,
-            data=m.value(snap.data),
-            error=m.text(snap.error),
-            steps=steps,
-            history=history,
-        )
+        return self.masker.snapshot(snap)
+
+    def mask_outcome(self, outcome: ActionOutcome) -> ActionOutcome:
+        """*outcome* with its reason masked (a rejection may quote the saga's error)."""
+        if outcome.reason is None:
+            return outcome
+        return replace(outcome, reason=self.masker.text(outcome.reason))
 
 
 def rejection(saga_id: str, action: str, e: SagaError) -> ActionOutcome:

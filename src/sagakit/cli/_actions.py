@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._errors import SagaBusy, SagaNotFound, SagaStateError, StoreError
+from .._masking import hide_password
 from .._status import SagaStatus
 from ..admin import (
     ActionOutcome,
@@ -34,7 +35,7 @@ from ..admin import (
 )
 from ..admin._filters import parse_filter
 from ..admin._operations import MAX_BULK, json_value
-from ._ops import read_engine, store_option
+from ._ops import mask_options, masker, read_engine, store_option
 from ._render import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_STORE, console, echo_json, fail
 
 __all__ = ["commands", "definitions_options", "load_app"]
@@ -87,6 +88,8 @@ class _Common:
     as_json: bool
     limit: int
     params: dict[str, list[str]]
+    mask: str | None
+    mask_extra: tuple[str, ...]
 
 
 def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) -> click.Command:
@@ -101,6 +104,8 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
             as_json=kw.pop("as_json"),
             limit=kw.pop("limit"),
             params=_filter_params(kw),
+            mask=kw.pop("mask"),
+            mask_extra=kw.pop("mask_extra"),
         )
         step = kw.pop("step", None) or kw.pop("from_step", None)
         payload: dict[str, Any] = {"step": step}
@@ -141,6 +146,7 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
                      help="Bulk: act on at most this many sagas (newest first)."),
         click.option("--yes", "-y", is_flag=True, help="Bulk: do not ask for confirmation."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables."),
+        mask_options,
     ]  # fmt: skip
     for decorate in reversed(decorators[1:]):
         command = decorate(command)
@@ -184,11 +190,13 @@ def _run(action: str, saga_id: str | None, c: _Common, payload: dict[str, Any]) 
         raise click.UsageError("give a saga id or filters (--status, --name, …), not both")
     if saga_id is None and f.empty:
         raise click.UsageError(f"give a saga id, or filters for a bulk {action} (--status failed, --name …)")
+    policy = masker(c.mask, c.mask_extra)
     definitions = load_app(c.apps, c.definition_modules)
     engine = read_engine(c.store_url)
     engine.register(*definitions)
     ops = Operations(
         engine,
+        mask=policy,
         owns_engine=True,
         definitions_hint="pass --app module:attr (or --definitions module) so that the CLI can import it",
     )
@@ -204,7 +212,7 @@ def _run(action: str, saga_id: str | None, c: _Common, payload: dict[str, Any]) 
     try:
         code = asyncio.run(main())
     except InvalidParameter as e:
-        fail(str(e), EXIT_USAGE)
+        fail(policy.text(str(e)), EXIT_USAGE)
     except SagaNotFound as e:
         fail(f"{e} in store {c.store_url}", EXIT_NOT_FOUND)
     except (StoreError, sqlite3.Error, OSError) as e:
@@ -219,22 +227,23 @@ async def _single(ops: Operations, action: str, saga_id: str, c: _Common, payloa
     except (SagaStateError, SagaBusy) as e:
         from ..admin._operations import rejection
 
-        outcome = rejection(saga_id, action, e)
+        outcome = ops.mask_outcome(rejection(saga_id, action, e))
     _report([outcome], c.as_json, single=True)
     return 0 if outcome.ok else EXIT_FAILED
 
 
 async def _bulk(ops: Operations, action: str, f: SagaFilter, c: _Common, payload: dict[str, Any]) -> int:
     ids, total = await ops.matching_ids(f, c.limit)
+    described = ops.masker.text(f.describe())
     if not ids:
         if c.as_json:
-            echo_json({"action": action, "filter": f.describe(), "matched": 0, "outcomes": []})
+            echo_json({"action": action, "filter": described, "matched": 0, "outcomes": []})
         else:
-            click.echo(f"no sagas match {f.describe()}")
+            click.echo(f"no sagas match {described}")
         return 0
     more = f" (the newest {len(ids)} of {total} matching; raise --limit for more)" if total > len(ids) else ""
     if not c.yes:
-        question = f"{action} {len(ids)} saga(s) matching {f.describe()}{more} in {c.store_url}?"
+        question = f"{action} {len(ids)} saga(s) matching {described}{more} in {hide_password(c.store_url)}?"
         if not click.confirm(question, default=False, err=True):
             click.echo("nothing done", err=True)
             return EXIT_FAILED
@@ -243,7 +252,7 @@ async def _bulk(ops: Operations, action: str, f: SagaFilter, c: _Common, payload
         echo_json(
             {
                 "action": action,
-                "filter": f.describe(),
+                "filter": described,
                 "matched": total,
                 "ok": sum(1 for o in outcomes if o.ok),
                 "rejected": sum(1 for o in outcomes if not o.ok),

@@ -1,7 +1,9 @@
 """``sagakit list`` and ``sagakit show``: read sagas from any store.
 
 Both are thin over ``SagaEngine``'s read API (``list``, ``count``, ``get``);
-the engine is opened for reading only: no definitions, no workers.
+the engine is opened for reading only: no definitions, no workers. What they
+print goes through the masking policy (``sagakit._masking``) that the HTTP API
+and the dashboard use: ``--mask`` and ``--mask-extra`` change it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -18,13 +20,14 @@ from rich.text import Text
 
 from .._engine import SagaEngine
 from .._errors import SagaNotFound, StoreError
+from .._masking import DEFAULT_MASK_PATTERN, Masker, hide_password
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from .._store import store_from_url
 from ..stores.sqlite import SQLiteStore
 from ._render import EXIT_NOT_FOUND, EXIT_STORE, console, echo_json, fail, iso, short, status_text
 
-__all__ = ["commands", "list_command", "show_command", "store_option"]
+__all__ = ["commands", "list_command", "mask_options", "masker", "show_command", "store_option"]
 
 T = TypeVar("T")
 
@@ -52,6 +55,39 @@ store_option = click.option(
     help="Store URL: sqlite:///relative.db, sqlite:////absolute.db, postgresql://…",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+
+
+def mask_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--mask`` and ``--mask-extra``: the keys whose values are masked in what a command prints or serves."""
+    fn = click.option(
+        "--mask-extra",
+        "mask_extra",
+        multiple=True,
+        envvar="SAGAKIT_MASK_EXTRA",
+        show_envvar=True,
+        metavar="REGEX",
+        help="Also mask the values of keys matching REGEX (case-insensitive; repeatable; "
+        "in the variable, separated by spaces).",
+    )(fn)
+    return click.option(
+        "--mask",
+        default=None,
+        envvar="SAGAKIT_MASK",
+        show_envvar=True,
+        metavar="REGEX",
+        help=f"Keys whose values are masked, instead of the default ({DEFAULT_MASK_PATTERN}); "
+        "'' masks nothing. Card numbers, IBANs and tokens are masked wherever they appear.",
+    )(fn)
+
+
+def masker(mask: str | None, mask_extra: tuple[str, ...]) -> Masker:
+    """The masking policy that ``--mask`` and ``--mask-extra`` ask for; a usage error for a bad pattern."""
+    try:
+        if mask == "":
+            return Masker(None)  # an explicit "mask nothing", for an operator who needs the raw values
+        return Masker(DEFAULT_MASK_PATTERN if mask is None else mask, extra=mask_extra)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--mask/--mask-extra") from None
 
 
 def read_engine(url: str) -> SagaEngine:
@@ -109,6 +145,7 @@ def steps_done(snap: SagaSnapshot) -> int:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @json_option
+@mask_options
 def list_command(
     store_url: str,
     status: str | None,
@@ -117,26 +154,30 @@ def list_command(
     limit: int,
     offset: int,
     as_json: bool,
+    mask: str | None,
+    mask_extra: tuple[str, ...],
 ) -> None:
     """List sagas, newest first.
 
     STEPS counts the steps whose action completed, out of all steps.
     """
     saga_status = SagaStatus(status.lower()) if status else None
+    policy = masker(mask, mask_extra)
 
     async def read(engine: SagaEngine) -> tuple[list[SagaSnapshot], int]:
         sagas = await engine.list(saga_status, name, correlation_id, limit=limit, offset=offset)
         total = await engine.count(saga_status, name, correlation_id)
         return sagas, total
 
-    sagas, total = run_read(store_url, read)
+    found, total = run_read(store_url, read)
+    sagas = [policy.snapshot(s) for s in found]
     if as_json:
         echo_json([s.to_dict() for s in sagas])
         return
     out = console()
     if not sagas:
         where = f"at offset {offset} ({total} match)" if total else "match"
-        out.print(f"no sagas {where} in {store_url}")
+        out.print(f"no sagas {where} in {hide_password(store_url)}")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("ID", no_wrap=True)
@@ -169,9 +210,11 @@ def list_command(
 @click.argument("saga_id")
 @store_option
 @json_option
-def show_command(saga_id: str, store_url: str, as_json: bool) -> None:
-    """Show one saga: its fields, its steps and its history."""
-    snap = run_read(store_url, lambda engine: engine.get(saga_id))
+@mask_options
+def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, mask_extra: tuple[str, ...]) -> None:
+    """Show one saga: its fields, its steps and its history (secrets masked)."""
+    policy = masker(mask, mask_extra)
+    snap = policy.snapshot(run_read(store_url, lambda engine: engine.get(saga_id)))
     if as_json:
         echo_json(snap.to_dict())
         return

@@ -12,6 +12,7 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
+from .._masking import hide_password
 from .._status import SagaStatus, StepStatus
 
 __all__ = [
@@ -84,6 +85,6 @@ def echo_json(value: Any) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with *code*."""
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr (passwords in URLs masked) and exit with *code*."""
+    click.echo(f"error: {hide_password(message)}", err=True)
     raise click.exceptions.Exit(code)

@@ -1,4 +1,9 @@
-"""``sagakit serve``: the HTTP API and the dashboard on any store (``pip install 'sagakit[dashboard]'``)."""
+"""``sagakit serve``: the HTTP API and the dashboard on any store (``pip install 'sagakit[dashboard]'``).
+
+Safe by default: it listens on 127.0.0.1. On an address that other machines
+can reach it needs a strong token (``MIN_TOKEN_LENGTH`` characters or more,
+no whitespace) and asks it for reads too, unless ``--public-reads`` opens them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import logging
 
 import click
 
+from .._masking import hide_password
 from ._actions import definitions_options, load_app
-from ._ops import read_engine, store_option
+from ._ops import mask_options, masker, read_engine, store_option
 
-__all__ = ["commands", "is_loopback", "serve_command"]
+__all__ = ["MIN_TOKEN_LENGTH", "commands", "is_loopback", "reads_need_token", "serve_command"]
 
+MIN_TOKEN_LENGTH = 16
 _LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+_MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def is_loopback(host: str) -> bool:
@@ -25,6 +33,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def reads_need_token(host: str, token: str | None, *, private: bool = False, public_reads: bool = False) -> bool:
+    """Check the token against the rules for *host*; whether reads need the token.
+
+    On loopback reads are open unless *private*. On any other address the
+    token must be given, at least ``MIN_TOKEN_LENGTH`` characters long and
+    without whitespace, and reads need it unless *public_reads*.
+
+    Raises:
+        click.UsageError: a rule is broken; the message names it and the fix.
+    """
+    if private and public_reads:
+        raise click.UsageError("--private and --public-reads contradict each other: give one of them")
+    if token is not None and any(c.isspace() for c in token):
+        raise click.UsageError(
+            f"the token ({len(token)} characters) contains whitespace, which a bearer header cannot carry "
+            f"intact: use one word of at least {MIN_TOKEN_LENGTH} characters, e.g. from: {_MAKE_TOKEN}"
+        )
+    if is_loopback(host):
+        if private and token is None:
+            raise click.UsageError("--private makes reads need the token: set --token or SAGAKIT_TOKEN")
+        return private
+    if token is None:
+        raise click.UsageError(
+            f"refusing to serve on {host}, which other machines can reach, without a token: set --token or "
+            f"SAGAKIT_TOKEN to at least {MIN_TOKEN_LENGTH} characters (e.g. from: {_MAKE_TOKEN}), "
+            "or listen on 127.0.0.1 behind a reverse proxy"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise click.UsageError(
+            f"refusing to serve on {host}, which other machines can reach, with a token of {len(token)} "
+            f"character(s): it needs at least {MIN_TOKEN_LENGTH}; generate one with: {_MAKE_TOKEN}"
+        )
+    return not public_reads
+
+
 @click.command("serve")
 @store_option
 @definitions_options
@@ -34,24 +77,24 @@ def is_loopback(host: str) -> bool:
     "--token",
     envvar="SAGAKIT_TOKEN",
     show_envvar=True,
-    help="Bearer token that actions need. Required to listen on a non-loopback address.",
+    help=f"Bearer token that actions need. Required, of {MIN_TOKEN_LENGTH}+ characters without whitespace, "
+    "to listen on a non-loopback address (where reads need it too).",
 )
 @click.option("--read-only", is_flag=True, help="Refuse every action (403); reads only.")
-@click.option("--private", is_flag=True, help="Reads need the token too.")
-@click.option("--worker", is_flag=True, help="Also run the sagas' steps in this process (needs --app).")
+@click.option("--private", is_flag=True, help="Reads need the token too (the default on a non-loopback address).")
 @click.option(
-    "--mask",
-    default=None,
-    metavar="REGEX",
-    help="Keys whose values are masked in payloads (case-insensitive; default: "
-    "password|secret|token|card|cvv|iban|api[_-]?key).",
+    "--public-reads",
+    is_flag=True,
+    help="On a non-loopback address, let anyone who can reach it read every saga (masked) without the token.",
 )
+@click.option("--worker", is_flag=True, help="Also run the sagas' steps in this process (needs --app).")
+@mask_options
 @click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
     metavar="NAME",
-    help="Host header to accept (repeatable; default on loopback: 127.0.0.1, localhost, ::1).",
+    help="Host header to accept (repeatable; default on loopback: the address, 127.0.0.1, localhost, ::1).",
 )
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve_command(
@@ -63,53 +106,51 @@ def serve_command(
     token: str | None,
     read_only: bool,
     private: bool,
+    public_reads: bool,
     worker: bool,
     mask: str | None,
+    mask_extra: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Serve the HTTP API (/api, described at /openapi.json) and the dashboard (/).
 
-    Reads are open (unless --private); actions need Authorization: Bearer TOKEN.
-    Without --app the dashboard shows every saga but actions are refused: the
-    state machine needs the saga's definition.
+    On 127.0.0.1 (the default) reads are open unless --private; on any other
+    address reads need the token unless --public-reads. Actions always need
+    Authorization: Bearer TOKEN. Without --app the dashboard shows every saga
+    but actions are refused: the state machine needs the saga's definition.
     """
     try:
         import uvicorn
 
         from ..admin import Operations, create_app
-        from ..admin._masking import DEFAULT_MASK_PATTERN
     except ImportError as e:
         raise click.UsageError(
             f"sagakit serve needs the dashboard extra ({e}); install it with: pip install 'sagakit[dashboard]'"
         ) from None
     token = token or None
-    if not is_loopback(host) and token is None:
-        raise click.UsageError(
-            f"refusing to serve on {host}, which other machines can reach, without a token: "
-            "set --token or SAGAKIT_TOKEN, or listen on 127.0.0.1"
-        )
+    private = reads_need_token(host, token, private=private, public_reads=public_reads)
+    policy = masker(mask, mask_extra)
     if worker and not (apps or definition_modules):
         raise click.UsageError("--worker runs the sagas' steps: give their definitions with --app")
     definitions = load_app(apps, definition_modules)
     engine = read_engine(store_url)
     engine.register(*definitions)
-    try:
-        ops = Operations(
-            engine,
-            owns_engine=True,
-            mask=DEFAULT_MASK_PATTERN if mask is None else (mask or None),
-            definitions_hint="start sagakit serve with --app module:attr so that it can import the definition",
-        )
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--mask") from None
-    hosts = list(allowed_hosts) or (_LOOPBACK_NAMES if is_loopback(host) else None)
+    ops = Operations(
+        engine,
+        owns_engine=True,
+        mask=policy,
+        definitions_hint="start sagakit serve with --app module:attr so that it can import the definition",
+    )
+    hosts = list(allowed_hosts) or (sorted({host, *_LOOPBACK_NAMES}) if is_loopback(host) else None)
     app = create_app(ops, token=token, read_only=read_only, private=private, run_engine=worker, allowed_hosts=hosts)
     actions = "disabled (--read-only)" if read_only else ("need the token" if token else "disabled (no --token)")
+    reads = "need the token" if private else "open"
     shown = f"[{host}]" if ":" in host else host
+    store = hide_password(store_url)
     click.echo(
-        f"sagakit serve: dashboard at http://{shown}:{port}/ (API /api, OpenAPI /openapi.json) on {store_url}; "
-        f"actions {actions}; {len(definitions)} definition(s){'; running workers' if worker else ''}",
+        f"sagakit serve: dashboard at http://{shown}:{port}/ (API /api, OpenAPI /openapi.json) on {store}; "
+        f"reads {reads}; actions {actions}; {len(definitions)} definition(s){'; running workers' if worker else ''}",
         err=True,
     )
     logging.getLogger("sagakit.admin").setLevel(log_level.upper())

@@ -143,6 +143,7 @@ function setupToken() {
     const value = document.getElementById("token-input").value.trim();
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     showToken();
+    if (value && !info) loadInfo().then(route);  // reads were refused without it
   });
   document.getElementById("token-forget").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -532,8 +533,7 @@ function resultsTable(steps) {
 
 // ---------------------------------------------------------------- start
 
-async function start() {
-  setupToken();
+async function loadInfo() {
   try {
     info = await api("/api/info");
     const badgeEl = document.getElementById("mode-badge");
@@ -543,8 +543,15 @@ async function start() {
       badgeEl.hidden = false;
     }
   } catch (e) {
-    flash(`cannot reach the API: ${e.message}`, false);
+    // A server reachable from the network asks the token for reads too.
+    const reads = e.status === 401 ? "this server needs the token to show sagas: press Set token" : null;
+    flash(reads || `cannot reach the API: ${e.message}`, false);
   }
+}
+
+async function start() {
+  setupToken();
+  await loadInfo();
   window.addEventListener("hashchange", route);
   route();
 }
