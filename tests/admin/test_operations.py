@@ -466,3 +466,48 @@ def test_public_names_of_the_admin_package() -> None:
     ]  # fmt: skip
     for name in sagakit.admin.__all__:
         assert getattr(sagakit.admin, name) is not None
+
+
+async def test_a_rollback_that_stopped_moving_is_stuck(tmp_path: object) -> None:
+    from dataclasses import dataclass
+
+    from sagakit import NonRetryableError, SagaBuilder, StepContext, send
+
+    @dataclass
+    class CancelBooking:
+        booking: str = ""
+
+    @dataclass
+    class BookingCancelled:
+        booking: str = ""
+
+    async def book(ctx: StepContext) -> str:
+        return "b-1"
+
+    async def pay(ctx: StepContext) -> None:
+        raise NonRetryableError("card declined")
+
+    b = SagaBuilder("trip")
+    # The compensation sends a command and waits for its reply with no timeout: nothing
+    # times it, so it has no wake time to be overdue by.
+    b.step("book", book, send(CancelBooking, success=BookingCancelled))
+    b.step("pay", pay)
+    url = f"sqlite:///{tmp_path}/sagas.db"
+    async with SagaEngine(url) as worker:
+        worker.register(b.build())
+        sid = await worker.start("trip")
+        for _ in range(200):
+            if (await worker.get(sid)).steps["book"].status.value == "compensating":
+                break
+            await asyncio.sleep(0.01)
+    now = [0.0]
+    engine = SagaEngine(url, clock=lambda: now[0] or __import__("time").time())
+    async with Operations(engine, owns_engine=True) as ops:
+        snap = await ops.get(sid)
+        assert snap.status is SagaStatus.COMPENSATING and snap.wake_at is None
+        assert [s.id for s in (await ops.search(SagaFilter(stuck_for=60))).items] == []
+        now[0] = snap.updated_at + 600  # ten minutes on, the reply never came
+        stuck = await ops.search(SagaFilter(stuck_for=60))
+        assert [s.id for s in stuck.items] == [sid]
+        counts = await ops.counts(SagaFilter(stuck_for=60))
+        assert counts[SagaStatus.COMPENSATING] == 1

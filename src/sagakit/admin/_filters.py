@@ -61,8 +61,9 @@ class SagaFilter:
             (compared as text: ``{"order_id": "o-1"}``, ``{"customer": "42"}``).
         created_after, created_before, updated_after, updated_before: Unix times;
             ``after`` inclusive, ``before`` exclusive.
-        stuck_for: only stuck sagas: ``FAILED`` ones, and unfinished ones whose
-            wake time passed more than this many seconds ago (nobody runs them).
+        stuck_for: only stuck sagas: ``FAILED`` ones, pending or running ones whose
+            wake time passed more than this many seconds ago (nobody runs them),
+            and compensating ones that have not changed for that long.
     """
 
     statuses: tuple[SagaStatus, ...] = ()
@@ -100,7 +101,7 @@ class SagaFilter:
         return " ".join(words) or "(all sagas)"
 
     def queries(self, now: float, *, limit: int = 100, offset: int = 0) -> list[SagaQuery]:
-        """The store queries whose union is this filter (disjoint; one or two)."""
+        """The store queries whose union is this filter (disjoint; one to three)."""
         base = SagaQuery(
             name=self.name,
             version=self.version,
@@ -120,9 +121,15 @@ class SagaFilter:
         out = []
         if SagaStatus.FAILED in wanted:
             out.append(replace(base, statuses=(SagaStatus.FAILED,)))
-        unfinished = tuple(s for s in UNFINISHED if s in wanted)
-        if unfinished:
-            out.append(replace(base, statuses=unfinished, overdue_before=now - self.stuck_for))
+        since = now - self.stuck_for
+        waiting = tuple(s for s in UNFINISHED if s in wanted and s is not SagaStatus.COMPENSATING)
+        if waiting:
+            out.append(replace(base, statuses=waiting, overdue_before=since))
+        if SagaStatus.COMPENSATING in wanted:
+            # A rollback that has not moved for that long, overdue or not: a compensation
+            # waiting for a reply that does not come has no wake time to be overdue by.
+            bound = since if base.updated_before is None else min(since, base.updated_before)
+            out.append(replace(base, statuses=(SagaStatus.COMPENSATING,), updated_before=bound))
         return out or [replace(base, statuses=())]
 
 
