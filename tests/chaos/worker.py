@@ -139,9 +139,18 @@ async def main(url: str, worker_id: str, lease: float, skew: float) -> None:
     pool = await _get_pool()
     db_now = float(await pool.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
     measured = engine.clock() - db_now
+    parent = os.getppid()
+
+    async def orphaned() -> None:  # the test process died without reaping us: stop too
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        stop.set()
+
     async with engine:
         print(f"ready {worker_id} skew={measured:.3f}", flush=True)
+        watch = asyncio.create_task(orphaned())
         await stop.wait()
+        watch.cancel()
     await pool.close()
 
 
