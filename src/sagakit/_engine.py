@@ -180,6 +180,13 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
                             fn,
                             inspect.iscoroutinefunction(fn),
                         )
+        if self._running and not self._closing:
+            self._in_background(self._say_alive())
+            self._poke_claimer()  # sagas of these definitions may be due already
+
+    async def _say_alive(self) -> None:
+        """Tell the store this worker runs and which definitions it has (see ``Store.live_workers``)."""
+        await self.store.worker_alive(self.worker_id, list(self._definitions), self.clock() + self.lease_seconds)
 
     @property
     def definitions(self) -> list[SagaDefinition]:
@@ -214,6 +221,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
         self._slots = Slots(self.concurrency)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
         self._running = True
+        await self._say_alive()
         self._tasks = [
             asyncio.create_task(self._commit_loop(), name="sagakit-commit"),
             asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
@@ -261,6 +269,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
             if leftovers:
                 with contextlib.suppress(Exception):
                     await self.store.release(self.worker_id, leftovers)
+            with contextlib.suppress(Exception):
+                await self.store.worker_gone(self.worker_id)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None

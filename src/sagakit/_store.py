@@ -278,6 +278,18 @@ class Store(Protocol):
         """Delete a request whatever its state."""
         ...
 
+    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
+        """Say that a worker runs sagas of these (name, version) definitions, and will say so again before *until*."""
+        ...
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+        ...
+
+    async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
+        """The workers alive at *now*, each with the definitions it runs."""
+        ...
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """Recorded dead letters, newest first."""
         ...

@@ -511,3 +511,35 @@ async def test_a_rollback_that_stopped_moving_is_stuck(tmp_path: object) -> None
         assert [s.id for s in stuck.items] == [sid]
         counts = await ops.counts(SagaFilter(stuck_for=60))
         assert counts[SagaStatus.COMPENSATING] == 1
+
+
+async def test_a_saga_no_running_worker_can_run_is_shown_as_parked(tmp_path: object) -> None:
+    from sagakit import SagaBuilder
+
+    def make(version: int) -> object:
+        b = SagaBuilder("ver", version=version)
+        b.step("a", lambda ctx: version)
+        return b.build()
+
+    url = f"sqlite:///{tmp_path}/sagas.db"
+    starter = SagaEngine(url)
+    starter.register(make(1))  # type: ignore[arg-type]
+    sid = await starter.start("ver")
+    await starter.close()
+    now = [0.0]
+    engine = SagaEngine(url, clock=lambda: now[0] or __import__("time").time())
+    async with Operations(engine, owns_engine=True) as ops:
+        pending = await ops.get(sid)
+        assert pending.wake_at is not None
+        now[0] = pending.wake_at + 600
+        page = await ops.search(SagaFilter(stuck_for=60))
+        assert page.to_dict()["items"][0]["parked"] == "no worker is running"
+        async with SagaEngine(url, lease_seconds=3600) as worker:  # runs v2 only
+            worker.register(make(2))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+            page = await ops.search(SagaFilter(stuck_for=60))
+            assert [s.id for s in page.items] == [sid]
+            assert page.to_dict()["items"][0]["parked"] == "ver v1 is not registered on any worker"
+            worker.register(make(1))  # type: ignore[arg-type]
+            done = await worker.wait(sid, timeout=10)  # a worker that has it runs it at once
+        assert done.status is SagaStatus.COMPLETED

@@ -390,6 +390,15 @@ class StoreContract:
         assert await store.withdraw_request("r0")
         assert await store.open_requests() == []
 
+    async def test_live_workers_and_their_definitions(self, store: Store) -> None:
+        await store.worker_alive("w1", [("order", 1), ("order", 2)], 100.0)
+        await store.worker_alive("w2", [("ship", 1)], 50.0)
+        assert await store.live_workers(10.0) == {"w1": [("order", 1), ("order", 2)], "w2": [("ship", 1)]}
+        assert await store.live_workers(60.0) == {"w1": [("order", 1), ("order", 2)]}  # w2 went silent
+        await store.worker_alive("w2", [], 200.0)  # alive again, with no definitions
+        await store.worker_gone("w1")
+        assert await store.live_workers(60.0) == {"w2": []}
+
     async def test_claim_respects_limit_and_wake_order(self, store: Store) -> None:
         for sid, wake in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
             await put(store, saga(sid), wake_at=wake)

@@ -192,6 +192,10 @@ class RuntimeBase:
         """Wake the claim loop (``leases``)."""
         raise NotImplementedError
 
+    async def _say_alive(self) -> None:
+        """Tell the store this worker runs, and which definitions it has (the engine)."""
+        raise NotImplementedError
+
 
 def log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:

@@ -115,6 +115,12 @@ class Leases(RuntimeBase):
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self._say_alive()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("sagakit: could not tell the store this worker is alive", exc_info=True)
             ids = [sid for sid, h in self._held.items() if not h.queued and not h.committing]
             if not ids:
                 continue

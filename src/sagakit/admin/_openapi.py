@@ -153,7 +153,15 @@ def _schemas() -> dict[str, Any]:
         "updated_at": _NUM,
         "wake_at": _nullable(_NUM),
     }
-    summary = _obj({**saga_base, "overdue_seconds": _nullable(_NUM), "steps_done": _INT, "steps_total": _INT})
+    summary = _obj(
+        {
+            **saga_base,
+            "overdue_seconds": _nullable(_NUM),
+            "parked": _nullable(_STR),
+            "steps_done": _INT,
+            "steps_total": _INT,
+        }
+    )
     counts = _obj({s: {"type": "integer", "minimum": 0} for s in _STATUSES})
     outcome = _obj(
         {

@@ -68,10 +68,12 @@ class SagaPage:
     limit: int
     offset: int
     now: float
+    # Unfinished sagas that no running worker can run, with why (by saga id).
+    parked: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "items": [summary(s, self.now) for s in self.items],
+            "items": [summary(s, self.now, self.parked.get(s.id)) for s in self.items],
             "total": self.total,
             "limit": self.limit,
             "offset": self.offset,
@@ -164,8 +166,11 @@ class Overview:
         }
 
 
-def summary(s: SagaSnapshot, now: float) -> dict[str, Any]:
-    """A saga in a list: what it is and where it stands, without payloads."""
+def summary(s: SagaSnapshot, now: float, parked: str | None = None) -> dict[str, Any]:
+    """A saga in a list: what it is and where it stands, without payloads.
+
+    *parked* says why no running worker can run it, if none can.
+    """
     overdue = None
     if s.status in UNFINISHED and s.wake_at is not None and s.wake_at < now:
         overdue = now - s.wake_at
@@ -181,6 +186,7 @@ def summary(s: SagaSnapshot, now: float) -> dict[str, Any]:
         "updated_at": s.updated_at,
         "wake_at": s.wake_at,
         "overdue_seconds": overdue,
+        "parked": parked,
         "steps_done": sum(1 for x in s.steps.values() if x.status in done),
         "steps_total": len(s.steps),
     }
@@ -277,7 +283,22 @@ class Operations:
             found.sort(key=lambda st: (st.created_at, st.id), reverse=True)
             states = found[offset : offset + limit]
         items = tuple(self._mask(SagaSnapshot.from_state(st)) for st in states)
-        return SagaPage(items, total, limit, offset, now)
+        return SagaPage(items, total, limit, offset, now, await self._parked(store, items, now))
+
+    async def _parked(self, store: Store, items: tuple[SagaSnapshot, ...], now: float) -> dict[str, str]:
+        """Why no running worker can run each unfinished saga of *items* that none can run."""
+        unfinished = [s for s in items if s.status in UNFINISHED]
+        if not unfinished:
+            return {}
+        live = await store.live_workers(now)
+        if not live:
+            return {s.id: "no worker is running" for s in unfinished}
+        runnable = {kind for kinds in live.values() for kind in kinds}
+        return {
+            s.id: f"{s.name} v{s.version} is not registered on any worker"
+            for s in unfinished
+            if (s.name, s.version) not in runnable
+        }
 
     async def counts(self, f: SagaFilter | None = None) -> dict[SagaStatus, int]:
         """How many sagas match *f*, per status (every status is a key)."""

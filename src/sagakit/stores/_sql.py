@@ -186,10 +186,19 @@ def migrations(d: Dialect) -> list[list[str]]:
                 outcome TEXT
             )""",
         ],
+        [
+            # Running workers and the definitions they run, so that a saga no worker can
+            # run is shown as such ("order v1 is not registered on any worker").
+            f"""CREATE TABLE IF NOT EXISTS sagakit_workers (
+                worker_id TEXT PRIMARY KEY,
+                definitions TEXT NOT NULL,
+                alive_until {d.real} NOT NULL
+            )""",
+        ],
     ]
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Statements:
@@ -289,6 +298,15 @@ class Statements:
         self.request_outcome = f"SELECT outcome FROM sagakit_requests WHERE id={p(1)}"
         self.withdraw_request = f"DELETE FROM sagakit_requests WHERE id={p(1)} AND outcome IS NULL"
         self.drop_request = f"DELETE FROM sagakit_requests WHERE id={p(1)}"
+        # worker_id=1 definitions=2 alive_until=3
+        self.upsert_worker = (
+            f"INSERT INTO sagakit_workers (worker_id, definitions, alive_until) VALUES ({p(1)}, {p(2)}, {p(3)}) "
+            "ON CONFLICT (worker_id) DO UPDATE SET definitions=excluded.definitions, alive_until=excluded.alive_until"
+        )
+        self.delete_worker = f"DELETE FROM sagakit_workers WHERE worker_id={p(1)}"
+        self.live_workers = (
+            f"SELECT worker_id, definitions FROM sagakit_workers WHERE alive_until > {p(1)} ORDER BY worker_id"
+        )
         # The database's clock, read at the start of a commit that sets leases.
         self.clock = f"SELECT {clock}" if clock else None
         self.get = f"SELECT {cols} FROM sagakit_sagas WHERE id={p(1)}"

@@ -59,6 +59,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._requests: dict[str, _Request] = {}
+        self._workers: dict[str, tuple[list[tuple[str, int]], float]] = {}
         self.url = "memory://"
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
@@ -325,6 +326,15 @@ class MemoryStore:
 
     async def drop_request(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
+
+    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
+        self._workers[worker_id] = (sorted(kinds), until)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
+        return {w: list(kinds) for w, (kinds, until) in sorted(self._workers.items()) if until > now}
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)

@@ -686,6 +686,25 @@ class PostgresStore:
         async with self._tx("drop_request") as conn:
             await conn.execute(self._sql.drop_request, request_id)
 
+    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
+        async with self._tx("worker_alive") as conn:
+            await conn.execute(self._sql.upsert_worker, worker_id, dumps(_kinds(kinds)), until)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        async with self._tx("worker_gone") as conn:
+            await conn.execute(self._sql.delete_worker, worker_id)
+
+    async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
+        rows = await self._fetch("live_workers", self._sql.live_workers, now)
+        out: dict[str, list[tuple[str, int]]] = {}
+        for worker_id, text in rows:
+            kinds = []
+            for key in loads(text):
+                name, _, version = str(key).rpartition(":")
+                kinds.append((name, int(version)))
+            out[worker_id] = kinds
+        return out
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         from .._store import DeadLetter
 

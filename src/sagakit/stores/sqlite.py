@@ -538,6 +538,16 @@ class SQLiteStore:
             raise
         return n
 
+    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
+        await self._run(self._executemany_tx, self._sql.upsert_worker, [(worker_id, _kinds_json(kinds), until)])
+
+    async def worker_gone(self, worker_id: str) -> None:
+        await self._run(self._executemany_tx, self._sql.delete_worker, [(worker_id,)])
+
+    async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
+        rows = await self._read(self._fetchall, self._sql.live_workers, (now,))
+        return {r[0]: _kinds_from(r[1]) for r in rows}
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
@@ -546,3 +556,12 @@ class SQLiteStore:
 def _kinds_json(kinds: Collection[tuple[str, int]] | None) -> str | None:
     """Definitions as the JSON list of "name:version" texts that the claim statements filter on."""
     return None if kinds is None else dumps([f"{n}:{v}" for n, v in kinds])
+
+
+def _kinds_from(text: str) -> list[tuple[str, int]]:
+    """The definitions of a worker row (the inverse of ``_kinds_json``)."""
+    out = []
+    for key in loads(text):
+        name, _, version = str(key).rpartition(":")
+        out.append((name, int(version)))
+    return out

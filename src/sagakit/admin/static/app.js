@@ -318,7 +318,11 @@ function sagaTable(items, overdue) {
       el("td", { class: "num", text: `${s.steps_done}/${s.steps_total}` }),
       el("td", { text: time(s.created_at) }),
       el("td", { text: time(s.updated_at) }),
-      overdue ? el("td", { text: s.overdue_seconds === null ? "" : duration(s.overdue_seconds) }) : null,
+      overdue
+        ? el("td", {
+            text: (s.overdue_seconds === null ? "" : duration(s.overdue_seconds)) + (s.parked ? ` — ${s.parked}` : ""),
+          })
+        : null,
       el("td", { class: "err", text: s.error || "" })))),
   ));
 }
