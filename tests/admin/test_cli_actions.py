@@ -213,3 +213,36 @@ def test_serve_runs_the_api_and_dashboard(seeded: Seed) -> None:
         out, _ = proc.communicate(timeout=30)
     assert "dashboard at http://127.0.0.1" in out
     assert "Traceback" not in out
+
+
+def test_a_saga_no_worker_can_run_is_stuck_and_aborted_from_the_cli(tmp_path: Path) -> None:
+    import asyncio
+
+    from sagakit import SagaBuilder, SagaEngine
+
+    url = f"sqlite:///{tmp_path}/retired.db"
+    b = SagaBuilder("retired_flow", version=1)
+    b.step("a", lambda ctx: 1)
+
+    async def store_one() -> str:
+        engine = SagaEngine(url)
+        engine.register(b.build())
+        try:
+            return await engine.start("retired_flow")
+        finally:
+            await engine.close()
+
+    sid = asyncio.run(store_one())
+    # No process has the definition: the bulk abort finds it among the stuck sagas
+    # (overdue by more than 0 s) and stops it, with no --app to give.
+    r = run("abort", "--stuck", "0", "--store", url, "--yes", "--reason", "flow retired", "--actor", "ops")
+    assert r.exit_code == 0, r.output
+    saga = show_url(url, sid)
+    assert saga["status"] == "aborted"
+    assert saga["history"][-1]["message"] == "aborted by ops: flow retired"
+
+
+def show_url(url: str, saga_id: str) -> dict:
+    r = run("show", saga_id, "--store", url, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)

@@ -141,7 +141,8 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
         click.option("--updated-after", metavar="TIME", help="Bulk: last changed at or after."),
         click.option("--updated-before", metavar="TIME", help="Bulk: last changed before."),
         click.option("--stuck", metavar="SECONDS",
-                     help="Bulk: stuck sagas: failed, or unfinished and overdue by more than SECONDS."),
+                     help="Bulk: stuck sagas: failed, pending or running and overdue by more than SECONDS, "
+                          "or compensating and unchanged for that long."),
         click.option("--limit", type=click.IntRange(1, MAX_BULK), default=1000, show_default=True,
                      help="Bulk: act on at most this many sagas (newest first)."),
         click.option("--yes", "-y", is_flag=True, help="Bulk: do not ask for confirmation."),
