@@ -274,6 +274,59 @@ def _is_allowed(name: str, roots: tuple[str, ...]) -> bool:
     return any(name == root or name.startswith(root + ".") for root in roots)
 
 
+def _refusal(name: str, roots: tuple[str, ...]) -> str:
+    allowed = ", ".join(repr(r) for r in roots) or "none"
+    top = name.partition(".")[0]
+    return (
+        f"module {name!r} was not imported: it is outside the packages allowed to be imported "
+        f"({allowed}); if you trust its code, allow it with --allow-module {top} "
+        f"(allow_modules=[{top!r}] in Python)"
+    )
+
+
+def refuse_outside(dto: SagaOrchestratorInputDTO, roots: tuple[str, ...], origin: str | None = None) -> None:
+    """Refuse, before anything is imported, a definition naming a module outside the *roots* packages.
+
+    Raises:
+        InvalidDefinition: one line per module field outside them.
+    """
+    errors = [
+        f"{field}: {_refusal(name, roots)}"
+        for field, name in named_modules(dto)
+        if _MODULE.match(name) and not _is_allowed(name, roots)
+    ]
+    if errors:
+        raise InvalidDefinition(errors, origin)
+
+
+def named_modules(dto: SagaOrchestratorInputDTO) -> list[tuple[str, str]]:
+    """Every module the definition names, as (field path, module path), in field order."""
+    out = [("state_dto_module", dto.state_dto_module), ("state_repository_module", dto.state_repository_module)]
+    out += [(f"imports[{i}].module", imp.module) for i, imp in enumerate(dto.imports)]
+    out += [(f"triggering_events[{i}].event_module", t.event_module) for i, t in enumerate(dto.triggering_events)]
+    for i, step in enumerate(dto.steps):
+        at = f"steps[{i}]"
+        out.append((f"{at}.command_module", step.command_module))
+        modules = (
+            [step.success_event_module] if isinstance(step.success_event_module, str) else step.success_event_module
+        )
+        many = len(modules) > 1
+        out += [(f"{at}.success_event_module" + (f"[{j}]" if many else ""), m) for j, m in enumerate(modules)]
+        for field in ("failure_event_module", "compensation_command_module"):
+            value = getattr(step, field)
+            if value is not None:
+                out.append((f"{at}.{field}", value))
+        for field in ("compensation_success_event_name", "compensation_failure_event_name"):
+            value = getattr(step, field)
+            if value is not None and "." in value:
+                out.append((f"{at}.{field}", value.rpartition(".")[0]))
+    for kind in ("completion", "failure"):
+        value = getattr(dto, f"{kind}_event_module")
+        if value is not None:
+            out.append((f"{kind}_event_module", value))
+    return out
+
+
 class _Resolver:
     """Imports the modules a definition names (those inside *allow*, when given) and finds its classes."""
 
@@ -303,13 +356,7 @@ class _Resolver:
 
     def _import(self, name: str) -> ModuleType | str:
         if self._allow is not None and not _is_allowed(name, self._allow):
-            allowed = ", ".join(repr(r) for r in self._allow) or "none"
-            top = name.partition(".")[0]
-            return (
-                f"module {name!r} was not imported: it is outside the packages allowed to be imported "
-                f"({allowed}); if you trust its code, allow it with --allow-module {top} "
-                f"(allow_modules=[{top!r}] in Python)"
-            )
+            return _refusal(name, self._allow)
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as e:

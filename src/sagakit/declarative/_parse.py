@@ -159,6 +159,8 @@ def parse_yaml(text: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         at = _at(mark.line + 1, mark.column + 1) if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
+        if "maximum nesting depth" in problem:  # libyaml's own limit, met while it reads ahead
+            _fail(_too_deep(at))
         _fail(f"invalid YAML{at}: {_one_line(problem)}")
     except LimitExceeded:
         raise
@@ -235,7 +237,8 @@ def _scan_yaml(text: str) -> None:
                 levels[event.anchor] = 0
             value = event.value
             if len(value) > MAX_INT_DIGITS and (
-                event.tag == _INT_TAG or (event.style is None and event.implicit[0] and _YAML_INT.fullmatch(value))
+                # A plain scalar's style is None from PyYAML, "" from libyaml.
+                event.tag == _INT_TAG or (not event.style and event.implicit[0] and _YAML_INT.fullmatch(value))
             ):
                 digits = len(value.translate(_NOT_DIGITS))
                 if digits > MAX_INT_DIGITS:
@@ -246,8 +249,7 @@ def _scan_yaml(text: str) -> None:
             _fail(_too_deep(_mark(mark)))
         if nodes > MAX_NODES:
             _fail(
-                f"more than {MAX_NODES:,} values{_mark(mark)}, counting each YAML alias as the value it "
-                "repeats (limit)"
+                f"more than {MAX_NODES:,} values{_mark(mark)}, counting each YAML alias as the value it repeats (limit)"
             )
         if stack and reached > stack[-1].deepest:
             stack[-1].deepest = reached
@@ -297,4 +299,3 @@ def check_steps(data: object) -> None:
                 f"steps: {len(steps):,} steps; the limit is {MAX_STEPS:,} "
                 "(too many steps for one saga: split it into sagas that trigger each other)"
             )
-
