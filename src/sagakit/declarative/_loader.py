@@ -141,12 +141,11 @@ def _read(source: Source) -> tuple[Any, str | None]:
         elif suffix in (".yaml", ".yml"):
             data = _parse.parse_yaml(text)
         else:
-            # No telling extension: JSON if it parses as JSON, else YAML (a superset).
+            # No telling extension: JSON if it parses as JSON, else YAML (a superset,
+            # which reports the limits too, e.g. for digits inside a YAML 'string').
             try:
                 data = _parse.parse_json(text)
-            except _parse.LimitExceeded as e:
-                if not str(e).startswith("invalid JSON"):
-                    raise
+            except _parse.LimitExceeded:
                 data = _parse.parse_yaml(text)
         _parse.check_steps(data)
     except _parse.LimitExceeded as e:
