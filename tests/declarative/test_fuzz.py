@@ -172,7 +172,10 @@ def test_hostile_shapes_end_in_one_error(workdir: Path, width: int, levels: int,
     f.write_text("\n".join(bomb) + "\n")
     ends_well(f, resolve=False)
     nested = "[" * depth + "]" * depth
-    for name, text in (("deep.json", json.dumps({where: 1})[:-2] + nested + "}"), ("deep.yaml", f"{where}: {nested}\n")):
+    for name, text in (
+        ("deep.json", json.dumps({where: 1})[:-2] + nested + "}"),
+        ("deep.yaml", f"{where}: {nested}\n"),
+    ):
         f = workdir / name
         f.write_text(text)
         ends_well(f, resolve=False)
