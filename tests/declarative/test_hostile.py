@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sagakit.cli._main import cli
-from sagakit.declarative import InvalidDefinition, _parse, check_definition, generate, load_definition
+from sagakit.declarative import InvalidDefinition, _loader, _parse, check_definition, generate, load_definition
 
 from .conftest import SEED
 
@@ -286,6 +286,35 @@ def test_too_many_steps(tmp_path: Path, seed: dict[str, Any], monkeypatch: pytes
     )
     assert problem_of(tmp_path, "steps.json", json.dumps(seed)) == expected
     assert problems(seed) == [expected]
+
+
+def test_floods_of_keys_items_and_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = {f"k{i}": 1 for i in range(101)}
+    assert problem_of(tmp_path, "keys.json", json.dumps(keys)) == (
+        "a mapping of 101 keys; the limit is 100 (the format's largest mapping, a step, has 12 fields)"
+    )
+    assert problem_of(tmp_path, "items.json", json.dumps({"imports": [1] * 50_001})) == (
+        "a list of 50,001 items; the limit is 50,000"
+    )
+    monkeypatch.setattr(_parse, "MAX_NODES", 1000)
+    assert problem_of(tmp_path, "values.json", json.dumps({"imports": [[1] * 99] * 11})) == (
+        "more than 1,000 values (limit)"
+    )
+
+
+def test_problems_listed_are_capped(seed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of broken steps are counted, and the first ones listed in pydantic's order."""
+    monkeypatch.setattr(_loader, "MAX_ERRORS", 4)
+    seed["steps"] = [{"step_name": f"S{i}", "extra": 1} for i in range(3000)]
+    seed["name"] = 1
+    seed["zz"] = 2
+    assert problems(seed) == [
+        "name: must be a string, got 1",
+        "steps[0].command_name: required field is missing; add it",
+        "steps[0].command_module: required field is missing; add it",
+        "steps[0].success_event_name: required field is missing; add it",
+        "... and 14,998 more problems (only the first 4 are listed)",
+    ]
 
 
 def test_values_that_yaml_cannot_build(tmp_path: Path) -> None:

@@ -86,6 +86,16 @@ class InvalidDefinition(DefinitionError):
 
 # ---------------------------------------------------------------- reading
 
+MAX_ERRORS = 1000
+"""Problems listed in one InvalidDefinition; a line says how many more there are."""
+
+
+def _listed(errors: list[str], total: int) -> list[str]:
+    # A file of a million unknown fields would otherwise take minutes to report.
+    if total > len(errors):
+        errors.append(f"... and {total - len(errors):,} more problems (only the first {len(errors):,} are listed)")
+    return errors
+
 
 def read_definition(source: Source) -> SagaOrchestratorInputDTO:
     """Parse and validate a definition (JSON/YAML file or mapping) without importing anything.
@@ -95,10 +105,49 @@ def read_definition(source: Source) -> SagaOrchestratorInputDTO:
             missing, unknown or of the wrong type (every error, with its path).
     """
     data, origin = _read(source)
+    return _validate(data, origin)
+
+
+def _validate(data: Mapping[str, Any], origin: str | None) -> SagaOrchestratorInputDTO:
+    """The model of *data*, or every problem (the first ``MAX_ERRORS`` listed) in pydantic's order.
+
+    The lists of steps, triggers and imports are validated item by item, so
+    that only the listed problems are ever turned into Python objects;
+    pydantic's order is kept: fields in the model's order, unknown keys last.
+    """
+    ranked: list[tuple[int, str]] = []  # (field position, line)
+    total = 0
+    prepared = dict(data)
+    position = {name: i for i, name in enumerate(SagaOrchestratorInputDTO.model_fields)}
+    for field, model in _MODEL_AT.items():
+        items = data.get(field)
+        if not isinstance(items, list):
+            continue
+        valid: list[BaseModel] = []
+        listed = 0
+        for i, item in enumerate(items):
+            try:
+                valid.append(model.model_validate(item))
+            except ValidationError as e:
+                total += e.error_count()
+                if listed < MAX_ERRORS:
+                    for err in e.errors(include_url=False)[: MAX_ERRORS - listed]:
+                        err["loc"] = (field, i, *err["loc"])
+                        ranked.append((position[field], _format_error(err)))
+                        listed += 1
+        prepared[field] = valid
     try:
-        return SagaOrchestratorInputDTO.model_validate(data)
+        dto = SagaOrchestratorInputDTO.model_validate(prepared)
     except ValidationError as e:
-        raise InvalidDefinition([_format_error(err) for err in e.errors()], origin) from None
+        total += e.error_count()
+        for err in e.errors(include_url=False):
+            ranked.append((position.get(str(err["loc"][0]) if err["loc"] else "", len(position)), _format_error(err)))
+    else:
+        if not ranked:
+            return dto
+    ranked.sort(key=lambda r: r[0])  # stable: each field's problems stay in order
+    lines = [line for _, line in ranked[:MAX_ERRORS]]
+    raise InvalidDefinition(_listed(lines, total), origin)
 
 
 def _origin(source: Source) -> str | None:
@@ -147,7 +196,7 @@ def _read(source: Source) -> tuple[Any, str | None]:
                 data = _parse.parse_json(text)
             except _parse.LimitExceeded:
                 data = _parse.parse_yaml(text)
-        _parse.check_steps(data)
+        _parse.check_data(data)
     except _parse.LimitExceeded as e:
         raise InvalidDefinition([str(e)], origin) from None
     if not isinstance(data, dict):
@@ -712,7 +761,7 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _
             )
 
     if errors:
-        raise InvalidDefinition(errors, origin)
+        raise InvalidDefinition(_listed(errors[:MAX_ERRORS], len(errors)), origin)
     assert state is not None and repository is not None  # errors otherwise
 
     b = SagaBuilder(dto.saga_type, version=version, description=dto.description)

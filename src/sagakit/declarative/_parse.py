@@ -10,12 +10,17 @@ anything is built from it:
 - ``MAX_ALIASES``: YAML aliases (``*name``), and ``MAX_NODES``: values once
   every alias is expanded, so that a few hundred bytes of aliases to aliases
   (a "billion laughs") cannot grow into millions of values;
-- ``MAX_STEPS``: steps of one saga.
+- ``MAX_STEPS``: steps of one saga, and items of any other list;
+- ``MAX_KEYS``: keys of one mapping (the format's largest has 12 fields).
+
+The last two bound the number of problems validation can find, so that a
+file of a million unknown fields or list items cannot take gigabytes to
+report.
 
 YAML is read with the safe loader (no Python tags), after a first pass over
 the parser's events checks the limits without building anything. JSON is
-scanned for nesting and long numbers before ``json.loads``. A mapping given
-in Python is walked once for the same limits.
+scanned for nesting and long numbers before ``json.loads``. The data, parsed
+or given as a mapping in Python, is then walked once for all the limits.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
+    "MAX_KEYS",
     "MAX_NODES",
     "MAX_STEPS",
     "LimitExceeded",
@@ -48,6 +54,7 @@ MAX_INT_DIGITS = 100
 MAX_ALIASES = 100
 MAX_NODES = 2_000_000
 MAX_STEPS = 50_000
+MAX_KEYS = 100
 
 # libyaml's parser when PyYAML was built with it (much faster); the pure-Python one otherwise.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -263,7 +270,7 @@ def _mark(mark: Any) -> str:
 
 
 def check_data(data: object) -> None:
-    """Walk parsed or given data once and check the limits (depth, values, integers, steps).
+    """Walk parsed or given data once and check the limits (steps, depth, values, keys, list items, integers).
 
     Stops at the first broken limit, so a huge or cyclic structure is not
     walked to its end.
@@ -271,6 +278,7 @@ def check_data(data: object) -> None:
     Raises:
         LimitExceeded: naming the limit.
     """
+    check_steps(data)
     nodes = 0
     stack: list[tuple[object, int]] = [(data, 0)]
     while stack:
@@ -278,16 +286,27 @@ def check_data(data: object) -> None:
         nodes += 1
         if nodes > MAX_NODES:
             _fail(f"more than {MAX_NODES:,} values (limit)")
-        if isinstance(value, Mapping | list | tuple):
+        if isinstance(value, Mapping):
             depth += 1
             if depth > MAX_DEPTH:
                 _fail(_too_deep(""))
-            items = list(value.keys()) + list(value.values()) if isinstance(value, Mapping) else value
-            stack.extend((v, depth) for v in items)
+            if len(value) > MAX_KEYS:
+                _fail(
+                    f"a mapping of {len(value):,} keys; the limit is {MAX_KEYS} "
+                    "(the format's largest mapping, a step, has 12 fields)"
+                )
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth) for v in value.values())
+        elif isinstance(value, list | tuple):
+            depth += 1
+            if depth > MAX_DEPTH:
+                _fail(_too_deep(""))
+            if len(value) > MAX_STEPS:
+                _fail(f"a list of {len(value):,} items; the limit is {MAX_STEPS:,}")
+            stack.extend((v, depth) for v in value)
         elif isinstance(value, int) and value.bit_length() > MAX_INT_DIGITS * 3.33:
             # bit_length, not str(): converting a huge int to text is what fails.
             _fail(_too_long_int(int(value.bit_length() / 3.3219), ""))
-    check_steps(data)
 
 
 def check_steps(data: object) -> None:
