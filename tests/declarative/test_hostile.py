@@ -322,6 +322,9 @@ def test_values_that_yaml_cannot_build(tmp_path: Path) -> None:
         "invalid YAML: a value cannot be read (ValueError: month must be in 1..12)"
     )
     assert problem_of(tmp_path, "nul.yaml", b"name: a\x00b\n").startswith("invalid YAML")
+    assert problem_of(tmp_path, "empty_int.yaml", "name: !!int ''\n") == (
+        "invalid YAML: a value cannot be read (IndexError: string index out of range)"
+    )
     assert problem_of(tmp_path, "latin.json", "name: caf\xe9".encode("latin-1")).startswith("not UTF-8 text: ")
 
 

@@ -76,7 +76,7 @@ class InvalidDefinition(DefinitionError):
 
     def __init__(self, errors: Sequence[str], origin: str | None = None) -> None:
         # One line each, whatever a parser or a module put in its message.
-        self.errors = tuple(" ".join(e.split()) for e in errors)
+        self.errors = tuple(" ".join(e.splitlines()) for e in errors)
         self.origin = origin
         where = f" in {origin}" if origin else ""
         n = len(self.errors)

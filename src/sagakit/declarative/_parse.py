@@ -171,8 +171,9 @@ def parse_yaml(text: str) -> Any:
         _fail(f"invalid YAML{at}: {_one_line(problem)}")
     except LimitExceeded:
         raise
-    except (ValueError, TypeError, OverflowError, ArithmeticError) as e:
-        # A value the safe constructor cannot build, e.g. the date 2024-13-45.
+    except Exception as e:
+        # A value the safe constructor cannot build, e.g. the date 2024-13-45 (ValueError) or
+        # !!int '' (IndexError): PyYAML lets such errors through, whatever their type.
         _fail(f"invalid YAML: a value cannot be read ({type(e).__name__}: {_one_line(str(e))})")
 
 
