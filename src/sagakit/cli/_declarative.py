@@ -69,6 +69,16 @@ def _search_path(paths: Sequence[Path]) -> list[str | os.PathLike[str]]:
     return [Path.cwd(), *paths]
 
 
+def _load(file: Path, roots: tuple[str, ...] | None, paths: Sequence[Path]) -> Any:
+    """FILE's definition: with stand-in classes (importing nothing) when *roots* is None."""
+    from ..declarative._loader import build_definition_from, outline, read_definition
+
+    dto = read_definition(file)
+    if roots is None:
+        return outline(dto, origin=str(file))
+    return build_definition_from(dto, search_path=_search_path(paths), origin=str(file), allow_modules=roots)
+
+
 def _fail(file: object, error: Exception) -> NoReturn:
     from ..declarative import InvalidDefinition
 
@@ -111,19 +121,12 @@ def validate(files: tuple[Path, ...], resolve: bool, allow: tuple[str, ...], pat
     as FILE: field.path: problem. Exits 1 when any file is invalid.
     """
     from ..declarative import InvalidDefinition
-    from ..declarative._loader import build_definition_from, outline, read_definition
 
     roots = _roots(resolve, allow)
     failed = False
     for file in files:
         try:
-            dto = read_definition(file)
-            if roots is None:
-                definition = outline(dto, origin=str(file))
-            else:
-                definition = build_definition_from(
-                    dto, search_path=_search_path(paths), origin=str(file), allow_modules=roots
-                )
+            definition = _load(file, roots, paths)
         except InvalidDefinition as e:
             failed = True
             for line in e.errors:
@@ -246,17 +249,10 @@ def graph(
     """
     from ..declarative import GraphvizError, InvalidDefinition
     from ..declarative import graph as draw
-    from ..declarative._loader import build_definition_from, outline, read_definition
 
     roots = _roots(resolve, allow)
     try:
-        dto = read_definition(file)
-        if roots is None:
-            definition = outline(dto, origin=str(file))
-        else:
-            definition = build_definition_from(
-                dto, search_path=_search_path(paths), origin=str(file), allow_modules=roots
-            )
+        definition = _load(file, roots, paths)
     except InvalidDefinition as e:
         _fail(file, e)
     try:
