@@ -147,6 +147,23 @@ def test_generate_refuses_before_importing(tmp_path: Path, seed: dict[str, Any],
     assert not out.exists()
 
 
+def test_worker_limits_a_definition_files_imports(
+    tmp_path: Path, seed: dict[str, Any], marker_pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sagakit.admin import DefinitionsNotLoaded, load_definitions
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_definitions adds --path for good
+
+    assert [d.name for d in load_definitions([str(SEED)], allow_modules=[APP])] == ["OrderProcessingSaga"]
+    f = naming(tmp_path, seed, "marker_pkg")
+    with pytest.raises(DefinitionsNotLoaded, match="module 'marker_pkg' was not imported"):
+        load_definitions([str(f)], path=[str(tmp_path / "libs")], allow_modules=[APP])
+    result = CliRunner().invoke(cli, ["worker", str(f), "--path", str(tmp_path / "libs"), "--allow-module", APP])
+    assert result.exit_code == 2
+    assert "--allow-module marker_pkg" in result.output
+    assert not marker_pkg.exists()
+
+
 def test_format_only_still_checks_names_graph_and_lambdas(seed: dict[str, Any]) -> None:
     seed["steps"][1]["step_name"] = seed["steps"][0]["step_name"]
     seed["steps"][0]["command_module"] = "app..commands"
