@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -385,26 +385,9 @@ def build_definition(
     for s in steps:
         for d in s.after:
             dependents[d].append(s.name)
-    ancestors: dict[str, frozenset[str]] = {}
-    for n in order:
-        acc: set[str] = set()
-        for d in by_name[n].after:
-            acc.add(d)
-            acc |= ancestors[d]
-        ancestors[n] = frozenset(acc)
-    descendants: dict[str, set[str]] = {n: set() for n in order}
-    for n, ancs in ancestors.items():
-        for a in ancs:
-            descendants[a].add(n)
-
-    for s in steps:
-        if s.pivot:
-            for d in sorted(descendants[s.name]):
-                if by_name[d].compensation is not None:
-                    raise DefinitionError(
-                        f"step {d!r} has a compensation but runs after pivot step {s.name!r}: "
-                        "steps after a pivot cannot be rolled back; remove the compensation"
-                    )
+    ancestors = _Closure({s.name: s.after for s in steps})
+    descendants = _Closure(dependents)
+    _check_pivots(steps, order, by_name, descendants)
 
     checked_triggers = _check_messaging(name, triggers, state_model, completion_event, failure_event)
 
@@ -423,10 +406,113 @@ def build_definition(
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},
-        descendants={k: frozenset(v) for k, v in descendants.items()},
+        descendants=descendants,
         ancestors=ancestors,
         pivots=tuple(s.name for s in steps if s.pivot),
     )
+
+
+class _Closure(dict[str, frozenset[str]]):
+    """Every step's transitive ancestors (or descendants), each worked out when first read.
+
+    Storing them all up front takes memory quadratic in the number of steps (a
+    chain of 20,000 steps holds 200 million names), while the engine reads
+    only a few; after the first read a step's set is a plain dict lookup.
+    Iteration, length and equality cover every step, as for a full dict.
+    """
+
+    __slots__ = ("_edges",)
+
+    def __init__(self, edges: Mapping[str, Sequence[str]]) -> None:
+        super().__init__()
+        self._edges = edges
+
+    def __missing__(self, key: str) -> frozenset[str]:
+        edges = self._edges
+        if key not in edges:
+            raise KeyError(key)
+        found: set[str] = set()
+        stack = list(edges[key])
+        while stack:
+            n = stack.pop()
+            if n in found:
+                continue
+            found.add(n)
+            known = dict.get(self, n)
+            if known is not None:
+                found |= known  # n's own closure: no need to walk below it
+            else:
+                stack.extend(edges[n])
+        value = frozenset(found)
+        dict.__setitem__(self, key, value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._edges)
+
+    def __len__(self) -> int:
+        return len(self._edges)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._edges
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self._edges else default
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        return KeysView(self)
+
+    def values(self) -> ValuesView[frozenset[str]]:  # type: ignore[override]
+        return ValuesView(self)
+
+    def items(self) -> ItemsView[str, frozenset[str]]:  # type: ignore[override]
+        return ItemsView(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return len(self) == len(other) and all(k in other and other[k] == self[k] for k in self)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Closure, ({k: tuple(v) for k, v in self._edges.items()},))
+
+
+def _check_pivots(
+    steps: Sequence[StepDefinition],
+    order: Sequence[str],
+    by_name: Mapping[str, StepDefinition],
+    descendants: Mapping[str, frozenset[str]],
+) -> None:
+    """No step after a pivot step may have a compensation."""
+    # One pass in dependency order finds whether any step runs after a pivot
+    # and has a compensation; only then are pivots' descendants read, to name
+    # the first offending pair as before.
+    after_pivot: set[str] = set()
+    offending = False
+    for n in order:
+        s = by_name[n]
+        if any(d in after_pivot or by_name[d].pivot for d in s.after):
+            after_pivot.add(n)
+            offending = offending or s.compensation is not None
+    if not offending:
+        return
+    for s in steps:
+        if s.pivot:
+            for d in sorted(descendants[s.name]):
+                if by_name[d].compensation is not None:
+                    raise DefinitionError(
+                        f"step {d!r} has a compensation but runs after pivot step {s.name!r}: "
+                        "steps after a pivot cannot be rolled back; remove the compensation"
+                    )
 
 
 def _check_messaging(
@@ -478,18 +564,32 @@ def _check_correlation(where: str, fn: object) -> None:
 
 
 def _topological_order(steps: Sequence[StepDefinition]) -> list[str]:
-    """Kahn's algorithm in declaration order; a cycle is reported by its path."""
-    remaining = {s.name: set(s.after) for s in steps}
+    """Kahn's algorithm in waves, each wave in declaration order; a cycle is reported by its path.
+
+    Linear in steps and dependencies: a chain of 20,000 steps is one wave
+    per step, so rescanning the remaining steps per wave would be quadratic.
+    """
+    position = {s.name: i for i, s in enumerate(steps)}
+    waiting = {s.name: len(s.after) for s in steps}
+    dependents: dict[str, list[str]] = {s.name: [] for s in steps}
+    for s in steps:
+        for d in s.after:
+            dependents[d].append(s.name)
     order: list[str] = []
-    while remaining:
-        ready = [n for n, deps in remaining.items() if not deps]
-        if not ready:
-            raise DefinitionError(f"steps form a dependency cycle: {_find_cycle(remaining)}")
-        for n in ready:
-            del remaining[n]
-            order.append(n)
-        for deps in remaining.values():
-            deps.difference_update(ready)
+    wave = [s.name for s in steps if not s.after]
+    while wave:
+        order += wave
+        ready: list[str] = []
+        for n in wave:
+            for m in dependents[n]:
+                waiting[m] -= 1
+                if not waiting[m]:
+                    ready.append(m)
+        wave = sorted(ready, key=position.__getitem__)
+    if len(order) != len(steps):
+        done = set(order)
+        remaining = {s.name: set(s.after) - done for s in steps if s.name not in done}
+        raise DefinitionError(f"steps form a dependency cycle: {_find_cycle(remaining)}")
     return order
 
 

@@ -39,6 +39,12 @@ def test_validate_ok() -> None:
     assert result.exit_code == 0
     assert result.stdout == (
         f"{SEED}: OK: saga 'OrderProcessingSaga' (orchestrator OrderProcessingSagaOrchestrator): "
+        "2 steps, 1 trigger, 1 compensation (modules not imported; --resolve --allow-module PACKAGE checks them)\n"
+    )
+    result = run("validate", "--resolve", "--allow-module", "app_root_name", str(SEED))
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"{SEED}: OK: saga 'OrderProcessingSaga' (orchestrator OrderProcessingSagaOrchestrator): "
         "2 steps, 1 trigger, 1 compensation\n"
     )
 
@@ -47,7 +53,7 @@ def test_validate_reports_every_error_on_its_own_line(tmp_path: Path, seed: dict
     seed["steps"][0]["command_name"] = "Nope"
     seed["triggering_events"][0]["correlation_id_provider_str"] = "lambda e: e.__class__"
     bad = write(tmp_path / "bad.json", seed)
-    result = run("validate", str(SEED), str(bad))
+    result = run("validate", "--allow-module", "app_root_name", str(SEED), str(bad))
     assert result.exit_code == 1
     assert result.stdout.startswith(f"{SEED}: OK")
     lines = result.stderr.splitlines()
@@ -79,10 +85,12 @@ def test_path_option_and_current_directory(
     seed["completion_event_name"] = "Done"
     seed["completion_event_module"] = "cli_only_pkg"
     f = write(tmp_path / "saga.json", seed)
-    assert run("validate", str(f)).exit_code == 1
-    assert run("validate", "--path", str(tmp_path / "libs"), str(f)).exit_code == 0
+    assert run("validate", str(f)).exit_code == 0  # nothing imported
+    resolve = ("validate", "--allow-module", "app_root_name", "--allow-module", "cli_only_pkg")
+    assert run(*resolve, str(f)).exit_code == 1
+    assert run(*resolve, "--path", str(tmp_path / "libs"), str(f)).exit_code == 0
     monkeypatch.chdir(tmp_path / "libs")  # the current directory is always searched
-    assert run("validate", str(f)).exit_code == 0
+    assert run(*resolve, str(f)).exit_code == 0
     import sys
 
     sys.modules.pop("cli_only_pkg", None)

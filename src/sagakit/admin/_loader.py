@@ -19,17 +19,25 @@ class DefinitionsNotLoaded(SagaError):
     """A ``--app``/``--definitions`` target that does not give saga definitions; says which and why."""
 
 
-def load_definitions(targets: Iterable[str], *, path: Iterable[str] = (".",)) -> list[SagaDefinition]:
+def load_definitions(
+    targets: Iterable[str],
+    *,
+    path: Iterable[str] = (".",),
+    allow_modules: Iterable[str] | None = None,
+) -> list[SagaDefinition]:
     """The definitions that *targets* name.
 
     A target is ``module:attr`` (a SagaDefinition, or a list or tuple of them),
     ``module`` (every SagaDefinition among its attributes), or a ``.json`` /
     ``.yaml`` file in the declarative format. The directories in *path* are put
     on ``sys.path`` first, so that the application's modules import.
+    *allow_modules* (package names) limits the modules a definition file may
+    have imported, as for ``load_definition``; None allows any.
 
     Raises:
         DefinitionsNotLoaded: naming the target and the problem.
     """
+    allow = None if allow_modules is None else list(allow_modules)
     for p in path:
         full = os.path.abspath(p)
         if full not in sys.path:
@@ -37,7 +45,7 @@ def load_definitions(targets: Iterable[str], *, path: Iterable[str] = (".",)) ->
     found: list[SagaDefinition] = []
     for target in targets:
         if target.endswith(_FILES):
-            found.append(_from_file(target))
+            found.append(_from_file(target, allow))
             continue
         module_name, _, attr = target.partition(":")
         try:
@@ -70,10 +78,10 @@ def load_definitions(targets: Iterable[str], *, path: Iterable[str] = (".",)) ->
     return list(unique.values())
 
 
-def _from_file(target: str) -> SagaDefinition:
+def _from_file(target: str, allow_modules: list[str] | None) -> SagaDefinition:
     from ..declarative import load_definition
 
     try:
-        return load_definition(target)
+        return load_definition(target, allow_modules=allow_modules)
     except (OSError, ValueError, SagaError) as e:
         raise DefinitionsNotLoaded(f"cannot load definition file {target}: {e}") from e

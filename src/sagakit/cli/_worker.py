@@ -59,6 +59,13 @@ log = logging.getLogger("sagakit.worker")
 @click.option(
     "--path", "paths", multiple=True, default=["."], show_default=True, help="Directories added to the import path."
 )
+@click.option(
+    "--allow-module",
+    "allow",
+    multiple=True,
+    metavar="PACKAGE",
+    help="For definition files: a package whose modules they may import (repeatable); others are refused.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def worker(
     targets: tuple[str, ...],
@@ -69,6 +76,7 @@ def worker(
     grace: float,
     worker_id: str | None,
     paths: tuple[str, ...],
+    allow: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run sagas of TARGETS (modules like myapp.sagas[:attr], or .json/.yaml definition files).
@@ -76,13 +84,16 @@ def worker(
     Claims due sagas from the store, runs their steps and resumes what dead
     workers left. SIGTERM or SIGINT stops claiming, lets running attempts
     finish for --grace seconds and releases every lease before exiting.
+
+    A definition file's modules are imported, which runs their code; with
+    --allow-module PACKAGE only modules inside the named packages are.
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        definitions = load_definitions(targets, path=paths)
+        definitions = load_definitions(targets, path=paths, allow_modules=allow or None)
     except DefinitionsNotLoaded as e:
         raise click.UsageError(str(e)) from None
     try:

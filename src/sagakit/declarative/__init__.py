@@ -2,7 +2,8 @@
 
 - ``load_definition(path_or_mapping)`` reads JSON or YAML and returns the same
   ``SagaDefinition`` that ``SagaBuilder`` makes;
-- ``read_definition`` validates without importing anything;
+- ``check_definition`` validates completely without importing anything
+  (``read_definition``: the fields only);
 - ``compile_correlation`` is the safe compiler of ``correlation_id_provider_str``;
 - ``generate`` writes a code-first orchestrator module (``render`` returns its
   source); ``scaffold`` (or ``generate(..., scaffold=True)``) creates the state
@@ -22,7 +23,7 @@ from .._messages import default_command, merge_event, to_correlation_id
 from ._correlation import CorrelationFunction, compile_correlation
 from ._generate import GeneratedFileEdited, Scaffolded, generate, module_path, render, scaffold, snake_case
 from ._graph import GraphvizError, GraphvizNotFound, graph, render_svg
-from ._loader import InvalidDefinition, build_definition_from, load_definition, read_definition
+from ._loader import InvalidDefinition, build_definition_from, check_definition, load_definition, read_definition
 from ._models import (
     ImportDefinitionDTO,
     SagaOrchestratorInputDTO,
@@ -42,6 +43,7 @@ __all__ = [
     "Scaffolded",
     "TriggerEventConfigInputDTO",
     "build_definition_from",
+    "check_definition",
     "compile_correlation",
     "default_command",
     "generate",

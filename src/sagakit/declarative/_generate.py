@@ -46,9 +46,11 @@ from ._loader import (
     InvalidDefinition,
     Source,
     _Resolver,
+    allowed_roots,
     build_definition_from,
     extended_sys_path,
     read_definition,
+    refuse_outside,
 )
 from ._models import SagaOrchestratorInputDTO, SagaStepInputDTO, success_events
 from ._pysource import (
@@ -439,6 +441,7 @@ def generate(
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
     scaffold: bool = False,
+    allow_modules: Sequence[str] | None = None,
 ) -> Path:
     """Write the orchestrator module of *definition* and return its path.
 
@@ -446,6 +449,9 @@ def generate(
     missing package ``__init__.py`` files on the way are created. The
     definition is fully loaded first (modules resolved from *root*,
     *search_path* and ``sys.path``), so a broken definition writes nothing.
+    Loading imports the modules the definition names, which runs their code;
+    *allow_modules* (package names) refuses, before anything is imported, a
+    definition naming a module outside those packages.
 
     Args:
         definition: a validated model, a definition file, or a mapping.
@@ -457,10 +463,14 @@ def generate(
         scaffold: first create the state DTO and state repository modules the
             definition names if they do not exist yet (see ``scaffold``); the
             rest of the definition is checked before anything is written.
+        allow_modules: the packages whose modules may be imported; None (the
+            default) imports any module the definition names.
 
     Raises:
-        InvalidDefinition: the definition is invalid or breaks the naming rule.
-        ValueError: *bounded_ctx* or *app_root* is not a package name.
+        InvalidDefinition: the definition is invalid, breaks the naming rule,
+            or names a module outside *allow_modules*.
+        ValueError: *bounded_ctx* or *app_root* is not a package name, or an
+            *allow_modules* entry is not one.
         GeneratedFileEdited: the file exists and was edited (pass ``force=True``).
     """
     target, _ = generate_files(
@@ -472,6 +482,7 @@ def generate(
         version=version,
         search_path=search_path,
         scaffold=scaffold,
+        allow_modules=allow_modules,
     )
     return target
 
@@ -486,9 +497,13 @@ def generate_files(
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
     scaffold: bool = False,
+    allow_modules: Sequence[str] | None = None,
 ) -> tuple[Path, list[Scaffolded]]:
     """``generate``, also returning what *scaffold* did with each state module (empty without it)."""
+    roots = allowed_roots(allow_modules)
     dto, origin = _read(definition)
+    if roots is not None:
+        refuse_outside(dto, roots, origin)
     for label, value in (("bounded_ctx", bounded_ctx), ("app_root", app_root)):
         if not _PACKAGE.match(value) or keyword.iskeyword(value):
             raise ValueError(
@@ -504,9 +519,9 @@ def generate_files(
         with extended_sys_path(paths):
             targets = _plan(dto, root_path, origin)
             _check_collisions(targets, f"{app_root}.domain.{bounded_ctx}.sagas.{snake_case(dto.name)}", origin)
-            _check_all_but_state(dto, targets, version, origin)
+            _check_all_but_state(dto, targets, version, origin, roots)
             scaffolded = _write_scaffolds(dto, targets, root_path, origin, force=force)
-    build_definition_from(dto, version=version, search_path=paths, origin=origin)
+    build_definition_from(dto, version=version, search_path=paths, origin=origin, allow_modules=roots)
     with extended_sys_path(paths):
         source = render(dto, root=root_path, origin=origin)
     _write(target, source, force=force)
@@ -549,11 +564,15 @@ def _check_collisions(targets: Sequence[_Target], orchestrator: str, origin: str
 
 
 def _check_all_but_state(
-    dto: SagaOrchestratorInputDTO, targets: Sequence[_Target], version: int, origin: str | None
+    dto: SagaOrchestratorInputDTO,
+    targets: Sequence[_Target],
+    version: int,
+    origin: str | None,
+    roots: tuple[str, ...] | None = None,
 ) -> None:
     """Load the definition; problems with the state modules about to be created do not count."""
     try:
-        build_definition_from(dto, version=version, origin=origin)
+        build_definition_from(dto, version=version, origin=origin, allow_modules=roots)
     except InvalidDefinition as e:
         fields = tuple(f"{role}_" for t in targets if not t.found for role in t.roles)
         dto_created = any(not t.found and "state_dto" in t.roles for t in targets)

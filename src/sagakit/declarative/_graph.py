@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -163,7 +163,7 @@ def _layout(d: SagaDefinition) -> tuple[list[_Node], list[_Edge]]:
         edges.append(_Edge(f"step_{index[s.name]}", f"undo_{index[s.name]}", dotted=True, label="rollback"))
     nodes.append(_Node("failed", (failed,), "event"))
     for s in compensated:
-        before = _nearest_compensated(d, s)
+        before = _nearest_compensated(d, s, index)
         if before:
             edges += [_Edge(f"undo_{index[s.name]}", f"undo_{index[b]}", dotted=True) for b in before]
         else:
@@ -171,7 +171,7 @@ def _layout(d: SagaDefinition) -> tuple[list[_Node], list[_Edge]]:
     return nodes, edges
 
 
-def _nearest_compensated(d: SagaDefinition, s: StepDefinition) -> list[str]:
+def _nearest_compensated(d: SagaDefinition, s: StepDefinition, index: Mapping[str, int]) -> list[str]:
     """The closest ancestors of *s* that have a compensation (what is undone next)."""
     out: list[str] = []
     seen: set[str] = set()
@@ -185,9 +185,11 @@ def _nearest_compensated(d: SagaDefinition, s: StepDefinition) -> list[str]:
             out.append(name)
         else:
             stack.extend(d.by_name[name].after)
+    if len(out) < 2:
+        return out
     # Drop ancestors of other hits: they are undone after those, not directly after s.
     nearest = [n for n in out if not any(n in d.ancestors[o] for o in out if o != n)]
-    return sorted(nearest, key=d.order.index)
+    return sorted(nearest, key=index.__getitem__)
 
 
 def _mermaid_text(text: str) -> str:

@@ -3,14 +3,19 @@
 Reading happens in three stages, each reporting every problem it finds with
 its field path (``steps[1].success_event_module``), the value and the fix:
 
-1. parse the JSON or YAML text (or take the mapping as given);
+1. parse the JSON or YAML text (or take the mapping as given) within the
+   limits of ``_parse`` (size, nesting, YAML aliases, integer digits, steps);
 2. validate it against the pydantic models of the format;
 3. resolve every module and class with ``importlib``, compile the
    correlation lambdas (see ``_correlation``), then build the definition
    through ``SagaBuilder`` exactly as code would.
 
 Resolving a class imports its module, which runs that module's top-level
-code, as ``import`` would.
+code, as ``import`` would; a definition file can therefore run code. So
+``check_definition`` (and ``sagakit validate`` by default) does stage 3 with
+stand-in classes named after the definition's and imports nothing, and
+``load_definition`` takes ``allow_modules``, the packages whose modules it
+may import.
 
 The state repository named in a definition is resolved (so a typo is caught)
 and kept in ``definition.extras["state_repository"]``, but sagakit does not
@@ -21,24 +26,25 @@ state DTO.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import importlib
-import json
 import keyword
 import os
 import re
+import reprlib
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from .._definition import _NAME, SagaBuilder, SagaDefinition, is_message_type
 from .._errors import DefinitionError
 from .._messages import SendCommand, send
+from . import _parse
 from ._correlation import CorrelationFunction, compile_correlation
 from ._models import (
     ImportDefinitionDTO,
@@ -51,6 +57,7 @@ from ._models import (
 __all__ = [
     "InvalidDefinition",
     "build_definition_from",
+    "check_definition",
     "extended_sys_path",
     "load_definition",
     "read_definition",
@@ -68,7 +75,8 @@ class InvalidDefinition(DefinitionError):
     """
 
     def __init__(self, errors: Sequence[str], origin: str | None = None) -> None:
-        self.errors = tuple(errors)
+        # One line each, whatever a parser or a module put in its message.
+        self.errors = tuple(" ".join(e.splitlines()) for e in errors)
         self.origin = origin
         where = f" in {origin}" if origin else ""
         n = len(self.errors)
@@ -77,6 +85,16 @@ class InvalidDefinition(DefinitionError):
 
 
 # ---------------------------------------------------------------- reading
+
+MAX_ERRORS = 1000
+"""Problems listed in one InvalidDefinition; a line says how many more there are."""
+
+
+def _listed(errors: list[str], total: int) -> list[str]:
+    # A file of a million unknown fields would otherwise take minutes to report.
+    if total > len(errors):
+        errors.append(f"... and {total - len(errors):,} more problems (only the first {len(errors):,} are listed)")
+    return errors
 
 
 def read_definition(source: Source) -> SagaOrchestratorInputDTO:
@@ -87,10 +105,49 @@ def read_definition(source: Source) -> SagaOrchestratorInputDTO:
             missing, unknown or of the wrong type (every error, with its path).
     """
     data, origin = _read(source)
+    return _validate(data, origin)
+
+
+def _validate(data: Mapping[str, Any], origin: str | None) -> SagaOrchestratorInputDTO:
+    """The model of *data*, or every problem (the first ``MAX_ERRORS`` listed) in pydantic's order.
+
+    The lists of steps, triggers and imports are validated item by item, so
+    that only the listed problems are ever turned into Python objects;
+    pydantic's order is kept: fields in the model's order, unknown keys last.
+    """
+    ranked: list[tuple[int, str]] = []  # (field position, line)
+    total = 0
+    prepared = dict(data)
+    position = {name: i for i, name in enumerate(SagaOrchestratorInputDTO.model_fields)}
+    for field, model in _MODEL_AT.items():
+        items = data.get(field)
+        if not isinstance(items, list):
+            continue
+        valid: list[BaseModel] = []
+        listed = 0
+        for i, item in enumerate(items):
+            try:
+                valid.append(model.model_validate(item))
+            except ValidationError as e:
+                total += e.error_count()
+                if listed < MAX_ERRORS:
+                    for err in e.errors(include_url=False)[: MAX_ERRORS - listed]:
+                        err["loc"] = (field, i, *err["loc"])
+                        ranked.append((position[field], _format_error(err)))
+                        listed += 1
+        prepared[field] = valid
     try:
-        return SagaOrchestratorInputDTO.model_validate(data)
+        dto = SagaOrchestratorInputDTO.model_validate(prepared)
     except ValidationError as e:
-        raise InvalidDefinition([_format_error(err) for err in e.errors()], origin) from None
+        total += e.error_count()
+        for err in e.errors(include_url=False):
+            ranked.append((position.get(str(err["loc"][0]) if err["loc"] else "", len(position)), _format_error(err)))
+    else:
+        if not ranked:
+            return dto
+    ranked.sort(key=lambda r: r[0])  # stable: each field's problems stay in order
+    lines = [line for _, line in ranked[:MAX_ERRORS]]
+    raise InvalidDefinition(_listed(lines, total), origin)
 
 
 def _origin(source: Source) -> str | None:
@@ -99,32 +156,49 @@ def _origin(source: Source) -> str | None:
 
 def _read(source: Source) -> tuple[Any, str | None]:
     if isinstance(source, Mapping):
+        try:
+            _parse.check_data(source)
+        except _parse.LimitExceeded as e:
+            raise InvalidDefinition([str(e)]) from None
         return source, None
     if not isinstance(source, str | os.PathLike):
         raise InvalidDefinition([f"expected a file path or a mapping, got {type(source).__name__} {source!r}"])
     path = Path(source)
     origin = os.fspath(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            # Read one byte past the limit rather than trusting the size on disk
+            # (a pipe or a device has none).
+            raw = f.read(_parse.MAX_BYTES + 1)
+            if len(raw) > _parse.MAX_BYTES:
+                _parse.too_big(os.fstat(f.fileno()).st_size)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InvalidDefinition([f"file not found: {origin!r} (check the path)"], origin) from None
     except IsADirectoryError:
         raise InvalidDefinition([f"{origin!r} is a directory, not a definition file"], origin) from None
     except UnicodeDecodeError as e:
         raise InvalidDefinition([f"not UTF-8 text: {e}"], origin) from None
+    except _parse.LimitExceeded as e:
+        raise InvalidDefinition([str(e)], origin) from None
     except OSError as e:
         raise InvalidDefinition([f"cannot read the file: {e}"], origin) from None
     suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = _parse_json(text, origin)
-    elif suffix in (".yaml", ".yml"):
-        data = _parse_yaml(text, origin)
-    else:
-        # No telling extension: JSON if it parses as JSON, else YAML (a superset).
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = _parse_yaml(text, origin)
+    try:
+        if suffix == ".json":
+            data = _parse.parse_json(text)
+        elif suffix in (".yaml", ".yml"):
+            data = _parse.parse_yaml(text)
+        else:
+            # No telling extension: JSON if it parses as JSON, else YAML (a superset,
+            # which reports the limits too, e.g. for digits inside a YAML 'string').
+            try:
+                data = _parse.parse_json(text)
+            except _parse.LimitExceeded:
+                data = _parse.parse_yaml(text)
+        _parse.check_data(data)
+    except _parse.LimitExceeded as e:
+        raise InvalidDefinition([str(e)], origin) from None
     if not isinstance(data, dict):
         raise InvalidDefinition(
             [
@@ -134,23 +208,6 @@ def _read(source: Source) -> tuple[Any, str | None]:
             origin,
         )
     return data, origin
-
-
-def _parse_json(text: str, origin: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidDefinition([f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"], origin) from None
-
-
-def _parse_yaml(text: str, origin: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise InvalidDefinition([f"invalid YAML{at}: {problem}"], origin) from None
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -179,8 +236,17 @@ def _fields_at(loc: Sequence[int | str]) -> list[str]:
 
 
 def _value(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int too long for str(); the readers refuse those, a mapping may not
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Bounded: a value in an error message may be a huge list or string.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 80, 80
+_REPR.maxlong = 80
 
 
 def _format_error(err: Any) -> str:
@@ -232,10 +298,90 @@ def extended_sys_path(paths: Sequence[str | os.PathLike[str]] | None) -> Iterato
                 sys.path.remove(p)
 
 
+def allowed_roots(allow_modules: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Check *allow_modules* (package names) and return them as a tuple; None allows every module.
+
+    Raises:
+        ValueError: an entry is not a dotted module path.
+    """
+    if allow_modules is None:
+        return None
+    if isinstance(allow_modules, str):
+        allow_modules = [allow_modules]
+    roots = tuple(dict.fromkeys(allow_modules))
+    for root in roots:
+        if not isinstance(root, str) or not _MODULE.match(root):
+            raise ValueError(
+                f"allow_modules entry {root!r} is not a package name: give dotted module paths like 'myapp' "
+                "or 'myapp.domain'"
+            )
+    return roots
+
+
+def _is_allowed(name: str, roots: tuple[str, ...]) -> bool:
+    return any(name == root or name.startswith(root + ".") for root in roots)
+
+
+def _refusal(name: str, roots: tuple[str, ...]) -> str:
+    allowed = ", ".join(repr(r) for r in roots) or "none"
+    top = name.partition(".")[0]
+    return (
+        f"module {name!r} was not imported: it is outside the packages allowed to be imported "
+        f"({allowed}); if you trust its code, allow it with --allow-module {top} "
+        f"(allow_modules=[{top!r}] in Python)"
+    )
+
+
+def refuse_outside(dto: SagaOrchestratorInputDTO, roots: tuple[str, ...], origin: str | None = None) -> None:
+    """Refuse, before anything is imported, a definition naming a module outside the *roots* packages.
+
+    Raises:
+        InvalidDefinition: one line per module field outside them.
+    """
+    errors = [
+        f"{field}: {_refusal(name, roots)}"
+        for field, name in named_modules(dto)
+        if _MODULE.match(name) and not _is_allowed(name, roots)
+    ]
+    if errors:
+        raise InvalidDefinition(errors, origin)
+
+
+def named_modules(dto: SagaOrchestratorInputDTO) -> list[tuple[str, str]]:
+    """Every module the definition names, as (field path, module path), in field order."""
+    out = [("state_dto_module", dto.state_dto_module), ("state_repository_module", dto.state_repository_module)]
+    out += [(f"imports[{i}].module", imp.module) for i, imp in enumerate(dto.imports)]
+    out += [(f"triggering_events[{i}].event_module", t.event_module) for i, t in enumerate(dto.triggering_events)]
+    for i, step in enumerate(dto.steps):
+        at = f"steps[{i}]"
+        out.append((f"{at}.command_module", step.command_module))
+        modules = (
+            [step.success_event_module] if isinstance(step.success_event_module, str) else step.success_event_module
+        )
+        many = len(modules) > 1
+        out += [(f"{at}.success_event_module" + (f"[{j}]" if many else ""), m) for j, m in enumerate(modules)]
+        for field in ("failure_event_module", "compensation_command_module"):
+            value = getattr(step, field)
+            if value is not None:
+                out.append((f"{at}.{field}", value))
+        for field in ("compensation_success_event_name", "compensation_failure_event_name"):
+            value = getattr(step, field)
+            if value is not None and "." in value:
+                out.append((f"{at}.{field}", value.rpartition(".")[0]))
+    for kind in ("completion", "failure"):
+        value = getattr(dto, f"{kind}_event_module")
+        if value is not None:
+            out.append((f"{kind}_event_module", value))
+    return out
+
+
 class _Resolver:
-    def __init__(self) -> None:
+    """Imports the modules a definition names (those inside *allow*, when given) and finds its classes."""
+
+    def __init__(self, allow: tuple[str, ...] | None = None) -> None:
         self.errors: list[str] = []
         self._modules: dict[str, ModuleType | str] = {}
+        self._allow = allow
 
     def module(self, path: str, name: str) -> ModuleType | None:
         if not _MODULE.match(name):
@@ -256,8 +402,9 @@ class _Resolver:
             return None
         return cached
 
-    @staticmethod
-    def _import(name: str) -> ModuleType | str:
+    def _import(self, name: str) -> ModuleType | str:
+        if self._allow is not None and not _is_allowed(name, self._allow):
+            return _refusal(name, self._allow)
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -269,6 +416,15 @@ class _Resolver:
             )
         except Exception as e:  # the module's own code failed: report, do not crash validation
             return f"module {name!r} failed to import: {type(e).__name__}: {e}"
+
+    def import_names(self, i: int, imp: ImportDefinitionDTO) -> None:
+        """Check an ``imports`` entry: its module, and each name in it."""
+        mod = self.module(f"imports[{i}].module", imp.module)
+        if mod is None:
+            return
+        for j, n in enumerate(imp.names):
+            if not hasattr(mod, n):
+                self.errors.append(f"imports[{i}].names[{j}]: module {imp.module!r} has no {n!r}")
 
     def cls(
         self,
@@ -346,6 +502,10 @@ class _Resolver:
         candidates += [m for m, _ in success_events(step)]
         candidates.append(step.command_module)
         tried = list(dict.fromkeys(c for c in candidates if _MODULE.match(c)))
+        if self._allow is not None:
+            # A module outside the allowed packages is reported on its own field.
+            allow = self._allow
+            tried = [t for t in tried if _is_allowed(t, allow)]
         for module_name in tried:
             cached = self._modules.get(module_name)
             if cached is None:
@@ -360,6 +520,79 @@ class _Resolver:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _StandIn:
+    """Base of the classes that stand in for a definition's classes when nothing is imported."""
+
+
+class _StandIns(_Resolver):
+    """Checks names and module paths without importing: each class is a stand-in of its name.
+
+    One stand-in per (module, class name), so the build's checks that compare
+    classes (an event listed twice, a reply both success and failure) work
+    as with the real classes. Every stand-in is a dataclass, which
+    ``SagaBuilder`` accepts as a message type.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(allow=())
+        self._stand_ins: dict[tuple[str, str], type] = {}
+
+    def stand_in(self, module_name: str, class_name: str) -> type:
+        key = (module_name, class_name)
+        found = self._stand_ins.get(key)
+        if found is None:
+            namespace = {"__module__": module_name or "<unknown>", "__qualname__": class_name}
+            found = type(class_name, (_StandIn,), namespace)
+            self._stand_ins[key] = found
+        return found
+
+    def module(self, path: str, name: str) -> ModuleType | None:
+        if not _MODULE.match(name):
+            super().module(path, name)  # reports why the path is malformed
+        return None
+
+    def import_names(self, i: int, imp: ImportDefinitionDTO) -> None:
+        self.module(f"imports[{i}].module", imp.module)
+        for j, n in enumerate(imp.names):
+            if not n.isidentifier() or keyword.iskeyword(n):
+                self.errors.append(f"imports[{i}].names[{j}]: {n!r} is not a Python name")
+
+    def cls(
+        self,
+        name_path: str,
+        class_name: str,
+        module_path: str,
+        module_name: str,
+        what: str,
+        *,
+        message: bool = True,
+    ) -> type | None:
+        if not class_name.isidentifier() or keyword.iskeyword(class_name):
+            self.errors.append(f"{name_path}: {class_name!r} is not a Python class name")
+            return None
+        if not _MODULE.match(module_name):
+            self.module(module_path, module_name)
+            return None
+        return self.stand_in(module_name, class_name)
+
+    def loose_event(
+        self,
+        path: str,
+        name: str,
+        step: SagaStepInputDTO,
+        imports: Sequence[ImportDefinitionDTO],
+    ) -> type | None:
+        if "." in name:
+            module_name, _, class_name = name.rpartition(".")
+            return self.cls(path, class_name, path, module_name, "a compensation event")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            self.errors.append(f"{path}: {name!r} is not a Python class name")
+            return None
+        # Where a bare name lives is found by importing; without that, the name alone identifies it.
+        return self.stand_in("", name)
+
+
 # ---------------------------------------------------------------- building
 
 
@@ -368,8 +601,13 @@ def load_definition(
     *,
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
+    allow_modules: Sequence[str] | None = None,
 ) -> SagaDefinition:
-    """Load a saga definition in the declarative format of seed 000.
+    """Load a saga definition in the declarative format of seed 000, importing the modules it names.
+
+    Importing a module runs its top-level code: load only definitions you
+    trust, or name the packages they may import from with *allow_modules*.
+    ``check_definition`` validates a definition without importing anything.
 
     Args:
         source: a ``.json``/``.yaml``/``.yml`` file (other names: JSON if it
@@ -377,6 +615,9 @@ def load_definition(
         version: the definition version to build.
         search_path: directories put in front of ``sys.path`` while modules are
             resolved.
+        allow_modules: package names (``["myapp"]``): only these packages and
+            the modules inside them are imported; a definition naming any
+            other module is refused. None (the default) imports any module.
 
     Returns:
         The same ``SagaDefinition`` that ``SagaBuilder`` makes: one ``send``
@@ -389,10 +630,41 @@ def load_definition(
 
     Raises:
         InvalidDefinition: (a DefinitionError) listing every problem with its
-            field path, the value and the reason.
+            field path, the value and the reason; a file over a limit (size,
+            nesting, YAML aliases, number digits, steps) is one problem naming it.
+        ValueError: an *allow_modules* entry is not a package name.
+    """
+    roots = allowed_roots(allow_modules)
+    dto = read_definition(source)
+    return _build_from(dto, version, search_path, _origin(source), _Resolver(roots))
+
+
+def check_definition(source: Source, *, version: int = 1) -> SagaOrchestratorInputDTO:
+    """Validate a definition completely without importing anything; return its model.
+
+    Checks what ``load_definition`` checks except that the modules exist and
+    hold the classes: the fields, every name and module path, the step
+    graph, the correlation lambdas, and the definition ``SagaBuilder`` would
+    build (with stand-ins for the classes).
+
+    Raises:
+        InvalidDefinition: listing every problem with its field path.
     """
     dto = read_definition(source)
-    return build_definition_from(dto, version=version, search_path=search_path, origin=_origin(source))
+    outline(dto, version=version, origin=_origin(source))
+    return dto
+
+
+def outline(dto: SagaOrchestratorInputDTO, *, version: int = 1, origin: str | None = None) -> SagaDefinition:
+    """The definition built with stand-in classes named after the definition's (imports nothing).
+
+    For checking and drawing only: its classes are empty dataclasses, so an
+    engine cannot run it.
+
+    Raises:
+        InvalidDefinition: listing every problem with its field path.
+    """
+    return _build(dto, version, origin, _StandIns())
 
 
 def build_definition_from(
@@ -401,18 +673,31 @@ def build_definition_from(
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
     origin: str | None = None,
+    allow_modules: Sequence[str] | None = None,
 ) -> SagaDefinition:
     """Resolve a validated definition's modules and build its ``SagaDefinition``.
 
+    *allow_modules* limits the imports as for ``load_definition``.
+
     Raises:
         InvalidDefinition: listing every problem with its field path.
+        ValueError: an *allow_modules* entry is not a package name.
     """
+    return _build_from(dto, version, search_path, origin, _Resolver(allowed_roots(allow_modules)))
+
+
+def _build_from(
+    dto: SagaOrchestratorInputDTO,
+    version: int,
+    search_path: Sequence[str | os.PathLike[str]] | None,
+    origin: str | None,
+    resolver: _Resolver,
+) -> SagaDefinition:
     with extended_sys_path(search_path):
-        return _build(dto, version, origin)
+        return _build(dto, version, origin, resolver)
 
 
-def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> SagaDefinition:
-    r = _Resolver()
+def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _Resolver) -> SagaDefinition:
     errors = r.errors
     if not _NAME.match(dto.saga_type):
         errors.append(
@@ -433,12 +718,7 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> S
     )
 
     for i, imp in enumerate(dto.imports):
-        mod = r.module(f"imports[{i}].module", imp.module)
-        if mod is None:
-            continue
-        for j, n in enumerate(imp.names):
-            if not hasattr(mod, n):
-                errors.append(f"imports[{i}].names[{j}]: module {imp.module!r} has no {n!r}")
+        r.import_names(i, imp)
 
     triggers: list[tuple[type, CorrelationFunction]] = []
     seen_triggers: dict[type, int] = {}
@@ -481,7 +761,7 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None) -> S
             )
 
     if errors:
-        raise InvalidDefinition(errors, origin)
+        raise InvalidDefinition(_listed(errors[:MAX_ERRORS], len(errors)), origin)
     assert state is not None and repository is not None  # errors otherwise
 
     b = SagaBuilder(dto.saga_type, version=version, description=dto.description)
