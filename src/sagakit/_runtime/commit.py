@@ -63,6 +63,12 @@ class Committer(RuntimeBase):
         if held.history is not None:
             held.history.extend(decision.history)
         p = self._queue.get(sid)
+        if p is not None and p.held is not held:
+            # Queued for a copy of the saga this engine has let go of (it claimed the saga
+            # anew): based on a revision that is gone, it could only be refused.
+            del self._queue[sid]
+            _refuse(p)
+            p = None
         if p is None:
             p = Pending(held, old.revision, decision.history, [], insert)
             p.data_changed = insert or st.data is not old.data
@@ -210,9 +216,13 @@ class Committer(RuntimeBase):
                 self._report("on_commit", CommitInput(len(writes), refused, now, self.clock()))
         except BaseException:
             # Nothing of the batch is committed: queue it again, ahead of newer transitions.
+            again: dict[str, Pending] = {}
             for sid, p in batch.items():
                 p.held.committing -= 1
                 newer = self._queue.get(sid)
+                if newer is not None and newer.held is not p.held:
+                    _refuse(p)  # the saga was claimed anew meanwhile: this copy's writes are void
+                    continue
                 if newer is not None:
                     p.history.extend(newer.history)
                     p.effects.extend(newer.effects)
@@ -222,7 +232,8 @@ class Committer(RuntimeBase):
                     p.state = newer.state
                     p.data_changed = p.data_changed or newer.data_changed
                 p.held.queued = True
-            self._queue = {**batch, **{k: v for k, v in self._queue.items() if k not in batch}}
+                again[sid] = p
+            self._queue = {**again, **{k: v for k, v in self._queue.items() if k not in again}}
             raise
         # The leases this commit set run from no earlier than the moment it was sent (on
         # the database's clock, which runs at the rate of ours). A commit that took so long
@@ -336,3 +347,12 @@ class Committer(RuntimeBase):
             return
         if force or decision.history or decision.effects:
             self._transition(held, decision)
+
+
+def _refuse(p: Pending) -> None:
+    """Drop transitions that can no longer commit; whoever waits for them learns so."""
+    p.held.queued = False
+    err = SagaBusy(f"saga {p.held.state.id} was claimed anew; the transition was refused")
+    for f in p.futures:
+        if not f.done():
+            f.set_exception(err)

@@ -101,8 +101,14 @@ class Leases(RuntimeBase):
     def _adopt(self, st: SagaState) -> None:
         old = self._held.pop(st.id, None)
         if old is not None:
+            # This engine claimed anew a saga it held (its lease had run out): the old copy's
+            # attempts and queued transitions belong to a revision that is gone.
             for task in old.inflight.values():
                 task.cancel()
+            old.inflight.clear()
+            if old.timer is not None:
+                old.timer.cancel()
+                old.timer = None
         defn = self._definitions.get((st.name, st.version))
         if defn is None:
             # Claims name this engine's definitions; one unregistered meanwhile is let go.

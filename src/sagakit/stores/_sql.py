@@ -247,7 +247,8 @@ class Statements:
         )
         # Lease expiries are compared with, and set from, the database's clock where it has
         # one: a worker whose own clock runs fast or slow cannot cut another's lease short
-        # or stretch its own. Wake times stay the callers' (they are timers of the machine).
+        # or stretch its own. A held saga is due again when its lease ends, on that clock
+        # too; the machine's own timers stay the callers' times.
         clock = d.clock if database_clock and d.clock else None
 
         def lease_now(i: int) -> str:
@@ -258,7 +259,8 @@ class Statements:
         # owner=1 lease_until=2 now=3 limit=4 lease_seconds=5 kinds=6
         now = lease_now(3)
         self.claim = (
-            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, wake_at={p(2)}, "
+            f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, "
+            f"wake_at={now} + {d.real_param(5)}, "
             "revision=revision+1 WHERE id "
             + d.in_subquery(
                 f"SELECT id FROM sagakit_sagas WHERE wake_at <= {p(3)} "
@@ -270,7 +272,7 @@ class Statements:
         # owner=1 lease_until=2 now=3 id=4 lease_seconds=5
         self.claim_one = (
             f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, "
-            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(2)} END, "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {now} + {d.real_param(5)} + 0 * {d.real_param(2)} END, "
             f"revision=revision+1 WHERE id={p(4)} AND "
             f"(lease_owner IS NULL OR lease_owner={p(1)} OR lease_expires <= {now}) "
             f"RETURNING {cols}"
@@ -284,7 +286,8 @@ class Statements:
         # owner=1 lease_until=2 id=3 now=4 lease_seconds=5
         now = lease_now(4)
         self.renew = (
-            f"UPDATE sagakit_sagas SET lease_expires={now} + {d.real_param(5)}, wake_at={p(2)} "
+            f"UPDATE sagakit_sagas SET lease_expires={now} + {d.real_param(5)}, "
+            f"wake_at={now} + {d.real_param(5)} + 0 * {d.real_param(2)} "
             f"WHERE id={p(3)} AND lease_owner={p(1)}"
         )
         # id=1 saga_id=2 event=3 requested_at=4

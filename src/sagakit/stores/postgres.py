@@ -425,7 +425,7 @@ class PostgresStore:
                     new.append(
                         (st.id, st.name, st.version, st.status.value, dumps(st.data),
                          encode_steps(st.steps), st.created_at, st.updated_at,
-                         st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
+                         st.correlation_id, st.idempotency_key, _wake(w, db_now, leases), st.deadline_at,
                          st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
                          w.owner, _lease(w, db_now, leases))
                     )  # fmt: skip
@@ -448,7 +448,7 @@ class PostgresStore:
                     st = w.state
                     rows.append(
                         (st.id, w.expected_revision, st.status.value, encode_steps(st.steps),
-                         st.updated_at, w.wake_at, st.deadline_at, st.error, st.seq,
+                         st.updated_at, _wake(w, db_now, leases), st.deadline_at, st.error, st.seq,
                          st.revision, dumps(st.meta) if st.meta else None, w.owner,
                          _lease(w, db_now, leases), dumps(st.data) if w.data_changed else None)
                     )  # fmt: skip
@@ -722,3 +722,10 @@ def _lease(w: Write, db_now: float, database_clock: bool) -> float | None:
     if database_clock and w.owner is not None and w.lease_seconds is not None:
         return db_now + w.lease_seconds
     return w.lease_expires
+
+
+def _wake(w: Write, db_now: float, database_clock: bool) -> float | None:
+    """The wake time a write stores: a held saga is due again when its lease ends, on the database's clock."""
+    if database_clock and w.owner is not None and w.lease_seconds is not None and w.wake_at is not None:
+        return db_now + w.lease_seconds
+    return w.wake_at
