@@ -117,6 +117,31 @@ def make_definition():  # type: ignore[no-untyped-def]
 definition = make_definition()
 
 
+def _dump(engine: SagaEngine) -> None:
+    """SIGUSR1: what this worker holds, for the test's report on stuck sagas (reads the engine's internals)."""
+    try:
+        slots = engine._slots  # noqa: SLF001
+        lines = [
+            f"dump {engine.worker_id}: held {len(engine._held)}, slots free "  # noqa: SLF001
+            f"{getattr(slots, 'free', '?')}, waiting {len(getattr(slots, 'waiters', ()))}"
+        ]
+        for sid, held in list(engine._held.items()):  # noqa: SLF001
+            tasks = {tok: ("done" if t.done() else "running") for tok, t in held.inflight.items()}
+            timer = held.timer.when() - asyncio.get_running_loop().time() if held.timer is not None else None
+            steps = {n: (s.status.value, s.token) for n, s in held.state.steps.items() if s.token}
+            lines.append(
+                f"dump held {sid}: {held.state.status.value} rev {held.state.revision} steps {steps} "
+                f"inflight {tasks} queued {held.queued} committing {held.committing} timer {timer}"
+            )
+        for task in asyncio.all_tasks():
+            frames = task.get_stack(limit=3)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            lines.append(f"dump task {task.get_name()}: {where}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - a debugging aid must not kill the worker
+        print(f"dump failed: {e!r}", file=sys.stderr, flush=True)
+
+
 async def main(url: str, worker_id: str, lease: float, skew: float) -> None:
     global WORKER_ID
     WORKER_ID = worker_id
@@ -139,6 +164,7 @@ async def main(url: str, worker_id: str, lease: float, skew: float) -> None:
     pool = await _get_pool()
     db_now = float(await pool.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
     measured = engine.clock() - db_now
+    loop.add_signal_handler(signal.SIGUSR1, _dump, engine)
     parent = os.getppid()
 
     async def orphaned() -> None:  # the test process died without reaping us: stop too

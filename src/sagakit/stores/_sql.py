@@ -260,7 +260,7 @@ class Statements:
         now = lease_now(3)
         self.claim = (
             f"UPDATE sagakit_sagas SET lease_owner={p(1)}, lease_expires={now} + {d.real_param(5)}, "
-            f"wake_at={now} + {d.real_param(5)}, "
+            f"wake_at={now} + {d.real_param(5)} + 0 * {d.real_param(2)}, "
             "revision=revision+1 WHERE id "
             + d.in_subquery(
                 f"SELECT id FROM sagakit_sagas WHERE wake_at <= {p(3)} "
