@@ -614,6 +614,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
                         await self.store.drop_request(request)
                         return outcome or None  # applied (or refused) by the worker that holds it
                 now = self.clock()
+                sent = time.monotonic()
                 st = await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds)
                 if st is None:
                     if admin is not None and request is None:
@@ -637,17 +638,22 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
                     await self.store.release(self.worker_id, [(saga_id, self.clock())])
                     return outcome or None
                 request = None
-                held = self._held.get(saga_id)
-                if held is None:
-                    defn = self._definitions.get((st.name, st.version))
-                    if defn is None:
-                        if admin is not None:
-                            return await self._act_parked(st, admin)
-                        await self.store.release(self.worker_id, [(saga_id, self.clock())])
-                        raise UnknownSagaType(
-                            f"saga {saga_id} runs {st.name} v{st.version}, which is not registered with this engine"
-                        )
-                    held = Held(st, defn, durable=True)
+                proven = sent + self.lease_seconds - self._lease_margin
+                defn = self._definitions.get((st.name, st.version))
+                if defn is None:
+                    if admin is not None:
+                        return await self._act_parked(st, admin)
+                    await self.store.release(self.worker_id, [(saga_id, self.clock())])
+                    raise UnknownSagaType(
+                        f"saga {saga_id} runs {st.name} v{st.version}, which is not registered with this engine"
+                    )
+                if saga_id in self._held:
+                    # This engine's claim loop took the saga while it was claimed here: this claim
+                    # is the newer one, so that copy is stale. Take the saga over as a claim does.
+                    self._adopt(st, proven)
+                    held = self._held[saga_id]
+                else:
+                    held = Held(st, defn, durable=True, lease_mono=proven)
                     self._held[saga_id] = held
                     claimed = True
             made = make(held)

@@ -41,6 +41,9 @@ class Held:
     queued: bool = False  # a transition waits in the commit queue
     committing: int = 0  # transitions in the batch being committed
     timer: asyncio.TimerHandle | None = None
+    # Until when (time.monotonic()) the lease is proven to last, less a margin: set when a
+    # claim, a commit that keeps the lease, or a renewal succeeds. No attempt starts after it.
+    lease_mono: float = 0.0
 
 
 class Slots:

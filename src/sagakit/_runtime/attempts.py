@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from .._context import StepContext
 from .._errors import NonRetryableError
 from .._observe import AttemptInput
 from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFailed, StepSucceeded
-from ._base import Held, RuntimeBase
+from ._base import Held, RuntimeBase, log
 
 _NOT_RUN = object()  # what a thread returns for an attempt cancelled before it started
 # StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
@@ -66,6 +67,13 @@ class Attempts(RuntimeBase):
                 slots.free -= 1
             else:
                 await slots.wait()
+            if time.monotonic() > held.lease_mono:
+                # The lease is no longer proven (this process was paused, or waited too long for
+                # a slot): start nothing. The attempt stays recorded as running; whoever holds
+                # the saga next runs it again.
+                slots.release()
+                self._let_go(held, f"its lease is not proven any more; step {name!r} was not started")
+                raise asyncio.CancelledError
             try:
                 if is_async:
                     if eff.timeout is None:
@@ -157,6 +165,21 @@ class Attempts(RuntimeBase):
         if inspect.isawaitable(result):
             return await result
         return result
+
+    def _let_go(self, held: Held, why: str) -> None:
+        """Stop holding a saga whose lease may be gone: its attempts stop, nothing more is committed."""
+        sid = held.state.id
+        if self._held.get(sid) is held:
+            del self._held[sid]
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+        current = asyncio.current_task()
+        for task in held.inflight.values():
+            if task is not current:
+                task.cancel()
+        held.inflight.clear()
+        log.warning("sagakit: let go of saga %s: %s", sid, why)
 
     def _late(self, held: Held, eff: RunStep, fut: asyncio.Future[Any]) -> None:
         """An abandoned thread finished: record that its outcome came too late and is not applied."""

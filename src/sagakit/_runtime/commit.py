@@ -246,8 +246,11 @@ class Committer(RuntimeBase):
                 time.monotonic() - sent,
                 self.lease_seconds,
             )
+        proven = sent + self.lease_seconds - self._lease_margin
         for p, res in zip(batch.values(), results, strict=True):
             p.held.committing -= 1
+            if not p.release and res is not None:
+                p.held.lease_mono = proven
             self._after_commit(p, res, assured)
 
     def _after_commit(self, p: Pending, result: str | None, assured: bool = True) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from ..machine import HistoryEntry, Resume, SagaState
 from ._base import Held, RuntimeBase, log
@@ -93,12 +94,13 @@ class Leases(RuntimeBase):
             return False  # a process that runs no definition never claims a saga
         now = self.clock()
         limit = min(room, 256)
+        sent = time.monotonic()
         states = await self.store.claim(self.worker_id, now, now + self.lease_seconds, limit, kinds)
         for st in states:
-            self._adopt(st)
+            self._adopt(st, sent + self.lease_seconds - self._lease_margin)
         return len(states) == limit
 
-    def _adopt(self, st: SagaState) -> None:
+    def _adopt(self, st: SagaState, proven: float) -> None:
         old = self._held.pop(st.id, None)
         if old is not None:
             # This engine claimed anew a saga it held (its lease had run out): the old copy's
@@ -114,7 +116,7 @@ class Leases(RuntimeBase):
             # Claims name this engine's definitions; one unregistered meanwhile is let go.
             self._in_background(self.store.release(self.worker_id, [(st.id, self.clock())]))
             return
-        held = Held(st, defn, durable=True)
+        held = Held(st, defn, durable=True, lease_mono=proven)
         self._held[st.id] = held
         self._apply(held, Resume(), force=True)
 
@@ -132,7 +134,13 @@ class Leases(RuntimeBase):
                 continue
             try:
                 now = self.clock()
+                sent = time.monotonic()
                 lost = await self.store.renew(self.worker_id, ids, now + self.lease_seconds, now=now)
+                proven = sent + self.lease_seconds - self._lease_margin
+                for sid in ids:
+                    held = self._held.get(sid)
+                    if held is not None and sid not in lost:
+                        held.lease_mono = max(held.lease_mono, proven)
             except asyncio.CancelledError:
                 raise
             except Exception:
