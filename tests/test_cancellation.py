@@ -48,6 +48,34 @@ async def poll(what: str, check: Any, timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.02)
 
 
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+async def start_hung_worker(store_url: str, marker: Path, *, lease_seconds: float) -> subprocess.Popen[bytes]:
+    """A worker process whose saga's second step has started and hangs (see tests/crash/hung_child.py)."""
+    errors = marker.with_suffix(".err")
+    with errors.open("wb") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker), str(lease_seconds)],
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+    async def started() -> bool:
+        assert child.poll() is None, errors.read_text()
+        return marker.exists()
+
+    try:
+        await poll("the child's step to start", started, timeout=30)
+    except BaseException:
+        child.kill()
+        child.wait(10)
+        raise
+    return child
+
+
 async def running(engine: SagaEngine, sid: str, step: str) -> bool:
     return (await engine.get(sid)).steps[step].status is StepStatus.RUNNING
 
@@ -273,22 +301,8 @@ async def test_rollback_requested_while_the_pivot_runs_waits_for_its_outcome(
 
 async def test_compensate_after_the_worker_died_finishes_the_rollback(store_url: str, tmp_path: Path) -> None:
     marker = tmp_path / "charging"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    errors = tmp_path / "child.err"
-    with errors.open("wb") as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    child = await start_hung_worker(store_url, marker, lease_seconds=1.0)
     try:
-
-        async def started() -> bool:
-            assert child.poll() is None, errors.read_text()
-            return marker.exists()
-
-        await poll("the child's step to start", started, timeout=30)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:
@@ -422,26 +436,12 @@ async def test_a_refused_request_comes_back_with_the_holders_reason(store_url: s
 
 async def test_cli_abort_of_a_hung_step_while_its_worker_process_is_alive(store_url: str, tmp_path: Path) -> None:
     marker = tmp_path / "charging"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    errors = tmp_path / "child.err"
-    with errors.open("wb") as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker), "30"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    child = await start_hung_worker(store_url, marker, lease_seconds=30.0)
     try:
-
-        async def started() -> bool:
-            assert child.poll() is None, errors.read_text()
-            return marker.exists()
-
-        await poll("the child's step to start", started, timeout=30)
         sid = marker.read_text()
         cli = subprocess.run(
             [sys.executable, "-m", "sagakit", "abort", sid, "--store", store_url, "--reason", "hung", "--actor", "bob"],
-            env=env,
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=60,
