@@ -52,12 +52,15 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-async def start_hung_worker(store_url: str, marker: Path, *, lease_seconds: float) -> subprocess.Popen[bytes]:
+async def start_hung_worker(
+    store_url: str, marker: Path, *, lease_seconds: float, worker_id: str | None = None
+) -> subprocess.Popen[bytes]:
     """A worker process whose saga's second step has started and hangs (see tests/crash/hung_child.py)."""
     errors = marker.with_suffix(".err")
+    args = [str(lease_seconds), *([worker_id] if worker_id else [])]
     with errors.open("wb") as err:
         child = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker), str(lease_seconds)],
+            [sys.executable, "-m", "tests.crash.hung_child", store_url, str(marker), *args],
             env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=err,

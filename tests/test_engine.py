@@ -424,7 +424,10 @@ async def test_compensate_a_running_saga(store_url: str) -> None:
     async def undo(ctx: StepContext) -> None:
         undone.append(ctx.step)
 
+    started = asyncio.Event()
+
     async def hangs(ctx: StepContext) -> str:
+        started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -438,8 +441,7 @@ async def test_compensate_a_running_saga(store_url: str) -> None:
     async with SagaEngine(store_url) as engine:
         engine.register(b.build())
         sid = await engine.start("comp")
-        while (await engine.get(sid)).steps["b"].status is not StepStatus.RUNNING:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(started.wait(), 10)
         await engine.compensate(sid, reason="customer cancelled")
         # the hung step does not hold the rollback up: it is cancelled, and, as it may
         # have had its effect, compensated before the step it depends on

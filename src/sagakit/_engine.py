@@ -184,6 +184,24 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
             self._in_background(self._say_alive())
             self._poke_claimer()  # sagas of these definitions may be due already
 
+    async def _take_back_leases(self) -> None:
+        """Resume at once what an engine that stopped left leased, when the leases are known stale.
+
+        The only running engine on a SQLite file (it holds the file's engine lock)
+        gives up every lease in it; any other engine gives up those held under its
+        own worker id (a worker restarted with the same identity). Their sagas are
+        due now instead of when the leases would have run out.
+        """
+        lock = getattr(self.store, "engine_lock", None)
+        alone = lock is not None and await lock()
+        try:
+            n = await self.store.release_leases(None if alone else self.worker_id, self.clock())
+        finally:
+            if alone:
+                self.store.engine_lock_shared()  # type: ignore[attr-defined]
+        if n:
+            log.info("sagakit: %d saga(s) left leased by a stopped engine resume now", n)
+
     async def _say_alive(self) -> None:
         """Tell the store this worker runs and which definitions it has (see ``Store.live_workers``)."""
         await self.store.worker_alive(self.worker_id, list(self._definitions), self.clock() + self.lease_seconds)
@@ -221,6 +239,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
         self._slots = Slots(self.concurrency)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
         self._running = True
+        await self._take_back_leases()
         await self._say_alive()
         self._tasks = [
             asyncio.create_task(self._commit_loop(), name="sagakit-commit"),

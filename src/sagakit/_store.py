@@ -201,6 +201,15 @@ class Store(Protocol):
         """Give up leases, each saga becoming due at the given time (a finished one stays NULL)."""
         ...
 
+    async def release_leases(self, owner: str | None, wake_at: float) -> int:
+        """Give up every lease of *owner* (of every worker with None), the sagas due at *wake_at*.
+
+        For an engine that starts and knows the leases are stale: its own, after a
+        restart with the same identity; or all of them, when it is the only engine on
+        the store (see ``engine_lock`` of the SQLite store). Returns how many.
+        """
+        ...
+
     async def get(self, saga_id: str) -> SagaState | None: ...
 
     async def history(self, saga_id: str) -> list[HistoryEntry]: ...

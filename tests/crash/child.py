@@ -30,9 +30,7 @@ def make_definition(effects_path: str):  # type: ignore[no-untyped-def]
             conn.execute("INSERT INTO executions VALUES (?)", (ctx.idempotency_key,))
             time.sleep(0.002)
             conn.execute("BEGIN IMMEDIATE")
-            seen = conn.execute(
-                "SELECT 1 FROM effects WHERE key = ?", (ctx.idempotency_key,)
-            ).fetchone()
+            seen = conn.execute("SELECT 1 FROM effects WHERE key = ?", (ctx.idempotency_key,)).fetchone()
             if not seen:
                 conn.execute("INSERT INTO effects VALUES (?, ?)", (ctx.idempotency_key, ctx.saga_id))
             conn.execute("COMMIT")

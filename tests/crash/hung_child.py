@@ -39,8 +39,8 @@ def make_definition(marker: Path, undone: list[str] | None = None) -> SagaDefini
     return b.build()
 
 
-async def main(store_url: str, marker: str, lease_seconds: float = 1.0) -> None:
-    engine = SagaEngine(store_url, lease_seconds=lease_seconds)
+async def main(store_url: str, marker: str, lease_seconds: float = 1.0, worker_id: str | None = None) -> None:
+    engine = SagaEngine(store_url, lease_seconds=lease_seconds, worker_id=worker_id)
     engine.register(make_definition(Path(marker)))
     async with engine:
         await engine.start("hung", {})
@@ -48,4 +48,5 @@ async def main(store_url: str, marker: str, lease_seconds: float = 1.0) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], *(float(a) for a in sys.argv[3:4])))
+    lease = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+    asyncio.run(main(sys.argv[1], sys.argv[2], lease, sys.argv[4] if len(sys.argv) > 4 else None))

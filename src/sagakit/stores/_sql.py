@@ -301,6 +301,14 @@ class Statements:
         self.request_outcome = f"SELECT outcome FROM sagakit_requests WHERE id={p(1)}"
         self.withdraw_request = f"DELETE FROM sagakit_requests WHERE id={p(1)} AND outcome IS NULL"
         self.drop_request = f"DELETE FROM sagakit_requests WHERE id={p(1)}"
+        # wake_at=1 [owner=2]: give up leases at start (see Store.release_leases); a finished
+        # saga keeps its NULL wake time
+        self.release_all = (
+            "UPDATE sagakit_sagas SET lease_owner=NULL, lease_expires=NULL, "
+            f"wake_at=CASE WHEN wake_at IS NULL THEN NULL ELSE {d.real_param(1)} END "
+            "WHERE lease_owner IS NOT NULL"
+        )
+        self.release_owned = self.release_all + f" AND lease_owner={p(2)}"
         # worker_id=1 definitions=2 alive_until=3
         self.upsert_worker = (
             f"INSERT INTO sagakit_workers (worker_id, definitions, alive_until) VALUES ({p(1)}, {p(2)}, {p(3)}) "

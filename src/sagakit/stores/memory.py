@@ -161,6 +161,17 @@ class MemoryStore:
             r.values[10] = lease_until
         return lost
 
+    async def release_leases(self, owner: str | None, wake_at: float) -> int:
+        n = 0
+        for r in self._rows.values():
+            if r.lease_owner is not None and (owner is None or r.lease_owner == owner):
+                r.lease_owner = None
+                r.lease_expires = None
+                if r.wake_at is not None:
+                    r.values[10] = wake_at
+                n += 1
+        return n
+
     async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
         for sid, wake in sagas:
             r = self._rows.get(sid)

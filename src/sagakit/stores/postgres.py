@@ -521,6 +521,14 @@ class PostgresStore:
                     lost.add(sid)
         return lost
 
+    async def release_leases(self, owner: str | None, wake_at: float) -> int:
+        async with self._tx("release_leases") as conn:
+            if owner is None:
+                status = await conn.execute(self._sql.release_all, wake_at)
+            else:
+                status = await conn.execute(self._sql.release_owned, wake_at, owner)
+        return int(status.split()[-1])
+
     async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
         if not sagas:
             return

@@ -51,6 +51,7 @@ class SQLiteStore:
         if checkpoint_interval is not None and checkpoint_interval < 0:
             raise ValueError(f"checkpoint_interval must be >= 0 seconds or None, got {checkpoint_interval!r}")
         self.path = path
+        self._engine_lock: int | None = None
         self.url = f"sqlite:///{path}"
         self.synchronous = synchronous
         self.checkpoint_interval = checkpoint_interval
@@ -220,6 +221,9 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
+        if self._engine_lock is not None:
+            os.close(self._engine_lock)  # closing the descriptor releases the flock
+            self._engine_lock = None
         if self._executor is None:
             return
         if self._checkpointer is not None:
@@ -404,6 +408,45 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
         return lost
+
+    async def release_leases(self, owner: str | None, wake_at: float) -> int:
+        if owner is None:
+            return await self._run(self._rowcount_tx, self._sql.release_all, (wake_at,))
+        return await self._run(self._rowcount_tx, self._sql.release_owned, (wake_at, owner))
+
+    async def engine_lock(self) -> bool:
+        """Join the running engines of this file; True if none ran before (this one is alone).
+
+        Every running engine holds a shared ``flock`` on ``PATH.engine-lock`` until
+        ``close()`` or the end of its process, however it ends. An engine that gets
+        the lock exclusively first knows no other engine runs: leases left in the
+        file belong to engines that are gone. It keeps the exclusive lock until
+        ``engine_lock_shared()`` lets others join.
+        """
+        if self.path == ":memory:" or self._engine_lock is not None:
+            return False
+        import fcntl
+
+        fd = os.open(f"{self.path}.engine-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._engine_lock = fd
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                pass
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # other engines run: join them
+                return False
+            except OSError:
+                await asyncio.sleep(0.01)  # an engine is starting alone: a moment
+
+    def engine_lock_shared(self) -> None:
+        """Let other engines join (after ``engine_lock()`` returned True)."""
+        if self._engine_lock is not None:
+            import fcntl
+
+            fcntl.flock(self._engine_lock, fcntl.LOCK_SH)
 
     async def release(self, owner: str, sagas: Sequence[tuple[str, float | None]]) -> None:
         rows = [(owner, wake, sid) for sid, wake in sagas]
