@@ -74,6 +74,18 @@ def store_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
     asyncio.run(drop())
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``store_url`` every test that uses a store of SAGAKIT_TEST_DB, so ``-m store_url`` selects them all.
+
+    CI runs the suite once on SQLite and then these tests again on
+    PostgreSQL; the marker follows the fixture, through other fixtures too,
+    so no list of files goes stale.
+    """
+    for item in items:
+        if "store_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.store_url)
+
+
 def listening_sockets(ports: Iterable[int]) -> dict[int, frozenset[int]]:
     """The inodes of the TCP sockets that listen on *ports*, per port that has any (from /proc/net/tcp{,6})."""
     wanted = set(ports)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import os
 import shutil
@@ -36,11 +37,15 @@ RUFF_RULES = "E,F,W,I,B,UP,SIM,RUF,ASYNC,PL,C4,PIE,RET"
 GENERATED = "app/domain/ordering/sagas/order_processing_saga_orchestrator.py"
 
 
+# The fixture packages play the project's own: ruff finds those of a real project in its folder.
+FIRST_PARTY = 'lint.isort.known-first-party = ["app_root_name", "decl_fixtures"]'
+
+
 def ruff_check(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """sagakit's own lint rules, at ruff's default line length (88), no config file."""
     return subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--isolated", "--target-version", "py311",
-         "--select", RUFF_RULES, "--no-cache", str(path)],
+         "--select", RUFF_RULES, "--config", FIRST_PARTY, "--no-cache", str(path)],
         cwd=cwd, capture_output=True, text=True, check=False,
     )  # fmt: skip
 
@@ -320,7 +325,7 @@ def test_regeneration_is_deterministic_and_protects_edits(project: Path) -> None
     first = target.read_text()
     assert generate(project / SEED.name, bounded_ctx="ordering", root=project) == target
     assert target.read_text() == first
-    assert render(read_definition(SEED), root=project, origin=SEED.name) == first
+    assert render(read_definition(SEED), origin=SEED.name) == first
 
     # An untouched file generated from an older definition is replaced.
     seed = read_definition(SEED).model_dump()
@@ -364,3 +369,27 @@ def test_string_literals_round_trip(text: str) -> None:
     literal = pystr(text)
     assert ast.literal_eval(literal) == text
     assert "\n" not in literal
+
+
+def test_the_output_does_not_depend_on_the_output_folder_the_cwd_or_a_lint_config(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The definition's packages inside the output folder (project), importable from elsewhere
+    # (bare: only on sys.path), and under a parent whose pyproject.toml configures isort.
+    bare = tmp_path_factory.mktemp("bare")
+    configured = tmp_path_factory.mktemp("configured")
+    (configured / "pyproject.toml").write_text(
+        '[tool.ruff.lint.isort]\nknown-first-party = ["sagakit"]\nknown-third-party = ["app_root_name"]\n'
+        '[tool.isort]\nprofile = "google"\nforce_single_line = true\nknown_first_party = ["sagakit"]\n'
+    )
+    nested = configured / "svc"
+    nested.mkdir()
+    outputs = []
+    for root, cwd in ((project, project), (bare, project), (nested, bare), (Path(), nested), (project, nested)):
+        monkeypatch.chdir(cwd)
+        target = generate(SEED, bounded_ctx="ordering", root=root)
+        outputs.append(target.read_text())
+        target.unlink()
+    for root, out in zip(("bare", "nested", "relative", "project from nested"), outputs[1:], strict=True):
+        assert out == outputs[0], f"{root}: " + "".join(difflib.unified_diff(
+            outputs[0].splitlines(True), out.splitlines(True)))  # fmt: skip

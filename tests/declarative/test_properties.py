@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sagakit import SagaDefinition
 from sagakit.declarative import compile_correlation, generate, graph, load_definition
 
-from .test_generate import RUFF_RULES, describe
+from .test_generate import FIRST_PARTY, RUFF_RULES, describe
 
 POOL, POOL2 = "decl_fixtures.pool", "decl_fixtures.pool2"
 COMMANDS = [(POOL, "CommandA"), (POOL, "CommandB"), (POOL, "CommandC"), (POOL2, "CommandA"), (POOL2, "send")]
@@ -164,7 +164,7 @@ def test_valid_definitions_round_trip_through_load_graph_generate(data: dict[str
         compile(source, str(target), "exec")
         lint = subprocess.run(
             [sys.executable, "-m", "ruff", "check", "--isolated", "--target-version", "py311",
-             "--select", RUFF_RULES, "--no-cache", str(target)],
+             "--select", RUFF_RULES, "--config", FIRST_PARTY, "--no-cache", str(target)],
             cwd=root, capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert lint.returncode == 0, lint.stdout + source

@@ -49,6 +49,7 @@ from ._loader import (
     allowed_roots,
     build_definition_from,
     extended_sys_path,
+    named_modules,
     read_definition,
     refuse_outside,
 )
@@ -159,13 +160,15 @@ _MODULE_NAMES = {
 def render(
     definition: SagaOrchestratorInputDTO,
     *,
-    root: str | os.PathLike[str] = ".",
     origin: str | None = None,
 ) -> str:
     """The source of the orchestrator module for *definition* (``generate`` writes it).
 
     Modules are not imported, except to find compensation events given
-    without a module (the schema has no field for theirs).
+    without a module (the schema has no field for theirs). The text depends
+    on the definition alone, not on where it is written: imports are sorted
+    into isort's sections with the top-level packages of the modules the
+    definition names as the first-party ones.
 
     Raises:
         InvalidDefinition: the orchestrator name breaks the naming rule, or a
@@ -268,7 +271,7 @@ def render(
     imports.local[("sagakit.declarative", "merge_event")] = "merge_event"
     if any(not correlation_body(t.correlation_id_provider_str)[2] for t in dto.triggering_events):
         imports.local[("sagakit.declarative", "to_correlation_id")] = "to_correlation_id"
-    out += imports.render(Path(root))
+    out += imports.render(_first_party(dto))
     out += [
         "",
         f'__all__ = ["{dto.name}", "definition"]',
@@ -309,6 +312,19 @@ def render(
     ]
     text = "\n".join(out) + "\n"
     return text + _CHECKSUM + _checksum(text) + "\n"
+
+
+def _first_party(dto: SagaOrchestratorInputDTO) -> frozenset[str]:
+    """The packages generated modules sort as first-party: those of the modules *dto* names for its classes.
+
+    Decided from the definition alone, so that a definition gives the same
+    files whatever the output folder, the current directory, ``sys.path`` or
+    a linter's settings. The definition's custom imports do not count: they
+    name libraries as often as the project's own modules.
+    """
+    return frozenset(
+        module.split(".", maxsplit=1)[0] for field, module in named_modules(dto) if not field.startswith("imports[")
+    )
 
 
 def _imports_tuple(dto: SagaOrchestratorInputDTO) -> Call:
@@ -523,7 +539,7 @@ def generate_files(
             scaffolded = _write_scaffolds(dto, targets, root_path, origin, force=force)
     build_definition_from(dto, version=version, search_path=paths, origin=origin, allow_modules=roots)
     with extended_sys_path(paths):
-        source = render(dto, root=root_path, origin=origin)
+        source = render(dto, origin=origin)
     _write(target, source, force=force)
     package = target.parent
     while package not in (root_path, package.parent):
@@ -802,9 +818,9 @@ def _write_scaffolds(
             out.append(Scaffolded(t.module, classes, t.path, "exists"))
             continue
         if "state_dto" in t.roles:
-            source = _render_state_module(dto, root=root, origin=origin, with_repository=len(t.roles) == 2)
+            source = _render_state_module(dto, origin=origin, with_repository=len(t.roles) == 2)
         else:
-            source = _render_repository_module(dto, root=root, origin=origin)
+            source = _render_repository_module(dto, origin=origin)
         out.append(Scaffolded(t.module, classes, t.path, _write_scaffold(t, source, force=force)))
     importlib.invalidate_caches()
     return out
@@ -1150,7 +1166,6 @@ def _scaffold_header(origin: str | None) -> list[str]:
 def _render_state_module(
     dto: SagaOrchestratorInputDTO,
     *,
-    root: str | os.PathLike[str] = ".",
     origin: str | None = None,
     with_repository: bool = False,
 ) -> str:
@@ -1168,13 +1183,12 @@ def _render_state_module(
         names.append(dto.state_repository_name)
         classes += ["", "", *_repository_class(dto, dto.state_dto_name)]
     summary = f"The state DTO of the {_safe(dto.saga_type)} saga" + (" and its repository." if with_repository else ".")
-    return _scaffold_module(summary, imports, root, names, classes, origin)
+    return _scaffold_module(summary, dto, imports, names, classes, origin)
 
 
 def _render_repository_module(
     dto: SagaOrchestratorInputDTO,
     *,
-    root: str | os.PathLike[str] = ".",
     origin: str | None = None,
 ) -> str:
     """The source of the state repository module."""
@@ -1183,13 +1197,13 @@ def _render_repository_module(
     imports.local[("sagakit", "SagaEngine")] = "SagaEngine"
     state = imports.add(dto.state_dto_module, dto.state_dto_name)
     summary = f"The state repository of the {_safe(dto.saga_type)} saga."
-    return _scaffold_module(summary, imports, root, [dto.state_repository_name], _repository_class(dto, state), origin)
+    return _scaffold_module(summary, dto, imports, [dto.state_repository_name], _repository_class(dto, state), origin)
 
 
 def _scaffold_module(
     summary: str,
+    dto: SagaOrchestratorInputDTO,
     imports: Imports,
-    root: str | os.PathLike[str],
     names: Sequence[str],
     body: Sequence[str],
     origin: str | None,
@@ -1200,7 +1214,7 @@ def _scaffold_module(
         "",
         "from __future__ import annotations",
         "",
-        *imports.render(Path(root)),
+        *imports.render(_first_party(dto)),
         "",
         *_all_lines(names),
         "",

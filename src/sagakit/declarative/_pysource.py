@@ -12,8 +12,8 @@ import ast
 import re
 import sys
 import textwrap
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from ._correlation import compile_correlation
@@ -183,15 +183,16 @@ def _member_key(name: str) -> tuple[object, ...]:
     return (kind, _natural(name.lower()), _natural(name))
 
 
-def _section(module: str, root: Path) -> int:
+def _section(module: str, first_party: Collection[str]) -> int:
+    # From the names alone, never from the file system, sys.path or a linter's
+    # settings: the same definition must give the same file wherever it is written.
     top = module.split(".", maxsplit=1)[0]
     if top == "__future__":
         return 0
     if top in sys.stdlib_module_names:
         return 1
-    for base in (root, root / "src"):
-        if (base / top).is_dir() or (base / f"{top}.py").is_file():
-            return 3
+    if top in first_party:
+        return 3
     return 2
 
 
@@ -215,7 +216,8 @@ class Imports:
         self.local[key] = local
         return local
 
-    def render(self, root: Path) -> list[str]:
+    def render(self, first_party: Collection[str]) -> list[str]:
+        """The import statements in isort's sections; *first_party* names the project's top-level packages."""
         by_module: dict[str, list[tuple[str, str]]] = {}
         for (module, name), local in self.local.items():
             by_module.setdefault(module, []).append((name, local))
@@ -230,7 +232,7 @@ class Imports:
             if plain:
                 statements.append(((_member_key(plain[0]), ""), plain))
             statements += [((_member_key(n), a), [f"{n} as {a}"]) for n, a in aliased]
-            out = sections.setdefault(_section(module, root), [])
+            out = sections.setdefault(_section(module, first_party), [])
             for _, names in sorted(statements, key=lambda st: st[0]):
                 out += _import_lines(module, names)
         lines: list[str] = []
