@@ -186,7 +186,8 @@ def prune_statuses(statuses: Collection[SagaStatus | str] | None) -> tuple[SagaS
             status = None
         if status not in PRUNABLE:
             allowed = ", ".join(p.value for p in PRUNABLE)
-            raise ValueError(f"cannot prune sagas with status {s!r}: only finished sagas ({allowed}) can be pruned")
+            name = s.value if isinstance(s, SagaStatus) else s
+            raise ValueError(f"cannot prune sagas with status {name!r}: only finished sagas ({allowed}) can be pruned")
         assert status is not None
         if status not in out:
             out.append(status)
