@@ -144,6 +144,7 @@ class SagaQuery:
 
 # Status of the sagas that somebody still has to look at (their wake time means something).
 UNFINISHED = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+_DATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Finished sagas that retention may delete. FAILED ones wait for an operator, so they
 # are deleted only when asked for by name.
 PRUNABLE = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED, SagaStatus.FAILED)
@@ -234,7 +235,6 @@ async def prune(
             yield Pruned(dead_letters=n)
         if dry_run or n < batch:
             break
-_DATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def data_text(value: str | int | float | bool) -> str:

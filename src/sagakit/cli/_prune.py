@@ -48,20 +48,22 @@ def parse_age(text: str) -> float:
     return total
 
 
-class _Age(click.ParamType):
-    name = "AGE"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_age(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_age(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command("prune")
-@click.option("--older-than", "age", type=_Age(), required=True, help="Prune sagas last updated longer ago: 30d, 12h…")
+@click.option(
+    "--older-than",
+    "age",
+    metavar="AGE",
+    required=True,
+    callback=_age,
+    help="Prune sagas last updated longer ago: 30d, 12h, 90m, 2w, 1d12h.",
+)
 @click.option(
     "--status",
     "statuses",

@@ -340,7 +340,6 @@ class MemoryStore:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)
         return newest[offset : offset + limit]
 
-
     async def prune_sagas(
         self,
         before: float,

@@ -713,7 +713,6 @@ class PostgresStore:
         rows = await self._fetch("dead_letters", self._sql.dead_letters, limit, offset)
         return [DeadLetter(*r) for r in rows]
 
-
     # ------------------------------------------------------------ retention
 
     async def prune_sagas(

@@ -552,7 +552,6 @@ class SQLiteStore:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
 
-
     # ------------------------------------------------------------ retention
 
     async def prune_sagas(
