@@ -260,3 +260,38 @@ def test_bench_on_postgres_in_process_and_with_a_worker_process() -> None:
     for mode in summary["modes"].values():
         assert mode["sagakit"]["sagas_per_s"]["median"] > 0
         assert mode["dbos"] is None
+
+
+def test_prune_deletes_finished_sagas_older_than_the_age(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run("demo", "--orders", "12", "--failure-rate", "0.3", "--seed", "7", "--store", url).exit_code == 0
+    sagas = json.loads(run("list", "--store", url, "--json").output)
+    finished = [s for s in sagas if s["status"] in ("completed", "compensated", "aborted")]
+    assert finished
+
+    kept = run("prune", "--older-than", "30d", "--store", url)
+    assert kept.exit_code == 0, kept.output
+    assert "deleted 0 sagas" in kept.output
+
+    dry = run("prune", "--older-than", "0.001s", "--dry-run", "--json", "--store", url)
+    assert dry.exit_code == 0, dry.output
+    counts = json.loads(dry.output)
+    assert counts["dry_run"] is True
+    assert counts["sagas"] == len(finished)
+    assert counts["history"] >= len(finished)
+    assert len(json.loads(run("list", "--store", url, "--json").output)) == len(sagas)
+
+    done = run("prune", "--older-than", "0.001s", "--store", url)
+    assert done.exit_code == 0, done.output
+    assert f"deleted {len(finished)} sagas (completed, compensated, aborted)" in done.output
+    left = json.loads(run("list", "--store", url, "--json").output)
+    assert len(left) == len(sagas) - len(finished)
+
+
+def test_prune_refuses_a_bad_age_and_a_missing_store(tmp_path: Path) -> None:
+    bad = run("prune", "--older-than", "30 days", "--store", f"sqlite:///{tmp_path / 'x.db'}")
+    assert bad.exit_code == 2
+    assert "bad age '30 days'" in bad.output
+    missing = run("prune", "--older-than", "30d", "--store", f"sqlite:///{tmp_path / 'x.db'}")
+    assert missing.exit_code == 4
+    assert "no SQLite store" in missing.output

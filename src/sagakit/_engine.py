@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -49,6 +50,7 @@ from ._runtime.commit import Committer
 from ._runtime.leases import Leases
 from ._runtime.messaging import Messaging
 from ._runtime.requests import Requests, encode_admin
+from ._runtime.retention import Retention
 from ._runtime.timers import Timers
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
@@ -85,7 +87,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
+class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
     """Runs sagas durably on a store.
 
     Args:
@@ -98,6 +100,11 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
         worker_id: name of this worker in leases and history (default: host:pid:random).
         clock: source of wall-clock time in seconds (injected in tests).
         observers: objects told of every transition, attempt and commit (see ``sagakit.Observer``).
+        retention: how long finished sagas are kept (a ``timedelta`` or seconds): a running
+            engine deletes COMPLETED, COMPENSATED and ABORTED sagas last updated longer ago,
+            with their history, inbox and outbox rows, and older dead letters, every 10
+            minutes in small batches. FAILED sagas are kept for an operator. None (the
+            default) keeps everything.
 
     Use it as an async context manager: entering starts the workers and
     resumes unfinished sagas; leaving shuts down gracefully.
@@ -118,6 +125,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
         observers: Iterable[Observer] = (),
+        retention: timedelta | float | None = None,
     ) -> None:
         if isinstance(store, str):
             store = store_from_url(store)
@@ -125,6 +133,13 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        if isinstance(retention, timedelta):
+            retention = retention.total_seconds()
+        if retention is not None and not retention > 0:
+            raise ValueError(f"retention must be > 0 seconds or None (keep everything), got {retention!r}")
+        self.retention = None if retention is None else float(retention)
+        self._retention_every = 600.0
+        self._retention_first = 30.0
         self.store: Store = store
         if isinstance(transport, str):
             transport = transport_from_url(transport)
@@ -247,6 +262,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests):
             asyncio.create_task(self._renew_loop(), name="sagakit-renew"),
             asyncio.create_task(self._requests_loop(), name="sagakit-requests"),
         ]
+        if self.retention is not None:
+            self._tasks.append(asyncio.create_task(self._retention_loop(), name="sagakit-retention"))
         await self._messaging.start()
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,14 +29,19 @@ from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
 
 __all__ = [
+    "PRUNABLE",
+    "PRUNED_BY_DEFAULT",
     "UNFINISHED",
     "DeadLetter",
     "OutboxMessage",
     "OutboxRecord",
+    "Pruned",
     "SagaQuery",
     "Store",
     "Write",
     "data_text",
+    "prune",
+    "prune_statuses",
     "store_from_url",
 ]
 
@@ -140,6 +145,96 @@ class SagaQuery:
 # Status of the sagas that somebody still has to look at (their wake time means something).
 UNFINISHED = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 _DATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Finished sagas that retention may delete. FAILED ones wait for an operator, so they
+# are deleted only when asked for by name.
+PRUNABLE = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED, SagaStatus.FAILED)
+PRUNED_BY_DEFAULT = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """Rows that pruning deleted (or, in a dry run, would delete)."""
+
+    sagas: int = 0
+    history: int = 0
+    inbox: int = 0
+    outbox: int = 0
+    dead_letters: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(
+            self.sagas + other.sagas,
+            self.history + other.history,
+            self.inbox + other.inbox,
+            self.outbox + other.outbox,
+            self.dead_letters + other.dead_letters,
+        )
+
+
+def prune_statuses(statuses: Collection[SagaStatus | str] | None) -> tuple[SagaStatus, ...]:
+    """The statuses to prune, checked: finished ones only (None: ``PRUNED_BY_DEFAULT``).
+
+    Raises:
+        ValueError: an unknown or unfinished status.
+    """
+    if statuses is None:
+        return PRUNED_BY_DEFAULT
+    out: list[SagaStatus] = []
+    for s in statuses:
+        try:
+            status = SagaStatus(s.lower() if isinstance(s, str) else s)
+        except ValueError:
+            status = None
+        if status not in PRUNABLE:
+            allowed = ", ".join(p.value for p in PRUNABLE)
+            name = s.value if isinstance(s, SagaStatus) else s
+            raise ValueError(f"cannot prune sagas with status {name!r}: only finished sagas ({allowed}) can be pruned")
+        assert status is not None
+        if status not in out:
+            out.append(status)
+    return tuple(out)
+
+
+async def prune(
+    store: Store,
+    before: float,
+    statuses: Collection[SagaStatus] | None = None,
+    *,
+    batch: int = 500,
+    dry_run: bool = False,
+) -> AsyncIterator[Pruned]:
+    """Delete finished sagas last updated before *before*, then older dead letters, batch by batch.
+
+    Yields what each batch deleted (one transaction each), so that a caller can
+    report progress or yield to other work in between. A dry run deletes nothing
+    and yields what would be deleted.
+
+    Args:
+        store: an open store.
+        before: the cutoff, in seconds since the epoch.
+        statuses: the finished statuses to prune; default ``PRUNED_BY_DEFAULT`` (FAILED is kept).
+        batch: sagas (or dead letters) per transaction.
+        dry_run: count only.
+
+    Raises:
+        ValueError: an unfinished status, or a batch smaller than 1.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch!r}")
+    chosen = prune_statuses(statuses)
+    after: tuple[float, str] | None = None
+    while True:
+        counts, after = await store.prune_sagas(before, chosen, after=after, limit=batch, dry_run=dry_run)
+        if counts.sagas:
+            yield counts
+        if after is None:
+            break
+    while True:
+        n = await store.prune_dead_letters(before, limit=batch, dry_run=dry_run)
+        if n:
+            yield Pruned(dead_letters=n)
+        if dry_run or n < batch:
+            break
 
 
 def data_text(value: str | int | float | bool) -> str:
@@ -301,6 +396,35 @@ class Store(Protocol):
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """Recorded dead letters, newest first."""
+        ...
+
+    async def prune_sagas(
+        self,
+        before: float,
+        statuses: Collection[SagaStatus],
+        *,
+        after: tuple[float, str] | None,
+        limit: int,
+        dry_run: bool = False,
+    ) -> tuple[Pruned, tuple[float, str] | None]:
+        """Delete up to *limit* sagas of these statuses last updated before *before*, in one transaction.
+
+        Their history, inbox, outbox and request rows go with them. A saga somebody
+        holds a lease on (unless it expired before *before*) is kept. Sagas are taken
+        in (created_at, id) order after the cursor *after* (None: from the start).
+
+        Returns:
+            What was deleted (a dry run: what would be), and the cursor for the next
+            batch, or None when no saga is left to look at.
+        """
+        ...
+
+    async def prune_dead_letters(self, before: float, *, limit: int, dry_run: bool = False) -> int:
+        """Delete up to *limit* dead letters received before *before*, in one transaction.
+
+        Returns how many were deleted; fewer than *limit* means none is left. A dry run
+        deletes nothing and counts all of them.
+        """
         ...
 
 

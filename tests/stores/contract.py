@@ -717,3 +717,103 @@ class StoreContract:
             await s.dead_letter(letter)
         assert await s.dead_letters() == letters[::-1]
         assert await s.dead_letters(limit=2, offset=1) == [letters[3], letters[2]]
+
+    # ------------------------------------------------------------ retention
+
+    async def _finished(
+        self, store: Store, saga_id: str, status: SagaStatus, updated_at: float, *, created_at: float = 50.0
+    ) -> None:
+        """A saga created, then finished at *updated_at* with history, an inbox and an outbox row."""
+        st = saga(saga_id, created_at=created_at)
+        await put(store, st, history=[entry("created")])
+        w = update(st, status=status, wake_at=None, history=[entry("finished")])
+        w.state.updated_at = updated_at
+        w.inbox.append(f"in-{saga_id}")
+        w.outbox.append(OutboxMessage(f"out-{saga_id}", saga_id, "events", b"{}"))
+        assert await store.commit([w]) == [saga_id]
+
+    async def _prune_all(self, store: Store, before: float, statuses: Any = None, **kw: Any) -> Any:
+        from sagakit._store import Pruned, prune
+
+        total = Pruned()
+        async for batch in prune(store, before, statuses, **kw):
+            total += batch
+        return total
+
+    async def test_prune_deletes_old_finished_sagas_with_their_rows(self, store: Store) -> None:
+        from sagakit._store import DeadLetter, Pruned
+
+        self._messaging(store)
+        s: Any = store
+        for i, status in enumerate([SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.ABORTED]):
+            await self._finished(store, f"old-{i}", status, 100.0 + i)
+        await self._finished(store, "failed", SagaStatus.FAILED, 100.0)
+        await self._finished(store, "recent", SagaStatus.COMPLETED, 300.0)
+        await put(store, saga("running", created_at=10.0), wake_at=5.0)  # old but unfinished
+        await put(store, saga("pending", status=SagaStatus.PENDING, created_at=10.0), wake_at=None)
+        for i, at in enumerate([150.0, 199.0, 250.0]):
+            await s.dead_letter(DeadLetter(f"d{i}", at, None, "Evt", "{}", "unknown saga"))
+
+        pruned = await self._prune_all(store, 200.0, batch=2)
+
+        assert pruned == Pruned(sagas=3, history=6, inbox=3, outbox=3, dead_letters=2)
+        for i in range(3):
+            assert await store.get(f"old-{i}") is None
+            assert await store.history(f"old-{i}") == []
+            assert await s.inbox_seen(f"in-old-{i}") is False
+        for kept in ("failed", "recent", "running", "pending"):
+            assert await store.get(kept) is not None
+        assert [h.message for h in await store.history("failed")] == ["created", "finished"]
+        assert await s.inbox_seen("in-failed") is True
+        assert await s.outbox_pending() == 2  # failed's and recent's
+        assert [d.message_id for d in await s.dead_letters()] == ["d2"]
+        assert await self._prune_all(store, 200.0) == Pruned()  # nothing left to do
+
+    async def test_prune_failed_only_when_asked(self, store: Store) -> None:
+        await self._finished(store, "done", SagaStatus.COMPLETED, 100.0)
+        await self._finished(store, "failed", SagaStatus.FAILED, 100.0)
+        pruned = await self._prune_all(store, 200.0, [SagaStatus.FAILED])
+        assert pruned.sagas == 1
+        assert await store.get("failed") is None
+        assert await store.get("done") is not None
+
+    async def test_prune_refuses_unfinished_statuses(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="cannot prune sagas with status 'running'"):
+            await self._prune_all(store, 200.0, [SagaStatus.RUNNING])
+
+    async def test_prune_keeps_a_finished_saga_somebody_holds(self, store: Store) -> None:
+        await self._finished(store, "held", SagaStatus.COMPLETED, 100.0)
+        assert await store.claim_saga("held", "operator", 150.0, 500.0) is not None
+        assert (await self._prune_all(store, 200.0)).sagas == 0
+        assert await store.get("held") is not None
+
+    async def test_prune_in_many_batches_with_equal_creation_times(self, store: Store) -> None:
+        # The cursor is (created_at, id): sagas that share a creation time are neither skipped
+        # nor taken twice, and kept sagas before them are not looked at again.
+        await self._finished(store, "a-failed", SagaStatus.FAILED, 100.0, created_at=50.0)
+        for i in range(7):
+            await self._finished(store, f"s{i}", SagaStatus.COMPLETED, 100.0, created_at=60.0)
+        batches = []
+        from sagakit._store import prune
+
+        async for batch in prune(store, 200.0, batch=3):
+            batches.append(batch.sagas)
+        assert batches == [3, 3, 1]
+        assert await store.count(SagaQuery()) == 1
+
+    async def test_prune_dry_run_changes_nothing(self, store: Store) -> None:
+        from sagakit._store import DeadLetter, Pruned
+
+        self._messaging(store)
+        s: Any = store
+        for i in range(5):
+            await self._finished(store, f"old-{i}", SagaStatus.COMPLETED, 100.0)
+        await s.dead_letter(DeadLetter("d", 150.0, None, "Evt", "{}", "unknown saga"))
+        expected = Pruned(sagas=5, history=10, inbox=5, outbox=5, dead_letters=1)
+        assert await self._prune_all(store, 200.0, batch=2, dry_run=True) == expected
+        assert await store.count(SagaQuery()) == 5
+        assert len(await store.history("old-0")) == 2
+        assert await s.inbox_seen("in-old-0") is True
+        assert await s.outbox_pending() == 5
+        assert len(await s.dead_letters()) == 1
+        assert await self._prune_all(store, 200.0) == expected

@@ -70,6 +70,11 @@ class Dialect:
     # workers on several machines share the database (PostgreSQL); None: leases are
     # measured on the caller's clock (one machine).
     clock: str | None = None
+    # "<column> <this>": the column's value is one of the texts bound to the placeholder
+    # (SQLite: a JSON array; PostgreSQL: a text[]), so a batch of ids is one parameter.
+    in_texts: Callable[[str], str] = lambda p: f"IN (SELECT value FROM json_each({p}))"
+    # The column that names a row of a table without a key (SQLite's rowid, PostgreSQL's ctid).
+    row_id: str = "rowid"
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -195,10 +200,15 @@ def migrations(d: Dialect) -> list[list[str]]:
                 alive_until {d.real} NOT NULL
             )""",
         ],
+        [
+            # Pruning finished sagas deletes their inbox rows by saga id, a batch at a
+            # time: without this index each batch would scan the whole inbox.
+            "CREATE INDEX IF NOT EXISTS sagakit_inbox_saga ON sagakit_inbox (saga_id)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Statements:
@@ -366,6 +376,42 @@ class Statements:
             f"FROM sagakit_dead_letters ORDER BY received_at DESC LIMIT {p(1)} OFFSET {p(2)}"
         )
         self.inbox_seen = f"SELECT 1 FROM sagakit_inbox WHERE message_id={p(1)}"
+        # Retention. before=1 statuses=2 after_created=3 after_id=4 limit=5: the next finished
+        # sagas to prune, in (created_at, id) order after the cursor. created_at <= updated_at,
+        # so the bound on created_at is implied; it lets the scan run on the created_at index
+        # over [cursor, cutoff) instead of the whole table.
+        self.prune_pick = (
+            f"SELECT id, created_at FROM sagakit_sagas WHERE created_at < {p(1)} AND updated_at < {p(1)} "
+            f"AND status {d.in_texts(p(2))} AND created_at >= {p(3)} "
+            f"AND (created_at > {p(3)} OR id > {p(4)}) ORDER BY created_at, id LIMIT {p(5)}"
+        )
+        # ids=1 statuses=2 before=3: checked again on delete (an operator may have claimed one
+        # meanwhile); a lease that expired before the cutoff belonged to a worker long gone.
+        self.prune_sagas = (
+            f"DELETE FROM sagakit_sagas WHERE id {d.in_texts(p(1))} AND status {d.in_texts(p(2))} "
+            f"AND updated_at < {p(3)} AND (lease_owner IS NULL OR lease_expires < {p(3)}) RETURNING id"
+        )
+        self.prune_check = (
+            f"SELECT id FROM sagakit_sagas WHERE id {d.in_texts(p(1))} AND status {d.in_texts(p(2))} "
+            f"AND updated_at < {p(3)} AND (lease_owner IS NULL OR lease_expires < {p(3)})"
+        )
+        # ids=1: the rows of pruned sagas, deleted or (dry run) counted
+        self.prune_children = {
+            table: (
+                f"DELETE FROM {table} WHERE saga_id {d.in_texts(p(1))}",
+                f"SELECT COUNT(*) FROM {table} WHERE saga_id {d.in_texts(p(1))}",
+            )
+            for table in ("sagakit_history", "sagakit_inbox", "sagakit_outbox", "sagakit_requests")
+        }
+        # before=1 limit=2
+        self.prune_dead_letters = (
+            f"DELETE FROM sagakit_dead_letters WHERE {d.row_id} "
+            + d.in_subquery(
+                f"SELECT {d.row_id} FROM sagakit_dead_letters WHERE received_at < {p(1)} "
+                f"ORDER BY received_at LIMIT {p(2)}"
+            )
+        )
+        self.count_dead_letters = f"SELECT COUNT(*) FROM sagakit_dead_letters WHERE received_at < {p(1)}"
         # fmt: on
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
 from .._status import SagaStatus
-from .._store import UNFINISHED, DeadLetter, OutboxMessage, OutboxRecord, SagaQuery, Write, data_text
+from .._store import UNFINISHED, DeadLetter, OutboxMessage, OutboxRecord, Pruned, SagaQuery, Write, data_text
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps, loads
 
@@ -64,7 +64,7 @@ class MemoryStore:
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self.outbox: dict[str, _Out] = {}
-        self.inbox: set[str] = set()
+        self.inbox: dict[str, str | None] = {}  # message id -> saga id
         self._dead: builtins.list[DeadLetter] = []
         self._order = 0
 
@@ -108,7 +108,7 @@ class MemoryStore:
                 if m.id not in self.outbox:
                     self._order += 1
                     self.outbox[m.id] = _Out(m, st.updated_at, self._order)
-            self.inbox.update(w.inbox)
+            self.inbox.update(dict.fromkeys(w.inbox, st.id))
             results.append(st.id)
         return results
 
@@ -350,6 +350,56 @@ class MemoryStore:
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)
         return newest[offset : offset + limit]
+
+    async def prune_sagas(
+        self,
+        before: float,
+        statuses: Collection[SagaStatus],
+        *,
+        after: tuple[float, str] | None,
+        limit: int,
+        dry_run: bool = False,
+    ) -> tuple[Pruned, tuple[float, str] | None]:
+        wanted = {s.value for s in statuses}
+        start = after or (float("-inf"), "")
+
+        def key(r: _Row) -> tuple[float, str]:
+            return (float(r.values[6]), str(r.values[0]))  # type: ignore[arg-type]
+
+        def prunable(r: _Row) -> bool:
+            updated = float(r.values[7])  # type: ignore[arg-type]
+            lease_gone = r.lease_owner is None or (r.lease_expires is not None and r.lease_expires < before)
+            return r.values[3] in wanted and updated < before and lease_gone
+
+        picked = sorted((r for r in self._rows.values() if key(r) > start and prunable(r)), key=key)[:limit]
+        if not picked:
+            return Pruned(), None
+        gone = {str(r.values[0]) for r in picked}
+        # as the SQL stores count them: one row per (revision, part), part 1 for appended entries
+        history = sum(len({(rev, idx >= 1000) for rev, idx, _ in r.history}) for r in picked)
+        inbox = [m for m, sid in self.inbox.items() if sid in gone]
+        outbox = [i for i, e in self.outbox.items() if e.message.saga_id in gone]
+        if not dry_run:
+            for r in picked:
+                del self._rows[str(r.values[0])]
+                if r.values[9] is not None:
+                    self._idempotency.pop((str(r.values[1]), str(r.values[9])), None)
+            for m in inbox:
+                del self.inbox[m]
+            for i in outbox:
+                del self.outbox[i]
+            for rid in [rid for rid, q in self._requests.items() if q.saga_id in gone]:
+                del self._requests[rid]
+        cursor = key(picked[-1]) if len(picked) == limit else None
+        return Pruned(len(picked), history, len(inbox), len(outbox)), cursor
+
+    async def prune_dead_letters(self, before: float, *, limit: int, dry_run: bool = False) -> int:
+        old = [d for d in self._dead if d.received_at < before]
+        if dry_run:
+            return len(old)
+        doomed = {id(d) for d in sorted(old, key=lambda d: d.received_at)[:limit]}
+        self._dead = [d for d in self._dead if id(d) not in doomed]
+        return len(doomed)
 
 
 def _data_matches(encoded: object, wanted: Mapping[str, str | int | float | bool]) -> bool:

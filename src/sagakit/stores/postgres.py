@@ -67,7 +67,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import SagaQuery, Write
+from .._store import Pruned, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -91,6 +91,8 @@ DIALECT = Dialect(
     history_entries_agg="json_agg(json_build_array(at, kind, message, step, attempt) ORDER BY idx)::text",
     of_kinds=lambda p: f"({p}::text[] IS NULL OR (name || ':' || version::text) = ANY({p}::text[]))",
     clock="EXTRACT(EPOCH FROM clock_timestamp())::float8",
+    in_texts=lambda p: f"= ANY({p}::text[])",
+    row_id="ctid",
 )
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no
@@ -718,6 +720,45 @@ class PostgresStore:
 
         rows = await self._fetch("dead_letters", self._sql.dead_letters, limit, offset)
         return [DeadLetter(*r) for r in rows]
+
+    # ------------------------------------------------------------ retention
+
+    async def prune_sagas(
+        self,
+        before: float,
+        statuses: Collection[SagaStatus],
+        *,
+        after: tuple[float, str] | None,
+        limit: int,
+        dry_run: bool = False,
+    ) -> tuple[Pruned, tuple[float, str] | None]:
+        sql = self._sql
+        wanted = [s.value for s in statuses]
+        start = after or (float("-inf"), "")
+        async with self._tx("pruning sagas") as conn:
+            picked = await conn.fetch(sql.prune_pick, before, wanted, start[0], start[1], limit)
+            if not picked:
+                return Pruned(), None
+            cursor = (float(picked[-1][1]), str(picked[-1][0]))
+            ids = [r[0] for r in picked]
+            found = await conn.fetch(sql.prune_check if dry_run else sql.prune_sagas, ids, wanted, before)
+            gone = [r[0] for r in found]
+            counts = []
+            for delete, count in sql.prune_children.values():
+                if dry_run:
+                    counts.append(int(await conn.fetchval(count, gone)))
+                else:
+                    counts.append(int((await conn.execute(delete, gone)).rsplit(" ", 1)[-1]))
+        history, inbox, outbox, _requests = counts
+        return Pruned(len(gone), history, inbox, outbox), (cursor if len(picked) == limit else None)
+
+    async def prune_dead_letters(self, before: float, *, limit: int, dry_run: bool = False) -> int:
+        if dry_run:
+            rows = await self._fetch("counting dead letters", self._sql.count_dead_letters, before)
+            return int(rows[0][0])
+        async with self._tx("pruning dead letters") as conn:
+            status = await conn.execute(self._sql.prune_dead_letters, before, limit)
+        return int(status.rsplit(" ", 1)[-1])
 
 
 def _kinds(kinds: Collection[tuple[str, int]] | None) -> list[str] | None:

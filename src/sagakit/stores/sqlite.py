@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import DeadLetter, OutboxRecord, SagaQuery, Write
+from .._store import DeadLetter, OutboxRecord, Pruned, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -594,6 +594,59 @@ class SQLiteStore:
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
+
+    # ------------------------------------------------------------ retention
+
+    async def prune_sagas(
+        self,
+        before: float,
+        statuses: Collection[SagaStatus],
+        *,
+        after: tuple[float, str] | None,
+        limit: int,
+        dry_run: bool = False,
+    ) -> tuple[Pruned, tuple[float, str] | None]:
+        wanted = dumps([s.value for s in statuses])
+        return await self._run(self._prune_sagas, before, wanted, after or (float("-inf"), ""), limit, dry_run)
+
+    def _prune_sagas(
+        self, before: float, statuses: str, after: tuple[float, str], limit: int, dry_run: bool
+    ) -> tuple[Pruned, tuple[float, str] | None]:
+        sql = self._sql
+        db = self._db
+        # One write transaction per batch: workers' commits wait for at most one batch.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            picked = db.execute(sql.prune_pick, (before, statuses, after[0], after[1], limit)).fetchall()
+            if not picked:
+                db.execute("COMMIT")
+                return Pruned(), None
+            cursor = (float(picked[-1][1]), str(picked[-1][0]))
+            ids = dumps([r[0] for r in picked])
+            if dry_run:
+                gone = db.execute(sql.prune_check, (ids, statuses, before)).fetchall()
+            else:
+                gone = db.execute(sql.prune_sagas, (ids, statuses, before)).fetchall()
+            gone_ids = dumps([r[0] for r in gone])
+            counts = []
+            for delete, count in sql.prune_children.values():
+                if dry_run:
+                    counts.append(int(db.execute(count, (gone_ids,)).fetchone()[0]))
+                else:
+                    counts.append(db.execute(delete, (gone_ids,)).rowcount)
+            db.execute("ROLLBACK" if dry_run else "COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        history, inbox, outbox, _requests = counts
+        return Pruned(len(gone), history, inbox, outbox), (cursor if len(picked) == limit else None)
+
+    async def prune_dead_letters(self, before: float, *, limit: int, dry_run: bool = False) -> int:
+        if dry_run:
+            rows = await self._read(self._fetchall, self._sql.count_dead_letters, (before,))
+            return int(rows[0][0])
+        return await self._run(self._rowcount_tx, self._sql.prune_dead_letters, (before, limit))
 
 
 def _kinds_json(kinds: Collection[tuple[str, int]] | None) -> str | None:
