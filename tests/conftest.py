@@ -57,6 +57,16 @@ def store_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
         return
     if kind != "postgres":
         raise pytest.UsageError(f"SAGAKIT_TEST_DB must be sqlite or postgres, got {kind!r}")
+    yield from _pg_schema_url()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL store URL on a schema of its own (dropped after the test), whatever SAGAKIT_TEST_DB says."""
+    yield from _pg_schema_url()
+
+
+def _pg_schema_url() -> Iterator[str]:
     require_service(pg_available())
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield f"{PG_DSN}?schema={schema}"

@@ -12,15 +12,10 @@ import asyncio
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sagakit import SagaBuilder, SagaEngine, SagaStatus, StepContext
-from tests.conftest import PG_DSN, pg_available, require_service
 from tests.test_cancellation import start_hung_worker
 
 
@@ -81,25 +76,6 @@ async def test_a_second_running_engine_on_the_file_takes_no_live_lease(tmp_path:
         # the first engine still holds it: its lease was not given up by the second
         assert sid in first._held
         await first.abort(sid)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A schema of its own on the PostgreSQL server (dropped after the test)."""
-    require_service(pg_available())
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_DSN}?schema={schema}"
-
-    async def drop() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 async def test_a_worker_restarted_with_the_same_identity_resumes_its_own_sagas_at_once(
