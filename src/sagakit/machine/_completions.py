@@ -1,0 +1,301 @@
+"""What the runtime and the world report: attempts that ended, replies and events, timers, restarts."""
+
+from __future__ import annotations
+
+from .._definition import SagaDefinition, StepAction, StepDefinition
+from .._status import SagaStatus
+from ._progress import (
+    _S,
+    ROLLBACK,
+    _begin,
+    _clear_rollback,
+    _entry,
+    _fail_past_pivot,
+    _own,
+    _past_pivot_name,
+    _refuse_rollback,
+    _rollback,
+    attempt_timeout,
+)
+from ._types import (
+    KEEP,
+    Effect,
+    HistoryEntry,
+    Reply,
+    RunStep,
+    SagaState,
+    StepFailed,
+    StepState,
+    StepSucceeded,
+)
+
+
+def _on_completion(
+    defn: SagaDefinition,
+    st: SagaState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> bool:
+    s = st.steps.get(ev.step)
+    if s is None or s.token == 0 or s.token != ev.token:
+        current = "none" if s is None or s.token == 0 else str(s.token)
+        hist.append(
+            HistoryEntry(
+                now,
+                "stale_rejected",
+                f"completion of step {ev.step!r} with token {ev.token} rejected: "
+                f"current token is {current} (the attempt is no longer current)",
+                ev.step,
+            )
+        )
+        return False
+    sdef = defn.by_name[ev.step]
+    compensating = s.status is _S.COMPENSATING
+    s = _own(st, ev.step)
+    s.token = 0
+    if isinstance(ev, StepSucceeded) and ev.data is not KEEP and ev.size <= defn.max_payload_bytes:
+        st.data = ev.data
+    # Only an action's result is kept (and later shown to other steps); a
+    # compensation's result is discarded, so its size cannot undo an undo.
+    if not compensating and isinstance(ev, StepSucceeded) and ev.size > defn.max_payload_bytes:
+        # The action ran to its end: its effect happened though its result is refused.
+        ev = StepFailed(
+            ev.step,
+            ev.token,
+            f"result of step {ev.step!r} is {ev.size} bytes, over the limit of "
+            f"{defn.max_payload_bytes} bytes (max_payload_bytes)",
+            False,
+            True,
+        )
+    if compensating:
+        _compensation_done(sdef, st, s, ev, now, hist)
+    else:
+        _action_done(defn, sdef, st, s, ev, now, fx, hist)
+    return True
+
+
+def _action_done(
+    defn: SagaDefinition,
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    name = sdef.name
+    if isinstance(ev, StepSucceeded):
+        s.status = _S.COMPLETED
+        s.result = ev.result
+        s.error = None
+        s.finished_at = now
+        s.wake_at = None
+        hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts)))
+        if sdef.pivot and ROLLBACK in st.meta:
+            _refuse_rollback(defn, st, name, now, fx, hist)
+        return
+    s.error = ev.error
+    s.wake_at = None
+    if ev.uncertain and not s.uncertain:
+        s.uncertain = True
+    if st.status is SagaStatus.RUNNING:
+        # While a rollback waits for the pivot, nothing is retried; the pivot's
+        # failure, whatever it is, lets the rollback go ahead.
+        deferred = ROLLBACK in st.meta
+        if ev.retryable and s.attempts < sdef.retry.max_attempts and not deferred:
+            delay = sdef.retry.delay(s.attempts, f"{st.id}:{name}")
+            s.status = _S.PENDING
+            s.wake_at = now + delay
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "step_failed",
+                    f"step {name!r} attempt {s.attempts} failed: {ev.error}; retry in {delay:.3f}s",
+                    name,
+                    s.attempts,
+                )
+            )
+            return
+        s.status = _S.FAILED
+        s.finished_at = now
+        if deferred:
+            why = "not retried: a rollback waits for the pivot step"
+        else:
+            why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
+        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts))
+        if deferred:
+            if sdef.pivot:
+                reason = st.meta[ROLLBACK]
+                _clear_rollback(st)
+                _rollback(defn, st, now, reason, fx, hist)
+            return
+        past = _past_pivot_name(defn, st)
+        if past is not None:
+            _fail_past_pivot(st, name, past, ev.error, now, fx, hist)
+        else:
+            _rollback(defn, st, now, f"step {name!r} failed: {ev.error}", fx, hist)
+        return
+    # The saga is failed past its pivot: an attempt still in flight then has
+    # failed; it is not retried until an operator says so.
+    s.status = _S.FAILED
+    s.finished_at = now
+    hist.append(
+        HistoryEntry(
+            now,
+            "step_failed",
+            f"step {name!r} failed: {ev.error} (not retried: saga is {st.status.value})",
+            name,
+            s.attempts,
+        )
+    )
+
+
+def _compensation_done(
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    ev: StepSucceeded | StepFailed,
+    now: float,
+    hist: list[HistoryEntry],
+) -> None:
+    name = sdef.name
+    n = s.compensation_attempts
+    if isinstance(ev, StepSucceeded):
+        s.status = _S.COMPENSATED
+        s.error = None
+        s.wake_at = None
+        s.finished_at = now
+        hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, n)))
+        return
+    s.error = ev.error
+    policy = sdef.compensation_retry
+    if ev.retryable and n < policy.max_attempts:
+        delay = policy.delay(n, f"{st.id}:{name}:compensation")
+        s.wake_at = now + delay
+        hist.append(
+            HistoryEntry(
+                now,
+                "compensation_failed",
+                f"compensation of step {name!r} attempt {n} failed: {ev.error}; retry in {delay:.3f}s",
+                name,
+                n,
+            )
+        )
+        return
+    s.status = _S.COMPENSATION_FAILED
+    s.wake_at = None
+    s.finished_at = now
+    why = "not retryable" if not ev.retryable else f"after {n} attempts"
+    hist.append(
+        HistoryEntry(
+            now,
+            "compensation_failed",
+            f"compensation of step {name!r} gave up ({why}): {ev.error}",
+            name,
+            n,
+        )
+    )
+
+
+def _match_reply(
+    defn: SagaDefinition, st: SagaState, ev: Reply, now: float, hist: list[HistoryEntry]
+) -> StepSucceeded | StepFailed | str:
+    """The completion a reply makes of the step that waits for it, or why it applies to none.
+
+    A reply for an attempt that is no longer current (its token is not the
+    step's) is stale: the reason comes back with a ``stale_rejected`` entry.
+    """
+    for name in defn.order:
+        sdef = defn.by_name[name]
+        if ev.step is not None and ev.step != name:
+            continue
+        s = st.steps[name]
+        if not s.token:
+            continue
+        compensating = s.status is _S.COMPENSATING
+        action = sdef.compensation if compensating else sdef.action
+        if not isinstance(action, StepAction) or ev.type_name not in action.reply_types:
+            continue
+        if ev.token is not None and ev.token != s.token:
+            reason = (
+                f"stale reply {ev.type_name} for step {name!r}: token {ev.token}, "
+                f"the step's current attempt has token {s.token}"
+            )
+            hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", name))
+            return reason
+        try:
+            read = action.read_reply(ev.type_name, ev.payload, st.data, defn.state_model, not compensating)
+        except Exception as e:  # a user's merge hook or the state model refused it
+            return StepFailed(name, s.token, f"invalid reply {ev.type_name}: {e}", False)
+        if read.failure is not None:
+            return StepFailed(name, s.token, read.failure, False)
+        return StepSucceeded(name, s.token, read.result, read.size, st.data if compensating else read.data)
+    where = f"step {ev.step!r}" if ev.step else "any step"
+    if ev.token is not None and ev.step is not None and ev.step in st.steps:
+        reason = (
+            f"stale reply {ev.type_name} for step {ev.step!r} (token {ev.token}): no step waits for it now "
+            f"(the step is {st.steps[ev.step].status.value})"
+        )
+        hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", ev.step))
+        return reason
+    return f"saga {st.id} ({st.status.value}) has no {where} waiting for {ev.type_name}"
+
+
+def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
+    # Reply deadlines of message steps (local attempts are timed by the runtime).
+    for name in defn.order:
+        s = st.steps[name]
+        if s.token and s.wake_at is not None and s.wake_at <= now:
+            s = _own(st, name)
+            sdef = defn.by_name[name]
+            comp = s.status is _S.COMPENSATING
+            timeout = attempt_timeout(sdef, comp)
+            # A command went out and no answer came: it may have been carried out.
+            ev = StepFailed(name, s.token, f"timed out after {timeout}s waiting for the reply", True, sdef.effectful)
+            s.token = 0
+            if comp:
+                _compensation_done(sdef, st, s, ev, now, hist)
+            else:
+                _action_done(defn, sdef, st, s, ev, now, fx, hist)
+
+
+def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
+    if st.status is SagaStatus.PENDING:
+        _begin(defn, st, now, fx, hist)
+        return
+    for name in defn.order:
+        s = st.steps[name]
+        if not s.token:
+            continue
+        sdef = defn.by_name[name]
+        comp = s.status is _S.COMPENSATING
+        if sdef.compensation_local if comp else sdef.local:
+            s = _own(st, name)
+            st.seq += 1
+            s.token = st.seq
+            if not comp:
+                s.uncertain = True  # the worker that ran it may have got as far as its effect
+            attempt = s.compensation_attempts if comp else s.attempts
+            what = "compensation of step" if comp else "step"
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "resumed",
+                    f"{what} {name!r} attempt {attempt} runs again: its worker stopped before reporting",
+                    name,
+                    attempt,
+                )
+            )
+            fx.append(
+                RunStep(
+                    name,
+                    comp,
+                    attempt,
+                    s.token,
+                    sdef.compensation_timeout if comp else sdef.timeout,
+                )
+            )
+    _on_timer(defn, st, now, fx, hist)

@@ -1,0 +1,400 @@
+"""How a saga moves: dispatching what is ready, rolling back, cancelling, timers, pivots.
+
+Shared by the event handlers (``_completions``, ``_operators``) and ``decide``; every
+change to a step state goes through ``_own``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from .._definition import SagaDefinition, StepDefinition
+from .._status import SagaStatus, StepStatus
+from ._types import (
+    CancelAttempt,
+    Effect,
+    HistoryEntry,
+    RunStep,
+    SagaState,
+    StepState,
+)
+
+_S = StepStatus
+# HistoryEntry((at, kind, message, step, attempt)) and RunStep((...)) without the
+# named tuples' generated __new__: a Python call less per entry on the hot path.
+_entry = functools.partial(tuple.__new__, HistoryEntry)
+_run = functools.partial(tuple.__new__, RunStep)
+_DONE = (_S.COMPLETED, _S.SKIPPED)
+_ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+# Key of SagaState.meta holding a rollback that waits for a running pivot step's outcome.
+ROLLBACK = "rollback_requested"
+
+
+def _fork(state: SagaState) -> SagaState:
+    """A new state with *state*'s fields; its steps are *state*'s until ``_own`` copies one."""
+    st = state.with_steps(dict(state.steps))
+    st._shared = state.steps
+    return st
+
+
+def _own(st: SagaState, name: str) -> StepState:
+    """Step *name* of *st*, ready to change: copied first while *st* still shares it with its origin.
+
+    Every change to a step state in this module goes through here.
+    """
+    s = st.steps[name]
+    shared = st._shared
+    if shared is not None and shared.get(name) is s:
+        s = s.copy()
+        st.steps[name] = s
+    return s
+
+
+def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
+    st.status = SagaStatus.RUNNING
+    hist.append(_entry((now, "started", "saga started", None, None)))
+    _advance(defn, st, now, fx, hist)
+
+
+def _rollback(
+    defn: SagaDefinition,
+    st: SagaState,
+    now: float,
+    reason: str,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+    kind: str = "compensating",
+) -> None:
+    """Start compensating: attempts in flight are cancelled, steps waiting for a retry will not run.
+
+    While a pivot step runs, the rollback waits for its outcome instead.
+    """
+    pivot = _running_pivot(defn, st)
+    if pivot is not None:
+        st.meta = {**st.meta, ROLLBACK: reason}
+        for name, s in st.steps.items():
+            if s.status is _S.PENDING and s.wake_at is not None:
+                _own(st, name).wake_at = None  # no retry while the rollback waits
+        hist.append(
+            HistoryEntry(
+                now,
+                "rollback_deferred",
+                f"rollback requested ({reason}): it waits for the outcome of pivot step {pivot!r}, which is running",
+                pivot,
+            )
+        )
+        return
+    st.status = SagaStatus.COMPENSATING
+    st.error = reason
+    hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
+    for name in defn.order:
+        s = st.steps[name]
+        if s.status is _S.RUNNING and s.token:
+            _cancel(defn, st, name, now, f"the saga is rolled back ({reason})", fx, hist)
+        elif s.status is _S.PENDING and s.attempts:
+            # It failed before and waits for its next attempt, which will not come.
+            s = _own(st, name)
+            s.status = _S.FAILED
+            s.wake_at = None
+            s.finished_at = now
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "step_failed",
+                    f"step {name!r} failed: {s.error} (not retried: the saga is rolled back)",
+                    name,
+                    s.attempts,
+                )
+            )
+
+
+def _cancel(
+    defn: SagaDefinition | None,
+    st: SagaState,
+    name: str,
+    now: float,
+    reason: str,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """End the attempt in flight of step *name* now; it may have had its effect."""
+    s = _own(st, name)
+    comp = s.status is _S.COMPENSATING
+    fx.append(CancelAttempt(name, comp, s.token, reason))
+    s.token = 0
+    s.wake_at = None
+    s.finished_at = now
+    s.error = f"cancelled: {reason}"
+    if comp:
+        s.status = _S.COMPENSATION_FAILED
+        hist.append(
+            HistoryEntry(
+                now,
+                "compensation_cancelled",
+                f"compensation of step {name!r} attempt {s.compensation_attempts} cancelled: {reason}",
+                name,
+                s.compensation_attempts,
+            )
+        )
+        return
+    s.status = _S.FAILED
+    effectful = True if defn is None else defn.by_name[name].effectful
+    if effectful:
+        s.uncertain = True
+    note = "; it may have had its effect" if effectful else ""
+    hist.append(
+        HistoryEntry(
+            now, "step_cancelled", f"step {name!r} attempt {s.attempts} cancelled: {reason}{note}", name, s.attempts
+        )
+    )
+
+
+def _fail_past_pivot(
+    st: SagaState,
+    name: str,
+    pivot: str,
+    error: str | None,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """A step failed for good after the pivot: the saga stops for an operator (retry, skip, abort).
+
+    Other attempts in flight are stopped; they run again if the operator retries.
+    """
+    st.status = SagaStatus.FAILED
+    st.error = (
+        f"step {name!r} failed after pivot step {pivot!r} completed: {error}; "
+        "the saga cannot be rolled back: retry or skip the step"
+    )
+    hist.append(HistoryEntry(now, "failed", st.error, name))
+    for n, was in st.steps.items():
+        if was.token:
+            fx.append(CancelAttempt(n, was.status is _S.COMPENSATING, was.token, "the saga failed"))
+            s = _own(st, n)
+            s.status = _S.PENDING
+            s.token = 0
+            s.wake_at = None
+            hist.append(
+                HistoryEntry(now, "step_cancelled", f"step {n!r} attempt {s.attempts} stopped: the saga failed", n)
+            )
+
+
+def _refuse_rollback(
+    defn: SagaDefinition, st: SagaState, pivot: str, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> None:
+    """The pivot a rollback waited for completed: the saga goes forward, the request is refused."""
+    reason = st.meta[ROLLBACK]
+    _clear_rollback(st)
+    hist.append(
+        HistoryEntry(
+            now,
+            "rollback_refused",
+            f"rollback refused: pivot step {pivot!r} completed, so the saga can no longer be rolled back "
+            f"(the request: {reason}); it goes forward",
+            pivot,
+        )
+    )
+    failed = [n for n in defn.order if st.steps[n].status is _S.FAILED]
+    if failed:
+        _fail_past_pivot(st, failed[0], pivot, st.steps[failed[0]].error, now, fx, hist)
+
+
+def _clear_rollback(st: SagaState) -> None:
+    st.meta = {k: v for k, v in st.meta.items() if k != ROLLBACK}
+
+
+def _orphans_pending(st: SagaState) -> None:
+    """Steps left running when the saga failed past its pivot run again when it goes on.
+
+    The saga's end stopped their attempts (or the worker that ran them is gone
+    and, the saga being finished, nobody resumed them): without this they would
+    hold the saga RUNNING with nothing that can ever complete them.
+    """
+    for n, was in st.steps.items():
+        if was.status is _S.RUNNING:
+            s = _own(st, n)
+            s.status = _S.PENDING
+            s.token = 0
+            s.wake_at = None
+
+
+def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
+    steps = st.steps
+    if st.status is SagaStatus.RUNNING:
+        if ROLLBACK in st.meta:
+            return  # nothing new starts while a rollback waits for the pivot
+        if st.deadline_at is not None and now >= st.deadline_at and _past_pivot_name(defn, st) is None:
+            _rollback(defn, st, now, f"deadline of {defn.deadline}s exceeded", fx, hist)
+            if st.status is SagaStatus.RUNNING:
+                return
+        else:
+            all_done = True
+            for name in defn.order:
+                s = steps[name]
+                if s.status in _DONE:
+                    continue
+                all_done = False
+                if s.status is _S.PENDING and (s.wake_at is None or s.wake_at <= now):
+                    sdef = defn.by_name[name]
+                    for d in sdef.after:
+                        if steps[d].status not in _DONE:
+                            break
+                    else:
+                        _dispatch(sdef, st, s, False, now, fx, hist)
+            if all_done:
+                st.status = SagaStatus.COMPLETED
+                st.error = None
+                hist.append(_entry((now, "completed", "saga completed", None, None)))
+            return
+    if st.status is SagaStatus.COMPENSATING:
+        busy = False
+        for name in reversed(defn.order):
+            s = steps[name]
+            status = s.status
+            if status is _S.RUNNING:
+                busy = True
+            elif status is _S.COMPENSATING:
+                if s.token:
+                    busy = True
+                else:
+                    if s.wake_at is None or s.wake_at <= now:
+                        _dispatch(defn.by_name[name], st, s, True, now, fx, hist)
+                    busy = True
+            elif status is _S.COMPLETED or status is _S.FAILED:
+                sdef = defn.by_name[name]
+                if _to_undo(sdef, s) and not _blocked(defn, st, name):
+                    s = _own(st, name)
+                    s.status = _S.COMPENSATING
+                    s.compensation_attempts = 0
+                    _dispatch(sdef, st, s, True, now, fx, hist)
+                    busy = True
+        if not busy:
+            gave_up = [n for n, s in steps.items() if s.status is _S.COMPENSATION_FAILED]
+            if gave_up:
+                st.status = SagaStatus.FAILED
+                first = steps[gave_up[0]]
+                st.error = f"compensation of step {gave_up[0]!r} gave up: {first.error}"
+                hist.append(HistoryEntry(now, "failed", st.error, gave_up[0]))
+            else:
+                st.status = SagaStatus.COMPENSATED
+                hist.append(_entry((now, "compensated", "saga compensated", None, None)))
+
+
+def _to_undo(sdef: StepDefinition, s: StepState) -> bool:
+    """Whether a rollback compensates the step: it completed, or it may have had its effect."""
+    if sdef.compensation is None:
+        return False
+    if s.status is _S.COMPLETED:
+        return True
+    return s.status is _S.FAILED and s.attempts > 0 and (s.uncertain or sdef.compensate_failed)
+
+
+def _blocked(defn: SagaDefinition, st: SagaState, name: str) -> bool:
+    """A step is compensated only after every step that depends on it is settled."""
+    steps = st.steps
+    for d in defn.descendants[name]:
+        s = steps[d]
+        if s.status in (_S.RUNNING, _S.COMPENSATING, _S.COMPENSATION_FAILED):
+            return True
+        if (s.status is _S.COMPLETED or s.status is _S.FAILED) and _to_undo(defn.by_name[d], s):
+            return True
+    return False
+
+
+def _dispatch(
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    compensation: bool,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    s = _own(st, sdef.name)
+    st.seq += 1
+    s.token = st.seq
+    if compensation:
+        s.compensation_attempts += 1
+        attempt = s.compensation_attempts
+        timeout = sdef.attempt_timeouts[1]
+        local = sdef.compensation_local
+        hist.append(
+            _entry(
+                (
+                    now,
+                    "compensation_started",
+                    f"compensation of step {sdef.name!r} attempt {attempt}",
+                    sdef.name,
+                    attempt,
+                )
+            )
+        )
+    else:
+        s.status = _S.RUNNING
+        s.attempts += 1
+        attempt = s.attempts
+        timeout = sdef.attempt_timeouts[0]
+        local = sdef.local
+        if attempt == 1:
+            s.started_at = now
+        hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt)))
+    # Local attempts are timed by the runtime; a message step waits for its
+    # reply until this deadline, which survives restarts with the saga row.
+    s.wake_at = now + timeout if (timeout is not None and not local) else None
+    fx.append(_run((sdef.name, compensation, attempt, s.token, timeout)))
+
+
+def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
+    """Seconds one attempt may take: the step's timeout, or a message action's reply timeout."""
+    return sdef.attempt_timeouts[compensation]
+
+
+def _wake(defn: SagaDefinition | None, st: SagaState) -> float | None:
+    status = st.status
+    if status is SagaStatus.PENDING:
+        return st.created_at
+    if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return None
+    # Past the pivot, or with a rollback already waiting for it, the deadline
+    # no longer applies; keeping it would leave the saga due forever once passed.
+    wake = st.deadline_at
+    if wake is not None and (
+        status is not SagaStatus.RUNNING or ROLLBACK in st.meta or (defn is not None and _past_pivot(defn, st))
+    ):
+        wake = None
+    for s in st.steps.values():
+        w = s.wake_at
+        if w is not None and (wake is None or w < wake):
+            wake = w
+    return wake
+
+
+def _past_pivot_name(defn: SagaDefinition, st: SagaState) -> str | None:
+    for name in defn.pivots:
+        if st.steps[name].status in _DONE:
+            return name
+    return None
+
+
+def _past_pivot(defn: SagaDefinition, st: SagaState) -> bool:
+    return _past_pivot_name(defn, st) is not None
+
+
+def _running_pivot(defn: SagaDefinition, st: SagaState) -> str | None:
+    for name in defn.pivots:
+        s = st.steps[name]
+        if s.status is _S.RUNNING and s.token:
+            return name
+    return None
+
+
+def _who(actor: str, reason: str) -> str:
+    return f"by {actor}" + (f": {reason}" if reason else "")
+
+
+def step_results(st: SagaState) -> Mapping[str, Any]:
+    """Results of the steps that completed or were skipped, by step name."""
+    return {n: s.result for n, s in st.steps.items() if s.status in _DONE}
