@@ -483,6 +483,11 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
                 wrong_status.append(f"{sid} (#{i}) {status}")
     executions = len(effects)
     keys = len({r["key"] for r in effects})
+    # Doubled: one step's effect (saga, step, direction) applied under two idempotency keys, so a
+    # receiver that de-duplicates by key would apply it twice. Re-runs share their key.
+    doubled = len({(r["saga_id"], r["step"], r["direction"], r["key"]) for r in effects}) - len(
+        {(r["saga_id"], r["step"], r["direction"]) for r in effects}
+    )
     skewed_effects = sum(1 for r in effects if r["worker"].endswith("-skew"))
     by_worker = Counter(r["worker"] for r in without_lease)
     status_counts = Counter(sagas.values())
@@ -496,7 +501,8 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
         f"(begun without one {started_without}), "
         f"compensated with effect not undone {len(not_undone)}, "
         f"completed wrong {len(completed_wrong)}, wrong status {len(wrong_status)}, "
-        f"executions/keys {executions}/{keys}, recovery time after last chaos event {recovery:.1f} s, "
+        f"executions/keys {executions}/{keys}, doubled {doubled}, "
+        f"recovery time after last chaos event {recovery:.1f} s, "
         f"total {time.monotonic() - t_start:.0f} s"
     )
     print(f"chaos: statuses {dict(status_counts)}")
@@ -523,6 +529,7 @@ async def test_chaos_on_postgres(schema: str, tmp_path: Path) -> None:
         completed_wrong and f"COMPLETED sagas missing an action or compensated: {completed_wrong[:5]}",
         wrong_status and f"sagas in the wrong status: {len(wrong_status)}: {wrong_status[:5]}",
         fig.op_errors and f"operator compensate raised: {fig.op_errors[:3]}",
+        doubled and f"step effects under more than one idempotency key: {doubled}",
         fig.unexpected_exits and f"workers exited on their own: {fig.unexpected_exits}",
     ]
     problems = [p for p in problems if p]

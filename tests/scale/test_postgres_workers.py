@@ -1,7 +1,8 @@
 """Many worker processes on one PostgreSQL database: SIGKILL, SIGSTOP, the server lost for a while.
 
-The server is the machine's and serves more than this suite, so the outage
-is a proxy between the workers and the server, cut and restored.
+The machine's server serves more than this suite: an outage is a proxy between
+the workers and it, cut and restored, and a server restart happens on a private
+cluster the test makes for itself (tests/pgcluster.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from sagakit import SagaEngine, SagaStatus, StepStatus
+from tests import pgcluster
 from tests.conftest import PG_DSN, pg_available, require_service
 from tests.proxy import ProxyThread
 
@@ -290,4 +292,56 @@ async def test_postgres_outage_mid_run(schema: str) -> None:
     rows, effects = await _executions(url)
     assert len(effects) == 3 * n
     # An attempt cut off by the outage could not record its end: check the others.
+    _assert_no_overlap([r for r in rows if r[3] is not None], {})
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[pgcluster.PrivateCluster]:
+    require_service(pgcluster.missing())
+    cluster = pgcluster.PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+async def test_postgres_restart_mid_run(private_cluster: pgcluster.PrivateCluster) -> None:
+    """The database server is stopped and started again mid-run: every saga completes, every effect happens once."""
+    url = f"{private_cluster.dsn}?schema=restart"
+    await _prepare(url)
+    from tests.scale.sagas import definition
+
+    producer = SagaEngine(url)
+    producer.register(definition)
+    n = 300
+    ids = [await producer.start("scale", {"fail_at": None}) for _ in range(n)]
+    await producer.close()
+    workers = Workers(url, lease=3.0, step_seconds=0.2)
+    try:
+        workers.start("r1")
+        workers.start("r2")
+        reader = SagaEngine(url)
+        try:
+            deadline = time.monotonic() + 60
+            while (done := await reader.count(status=SagaStatus.COMPLETED)) < n // 10:
+                assert time.monotonic() < deadline, "the workers made no progress"
+                await asyncio.sleep(0.05)
+        finally:
+            await reader.close()
+        assert done < n, "every saga finished before the restart: it tested nothing"
+        private_cluster.stop()  # fast shutdown: every connection is closed, in-flight commits fail
+        await asyncio.sleep(2.0)
+        private_cluster.start()
+        reader = SagaEngine(url)
+        try:
+            snaps = await _wait_all(reader, n, timeout=180)
+        finally:
+            await reader.close()
+    finally:
+        workers.stop_all()
+    assert {s.id for s in snaps} == set(ids)
+    assert {s.status for s in snaps} == {SagaStatus.COMPLETED}
+    rows, effects = await _executions(url)
+    assert len(effects) == 3 * n
     _assert_no_overlap([r for r in rows if r[3] is not None], {})
