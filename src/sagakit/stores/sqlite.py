@@ -554,14 +554,14 @@ class SQLiteStore:
         await self._run(self._executemany_tx, self._sql.insert_request, [(request_id, saga_id, event, at)])
 
     async def open_requests(self) -> builtins.list[tuple[str, str, str]]:
-        rows = await self._run(self._fetchall, self._sql.open_requests, ())
+        rows = await self._read(self._fetchall, self._sql.open_requests, ())
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def answer_request(self, request_id: str, outcome: str) -> None:
         await self._run(self._executemany_tx, self._sql.answer_request, [(request_id, outcome)])
 
     async def request_outcome(self, request_id: str) -> str | None:
-        rows = await self._run(self._fetchall, self._sql.request_outcome, (request_id,))
+        rows = await self._read(self._fetchall, self._sql.request_outcome, (request_id,))
         return rows[0][0] if rows else None
 
     async def withdraw_request(self, request_id: str) -> bool:
