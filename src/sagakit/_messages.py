@@ -82,8 +82,43 @@ class CorrelationError(SagaError, ValueError):
 
 
 def message_type_name(cls: type) -> str:
-    """The wire name of a command or event type: ``"module.QualName"``."""
+    """The wire name of a command or event type.
+
+    A class's own ``message_name`` attribute (``message_name: ClassVar[str] =
+    "payments.PaymentProcessed"``, or the ``@message_name(...)`` decorator) when
+    it sets one, else ``"module.QualName"``. Only the class's own attribute
+    counts: a subclass does not inherit its parent's wire name.
+    """
+    name = cls.__dict__.get("message_name")
+    if isinstance(name, str) and name:
+        return name
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+FAULT_TYPE_NAME = "sagakit.Fault"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A participant's reply when its handler raised: the command was not handled.
+
+    A fault fails the step's attempt at once (its retry policy applies); it is
+    not a business failure event. The engine consumes faults for every step that
+    waits for a reply.
+
+    Attributes:
+        error_type: the exception's class name.
+        message: the exception's text.
+        command_type: the wire name of the command that failed.
+        traceback: the handler's traceback, bounded, or "".
+    """
+
+    message_name: ClassVar[str] = FAULT_TYPE_NAME
+
+    error_type: str
+    message: str
+    command_type: str
+    traceback: str = ""
 
 
 def _is_pydantic(cls: type) -> bool:
