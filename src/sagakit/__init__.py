@@ -18,6 +18,7 @@ from ._definition import SagaBuilder, SagaDefinition, StepDefinition
 from ._engine import SagaEngine
 from ._errors import (
     DefinitionError,
+    LeaseLost,
     NonRetryableError,
     NotASagaStore,
     PayloadTooLarge,
@@ -61,6 +62,7 @@ __all__ = [
     "CommitInput",
     "DefinitionError",
     "HistoryEntry",
+    "LeaseLost",
     "LoggingObserver",
     "NonRetryableError",
     "NotASagaStore",

@@ -26,6 +26,8 @@ class StepContext:
         correlation_id: the saga's correlation id, if any.
         compensation: True in a compensation.
         result: in a compensation, the step's own output.
+        worker_id: the worker that holds the saga's lease and runs this attempt
+            (None outside an engine); ``sagakit.stores.postgres.fenced`` checks it.
     """
 
     __slots__ = (
@@ -40,6 +42,7 @@ class StepContext:
         "saga_id",
         "saga_name",
         "step",
+        "worker_id",
     )
 
     def __init__(
@@ -55,6 +58,7 @@ class StepContext:
         correlation_id: str | None,
         compensation: bool = False,
         result: Any = None,
+        worker_id: str | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
@@ -67,9 +71,12 @@ class StepContext:
         self.correlation_id = correlation_id
         self.compensation = compensation
         self.result = result
+        self.worker_id = worker_id
 
     @classmethod
-    def _of(cls, st: SagaState, step: str, attempt: int, compensation: bool) -> StepContext:
+    def _of(
+        cls, st: SagaState, step: str, attempt: int, compensation: bool, worker_id: str | None = None
+    ) -> StepContext:
         """The context of an attempt of *step* in the saga *st* (a state the machine no longer changes).
 
         ``results`` and ``idempotency_key`` are worked out when first read.
@@ -86,6 +93,7 @@ class StepContext:
         ctx.correlation_id = st.correlation_id
         ctx.compensation = compensation
         ctx.result = st.steps[step].result if compensation else None
+        ctx.worker_id = worker_id
         return ctx
 
     @property
@@ -109,7 +117,4 @@ class StepContext:
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "action"
-        return (
-            f"StepContext(saga_id={self.saga_id!r}, step={self.step!r}, {kind}, "
-            f"attempt={self.attempt})"
-        )
+        return f"StepContext(saga_id={self.saga_id!r}, step={self.step!r}, {kind}, attempt={self.attempt})"

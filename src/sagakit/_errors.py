@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "DefinitionError",
+    "LeaseLost",
     "NonRetryableError",
     "NotASagaStore",
     "PayloadTooLarge",
@@ -77,6 +78,14 @@ class StoreError(SagaError):
 
 class NotASagaStore(StoreError):
     """The file or database exists but is not a sagakit store; it was left untouched."""
+
+
+class LeaseLost(SagaError):
+    """This worker no longer holds the saga's lease, so a fenced effect was not applied.
+
+    Another worker may already run the step again; the attempt fails (and is
+    retried by whoever holds the saga) instead of applying its effect twice.
+    """
 
 
 class NonRetryableError(Exception):

@@ -10,8 +10,10 @@ environment. Either way the first line on stdout is
 ``ready <worker id> skew=<engine clock minus the database's clock>``.
 
 Every step and compensation applies its effect by inserting one row into
-``effects``, and in the same statement records whether this worker held the
-saga's lease at that moment on the database's clock (``lease_valid``). The
+``effects`` inside ``sagakit.stores.postgres.fenced`` (the effect happens only
+while the worker provably holds the saga's lease), and in the same statement
+records whether this worker held the saga's lease at that moment on the
+database's clock (``lease_valid``). The
 same check at the start of the attempt goes to ``started_valid`` (and its time
 to ``started_at``), to tell an
 attempt begun without a lease from one that lost it while it ran (a freeze,
@@ -26,6 +28,7 @@ when an operator's ``compensate`` from another process can get hold of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -37,6 +40,7 @@ from typing import Any
 import asyncpg
 
 from sagakit import NonRetryableError, RetryPolicy, SagaBuilder, SagaEngine, StepContext
+from sagakit.stores.postgres import fenced
 
 WORKER_ID = os.environ.get("CHAOS_WORKER_ID", "")
 STEP_SECONDS = (0.05, 0.5)  # simulated work of an attempt, between the lease check at its start and its effect
@@ -55,12 +59,16 @@ APPLY = (
     "lease_expires > extract(epoch FROM clock_timestamp()) FROM sagakit_sagas WHERE id = $2), false)"
 )
 
+FENCED_OFF = "INSERT INTO fenced_off (saga_id, step, direction, worker, error) VALUES ($1, $2, $3, $4, $5)"
+
 TABLES = (
     "CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, saga_id TEXT NOT NULL, "
     "step TEXT NOT NULL, direction TEXT NOT NULL, worker TEXT NOT NULL, attempt INTEGER NOT NULL, "
     "started_valid BOOLEAN NOT NULL, started_at TIMESTAMPTZ NOT NULL, lease_valid BOOLEAN NOT NULL, "
     "at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
     "CREATE INDEX IF NOT EXISTS effects_saga ON effects (saga_id)",
+    "CREATE TABLE IF NOT EXISTS fenced_off (saga_id TEXT NOT NULL, step TEXT NOT NULL, direction TEXT NOT NULL, "
+    "worker TEXT NOT NULL, error TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
 )
 
 
@@ -89,17 +97,27 @@ async def _effect(ctx: StepContext) -> dict[str, Any]:
         raise NonRetryableError("cannot ship")  # refused: no effect
     if not ctx.compensation and ctx.step == "charge" and ctx.data.get("flaky") and ctx.attempt <= 2:
         raise RuntimeError("card network busy")  # retried after a back-off, saga released meanwhile: no effect
-    await pool.execute(
-        APPLY,
-        WORKER_ID,
-        ctx.saga_id,
-        ctx.idempotency_key,
-        ctx.step,
-        direction,
-        ctx.attempt,
-        started["valid"],
-        started["at"],
-    )
+    # The effect is fenced: applied in a transaction that holds the saga's row while the lease is
+    # proven on the database's clock, so a worker that lost its lease (frozen mid-step) applies nothing.
+    try:
+        async with pool.acquire() as conn, fenced(conn, ctx):
+            await conn.execute(
+                APPLY,
+                WORKER_ID,
+                ctx.saga_id,
+                ctx.idempotency_key,
+                ctx.step,
+                direction,
+                ctx.attempt,
+                started["valid"],
+                started["at"],
+            )
+    except Exception as e:
+        # Refused by the fence (LeaseLost), or the server closed the session of a transaction this
+        # worker left idle past its lease (a freeze inside the block): nothing was applied.
+        with contextlib.suppress(Exception):
+            await pool.execute(FENCED_OFF, ctx.saga_id, ctx.step, direction, WORKER_ID, type(e).__name__)
+        raise
     return {"key": ctx.idempotency_key}
 
 

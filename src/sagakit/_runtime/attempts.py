@@ -62,7 +62,7 @@ class Attempts(RuntimeBase):
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
             fn, is_async = entry
-            ctx = StepContext._of(st, name, eff.attempt, eff.compensation)
+            ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id)
             if slots.free and not slots.waiters:
                 slots.free -= 1
             else:

@@ -65,7 +65,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._errors import NotASagaStore, SagaNotFound, StoreError
+from .._errors import LeaseLost, NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
 from .._store import Pruned, SagaQuery, Write
 from ..machine import HistoryEntry, SagaState
@@ -73,9 +73,10 @@ from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, e
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
+    from .._context import StepContext
     from .._store import DeadLetter, OutboxRecord
 
-__all__ = ["DIALECT", "PostgresStore"]
+__all__ = ["DIALECT", "PostgresStore", "fenced"]
 
 DIALECT = Dialect(
     name="postgresql",
@@ -778,3 +779,66 @@ def _wake(w: Write, db_now: float, database_clock: bool) -> float | None:
     if database_clock and w.owner is not None and w.lease_seconds is not None and w.wake_at is not None:
         return db_now + w.lease_seconds
     return w.wake_at
+
+
+_FENCE = (
+    "SELECT remaining, set_config('idle_in_transaction_session_timeout', "
+    "greatest(1, ((remaining - $3) * 1000)::bigint)::text, true) FROM ("
+    "SELECT lease_expires - extract(epoch FROM clock_timestamp()) AS remaining FROM {table} "
+    "WHERE id = $1 AND lease_owner = $2 AND lease_expires > extract(epoch FROM clock_timestamp()) + $3 "
+    "FOR SHARE) AS held"
+)
+
+
+@contextlib.asynccontextmanager
+async def fenced(
+    connection: Any, ctx: StepContext, *, schema: str | None = None, margin: float = 0.25
+) -> AsyncIterator[Any]:
+    """A transaction on *connection* whose writes commit only while the step's worker holds the lease.
+
+    For effects written to the same PostgreSQL database as the saga store::
+
+        async def charge(ctx: StepContext) -> None:
+            async with pool.acquire() as conn, fenced(conn, ctx, schema="sagakit"):
+                await conn.execute("INSERT INTO charges (key, amount) VALUES ($1, $2)", ctx.idempotency_key, 42)
+
+    On entry the transaction share-locks the saga's row after checking, on the
+    database's clock, that ``ctx.worker_id`` holds the lease for at least
+    *margin* more seconds; on leaving the block it checks again, so every
+    statement inside ran before the lease's end. Otherwise it raises
+    ``LeaseLost`` and the transaction rolls back: nothing is written.
+
+    While the transaction is open no other worker can take the saga over
+    (claims skip locked rows; a takeover waits for the lock). Each check also
+    sets the session's ``idle_in_transaction_session_timeout`` to the lease's
+    remaining time less *margin*, in the same statement: a worker paused
+    inside the block or before its commit (a freeze, a stop signal) has its
+    session closed by the server, and its writes rolled back, before the lease
+    ends. Keep the block short: the worker's own lease renewals and commits
+    for this saga wait for it.
+
+    Args:
+        connection: an asyncpg connection to the store's database, outside a transaction.
+        ctx: the attempt's context (``saga_id`` and ``worker_id`` are used).
+        schema: the schema of the sagakit tables when it is not on the search path.
+        margin: seconds of lease that must remain at each check.
+
+    Raises:
+        LeaseLost: the worker does not hold the lease (with *margin* to spare).
+    """
+    if ctx.worker_id is None:
+        raise LeaseLost(f"saga {ctx.saga_id}: this step does not run under an engine's lease")
+    table = f'"{schema}".sagakit_sagas' if schema else "sagakit_sagas"
+    sql = _FENCE.format(table=table)
+
+    async def check(when: str) -> None:
+        if await connection.fetchval(sql, ctx.saga_id, ctx.worker_id, margin) is None:
+            raise LeaseLost(
+                f"saga {ctx.saga_id}, step {ctx.step!r}: worker {ctx.worker_id} does not hold the lease "
+                f"{when} (or less than {margin:g}s of it remains); the effect was not applied"
+            )
+
+    async with connection.transaction():
+        await check("at the start of the fenced block")
+        yield connection
+        await check("at the end of the fenced block")
