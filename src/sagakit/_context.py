@@ -34,6 +34,7 @@ class StepContext:
         "_idempotency_key",
         "_results",
         "_state",
+        "_updates",
         "attempt",
         "compensation",
         "correlation_id",
@@ -72,6 +73,7 @@ class StepContext:
         self.compensation = compensation
         self.result = result
         self.worker_id = worker_id
+        self._updates: dict[str, Any] | None = None
 
     @classmethod
     def _of(
@@ -94,6 +96,7 @@ class StepContext:
         ctx.compensation = compensation
         ctx.result = st.steps[step].result if compensation else None
         ctx.worker_id = worker_id
+        ctx._updates = None
         return ctx
 
     @property
@@ -114,6 +117,41 @@ class StepContext:
                 f"{self.saga_id}:{self.step}:{'compensation' if self.compensation else 'action'}"
             )
         return key
+
+    @property
+    def failure(self) -> Mapping[str, Any] | None:
+        """The failure event (or participant fault) that last failed a message step of this saga, if any.
+
+        A mapping with ``step``, ``event`` (its wire type name), ``payload``
+        (its fields: a reason, a code) and ``fault`` (True when the
+        participant's handler raised). Compensations read it to know why they run.
+        """
+        st = self._state
+        if st is None:
+            return None
+        failure = st.meta.get("failure")
+        return failure if isinstance(failure, Mapping) else None
+
+    def update_data(self, changes: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
+        """Change fields of the saga's data when this attempt succeeds, e.g. ``ctx.update_data(order_id=oid)``.
+
+        Later steps, message commands built from the data, and the saga's
+        outcome events see the new values. ``ctx.data`` shows them at once; the
+        store gets them with the step's result, in the same write. With a state
+        model the merged data is validated when the attempt ends: invalid data
+        fails the step (not retried) and names the field.
+
+        Raises:
+            TypeError: the saga's data is not a mapping, or a key is not a string.
+        """
+        update = {**(changes or {}), **fields}
+        bad = [k for k in update if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"update_data: keys must be strings, got {bad!r}")
+        if not isinstance(self.data, Mapping):
+            raise TypeError(f"update_data: the saga's data is a {type(self.data).__name__}, not a mapping")
+        self.data = {**self.data, **update}
+        self._updates = {**(self._updates or {}), **update}
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "action"

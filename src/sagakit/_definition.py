@@ -40,6 +40,11 @@ class ReplyRead(NamedTuple):
     result: Any = None
     size: int = 0
     data: Any = None
+    fault: bool = False  # the failure is a participant's fault (its handler raised), not a failure event
+
+
+# The wire name of the reply a participant sends when its handler raised (``sagakit._messages.Fault``).
+FAULT_TYPE_NAME = "sagakit.Fault"
 
 
 class StepAction:
@@ -62,6 +67,10 @@ class StepAction:
     def reply_types(self) -> Mapping[str, type]:
         """The events that end an attempt, by wire type name (none: the action needs no reply)."""
         return {}
+
+    def expects(self, type_name: str) -> bool:
+        """Whether an event of *type_name* ends an attempt of this action (a reply type, or a fault)."""
+        return type_name in self.reply_types
 
     def read_reply(
         self, type_name: str, payload: Mapping[str, Any], data: Any, state_model: type | None, merge: bool

@@ -22,24 +22,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import uuid
+from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import orjson
 
-from ._definition import ReplyRead, StepAction, _message_type_problem, is_message_type
+from ._definition import FAULT_TYPE_NAME, ReplyRead, StepAction, _message_type_problem, is_message_type
 from ._errors import DefinitionError, NonRetryableError, SagaError
 
 __all__ = [
+    "FAULT_TYPE_NAME",
     "CorrelationError",
     "Envelope",
     "EnvelopeError",
+    "Fault",
     "MessageMappingError",
     "ReplyKind",
     "SendCommand",
     "WaitFor",
+    "command_view",
     "default_command",
     "from_payload",
     "merge_event",
@@ -54,7 +59,7 @@ __all__ = [
 
 T = TypeVar("T")
 ReplyKind = Literal["success", "failure"]
-ToCommand = Callable[[Mapping[str, Any]], Any]
+ToCommand = Callable[..., Any]  # (state) -> command, or (state, ctx) -> command
 Merge = Callable[[Mapping[str, Any], Any], Mapping[str, Any]]
 
 # The namespace of sagakit's deterministic message ids; never change it, or
@@ -93,9 +98,6 @@ def message_type_name(cls: type) -> str:
     if isinstance(name, str) and name:
         return name
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-FAULT_TYPE_NAME = "sagakit.Fault"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,41 @@ def default_command(command_cls: type[T], state: Mapping[str, Any] | object) -> 
     return from_payload(command_cls, values)
 
 
+def command_view(
+    data: Mapping[str, Any] | object,
+    results: Mapping[str, Any] | None = None,
+    failure: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Mapping[str, Any]:
+    """What a default command or an outcome event is filled from, looked up in this order.
+
+    The saga's data; then the fields of finished steps' results that are
+    objects (a later step's before an earlier one's); then the fields of the
+    failure event that failed a step (``ctx.failure``); then *extra*.
+    """
+    layers: list[Mapping[str, Any]] = [_state_mapping(data) if data is not None else {}]
+    if results:
+        layers.extend(r for r in reversed(list(results.values())) if isinstance(r, Mapping))
+    if failure:
+        payload = failure.get("payload")
+        if isinstance(payload, Mapping):
+            layers.append(payload)
+    if extra:
+        layers.append(extra)
+    return ChainMap(*cast("list[dict[str, Any]]", layers))
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_context(hook: Callable[..., Any]) -> bool:
+    """Whether a command builder takes ``(data, ctx)`` rather than ``(data)``."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
 def merge_event(state: Mapping[str, Any] | object, event: object) -> dict[str, Any]:
     """A new state: *state* updated with the event's fields (in their JSON form, as they travel)."""
     merged = dict(_state_mapping(state))
@@ -286,35 +323,61 @@ def _check_hook(where: str, name: str, hook: object) -> None:
         raise DefinitionError(f"{where}: {name} must be a function or None, got {hook!r}")
 
 
-def _check_outcomes(where: str, success: tuple[type, ...], failure: type | None) -> None:
-    seen: set[type] = set()
-    for i, s in enumerate(success):
-        _check_type(f"{where}: success event {i}", s, "e.g. success=PaymentProcessed")
-        if s in seen:
-            raise DefinitionError(f"{where}: success event {s.__qualname__} is listed twice")
-        seen.add(s)
-    if failure is not None:
-        _check_type(f"{where}: the failure event", failure, "e.g. failure=PaymentFailed")
-        if failure in seen:
-            raise DefinitionError(
-                f"{where}: {failure.__qualname__} is both a success and the failure event; "
-                "a reply must mean one or the other"
+def _check_outcomes(where: str, success: tuple[type, ...], failure: tuple[type, ...]) -> None:
+    if not isinstance(failure, tuple):
+        raise DefinitionError(f"{where}: failure must be a tuple of event types, got {failure!r}")
+    both = set(success) & set(failure)
+    if both:
+        t = next(iter(both))
+        raise DefinitionError(
+            f"{where}: {t.__qualname__} is both a success and a failure event; a reply must mean one or the other"
+        )
+    seen: dict[str, type] = {}
+    for kind, types in (("success", success), ("failure", failure)):
+        for i, t in enumerate(types):
+            _check_type(
+                f"{where}: {kind} event {i}", t, f"e.g. {kind}=Payment{'Processed' if kind == 'success' else 'Failed'}"
             )
+            name = message_type_name(t)
+            if name == FAULT_TYPE_NAME:
+                raise DefinitionError(
+                    f"{where}: {t.__qualname__} has the wire name {FAULT_TYPE_NAME!r}, which sagakit keeps for "
+                    "participant faults; give it another message_name"
+                )
+            other = seen.get(name)
+            if other is not None:
+                if other is t:
+                    raise DefinitionError(f"{where}: {t.__qualname__} is listed twice among the outcome events")
+                raise DefinitionError(
+                    f"{where}: {other.__qualname__} and {t.__qualname__} have the same wire name {name!r}; "
+                    "a reply must mean one thing"
+                )
+            seen[name] = t
 
 
-def _reply_kind(success: tuple[type, ...], failure: type | None, type_name: str) -> ReplyKind | None:
+def _failure_types(failure: type | Sequence[type] | None) -> tuple[type, ...]:
+    """``failure=`` as given (None, one type, or several) as a tuple; other values are reported by validate()."""
+    if failure is None:
+        return ()
+    if isinstance(failure, list | tuple):
+        return tuple(failure)
+    return (cast("type", failure),)
+
+
+def _reply_kind(success: tuple[type, ...], failure: tuple[type, ...], type_name: str) -> ReplyKind | None:
     for s in success:
         if message_type_name(s) == type_name:
             return "success"
-    if failure is not None and message_type_name(failure) == type_name:
-        return "failure"
+    for f in failure:
+        if message_type_name(f) == type_name:
+            return "failure"
     return None
 
 
-def _reply_types(success: tuple[type, ...], failure: type | None) -> dict[str, type]:
+def _reply_types(success: tuple[type, ...], failure: tuple[type, ...]) -> dict[str, type]:
     types = {message_type_name(s): s for s in success}
-    if failure is not None:
-        types[message_type_name(failure)] = failure
+    for f in failure:
+        types[message_type_name(f)] = f
     return types
 
 
@@ -328,7 +391,7 @@ class SendCommand(StepAction):
     Attributes:
         command: the command type (pydantic model or dataclass).
         success: the event types that complete the step (any one of them).
-        failure: the event type that fails the step, or None.
+        failure: the event types that fail the step (any one of them).
         reply_timeout: seconds to wait for the reply per attempt; None waits forever.
         to_command: ``state -> command`` instead of ``default_command``.
         merge: ``(state, event) -> state`` instead of ``merge_event``, applied to a success event.
@@ -340,7 +403,7 @@ class SendCommand(StepAction):
 
     command: type
     success: tuple[type, ...] = ()
-    failure: type | None = None
+    failure: tuple[type, ...] = ()
     reply_timeout: float | None = None
     to_command: ToCommand | None = None
     merge: Merge | None = None
@@ -352,7 +415,7 @@ class SendCommand(StepAction):
         if not isinstance(self.success, tuple):
             raise DefinitionError(f"{where}: success must be a tuple of event types, got {self.success!r}")
         _check_outcomes(where, self.success, self.failure)
-        if self.failure is not None and not self.success:
+        if self.failure and not self.success:
             raise DefinitionError(
                 f"{where}: a failure event without a success event: the step could never "
                 "complete; add success=... or drop failure="
@@ -371,7 +434,7 @@ class SendCommand(StepAction):
     @property
     def awaits_reply(self) -> bool:
         """False for fire-and-forget sends, which complete when the command is committed."""
-        return bool(self.success) or self.failure is not None
+        return bool(self.success) or bool(self.failure)
 
     @property
     def reply_types(self) -> dict[str, type]:
@@ -382,15 +445,32 @@ class SendCommand(StepAction):
         """Whether an event of *type_name* completes ("success") or fails ("failure") the step."""
         return _reply_kind(self.success, self.failure, type_name)
 
-    def build_command(self, state: Mapping[str, Any]) -> Any:
-        """The command to send for *state*: ``to_command(state)`` or ``default_command``.
+    def expects(self, type_name: str) -> bool:
+        """A reply type, or a participant's fault when the command awaits a reply."""
+        return type_name in self.reply_types or (type_name == FAULT_TYPE_NAME and self.awaits_reply)
+
+    def build_command(self, state: Mapping[str, Any], ctx: Any = None) -> Any:
+        """The command to send: ``to_command(state)`` or ``to_command(state, ctx)``, else ``default_command``.
+
+        *ctx* is the attempt's ``StepContext`` (``results`` of finished steps,
+        ``failure``, ``saga_id``, ``idempotency_key``). Without a hook, the
+        command's fields are looked up by name in ``command_view``: the saga's
+        data, then finished steps' results, then the failure event's fields.
 
         Raises:
-            MessageMappingError: the command cannot be built or the hook returned another type.
+            MessageMappingError: the command cannot be built, the hook raised, or
+                it returned another type.
         """
         if self.to_command is None:
-            return default_command(self.command, state)
-        cmd = self.to_command(state)
+            view = state if ctx is None else command_view(state, ctx.results, ctx.failure)
+            return default_command(self.command, view)
+        hook = self.to_command
+        try:
+            cmd = hook(state, ctx) if _takes_context(hook) else hook(state)
+        except MessageMappingError:
+            raise
+        except Exception as e:
+            raise MessageMappingError(f"to_command raised {type(e).__name__}: {e}") from e
         if not isinstance(cmd, self.command):
             raise MessageMappingError(
                 f"to_command returned {type(cmd).__qualname__}, expected a {message_type_name(self.command)} instance"
@@ -415,7 +495,7 @@ class WaitFor(StepAction):
 
     Attributes:
         event: the event type that completes the step.
-        failure: the event type that fails the step, or None.
+        failure: the event types that fail the step (any one of them).
         reply_timeout: seconds to wait per attempt; None waits forever.
         correlation: ``event -> correlation id`` to match an event that does not
             carry the saga's envelope headers; None matches by headers only.
@@ -423,7 +503,7 @@ class WaitFor(StepAction):
     """
 
     event: type
-    failure: type | None = None
+    failure: tuple[type, ...] = ()
     reply_timeout: float | None = None
     correlation: Callable[[Any], str] | None = None
     merge: Merge | None = None
@@ -465,10 +545,13 @@ def _read_reply(
     merge: bool,
 ) -> ReplyRead:
     """See ``StepAction.read_reply``."""
+    if type_name == FAULT_TYPE_NAME and type_name not in action.reply_types:
+        fault = from_payload(Fault, payload)
+        return ReplyRead(f"participant fault: {fault.error_type}: {fault.message}", dict(payload), fault=True)
     cls = action.reply_types[type_name]
     event: Any = from_payload(cls, payload)
     if action.reply_kind(type_name) == "failure":
-        return ReplyRead(f"{type_name}: {orjson.dumps(dict(payload)).decode()}")
+        return ReplyRead(f"{type_name}: {orjson.dumps(dict(payload)).decode()}", to_payload(event))
     if merge:
         try:
             data = dict(action.apply_reply(data if isinstance(data, Mapping) else {}, event))
@@ -485,7 +568,7 @@ def _read_reply(
 def send(
     command: type,
     success: type | Sequence[type] | None = None,
-    failure: type | None = None,
+    failure: type | Sequence[type] | None = None,
     *,
     reply_timeout: float | None = None,
     to_command: ToCommand | None = None,
@@ -506,9 +589,13 @@ def send(
             saga state by name (``default_command``).
         success: one event type or several; any of them completes the step and
             its fields are merged into the saga state (``merge_event``).
-        failure: the event type that fails the step.
+        failure: one event type or several; any of them fails the step (not
+            retried: it is the participant's answer). The event is recorded as
+            the step's error and shown to the compensations (``ctx.failure``).
         reply_timeout: seconds to wait for the reply per attempt.
-        to_command: ``state -> command`` to build the command yourself.
+        to_command: ``state -> command``, or ``(state, ctx) -> command`` with the
+            attempt's ``StepContext`` (``ctx.results``, ``ctx.failure``), to
+            build the command yourself.
         merge: ``(state, event) -> state`` to apply the success event yourself.
         destination: topic/queue/subject; None lets the transport decide.
 
@@ -525,7 +612,7 @@ def send(
     return SendCommand(
         command=command,
         success=outcomes,
-        failure=failure,
+        failure=_failure_types(failure),
         reply_timeout=reply_timeout,
         to_command=to_command,
         merge=merge,
@@ -535,7 +622,7 @@ def send(
 
 def wait_for(
     event: type,
-    failure: type | None = None,
+    failure: type | Sequence[type] | None = None,
     timeout: float | None = None,
     correlation: Callable[[Any], str] | None = None,
     *,
@@ -550,7 +637,9 @@ def wait_for(
 
     ``timeout`` is the reply timeout of each attempt, in seconds.
     """
-    return WaitFor(event=event, failure=failure, reply_timeout=timeout, correlation=correlation, merge=merge)
+    return WaitFor(
+        event=event, failure=_failure_types(failure), reply_timeout=timeout, correlation=correlation, merge=merge
+    )
 
 
 # ---------------------------------------------------------------- envelope

@@ -120,13 +120,13 @@ def test_every_field_reaches_the_definition(seed: dict[str, Any], app: SimpleNam
     )
     d = load_definition(seed)
     pay, ship, refund = d.steps
-    assert pay.action == SendCommand(app.ProcessPaymentCommand, (app.PaymentProcessedEvent,), app.PaymentFailedEvent)
+    assert pay.action == SendCommand(app.ProcessPaymentCommand, (app.PaymentProcessedEvent,), (app.PaymentFailedEvent,))
     assert pay.compensation == SendCommand(app.RefundPaymentCommand, (app.PaymentRefundedEvent,))
     assert ship.action == SendCommand(
-        app.ShipOrderCommand, (app.OrderShippedEvent, app.PaymentProcessedEvent), app.ShipmentFailedEvent
+        app.ShipOrderCommand, (app.OrderShippedEvent, app.PaymentProcessedEvent), (app.ShipmentFailedEvent,)
     )
     assert ship.compensation == SendCommand(
-        app.CancelShipmentCommand, (app.ShipmentCancelledEvent,), app.ShipmentCancellationFailedEvent
+        app.CancelShipmentCommand, (app.ShipmentCancelledEvent,), (app.ShipmentCancellationFailedEvent,)
     )
     assert refund.action == SendCommand(app.RefundPaymentCommand, (app.PaymentRefundedEvent, app.PaymentProcessedEvent))
     assert refund.after == ("ShipOrder",)
@@ -149,7 +149,7 @@ def test_compensation_events_are_found_through_imports_and_the_step_modules(
     seed["imports"] = [{"module": SHIP, "names": ["ShipmentCancelledEvent"]}]
     d = load_definition(seed)
     assert d.steps[0].compensation == SendCommand(
-        app.RefundPaymentCommand, (app.ShipmentCancelledEvent,), app.PaymentFailedEvent
+        app.RefundPaymentCommand, (app.ShipmentCancelledEvent,), (app.PaymentFailedEvent,)
     )
 
 

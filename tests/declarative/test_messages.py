@@ -98,7 +98,7 @@ def test_send_returns_a_frozen_non_local_step_action() -> None:
     assert a.local is False
     assert a.command is ProcessPayment
     assert a.success == (PaymentProcessed,)
-    assert a.failure is PaymentFailed
+    assert a.failure == (PaymentFailed,)
     assert a.reply_timeout == 5
     assert a.to_command is None and a.merge is None and a.destination is None
     assert a.awaits_reply
@@ -125,7 +125,7 @@ def test_send_and_wait_for_build_into_a_definition() -> None:
     assert not d.step("pay").local and not d.step("pay").compensation_local
     w = d.step("approve").action
     assert isinstance(w, WaitFor)
-    assert w.event is PaymentProcessed and w.failure is PaymentFailed and w.reply_timeout == 60
+    assert w.event is PaymentProcessed and w.failure == (PaymentFailed,) and w.reply_timeout == 60
     assert w.local is False
 
 
@@ -143,11 +143,11 @@ def test_send_and_wait_for_build_into_a_definition() -> None:
         (lambda: send(ProcessPayment, success=NotAMessage), "step 'pay': action: success event 0 must be"),
         (lambda: send(ProcessPayment, success=[PaymentProcessed, "Nope"]), "success event 1 must be"),  # type: ignore[list-item]
         (lambda: send(ProcessPayment, success="PaymentProcessed"), "success event 0 must be"),  # type: ignore[arg-type]
-        (lambda: send(ProcessPayment, success=PaymentProcessed, failure=42), "the failure event must be"),  # type: ignore[arg-type]
+        (lambda: send(ProcessPayment, success=PaymentProcessed, failure=42), "failure event 0 must be"),  # type: ignore[arg-type]
         (lambda: send(ProcessPayment, success=[PaymentProcessed, PaymentProcessed]), "listed twice"),
         (
             lambda: send(ProcessPayment, success=PaymentProcessed, failure=PaymentProcessed),
-            "both a success and the failure",
+            "both a success and a failure",
         ),
         (lambda: send(ProcessPayment, failure=PaymentFailed), "a failure event without a success event"),
         (
@@ -165,7 +165,7 @@ def test_send_and_wait_for_build_into_a_definition() -> None:
             "destination must be a non-empty string",
         ),
         (lambda: wait_for(NotAMessage), "step 'pay': action: success event 0 must be"),
-        (lambda: wait_for(PaymentProcessed, failure=dict), "the failure event must be"),
+        (lambda: wait_for(PaymentProcessed, failure=dict), "failure event 0 must be"),
         (lambda: wait_for(PaymentProcessed, timeout=-1), "reply_timeout must be"),
         (lambda: wait_for(PaymentProcessed, correlation=5), "correlation must be a function"),  # type: ignore[arg-type]
     ],

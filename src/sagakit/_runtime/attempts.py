@@ -11,13 +11,14 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
 from .._context import StepContext
 from .._errors import NonRetryableError
+from .._messages import MessageMappingError, validate_state
 from .._observe import AttemptInput
 from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFailed, StepSucceeded
 from ._base import Held, RuntimeBase, log
@@ -45,6 +46,8 @@ class Attempts(RuntimeBase):
         event = await self._run_step(held, eff)
         if held.inflight.pop(eff.token, None) is None or self._held.get(held.state.id) is not held:
             return  # cancelled, or the saga was aborted, finished or taken over meanwhile
+        if isinstance(event, StepSucceeded) and isinstance(event.data, DataUpdate):
+            event = _with_update(held, event, event.data)
         self._apply(held, event)
 
     async def _run_step(self, held: Held, eff: RunStep) -> Event:
@@ -85,8 +88,9 @@ class Attempts(RuntimeBase):
                     result = await self._call_in_thread(fn, ctx, eff.timeout, functools.partial(self._late, held, eff))
             finally:
                 slots.release()
+            data = KEEP if ctx._updates is None else DataUpdate(ctx._updates)
             if result is None:
-                event = _succeeded((name, eff.token, None, 4, KEEP))
+                event = _succeeded((name, eff.token, None, 4, data))
             else:
                 try:
                     blob = orjson.dumps(result)
@@ -101,7 +105,7 @@ class Attempts(RuntimeBase):
                         True,
                     )
                 else:
-                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), KEEP))
+                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), data))
         except TimeoutError:
             # The attempt was cut off mid-way: it may have had its effect.
             event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s", True, True)
@@ -198,6 +202,32 @@ class Attempts(RuntimeBase):
             eff.attempt,
         )
         self._in_background(self.store.append_history(held.state.id, held.state.revision, [entry]))
+
+
+class DataUpdate(NamedTuple):
+    """Fields a step changed with ``ctx.update_data``, merged into the saga's data when its success is applied."""
+
+    changes: dict[str, Any]
+
+
+def _with_update(held: Held, event: StepSucceeded, update: DataUpdate) -> Event:
+    """The success with the saga's data as it is now plus the step's changes, validated against the state model.
+
+    Merged when the outcome is applied (not when the step began), so changes
+    that other steps made meanwhile are kept.
+    """
+    current = held.state.data
+    merged = {**(current if isinstance(current, Mapping) else {}), **update.changes}
+    model = held.definition.state_model
+    if model is not None:
+        try:
+            merged = validate_state(model, merged)
+        except MessageMappingError as e:
+            # The step ran to its end: its effect happened, only its data change is refused.
+            return StepFailed(
+                event.step, event.token, f"ctx.update_data: the new saga data is invalid: {e}", False, True
+            )
+    return event._replace(data=merged)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

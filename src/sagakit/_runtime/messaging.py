@@ -27,14 +27,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._context import StepContext
 from .._definition import SagaDefinition, StepDefinition, Trigger
 from .._errors import SagaNotFound
 from .._messages import (
+    FAULT_TYPE_NAME,
     Envelope,
     EnvelopeError,
     MessageMappingError,
     SendCommand,
     WaitFor,
+    command_view,
     default_command,
     from_payload,
     message_id,
@@ -46,7 +49,7 @@ from .._snapshot import SagaSnapshot
 from .._status import SagaStatus
 from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
 from .._transport import Delivery, Transport
-from ..machine import Event, Reply, RunStep, SagaState
+from ..machine import FAILURE, Event, Reply, RunStep, SagaState, step_results
 from ._base import Held
 
 __all__ = ["Messaging"]
@@ -138,7 +141,10 @@ class Messaging:
         for s in d.steps:
             for comp, action in ((False, s.action), (True, s.compensation)):
                 if isinstance(action, SendCommand | WaitFor):
-                    for name in action.reply_types:
+                    names = list(action.reply_types)
+                    if isinstance(action, SendCommand) and action.awaits_reply:
+                        names.append(FAULT_TYPE_NAME)  # a participant whose handler raised says so
+                    for name in names:
                         self._expects.setdefault(name, []).append(_Expect(d, s, comp, action))
         if self._running:
             # Registered after start: consume its events too.
@@ -173,7 +179,8 @@ class Messaging:
         action = sdef.compensation if eff.compensation else sdef.action
         if not isinstance(action, SendCommand):
             return None
-        command = action.build_command(st.data if isinstance(st.data, Mapping) else {})
+        ctx = StepContext._of(st, eff.step, eff.attempt, eff.compensation, self.engine.worker_id)
+        command = action.build_command(st.data if isinstance(st.data, Mapping) else {}, ctx)
         direction = "compensation" if eff.compensation else "action"
         mid = message_id(st.id, eff.step, 0, direction)
         env = Envelope.wrap(
@@ -212,11 +219,16 @@ class Messaging:
             cls, label = defn.failure_event, "failed"
         if cls is None:
             return None
-        data = dict(st.data) if isinstance(st.data, Mapping) else {}
-        data.setdefault("saga_id", st.id)
+        failure = st.meta.get(FAILURE)
+        extra: dict[str, Any] = {"saga_id": st.id, "results": dict(step_results(st))}
         if st.error is not None:
-            data.setdefault("reason", st.error)
-        event: Any = default_command(cls, data)
+            extra["reason"] = extra["error"] = st.error
+        if isinstance(failure, Mapping):
+            extra["failed_step"] = failure.get("step")
+            extra["failure_event"] = failure.get("event")
+            extra["failure"] = failure.get("payload")
+        data = st.data if isinstance(st.data, Mapping) else {}
+        event: Any = default_command(cls, command_view(data, step_results(st), failure, extra))
         mid = message_id(st.id, "", 0, label)
         env = Envelope.wrap(
             event,

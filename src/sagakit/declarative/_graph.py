@@ -120,13 +120,13 @@ def _action_lines(action: Callable[..., Any] | StepAction | None) -> list[str]:
         lines = [f"send {_type(action.command)}"]
         if action.success:
             lines.append("ok: " + " | ".join(_type(s) for s in action.success))
-        if action.failure is not None:
-            lines.append(f"fail: {_type(action.failure)}")
+        if action.failure:
+            lines.append(f"fail: {', '.join(_type(f) for f in action.failure)}")
         return lines
     if isinstance(action, WaitFor):
         lines = [f"wait for {_type(action.event)}"]
-        if action.failure is not None:
-            lines.append(f"fail: {_type(action.failure)}")
+        if action.failure:
+            lines.append(f"fail: {', '.join(_type(f) for f in action.failure)}")
         return lines
     if action is None:
         return []

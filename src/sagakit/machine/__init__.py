@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ._decide import attempt_timeout, decide, new_saga, step_results
 from ._types import (
+    FAILURE,
     KEEP,
     Abort,
     Begin,
@@ -41,6 +42,7 @@ from ._types import (
 )
 
 __all__ = [
+    "FAILURE",
     "KEEP",
     "Abort",
     "Begin",

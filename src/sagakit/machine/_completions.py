@@ -18,6 +18,7 @@ from ._progress import (
     attempt_timeout,
 )
 from ._types import (
+    FAILURE,
     KEEP,
     Effect,
     HistoryEntry,
@@ -217,7 +218,7 @@ def _match_reply(
             continue
         compensating = s.status is _S.COMPENSATING
         action = sdef.compensation if compensating else sdef.action
-        if not isinstance(action, StepAction) or ev.type_name not in action.reply_types:
+        if not isinstance(action, StepAction) or not action.expects(ev.type_name):
             continue
         if ev.token is not None and ev.token != s.token:
             reason = (
@@ -231,6 +232,17 @@ def _match_reply(
         except Exception as e:  # a user's merge hook or the state model refused it
             return StepFailed(name, s.token, f"invalid reply {ev.type_name}: {e}", False)
         if read.failure is not None:
+            # The failing event (or fault) is kept for the compensations and the saga's failure event.
+            st.meta = {
+                **st.meta,
+                FAILURE: {"step": name, "event": ev.type_name, "payload": read.result, "fault": read.fault},
+            }
+            if read.fault:
+                # The participant's handler raised: the command may be half carried out, and
+                # trying again may help, so the step's retry policy applies and a rollback
+                # compensates it.
+                hist.append(HistoryEntry(now, "fault", f"step {name!r}: {read.failure}", name, s.attempts))
+                return StepFailed(name, s.token, read.failure, True, True)
             return StepFailed(name, s.token, read.failure, False)
         return StepSucceeded(name, s.token, read.result, read.size, st.data if compensating else read.data)
     where = f"step {ev.step!r}" if ev.step else "any step"

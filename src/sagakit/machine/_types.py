@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from .._status import SagaStatus, StepStatus
 
 __all__ = [
+    "FAILURE",
     "KEEP",
     "Abort",
     "Begin",
@@ -46,6 +47,10 @@ class _Keep:
 
 
 KEEP: Any = _Keep()
+
+# The key of ``SagaState.meta`` that holds the failure event (or participant fault) that last failed
+# a message step: ``{"step", "event", "payload", "fault"}``, for compensations and the failure event.
+FAILURE = "failure"
 
 
 @dataclass(slots=True)
