@@ -213,9 +213,7 @@ def test_longer_cycle_behind_a_root_shows_only_the_cycle() -> None:
     ],
 )
 @pytest.mark.parametrize("field", ["retry", "compensation_retry"])
-def test_bad_retry_policy_names_the_step_field_and_value(
-    policy: RetryPolicy, problem: str, field: str
-) -> None:
+def test_bad_retry_policy_names_the_step_field_and_value(policy: RetryPolicy, problem: str, field: str) -> None:
     b = SagaBuilder("orders").step("reserve", act).step("charge", act, undo, **{field: policy})
     with raises(f"step 'charge': {field}: {problem}"):
         b.build()

@@ -1,4 +1,4 @@
-"""The message-saga scenarios of ``tests/messaging`` on real brokers: NATS, RabbitMQ and Redis."""
+"""The message-saga scenarios of ``tests/messaging`` on real brokers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from typing import Any
 
 from sagakit._messages import message_type_name
 from sagakit._transport import Transport
+from tests.messaging.mixed import (
+    failure_event_reason_reaches_compensation,
+    local_result_reaches_commands_and_outcome,
+    participant_fault_fails_the_step_at_once,
+)
 from tests.messaging.test_message_saga import (
     PaymentProcessed,
     duplicated_reply_has_no_second_effect,
@@ -56,3 +61,15 @@ async def test_shipping_failure_compensates_and_announces(store_url: str, broker
 async def test_duplicated_reply_has_no_second_effect(store_url: str, broker: Broker) -> None:
     payments = DuplicatingTransport(broker.transport(), message_type_name(PaymentProcessed))
     await duplicated_reply_has_no_second_effect(store_url, broker.transport, payments=payments)
+
+
+async def test_local_result_reaches_commands_and_outcome(store_url: str, broker: Broker) -> None:
+    await local_result_reaches_commands_and_outcome(store_url, broker.transport)
+
+
+async def test_failure_event_reason_reaches_compensation(store_url: str, broker: Broker) -> None:
+    await failure_event_reason_reaches_compensation(store_url, broker.transport)
+
+
+async def test_participant_fault_fails_the_step_at_once(store_url: str, broker: Broker) -> None:
+    await participant_fault_fails_the_step_at_once(store_url, broker.transport)
