@@ -42,7 +42,7 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
-from ._messages import validate_state
+from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._runtime._base import Held, Pending, Slots
 from ._runtime.attempts import Attempts
@@ -62,6 +62,7 @@ from .machine import (
     Decision,
     Event,
     HistoryEntry,
+    Reply,
     Retry,
     SagaState,
     Skip,
@@ -606,6 +607,40 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
     async def abort(self, saga_id: str, *, reason: str = "", actor: str = "operator") -> SagaSnapshot:
         """Stop the saga where it stands, without compensation."""
         return await self._admin(saga_id, Abort(reason, actor))
+
+    async def notify(
+        self, saga_id: str, event: object, *, step: str | None = None, message_id: str | None = None
+    ) -> None:
+        """Hand *event* to the saga as if it had arrived from a broker: it completes (or fails) a waiting step.
+
+        No transport is needed. The machine matches the event to the step that
+        waits for its type (or to *step*), with the same rules as a broker's
+        reply: an event no step waits for is refused. With *message_id*, a
+        second notify with the same id is ignored (it is recorded with the
+        saga's write, as a broker message's id is).
+
+        When this process does not have the saga's definition registered (an
+        API process that only starts sagas, say), the event is stored with the
+        saga and applied by the next worker that has the definition; on
+        PostgreSQL that is any worker process. When a worker holds the saga
+        right now, the event is left for it and applied within a fraction of a
+        second.
+
+        Raises:
+            SagaNotFound: no such saga.
+            SagaStateError: no step of the saga waits for this event (the reason says why).
+            SagaBusy: the saga stayed held by another worker that did not answer.
+            MessageMappingError: *event* is not a pydantic model or dataclass instance.
+        """
+        payload = to_payload(event)
+        reply = Reply(message_type_name(type(event)), payload, step, None)
+        if message_id is not None and await self.store.inbox_seen(message_id):
+            return
+        rejected = await self._act(
+            saga_id, lambda held: reply, inbox=message_id, admin=reply, busy_timeout=self.lease_seconds + 5.0
+        )
+        if rejected is not None:
+            raise SagaStateError(saga_id, rejected)
 
     # ------------------------------------------------------------ admin plumbing
 

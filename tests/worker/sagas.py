@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from sagakit import SagaBuilder, StepContext
+from pydantic import BaseModel
+
+from sagakit import SagaBuilder, StepContext, wait_for
 
 
 async def quick(ctx: StepContext) -> str:
@@ -25,3 +27,21 @@ quick_saga = _quick.build()
 _slow = SagaBuilder("slow")
 _slow.step("wait", slow)
 slow_saga = _slow.build()
+
+
+class Approved(BaseModel):
+    approver: str
+
+
+class Rejected(BaseModel):
+    reason: str
+
+
+async def release(ctx: StepContext) -> None:
+    return None
+
+
+_approval = SagaBuilder("approval")
+_approval.step("reserve", quick, release)
+_approval.step("approve", action=wait_for(Approved, failure=Rejected))
+approval_saga = _approval.build()

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .._errors import SagaBusy
-from ..machine import Abort, Compensate, Event, Retry, Skip, decide
+from ..machine import Abort, Compensate, Event, Reply, Retry, Skip, decide
 from ._base import Held, RuntimeBase, log
 
 __all__ = ["Requests", "decode_admin", "encode_admin"]
@@ -27,7 +27,7 @@ _KINDS: dict[str, type[Retry] | type[Compensate] | type[Abort]] = {
 
 
 def encode_admin(event: Event) -> str:
-    """An operator's command as text (see ``decode_admin``).
+    """An operator's command, or an event handed to the saga (``notify``), as text (see ``decode_admin``).
 
     Raises:
         TypeError: *event* is not an operator's command.
@@ -37,6 +37,8 @@ def encode_admin(event: Event) -> str:
             body: dict[str, Any] = {"kind": "skip", "step": step, "result": result, "reason": reason, "actor": actor}
         case Retry(reason, actor) | Compensate(reason, actor) | Abort(reason, actor):
             body = {"kind": type(event).__name__.lower(), "reason": reason, "actor": actor}
+        case Reply(type_name, payload, step, token):
+            body = {"kind": "event", "type_name": type_name, "payload": dict(payload), "step": step, "token": token}
         case _:
             raise TypeError(f"not an operator command: {event!r}")
     return orjson.dumps(body).decode()
@@ -54,6 +56,8 @@ def decode_admin(text: str) -> Event:
         reason, actor = str(body.get("reason", "")), str(body.get("actor", "operator"))
         if kind == "skip":
             return Skip(str(body["step"]), body.get("result"), reason, actor)
+        if kind == "event":
+            return Reply(str(body["type_name"]), dict(body["payload"]), body.get("step"), body.get("token"))
         return _KINDS[kind](reason, actor)
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"unreadable operator request {text[:200]!r}: {e}") from None

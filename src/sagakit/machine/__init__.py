@@ -21,6 +21,7 @@ from ._decide import attempt_timeout, decide, new_saga, step_results
 from ._types import (
     FAILURE,
     KEEP,
+    QUEUED_EVENTS,
     Abort,
     Begin,
     CancelAttempt,
@@ -44,6 +45,7 @@ from ._types import (
 __all__ = [
     "FAILURE",
     "KEEP",
+    "QUEUED_EVENTS",
     "Abort",
     "Begin",
     "CancelAttempt",

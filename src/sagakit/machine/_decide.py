@@ -21,6 +21,7 @@ from ._progress import (
     step_results,
 )
 from ._types import (
+    QUEUED_EVENTS,
     Abort,
     Begin,
     Compensate,
@@ -118,6 +119,7 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             _on_timer(definition, st, now, fx, hist)
         case Resume():
             _on_resume(definition, st, now, fx, hist)
+            _drain_queued(definition, st, now, fx, hist)
         case Begin():
             if st.status is SagaStatus.PENDING:
                 _begin(definition, st, now, fx, hist)
@@ -154,6 +156,15 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
             rejected = _on_abort(None, st, event, now, fx, hist)
         case Skip():
             rejected = _on_skip(None, st, event, now, hist)
+        case Reply() if not state.status.terminal:
+            # Matching an event to a step needs the definition: kept for the worker that has it.
+            queued = st.meta.get(QUEUED_EVENTS, [])
+            entry = {"type_name": event.type_name, "payload": dict(event.payload), "step": event.step}
+            st.meta = {**st.meta, QUEUED_EVENTS: [*queued, {**entry, "token": event.token}]}
+            hist.append(
+                HistoryEntry(now, "event_queued", f"event {event.type_name} kept for a worker that has the definition")
+            )
+            rejected = None
         case _ if state.status.terminal and state.status is not SagaStatus.FAILED:
             rejected = f"saga is {state.status.value}: it has already finished"
         case _:
@@ -167,6 +178,24 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
     st.updated_at = now
     st._shared = None
     return Decision(st, fx, hist)
+
+
+def _drain_queued(
+    definition: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> None:
+    """Apply the events kept by a process without the definition, in the order they came."""
+    queued = st.meta.get(QUEUED_EVENTS)
+    if not queued:
+        return
+    st.meta = {k: v for k, v in st.meta.items() if k != QUEUED_EVENTS}
+    for q in queued:
+        ev = Reply(q["type_name"], q["payload"], q.get("step"), q.get("token"))
+        matched = _match_reply(definition, st, ev, now, hist)
+        if isinstance(matched, str):
+            if not hist or hist[-1].kind != "stale_rejected":
+                hist.append(HistoryEntry(now, "refused", f"queued event {ev.type_name} refused: {matched}", ev.step))
+            continue
+        _on_completion(definition, st, matched, now, fx, hist)
 
 
 def _refused(state: SagaState, event: Event, reason: str, now: float) -> Decision:

@@ -11,6 +11,7 @@ from .._status import SagaStatus, StepStatus
 __all__ = [
     "FAILURE",
     "KEEP",
+    "QUEUED_EVENTS",
     "Abort",
     "Begin",
     "CancelAttempt",
@@ -51,6 +52,9 @@ KEEP: Any = _Keep()
 # The key of ``SagaState.meta`` that holds the failure event (or participant fault) that last failed
 # a message step: ``{"step", "event", "payload", "fault"}``, for compensations and the failure event.
 FAILURE = "failure"
+# The key of ``SagaState.meta`` that holds events handed to the saga by a process without its
+# definition (``engine.notify``); the next worker that resumes the saga with the definition applies them.
+QUEUED_EVENTS = "queued_events"
 
 
 @dataclass(slots=True)
