@@ -129,7 +129,11 @@ class Committer(RuntimeBase):
         try:
             msg = self._messaging.outcome_event(st, held.definition)
         except MessageMappingError as e:
-            p.history.append(HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}"))
+            entry = HistoryEntry(self.clock(), "event_failed", f"the saga's outcome event was not sent: {e}")
+            p.history.append(entry)
+            if held.history is not None:
+                held.history.append(entry)
+            log.warning("sagakit: saga %s: %s", st.id, entry.message)
             return
         if msg is not None:
             p.outbox.append(msg)

@@ -32,6 +32,7 @@ from .._definition import SagaDefinition, StepDefinition, Trigger
 from .._errors import SagaNotFound
 from .._messages import (
     FAULT_TYPE_NAME,
+    CorrelationError,
     Envelope,
     EnvelopeError,
     MessageMappingError,
@@ -394,7 +395,11 @@ class Messaging:
             return
         saga_id = env.saga_id
         if saga_id is None:
-            saga_id = await self._correlate(env)
+            try:
+                saga_id = await self._correlate(env)
+            except CorrelationError as e:
+                await self._dead(env.message_id, None, env.type_name, body, f"no saga matched: {e}")
+                return
             if saga_id is None:
                 await self._dead(
                     env.message_id,
@@ -418,22 +423,39 @@ class Messaging:
         The extractor is the waiting step's own (``wait_for(..., correlation=)``),
         else the saga's trigger extractors applied to the reply (replies usually
         carry the same business key as the event that started the saga).
+
+        Raises:
+            CorrelationError: no saga matched and an extractor raised (its error is the reason).
         """
+        errors: list[str] = []
         for exp in self._expects.get(env.type_name, ()):
             own: Callable[[Any], Any] | None = getattr(exp.action, "correlation", None)
             extractors = [own] if own is not None else [t.correlation for t in exp.definition.triggers]
+            cls = exp.action.reply_types.get(env.type_name)
+            if cls is None:
+                continue
             try:
-                event: Any = from_payload(exp.action.reply_types[env.type_name], env.payload)
-            except Exception:
+                event: Any = from_payload(cls, env.payload)
+            except Exception as e:
+                errors.append(f"{exp.definition.name}.{exp.step.name}: {e}")
                 continue
             for extract in extractors:
                 try:
                     cid = to_correlation_id(extract(event))
-                except Exception:
+                except Exception as e:
+                    errors.append(
+                        f"{exp.definition.name}.{exp.step.name}: the correlation extractor raised "
+                        f"{type(e).__name__}: {e}"
+                    )
+                    log.warning(
+                        "sagakit: correlation of %s for %s failed", env.type_name, exp.definition.name, exc_info=True
+                    )
                     continue
                 for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
                     if not snap.status.terminal:
                         return snap.id
+        if errors:
+            raise CorrelationError("; ".join(errors))
         return None
 
     async def _dead(self, mid: str, saga_id: str | None, type_name: str, body: bytes | str, reason: str) -> None:
