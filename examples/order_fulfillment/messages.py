@@ -7,7 +7,9 @@ from pydantic import BaseModel
 # Values the services refuse: the driver puts them into the orders it wants to fail.
 SOLD_OUT_SKU = "SKU-SOLD-OUT"
 DECLINED_CARD = "4000-0000-0000-0002"
+STOLEN_CARD = "4000-0000-0000-0119"
 UNKNOWN_ADDRESS = "nowhere"
+BROKEN_ADDRESS = "1 Printer Jam Rd"  # the shipping service's handler raises on it: a fault, not an answer
 
 
 class OrderPlaced(BaseModel):
@@ -22,7 +24,7 @@ class OrderPlaced(BaseModel):
 
 
 class OrderState(BaseModel):
-    """The saga's state: the order plus what the services answered."""
+    """The saga's state: the order, what the orchestrator's own step set, what the services answered."""
 
     order_id: str
     sku: str
@@ -30,6 +32,8 @@ class OrderState(BaseModel):
     amount: float
     card: str
     address: str
+    order_number: str | None = None  # set by the local step open_order
+    cancel_reason: str | None = None  # set by its compensation, from the failure that undid the order
     reservation_id: str | None = None
     payment_id: str | None = None
     tracking: str | None = None
@@ -62,6 +66,8 @@ class InventoryReleased(BaseModel):
 
 class ChargePayment(BaseModel):
     order_id: str
+    order_number: str  # from the saga's data, set by open_order
+    invoice_id: str  # from open_order's result
     amount: float
     card: str
 
@@ -72,6 +78,11 @@ class PaymentCharged(BaseModel):
 
 
 class PaymentDeclined(BaseModel):
+    order_id: str
+    reason: str
+
+
+class FraudSuspected(BaseModel):
     order_id: str
     reason: str
 

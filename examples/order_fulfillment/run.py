@@ -4,10 +4,12 @@
     python -m examples.order_fulfillment.run --transport amqp://guest:guest@127.0.0.1/ --orchestrators 2
     python -m examples.order_fulfillment.run --transport redis://127.0.0.1:6379 --store sqlite:///of.db
 
-Some orders are made to fail at one service (a sold-out SKU, a declined card,
-an address nobody ships to), chosen at random with ``--seed``. Exits 1 when
-a saga does not end as its order's plan says, when the services' effects do
-not match (an effect applied twice, a compensation missing or extra), or
+Some orders are made to fail at one service (a sold-out SKU, a declined or a
+stolen card, an address nobody ships to, an address whose label makes the
+shipping service's handler raise), chosen at random with ``--seed``. Exits 1
+when a saga does not end as its order's plan says (step statuses, and the
+cancellation reason its compensation recorded), when the services' effects
+do not match (an effect applied twice, a compensation missing or extra), or
 when not every saga finished within ``--timeout``.
 """
 
@@ -34,17 +36,22 @@ from sagakit._messages import Envelope
 from sagakit._transport import TransportError, transport_from_url
 
 from ._process import DEFAULT_TRANSPORT
-from .messages import DECLINED_CARD, SOLD_OUT_SKU, UNKNOWN_ADDRESS, OrderPlaced
+from .messages import BROKEN_ADDRESS, DECLINED_CARD, SOLD_OUT_SKU, STOLEN_CARD, UNKNOWN_ADDRESS, OrderPlaced
 from .orchestrator import DEFAULT_STORE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = ("reserve_inventory", "charge_payment", "ship_order")
-SCENARIOS = {  # failing service -> (label, the saga's expected step statuses)
-    None: ("no failure", (StepStatus.COMPLETED, StepStatus.COMPLETED, StepStatus.COMPLETED)),
-    "inventory": ("inventory fails", (StepStatus.FAILED, StepStatus.PENDING, StepStatus.PENDING)),
-    "payment": ("payment fails", (StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.PENDING)),
-    "shipping": ("shipping fails", (StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.FAILED)),
+STEPS = ("open_order", "reserve_inventory", "charge_payment", "ship_order")
+_C, _F, _P, _D = StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.PENDING, StepStatus.COMPLETED
+SCENARIOS = {  # failing service -> (label, the saga's expected step statuses, the cancellation reason recorded)
+    None: ("no failure", (_D, _D, _D, _D), None),
+    "inventory": ("inventory fails", (_C, _F, _P, _P), f"{SOLD_OUT_SKU} is sold out"),
+    "payment": ("card declined", (_C, _C, _F, _P), "card declined"),
+    "fraud": ("card stolen", (_C, _C, _F, _P), "card reported stolen"),
+    "shipping": ("shipping fails", (_C, _C, _C, _F), f"no route to {UNKNOWN_ADDRESS!r}"),
+    "shipping_fault": ("shipping service faults", (_C, _C, _C, _F), "RuntimeError: label printer jammed"),
 }
+CARDS = {"payment": DECLINED_CARD, "fraud": STOLEN_CARD}
+ADDRESSES = {"shipping": UNKNOWN_ADDRESS, "shipping_fault": BROKEN_ADDRESS}
 console = Console(stderr=True)
 
 
@@ -59,8 +66,10 @@ class Order:
             sku=SOLD_OUT_SKU if self.fail_at == "inventory" else "SKU-1",
             quantity=1,
             amount=42.0,
-            card=DECLINED_CARD if self.fail_at == "payment" else "4242-4242-4242-4242",
-            address=UNKNOWN_ADDRESS if self.fail_at == "shipping" else "1 Main St",
+            card={"payment": DECLINED_CARD, "fraud": STOLEN_CARD}.get(self.fail_at or "", "4242-4242-4242-4242"),
+            address={"shipping": UNKNOWN_ADDRESS, "shipping_fault": BROKEN_ADDRESS}.get(
+                self.fail_at or "", "1 Main St"
+            ),
         )
 
     @property
@@ -187,7 +196,7 @@ def check(orders: list[Order], snaps: dict[str, SagaSnapshot], services: dict[st
     rows: dict[str, dict[str, Any]] = {}
     wrong: list[str] = []
     for order in orders:
-        label, steps = SCENARIOS[order.fail_at]
+        label, steps, reason = SCENARIOS[order.fail_at]
         row = rows.setdefault(label, {"orders": 0, "completed": 0, "compensated": 0, "other": 0, "ok": True})
         row["orders"] += 1
         snap = snaps.get(order.order_id)
@@ -195,16 +204,20 @@ def check(orders: list[Order], snaps: dict[str, SagaSnapshot], services: dict[st
         key = {SagaStatus.COMPLETED: "completed", SagaStatus.COMPENSATED: "compensated"}.get(status, "other")  # type: ignore[arg-type]
         row[key] += 1
         got = tuple(snap.steps[s].status for s in STEPS) if snap is not None else None
-        if status is not order.expected or got != steps:
+        recorded = snap.data.get("cancel_reason") if snap is not None else None
+        faults = sum(h.kind == "fault" for h in snap.history) if snap is not None else 0
+        expected_faults = 3 if order.fail_at == "shipping_fault" else 0  # one per attempt of ship_order
+        if status is not order.expected or got != steps or recorded != reason or faults != expected_faults:
             row["ok"] = False
-            wrong.append(f"{order.order_id} ({label}): {status} {got}")
+            wrong.append(f"{order.order_id} ({label}): {status} {got}, reason {recorded!r}, faults {faults}")
     fails = Counter(o.fail_at for o in orders)
     n = len(orders)
+    charged = n - fails["inventory"] - fails["payment"] - fails["fraud"]
     expected_effects = {
-        "inventory": {"reserved": n - fails["inventory"], "released": fails["payment"] + fails["shipping"]},
-        "payments": {"charged": n - fails["inventory"] - fails["payment"], "refunded": fails["shipping"]},
+        "inventory": {"reserved": n - fails["inventory"], "released": n - fails["inventory"] - fails[None]},
+        "payments": {"charged": charged, "refunded": fails["shipping"] + fails["shipping_fault"]},
         "shipping": {"shipped": fails[None]},
-    }
+    }  # fmt: skip
     effects = {}
     for name, expected in expected_effects.items():
         got_effects = {k: services.get(name, {}).get("effects", {}).get(k, 0) for k in expected}
@@ -242,7 +255,13 @@ def show(report: dict[str, Any], elapsed: float, n: int, services: dict[str, dic
 async def main(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:8]
     store, schema = fresh_store(args.store, run_id)
-    rates = {"inventory": args.fail_inventory, "payment": args.fail_payment, "shipping": args.fail_shipping}
+    rates = {
+        "inventory": args.fail_inventory,
+        "payment": args.fail_payment,
+        "fraud": args.fail_fraud,
+        "shipping": args.fail_shipping,
+        "shipping_fault": args.fault_shipping,
+    }
     orders = plan(args.orders, rates, args.seed, run_id)
     transport = ["--transport", args.transport]
     processes: list[Process] = []
@@ -302,7 +321,9 @@ def cli() -> None:
     p.add_argument("--orchestrators", type=int, default=None, help="worker processes (default: 2, 1 on SQLite)")
     p.add_argument("--fail-inventory", type=float, default=0.05, help="share of orders whose SKU is sold out")
     p.add_argument("--fail-payment", type=float, default=0.05, help="share of orders whose card is declined")
+    p.add_argument("--fail-fraud", type=float, default=0.05, help="share of orders paid with a stolen card")
     p.add_argument("--fail-shipping", type=float, default=0.05, help="share of orders nobody can ship")
+    p.add_argument("--fault-shipping", type=float, default=0.05, help="share of orders the shipping handler raises on")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every saga to finish")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
