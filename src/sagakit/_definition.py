@@ -174,6 +174,10 @@ class SagaDefinition:
     state_model: type | None = None
     completion_event: type | None = None
     failure_event: type | None = None
+    # State migration: the shape version of the saga data this definition reads, and the
+    # upcasters that turn data of an older shape version v into shape v + 1.
+    state_version: int = 1
+    upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict, compare=False)
     # Derived lookups, filled by build(); the state machine reads these.
     by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
     order: tuple[str, ...] = field(default=(), compare=False)
@@ -219,6 +223,8 @@ class SagaBuilder:
         self._steps: list[StepDefinition] = []
         self._triggers: list[Trigger] = []
         self._state_model: type | None = None
+        self._state_version = 1
+        self._upcasters: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self._completion_event: type | None = None
         self._failure_event: type | None = None
 
@@ -277,9 +283,25 @@ class SagaBuilder:
         self._triggers.append(Trigger(event_type, correlation))
         return self
 
-    def state(self, model: type) -> SagaBuilder:
-        """Use *model* (a pydantic model or dataclass) as the saga's state, validated on every change."""
+    def state(
+        self,
+        model: type | None,
+        *,
+        version: int = 1,
+        upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+    ) -> SagaBuilder:
+        """Use *model* (a pydantic model or dataclass, or None) as the saga's state, validated on every change.
+
+        When the shape of the data changes (a new required field, a renamed
+        one), raise *version* and give an upcaster per older version:
+        ``upcasters={1: lambda d: {**d, "currency": "EUR"}}`` turns data of
+        shape 1 into shape 2. A saga whose data has an older shape is upcast,
+        step by step, and validated against *model* the first time a worker
+        with this definition handles it; sagas keep their definition version.
+        """
         self._state_model = model
+        self._state_version = version
+        self._upcasters = dict(upcasters or {})
         return self
 
     def on_completed(self, event_type: type) -> SagaBuilder:
@@ -312,7 +334,44 @@ class SagaBuilder:
             state_model=self._state_model,
             completion_event=self._completion_event,
             failure_event=self._failure_event,
+            state_version=self._state_version,
+            upcasters=self._upcasters,
         )
+
+
+def validate_model_data(model: type, data: Any) -> dict[str, Any]:
+    """*data* validated against the state *model* (pydantic model or dataclass), in JSON form.
+
+    Raises:
+        ValueError: naming the invalid fields.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        adapter: Any = TypeAdapter(model)
+        return dict(adapter.dump_python(adapter.validate_python(data), mode="json"))
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"{model.__qualname__}: {problems}") from None
+
+
+def _check_upcasters(name: str, version: object, upcasters: Mapping[Any, Any]) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DefinitionError(f"saga {name!r}: state version must be an integer >= 1, got {version!r}")
+    for v, fn in upcasters.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < version:
+            raise DefinitionError(
+                f"saga {name!r}: upcaster key {v!r} must be an older state version, an integer from 1 to {version - 1}"
+            )
+        if not callable(fn):
+            raise DefinitionError(f"saga {name!r}: the upcaster from state version {v} must be callable, got {fn!r}")
+    if upcasters:
+        missing = [v for v in range(min(upcasters), version) if v not in upcasters]
+        if missing:
+            raise DefinitionError(
+                f"saga {name!r}: no upcaster from state version(s) {missing}: data of state version "
+                f"{min(upcasters)} could not reach version {version}"
+            )
 
 
 def _check_callable(where: str, fn: object) -> None:
@@ -346,6 +405,8 @@ def build_definition(
     state_model: type | None = None,
     completion_event: type | None = None,
     failure_event: type | None = None,
+    state_version: int = 1,
+    upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -399,6 +460,8 @@ def build_definition(
     _check_pivots(steps, order, by_name, descendants)
 
     checked_triggers = _check_messaging(name, triggers, state_model, completion_event, failure_event)
+    ups = dict(upcasters or {})
+    _check_upcasters(name, state_version, ups)
 
     return SagaDefinition(
         name=name,
@@ -412,6 +475,8 @@ def build_definition(
         state_model=state_model,
         completion_event=completion_event,
         failure_event=failure_event,
+        state_version=state_version,
+        upcasters=ups,
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},

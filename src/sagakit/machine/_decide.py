@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._definition import SagaDefinition
+from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._completions import _match_reply, _on_completion, _on_resume, _on_timer
 from ._operators import _on_abort, _on_compensate, _on_retry, _on_skip
@@ -22,6 +22,7 @@ from ._progress import (
 )
 from ._types import (
     QUEUED_EVENTS,
+    STATE_VERSION,
     Abort,
     Begin,
     Compensate,
@@ -73,6 +74,8 @@ def new_saga(
         idempotency_key=idempotency_key,
         deadline_at=now + definition.deadline if definition.deadline else None,
     )
+    if definition.state_version != 1:
+        st.meta = {STATE_VERSION: definition.state_version}
     hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
     for name, result in (preset or {}).items():
         s = st.steps[name]
@@ -103,6 +106,13 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
     hist: list[HistoryEntry] = []
     stale = False
     rejected: str | None = None
+
+    migrating = definition.state_version != 1 and st.meta.get(STATE_VERSION, 1) != definition.state_version
+    if migrating and not _migrate(definition, st, now, hist):
+        st.wake_at = None
+        st.updated_at = now
+        st._shared = None
+        return Decision(st, fx, hist)
 
     match event:
         case StepSucceeded() | StepFailed():
@@ -178,6 +188,44 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
     st.updated_at = now
     st._shared = None
     return Decision(st, fx, hist)
+
+
+def _migrate(definition: SagaDefinition, st: SagaState, now: float, hist: list[HistoryEntry]) -> bool:
+    """Upcast the saga's data to the definition's state version; False (the saga is then FAILED) if it cannot be."""
+    current = st.meta.get(STATE_VERSION, 1)
+    target = definition.state_version
+    data: Any = st.data
+    problem: str | None = None
+    if not isinstance(current, int) or current > target:
+        problem = f"the data has state version {current!r}, newer than this definition's {target}"
+    else:
+        for v in range(current, target):
+            upcast = definition.upcasters.get(v)
+            if upcast is None:
+                problem = f"no upcaster from state version {v} (the definition has {sorted(definition.upcasters)})"
+                break
+            try:
+                data = upcast(dict(data) if isinstance(data, Mapping) else {})
+            except Exception as e:  # a user's upcaster
+                problem = f"the upcaster from state version {v} raised {type(e).__name__}: {e}"
+                break
+            if not isinstance(data, Mapping):
+                problem = f"the upcaster from state version {v} returned {type(data).__name__}, not a mapping"
+                break
+        if problem is None and definition.state_model is not None:
+            try:
+                data = validate_model_data(definition.state_model, data)
+            except ValueError as e:
+                problem = f"the upcast data does not validate: {e}"
+    if problem is not None:
+        st.status = SagaStatus.FAILED
+        st.error = f"state migration from version {current} to {target} failed: {problem}"
+        hist.append(HistoryEntry(now, "state_migration_failed", st.error))
+        return False
+    st.data = dict(data)
+    st.meta = {**st.meta, STATE_VERSION: target}
+    hist.append(HistoryEntry(now, "state_migrated", f"saga data upcast from state version {current} to {target}"))
+    return True
 
 
 def _drain_queued(

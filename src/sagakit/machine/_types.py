@@ -12,6 +12,7 @@ __all__ = [
     "FAILURE",
     "KEEP",
     "QUEUED_EVENTS",
+    "STATE_VERSION",
     "Abort",
     "Begin",
     "CancelAttempt",
@@ -55,6 +56,8 @@ FAILURE = "failure"
 # The key of ``SagaState.meta`` that holds events handed to the saga by a process without its
 # definition (``engine.notify``); the next worker that resumes the saga with the definition applies them.
 QUEUED_EVENTS = "queued_events"
+# The key of ``SagaState.meta`` that holds the shape version of the saga's data (absent: 1).
+STATE_VERSION = "state_version"
 
 
 @dataclass(slots=True)
