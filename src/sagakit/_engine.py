@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime
 import inspect
 import logging
 import os
@@ -327,17 +328,26 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
         version: int | None = None,
+        at: float | datetime.datetime | None = None,
+        delay: float | datetime.timedelta | None = None,
     ) -> str:
         """Start a saga and return its id once it is durably stored.
 
         The same *idempotency_key* for the same saga name returns the id of the
         saga it started first, which is not started again.
 
+        With *at* (a time: seconds since the epoch, or an aware ``datetime``) or
+        *delay* (seconds, or a ``timedelta``) the saga is stored now and begins
+        then: it is ``PENDING`` until that time, survives restarts, and can be
+        aborted meanwhile (``engine.abort``).
+
         Raises:
             UnknownSagaType: *name* (or *version*) is not registered; nothing is stored.
             PayloadTooLarge: *data* is over the definition's ``max_payload_bytes``.
             TypeError: *data* cannot be stored as JSON.
+            ValueError: both *at* and *delay*, a negative delay, or a naive datetime.
         """
+        start_at = _start_time(at, delay, self.clock) if at is not None or delay is not None else None
         defn = self._definition(name, version)
         try:
             blob = orjson.dumps(data)
@@ -363,12 +373,17 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
             begin=self._running and not self._closing,
+            start_at=start_at,
         )
         return await self._insert(defn, decision)
 
     async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
-        """Store a new saga; a running engine holds it and starts its first steps once stored."""
-        if not self._running or self._closing:
+        """Store a new saga; a running engine holds it and starts its first steps once stored.
+
+        A saga that does not begin now (not running here, or scheduled) is stored
+        unleased, due when it is to begin.
+        """
+        if not self._running or self._closing or decision.state.status is SagaStatus.PENDING:
             st = decision.state
             res = await self.store.commit([Write(st, 0, decision.history, st.wake_at, insert=True)])
             result: str | None = res[0]
@@ -814,3 +829,23 @@ def _status(status: SagaStatus | str) -> SagaStatus:
 def _resolve(fut: asyncio.Future[SagaSnapshot | None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _start_time(
+    at: float | datetime.datetime | None, delay: float | datetime.timedelta | None, clock: Callable[[], float]
+) -> float:
+    """When a scheduled saga begins, on the engine's clock."""
+    if at is not None and delay is not None:
+        raise ValueError("start(): give at= or delay=, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, datetime.timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ValueError(f"start(): delay must be a number of seconds >= 0 or a timedelta, got {delay!r}")
+        return clock() + float(seconds)
+    if isinstance(at, datetime.datetime):
+        if at.tzinfo is None:
+            raise ValueError(f"start(): at={at!r} has no time zone; use an aware datetime (e.g. tzinfo=UTC)")
+        return at.timestamp()
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise ValueError(f"start(): at must be seconds since the epoch or an aware datetime, got {at!r}")
+    return float(at)

@@ -11,6 +11,7 @@ from ._progress import (
     _clear_rollback,
     _entry,
     _fail_past_pivot,
+    _not_yet,
     _own,
     _past_pivot_name,
     _refuse_rollback,
@@ -276,7 +277,8 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect],
 
 def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     if st.status is SagaStatus.PENDING:
-        _begin(defn, st, now, fx, hist)
+        if not _not_yet(st, now):
+            _begin(defn, st, now, fx, hist)
         return
     for name in defn.order:
         s = st.steps[name]

@@ -15,6 +15,7 @@ from ._progress import (
     _advance,
     _begin,
     _fork,
+    _not_yet,
     _refuse_rollback,
     _wake,
     attempt_timeout,
@@ -22,6 +23,7 @@ from ._progress import (
 )
 from ._types import (
     QUEUED_EVENTS,
+    START_AT,
     STATE_VERSION,
     Abort,
     Begin,
@@ -53,6 +55,7 @@ def new_saga(
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
     begin: bool = True,
+    start_at: float | None = None,
     preset: Mapping[str, Any] | None = None,
     origin: str | None = None,
 ) -> Decision:
@@ -60,6 +63,8 @@ def new_saga(
 
     *preset* maps step names to results the new saga starts with (a fork): those
     steps are ``SKIPPED`` with the given result, and *origin* says where it came from.
+    With *start_at* after *now* the saga is scheduled: it stays ``PENDING``, due
+    at that time, and no event begins it earlier.
     """
     st = SagaState(
         id=saga_id,
@@ -77,6 +82,10 @@ def new_saga(
     if definition.state_version != 1:
         st.meta = {STATE_VERSION: definition.state_version}
     hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
+    if start_at is not None and start_at > now:
+        st.meta = {**st.meta, START_AT: start_at}
+        hist.append(HistoryEntry(now, "scheduled", f"saga scheduled to begin in {start_at - now:.3f}s"))
+        begin = False
     for name, result in (preset or {}).items():
         s = st.steps[name]
         s.status = _S.SKIPPED
@@ -131,7 +140,7 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             _on_resume(definition, st, now, fx, hist)
             _drain_queued(definition, st, now, fx, hist)
         case Begin():
-            if st.status is SagaStatus.PENDING:
+            if st.status is SagaStatus.PENDING and not _not_yet(st, now):
                 _begin(definition, st, now, fx, hist)
         case Retry():
             rejected = _on_retry(st, event, now, hist)

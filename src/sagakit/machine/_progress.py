@@ -13,6 +13,7 @@ from typing import Any
 from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
 from ._types import (
+    START_AT,
     CancelAttempt,
     Effect,
     HistoryEntry,
@@ -352,10 +353,17 @@ def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:
     return sdef.attempt_timeouts[compensation]
 
 
+def _not_yet(st: SagaState, now: float) -> bool:
+    """A scheduled saga whose start time has not come: it stays PENDING."""
+    start_at = st.meta.get(START_AT) if st.meta else None
+    return isinstance(start_at, int | float) and start_at > now
+
+
 def _wake(defn: SagaDefinition | None, st: SagaState) -> float | None:
     status = st.status
     if status is SagaStatus.PENDING:
-        return st.created_at
+        start_at = st.meta.get(START_AT)
+        return start_at if isinstance(start_at, int | float) else st.created_at
     if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
         return None
     # Past the pivot, or with a rollback already waiting for it, the deadline

@@ -12,6 +12,7 @@ __all__ = [
     "FAILURE",
     "KEEP",
     "QUEUED_EVENTS",
+    "START_AT",
     "STATE_VERSION",
     "Abort",
     "Begin",
@@ -58,6 +59,8 @@ FAILURE = "failure"
 QUEUED_EVENTS = "queued_events"
 # The key of ``SagaState.meta`` that holds the shape version of the saga's data (absent: 1).
 STATE_VERSION = "state_version"
+# The key of ``SagaState.meta`` that holds when a scheduled saga is to begin (seconds since the epoch).
+START_AT = "start_at"
 
 
 @dataclass(slots=True)
