@@ -4,7 +4,7 @@
     python benchmarks/message_roundtrip.py --n 1000 --in-flight 100 nats://127.0.0.1:4222
     python benchmarks/message_roundtrip.py --store postgresql://postgres@127.0.0.1/test?schema=bench
 
-The code is ``sagakit._bench_transport`` (what ``sagakit bench --transport URL`` runs).
+The code is ``benchmarks/transport.py`` (what ``sagakit bench --transport URL`` runs).
 Brokers that do not answer are skipped with a note.
 """
 
@@ -14,8 +14,12 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
+from pathlib import Path
 
-from sagakit._bench_transport import print_transport_bench, run_transport_bench
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
+
+from benchmarks.transport import print_transport_bench, run_transport_bench
 
 DEFAULT_URLS = [
     "memory://",

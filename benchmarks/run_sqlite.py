@@ -9,8 +9,11 @@ See docs/benchmarks.md for the method and the figures measured.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from sagakit.cli._bench import bench_command
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
+
+from benchmarks.harness import bench_command
 
 if __name__ == "__main__":
     bench_command.main(args=sys.argv[1:], prog_name="run_sqlite.py")

@@ -27,7 +27,7 @@ part before it.
   50 per store, the sizes side by side as in an A/B pair). The claimed sagas
   are deleted after.
 - **throughput**: workload A, N sagas through the engine in this process,
-  50 in flight (``sagakit.cli._bench.run_sagakit``), as in the main matrix;
+  50 in flight (``benchmarks.harness.run_sagakit``), as in the main matrix;
   every size twice per round, the sizes in order and then in reverse, and
   the round's figure is the mean of the two.
 
@@ -47,10 +47,14 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sagakit import SagaEngine
-from sagakit.cli._bench import WORKLOADS, Counters, definition, instrument, run_sagakit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
+
+from benchmarks.harness import WORKLOADS, Counters, definition, instrument, run_sagakit
 from sagakit.stores.postgres import PostgresStore
 from sagakit.stores.sqlite import SQLiteStore
 

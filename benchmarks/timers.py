@@ -26,10 +26,14 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from sagakit import RetryPolicy, SagaBuilder, SagaEngine, StepContext
-from sagakit.cli._bench import Counters, instrument
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
+
+from benchmarks.harness import Counters, instrument
 from sagakit.stores.postgres import PostgresStore
 from sagakit.stores.sqlite import SQLiteStore
 

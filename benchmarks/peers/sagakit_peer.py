@@ -1,6 +1,6 @@
 """sagakit running the benchmark workloads: one measurement per process, in sagakit's own environment.
 
-The measuring code is ``sagakit.cli._bench`` (what ``sagakit bench`` runs):
+The measuring code is ``benchmarks/harness.py`` (what ``sagakit bench`` runs):
 ``run_one`` starts N sagas in this process through the public API, at most
 ``--in-flight`` unfinished at once, on a new SQLite file or a new PostgreSQL
 schema; ``run_workers`` stores N PENDING sagas first and then starts
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from importlib.metadata import version
+from pathlib import Path
 
 import _common as common
 
-from sagakit.cli._bench import WORKLOADS, run_one, run_workers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for benchmarks.*
+
+from benchmarks.harness import WORKLOADS, run_one, run_workers
 
 
 def main() -> None:

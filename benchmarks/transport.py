@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from ._definition import SagaBuilder, SagaDefinition
-from ._engine import SagaEngine
-from ._messages import send
-from ._status import SagaStatus
-from ._transport import Handler, Transport, transport_from_url
+from sagakit._definition import SagaBuilder, SagaDefinition
+from sagakit._engine import SagaEngine
+from sagakit._messages import send
+from sagakit._status import SagaStatus
+from sagakit._transport import Handler, Transport, transport_from_url
 
 __all__ = ["print_transport_bench", "run_transport_bench", "transport_bench_table"]
 
@@ -138,7 +138,7 @@ async def run_transport_bench(
         latency_sagas: sagas of the latency phase, run one at a time.
         store: a store URL (default: a fresh SQLite file, removed afterwards).
     """
-    from .participant import Participant
+    from sagakit.participant import Participant
 
     tmp = None
     if store is None:

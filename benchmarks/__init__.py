@@ -1,0 +1,1 @@
+"""sagakit's benchmarks: the harness behind ``sagakit bench`` and the peer comparisons (not installed)."""
