@@ -479,6 +479,9 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
         """Publish an application event (a saga's trigger, an approval) on the transport.
 
         Returns the message id. Needs a transport and a running engine.
+
+        Raises:
+            TransportError: the engine has no transport, or the broker refused the message.
         """
         return await self._messaging.publish(event, destination=destination)
 

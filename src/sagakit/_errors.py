@@ -1,21 +1,35 @@
 """Exceptions raised by sagakit.
 
-The tree::
+The tree (classes defined elsewhere name their module)::
 
     SagaError
     ├── DefinitionError (also ValueError)      a saga definition is invalid
+    │   └── InvalidDefinition                  a definition file is invalid (declarative)
     ├── UnknownSagaType (also LookupError)     start() of a name that is not registered
     ├── SagaNotFound (also LookupError)        no saga with this id in the store
     ├── SagaStateError                         an admin action not allowed in the saga's status
+    │   └── DefinitionMissing                  ... because its definition is not loaded (admin)
     ├── SagaBusy                               another worker holds the saga's lease
     ├── PayloadTooLarge (also ValueError)      saga data over the configured size limit
-    └── StoreError                             the store cannot be opened or used
-        └── NotASagaStore                      the file or database is not a sagakit store
+    ├── LeaseLost                              a fenced effect found the lease gone (stores.postgres.fenced)
+    ├── StoreError                             the store cannot be opened or used
+    │   └── NotASagaStore                      the file or database is not a sagakit store
+    ├── TransportError                         the broker cannot be reached or used (transports)
+    ├── MessageMappingError (also ValueError,  a command, event or state cannot be built from the
+    │   NonRetryableError)                     data at hand (_messages)
+    ├── EnvelopeError (also ValueError)        bytes that are not a sagakit envelope (_messages)
+    ├── CorrelationError (also ValueError)     a correlation extractor failed (_messages)
+    ├── GraphvizError (also RuntimeError)      Graphviz could not draw a graph (declarative)
+    │   └── GraphvizNotFound (also FileNotFoundError)
+    ├── GeneratedFileEdited (also FileExistsError)  generate would overwrite an edited file (declarative)
+    ├── DefinitionsNotLoaded                   the dashboard has no definitions to act with (admin)
+    ├── InvalidParameter (also ValueError)     a bad query parameter of the HTTP API (admin)
+    └── AccessDenied                           a request without the dashboard's token (admin)
 
     NonRetryableError (an Exception raised by step code: skip remaining retries)
 
-Signals that steer a running step derive from BaseException, so that a step's
-``except Exception`` cannot swallow them.
+A test (``tests/test_boundaries.py``) checks that this tree names every
+subclass of ``SagaError`` in the package.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from .._messages import (
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus
 from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
-from .._transport import Delivery, Transport
+from .._transport import Delivery, Transport, TransportError
 from ..machine import FAILURE, Event, Reply, RunStep, SagaState, step_results
 from ._base import Held
 
@@ -243,7 +243,7 @@ class Messaging:
     async def publish(self, event: object, *, destination: str | None = None) -> str:
         """Publish an application event (a trigger, an approval) now; returns its message id."""
         if self.transport is None:
-            raise RuntimeError("publish() needs a transport: SagaEngine(store, transport=...)")
+            raise TransportError("publish() needs a transport: SagaEngine(store, transport=URL)")
         await self.ready()
         mid = uuid.uuid4().hex
         env = Envelope.wrap(event, message_id=mid, timestamp=self.engine.clock())

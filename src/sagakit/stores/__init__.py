@@ -1,6 +1,32 @@
-"""Store implementations, one module per backend.
+"""Stores: where sagas live, one module per backend, and what a new backend implements.
 
-``sagakit._store.store_from_url`` picks one by URL and imports it only then:
-``memory`` (tests), ``sqlite`` (the embedded default), ``postgres`` (many
-workers; needs the ``postgres`` extra).
+``store_from_url`` picks a backend by URL and imports it only then: ``memory``
+(tests), ``sqlite`` (the embedded default), ``postgres`` (many workers; needs
+the ``postgres`` extra).
+
+A backend implements the ``Store`` protocol; the records it reads and writes
+(``Write``, ``SagaQuery``, ``OutboxMessage``, ``OutboxRecord``, ``DeadLetter``,
+``Pruned``, the machine's ``SagaState`` and ``HistoryEntry``) and the errors it
+raises (``StoreError``, ``NotASagaStore``) are exported here. The store
+contract tests (``tests/stores/contract.py`` in the repository) check a
+backend against the protocol.
 """
+
+from .._errors import NotASagaStore, StoreError
+from .._store import DeadLetter, OutboxMessage, OutboxRecord, Pruned, SagaQuery, Store, Write, store_from_url
+from ..machine import HistoryEntry, SagaState
+
+__all__ = [
+    "DeadLetter",
+    "HistoryEntry",
+    "NotASagaStore",
+    "OutboxMessage",
+    "OutboxRecord",
+    "Pruned",
+    "SagaQuery",
+    "SagaState",
+    "Store",
+    "StoreError",
+    "Write",
+    "store_from_url",
+]

@@ -85,14 +85,20 @@ class SQLiteStore:
         if self._executor is None:
             raise StoreError(f"store {self.url} is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as e:  # converted at the boundary: callers see sagakit's errors only
+            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         executor = self._read_executor or self._executor
         if executor is None:
             raise StoreError(f"store {self.url} is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, fn, *args)
+        try:
+            return await loop.run_in_executor(executor, fn, *args)
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
 
     @property
     def _db(self) -> sqlite3.Connection:
