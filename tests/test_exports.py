@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import sagakit
 
 EXPECTED = {
@@ -11,6 +13,7 @@ EXPECTED = {
     # what users need beside it
     "SagaDefinition", "StepDefinition", "StepSnapshot", "HistoryEntry", "Store",
     "SagaError", "SagaBusy", "SagaStateError", "PayloadTooLarge", "StoreError", "NotASagaStore", "UnknownSagaType",
+    "LeaseLost",
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",
     "__version__",
 }  # fmt: skip
@@ -18,6 +21,17 @@ EXPECTED = {
 
 def test_all_is_pinned() -> None:
     assert set(sagakit.__all__) == EXPECTED
+
+
+def test_all_is_exactly_the_public_names_of_the_package() -> None:
+    """Nothing leaks (an ``os`` or ``Any`` imported for the package's own use), nothing public is left out."""
+    language = {"annotations", "TYPE_CHECKING"}  # `from __future__ import annotations`, the typing guard
+    public = {
+        name
+        for name, value in vars(sagakit).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name not in language
+    }
+    assert public == set(sagakit.__all__) - {"__version__"}
 
 
 def test_every_exported_name_exists_and_errors_share_one_root() -> None:

@@ -9,9 +9,7 @@ resumed after a crash.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ._context import StepContext
 from ._definition import SagaBuilder, SagaDefinition, StepDefinition
@@ -36,6 +34,11 @@ from ._snapshot import SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
 from ._store import Store
 from .machine import HistoryEntry
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 __version__ = "0.1.0"
 
