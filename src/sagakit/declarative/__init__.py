@@ -13,6 +13,11 @@
 ``default_command``, ``merge_event`` and ``to_correlation_id`` are the default
 mapping of message steps, re-exported here for generated modules.
 
+A definition may carry sagakit's own settings under ``"x-sagakit"`` (per
+step: retries and timeouts; for the saga: deadline, wire names, known
+events), which the seed schema tolerates; ``name_messages`` gives classes
+the wire names a definition would.
+
 Errors are ``InvalidDefinition`` (a ``DefinitionError``) whose ``errors`` lists
 every problem as ``field.path: what is wrong``.
 """
@@ -23,8 +28,10 @@ from .._messages import default_command, merge_event, to_correlation_id
 from ._correlation import CorrelationFunction, compile_correlation
 from ._generate import GeneratedFileEdited, Scaffolded, generate, module_path, render, scaffold, snake_case
 from ._graph import GraphvizError, GraphvizNotFound, graph, render_svg
+from ._names import name_messages
 from ._loader import InvalidDefinition, build_definition_from, check_definition, load_definition, read_definition
 from ._models import (
+    EXTENSION,
     ImportDefinitionDTO,
     SagaOrchestratorInputDTO,
     SagaStepInputDTO,
@@ -32,6 +39,7 @@ from ._models import (
 )
 
 __all__ = [
+    "EXTENSION",
     "CorrelationFunction",
     "GeneratedFileEdited",
     "GraphvizError",
@@ -51,6 +59,7 @@ __all__ = [
     "load_definition",
     "merge_event",
     "module_path",
+    "name_messages",
     "read_definition",
     "render",
     "render_svg",
