@@ -27,8 +27,7 @@ from sagakit import RetryPolicy, SagaEngine, SagaStatus, StepStatus
 from sagakit._messages import message_type_name
 from sagakit._transport import Delivery, Transport
 from sagakit.cli._main import cli
-from sagakit.declarative import InvalidDefinition, check_definition, load_definition, name_messages
-from sagakit.declarative import _names
+from sagakit.declarative import InvalidDefinition, _names, check_definition, load_definition, name_messages
 from sagakit.participant import Participant
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
 from tests.conftest import require_service
@@ -530,7 +529,8 @@ def test_two_classes_cannot_share_a_wire_name(tmp_path: Path) -> None:
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text(
         "from pydantic import BaseModel\n\nclass Paid(BaseModel):\n    order_id: str\n\n"
-        "class Pay(BaseModel):\n    order_id: str\n\nclass State(BaseModel):\n    order_id: str\n\nclass Repo:\n    pass\n"
+        "class Pay(BaseModel):\n    order_id: str\n\nclass State(BaseModel):\n    order_id: str\n\n"
+        "class Repo:\n    pass\n"
     )
     (pkg / "b.py").write_text(
         "from pydantic import BaseModel\n\nclass Paid(BaseModel):\n    order_id: str\n\n"
@@ -585,7 +585,8 @@ def test_a_class_that_names_itself_keeps_its_name(tmp_path: Path) -> None:
     (pkg / "m.py").write_text(
         "from typing import ClassVar\nfrom pydantic import BaseModel\n\n"
         "class Pay(BaseModel):\n    message_name: ClassVar[str] = 'payments.Pay'\n    order_id: str\n\n"
-        "class Paid(BaseModel):\n    order_id: str\n\nclass State(BaseModel):\n    order_id: str\n\nclass Repo:\n    pass\n"
+        "class Paid(BaseModel):\n    order_id: str\n\nclass State(BaseModel):\n    order_id: str\n\n"
+        "class Repo:\n    pass\n"
     )
     data = {
         "name": "SelfOrchestrator",

@@ -28,7 +28,6 @@ from .._messages import default_command, merge_event, to_correlation_id
 from ._correlation import CorrelationFunction, compile_correlation
 from ._generate import GeneratedFileEdited, Scaffolded, generate, module_path, render, scaffold, snake_case
 from ._graph import GraphvizError, GraphvizNotFound, graph, render_svg
-from ._names import name_messages
 from ._loader import InvalidDefinition, build_definition_from, check_definition, load_definition, read_definition
 from ._models import (
     EXTENSION,
@@ -37,6 +36,7 @@ from ._models import (
     SagaStepInputDTO,
     TriggerEventConfigInputDTO,
 )
+from ._names import name_messages
 
 __all__ = [
     "EXTENSION",

@@ -48,7 +48,6 @@ from .._messages import SendCommand, send
 from .._policy import RetryPolicy
 from . import _parse
 from ._correlation import CorrelationFunction, compile_correlation
-from ._names import plan_names, set_names
 from ._models import (
     EXTENSION,
     ImportDefinitionDTO,
@@ -59,6 +58,7 @@ from ._models import (
     TriggerEventConfigInputDTO,
     success_events,
 )
+from ._names import plan_names, set_names
 
 __all__ = [
     "InvalidDefinition",
@@ -816,17 +816,17 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _
             steps.append(built)
 
     outcome: dict[str, type | None] = {"completion": None, "failure": None}
-    for kind in outcome:
+    for kind in ("completion", "failure"):
         name = getattr(dto, f"{kind}_event_name")
         if name is not None:
-            outcome[kind] = r.cls(
+            found = r.cls(
                 f"{kind}_event_name",
                 name,
                 f"{kind}_event_module",
                 getattr(dto, f"{kind}_event_module"),
                 f"the saga's {kind} event",
             )
-            found = outcome[kind]
+            outcome[kind] = found
             if found is not None:
                 named.append((f"{kind}_event_name", found, name))
 
@@ -885,7 +885,7 @@ def _known_events(
     out. Each is added to *named*, so that it gets its wire name too.
     """
     at = f"{EXTENSION}.known_events"
-    declared: set[type | None] = {cls for _, cls, _ in named} | exclude
+    declared: set[type | None] = {*(cls for _, cls, _ in named), *exclude}
     found: list[type] = []
     for i, k in enumerate(options.known_events):
         cls = r.cls(f"{at}[{i}].event_name", k.event_name, f"{at}[{i}].event_module", k.event_module, "a known event")
@@ -930,7 +930,13 @@ class _BuiltStep:
 def _retry(r: _Resolver, where: str, given: RetryOptions | None, default: RetryPolicy) -> RetryPolicy | None:
     if given is None:
         return None
-    policy = dataclasses.replace(default, **given.given())
+    policy = RetryPolicy(
+        max_attempts=default.max_attempts if given.max_attempts is None else given.max_attempts,
+        initial_delay=default.initial_delay if given.initial_delay is None else given.initial_delay,
+        multiplier=default.multiplier if given.multiplier is None else given.multiplier,
+        max_delay=default.max_delay if given.max_delay is None else given.max_delay,
+        jitter=default.jitter if given.jitter is None else given.jitter,
+    )
     try:
         policy.validate(where)
     except DefinitionError as e:
@@ -1049,7 +1055,7 @@ def _step(
         )
 
     settings = _settings(r, at, step)
-    for path, cls, class_name in (
+    given: tuple[tuple[str, type | None, str | None], ...] = (
         (f"{at}.command_name", command, step.command_name),
         *(
             (f"{at}.success_event_name" + (f"[{j}]" if many_names else ""), cls, name)
@@ -1059,9 +1065,10 @@ def _step(
         (f"{at}.compensation_command_name", comp_command, step.compensation_command_name),
         (f"{at}.compensation_success_event_name", comp_success, step.compensation_success_event_name),
         (f"{at}.compensation_failure_event_name", comp_failure, step.compensation_failure_event_name),
-    ):
-        if cls is not None and class_name is not None:
-            named.append((path, cls, class_name.rpartition(".")[2]))
+    )
+    for path, cls, written in given:
+        if cls is not None and written is not None:
+            named.append((path, cls, written.rpartition(".")[2]))
 
     if len(r.errors) != n_errors or command is None:
         return None

@@ -10,6 +10,7 @@ with the success event names.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -114,7 +115,7 @@ def _seconds(value: object, *, zero: bool = False, limit: float = _MAX_SECONDS) 
     """A number of seconds: a finite number > 0 (>= 0 with *zero*) and at most *limit*."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"must be a number of seconds, got {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"must be a finite number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not zero):
         raise ValueError(f"must be a number of seconds {'>= 0' if zero else '> 0'}, got {value!r}")
@@ -159,7 +160,7 @@ class RetryOptions(BaseModel):
     @field_validator("multiplier", mode="before")
     @classmethod
     def _multiplier(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise ValueError(f"must be a number >= 1 (each delay is the previous one times this), got {value!r}")
         if not 1 <= value <= 1000:
             raise ValueError(f"must be between 1 and 1000 (each delay is the previous one times this), got {value!r}")
@@ -174,10 +175,6 @@ class RetryOptions(BaseModel):
                 f"got {value!r}"
             )
         return float(value)
-
-    def given(self) -> dict[str, float | int]:
-        """The fields the definition sets (to pass to ``RetryPolicy``)."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class StepOptions(BaseModel):
@@ -364,7 +361,7 @@ class SagaStepInputDTO(BaseModel):
     )
     sagakit: StepOptions | None = Field(
         default=None,
-        alias=EXTENSION,
+        alias="x-sagakit",
         description="sagakit's settings of the step (retries, timeouts); the seed schema allows extra fields.",
     )
 
@@ -482,7 +479,7 @@ class SagaOrchestratorInputDTO(BaseModel):
     description: str | None = Field(default=None, description="Optional description for the saga orchestrator.")
     sagakit: SagaOptions | None = Field(
         default=None,
-        alias=EXTENSION,
+        alias="x-sagakit",
         description="sagakit's settings of the saga (deadline, wire names, known events); the seed schema allows them.",
     )
 
