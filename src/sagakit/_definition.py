@@ -480,6 +480,13 @@ def build_definition(
     for i, k in enumerate(known_events):
         if not is_message_type(k):
             raise _message_type_problem(f"saga {name!r}: known_events[{i}]", k, "an event no step declares")
+    # Only the events the saga has no other use for: its own messages are consumed (or sent) as they are.
+    declared: set[object] = {t.event for t in checked_triggers} | {state_model, completion_event, failure_event}
+    for s in steps:
+        for a in (s.action, s.compensation):
+            if isinstance(a, StepAction):
+                declared.update(a.reply_types.values())
+                declared.add(getattr(a, "command", None))
 
     return SagaDefinition(
         name=name,
@@ -495,7 +502,7 @@ def build_definition(
         failure_event=failure_event,
         state_version=state_version,
         upcasters=ups,
-        known_events=tuple(dict.fromkeys(known_events)),
+        known_events=tuple(k for k in dict.fromkeys(known_events) if k not in declared),
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},

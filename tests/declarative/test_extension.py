@@ -14,7 +14,7 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,16 +37,6 @@ from .conftest import APP_MODULES, SCHEMA, SEED_DATA
 
 MakeTransport = Callable[[], Transport]
 PAYMENTS = "app_root_name.domain.payments.events"
-
-
-@pytest.fixture(autouse=True)
-def fresh_wire_names(app: Any) -> Iterator[None]:
-    """Wire names given by a definition are process-wide: take them off the fixture classes after each test."""
-    yield
-    for cls in vars(app).values():
-        if isinstance(cls, type) and cls in _names._GIVEN:
-            del _names._GIVEN[cls]
-            type.__delattr__(cls, "message_name")
 
 
 def seed_with(**steps: dict[str, Any]) -> dict[str, Any]:

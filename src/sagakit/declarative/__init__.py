@@ -36,7 +36,7 @@ from ._models import (
     SagaStepInputDTO,
     TriggerEventConfigInputDTO,
 )
-from ._names import name_messages
+from ._names import events_defined_with, name_messages
 
 __all__ = [
     "EXTENSION",
@@ -54,6 +54,7 @@ __all__ = [
     "check_definition",
     "compile_correlation",
     "default_command",
+    "events_defined_with",
     "generate",
     "graph",
     "load_definition",

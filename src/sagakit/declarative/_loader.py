@@ -58,7 +58,7 @@ from ._models import (
     TriggerEventConfigInputDTO,
     success_events,
 )
-from ._names import plan_names, set_names
+from ._names import events_defined_with, plan_names, set_names
 
 __all__ = [
     "InvalidDefinition",
@@ -456,18 +456,9 @@ class _Resolver:
         except Exception as e:  # the module's own code failed: report, do not crash validation
             return f"module {name!r} failed to import: {type(e).__name__}: {e}"
 
-    def event_classes(self, module_name: str) -> list[type]:
-        """The message classes (pydantic models, dataclasses) defined in an imported module, in their order."""
-        mod = self._modules.get(module_name)
-        if not isinstance(mod, ModuleType):
-            mod = sys.modules.get(module_name)  # a module a resolved class was defined in; never imported here
-        if mod is None:
-            return []
-        return [
-            v
-            for k, v in vars(mod).items()
-            if isinstance(v, type) and v.__module__ == module_name and not k.startswith("_") and is_message_type(v)
-        ]
+    def events_defined_with(self, classes: Sequence[type]) -> list[type]:
+        """The message classes defined in the modules of *classes* (imported already: nothing is imported)."""
+        return events_defined_with(*classes)
 
     def name_messages(self, names: Mapping[type, str], owner: str) -> None:
         """Give the classes their wire names (checked by ``plan_names``)."""
@@ -608,8 +599,8 @@ class _StandIns(_Resolver):
             super().module(path, name)  # reports why the path is malformed
         return None
 
-    def event_classes(self, module_name: str) -> list[type]:
-        return []  # finding them needs the module imported
+    def events_defined_with(self, classes: Sequence[type]) -> list[type]:
+        return []  # finding them needs the modules imported
 
     def name_messages(self, names: Mapping[type, str], owner: str) -> None:
         pass  # stand-ins are not sent: the names were checked, nothing to give
@@ -877,10 +868,10 @@ def _known_events(
     named: list[tuple[str, type, str]],
     exclude: set[type | None],
 ) -> list[type]:
-    """The events the saga knows that no step declares: listed in ``known_events``, and found in the event modules.
+    """The events the saga knows that no step declares: listed in ``known_events``, and found beside its events.
 
-    The modules scanned are those of the steps' success, failure and
-    compensation events (the participants' events); the classes the saga
+    The modules scanned are those that define the steps' success, failure
+    and compensation events (the participants' events); the classes the saga
     sends, publishes or is triggered by, and those a step declares, are left
     out. Each is added to *named*, so that it gets its wire name too.
     """
@@ -902,20 +893,11 @@ def _known_events(
             named.append((f"{at}[{i}].event_name", cls, k.event_name))
     if not options.scan_event_modules:
         return found
-    modules: dict[str, None] = {}
-    for step in dto.steps:
-        for module_name, _ in success_events(step):
-            modules[module_name] = None
-        if step.failure_event_module is not None:
-            modules[step.failure_event_module] = None
-    for path, cls, _ in named:
-        if path.startswith("steps[") and "command_name" not in path:  # a step's reply: where it is defined too
-            modules[cls.__module__] = None
-    for module_name in modules:
-        for cls in r.event_classes(module_name):
-            if cls not in declared and cls not in found:
-                found.append(cls)
-                named.append((f"{module_name}.{cls.__qualname__} (found in the event module)", cls, cls.__name__))
+    replies = [cls for path, cls, _ in named if path.startswith("steps[") and "command_name" not in path]
+    for cls in r.events_defined_with(replies):
+        if cls not in declared and cls not in found:
+            found.append(cls)
+            named.append((f"{cls.__module__}.{cls.__qualname__} (found beside the steps' events)", cls, cls.__name__))
     return found
 
 
@@ -927,16 +909,25 @@ class _BuiltStep:
     settings: dict[str, Any]  # SagaBuilder.step's retry and timeout arguments
 
 
-def _retry(r: _Resolver, where: str, given: RetryOptions | None, default: RetryPolicy) -> RetryPolicy | None:
-    if given is None:
-        return None
-    policy = RetryPolicy(
+COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0)
+"""SagaBuilder's default retry of a compensation; a compensation_retry block starts from it."""
+
+
+def retry_policy(given: RetryOptions, default: RetryPolicy) -> RetryPolicy:
+    """*default* with the fields a retry block gives (not validated)."""
+    return RetryPolicy(
         max_attempts=default.max_attempts if given.max_attempts is None else given.max_attempts,
         initial_delay=default.initial_delay if given.initial_delay is None else given.initial_delay,
         multiplier=default.multiplier if given.multiplier is None else given.multiplier,
         max_delay=default.max_delay if given.max_delay is None else given.max_delay,
         jitter=default.jitter if given.jitter is None else given.jitter,
     )
+
+
+def _retry(r: _Resolver, where: str, given: RetryOptions | None, default: RetryPolicy) -> RetryPolicy | None:
+    if given is None:
+        return None
+    policy = retry_policy(given, default)
     try:
         policy.validate(where)
     except DefinitionError as e:
@@ -960,7 +951,7 @@ def _settings(r: _Resolver, at: str, step: SagaStepInputDTO) -> dict[str, Any]:
         r,
         f"{where}.compensation_retry (step {step.step_name!r})",
         opts.compensation_retry,
-        RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0),
+        COMPENSATION_RETRY,
     )
     if comp_retry is not None:
         out["compensation_retry"] = comp_retry

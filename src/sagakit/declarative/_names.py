@@ -17,13 +17,15 @@ called ``message_name``. A class that sets ``message_name`` itself keeps it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 
+from .._definition import is_message_type
 from .._messages import message_type_name
 
-__all__ = ["name_messages", "plan_names", "set_names", "wire_name_owner"]
+__all__ = ["events_defined_with", "name_messages", "plan_names", "set_names", "wire_name_owner"]
 
 # The classes named by a definition: class -> (wire name, which definition named it).
 _GIVEN: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKeyDictionary()
@@ -105,11 +107,19 @@ def set_names(names: Mapping[type, str], origin: str) -> None:
             _GIVEN[cls] = (name, origin)
 
 
-def name_messages(names: Mapping[type, str], *, origin: str = "a saga definition") -> None:
-    """Give each class of *names* its wire name, as a definition with ``message_names: definition`` does.
+def name_messages(
+    names: Mapping[type, str] | Sequence[type],
+    *,
+    namespace: str | None = None,
+    origin: str = "a saga definition",
+) -> None:
+    """Give classes wire names, as a definition with ``message_names: definition`` does.
 
-    Generated orchestrator modules call this; ``load_definition`` does the
-    same for the classes a definition names.
+    *names* maps each class to its wire name; or it is a sequence of classes,
+    each named ``namespace.ClassName`` (``ClassName`` without a namespace),
+    leaving out those *origin* has named already. Generated orchestrator
+    modules call this; ``load_definition`` does the same for the classes a
+    definition names.
 
     Raises:
         InvalidDefinition: a class has a field called ``message_name``, was
@@ -117,7 +127,36 @@ def name_messages(names: Mapping[type, str], *, origin: str = "a saga definition
     """
     from ._loader import InvalidDefinition
 
-    planned, errors = plan_names([(_label(cls), cls, name) for cls, name in names.items()], origin)
+    if isinstance(names, Mapping):
+        wanted = dict(names)
+    else:
+        prefix = f"{namespace}." if namespace else ""
+        wanted = {cls: prefix + cls.__name__ for cls in names if _GIVEN.get(cls, ("", ""))[1] != origin}
+    planned, errors = plan_names([(_label(cls), cls, name) for cls, name in wanted.items()], origin)
     if errors:
         raise InvalidDefinition(errors, origin)
     set_names(planned, origin)
+
+
+def events_defined_with(*classes: type) -> list[type]:
+    """Every message class (pydantic model or dataclass) defined in the modules that define *classes*.
+
+    In the modules' order, each once, *classes* included; names starting
+    with ``_`` are left out. These are the events a definition knows without
+    listing them: those of its participants, beside the events its steps
+    declare (``x-sagakit.scan_event_modules``).
+    """
+    found: dict[type, None] = {}
+    for module_name in dict.fromkeys(c.__module__ for c in classes):
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        for key, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and value.__module__ == module_name
+                and not key.startswith("_")
+                and is_message_type(value)
+            ):
+                found[value] = None
+    return list(found)
