@@ -27,7 +27,7 @@ from sagakit import RetryPolicy, SagaEngine, SagaStatus, StepStatus
 from sagakit._messages import message_type_name
 from sagakit._transport import Delivery, Transport
 from sagakit.cli._main import cli
-from sagakit.declarative import InvalidDefinition, _names, check_definition, load_definition, name_messages
+from sagakit.declarative import InvalidDefinition, check_definition, load_definition, name_messages
 from sagakit.participant import Participant
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
 from tests.conftest import require_service

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sagakit import SagaDefinition
+from sagakit._messages import message_type_name
 from sagakit.declarative import (
     GeneratedFileEdited,
     InvalidDefinition,
@@ -29,7 +30,6 @@ from sagakit.declarative import (
     render,
     snake_case,
 )
-from sagakit._messages import message_type_name
 from sagakit.declarative._pysource import pystr
 
 from .conftest import FIXTURES, SEED
