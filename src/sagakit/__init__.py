@@ -48,6 +48,7 @@ def load_definition(
     *,
     version: int = 1,
     search_path: Sequence[str | os.PathLike[str]] | None = None,
+    allow_modules: Sequence[str] | None = None,
 ) -> SagaDefinition:
     """Load a saga definition in the declarative format (JSON or YAML file, or a mapping).
 
@@ -56,7 +57,7 @@ def load_definition(
     """
     from .declarative import load_definition as _load
 
-    return _load(source, version=version, search_path=search_path)
+    return _load(source, version=version, search_path=search_path, allow_modules=allow_modules)
 
 
 __all__ = [

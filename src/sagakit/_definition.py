@@ -178,6 +178,9 @@ class SagaDefinition:
     # upcasters that turn data of an older shape version v into shape v + 1.
     state_version: int = 1
     upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict, compare=False)
+    # Events the saga knows that none of its steps declares: consumed all the
+    # same, so that one arriving is dead-lettered with the reason, not left unread.
+    known_events: tuple[type, ...] = ()
     # Derived lookups, filled by build(); the state machine reads these.
     by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
     order: tuple[str, ...] = field(default=(), compare=False)
@@ -227,6 +230,7 @@ class SagaBuilder:
         self._upcasters: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self._completion_event: type | None = None
         self._failure_event: type | None = None
+        self._known_events: list[type] = []
 
     def step(
         self,
@@ -314,6 +318,15 @@ class SagaBuilder:
         self._failure_event = event_type
         return self
 
+    def known_events(self, *event_types: type) -> SagaBuilder:
+        """Events the saga knows though no step declares them: consumed, and dead-lettered with the reason.
+
+        Without this, an event of a type no step declares is never read by the
+        engine (it subscribes to the types its steps and triggers name).
+        """
+        self._known_events.extend(event_types)
+        return self
+
     def build(self) -> SagaDefinition:
         """Validate the steps and return the immutable definition.
 
@@ -336,6 +349,7 @@ class SagaBuilder:
             failure_event=self._failure_event,
             state_version=self._state_version,
             upcasters=self._upcasters,
+            known_events=self._known_events,
         )
 
 
@@ -407,6 +421,7 @@ def build_definition(
     failure_event: type | None = None,
     state_version: int = 1,
     upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+    known_events: Sequence[type] = (),
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -462,6 +477,16 @@ def build_definition(
     checked_triggers = _check_messaging(name, triggers, state_model, completion_event, failure_event)
     ups = dict(upcasters or {})
     _check_upcasters(name, state_version, ups)
+    for i, k in enumerate(known_events):
+        if not is_message_type(k):
+            raise _message_type_problem(f"saga {name!r}: known_events[{i}]", k, "an event no step declares")
+    # Only the events the saga has no other use for: its own messages are consumed (or sent) as they are.
+    declared: set[object] = {t.event for t in checked_triggers} | {state_model, completion_event, failure_event}
+    for s in steps:
+        for a in (s.action, s.compensation):
+            if isinstance(a, StepAction):
+                declared.update(a.reply_types.values())
+                declared.add(getattr(a, "command", None))
 
     return SagaDefinition(
         name=name,
@@ -477,6 +502,7 @@ def build_definition(
         failure_event=failure_event,
         state_version=state_version,
         upcasters=ups,
+        known_events=tuple(k for k in dict.fromkeys(known_events) if k not in declared),
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},

@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from sagakit.declarative import _names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SEED = FIXTURES / "order_processing_saga.json"
@@ -27,6 +30,15 @@ SEED_DATA: dict[str, Any] = json.loads(SEED.read_text())
 @pytest.fixture(autouse=True)
 def fixture_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(FIXTURES))
+
+
+@pytest.fixture(autouse=True)
+def fresh_wire_names() -> Iterator[None]:
+    """Wire names given by a definition (``message_names: definition``) are process-wide: undo them after each test."""
+    yield
+    for cls in list(_names._GIVEN.keys()):
+        del _names._GIVEN[cls]
+        type.__delattr__(cls, "message_name")
 
 
 @pytest.fixture

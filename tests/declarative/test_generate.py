@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sagakit import SagaDefinition
+from sagakit._messages import message_type_name
 from sagakit.declarative import (
     GeneratedFileEdited,
     InvalidDefinition,
@@ -88,6 +89,11 @@ def describe(d: SagaDefinition) -> Any:
             return None
         return (type(a).__name__, a.command, a.success, a.failure, a.reply_timeout, a.destination)
 
+    def wire(a: Any) -> Any:
+        if a is None:
+            return None
+        return message_type_name(a.command), sorted(a.reply_types)
+
     return (
         d.name,
         d.version,
@@ -97,8 +103,18 @@ def describe(d: SagaDefinition) -> Any:
         d.failure_event,
         d.deadline,
         [t.event for t in d.triggers],
-        [(s.name, s.after, action(s.action), action(s.compensation), s.retry, s.timeout, s.pivot) for s in d.steps],
+        [
+            (s.name, s.after, action(s.action), action(s.compensation), s.retry, s.compensation_retry)
+            + (s.timeout, s.compensation_timeout, s.attempt_timeouts, s.pivot)
+            for s in d.steps
+        ],
         dict(d.extras),
+        d.known_events,
+        # the wire names, as the engine and the participants see them
+        [message_type_name(t.event) for t in d.triggers],
+        [(wire(s.action), wire(s.compensation)) for s in d.steps],
+        [message_type_name(k) for k in d.known_events],
+        [message_type_name(e) for e in (d.completion_event, d.failure_event) if e is not None],
     )
 
 
@@ -237,6 +253,56 @@ def test_a_full_definition_generates_clean_code(project: Path, seed: dict[str, A
         )
         == "order:o"
     )
+
+
+def test_the_extension_generates_the_same_definition(project: Path, seed: dict[str, Any], mypy_cache: Path) -> None:
+    """Retries, timeouts, deadline, known events and wire names of ``x-sagakit`` are generated as code."""
+    pay = "app_root_name.domain.payments.events"
+    seed["x-sagakit"] = {
+        "deadline": 3600,
+        "message_namespace": "shop",
+        "known_events": [{"event_name": "ShipmentFailedEvent", "event_module": "app_root_name.domain.shipping.events"}],
+    }
+    seed["steps"][0]["x-sagakit"] = {"retry": {"max_attempts": 5, "jitter": 0}, "reply_timeout": 30}
+    seed["steps"][0].update(
+        compensation_command_name="RefundPaymentCommand",
+        compensation_command_module="app_root_name.application.payments.commands",
+        compensation_success_event_name="PaymentRefundedEvent",
+    )
+    seed["steps"][1]["x-sagakit"] = {
+        "timeout": 60,
+        "compensation_retry": {"max_attempts": 2},
+        "compensation_reply_timeout": 5,
+    }
+    target = generate(seed, bounded_ctx="ordering", root=project)
+    source = target.read_text()
+    assert "*events_defined_with(" in source and "name_messages(" in source and "RetryPolicy(" in source
+    for check in (
+        ruff_check(target, project),
+        ruff_format_check(target, project),
+        mypy_strict(target, project, mypy_cache),
+    ):
+        assert check.returncode == 0, check.stdout + check.stderr
+    module = import_file(target, "generated_extension_orchestrator")
+    generated = describe(module.definition)
+    loaded = describe(load_definition(seed))
+    assert generated == loaded
+    assert module.definition.deadline == 3600
+    ship = sys.modules["app_root_name.domain.shipping.events"]
+    assert module.definition.known_events == (
+        ship.ShipmentFailedEvent,  # listed
+        sys.modules[pay].PaymentFailedEvent,  # found beside the steps' events (no step declares them)
+        ship.ShipmentCancelledEvent,
+        ship.ShipmentCancellationFailedEvent,
+    )
+    assert message_type_name(sys.modules[pay].PaymentFailedEvent) == "shop.PaymentFailedEvent"
+
+
+def test_without_the_extension_the_module_is_as_before(project: Path, seed: dict[str, Any]) -> None:
+    source = generate(seed, bounded_ctx="ordering", root=project).read_text()
+    assert "name_messages" not in source and "RetryPolicy" not in source and "deadline" not in source
+    # the events beside the steps' events are known, as load_definition finds them
+    assert "*events_defined_with(PaymentProcessedEvent, OrderShippedEvent)" in source
 
 
 def test_name_clashes_get_aliases(tmp_path: Path, mypy_cache: Path) -> None:

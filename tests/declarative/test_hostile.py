@@ -308,7 +308,7 @@ def test_too_many_steps(tmp_path: Path, seed: dict[str, Any], monkeypatch: pytes
 def test_floods_of_keys_items_and_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = {f"k{i}": 1 for i in range(101)}
     assert problem_of(tmp_path, "keys.json", json.dumps(keys)) == (
-        "a mapping of 101 keys; the limit is 100 (the format's largest mapping has 14 fields)"
+        "a mapping of 101 keys; the limit is 100 (the format's largest mapping has 15 fields)"
     )
     assert problem_of(tmp_path, "items.json", json.dumps({"imports": [1] * 50_001})) == (
         "a list of 50,001 items; the limit is 50,000"

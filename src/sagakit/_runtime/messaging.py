@@ -128,6 +128,9 @@ class Messaging:
         self.relay_concurrency = 32  # sagas whose messages are published at once
         self._triggers: dict[str, list[tuple[SagaDefinition, Trigger]]] = {}
         self._expects: dict[str, list[_Expect]] = {}
+        # Events a definition knows but no step declares (SagaDefinition.known_events): consumed so that
+        # the machine can say why no step takes them, and the reason goes with the dead letter.
+        self._known: dict[str, list[tuple[SagaDefinition, type]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._running = False
@@ -147,6 +150,8 @@ class Messaging:
                         names.append(FAULT_TYPE_NAME)  # a participant whose handler raised says so
                     for name in names:
                         self._expects.setdefault(name, []).append(_Expect(d, s, comp, action))
+        for cls in d.known_events:
+            self._known.setdefault(message_type_name(cls), []).append((d, cls))
         if self._running:
             # Registered after start: consume its events too.
             self._subscribing.append(asyncio.ensure_future(self._subscribe()))
@@ -166,7 +171,7 @@ class Messaging:
     @property
     def destinations(self) -> list[str]:
         """Event types this engine consumes: replies of its message steps and its triggers."""
-        return sorted({*self._triggers, *self._expects})
+        return sorted({*self._triggers, *self._expects, *self._known})
 
     # ------------------------------------------------------------ outgoing
 
@@ -353,7 +358,7 @@ class Messaging:
         for defn, trigger in self._triggers.get(env.type_name, ()):
             handled = True
             await self._start_from_trigger(env, defn, trigger)
-        if env.type_name in self._expects:
+        if env.type_name in self._expects or env.type_name in self._known:
             handled = True
             await self._reply(env)
         if not handled:
@@ -452,6 +457,20 @@ class Messaging:
                     )
                     continue
                 for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
+                    if not snap.status.terminal:
+                        return snap.id
+        # An event no step declares: the saga is found by its trigger extractors, to say why it was not taken.
+        for defn, known_cls in self._known.get(env.type_name, ()):
+            try:
+                known: Any = from_payload(known_cls, env.payload)
+            except Exception:
+                continue
+            for t in defn.triggers:
+                try:
+                    cid = to_correlation_id(t.correlation(known))
+                except Exception:
+                    continue
+                for snap in await self.engine.list(correlation_id=cid, name=defn.name, limit=10):
                     if not snap.status.terminal:
                         return snap.id
         if errors:

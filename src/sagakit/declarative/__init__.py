@@ -13,6 +13,11 @@
 ``default_command``, ``merge_event`` and ``to_correlation_id`` are the default
 mapping of message steps, re-exported here for generated modules.
 
+A definition may carry sagakit's own settings under ``"x-sagakit"`` (per
+step: retries and timeouts; for the saga: deadline, wire names, known
+events), which the seed schema tolerates; ``name_messages`` gives classes
+the wire names a definition would.
+
 Errors are ``InvalidDefinition`` (a ``DefinitionError``) whose ``errors`` lists
 every problem as ``field.path: what is wrong``.
 """
@@ -25,13 +30,16 @@ from ._generate import GeneratedFileEdited, Scaffolded, generate, module_path, r
 from ._graph import GraphvizError, GraphvizNotFound, graph, render_svg
 from ._loader import InvalidDefinition, build_definition_from, check_definition, load_definition, read_definition
 from ._models import (
+    EXTENSION,
     ImportDefinitionDTO,
     SagaOrchestratorInputDTO,
     SagaStepInputDTO,
     TriggerEventConfigInputDTO,
 )
+from ._names import events_defined_with, name_messages
 
 __all__ = [
+    "EXTENSION",
     "CorrelationFunction",
     "GeneratedFileEdited",
     "GraphvizError",
@@ -46,11 +54,13 @@ __all__ = [
     "check_definition",
     "compile_correlation",
     "default_command",
+    "events_defined_with",
     "generate",
     "graph",
     "load_definition",
     "merge_event",
     "module_path",
+    "name_messages",
     "read_definition",
     "render",
     "render_svg",

@@ -34,6 +34,7 @@ import os
 import re
 import reprlib
 import sys
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -44,15 +45,20 @@ from pydantic import BaseModel, ValidationError
 from .._definition import _NAME, SagaBuilder, SagaDefinition, is_message_type
 from .._errors import DefinitionError
 from .._messages import SendCommand, send
+from .._policy import RetryPolicy
 from . import _parse
 from ._correlation import CorrelationFunction, compile_correlation
 from ._models import (
+    EXTENSION,
     ImportDefinitionDTO,
+    RetryOptions,
+    SagaOptions,
     SagaOrchestratorInputDTO,
     SagaStepInputDTO,
     TriggerEventConfigInputDTO,
     success_events,
 )
+from ._names import events_defined_with, plan_names, set_names
 
 __all__ = [
     "InvalidDefinition",
@@ -131,9 +137,10 @@ def _validate(data: Mapping[str, Any], origin: str | None) -> SagaOrchestratorIn
             except ValidationError as e:
                 total += e.error_count()
                 if listed < MAX_ERRORS:
+                    step = _step_name(item) if field == "steps" else None
                     for err in e.errors(include_url=False)[: MAX_ERRORS - listed]:
                         err["loc"] = (field, i, *err["loc"])
-                        ranked.append((position[field], _format_error(err)))
+                        ranked.append((position[field], _format_error(err, step)))
                         listed += 1
         prepared[field] = valid
     try:
@@ -227,12 +234,39 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
 }
 
 
+def _step_name(item: object) -> str | None:
+    name = item.get("step_name") if isinstance(item, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys of *model* as written in a file (aliases where a field has one)."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
 def _fields_at(loc: Sequence[int | str]) -> list[str]:
-    if len(loc) == 1:
-        return list(SagaOrchestratorInputDTO.model_fields)
-    if len(loc) == 3 and isinstance(loc[0], str) and loc[0] in _MODEL_AT:
-        return list(_MODEL_AT[loc[0]].model_fields)
-    return []
+    """The keys a mapping at *loc* (the location of one of its keys) may have."""
+    model: type[BaseModel] = SagaOrchestratorInputDTO
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        found = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        inner = _model_in(found.annotation) if found is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return _keys(model)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model type inside an annotation such as ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _value(value: Any) -> str:
@@ -249,9 +283,11 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 
 _REPR.maxlong = 80
 
 
-def _format_error(err: Any) -> str:
+def _format_error(err: Any, step: str | None = None) -> str:
     loc = tuple(err["loc"])
     path = _path(loc)
+    if step is not None and EXTENSION in loc:
+        path += f" (step {step!r})"
     kind = err["type"]
     if kind == "missing":
         return f"{path}: required field is missing; add it"
@@ -372,6 +408,9 @@ def named_modules(dto: SagaOrchestratorInputDTO) -> list[tuple[str, str]]:
         value = getattr(dto, f"{kind}_event_module")
         if value is not None:
             out.append((f"{kind}_event_module", value))
+    if dto.sagakit is not None:
+        at = f"{EXTENSION}.known_events"
+        out += [(f"{at}[{i}].event_module", k.event_module) for i, k in enumerate(dto.sagakit.known_events)]
     return out
 
 
@@ -416,6 +455,14 @@ class _Resolver:
             )
         except Exception as e:  # the module's own code failed: report, do not crash validation
             return f"module {name!r} failed to import: {type(e).__name__}: {e}"
+
+    def events_defined_with(self, classes: Sequence[type]) -> list[type]:
+        """The message classes defined in the modules of *classes* (imported already: nothing is imported)."""
+        return events_defined_with(*classes)
+
+    def name_messages(self, names: Mapping[type, str], owner: str) -> None:
+        """Give the classes their wire names (checked by ``plan_names``)."""
+        set_names(names, owner)
 
     def import_names(self, i: int, imp: ImportDefinitionDTO) -> None:
         """Check an ``imports`` entry: its module, and each name in it."""
@@ -551,6 +598,12 @@ class _StandIns(_Resolver):
         if not _MODULE.match(name):
             super().module(path, name)  # reports why the path is malformed
         return None
+
+    def events_defined_with(self, classes: Sequence[type]) -> list[type]:
+        return []  # finding them needs the modules imported
+
+    def name_messages(self, names: Mapping[type, str], owner: str) -> None:
+        pass  # stand-ins are not sent: the names were checked, nothing to give
 
     def import_names(self, i: int, imp: ImportDefinitionDTO) -> None:
         self.module(f"imports[{i}].module", imp.module)
@@ -720,11 +773,16 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _
     for i, imp in enumerate(dto.imports):
         r.import_names(i, imp)
 
+    options = dto.sagakit or SagaOptions()
+    named: list[tuple[str, type, str]] = []  # (field path, class, class name in the definition)
+
     triggers: list[tuple[type, CorrelationFunction]] = []
     seen_triggers: dict[type, int] = {}
     for i, t in enumerate(dto.triggering_events):
         at = f"triggering_events[{i}]"
         event = r.cls(f"{at}.event_name", t.event_name, f"{at}.event_module", t.event_module, "a triggering event")
+        if event is not None:
+            named.append((f"{at}.event_name", event, t.event_name))
         try:
             fn = compile_correlation(t.correlation_id_provider_str, field=f"{at}.correlation_id_provider_str")
         except DefinitionError as e:
@@ -741,35 +799,49 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _
         seen_triggers[event] = i
         triggers.append((event, fn))
 
-    steps: list[tuple[str, SendCommand, SendCommand | None]] = []
+    steps: list[_BuiltStep] = []
     seen_steps: dict[str, int] = {}
     for i, step in enumerate(dto.steps):
-        built = _step(r, i, step, dto.imports, seen_steps)
+        built = _step(r, i, step, dto.imports, seen_steps, named)
         if built is not None:
             steps.append(built)
 
     outcome: dict[str, type | None] = {"completion": None, "failure": None}
-    for kind in outcome:
+    for kind in ("completion", "failure"):
         name = getattr(dto, f"{kind}_event_name")
         if name is not None:
-            outcome[kind] = r.cls(
+            found = r.cls(
                 f"{kind}_event_name",
                 name,
                 f"{kind}_event_module",
                 getattr(dto, f"{kind}_event_module"),
                 f"the saga's {kind} event",
             )
+            outcome[kind] = found
+            if found is not None:
+                named.append((f"{kind}_event_name", found, name))
+
+    known = _known_events(r, dto, options, named, exclude={state})
+    owner = f"saga {dto.saga_type!r}" + (f" ({origin})" if origin else "")
+    wire_names: dict[type, str] = {}
+    if options.names_from_definition and not errors:
+        wire_names, problems = plan_names(
+            [(f"{path}", cls, options.wire_name(class_name)) for path, cls, class_name in named], owner
+        )
+        errors += [f"{EXTENSION}.message_names: {p}" for p in problems]
 
     if errors:
         raise InvalidDefinition(_listed(errors[:MAX_ERRORS], len(errors)), origin)
     assert state is not None and repository is not None  # errors otherwise
 
-    b = SagaBuilder(dto.saga_type, version=version, description=dto.description)
+    b = SagaBuilder(dto.saga_type, version=version, description=dto.description, deadline=options.deadline)
     b.state(state)
     for event, fn in triggers:
         b.trigger(event, correlation=fn)
-    for name, action, compensation in steps:
-        b.step(name, action=action, compensation=compensation)
+    for built in steps:
+        b.step(built.name, action=built.action, compensation=built.compensation, **built.settings)
+    if known:
+        b.known_events(*known)
     if outcome["completion"] is not None:
         b.on_completed(outcome["completion"])
     if outcome["failure"] is not None:
@@ -782,9 +854,120 @@ def _build(dto: SagaOrchestratorInputDTO, version: int, origin: str | None, r: _
         compensating_transactions=tuple(s.step_name for s in dto.steps if s.is_compensating_transaction),
     )
     try:
-        return b.build()
+        built_definition = b.build()
     except DefinitionError as e:
         raise InvalidDefinition([f"(definition): {e}"], origin) from None
+    r.name_messages(wire_names, owner)
+    return built_definition
+
+
+def _known_events(
+    r: _Resolver,
+    dto: SagaOrchestratorInputDTO,
+    options: SagaOptions,
+    named: list[tuple[str, type, str]],
+    exclude: set[type | None],
+) -> list[type]:
+    """The events the saga knows that no step declares: listed in ``known_events``, and found beside its events.
+
+    The modules scanned are those that define the steps' success, failure
+    and compensation events (the participants' events); the classes the saga
+    sends, publishes or is triggered by, and those a step declares, are left
+    out. Each is added to *named*, so that it gets its wire name too.
+    """
+    at = f"{EXTENSION}.known_events"
+    declared: set[type | None] = {*(cls for _, cls, _ in named), *exclude}
+    found: list[type] = []
+    for i, k in enumerate(options.known_events):
+        cls = r.cls(f"{at}[{i}].event_name", k.event_name, f"{at}[{i}].event_module", k.event_module, "a known event")
+        if cls is None:
+            continue
+        if cls in declared:
+            r.errors.append(
+                f"{at}[{i}].event_name: {k.event_module}.{k.event_name} is already one of the saga's commands or "
+                "events; list here only events no step declares"
+            )
+            continue
+        if cls not in found:
+            found.append(cls)
+            named.append((f"{at}[{i}].event_name", cls, k.event_name))
+    if not options.scan_event_modules:
+        return found
+    replies = [cls for path, cls, _ in named if path.startswith("steps[") and "command_name" not in path]
+    for cls in r.events_defined_with(replies):
+        if cls not in declared and cls not in found:
+            found.append(cls)
+            named.append((f"{cls.__module__}.{cls.__qualname__} (found beside the steps' events)", cls, cls.__name__))
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _BuiltStep:
+    name: str
+    action: SendCommand
+    compensation: SendCommand | None
+    settings: dict[str, Any]  # SagaBuilder.step's retry and timeout arguments
+
+
+COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0)
+"""SagaBuilder's default retry of a compensation; a compensation_retry block starts from it."""
+
+
+def retry_policy(given: RetryOptions, default: RetryPolicy) -> RetryPolicy:
+    """*default* with the fields a retry block gives (not validated)."""
+    return RetryPolicy(
+        max_attempts=default.max_attempts if given.max_attempts is None else given.max_attempts,
+        initial_delay=default.initial_delay if given.initial_delay is None else given.initial_delay,
+        multiplier=default.multiplier if given.multiplier is None else given.multiplier,
+        max_delay=default.max_delay if given.max_delay is None else given.max_delay,
+        jitter=default.jitter if given.jitter is None else given.jitter,
+    )
+
+
+def _retry(r: _Resolver, where: str, given: RetryOptions | None, default: RetryPolicy) -> RetryPolicy | None:
+    if given is None:
+        return None
+    policy = retry_policy(given, default)
+    try:
+        policy.validate(where)
+    except DefinitionError as e:
+        defaults = ", ".join(f"{k} {getattr(default, k)!r}" for k in ("initial_delay", "max_delay"))
+        r.errors.append(f"{e} (the defaults of the fields not given: {defaults})")
+        return None
+    return policy
+
+
+def _settings(r: _Resolver, at: str, step: SagaStepInputDTO) -> dict[str, Any]:
+    """SagaBuilder.step's keyword arguments from the step's x-sagakit block."""
+    opts = step.sagakit
+    if opts is None:
+        return {}
+    where = f"{at}.{EXTENSION}"
+    out: dict[str, Any] = {}
+    retry = _retry(r, f"{where}.retry (step {step.step_name!r})", opts.retry, RetryPolicy())
+    if retry is not None:
+        out["retry"] = retry
+    comp_retry = _retry(
+        r,
+        f"{where}.compensation_retry (step {step.step_name!r})",
+        opts.compensation_retry,
+        COMPENSATION_RETRY,
+    )
+    if comp_retry is not None:
+        out["compensation_retry"] = comp_retry
+    if opts.timeout is not None:
+        out["timeout"] = opts.timeout
+    if opts.compensation_timeout is not None:
+        out["compensation_timeout"] = opts.compensation_timeout
+    has_compensation = step.compensation_command_name is not None
+    for field in ("compensation_retry", "compensation_timeout", "compensation_reply_timeout"):
+        value = getattr(opts, field)
+        if value is not None and not has_compensation:
+            r.errors.append(
+                f"{where}.{field} (step {step.step_name!r}): set for a step without compensation_command_name, "
+                "so there is no compensation to apply it to; remove it or add the compensation"
+            )
+    return out
 
 
 def _step(
@@ -793,7 +976,8 @@ def _step(
     step: SagaStepInputDTO,
     imports: Sequence[ImportDefinitionDTO],
     seen: dict[str, int],
-) -> tuple[str, SendCommand, SendCommand | None] | None:
+    named: list[tuple[str, type, str]],
+) -> _BuiltStep | None:
     at = f"steps[{i}]"
     n_errors = len(r.errors)
     if not _NAME.match(step.step_name):
@@ -861,14 +1045,37 @@ def _step(
             "a reply must mean success or failure, not both"
         )
 
+    settings = _settings(r, at, step)
+    given: tuple[tuple[str, type | None, str | None], ...] = (
+        (f"{at}.command_name", command, step.command_name),
+        *(
+            (f"{at}.success_event_name" + (f"[{j}]" if many_names else ""), cls, name)
+            for j, (cls, (_, name)) in enumerate(zip(success, pairs, strict=True))
+        ),
+        (f"{at}.failure_event_name", failure, step.failure_event_name),
+        (f"{at}.compensation_command_name", comp_command, step.compensation_command_name),
+        (f"{at}.compensation_success_event_name", comp_success, step.compensation_success_event_name),
+        (f"{at}.compensation_failure_event_name", comp_failure, step.compensation_failure_event_name),
+    )
+    for path, cls, written in given:
+        if cls is not None and written is not None:
+            named.append((path, cls, written.rpartition(".")[2]))
+
     if len(r.errors) != n_errors or command is None:
         return None
-    action = send(command, success=[s for s in success if s is not None], failure=failure)
+    opts = step.sagakit
+    action = send(
+        command,
+        success=[s for s in success if s is not None],
+        failure=failure,
+        reply_timeout=opts.reply_timeout if opts is not None else None,
+    )
     compensation = None
     if comp_command is not None:
         compensation = send(
             comp_command,
             success=comp_success,
             failure=comp_failure,
+            reply_timeout=opts.compensation_reply_timeout if opts is not None else None,
         )
-    return step.step_name, action, compensation
+    return _BuiltStep(step.step_name, action, compensation, settings)

@@ -10,17 +10,27 @@ with the success event names.
 
 from __future__ import annotations
 
+import math
+import re
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 __all__ = [
+    "EXTENSION",
     "ImportDefinitionDTO",
+    "KnownEvent",
+    "RetryOptions",
+    "SagaOptions",
     "SagaOrchestratorInputDTO",
     "SagaStepInputDTO",
+    "StepOptions",
     "TriggerEventConfigInputDTO",
     "success_events",
 ]
 
 _CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True)
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 _STEP_EXAMPLE: dict[str, JsonValue] = {
     "command_module": "app_root_name.application.payments.commands",
@@ -88,6 +98,207 @@ def _pair(name_field: str, module: str | None, info: ValidationInfo) -> str | No
     return module
 
 
+# ---------------------------------------------------------------- the x-sagakit extension
+#
+# The seed schema does not forbid other fields (it sets no additionalProperties),
+# so a definition may carry sagakit's own settings under the key "x-sagakit", at
+# the top level and in each step, and still validate against the seed schema.
+
+EXTENSION = "x-sagakit"
+"""The key of sagakit's extension block, in a step and at the top level of a definition."""
+
+_MAX_ATTEMPTS = 1_000_000
+_MAX_SECONDS = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a mistake
+
+
+def _seconds(value: object, *, zero: bool = False, limit: float = _MAX_SECONDS) -> float:
+    """A number of seconds: a finite number > 0 (>= 0 with *zero*) and at most *limit*."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ValueError(f"must be a number of seconds {'>= 0' if zero else '> 0'}, got {value!r}")
+    if value > limit:
+        raise ValueError(f"must be at most {limit:g} seconds, got {value!r}")
+    return float(value)
+
+
+class RetryOptions(BaseModel):
+    """How often and how fast a step (or its compensation) is tried: sagakit's ``RetryPolicy``.
+
+    A field left out keeps ``RetryPolicy``'s default for the step (3 attempts,
+    0.1 s doubling up to 30 s) or for the compensation (10 attempts, 0.1 s
+    doubling up to 60 s).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int | None = Field(default=None, description="Attempts in all, the first one included (1: no retry).")
+    initial_delay: float | None = Field(default=None, description="Seconds before the second attempt.")
+    multiplier: float | None = Field(default=None, description="Each further delay is the previous one times this.")
+    max_delay: float | None = Field(default=None, description="Upper bound of one delay, in seconds.")
+    jitter: float | None = Field(default=None, description="Fraction of each delay added or removed at random (0-1).")
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def _attempts(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number of attempts (the first one included), got {value!r}")
+        if not 1 <= value <= _MAX_ATTEMPTS:
+            raise ValueError(
+                f"must be between 1 and {_MAX_ATTEMPTS:,} (attempts in all, the first one included; "
+                f"1 means no retry), got {value!r}"
+            )
+        return value
+
+    @field_validator("initial_delay", "max_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: object) -> object:
+        return _seconds(value, zero=True)
+
+    @field_validator("multiplier", mode="before")
+    @classmethod
+    def _multiplier(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ValueError(f"must be a number >= 1 (each delay is the previous one times this), got {value!r}")
+        if not 1 <= value <= 1000:
+            raise ValueError(f"must be between 1 and 1000 (each delay is the previous one times this), got {value!r}")
+        return float(value)
+
+    @field_validator("jitter", mode="before")
+    @classmethod
+    def _jitter(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(
+                f"must be a number between 0 and 1 (the fraction of each delay added or removed at random), "
+                f"got {value!r}"
+            )
+        return float(value)
+
+
+class StepOptions(BaseModel):
+    """A step's ``x-sagakit`` block: its retries and how long an attempt may wait for its reply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retry: RetryOptions | None = Field(default=None, description="Retries of the step's command.")
+    timeout: float | None = Field(
+        default=None, description="Seconds one attempt of the step may take (for these message steps: the reply wait)."
+    )
+    reply_timeout: float | None = Field(
+        default=None, description="Seconds one attempt waits for the success or failure event, then fails (retried)."
+    )
+    compensation_retry: RetryOptions | None = Field(default=None, description="Retries of the compensation command.")
+    compensation_timeout: float | None = Field(default=None, description="Seconds one compensation attempt may take.")
+    compensation_reply_timeout: float | None = Field(
+        default=None, description="Seconds one compensation attempt waits for its reply."
+    )
+
+    @field_validator("timeout", "reply_timeout", "compensation_timeout", "compensation_reply_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        return None if value is None else _seconds(value)
+
+    @field_validator("reply_timeout", "compensation_reply_timeout")
+    @classmethod
+    def _one_timeout(cls, value: float | None, info: ValidationInfo) -> float | None:
+        other = "timeout" if info.field_name == "reply_timeout" else "compensation_timeout"
+        if value is not None and info.data.get(other) is not None:
+            raise ValueError(
+                f"set together with {other}: a message step's attempt ends when its reply comes, so both "
+                f"bound the same wait: give one of them, got {other} {info.data[other]!r} and "
+                f"{info.field_name} {value!r}"
+            )
+        return value
+
+
+class KnownEvent(BaseModel):
+    """An event the saga knows, though no step declares it (consumed, and dead-lettered with the reason)."""
+
+    model_config = _CONFIG
+
+    event_name: str
+    event_module: str
+
+
+class SagaOptions(BaseModel):
+    """The top-level ``x-sagakit`` block: settings of the whole saga."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deadline: float | None = Field(
+        default=None, description="Seconds the saga may run in all before it is rolled back."
+    )
+    message_names: Literal["python", "definition"] | None = Field(
+        default=None,
+        description=(
+            "The wire names of the definition's commands and events: 'python' (module.ClassName, the default) "
+            "or 'definition' (the class name the definition gives, behind message_namespace if set)."
+        ),
+    )
+    message_namespace: str | None = Field(
+        default=None, description="A prefix for the wire names: 'shop' names ProcessPayment 'shop.ProcessPayment'."
+    )
+    known_events: list[KnownEvent] = Field(
+        default_factory=list,
+        description="Events no step declares that the saga still consumes, to dead-letter them with the reason.",
+    )
+    scan_event_modules: bool = Field(
+        default=True,
+        strict=True,
+        description=(
+            "Also count as known every event class defined in the modules of the steps' events (the participants' "
+            "events), so that an undeclared one is dead-lettered rather than left unconsumed."
+        ),
+    )
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: object) -> object:
+        return None if value is None else _seconds(value)
+
+    @field_validator("message_names", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if value is not None and value not in ("python", "definition"):
+            raise ValueError(
+                "must be 'python' (wire names are module.ClassName) or 'definition' (the class names the "
+                f"definition gives), got {value!r}"
+            )
+        return value
+
+    @field_validator("message_namespace", mode="before")
+    @classmethod
+    def _namespace(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _NAMESPACE.match(value):
+            raise ValueError(
+                f"must be dotted words of letters, digits, '_' or '-' (e.g. 'shop' or 'acme.orders'), got {value!r}"
+            )
+        return value
+
+    @field_validator("message_namespace")
+    @classmethod
+    def _namespace_needs_names(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("message_names") == "python":
+            raise ValueError(
+                f"set with message_names 'python': the namespace prefixes the definition's names; set "
+                f"message_names to 'definition' or drop message_namespace, got {value!r}"
+            )
+        return value
+
+    @property
+    def names_from_definition(self) -> bool:
+        """True when the wire names are the definition's class names (``message_names: definition``)."""
+        return self.message_names == "definition" or (self.message_names is None and self.message_namespace is not None)
+
+    def wire_name(self, class_name: str) -> str:
+        """The wire name the definition gives a class named *class_name*."""
+        return f"{self.message_namespace}.{class_name}" if self.message_namespace else class_name
+
+
 class ImportDefinitionDTO(BaseModel):
     """Defines a custom import statement."""
 
@@ -100,7 +311,9 @@ class ImportDefinitionDTO(BaseModel):
 class SagaStepInputDTO(BaseModel):
     """Defines a single step within a Saga."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, json_schema_extra={"example": _STEP_EXAMPLE})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, serialize_by_alias=True, json_schema_extra={"example": _STEP_EXAMPLE}
+    )
 
     step_name: str = Field(description="Descriptive name for this saga step (e.g., 'ProcessPaymentStep')")
     command_name: str = Field(
@@ -145,6 +358,11 @@ class SagaStepInputDTO(BaseModel):
     )
     compensation_failure_event_name: str | None = Field(
         default=None, description="Event for failed compensation.", validate_default=True
+    )
+    sagakit: StepOptions | None = Field(
+        default=None,
+        alias="x-sagakit",
+        description="sagakit's settings of the step (retries, timeouts); the seed schema allows extra fields.",
     )
 
     @field_validator("success_event_name", mode="before")
@@ -220,7 +438,11 @@ class SagaOrchestratorInputDTO(BaseModel):
     """DTO for defining a Saga Orchestrator class."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, json_schema_extra={"example": _ORCHESTRATOR_EXAMPLE}
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        serialize_by_alias=True,
+        json_schema_extra={"example": _ORCHESTRATOR_EXAMPLE},
     )
 
     name: str = Field(description="Name of the Saga Orchestrator class (e.g., 'OrderProcessingOrchestrator')")
@@ -255,6 +477,11 @@ class SagaOrchestratorInputDTO(BaseModel):
         default_factory=list, description="Custom imports needed for the orchestrator."
     )
     description: str | None = Field(default=None, description="Optional description for the saga orchestrator.")
+    sagakit: SagaOptions | None = Field(
+        default=None,
+        alias="x-sagakit",
+        description="sagakit's settings of the saga (deadline, wire names, known events); the seed schema allows them.",
+    )
 
     @field_validator("completion_event_module")
     @classmethod

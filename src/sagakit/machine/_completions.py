@@ -246,6 +246,9 @@ def _match_reply(
                 return StepFailed(name, s.token, read.failure, True, True)
             return StepFailed(name, s.token, read.failure, False)
         return StepSucceeded(name, s.token, read.result, read.size, st.data if compensating else read.data)
+    undeclared = _undeclared(defn, st, ev)
+    if undeclared is not None:
+        return undeclared
     where = f"step {ev.step!r}" if ev.step else "any step"
     if ev.token is not None and ev.step is not None and ev.step in st.steps:
         reason = (
@@ -255,6 +258,32 @@ def _match_reply(
         hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", ev.step))
         return reason
     return f"saga {st.id} ({st.status.value}) has no {where} waiting for {ev.type_name}"
+
+
+def _undeclared(defn: SagaDefinition, st: SagaState, ev: Reply) -> str | None:
+    """Why an event no waiting step declares is not applied, naming the saga, the step(s) and the event.
+
+    It neither completes nor fails a step (the definition gives it no meaning);
+    the step goes on waiting for the events it declares, or its reply timeout.
+    None when the event is addressed to an attempt that is not current (stale).
+    """
+    waiting: list[str] = []
+    for name in defn.order:
+        s = st.steps[name]
+        if not s.token or (ev.step is not None and ev.step != name):
+            continue
+        if ev.token is not None and ev.token != s.token:
+            return None
+        action = defn.by_name[name].compensation if s.status is _S.COMPENSATING else defn.by_name[name].action
+        if isinstance(action, StepAction) and action.reply_types:
+            what = "compensation of step" if s.status is _S.COMPENSATING else "step"
+            waiting.append(f"{what} {name!r} waits for {', '.join(sorted(action.reply_types))}")
+    if not waiting:
+        return None
+    return (
+        f"saga {st.id} ({defn.name}): {ev.type_name} is not an event the waiting step declares "
+        f"({'; '.join(waiting)}); not applied"
+    )
 
 
 def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
