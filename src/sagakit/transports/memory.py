@@ -11,6 +11,7 @@ by single-process setups; a shared ``MemoryBroker`` lets several transports
 from __future__ import annotations
 
 import asyncio
+import weakref
 import contextlib
 import itertools
 import logging
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from .._transport import Delivery, Handler, TransportError
 from . import _base
 
-__all__ = ["DeadLetter", "MemoryBroker", "MemoryTransport"]
+__all__ = ["DeadLetter", "MemoryBroker", "MemoryTransport", "default_broker"]
 
 log = logging.getLogger("sagakit.transport.memory")
 
@@ -86,19 +87,33 @@ class MemoryBroker:
                 self._groups[key].queue.put_nowait(_Message(destination, body, message_id, dict(headers)))
 
 
-_default_broker = MemoryBroker()
+_default_brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MemoryBroker] = weakref.WeakKeyDictionary()
+
+
+def default_broker() -> MemoryBroker:
+    """The broker ``memory://`` transports share: one per event loop, since its queues belong to one loop."""
+    loop = asyncio.get_running_loop()
+    broker = _default_brokers.get(loop)
+    if broker is None:
+        broker = _default_brokers[loop] = MemoryBroker()
+    return broker
 
 
 class MemoryTransport:
-    """A Transport on a MemoryBroker (the process-wide default one unless given)."""
+    """A Transport on a MemoryBroker (given, or the default one of the event loop it runs in)."""
 
     def __init__(self, broker: MemoryBroker | None = None, *, concurrency: int = 16) -> None:
-        self.broker = broker or _default_broker
+        self._broker = broker
         self.url = "memory://"
         self.concurrency = concurrency
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._ids = itertools.count(1)
+
+    @property
+    def broker(self) -> MemoryBroker:
+        """The broker given, else the running event loop's default one (``memory://``)."""
+        return self._broker if self._broker is not None else default_broker()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryTransport:
