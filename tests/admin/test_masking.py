@@ -175,13 +175,15 @@ async def test_http_api(leaky: Leaky) -> None:
 
 # The endpoints the dashboard reads, as app.js spells them, and the same request here.
 DASHBOARD_CALLS = {
-    'api("/api/info")': "/api/info",
-    'api("/api/overview")': "/api/overview",
-    "api(`/api/sagas?${query.toString()}`)": "/api/sagas?status=failed",
-    "api(`/api/sagas/${enc}`)": "/api/sagas/{id}",
-    "api(`/api/sagas/${enc}/graph`)": "/api/sagas/{id}/graph",
-    "api(`/api/sagas/${enc}/timeline`)": "/api/sagas/{id}/timeline",
-    "api(`/api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
+    'api("api/info")': "/api/info",
+    'api("api/overview")': "/api/overview",
+    "api(`api/sagas?${query.toString()}`)": "/api/sagas?status=failed",
+    "api(`api/sagas/${enc}`)": "/api/sagas/{id}",
+    "api(`api/sagas/${enc}/graph`)": "/api/sagas/{id}/graph",
+    "api(`api/sagas/${enc}/timeline`)": "/api/sagas/{id}/timeline",
+    "api(`api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
+    'api("api/workers")': "/api/workers",
+    'api("api/definitions")': "/api/definitions",
 }
 
 
