@@ -65,7 +65,8 @@ function ago(t) {
 
 function when(t, attrs) {
   if (t === null || t === undefined) return el("span", attrs || {});
-  return el("time", { ...(attrs || {}), class: "rel", datetime: new Date(t * 1000).toISOString(), title: time(t), text: ago(t) });
+  const cls = ["rel", attrs && attrs.class].filter(Boolean).join(" ");
+  return el("time", { ...(attrs || {}), class: cls, datetime: new Date(t * 1000).toISOString(), title: time(t), text: ago(t) });
 }
 
 function duration(s) {
@@ -387,6 +388,7 @@ function sagaTable(items, overdue, select) {
 // ---------------------------------------------------------------- bulk actions
 
 const BULK_ACTIONS = ["retry", "compensate", "abort"];
+const DOES = { retry: "retries", skip: "skips a step of", compensate: "compensates", abort: "aborts", fork: "forks" };
 
 // The bar above the list: how many rows are selected and the actions to apply to them.
 function bulkBar(selected) {
@@ -394,14 +396,15 @@ function bulkBar(selected) {
   const buttons = BULK_ACTIONS.map((name) => el("button", {
     type: "button", class: `small${name === "abort" ? " danger" : ""}`, id: `bulk-${name}`, "data-action": name,
     text: `${name[0].toUpperCase()}${name.slice(1)} selected`,
-    onclick: () => confirmBulk(name, [...selected]),
+    onclick: () => confirmBulk(name, [...selected], clearSelection),
   }));
+  function clearSelection() {
+    selected.clear();
+    for (const box of document.querySelectorAll("input.select-row, #select-all")) box.checked = false;
+    update();
+  }
   const clear = el("button", { type: "button", class: "small", id: "bulk-clear", text: "Clear selection",
-    onclick: () => {
-      selected.clear();
-      for (const box of document.querySelectorAll("input.select-row, #select-all")) box.checked = false;
-      update();
-    } });
+    onclick: clearSelection });
   const bar = el("div", { class: "bulk-bar", id: "bulk-bar" }, count, buttons, clear);
   function update() {
     const n = selected.size;
@@ -417,14 +420,14 @@ function bulkBar(selected) {
   return { bar, update };
 }
 
-function confirmBulk(name, ids) {
+function confirmBulk(name, ids, done) {
   if (!ids.length) return;
   const dialog = document.getElementById("confirm-dialog");
   const error = document.getElementById("dialog-error");
   document.getElementById("dialog-title").textContent = `${name} ${ids.length} saga(s)?`;
   const listed = ids.slice(0, 8).join(", ") + (ids.length > 8 ? `, and ${ids.length - 8} more` : "");
   document.getElementById("dialog-text").textContent =
-    `This ${name}s each selected saga (${listed}), one by one. A saga whose state does not allow it is left as it is and reported. ` +
+    `This ${DOES[name]} each selected saga (${listed}), one by one. A saga whose state does not allow it is left as it is and reported. ` +
     "Each one records your name and reason in its history.";
   document.getElementById("dialog-step-row").hidden = true;
   document.getElementById("dialog-result-row").hidden = true;
@@ -452,6 +455,7 @@ function confirmBulk(name, ids) {
       const rejected = out.outcomes.filter((o) => o.outcome !== "ok");
       const why = rejected.slice(0, 3).map((o) => `${o.saga_id}: ${o.reason || o.code}`).join("; ");
       flash(`${name}: ${out.ok} ok, ${out.rejected} rejected${why ? ` (${why})` : ""}`, out.rejected === 0);
+      done();
     } catch (e) {
       flash(`${name} ${problem(e)}`, false);
     }
@@ -478,6 +482,12 @@ function workersPage(view) {
     el("h1", { text: "Workers" }),
     el("p", { class: "muted", text: "Engines running now, as they announce themselves to the store: the definitions each runs, its last heartbeat, and the sagas it holds leases on (it is running their steps)." }),
     list, orphans);
+  const opened = new Set();  // workers whose leases are unfolded: kept so across refreshes
+  const leaseDetails = (x) => {
+    const d = el("details", { open: opened.has(x.worker_id) }, el("summary", { text: "sagas" }), leasesTable(x.leases));
+    d.addEventListener("toggle", () => { if (d.open) opened.add(x.worker_id); else opened.delete(x.worker_id); });
+    return d;
+  };
   poll(async (mine) => {
     const w = await api("api/workers");
     if (mine !== generation) return;
@@ -491,7 +501,7 @@ function workersPage(view) {
           el("td", {}, when(x.alive_until)),
           el("td", { class: "leases-cell" },
             el("span", { class: "lease-count", text: `${x.leases.length}` }),
-            x.leases.length ? el("details", {}, el("summary", { text: "sagas" }), leasesTable(x.leases)) : null))))))
+            x.leases.length ? leaseDetails(x) : null))))))
       : el("p", { class: "muted", id: "no-workers", text: "No worker is running: pending sagas wait until one starts." }));
     orphans.replaceChildren(...(w.orphan_leases.length
       ? [el("h2", { text: "Leases of workers that stopped answering" }),
@@ -615,7 +625,7 @@ function confirmAction(saga, name, allowed) {
   const error = document.getElementById("dialog-error");
   document.getElementById("dialog-title").textContent = `${name} saga ${saga.id.slice(0, 12)}?`;
   document.getElementById("dialog-text").textContent = allowed.allowed
-    ? `This ${name}s the saga ${saga.name} (now ${saga.status}). It is recorded in its history with your name and reason.`
+    ? `This ${DOES[name]} the saga ${saga.name} (now ${saga.status}). It is recorded in its history with your name and reason.`
     : `The state machine will likely refuse this: ${allowed.reason}`;
   stepRow.hidden = !(name === "skip" || name === "fork");
   resultRow.hidden = name !== "skip";
