@@ -429,7 +429,7 @@ class Store(Protocol):
         ...
 
     async def workers(self, now: float) -> builtins.list[WorkerInfo]:
-        """The workers alive at *now*, by id, with their last heartbeat."""
+        """The workers alive at *now*, by id, with their (sorted) definitions and last heartbeat."""
         ...
 
     async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:

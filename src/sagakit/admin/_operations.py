@@ -343,13 +343,14 @@ class Operations:
         store = await self._store()
         if not saga_id or await store.get(saga_id) is not None:
             return saga_id
-        query = SagaQuery(id_prefix=saga_id, limit=shown)
+        query = SagaQuery(id_prefix=saga_id, limit=max(1, shown) + 1)
         found = [st.id for st in await store.list(query) if st.id.startswith(saga_id)]
         if not found:
             raise SagaNotFound(saga_id)
         if len(found) == 1:
             return found[0]
-        raise AmbiguousSagaId(saga_id, tuple(found), max(len(found), await store.count(query)))
+        total = max(len(found), await store.count(query))
+        raise AmbiguousSagaId(saga_id, tuple(found[: max(1, shown)]), total)
 
     async def workers(self) -> WorkersPage:
         """The workers alive now (their definitions, last heartbeat and leases), and leases of workers gone."""

@@ -726,7 +726,7 @@ class PostgresStore:
             for key in loads(text):
                 name, _, version = str(key).rpartition(":")
                 kinds.append((name, int(version)))
-            out.append(WorkerInfo(worker_id, tuple(kinds), alive_until, seen_at))
+            out.append(WorkerInfo(worker_id, tuple(sorted(kinds)), alive_until, seen_at))
         return out
 
     async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:

@@ -602,7 +602,7 @@ class SQLiteStore:
 
     async def workers(self, now: float) -> builtins.list[WorkerInfo]:
         rows = await self._read(self._fetchall, self._sql.workers, (now,))
-        return [WorkerInfo(r[0], tuple(_kinds_from(r[1])), r[2], r[3]) for r in rows]
+        return [WorkerInfo(r[0], tuple(sorted(_kinds_from(r[1]))), r[2], r[3]) for r in rows]
 
     async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:
         rows = await self._read(self._fetchall, self._sql.leases, (now, limit))
