@@ -207,7 +207,16 @@ def migrations(d: Dialect) -> list[list[str]]:
         ],
         [
             # When each worker last said it was alive, for the workers page of the dashboard.
-            f"ALTER TABLE sagakit_workers ADD COLUMN seen_at {d.real}",
+            # The registry is remade rather than altered (a step must be safe to run again,
+            # and SQLite has no ADD COLUMN IF NOT EXISTS): running workers say they are
+            # alive again within seconds, so nothing lasting is lost.
+            "DROP TABLE IF EXISTS sagakit_workers",
+            f"""CREATE TABLE sagakit_workers (
+                worker_id TEXT PRIMARY KEY,
+                definitions TEXT NOT NULL,
+                alive_until {d.real} NOT NULL,
+                seen_at {d.real}
+            )""",
         ],
     ]
 
