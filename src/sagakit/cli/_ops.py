@@ -195,14 +195,13 @@ def _not_a_store(path: str) -> str | None:
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as e:
-        return f"cannot be opened ({e})"
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-    except sqlite3.DatabaseError as e:
-        return f"is not a SQLite database ({e}); it was left untouched"
-    finally:
-        conn.close()
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not readable so: the store's own opening says what is wrong, and writes nothing either
+
     if "sagakit_sagas" in tables:
         return None
     shown = ", ".join(tables[:8]) + (f" and {len(tables) - 8} more" if len(tables) > 8 else "")
