@@ -79,11 +79,11 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Seed]]:
     seed = seed_sync(url)
     RELEASE.clear()
     ops = Operations.for_store(url, [sample_app.order, slow])
-    try:
-        with ServedApp(create_app(ops, token=TOKEN, run_engine=True)) as app:
+    with ServedApp(create_app(ops, token=TOKEN, run_engine=True)) as app:
+        try:
             yield app.url, seed
-    finally:
-        RELEASE.set()
+        finally:
+            RELEASE.set()  # before the server stops: a held step finishes instead of being waited for
 
 
 def recipe() -> str:
