@@ -295,3 +295,121 @@ def test_prune_refuses_a_bad_age_and_a_missing_store(tmp_path: Path) -> None:
     missing = run("prune", "--older-than", "30d", "--store", f"sqlite:///{tmp_path / 'x.db'}")
     assert missing.exit_code == 4
     assert "no SQLite store" in missing.output
+
+
+# ---------------------------------------------------------------- list filters, id prefixes, foreign files
+
+
+def list_json(url: str, *args: str) -> list[dict]:
+    result = run("list", "--store", url, "--json", "--limit", "1000", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_list_has_the_filters_of_the_http_api(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    everything = list_json(url)
+    # Repeated --status: any of them, all kept.
+    both = list_json(url, "--status", "completed", "--status", "compensated")
+    assert len(both) == 40
+    assert len(list_json(url, "--status", "compensated", "--status", "failed")) == 12
+    # Business key, version, name.
+    (one,) = list_json(url, "--key", "order_id=o-00007")
+    assert one["data"]["order_id"] == "o-00007"
+    assert list_json(url, "--key", "order_id=o-00007", "--status", "completed") in ([], [one])
+    assert len(list_json(url, "--version", "1", "--name", "order_fulfillment")) == 40
+    assert list_json(url, "--version", "2") == []
+    # Created and updated ranges, in ISO 8601 or Unix seconds.
+    created = sorted(s["created_at"] for s in everything)
+    middle = created[20]
+    after = list_json(url, "--created-after", str(middle))
+    before = list_json(url, "--created-before", str(middle))
+    assert len(after) + len(before) == 40
+    assert all(s["created_at"] >= middle for s in after) and all(s["created_at"] < middle for s in before)
+    assert list_json(url, "--created-after", "2999-01-01T00:00:00Z") == []
+    assert len(list_json(url, "--updated-before", "2999-01-01")) == 40
+    # Stuck: every demo saga finished, and none failed.
+    assert list_json(url, "--stuck", "0") == []
+    table = run("list", "--store", url, "--status", "failed")
+    assert table.exit_code == 0
+    assert "no sagas status=failed match" in table.output
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--key", "order_id"], "--key"),
+        (["--created-after", "yesterday"], "--created-after"),
+        (["--stuck", "-1"], "--stuck"),
+        (["--status", "lost"], "--status"),
+        (["--limit", "1001"], "--limit"),
+    ],
+)
+def test_list_bad_filters_exit_2_naming_the_option(demo_store: tuple[str, Result], args: list[str], hint: str) -> None:
+    url, _ = demo_store
+    result = run("list", "--store", url, *args)
+    assert result.exit_code == 2, result.output
+    assert hint in result.output
+
+
+def test_list_shows_whole_ids_and_show_takes_a_unique_prefix(demo_store: tuple[str, Result]) -> None:
+    url, _ = demo_store
+    everything = list_json(url)
+    ids = [s["id"] for s in everything]
+    table = run("list", "--store", url)
+    for sid in ids:
+        assert sid in table.output  # whole: ids of one millisecond differ only at the end
+    target = ids[5]
+    others = [i for i in ids if i != target]
+    n = next(k for k in range(1, len(target)) if not any(o.startswith(target[:k]) for o in others))
+    result = run("show", target[:n], "--store", url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["id"] == target
+    # A prefix that several ids share: a usage error naming some of them.
+    shared = target[:3]
+    result = run("show", shared, "--store", url)
+    assert result.exit_code == 2
+    assert "sagas' ids start with it" in result.stderr
+    assert "give more of the id" in result.stderr
+    named = [i for i in ids if i in result.stderr]
+    assert 1 < len(named) <= 10
+    result = run("show", "zzzz", "--store", url)
+    assert result.exit_code == 3
+    assert "zzzz" in result.stderr
+
+
+def _tables(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+
+
+def test_read_commands_leave_a_foreign_sqlite_file_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    conn.close()
+    before = path.read_bytes()
+    url = f"sqlite:///{path}"
+    for args in (
+        ["list"],
+        ["list", "--stuck", "60"],
+        ["show", "abc"],
+        ["retry", "abc"],
+        ["abort", "--status", "failed"],
+    ):
+        result = run(*args, "--store", url)
+        assert result.exit_code == 4, (args, result.output)
+        assert "is not a sagakit store (its tables: customers); it was left untouched" in result.stderr, args
+    assert _tables(path) == ["customers"]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, no -shm
+
+
+def test_read_commands_refuse_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    result = run("list", "--store", f"sqlite:///{path}")
+    assert result.exit_code == 4
+    assert "is not a sagakit store (it has no tables)" in result.stderr
+    assert path.read_bytes() == b""

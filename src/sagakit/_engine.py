@@ -221,7 +221,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
 
     async def _say_alive(self) -> None:
         """Tell the store this worker runs and which definitions it has (see ``Store.live_workers``)."""
-        await self.store.worker_alive(self.worker_id, list(self._definitions), self.clock() + self.lease_seconds)
+        now = self.clock()
+        await self.store.worker_alive(self.worker_id, list(self._definitions), now + self.lease_seconds, now=now)
 
     @property
     def definitions(self) -> list[SagaDefinition]:

@@ -24,6 +24,7 @@ The tree (classes defined elsewhere name their module)::
     ├── GeneratedFileEdited (also FileExistsError)  generate would overwrite an edited file (declarative)
     ├── DefinitionsNotLoaded                   the dashboard has no definitions to act with (admin)
     ├── InvalidParameter (also ValueError)     a bad query parameter of the HTTP API (admin)
+    │   └── AmbiguousSagaId                    an id prefix that several sagas' ids start with (admin)
     └── AccessDenied                           a request without the dashboard's token (admin)
 
     NonRetryableError (an Exception raised by step code: skip remaining retries)

@@ -33,11 +33,13 @@ __all__ = [
     "PRUNED_BY_DEFAULT",
     "UNFINISHED",
     "DeadLetter",
+    "Lease",
     "OutboxMessage",
     "OutboxRecord",
     "Pruned",
     "SagaQuery",
     "Store",
+    "WorkerInfo",
     "Write",
     "data_text",
     "prune",
@@ -115,6 +117,7 @@ class SagaQuery:
     data (letters, digits, ``_`` and ``-``) mapped to scalar values, compared as
     text (``data_text``). ``overdue_before`` matches unfinished sagas whose wake
     time passed before that time: nobody has looked at them since (stuck).
+    ``id_prefix`` matches the sagas whose id starts with it.
     """
 
     status: SagaStatus | None = None
@@ -130,6 +133,7 @@ class SagaQuery:
     data_equals: Mapping[str, str | int | float | bool] | None = None
     overdue_before: float | None = None
     statuses: tuple[SagaStatus, ...] | None = None
+    id_prefix: str | None = None
 
     def __post_init__(self) -> None:
         for key, value in (self.data_equals or {}).items():
@@ -140,6 +144,31 @@ class SagaQuery:
                 )
             if value is None or not isinstance(value, str | int | float | bool):
                 raise ValueError(f"business key {key!r} must be a string, number or boolean, got {describe(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A running worker as the store's registry knows it.
+
+    ``seen_at`` is when it last said it was alive (None if it did not say when),
+    ``alive_until`` when it is taken for gone unless it says so again.
+    """
+
+    worker_id: str
+    definitions: tuple[tuple[str, int], ...]
+    alive_until: float
+    seen_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A live lease: which worker holds which saga, until when."""
+
+    saga_id: str
+    name: str
+    version: int
+    owner: str
+    expires: float
 
 
 # Status of the sagas that somebody still has to look at (their wake time means something).
@@ -382,8 +411,13 @@ class Store(Protocol):
         """Delete a request whatever its state."""
         ...
 
-    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
-        """Say that a worker runs sagas of these (name, version) definitions, and will say so again before *until*."""
+    async def worker_alive(
+        self, worker_id: str, kinds: Collection[tuple[str, int]], until: float, *, now: float | None = None
+    ) -> None:
+        """Say that a worker runs sagas of these (name, version) definitions, and will say so again before *until*.
+
+        *now* is when it says so (shown as its last heartbeat).
+        """
         ...
 
     async def worker_gone(self, worker_id: str) -> None:
@@ -392,6 +426,14 @@ class Store(Protocol):
 
     async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
         """The workers alive at *now*, each with the definitions it runs."""
+        ...
+
+    async def workers(self, now: float) -> builtins.list[WorkerInfo]:
+        """The workers alive at *now*, by id, with their (sorted) definitions and last heartbeat."""
+        ...
+
+    async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:
+        """Leases live at *now* (up to *limit*), by owner, the soonest to expire first."""
         ...
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:

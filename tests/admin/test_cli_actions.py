@@ -246,3 +246,19 @@ def show_url(url: str, saga_id: str) -> dict:
     r = run("show", saga_id, "--store", url, "--json")
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
+
+
+def test_actions_take_a_unique_id_prefix(seeded: Seed) -> None:
+    sid = seeded.failed[0]
+    others = [i for i in seeded.all if i != sid]
+    n = next(k for k in range(1, len(sid)) if not any(o.startswith(sid[:k]) for o in others))
+    r = run("abort", sid[:n], "--store", seeded.url, *APP, "--reason", "by prefix")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == f"aborted saga {sid}; it is now aborted"
+    assert show(seeded, sid[: n + 2])["status"] == "aborted"
+    # Ambiguous: nothing is done, the candidates are named.
+    r = run("abort", sid[:2], "--store", seeded.url, *APP)
+    assert r.exit_code == 2
+    assert "sagas' ids start with it" in r.stderr
+    assert sum(1 for i in seeded.all if i in r.stderr) > 1
+    assert show(seeded, seeded.failed[1])["status"] == "failed"

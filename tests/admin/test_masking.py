@@ -175,14 +175,37 @@ async def test_http_api(leaky: Leaky) -> None:
 
 # The endpoints the dashboard reads, as app.js spells them, and the same request here.
 DASHBOARD_CALLS = {
-    'api("/api/info")': "/api/info",
-    'api("/api/overview")': "/api/overview",
-    "api(`/api/sagas?${query.toString()}`)": "/api/sagas?status=failed",
-    "api(`/api/sagas/${enc}`)": "/api/sagas/{id}",
-    "api(`/api/sagas/${enc}/graph`)": "/api/sagas/{id}/graph",
-    "api(`/api/sagas/${enc}/timeline`)": "/api/sagas/{id}/timeline",
-    "api(`/api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
+    'api("api/info")': "/api/info",
+    'api("api/overview")': "/api/overview",
+    "api(`api/sagas?${query.toString()}`)": "/api/sagas?status=failed",
+    "api(`api/sagas/${enc}`)": "/api/sagas/{id}",
+    "api(`api/sagas/${enc}/graph`)": "/api/sagas/{id}/graph",
+    "api(`api/sagas/${enc}/timeline`)": "/api/sagas/{id}/timeline",
+    "api(`api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
+    'api("api/workers")': "/api/workers",
+    'api("api/definitions")': "/api/definitions",
 }
+
+
+def test_show_masks_as_the_http_api_does(leaky: Leaky) -> None:
+    """``sagakit show --json`` prints what the dashboard shows: the same masked saga, field for field."""
+    r = run("show", leaky.saga_id, "--store", leaky.url, "--json")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+
+    async def from_the_api() -> dict[str, Any]:
+        ops = Operations.for_store(leaky.url, [secret_app.leaky])
+        async with ops, client_for(create_app(ops, token=TOKEN)) as c:
+            return dict((await c.get(f"/api/sagas/{leaky.saga_id}")).json())
+
+    served = asyncio.run(from_the_api())
+    served.pop("definition_registered")
+    assert shown == served
+    assert_masked(r.stdout)
+    # The table too, and by an id prefix.
+    r = run("show", leaky.saga_id[:-4], "--store", leaky.url)
+    assert r.exit_code == 0, r.output
+    assert_masked(r.stdout, ("o-77", "r-9", "gateway said"))
 
 
 def test_dashboard_endpoints(leaky: Leaky) -> None:

@@ -459,10 +459,10 @@ def test_public_names_of_the_admin_package() -> None:
     import sagakit.admin
 
     assert sorted(sagakit.admin.__all__) == [
-        "ACTIONS", "AccessDenied", "ActionOutcome", "AdminAction", "Attempt", "AuthInput", "BulkResult",
-        "DEFAULT_MASK_PATTERN", "DefinitionMissing", "DefinitionsNotLoaded", "GraphNode", "InvalidParameter",
-        "Masker", "Operations", "Overview", "SagaFilter", "SagaGraph", "SagaPage", "Timeline", "create_app",
-        "load_definitions", "parse_filter",
+        "ACTIONS", "AccessDenied", "ActionOutcome", "AdminAction", "AmbiguousSagaId", "Attempt", "AuthInput",
+        "BulkResult", "DEFAULT_MASK_PATTERN", "DefinitionInfo", "DefinitionMissing", "DefinitionsNotLoaded",
+        "GraphNode", "InvalidParameter", "Masker", "Operations", "Overview", "SagaFilter", "SagaGraph", "SagaPage",
+        "Timeline", "WorkerReport", "WorkersPage", "create_app", "load_definitions", "parse_filter",
     ]  # fmt: skip
     for name in sagakit.admin.__all__:
         assert getattr(sagakit.admin, name) is not None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sagakit import SagaNotFound, SagaStatus, StepStatus
-from sagakit._store import OutboxMessage, SagaQuery, Store, Write
+from sagakit._store import Lease, OutboxMessage, SagaQuery, Store, WorkerInfo, Write
 from sagakit.machine import HistoryEntry, SagaState, StepState
 from sagakit.stores._sql import SCHEMA_VERSION
 
@@ -398,6 +398,52 @@ class StoreContract:
         await store.worker_alive("w2", [], 200.0)  # alive again, with no definitions
         await store.worker_gone("w1")
         assert await store.live_workers(60.0) == {"w2": []}
+
+    async def test_workers_with_their_last_heartbeat(self, store: Store) -> None:
+        await store.worker_alive("w2", [("ship", 1)], 50.0, now=20.0)
+        await store.worker_alive("w1", [("order", 1), ("order", 2)], 100.0, now=40.0)
+        await store.worker_alive("w3", [], 100.0)  # a worker that does not say when
+        assert await store.workers(10.0) == [
+            WorkerInfo("w1", (("order", 1), ("order", 2)), 100.0, 40.0),
+            WorkerInfo("w2", (("ship", 1),), 50.0, 20.0),
+            WorkerInfo("w3", (), 100.0, None),
+        ]
+        await store.worker_alive("w1", [("order", 2)], 160.0, now=100.0)
+        assert await store.workers(60.0) == [
+            WorkerInfo("w1", (("order", 2),), 160.0, 100.0),
+            WorkerInfo("w3", (), 100.0, None),
+        ]
+
+    async def test_leases_lists_live_leases_by_owner(self, store: Store) -> None:
+        await put(store, saga("free"), wake_at=10.0)
+        await put(store, saga("done", status=SagaStatus.COMPLETED), wake_at=None)
+        await put(store, saga("b2"), wake_at=90.0, owner="w2", lease_expires=90.0)
+        await put(store, saga("a1"), wake_at=80.0, owner="w1", lease_expires=80.0)
+        await put(store, saga("a2", name="ship"), wake_at=70.0, owner="w1", lease_expires=70.0)
+        await put(store, saga("gone"), wake_at=30.0, owner="w9", lease_expires=30.0)
+        assert await store.leases(50.0) == [
+            Lease("a2", "ship", 1, "w1", 70.0),
+            Lease("a1", "order", 1, "w1", 80.0),
+            Lease("b2", "order", 1, "w2", 90.0),
+        ]
+        assert [x.saga_id for x in await store.leases(50.0, limit=2)] == ["a2", "a1"]
+        assert await store.leases(100.0) == []
+
+    async def test_list_by_id_prefix(self, store: Store) -> None:
+        for sid in ("abc-1", "abc-2", "abd", "a_c", "a%c", "x\\y"):
+            await put(store, saga(sid))
+
+        async def ids(prefix: str) -> list[str]:
+            return sorted(s.id for s in await store.list(SagaQuery(id_prefix=prefix)))
+
+        assert await ids("abc") == ["abc-1", "abc-2"]
+        assert await ids("ab") == ["abc-1", "abc-2", "abd"]
+        assert await ids("abc-2") == ["abc-2"]
+        assert await ids("a_") == ["a_c"]  # LIKE's wildcards are taken literally
+        assert await ids("a%") == ["a%c"]
+        assert await ids("x\\") == ["x\\y"]
+        assert await ids("zz") == []
+        assert await store.count(SagaQuery(id_prefix="abc")) == 2
 
     async def test_claim_respects_limit_and_wake_order(self, store: Store) -> None:
         for sid, wake in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:

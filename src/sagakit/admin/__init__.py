@@ -12,9 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 from .._masking import DEFAULT_MASK_PATTERN, Masker
 from ._filters import InvalidParameter, SagaFilter, parse_filter
+from ._fleet import DefinitionInfo, WorkerReport, WorkersPage
 from ._graph import GraphNode, SagaGraph
 from ._loader import DefinitionsNotLoaded, load_definitions
-from ._operations import ACTIONS, ActionOutcome, BulkResult, DefinitionMissing, Operations, Overview, SagaPage
+from ._operations import (
+    ACTIONS,
+    ActionOutcome,
+    AmbiguousSagaId,
+    BulkResult,
+    DefinitionMissing,
+    Operations,
+    Overview,
+    SagaPage,
+)
 from ._timeline import AdminAction, Attempt, Timeline
 
 if TYPE_CHECKING:
@@ -26,9 +36,11 @@ __all__ = [
     "AccessDenied",
     "ActionOutcome",
     "AdminAction",
+    "AmbiguousSagaId",
     "Attempt",
     "AuthInput",
     "BulkResult",
+    "DefinitionInfo",
     "DefinitionMissing",
     "DefinitionsNotLoaded",
     "GraphNode",
@@ -40,6 +52,8 @@ __all__ = [
     "SagaGraph",
     "SagaPage",
     "Timeline",
+    "WorkerReport",
+    "WorkersPage",
     "create_app",
     "load_definitions",
     "parse_filter",

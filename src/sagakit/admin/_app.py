@@ -38,8 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from .._errors import SagaBusy, SagaError, SagaNotFound, SagaStateError, StoreError
 from ._filters import FILTER_PARAMETERS, InvalidParameter, parse_filter, parse_int, parse_seconds
-from ._openapi import openapi_document
-from ._operations import ACTIONS, MAX_BULK, DefinitionMissing, Operations
+from ._openapi import MAX_BULK_IDS, openapi_document
+from ._operations import ACTIONS, MAX_BULK, ActionOutcome, BulkResult, DefinitionMissing, Operations
 
 __all__ = ["AccessDenied", "AuthHook", "AuthInput", "create_app"]
 
@@ -114,7 +114,11 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = str(scope.get("path", "")).startswith("/api/")
+        path = str(scope.get("path", ""))
+        root = str(scope.get("root_path", ""))
+        if root and path.startswith(root):
+            path = path[len(root) :]  # mounted under a prefix (Mount("/sagas", app=...))
+        api = path.startswith("/api/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -315,6 +319,12 @@ class _Api:
     async def graph(self, request: Request) -> Any:
         return (await self.ops.graph(self._saga_id(request))).to_dict()
 
+    async def workers(self, request: Request) -> Any:
+        return (await self.ops.workers()).to_dict()
+
+    async def definitions(self, request: Request) -> Any:
+        return {"definitions": [d.to_dict() for d in await self.ops.describe_definitions()]}
+
     async def allowed(self, request: Request) -> Any:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
@@ -344,6 +354,8 @@ class _Api:
         if name not in ACTIONS:
             raise _Problem(404, "not_found", f"no bulk action {name!r}; use one of: {', '.join(ACTIONS)}")
         body = await self._body(request)
+        if "ids" in body:
+            return await self._bulk_ids(name, request, body)
         raw = body.get("filter")
         if not isinstance(raw, dict) or not raw:
             raise InvalidParameter("filter", repr(raw)[:80], "give a non-empty object of search filters")
@@ -378,6 +390,36 @@ class _Api:
         )
         return result.to_dict()
 
+    async def _bulk_ids(self, name: str, request: Request, body: dict[str, Any]) -> Any:
+        """A bulk action on the sagas named in ``ids`` (the rows selected in the dashboard)."""
+        ids = body["ids"]
+        if "filter" in body:
+            raise InvalidParameter("ids", "…", "give ids or a filter, not both")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_BULK_IDS:
+            raise InvalidParameter("ids", repr(ids)[:80], f"give a list of 1 to {MAX_BULK_IDS} saga ids")
+        for i in ids:
+            if not isinstance(i, str) or not i or len(i) > _MAX_ID or "\x00" in i:
+                raise InvalidParameter("ids", repr(i)[:80], "each id must be a non-empty string")
+        unique = list(dict.fromkeys(ids))
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidParameter("dry_run", repr(dry_run)[:80], "must be true or false")
+        described = f"{len(unique)} selected saga(s)"
+        if dry_run:
+            matched = tuple(ActionOutcome(i, name, "matched") for i in unique)
+            return BulkResult(name, described, len(unique), matched, dry_run=True).to_dict()
+        step = self._str(body, "from_step" if name == "fork" else "step") or None
+        outcomes = await self.ops.act_many(
+            name,
+            unique,
+            reason=self._str(body, "reason"),
+            actor=self._actor(request, body),
+            step=step,
+            result=body.get("result"),
+            data=body.get("data"),
+        )
+        return BulkResult(name, described, len(unique), outcomes).to_dict()
+
 
 def create_app(
     ops: Operations,
@@ -390,6 +432,12 @@ def create_app(
     allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """The ASGI app: JSON API under ``/api``, its OpenAPI document at ``/openapi.json``, dashboard at ``/``.
+
+    It can be mounted under any prefix (``Mount("/sagas", app=create_app(ops))``
+    in Starlette, ``app.mount("/sagas", ...)`` in FastAPI): the dashboard's URLs
+    are relative. A mounted app's lifespan is not run by its parent; the
+    engine then opens its store on first use, and the parent's lifespan runs
+    and closes the engine.
 
     Args:
         ops: the operations API to serve.
@@ -415,6 +463,8 @@ def create_app(
         Route("/api/sagas/{saga_id}/timeline", e(api.timeline), methods=["GET"]),
         Route("/api/sagas/{saga_id}/graph", e(api.graph), methods=["GET"]),
         Route("/api/sagas/{saga_id}/actions", e(api.allowed), methods=["GET"]),
+        Route("/api/workers", e(api.workers), methods=["GET"]),
+        Route("/api/definitions", e(api.definitions), methods=["GET"]),
         *(
             Route(f"/api/sagas/{{saga_id}}/{name}", e(api.action(name), mutating=True), methods=["POST"])
             for name in ACTIONS

@@ -18,9 +18,9 @@ from typing import Any
 from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._messages import SendCommand, WaitFor
 from .._snapshot import SagaSnapshot, StepSnapshot
-from .._status import StepStatus
+from .._status import SagaStatus, StepStatus
 
-__all__ = ["STATES", "GraphNode", "SagaGraph", "build_graph", "step_state"]
+__all__ = ["STATES", "GraphNode", "SagaGraph", "build_graph", "definition_graph", "step_state"]
 
 STATES = ("done", "running", "waiting", "failed", "compensated", "remaining")
 
@@ -172,3 +172,22 @@ def _kind(action: object) -> str:
     if isinstance(action, StepAction):
         return "message"
     return "local"
+
+
+def definition_graph(definition: SagaDefinition) -> SagaGraph:
+    """The graph of a definition on its own (every step ``remaining``), for the definitions page."""
+    blank = SagaSnapshot(
+        id="",
+        name=definition.name,
+        version=definition.version,
+        status=SagaStatus.PENDING,
+        data=None,
+        steps={},
+        correlation_id=None,
+        idempotency_key=None,
+        error=None,
+        created_at=0.0,
+        updated_at=0.0,
+        wake_at=None,
+    )
+    return build_graph(blank, definition)

@@ -12,6 +12,8 @@ from ._filters import MAX_LIMIT
 from ._graph import STATES
 from ._operations import ACTIONS, MAX_BULK
 
+MAX_BULK_IDS = 1000  # sagas named in one bulk request (the rows selected in the dashboard)
+
 __all__ = ["openapi_document"]
 
 _STATUSES = [s.value for s in SagaStatus]
@@ -357,6 +359,69 @@ def _schemas() -> dict[str, Any]:
             },
             required=["filter"],
         ),
+        "BulkIdsRequest": _obj(
+            {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BULK_IDS,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "The sagas to act on (the rows selected in the dashboard).",
+                },
+                "step": {"type": "string", "description": "skip: the step to skip."},
+                "result": {"description": "skip: the step's result."},
+                "from_step": {"type": "string", "description": "fork: the first step to run again."},
+                "data": {"description": "fork: the new sagas' data."},
+                "dry_run": {"type": "boolean", "default": False, "description": "List the sagas only."},
+                **action_body_props,
+            },
+            required=["ids"],
+        ),
+        "Lease": _obj(
+            {
+                "saga_id": _STR,
+                "name": _STR,
+                "version": _INT,
+                "owner": _STR,
+                "expires_at": _NUM,
+                "expires_in": _NUM,
+            }
+        ),
+        "Worker": _obj(
+            {
+                "worker_id": _STR,
+                "definitions": {"type": "array", "items": _ref("DefinitionKey")},
+                "last_heartbeat": _nullable(_NUM),
+                "heartbeat_age": _nullable(_NUM),
+                "alive_until": _NUM,
+                "leases": {"type": "array", "items": _ref("Lease")},
+            }
+        ),
+        "Workers": _obj(
+            {
+                "now": _NUM,
+                "workers": {"type": "array", "items": _ref("Worker")},
+                "orphan_leases": {
+                    "type": "array",
+                    "items": _ref("Lease"),
+                    "description": "Live leases of workers that are no longer in the registry.",
+                },
+                "leases_truncated": {"type": "boolean"},
+            }
+        ),
+        "Definition": _obj(
+            {
+                "name": _STR,
+                "version": _INT,
+                "registered": {"type": "boolean", "description": "Registered with this server (actions work)."},
+                "workers": {"type": "array", "items": _STR, "description": "Alive workers that run it."},
+                "counts": _ref("Counts"),
+                "total": _INT,
+                "steps": _nullable(_INT),
+                "graph": {"oneOf": [_ref("Graph"), {"type": "null"}]},
+            }
+        ),
+        "Definitions": _obj({"definitions": {"type": "array", "items": _ref("Definition")}}),
         "BulkResult": _obj(
             {
                 "action": _STR,
@@ -522,16 +587,36 @@ def openapi_document(version: str) -> dict[str, Any]:
             ("404", "503"),
         ),
         **{f"/api/sagas/{{saga_id}}/{name}": _action_operation(name) for name in ACTIONS},
+        "/api/workers": _get(
+            "workers",
+            "The workers alive now: definitions they run, last heartbeat, the sagas they hold leases on.",
+            "Workers",
+            [],
+            ("503",),
+        ),
+        "/api/definitions": _get(
+            "definitions",
+            "The definitions registered here or run by an alive worker: graph, workers, sagas per status.",
+            "Definitions",
+            [],
+            ("503",),
+        ),
         "/api/bulk/{action}": {
             "post": {
                 "operationId": "bulkAction",
-                "summary": "Apply an action to every saga the filter matches; per-saga outcomes (ok or rejected).",
+                "summary": "Apply an action to every saga the filter matches, or to the sagas named in ids; "
+                "per-saga outcomes (ok or rejected).",
                 "tags": ["actions"],
                 "security": [{"bearer": []}],
                 "parameters": [
                     _param("action", {"type": "string", "enum": list(ACTIONS)}, "The action.", where="path")
                 ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BulkRequest")}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"oneOf": [_ref("BulkRequest"), _ref("BulkIdsRequest")]}}
+                    },
+                },
                 "responses": {
                     "200": _json_response("Outcomes per saga.", _ref("BulkResult")),
                     **_errors("400", "401", "403", "404", "413", "415", "503"),

@@ -9,6 +9,7 @@ Errors (besides the engine's ``SagaNotFound``, ``SagaStateError``, ``SagaBusy``
 and ``StoreError``)::
 
     InvalidParameter (SagaError, ValueError)   a filter or an input that cannot be used
+    └── AmbiguousSagaId                         an id prefix that more than one saga's id starts with
     DefinitionMissing (SagaStateError)          an action on a saga whose definition is not registered
 """
 
@@ -32,12 +33,14 @@ from .._status import SagaStatus, StepStatus
 from .._store import UNFINISHED, SagaQuery, Store
 from ..machine import Abort, Compensate, Event, Retry, Skip, decide
 from ._filters import MAX_LIMIT, InvalidParameter, SagaFilter
+from ._fleet import DefinitionInfo, WorkersPage, definition_infos, workers_page
 from ._graph import SagaGraph, build_graph
 from ._timeline import Timeline, build_timeline
 
 __all__ = [
     "ACTIONS",
     "ActionOutcome",
+    "AmbiguousSagaId",
     "BulkResult",
     "DefinitionMissing",
     "Operations",
@@ -57,6 +60,18 @@ _BULK_CONCURRENCY = 8
 
 class DefinitionMissing(SagaStateError):
     """An action needs the saga's definition (the state machine runs it), which is not registered."""
+
+
+class AmbiguousSagaId(InvalidParameter):
+    """An id prefix that several sagas' ids start with; ``candidates`` lists some of them."""
+
+    def __init__(self, prefix: str, candidates: tuple[str, ...], total: int) -> None:
+        more = f" and {total - len(candidates)} more" if total > len(candidates) else ""
+        super().__init__(
+            "saga_id", prefix, f"{total} sagas' ids start with it: {', '.join(candidates)}{more}; give more of the id"
+        )
+        self.candidates = candidates
+        self.total = total
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +332,33 @@ class Operations:
             SagaNotFound: no such saga.
         """
         return self._mask(await self.engine.get(saga_id))
+
+    async def resolve(self, saga_id: str, *, shown: int = 10) -> str:
+        """The id of the saga whose id is *saga_id*, or the one saga whose id starts with it.
+
+        Raises:
+            SagaNotFound: no saga's id is or starts with *saga_id*.
+            AmbiguousSagaId: several do (*shown* of them are named).
+        """
+        store = await self._store()
+        if not saga_id or await store.get(saga_id) is not None:
+            return saga_id
+        query = SagaQuery(id_prefix=saga_id, limit=max(1, shown) + 1)
+        found = [st.id for st in await store.list(query) if st.id.startswith(saga_id)]
+        if not found:
+            raise SagaNotFound(saga_id)
+        if len(found) == 1:
+            return found[0]
+        total = max(len(found), await store.count(query))
+        raise AmbiguousSagaId(saga_id, tuple(found[: max(1, shown)]), total)
+
+    async def workers(self) -> WorkersPage:
+        """The workers alive now (their definitions, last heartbeat and leases), and leases of workers gone."""
+        return await workers_page(await self._store(), self.now())
+
+    async def describe_definitions(self) -> list[DefinitionInfo]:
+        """The definitions registered here or run by an alive worker: graph, workers, sagas per status."""
+        return await definition_infos(await self._store(), self.definitions, self.now())
 
     async def timeline(self, saga_id: str) -> Timeline:
         """Every attempt (duration, error), compensation and admin action (who, why) of the saga."""

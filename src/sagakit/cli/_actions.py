@@ -24,7 +24,6 @@ from rich.text import Text
 
 from .._errors import SagaBusy, SagaNotFound, SagaStateError, StoreError
 from .._masking import hide_password
-from .._status import SagaStatus
 from ..admin import (
     ActionOutcome,
     DefinitionsNotLoaded,
@@ -33,9 +32,8 @@ from ..admin import (
     SagaFilter,
     load_definitions,
 )
-from ..admin._filters import parse_filter
 from ..admin._operations import MAX_BULK, json_value
-from ._ops import mask_options, masker, read_engine, store_option
+from ._ops import filter_options, filter_params, mask_options, masker, parse_cli_filter, read_engine, store_option
 from ._render import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_STORE, console, echo_json, fail
 
 __all__ = ["commands", "definitions_options", "load_app"]
@@ -103,7 +101,7 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
             yes=kw.pop("yes"),
             as_json=kw.pop("as_json"),
             limit=kw.pop("limit"),
-            params=_filter_params(kw),
+            params=filter_params(kw),
             mask=kw.pop("mask"),
             mask_extra=kw.pop("mask_extra"),
         )
@@ -129,20 +127,7 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
             show_default="the OS user",
             help="Who: recorded in the saga's history.",
         ),
-        click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in SagaStatus],
-                     case_sensitive=False), help="Bulk: sagas in this status (repeatable: any of them)."),
-        click.option("--name", help="Bulk: sagas of this definition name."),
-        click.option("--version", "def_version", type=int, help="Bulk: sagas of this definition version."),
-        click.option("--correlation-id", help="Bulk: sagas with this correlation id."),
-        click.option("--key", "keys", multiple=True, metavar="NAME=VALUE",
-                     help="Bulk: business key, a top-level field of the saga's data (repeatable)."),
-        click.option("--created-after", metavar="TIME", help="Bulk: created at or after (ISO 8601 or Unix seconds)."),
-        click.option("--created-before", metavar="TIME", help="Bulk: created before."),
-        click.option("--updated-after", metavar="TIME", help="Bulk: last changed at or after."),
-        click.option("--updated-before", metavar="TIME", help="Bulk: last changed before."),
-        click.option("--stuck", metavar="SECONDS",
-                     help="Bulk: stuck sagas: failed, pending or running and overdue by more than SECONDS, "
-                          "or compensating and unchanged for that long."),
+        filter_options("Bulk: act on"),
         click.option("--limit", type=click.IntRange(1, MAX_BULK), default=1000, show_default=True,
                      help="Bulk: act on at most this many sagas (newest first)."),
         click.option("--yes", "-y", is_flag=True, help="Bulk: do not ask for confirmation."),
@@ -155,25 +140,6 @@ def _action_command(name: str, help_text: str, extra: list[Callable[..., Any]]) 
     return result
 
 
-def _filter_params(kw: dict[str, Any]) -> dict[str, list[str]]:
-    params: dict[str, list[str]] = {}
-    statuses = kw.pop("statuses")
-    if statuses:
-        params["status"] = list(statuses)
-    keys = kw.pop("keys")
-    if keys:
-        params["key"] = list(keys)
-    version = kw.pop("def_version")
-    if version is not None:
-        params["version"] = [str(version)]
-    for opt in ("name", "correlation_id", "created_after", "created_before", "updated_after", "updated_before",
-                "stuck"):  # fmt: skip
-        value = kw.pop(opt)
-        if value is not None:
-            params[opt] = [value]
-    return params
-
-
 def _json_option(option: str, text: str) -> Any:
     try:
         return json_value(text, option)
@@ -182,11 +148,7 @@ def _json_option(option: str, text: str) -> Any:
 
 
 def _run(action: str, saga_id: str | None, c: _Common, payload: dict[str, Any]) -> None:
-    try:
-        f = parse_filter(c.params)
-    except InvalidParameter as e:
-        hint = f"--{e.parameter.replace('_', '-')}"
-        raise click.BadParameter(f"{e.problem} (got {e.value!r})", param_hint=hint) from None
+    f = parse_cli_filter(c.params)
     if saga_id is not None and not f.empty:
         raise click.UsageError("give a saga id or filters (--status, --name, …), not both")
     if saga_id is None and f.empty:
@@ -223,6 +185,7 @@ def _run(action: str, saga_id: str | None, c: _Common, payload: dict[str, Any]) 
 
 
 async def _single(ops: Operations, action: str, saga_id: str, c: _Common, payload: dict[str, Any]) -> int:
+    saga_id = await ops.resolve(saga_id)
     try:
         outcome = await ops.act(action, saga_id, reason=c.reason, actor=c.actor, **payload)
     except (SagaStateError, SagaBusy) as e:

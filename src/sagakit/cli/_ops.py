@@ -1,9 +1,11 @@
 """``sagakit list`` and ``sagakit show``: read sagas from any store.
 
-Both are thin over ``SagaEngine``'s read API (``list``, ``count``, ``get``);
-the engine is opened for reading only: no definitions, no workers. What they
-print goes through the masking policy (``sagakit._masking``) that the HTTP API
-and the dashboard use: ``--mask`` and ``--mask-extra`` change it.
+Both are thin over ``sagakit.admin.Operations``, as the HTTP API and the
+dashboard are: the same filters (``list --status … --stuck … --key …``), the
+same masking policy (``sagakit._masking``; ``--mask`` and ``--mask-extra``
+change it), and ids given whole or by any unique prefix. The engine is opened
+for reading only: no definitions, no workers, and a SQLite file that is not a
+sagakit store is refused without being changed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,10 +27,24 @@ from .._masking import DEFAULT_MASK_PATTERN, Masker, hide_password
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from .._store import store_from_url
+from ..admin._filters import MAX_LIMIT, InvalidParameter, SagaFilter, parse_filter
+from ..admin._operations import Operations, SagaPage
 from ..stores.sqlite import SQLiteStore
 from ._render import EXIT_NOT_FOUND, EXIT_STORE, console, echo_json, fail, iso, short, status_text
 
-__all__ = ["commands", "list_command", "mask_options", "masker", "show_command", "store_option"]
+__all__ = [
+    "commands",
+    "filter_options",
+    "filter_params",
+    "list_command",
+    "mask_options",
+    "masker",
+    "parse_cli_filter",
+    "show_command",
+    "store_option",
+]
+
+EXIT_USAGE = 2
 
 T = TypeVar("T")
 
@@ -90,37 +107,121 @@ def masker(mask: str | None, mask_extra: tuple[str, ...]) -> Masker:
         raise click.BadParameter(str(e), param_hint="--mask/--mask-extra") from None
 
 
+def filter_options(lead: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The search filters of the HTTP API as options (``--status``, ``--stuck``, ``--key``, …).
+
+    *lead* starts each help text ("Only" for ``list``, "Bulk: act on" for the actions).
+    """
+    options = [
+        click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in SagaStatus],
+                     case_sensitive=False), help=f"{lead} sagas in this status (repeatable: any of them)."),
+        click.option("--name", help=f"{lead} sagas of this definition name."),
+        click.option("--version", "def_version", type=int, help=f"{lead} sagas of this definition version."),
+        click.option("--correlation-id", help=f"{lead} sagas with this correlation id."),
+        click.option("--key", "keys", multiple=True, metavar="NAME=VALUE",
+                     help=f"{lead} sagas whose data has this top-level field value (a business key; repeatable)."),
+        click.option("--created-after", metavar="TIME",
+                     help=f"{lead} sagas created at or after TIME (ISO 8601 or Unix seconds)."),
+        click.option("--created-before", metavar="TIME", help=f"{lead} sagas created before TIME."),
+        click.option("--updated-after", metavar="TIME", help=f"{lead} sagas last changed at or after TIME."),
+        click.option("--updated-before", metavar="TIME", help=f"{lead} sagas last changed before TIME."),
+        click.option("--stuck", metavar="SECONDS",
+                     help=f"{lead} stuck sagas: failed, pending or running and overdue by more than SECONDS, "
+                          "or compensating and unchanged for that long."),
+    ]  # fmt: skip
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def filter_params(kw: dict[str, Any]) -> dict[str, list[str]]:
+    """The filter options of *kw* (popped) as the HTTP API's query parameters."""
+    params: dict[str, list[str]] = {}
+    statuses = kw.pop("statuses")
+    if statuses:
+        params["status"] = list(statuses)
+    keys = kw.pop("keys")
+    if keys:
+        params["key"] = list(keys)
+    version = kw.pop("def_version")
+    if version is not None:
+        params["version"] = [str(version)]
+    for opt in ("name", "correlation_id", "created_after", "created_before", "updated_after", "updated_before",
+                "stuck"):  # fmt: skip
+        value = kw.pop(opt)
+        if value is not None:
+            params[opt] = [value]
+    return params
+
+
+def parse_cli_filter(params: dict[str, list[str]]) -> SagaFilter:
+    """The filter the options ask for; a usage error naming the option for a bad value."""
+    try:
+        return parse_filter(params)
+    except InvalidParameter as e:
+        hint = f"--{e.parameter.replace('_', '-')}"
+        raise click.BadParameter(f"{e.problem} (got {e.value!r})", param_hint=hint) from None
+
+
 def read_engine(url: str) -> SagaEngine:
     """An engine on *url* for reading; exits with status 4 when the store cannot be used.
 
-    A SQLite file that does not exist is an error here rather than a new, empty store.
+    A SQLite file that does not exist is an error here rather than a new, empty
+    store, and so is a SQLite database without sagakit's tables: it is looked
+    at read-only and left as it is.
     """
     try:
         store = store_from_url(url)
     except StoreError as e:
         fail(str(e), EXIT_STORE)
-    if isinstance(store, SQLiteStore) and store.path != ":memory:" and not os.path.exists(store.path):
-        fail(
-            f"no SQLite store at {os.path.abspath(store.path)} (from {url!r}); check --store or SAGAKIT_STORE",
-            EXIT_STORE,
-        )
+    if isinstance(store, SQLiteStore) and store.path != ":memory:":
+        if not os.path.exists(store.path):
+            fail(
+                f"no SQLite store at {os.path.abspath(store.path)} (from {url!r}); check --store or SAGAKIT_STORE",
+                EXIT_STORE,
+            )
+        problem = _not_a_store(store.path)
+        if problem:
+            fail(f"{os.path.abspath(store.path)} (from {url!r}) {problem}; check --store or SAGAKIT_STORE", EXIT_STORE)
     return SagaEngine(store)
 
 
-def run_read(url: str, read: Callable[[SagaEngine], Awaitable[T]]) -> T:
-    """Run *read* on a read-only engine for *url*, mapping errors to exit statuses."""
+def _not_a_store(path: str) -> str | None:
+    """Why the SQLite file at *path* is not a sagakit store (None if it is one), found without writing to it."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not readable so: the store's own opening says what is wrong, and writes nothing either
+
+    if "sagakit_sagas" in tables:
+        return None
+    shown = ", ".join(tables[:8]) + (f" and {len(tables) - 8} more" if len(tables) > 8 else "")
+    has = f"its tables: {shown}" if tables else "it has no tables"
+    return f"is not a sagakit store ({has}); it was left untouched"
+
+
+def run_read(url: str, policy: Masker, read: Callable[[Operations], Awaitable[T]]) -> T:
+    """Run *read* on read-only operations for *url*, mapping errors to exit statuses."""
 
     async def main() -> T:
-        engine = read_engine(url)
-        try:
-            return await read(engine)
-        finally:
-            await engine.close()
+        async with Operations(read_engine(url), mask=policy, owns_engine=True) as ops:
+            return await read(ops)
 
     try:
         return asyncio.run(main())
     except SagaNotFound as e:
         fail(f"{e} in store {url}", EXIT_NOT_FOUND)
+    except InvalidParameter as e:
+        fail(policy.text(str(e)), EXIT_USAGE)
     except (StoreError, sqlite3.Error, OSError) as e:
         fail(f"cannot read store {url}: {e}", EXIT_STORE)
 
@@ -135,49 +236,41 @@ def steps_done(snap: SagaSnapshot) -> int:
 
 @click.command("list")
 @store_option
-@click.option(
-    "--status",
-    type=click.Choice([s.value for s in SagaStatus], case_sensitive=False),
-    help="Only sagas in this status.",
-)
-@click.option("--name", help="Only sagas of this definition name.")
-@click.option("--correlation-id", help="Only sagas with this correlation id.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@filter_options("Only")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @json_option
 @mask_options
 def list_command(
     store_url: str,
-    status: str | None,
-    name: str | None,
-    correlation_id: str | None,
     limit: int,
     offset: int,
     as_json: bool,
     mask: str | None,
     mask_extra: tuple[str, ...],
+    **filters: Any,
 ) -> None:
-    """List sagas, newest first.
+    """List sagas, newest first, with the filters of the HTTP API and the dashboard.
 
-    STEPS counts the steps whose action completed, out of all steps.
+    STEPS counts the steps whose action completed, out of all steps. An id
+    prefix long enough to be unique is accepted by show and the actions.
     """
-    saga_status = SagaStatus(status.lower()) if status else None
+    f = parse_cli_filter(filter_params(filters))
     policy = masker(mask, mask_extra)
 
-    async def read(engine: SagaEngine) -> tuple[list[SagaSnapshot], int]:
-        sagas = await engine.list(saga_status, name, correlation_id, limit=limit, offset=offset)
-        total = await engine.count(saga_status, name, correlation_id)
-        return sagas, total
+    async def read(ops: Operations) -> SagaPage:
+        return await ops.search(f, limit=limit, offset=offset)
 
-    found, total = run_read(store_url, read)
-    sagas = [policy.snapshot(s) for s in found]
+    page = run_read(store_url, policy, read)
+    sagas, total = list(page.items), page.total
     if as_json:
         echo_json([s.to_dict() for s in sagas])
         return
     out = console()
     if not sagas:
         where = f"at offset {offset} ({total} match)" if total else "match"
-        out.print(f"no sagas {where} in {hide_password(store_url)}")
+        matching = "" if f.empty else f" {policy.text(f.describe())}"
+        out.print(f"no sagas{matching} {where} in {hide_password(store_url)}")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("ID", no_wrap=True)
@@ -212,9 +305,16 @@ def list_command(
 @json_option
 @mask_options
 def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, mask_extra: tuple[str, ...]) -> None:
-    """Show one saga: its fields, its steps and its history (secrets masked)."""
+    """Show one saga: its fields, its steps and its history, secrets masked as in the dashboard.
+
+    SAGA_ID is the whole id or any prefix of it that no other saga's id starts with.
+    """
     policy = masker(mask, mask_extra)
-    snap = policy.snapshot(run_read(store_url, lambda engine: engine.get(saga_id)))
+
+    async def read(ops: Operations) -> SagaSnapshot:
+        return await ops.get(await ops.resolve(saga_id))
+
+    snap = run_read(store_url, policy, read)
     if as_json:
         echo_json(snap.to_dict())
         return

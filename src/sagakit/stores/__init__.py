@@ -6,19 +6,31 @@ the ``postgres`` extra).
 
 A backend implements the ``Store`` protocol; the records it reads and writes
 (``Write``, ``SagaQuery``, ``OutboxMessage``, ``OutboxRecord``, ``DeadLetter``,
-``Pruned``, the machine's ``SagaState`` and ``HistoryEntry``) and the errors it
+``Pruned``, ``WorkerInfo``, ``Lease``, the machine's ``SagaState`` and ``HistoryEntry``) and the errors it
 raises (``StoreError``, ``NotASagaStore``) are exported here. The store
 contract tests (``tests/stores/contract.py`` in the repository) check a
 backend against the protocol.
 """
 
 from .._errors import NotASagaStore, StoreError
-from .._store import DeadLetter, OutboxMessage, OutboxRecord, Pruned, SagaQuery, Store, Write, store_from_url
+from .._store import (
+    DeadLetter,
+    Lease,
+    OutboxMessage,
+    OutboxRecord,
+    Pruned,
+    SagaQuery,
+    Store,
+    WorkerInfo,
+    Write,
+    store_from_url,
+)
 from ..machine import HistoryEntry, SagaState
 
 __all__ = [
     "DeadLetter",
     "HistoryEntry",
+    "Lease",
     "NotASagaStore",
     "OutboxMessage",
     "OutboxRecord",
@@ -27,6 +39,7 @@ __all__ = [
     "SagaState",
     "Store",
     "StoreError",
+    "WorkerInfo",
     "Write",
     "store_from_url",
 ]

@@ -205,10 +205,23 @@ def migrations(d: Dialect) -> list[list[str]]:
             # time: without this index each batch would scan the whole inbox.
             "CREATE INDEX IF NOT EXISTS sagakit_inbox_saga ON sagakit_inbox (saga_id)",
         ],
+        [
+            # When each worker last said it was alive, for the workers page of the dashboard.
+            # The registry is remade rather than altered (a step must be safe to run again,
+            # and SQLite has no ADD COLUMN IF NOT EXISTS): running workers say they are
+            # alive again within seconds, so nothing lasting is lost.
+            "DROP TABLE IF EXISTS sagakit_workers",
+            f"""CREATE TABLE sagakit_workers (
+                worker_id TEXT PRIMARY KEY,
+                definitions TEXT NOT NULL,
+                alive_until {d.real} NOT NULL,
+                seen_at {d.real}
+            )""",
+        ],
     ]
 
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class Statements:
@@ -319,14 +332,26 @@ class Statements:
             "WHERE lease_owner IS NOT NULL"
         )
         self.release_owned = self.release_all + f" AND lease_owner={p(2)}"
-        # worker_id=1 definitions=2 alive_until=3
+        # worker_id=1 definitions=2 alive_until=3 seen_at=4
         self.upsert_worker = (
-            f"INSERT INTO sagakit_workers (worker_id, definitions, alive_until) VALUES ({p(1)}, {p(2)}, {p(3)}) "
-            "ON CONFLICT (worker_id) DO UPDATE SET definitions=excluded.definitions, alive_until=excluded.alive_until"
+            "INSERT INTO sagakit_workers (worker_id, definitions, alive_until, seen_at) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}) "
+            "ON CONFLICT (worker_id) DO UPDATE SET definitions=excluded.definitions, alive_until=excluded.alive_until, "
+            "seen_at=excluded.seen_at"
         )
         self.delete_worker = f"DELETE FROM sagakit_workers WHERE worker_id={p(1)}"
         self.live_workers = (
             f"SELECT worker_id, definitions FROM sagakit_workers WHERE alive_until > {p(1)} ORDER BY worker_id"
+        )
+        self.workers = (
+            "SELECT worker_id, definitions, alive_until, seen_at FROM sagakit_workers "
+            f"WHERE alive_until > {p(1)} ORDER BY worker_id"
+        )
+        # A held saga is unfinished, so it is in the partial index of wake times.
+        self.leases = (
+            "SELECT id, name, version, lease_owner, lease_expires FROM sagakit_sagas "
+            f"WHERE wake_at IS NOT NULL AND lease_owner IS NOT NULL AND lease_expires > {p(1)} "
+            f"ORDER BY lease_owner, lease_expires, id LIMIT {p(2)}"
         )
         # The database's clock, read at the start of a commit that sets leases.
         self.clock = f"SELECT {clock}" if clock else None
@@ -443,6 +468,9 @@ def _where(d: Dialect, q: object) -> tuple[str, list[object]]:
         add("version = {}", q.version)
     if q.correlation_id is not None:
         add("correlation_id = {}", q.correlation_id)
+    if q.id_prefix is not None:
+        escaped = q.id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        add("id LIKE {} ESCAPE '\\'", escaped + "%")
     if q.created_after is not None:
         add("created_at >= {}", q.created_after)
     if q.created_before is not None:

@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
 from .._status import SagaStatus
-from .._store import UNFINISHED, DeadLetter, OutboxMessage, OutboxRecord, Pruned, SagaQuery, Write, data_text
+from .._store import (
+    UNFINISHED,
+    DeadLetter,
+    Lease,
+    OutboxMessage,
+    OutboxRecord,
+    Pruned,
+    SagaQuery,
+    WorkerInfo,
+    Write,
+    data_text,
+)
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps, loads
 
@@ -59,7 +70,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._requests: dict[str, _Request] = {}
-        self._workers: dict[str, tuple[list[tuple[str, int]], float]] = {}
+        self._workers: dict[str, tuple[list[tuple[str, int]], float, float | None]] = {}
         self.url = "memory://"
         self._rows: dict[str, _Row] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
@@ -214,6 +225,8 @@ class MemoryStore:
                 continue
             if q.correlation_id is not None and v[8] != q.correlation_id:
                 continue
+            if q.id_prefix is not None and not str(v[0]).startswith(q.id_prefix):
+                continue
             created, updated = v[6], v[7]
             assert isinstance(created, float | int)
             assert isinstance(updated, float | int)
@@ -338,14 +351,33 @@ class MemoryStore:
     async def drop_request(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
 
-    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
-        self._workers[worker_id] = (sorted(kinds), until)
+    async def worker_alive(
+        self, worker_id: str, kinds: Collection[tuple[str, int]], until: float, *, now: float | None = None
+    ) -> None:
+        self._workers[worker_id] = (sorted(kinds), until, now)
 
     async def worker_gone(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
 
     async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
-        return {w: list(kinds) for w, (kinds, until) in sorted(self._workers.items()) if until > now}
+        return {w: list(kinds) for w, (kinds, until, _) in sorted(self._workers.items()) if until > now}
+
+    async def workers(self, now: float) -> builtins.list[WorkerInfo]:
+        return [
+            WorkerInfo(w, tuple(kinds), until, seen)
+            for w, (kinds, until, seen) in sorted(self._workers.items())
+            if until > now
+        ]
+
+    async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:
+        held = []
+        for r in self._rows.values():
+            if r.lease_owner is not None and r.wake_at is not None and (r.lease_expires or 0.0) > now:
+                name, version = r.values[1], r.values[2]
+                assert isinstance(name, str) and isinstance(version, int)
+                held.append(Lease(str(r.values[0]), name, version, r.lease_owner, float(r.lease_expires or 0.0)))
+        held.sort(key=lambda x: (x.owner, x.expires, x.saga_id))
+        return held[:limit]
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)

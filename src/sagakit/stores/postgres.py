@@ -67,7 +67,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import LeaseLost, NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import Pruned, SagaQuery, Write
+from .._store import Lease, Pruned, SagaQuery, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -697,9 +697,11 @@ class PostgresStore:
         async with self._tx("drop_request") as conn:
             await conn.execute(self._sql.drop_request, request_id)
 
-    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
+    async def worker_alive(
+        self, worker_id: str, kinds: Collection[tuple[str, int]], until: float, *, now: float | None = None
+    ) -> None:
         async with self._tx("worker_alive") as conn:
-            await conn.execute(self._sql.upsert_worker, worker_id, dumps(_kinds(kinds)), until)
+            await conn.execute(self._sql.upsert_worker, worker_id, dumps(_kinds(kinds)), until, now)
 
     async def worker_gone(self, worker_id: str) -> None:
         async with self._tx("worker_gone") as conn:
@@ -715,6 +717,21 @@ class PostgresStore:
                 kinds.append((name, int(version)))
             out[worker_id] = kinds
         return out
+
+    async def workers(self, now: float) -> builtins.list[WorkerInfo]:
+        rows = await self._fetch("workers", self._sql.workers, now)
+        out = []
+        for worker_id, text, alive_until, seen_at in rows:
+            kinds = []
+            for key in loads(text):
+                name, _, version = str(key).rpartition(":")
+                kinds.append((name, int(version)))
+            out.append(WorkerInfo(worker_id, tuple(sorted(kinds)), alive_until, seen_at))
+        return out
+
+    async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:
+        rows = await self._fetch("leases", self._sql.leases, now, limit)
+        return [Lease(*r) for r in rows]
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         from .._store import DeadLetter

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import DeadLetter, OutboxRecord, Pruned, SagaQuery, Write
+from .._store import DeadLetter, Lease, OutboxRecord, Pruned, SagaQuery, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -587,8 +587,11 @@ class SQLiteStore:
             raise
         return n
 
-    async def worker_alive(self, worker_id: str, kinds: Collection[tuple[str, int]], until: float) -> None:
-        await self._run(self._executemany_tx, self._sql.upsert_worker, [(worker_id, _kinds_json(kinds), until)])
+    async def worker_alive(
+        self, worker_id: str, kinds: Collection[tuple[str, int]], until: float, *, now: float | None = None
+    ) -> None:
+        row = (worker_id, _kinds_json(kinds), until, now)
+        await self._run(self._executemany_tx, self._sql.upsert_worker, [row])
 
     async def worker_gone(self, worker_id: str) -> None:
         await self._run(self._executemany_tx, self._sql.delete_worker, [(worker_id,)])
@@ -596,6 +599,14 @@ class SQLiteStore:
     async def live_workers(self, now: float) -> dict[str, builtins.list[tuple[str, int]]]:
         rows = await self._read(self._fetchall, self._sql.live_workers, (now,))
         return {r[0]: _kinds_from(r[1]) for r in rows}
+
+    async def workers(self, now: float) -> builtins.list[WorkerInfo]:
+        rows = await self._read(self._fetchall, self._sql.workers, (now,))
+        return [WorkerInfo(r[0], tuple(sorted(_kinds_from(r[1]))), r[2], r[3]) for r in rows]
+
+    async def leases(self, now: float, limit: int = 1000) -> builtins.list[Lease]:
+        rows = await self._read(self._fetchall, self._sql.leases, (now, limit))
+        return [Lease(*r) for r in rows]
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))

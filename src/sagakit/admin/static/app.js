@@ -1,5 +1,6 @@
-// sagakit dashboard: plain JavaScript over the JSON API (/openapi.json describes it).
+// sagakit dashboard: plain JavaScript over the JSON API (openapi.json describes it).
 // Every text from the server goes into the page through textContent, never as HTML.
+// Every URL is relative to the page, so the app works mounted under any prefix (/sagas/).
 "use strict";
 
 const TOKEN_KEY = "sagakit.token";
@@ -45,6 +46,27 @@ function svg(tag, attrs, ...children) {
 function time(t) {
   if (t === null || t === undefined) return "";
   return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+// "3 min ago" / "in 20 s", with the absolute time (UTC) on hover.
+function ago(t) {
+  if (t === null || t === undefined) return "";
+  const d = Date.now() / 1000 - t;
+  const a = Math.abs(d);
+  let text;
+  if (a < 1) text = "now";
+  else if (a < 60) text = `${Math.round(a)} s`;
+  else if (a < 3600) text = `${Math.round(a / 60)} min`;
+  else if (a < 86400 * 2) text = `${Math.round(a / 3600)} h`;
+  else text = `${Math.round(a / 86400)} days`;
+  if (text === "now") return text;
+  return d >= 0 ? `${text} ago` : `in ${text}`;
+}
+
+function when(t, attrs) {
+  if (t === null || t === undefined) return el("span", attrs || {});
+  const cls = ["rel", attrs && attrs.class].filter(Boolean).join(" ");
+  return el("time", { ...(attrs || {}), class: cls, datetime: new Date(t * 1000).toISOString(), title: time(t), text: ago(t) });
 }
 
 function duration(s) {
@@ -169,6 +191,12 @@ function route() {
   } else if (path.startsWith("/sagas")) {
     document.getElementById("nav-sagas").classList.add("active");
     listPage(view, params);
+  } else if (path.startsWith("/workers")) {
+    document.getElementById("nav-workers").classList.add("active");
+    workersPage(view);
+  } else if (path.startsWith("/definitions")) {
+    document.getElementById("nav-definitions").classList.add("active");
+    definitionsPage(view);
   } else {
     document.getElementById("nav-overview").classList.add("active");
     overviewPage(view);
@@ -190,7 +218,7 @@ function overviewPage(view) {
     stuck,
   );
   poll(async (mine) => {
-    const o = await api("/api/overview");
+    const o = await api("api/overview");
     if (mine !== generation) return;
     counts.replaceChildren(
       el("a", { class: "count", href: "#/sagas" }, el("div", { class: "n", text: o.total }), el("div", { class: "label", text: "all" })),
@@ -275,7 +303,9 @@ function listPage(view, params) {
     location.hash = `#/sagas?${q.toString()}`;
   });
   const results = el("div", { id: "results" });
-  view.append(el("h1", { text: "Sagas" }), form, results);
+  const selected = new Set();
+  const bulk = bulkBar(selected);
+  view.append(el("h1", { text: "Sagas" }), form, bulk.bar, results);
   const offset = Number(params.get("offset") || 0);
   const query = new URLSearchParams(params);
   query.set("limit", String(PAGE));
@@ -283,7 +313,7 @@ function listPage(view, params) {
   poll(async (mine) => {
     let page;
     try {
-      page = await api(`/api/sagas?${query.toString()}`);
+      page = await api(`api/sagas?${query.toString()}`);
     } catch (e) {
       if (mine === generation) results.replaceChildren(el("p", { class: "error", id: "search-error", text: e.message }));
       return 5000;
@@ -296,7 +326,12 @@ function listPage(view, params) {
         onclick: () => go(Math.max(0, offset - PAGE)), text: "Previous" }),
       el("button", { type: "button", class: "small", id: "page-next", disabled: offset + PAGE >= page.total,
         onclick: () => go(offset + PAGE), text: "Next" }));
-    results.replaceChildren(page.items.length ? sagaTable(page.items, false) : el("p", { class: "muted", text: "No sagas match." }), pager);
+    const shown = new Set(page.items.map((s) => s.id));
+    for (const id of [...selected]) if (!shown.has(id)) selected.delete(id);  // left the page
+    bulk.update();
+    results.replaceChildren(page.items.length
+      ? sagaTable(page.items, false, { selected, onchange: bulk.update })
+      : el("p", { class: "muted", text: "No sagas match." }), pager);
     return 2000;
   }, 2000);
 
@@ -307,17 +342,40 @@ function listPage(view, params) {
   }
 }
 
-function sagaTable(items, overdue) {
+// A saga table; with `select` ({ selected: Set of ids, onchange }) each row has a checkbox.
+function sagaTable(items, overdue, select) {
   const head = ["Id", "Name", "Status", "Steps", "Created", "Updated", overdue ? "Overdue" : null, "Error"].filter(Boolean);
+  let all = null;
+  if (select) {
+    all = el("input", { type: "checkbox", id: "select-all", "aria-label": "select every saga on this page",
+      checked: items.length > 0 && items.every((s) => select.selected.has(s.id)),
+      onchange: (ev) => {
+        for (const s of items) {
+          if (ev.target.checked) select.selected.add(s.id);
+          else select.selected.delete(s.id);
+        }
+        for (const box of ev.target.closest("table").querySelectorAll("input.select-row")) box.checked = ev.target.checked;
+        select.onchange();
+      } });
+  }
+  const pick = (s) => el("td", { class: "pick" }, el("input", {
+    type: "checkbox", class: "select-row", "aria-label": `select saga ${s.id}`, checked: select.selected.has(s.id),
+    onchange: (ev) => {
+      if (ev.target.checked) select.selected.add(s.id);
+      else select.selected.delete(s.id);
+      all.checked = items.every((x) => select.selected.has(x.id));
+      select.onchange();
+    } }));
   return el("div", { class: "table-wrap" }, el("table", { class: "sagas" },
-    el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))),
+    el("thead", {}, el("tr", {}, select ? el("th", { class: "pick" }, all) : null, head.map((h) => el("th", { text: h })))),
     el("tbody", {}, items.map((s) => el("tr", { class: "saga-row", "data-id": s.id, "data-status": s.status },
-      el("td", { class: "mono" }, el("a", { href: `#/saga/${encodeURIComponent(s.id)}`, class: "saga-link", text: s.id.slice(0, 12) })),
+      select ? pick(s) : null,
+      el("td", { class: "mono id" }, el("a", { href: `#/saga/${encodeURIComponent(s.id)}`, class: "saga-link", text: s.id })),
       el("td", { text: `${s.name} v${s.version}` }),
       el("td", {}, badge(s.status)),
       el("td", { class: "num", text: `${s.steps_done}/${s.steps_total}` }),
-      el("td", { text: time(s.created_at) }),
-      el("td", { text: time(s.updated_at) }),
+      el("td", {}, when(s.created_at, { class: "created" })),
+      el("td", {}, when(s.updated_at, { class: "updated" })),
       overdue
         ? el("td", {
             text: (s.overdue_seconds === null ? "" : duration(s.overdue_seconds)) + (s.parked ? ` — ${s.parked}` : ""),
@@ -325,6 +383,162 @@ function sagaTable(items, overdue) {
         : null,
       el("td", { class: "err", text: s.error || "" })))),
   ));
+}
+
+// ---------------------------------------------------------------- bulk actions
+
+const BULK_ACTIONS = ["retry", "compensate", "abort"];
+const DOES = { retry: "retries", skip: "skips a step of", compensate: "compensates", abort: "aborts", fork: "forks" };
+
+// The bar above the list: how many rows are selected and the actions to apply to them.
+function bulkBar(selected) {
+  const count = el("span", { id: "bulk-count", class: "muted" });
+  const buttons = BULK_ACTIONS.map((name) => el("button", {
+    type: "button", class: `small${name === "abort" ? " danger" : ""}`, id: `bulk-${name}`, "data-action": name,
+    text: `${name[0].toUpperCase()}${name.slice(1)} selected`,
+    onclick: () => confirmBulk(name, [...selected], clearSelection),
+  }));
+  function clearSelection() {
+    selected.clear();
+    for (const box of document.querySelectorAll("input.select-row, #select-all")) box.checked = false;
+    update();
+  }
+  const clear = el("button", { type: "button", class: "small", id: "bulk-clear", text: "Clear selection",
+    onclick: clearSelection });
+  const bar = el("div", { class: "bulk-bar", id: "bulk-bar" }, count, buttons, clear);
+  function update() {
+    const n = selected.size;
+    count.textContent = n ? `${n} selected` : "Select sagas to act on several at once";
+    const off = !n || Boolean(info && !info.actions_enabled);
+    for (const b of buttons) {
+      b.disabled = off;
+      b.title = info && !info.actions_enabled ? "actions are disabled on this server" : "";
+    }
+    clear.hidden = !n;
+  }
+  update();
+  return { bar, update };
+}
+
+function confirmBulk(name, ids, done) {
+  if (!ids.length) return;
+  const dialog = document.getElementById("confirm-dialog");
+  const error = document.getElementById("dialog-error");
+  document.getElementById("dialog-title").textContent = `${name} ${ids.length} saga(s)?`;
+  const listed = ids.slice(0, 8).join(", ") + (ids.length > 8 ? `, and ${ids.length - 8} more` : "");
+  document.getElementById("dialog-text").textContent =
+    `This ${DOES[name]} each selected saga (${listed}), one by one. A saga whose state does not allow it is left as it is and reported. ` +
+    "Each one records your name and reason in its history.";
+  document.getElementById("dialog-step-row").hidden = true;
+  document.getElementById("dialog-result-row").hidden = true;
+  document.getElementById("dialog-reason").value = "";
+  document.getElementById("dialog-actor").value = localStorage.getItem(ACTOR_KEY) || "";
+  document.getElementById("dialog-token").value = "";
+  document.getElementById("dialog-token-row").hidden = Boolean(token());
+  error.hidden = true;
+  document.getElementById("confirm-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    const body = { ids, reason: document.getElementById("dialog-reason").value };
+    const actor = document.getElementById("dialog-actor").value.trim();
+    if (actor) {
+      body.actor = actor;
+      localStorage.setItem(ACTOR_KEY, actor);
+    }
+    const typed = document.getElementById("dialog-token").value.trim();
+    if (typed) {
+      sessionStorage.setItem(TOKEN_KEY, typed);
+      showToken();
+    }
+    dialog.close();
+    try {
+      const out = await api(`api/bulk/${name}`, { method: "POST", body });
+      const rejected = out.outcomes.filter((o) => o.outcome !== "ok");
+      const why = rejected.slice(0, 3).map((o) => `${o.saga_id}: ${o.reason || o.code}`).join("; ");
+      flash(`${name}: ${out.ok} ok, ${out.rejected} rejected${why ? ` (${why})` : ""}`, out.rejected === 0);
+      done();
+    } catch (e) {
+      flash(`${name} ${problem(e)}`, false);
+    }
+  };
+  document.getElementById("dialog-cancel").onclick = () => dialog.close();
+  dialog.showModal();
+}
+
+// ---------------------------------------------------------------- workers
+
+function leasesTable(leases, id) {
+  return el("table", { class: "leases", id },
+    el("thead", {}, el("tr", {}, ["Saga", "Definition", "Lease ends"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, leases.map((l) => el("tr", { class: "lease", "data-saga": l.saga_id },
+      el("td", { class: "mono" }, el("a", { href: `#/saga/${encodeURIComponent(l.saga_id)}`, text: l.saga_id })),
+      el("td", { text: `${l.name} v${l.version}` }),
+      el("td", {}, when(l.expires_at))))));
+}
+
+function workersPage(view) {
+  const list = el("div", { id: "workers" });
+  const orphans = el("div", { id: "orphan-leases" });
+  view.append(
+    el("h1", { text: "Workers" }),
+    el("p", { class: "muted", text: "Engines running now, as they announce themselves to the store: the definitions each runs, its last heartbeat, and the sagas it holds leases on (it is running their steps)." }),
+    list, orphans);
+  const opened = new Set();  // workers whose leases are unfolded: kept so across refreshes
+  const leaseDetails = (x) => {
+    const d = el("details", { open: opened.has(x.worker_id) }, el("summary", { text: "sagas" }), leasesTable(x.leases));
+    d.addEventListener("toggle", () => { if (d.open) opened.add(x.worker_id); else opened.delete(x.worker_id); });
+    return d;
+  };
+  poll(async (mine) => {
+    const w = await api("api/workers");
+    if (mine !== generation) return;
+    list.replaceChildren(w.workers.length
+      ? el("div", { class: "table-wrap" }, el("table", { id: "workers-table" },
+        el("thead", {}, el("tr", {}, ["Worker", "Definitions", "Last heartbeat", "Alive until", "Leases"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, w.workers.map((x) => el("tr", { class: "worker", "data-worker": x.worker_id },
+          el("td", { class: "mono", text: x.worker_id }),
+          el("td", { text: x.definitions.map((d) => `${d.name} v${d.version}`).join(", ") || "none" }),
+          el("td", {}, x.last_heartbeat === null ? el("span", { class: "muted", text: "unknown" }) : when(x.last_heartbeat, { class: "heartbeat" })),
+          el("td", {}, when(x.alive_until)),
+          el("td", { class: "leases-cell" },
+            el("span", { class: "lease-count", text: `${x.leases.length}` }),
+            x.leases.length ? leaseDetails(x) : null))))))
+      : el("p", { class: "muted", id: "no-workers", text: "No worker is running: pending sagas wait until one starts." }));
+    orphans.replaceChildren(...(w.orphan_leases.length
+      ? [el("h2", { text: "Leases of workers that stopped answering" }),
+        el("p", { class: "muted", text: "These sagas are taken over by another worker when the lease ends." }),
+        leasesTable(w.orphan_leases, "orphans-table")]
+      : []),
+    ...(w.leases_truncated ? [el("p", { class: "muted", text: "Only the first 1000 leases are shown." })] : []));
+  }, 3000);
+}
+
+// ---------------------------------------------------------------- definitions
+
+function definitionsPage(view) {
+  const list = el("div", { id: "definitions" });
+  view.append(el("h1", { text: "Definitions" }),
+    el("p", { class: "muted", text: "Registered with this server or run by a worker: versions, the workers that run them, their sagas per status, their steps." }),
+    list);
+  let drawn = "";
+  poll(async (mine) => {
+    const d = await api("api/definitions");
+    if (mine !== generation) return;
+    const key = JSON.stringify(d);
+    if (key === drawn) return;  // unchanged: keep the page (and what is open in it) as it is
+    drawn = key;
+    list.replaceChildren(...(d.definitions.length ? d.definitions.map((x) => {
+      const q = `name=${encodeURIComponent(x.name)}&version=${x.version}`;
+      return el("section", { class: "card definition", "data-definition": `${x.name}:${x.version}` },
+        el("h2", {}, `${x.name} `, el("span", { class: "muted", text: `v${x.version}` }), " ",
+          el("span", { class: `badge ${x.registered ? "st-completed" : "mode"}`, text: x.registered ? "registered here" : "not registered here" })),
+        el("p", { class: "muted", text: `${x.steps === null ? "steps unknown here" : `${x.steps} step(s)`}; run by ${x.workers.length ? x.workers.join(", ") : "no running worker"}` }),
+        el("div", { class: "counts small" },
+          el("a", { class: "count", href: `#/sagas?${q}`, "data-count": "all" }, el("div", { class: "n", text: x.total }), el("div", { class: "label", text: "all" })),
+          ...STATUSES.map((s) => el("a", { class: `count st-${s}`, href: `#/sagas?${q}&status=${s}`, "data-count": s },
+            el("div", { class: "n", text: x.counts[s] }), el("div", { class: "label", text: s })))),
+        x.graph ? el("div", { class: "graph-wrap" }, drawGraph(x.graph, `graph-${x.name}-${x.version}`)) : null);
+    }) : [el("p", { class: "muted", text: "No definition is registered here and no worker is running." })]));
+  }, 5000);
 }
 
 // ---------------------------------------------------------------- saga page
@@ -354,25 +568,25 @@ function sagaPage(view, id) {
   poll(async (mine) => {
     let saga;
     try {
-      saga = await api(`/api/sagas/${enc}`);
+      saga = await api(`api/sagas/${enc}`);
     } catch (e) {
       if (mine === generation) head.replaceChildren(el("h1", { class: "error", id: "saga-error", text: e.message }));
       return e.status === 404 ? 10000 : 3000;
     }
     const [g, t, allowed] = await Promise.all([
-      api(`/api/sagas/${enc}/graph`),
-      api(`/api/sagas/${enc}/timeline`),
-      api(`/api/sagas/${enc}/actions`),
+      api(`api/sagas/${enc}/graph`),
+      api(`api/sagas/${enc}/timeline`),
+      api(`api/sagas/${enc}/actions`),
     ]);
     if (mine !== generation) return undefined;
     head.replaceChildren(el("h1", { text: `${saga.name} v${saga.version}` }), badge(saga.status, "saga-status"),
       el("span", { class: "mono muted", id: "saga-id", text: saga.id }));
     fields.replaceChildren(...[
       ["error", saga.error], ["correlation id", saga.correlation_id], ["idempotency key", saga.idempotency_key],
-      ["created", time(saga.created_at)], ["updated", time(saga.updated_at)],
-      ["wakes at", time(saga.wake_at)],
+      ["created", saga.created_at], ["updated", saga.updated_at], ["wakes at", saga.wake_at],
       ["definition", saga.definition_registered ? "registered here" : "not registered here: actions are refused (serve with --app)"],
-    ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: k === "error" ? "error" : "", text: v })]));
+    ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }),
+      typeof v === "number" ? el("dd", {}, when(v)) : el("dd", { class: k === "error" ? "error" : "", text: v })]));
     const key = JSON.stringify(allowed);
     if (key !== lastAllowed) {
       lastAllowed = key;
@@ -411,7 +625,7 @@ function confirmAction(saga, name, allowed) {
   const error = document.getElementById("dialog-error");
   document.getElementById("dialog-title").textContent = `${name} saga ${saga.id.slice(0, 12)}?`;
   document.getElementById("dialog-text").textContent = allowed.allowed
-    ? `This ${name}s the saga ${saga.name} (now ${saga.status}). It is recorded in its history with your name and reason.`
+    ? `This ${DOES[name]} the saga ${saga.name} (now ${saga.status}). It is recorded in its history with your name and reason.`
     : `The state machine will likely refuse this: ${allowed.reason}`;
   stepRow.hidden = !(name === "skip" || name === "fork");
   resultRow.hidden = name !== "skip";
@@ -449,7 +663,7 @@ function confirmAction(saga, name, allowed) {
     }
     dialog.close();
     try {
-      const out = await api(`/api/sagas/${encodeURIComponent(saga.id)}/${name}`, { method: "POST", body });
+      const out = await api(`api/sagas/${encodeURIComponent(saga.id)}/${name}`, { method: "POST", body });
       flash(`${name}: ok${out.status ? ` (saga is ${out.status})` : ""}${out.new_id ? `, new saga ${out.new_id}` : ""}`, true);
       if (out.new_id) location.hash = `#/saga/${encodeURIComponent(out.new_id)}`;
     } catch (e) {
@@ -460,22 +674,23 @@ function confirmAction(saga, name, allowed) {
   dialog.showModal();
 }
 
-function drawGraph(g) {
+function drawGraph(g, id) {
   const W = 170, H = 54, GX = 60, GY = 22, PAD = 16;
   const width = PAD * 2 + Math.max(1, g.layers) * W + Math.max(0, g.layers - 1) * GX;
   const height = PAD * 2 + Math.max(1, g.rows) * H + Math.max(0, g.rows - 1) * GY;
   const pos = {};
   for (const n of g.nodes) pos[n.name] = { x: PAD + n.layer * (W + GX), y: PAD + n.row * (H + GY) };
-  const root = svg("svg", { class: "graph", id: "graph-svg", viewBox: `0 0 ${width} ${height}`, width, height,
+  const root = svg("svg", { class: "graph", id: id || "graph-svg", viewBox: `0 0 ${width} ${height}`, width, height,
     role: "img", "aria-label": `steps of ${g.name}` });
-  root.append(svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+  const arrow = `${id || "graph-svg"}-arrow`;
+  root.append(svg("defs", {}, svg("marker", { id: arrow, viewBox: "0 0 10 10", refX: 9, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, svg("path", { class: "arrow", d: "M0,0 L10,5 L0,10 z" }))));
   for (const e of g.edges) {
     const a = pos[e.from], b = pos[e.to];
     if (!a || !b) continue;
     const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mid = (x1 + x2) / 2;
     root.append(svg("path", { class: "edge", d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2 - 2},${y2}`,
-      "marker-end": "url(#arrow)", "data-from": e.from, "data-to": e.to }));
+      "marker-end": `url(#${arrow})`, "data-from": e.from, "data-to": e.to }));
   }
   for (const n of g.nodes) {
     const p = pos[n.name];
@@ -503,7 +718,7 @@ function timelineTable(t) {
       el("td", { text: a.step }),
       el("td", { text: a.direction }),
       el("td", { class: "num", text: a.attempt }),
-      el("td", { text: time(a.started_at) }),
+      el("td", {}, when(a.started_at)),
       el("td", { class: "num", text: a.duration === null ? "" : duration(a.duration) }),
       el("td", { class: `outcome-${a.outcome}`, text: a.outcome }),
       el("td", { class: "err", text: a.error || "" })))),
@@ -514,7 +729,7 @@ function adminTable(items) {
   return el("div", { class: "table-wrap" }, el("table", { id: "admin-table" },
     el("thead", {}, el("tr", {}, ["At", "Action", "Who", "Why"].map((h) => el("th", { text: h })))),
     el("tbody", {}, items.map((a) => el("tr", { class: "admin-action", "data-action": a.action },
-      el("td", { text: time(a.at) }), el("td", { text: a.action }), el("td", { text: a.actor || "" }),
+      el("td", {}, when(a.at)), el("td", { text: a.action }), el("td", { text: a.actor || "" }),
       el("td", { text: a.reason || "" })))),
   ));
 }
@@ -523,7 +738,7 @@ function eventsTable(events) {
   return el("table", {},
     el("thead", {}, el("tr", {}, ["At", "Event", "Step", "#", "Message"].map((h) => el("th", { text: h })))),
     el("tbody", {}, events.map((h) => el("tr", {},
-      el("td", { text: time(h.at) }), el("td", { text: h.kind }), el("td", { text: h.step || "" }),
+      el("td", {}, when(h.at)), el("td", { text: h.kind }), el("td", { text: h.step || "" }),
       el("td", { class: "num", text: h.attempt === null ? "" : h.attempt }), el("td", { text: h.message })))));
 }
 
@@ -539,7 +754,7 @@ function resultsTable(steps) {
 
 async function loadInfo() {
   try {
-    info = await api("/api/info");
+    info = await api("api/info");
     const badgeEl = document.getElementById("mode-badge");
     if (info.read_only || !info.actions_enabled) {
       badgeEl.textContent = info.read_only ? "read-only" : "actions disabled (no token configured)";
