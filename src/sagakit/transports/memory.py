@@ -11,10 +11,10 @@ by single-process setups; a shared ``MemoryBroker`` lets several transports
 from __future__ import annotations
 
 import asyncio
-import weakref
 import contextlib
 import itertools
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
