@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from ._cron import parse_cron
 from ._definition import SagaDefinition
 from ._errors import (
     PayloadTooLarge,
@@ -52,10 +53,11 @@ from ._runtime.leases import Leases
 from ._runtime.messaging import Messaging
 from ._runtime.requests import Requests, encode_admin
 from ._runtime.retention import Retention
+from ._runtime.schedules import Schedules
 from ._runtime.timers import Timers
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import DeadLetter, SagaQuery, Store, Write, store_from_url
+from ._store import DeadLetter, SagaQuery, Schedule, Store, Write, store_from_url
 from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
@@ -89,7 +91,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
+class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules):
     """Runs sagas durably on a store.
 
     Args:
@@ -264,6 +266,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
             asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
             asyncio.create_task(self._renew_loop(), name="sagakit-renew"),
             asyncio.create_task(self._requests_loop(), name="sagakit-requests"),
+            asyncio.create_task(self._schedules_loop(), name="sagakit-schedules"),
         ]
         if self.retention is not None:
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="sagakit-retention"))
@@ -660,6 +663,54 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention):
         )
         if rejected is not None:
             raise SagaStateError(saga_id, rejected)
+
+    # ------------------------------------------------------------ recurring starts
+
+    async def schedule(
+        self, name: str, data: Any = None, *, cron: str, key: str | None = None, version: int | None = None
+    ) -> Schedule:
+        """Start a saga *name* with *data* once per period of *cron* (UTC), from any running worker.
+
+        *key* names the schedule (default: the saga's name); scheduling the same
+        key again replaces its expression and data. The first period is the
+        first time *cron* matches after now. Each period's saga has the
+        idempotency key ``schedule:KEY:PERIOD``, so several workers start one.
+
+        Raises:
+            CronError: *cron* cannot be read (the message names the field).
+            TypeError: *data* cannot be stored as JSON.
+            MessageMappingError: *data* does not validate against the saga's state
+                model (when the definition is registered here).
+        """
+        expr = parse_cron(cron)
+        defn = self._definitions.get((name, version)) if version is not None else self._latest.get(name)
+        if defn is not None and defn.state_model is not None:
+            validate_state(defn.state_model, data if isinstance(data, dict) else {})
+        try:
+            orjson.dumps(data)
+        except TypeError as e:
+            raise TypeError(f"data of schedule {key or name!r} is not JSON-serialisable: {e}") from None
+        await self._ensure_open()
+        now = self.clock()
+        s = Schedule(key or name, name, version, data, cron, expr.next_after(now), now)
+        await self.store.schedule_put(s)
+        return s
+
+    async def unschedule(self, key: str) -> bool:
+        """Stop a recurring start (sagas it started are not touched); False if there was none."""
+        await self._ensure_open()
+        return await self.store.schedule_remove(key)
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """Every recurring start with its next and last period, the next due first."""
+        await self._ensure_open()
+        return await self.store.schedules()
+
+    async def _start_scheduled(self, s: Schedule, idempotency_key: str) -> str:
+        return await self.start(s.name, s.data, idempotency_key=idempotency_key, version=s.version)
+
+    def _runs(self, name: str, version: int | None) -> bool:
+        return name in self._latest if version is None else (name, version) in self._definitions
 
     # ------------------------------------------------------------ admin plumbing
 

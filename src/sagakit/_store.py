@@ -38,6 +38,7 @@ __all__ = [
     "OutboxRecord",
     "Pruned",
     "SagaQuery",
+    "Schedule",
     "Store",
     "WorkerInfo",
     "Write",
@@ -81,6 +82,26 @@ class DeadLetter:
     type_name: str
     body: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring start: a saga *name* with *data*, once per period of the cron expression.
+
+    ``next_at`` is the start time of the next period due (seconds since the
+    epoch, UTC); ``last_at`` and ``last_saga`` the last period started and
+    its saga.
+    """
+
+    key: str
+    name: str
+    version: int | None
+    data: Any
+    cron: str
+    next_at: float
+    created_at: float
+    last_at: float | None = None
+    last_saga: str | None = None
 
 
 @dataclass(slots=True)
@@ -438,6 +459,28 @@ class Store(Protocol):
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """Recorded dead letters, newest first."""
+        ...
+
+    async def schedule_put(self, schedule: Schedule) -> None:
+        """Store a recurring start, replacing the one with the same key (its last start is kept)."""
+        ...
+
+    async def schedule_remove(self, key: str) -> bool:
+        """Delete a recurring start; False if there was none with that key."""
+        ...
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """Every recurring start, the next due first."""
+        ...
+
+    async def schedules_due(self, now: float, limit: int) -> builtins.list[Schedule]:
+        """Recurring starts whose next period has begun at *now*, the longest due first."""
+        ...
+
+    async def schedule_advance(
+        self, key: str, expected_next_at: float, next_at: float, last_at: float, last_saga: str
+    ) -> bool:
+        """Move a schedule on to its next period if it still is at *expected_next_at*; False if not."""
         ...
 
     async def prune_sagas(

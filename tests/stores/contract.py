@@ -764,6 +764,37 @@ class StoreContract:
         assert await s.dead_letters() == letters[::-1]
         assert await s.dead_letters(limit=2, offset=1) == [letters[3], letters[2]]
 
+    # ------------------------------------------------------------ recurring starts
+
+    async def test_schedules_are_stored_found_due_advanced_once_and_removed(self, store: Store) -> None:
+        from sagakit._store import Schedule
+
+        a = Schedule("a", "report", None, {"region": "EU", "n": [1, 2]}, "*/5 * * * *", 300.0, 1.0)
+        b = Schedule("b", "report", 2, None, "@hourly", 3600.0, 2.0)
+        await store.schedule_put(b)
+        await store.schedule_put(a)
+        assert [s.key for s in await store.schedules()] == ["a", "b"]  # the next due first
+        assert await store.schedules_due(299.0, 10) == []
+        [due] = await store.schedules_due(300.0, 10)
+        assert due == a
+        # Two workers advance the same period: one wins.
+        assert await store.schedule_advance("a", 300.0, 600.0, 300.0, "saga-1") is True
+        assert await store.schedule_advance("a", 300.0, 600.0, 300.0, "saga-2") is False
+        [moved, _] = await store.schedules()
+        assert (moved.next_at, moved.last_at, moved.last_saga) == (600.0, 300.0, "saga-1")
+        # Scheduling the key again replaces expression and data, and keeps the last start.
+        await store.schedule_put(Schedule("a", "report", None, {"region": "US"}, "0 * * * *", 3600.0, 9.0))
+        again = next(s for s in await store.schedules() if s.key == "a")
+        assert (again.cron, again.data, again.last_saga, again.created_at) == (
+            "0 * * * *",
+            {"region": "US"},
+            "saga-1",
+            1.0,
+        )
+        assert await store.schedule_remove("a") is True
+        assert await store.schedule_remove("a") is False
+        assert [s.key for s in await store.schedules()] == ["b"]
+
     # ------------------------------------------------------------ retention
 
     async def _finished(

@@ -218,10 +218,27 @@ def migrations(d: Dialect) -> list[list[str]]:
                 seen_at {d.real}
             )""",
         ],
+        [
+            # Recurring starts (engine.schedule): one saga per period of a cron expression,
+            # started by whichever worker finds the schedule due; next_at is advanced with
+            # a compare-and-set, and the period's idempotency key keeps a race to one saga.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_schedules (
+                key TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                version INTEGER,
+                data TEXT NOT NULL,
+                cron TEXT NOT NULL,
+                next_at {d.real} NOT NULL,
+                created_at {d.real} NOT NULL,
+                last_at {d.real},
+                last_saga TEXT
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_schedules_next ON sagakit_schedules (next_at)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class Statements:
@@ -401,6 +418,24 @@ class Statements:
             f"FROM sagakit_dead_letters ORDER BY received_at DESC LIMIT {p(1)} OFFSET {p(2)}"
         )
         self.inbox_seen = f"SELECT 1 FROM sagakit_inbox WHERE message_id={p(1)}"
+        # Schedules. key=1 name=2 version=3 data=4 cron=5 next_at=6 created_at=7
+        schedule_cols = "key, name, version, data, cron, next_at, created_at, last_at, last_saga"
+        self.upsert_schedule = (
+            f"INSERT INTO sagakit_schedules ({schedule_cols}) VALUES "
+            f"({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)}, {p(6)}, {p(7)}, NULL, NULL) "
+            "ON CONFLICT (key) DO UPDATE SET name=excluded.name, version=excluded.version, data=excluded.data, "
+            "cron=excluded.cron, next_at=excluded.next_at"
+        )
+        self.delete_schedule = f"DELETE FROM sagakit_schedules WHERE key={p(1)}"
+        self.schedules = f"SELECT {schedule_cols} FROM sagakit_schedules ORDER BY next_at, key"
+        self.schedules_due = (
+            f"SELECT {schedule_cols} FROM sagakit_schedules WHERE next_at <= {p(1)} ORDER BY next_at LIMIT {p(2)}"
+        )
+        # key=1 expected next_at=2 next_at=3 last_at=4 last_saga=5
+        self.advance_schedule = (
+            f"UPDATE sagakit_schedules SET next_at={p(3)}, last_at={p(4)}, last_saga={p(5)} "
+            f"WHERE key={p(1)} AND next_at={p(2)}"
+        )
         # Retention. before=1 statuses=2 after_created=3 after_id=4 limit=5: the next finished
         # sagas to prune, in (created_at, id) order after the cursor. created_at <= updated_at,
         # so the bound on created_at is implied; it lets the scan run on the created_at index

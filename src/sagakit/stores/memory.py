@@ -7,6 +7,7 @@ this store sees the same copies and JSON round trips as on SQLite.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from .._store import (
     OutboxRecord,
     Pruned,
     SagaQuery,
+    Schedule,
     WorkerInfo,
     Write,
     data_text,
@@ -77,6 +79,7 @@ class MemoryStore:
         self.outbox: dict[str, _Out] = {}
         self.inbox: dict[str, str | None] = {}  # message id -> saga id
         self._dead: builtins.list[DeadLetter] = []
+        self._schedules: dict[str, Schedule] = {}
         self._order = 0
 
     @classmethod
@@ -382,6 +385,31 @@ class MemoryStore:
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         newest = sorted(self._dead, key=lambda d: d.received_at, reverse=True)
         return newest[offset : offset + limit]
+
+    async def schedule_put(self, schedule: Schedule) -> None:
+        old = self._schedules.get(schedule.key)
+        new = dataclasses.replace(schedule, data=loads(dumps(schedule.data)), last_at=None, last_saga=None)
+        if old is not None:  # the last start and the creation time are kept
+            new = dataclasses.replace(new, created_at=old.created_at, last_at=old.last_at, last_saga=old.last_saga)
+        self._schedules[schedule.key] = new
+
+    async def schedule_remove(self, key: str) -> bool:
+        return self._schedules.pop(key, None) is not None
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        return sorted(self._schedules.values(), key=lambda s: (s.next_at, s.key))
+
+    async def schedules_due(self, now: float, limit: int) -> builtins.list[Schedule]:
+        return [s for s in await self.schedules() if s.next_at <= now][:limit]
+
+    async def schedule_advance(
+        self, key: str, expected_next_at: float, next_at: float, last_at: float, last_saga: str
+    ) -> bool:
+        s = self._schedules.get(key)
+        if s is None or s.next_at != expected_next_at:
+            return False
+        self._schedules[key] = dataclasses.replace(s, next_at=next_at, last_at=last_at, last_saga=last_saga)
+        return True
 
     async def prune_sagas(
         self,

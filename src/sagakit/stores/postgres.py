@@ -67,7 +67,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import LeaseLost, NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import Lease, Pruned, SagaQuery, WorkerInfo, Write
+from .._store import Lease, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -739,6 +739,31 @@ class PostgresStore:
         rows = await self._fetch("dead_letters", self._sql.dead_letters, limit, offset)
         return [DeadLetter(*r) for r in rows]
 
+    async def schedule_put(self, schedule: Schedule) -> None:
+        async with self._tx("schedule_put") as conn:
+            await conn.execute(
+                self._sql.upsert_schedule,
+                schedule.key, schedule.name, schedule.version, dumps(schedule.data), schedule.cron,
+                schedule.next_at, schedule.created_at,
+            )  # fmt: skip
+
+    async def schedule_remove(self, key: str) -> bool:
+        async with self._tx("schedule_remove") as conn:
+            return bool(await conn.execute(self._sql.delete_schedule, key) == "DELETE 1")
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        return [_schedule(r) for r in await self._fetch("schedules", self._sql.schedules)]
+
+    async def schedules_due(self, now: float, limit: int) -> builtins.list[Schedule]:
+        return [_schedule(r) for r in await self._fetch("schedules_due", self._sql.schedules_due, now, limit)]
+
+    async def schedule_advance(
+        self, key: str, expected_next_at: float, next_at: float, last_at: float, last_saga: str
+    ) -> bool:
+        async with self._tx("schedule_advance") as conn:
+            status = await conn.execute(self._sql.advance_schedule, key, expected_next_at, next_at, last_at, last_saga)
+            return bool(status == "UPDATE 1")
+
     # ------------------------------------------------------------ retention
 
     async def prune_sagas(
@@ -796,6 +821,10 @@ def _wake(w: Write, db_now: float, database_clock: bool) -> float | None:
     if database_clock and w.owner is not None and w.lease_seconds is not None and w.wake_at is not None:
         return db_now + w.lease_seconds
     return w.wake_at
+
+
+def _schedule(r: Sequence[Any]) -> Schedule:
+    return Schedule(r[0], r[1], r[2], loads(r[3]), r[4], r[5], r[6], r[7], r[8])
 
 
 _FENCE = (

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import DeadLetter, Lease, OutboxRecord, Pruned, SagaQuery, WorkerInfo, Write
+from .._store import DeadLetter, Lease, OutboxRecord, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -612,6 +612,30 @@ class SQLiteStore:
         rows = await self._read(self._fetchall, self._sql.dead_letters, (limit, offset))
         return [DeadLetter(*r) for r in rows]
 
+    async def schedule_put(self, schedule: Schedule) -> None:
+        row = (
+            schedule.key, schedule.name, schedule.version, dumps(schedule.data), schedule.cron,
+            schedule.next_at, schedule.created_at,
+        )  # fmt: skip
+        await self._run(self._executemany_tx, self._sql.upsert_schedule, [row])
+
+    async def schedule_remove(self, key: str) -> bool:
+        return await self._run(self._rowcount_tx, self._sql.delete_schedule, (key,)) == 1
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        rows = await self._read(self._fetchall, self._sql.schedules, ())
+        return [_schedule(r) for r in rows]
+
+    async def schedules_due(self, now: float, limit: int) -> builtins.list[Schedule]:
+        rows = await self._read(self._fetchall, self._sql.schedules_due, (now, limit))
+        return [_schedule(r) for r in rows]
+
+    async def schedule_advance(
+        self, key: str, expected_next_at: float, next_at: float, last_at: float, last_saga: str
+    ) -> bool:
+        args = (key, expected_next_at, next_at, last_at, last_saga)
+        return await self._run(self._rowcount_tx, self._sql.advance_schedule, args) == 1
+
     # ------------------------------------------------------------ retention
 
     async def prune_sagas(
@@ -678,3 +702,7 @@ def _kinds_from(text: str) -> list[tuple[str, int]]:
         name, _, version = str(key).rpartition(":")
         out.append((name, int(version)))
     return out
+
+
+def _schedule(r: Sequence[Any]) -> Schedule:
+    return Schedule(r[0], r[1], r[2], loads(r[3]), r[4], r[5], r[6], r[7], r[8])
