@@ -113,7 +113,7 @@ def _can_fail(definition: SagaDefinition, step: str, compensation: bool) -> bool
     if isinstance(action, SendCommand):
         return action.awaits_reply  # a fire-and-forget send completes when committed
     if isinstance(action, WaitFor):
-        return bool(action.failure) or action.reply_timeout is not None
+        return False  # it fails by its timeout ("times out"); failure events are not made up
     return action is not None
 
 
@@ -135,7 +135,7 @@ async def explore_failures(
     a fake participant with *replies* (``{Command: event or cmd -> event}``);
     a failing one gets a ``Fault``, a timing-out one no answer. ``wait_for``
     steps get the event in *events* (``{Event: event or saga_id -> event}``)
-    when they start.
+    when they start, or none on their "times out" path.
 
     Each path is checked: a rollback that ends ``COMPENSATED`` has compensated
     every step that completed and has a compensation, each compensation

@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .._definition import SagaDefinition, StepDefinition, build_definition
 from .._engine import SagaEngine
@@ -25,9 +26,11 @@ from ..transports.memory import MemoryBroker, MemoryTransport
 from ._env import SagaTestEnv, settle
 from ._participant import FakeParticipant
 
-__all__ = ["InjectedFailure", "Mode", "Run", "check_replies", "instrument", "one_run"]
+__all__ = ["KILLED", "InjectedFailure", "Mode", "Run", "check_replies", "instrument", "one_run"]
 
 Mode = Literal["fail", "hang", "twice"]
+# Engines stopped by testing.kill(): dead processes are not closed.
+KILLED: weakref.WeakSet[SagaEngine] = weakref.WeakSet()
 Replies = Mapping[type, Any]
 
 
@@ -42,8 +45,24 @@ class Calls:
     log: list[tuple[str, str, int]] = field(default_factory=list)
 
 
+class Twice(Protocol):
+    """Runs a step function twice for the idempotency check."""
+
+    def run_sync(self, fn: Callable[..., Any], ctx: Any) -> Any: ...
+
+    async def run_async(self, fn: Callable[..., Any], ctx: Any) -> Any: ...
+
+
+class _Once:
+    def run_sync(self, fn: Callable[..., Any], ctx: Any) -> Any:
+        return fn(ctx)
+
+    async def run_async(self, fn: Callable[..., Any], ctx: Any) -> Any:
+        return await fn(ctx)
+
+
 def _wrap(
-    name: str, compensation: bool, fn: Callable[..., Any], mode: Mode | None, calls: Calls, twice: Callable[..., Any]
+    name: str, compensation: bool, fn: Callable[..., Any], mode: Mode | None, calls: Calls, twice: Twice
 ) -> Callable[..., Any]:
     direction = "compensation" if compensation else "action"
     what = f"{direction} of step {name!r}"
@@ -61,7 +80,7 @@ def _wrap(
             if mode == "fail":
                 raise InjectedFailure(f"{what} failed (injected)")
             if mode == "twice":
-                return await twice(fn, ctx)
+                return await twice.run_async(fn, ctx)
             return await fn(ctx)
 
         return functools.update_wrapper(run_async, fn)
@@ -71,7 +90,7 @@ def _wrap(
         if mode == "fail":
             raise InjectedFailure(f"{what} failed (injected)")
         if mode == "twice":
-            return twice(fn, ctx)
+            return twice.run_sync(fn, ctx)
         return fn(ctx)
 
     return functools.update_wrapper(run_sync, fn)
@@ -81,20 +100,17 @@ def instrument(
     definition: SagaDefinition,
     modes: Mapping[tuple[str, bool], Mode],
     calls: Calls,
-    twice: Callable[..., Any] | None = None,
+    twice: Twice | None = None,
 ) -> SagaDefinition:
     """*definition* with its local step functions wrapped: ``modes[(step, compensation)]`` fails, hangs or doubles one."""
-
-    def no_twice(fn: Callable[..., Any], ctx: Any) -> Any:
-        return fn(ctx)
-
+    doubler = twice or _Once()
     steps: list[StepDefinition] = []
     for s in definition.steps:
         action, comp = s.action, s.compensation
         if s.local:
-            action = _wrap(s.name, False, action, modes.get((s.name, False)), calls, twice or no_twice)  # type: ignore[arg-type]
+            action = _wrap(s.name, False, action, modes.get((s.name, False)), calls, doubler)  # type: ignore[arg-type]
         if comp is not None and s.compensation_local:
-            comp = _wrap(s.name, True, comp, modes.get((s.name, True)), calls, twice or no_twice)  # type: ignore[arg-type]
+            comp = _wrap(s.name, True, comp, modes.get((s.name, True)), calls, doubler)  # type: ignore[arg-type]
         steps.append(dataclasses.replace(s, action=action, compensation=comp))
     d = definition
     return build_definition(
@@ -198,10 +214,11 @@ async def one_run(
     modes: Mapping[tuple[str, bool], Mode] | None = None,
     replies: Replies | None = None,
     events: Replies | None = None,
-    twice: Callable[..., Any] | None = None,
+    twice: Twice | None = None,
     participant_options: Mapping[str, Any] | None = None,
     engine_options: Mapping[str, Any] | None = None,
     store: Any = None,
+    duplicate_commands: bool = False,
 ) -> AsyncIterator[Run]:
     """A fresh store, an engine running the instrumented *definition*, and a participant answering its commands.
 
@@ -217,6 +234,10 @@ async def one_run(
     silent = {k for k, m in modes.items() if m in ("hang", "fail")}
     deliver = _Deliver(definition, events, silent)
     broker = MemoryBroker()  # a run of its own: no message of another run reaches it
+    if duplicate_commands:
+        for _, _, a in message_actions(definition):
+            if isinstance(a, SendCommand):
+                broker.duplicate_next[a.destination or a.type_name] = 1 << 30
     engine = env.engine(
         inst, store=store, transport=MemoryTransport(broker), observers=[deliver], **dict(engine_options or {})
     )
@@ -241,7 +262,8 @@ async def one_run(
         try:
             yield Run(env, engine, participant, calls, store, broker)
         finally:
-            await engine.close()
+            if engine not in KILLED:
+                await engine.close()
             for t in list(deliver.tasks):
                 t.cancel()
             await asyncio.gather(*deliver.tasks, return_exceptions=True)
