@@ -74,7 +74,9 @@ async def test_a_saga_that_fails_without_injection_is_reported(saga_env: SagaTes
     b = SagaBuilder("broken")
     b.step("a", broken)
     report = await explore_failures(b.build(), {}, env=saga_env, compensation_faults=False)
-    assert report.problems and report.problems[0].startswith("no failure: without any failure the saga ends compensated")
+    assert report.problems and report.problems[0].startswith(
+        "no failure: without any failure the saga ends compensated"
+    )
     with pytest.raises(AssertionError, match="without any failure"):
         report.assert_ok()
     with pytest.raises(KeyError, match="no failure path 'nope'; the paths are: 'no failure', 'a fails'"):

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SAMPLE = '''
+SAMPLE = """
 import asyncio
 
 import pytest
@@ -59,12 +59,14 @@ async def test_store_kind(saga_env, saga_store_kind):
 @pytest.mark.saga_store("sqlite")
 async def test_marker(saga_engine):
     assert type(saga_engine.store).__name__ == "SQLiteStore"
-'''
+"""
 
 
 def run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_sample.py").write_text(SAMPLE)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     # Installed with this project's metadata, pytest finds the plugin by its entry point; an
     # install made before it existed needs it named (naming it twice would be an error).

@@ -181,7 +181,7 @@ class VirtualClock:
         self._saved = {"selector": selector}
         loop._selector = _SkippingSelector(selector, self)  # type: ignore[attr-defined]
         loop.time = self.monotonic  # type: ignore[method-assign]
-        loop.run_in_executor = run_in_executor  # type: ignore[method-assign]
+        loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
         self._loop = loop
         _installed[loop] = self
 

@@ -1,4 +1,7 @@
-"""Duplicate and out-of-order messages for message steps: the saga must end as it does when every message comes once, in order."""
+"""Duplicate and out-of-order messages for message steps.
+
+The saga must end as it does when every message comes once, in order.
+"""
 
 from __future__ import annotations
 

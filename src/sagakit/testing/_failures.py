@@ -177,7 +177,9 @@ async def explore_failures(
             failed = await run(f"{step} fails", ((step, "fails", False),))
             if compensation_faults:
                 for comp in failed.compensated:
-                    await run(f"{step} fails, compensation of {comp} fails", ((step, "fails", False), (comp, "fails", True)))
+                    await run(
+                        f"{step} fails, compensation of {comp} fails", ((step, "fails", False), (comp, "fails", True))
+                    )
                     if _has_timeout(definition, comp, True):
                         await run(
                             f"{step} fails, compensation of {comp} times out",
@@ -226,7 +228,9 @@ def _path(
                     "not reverse dependency order"
                 )
             elif later in started and later not in ended:
-                problems.append(f"compensation of {step} started while that of {later} (which depends on it) had not ended")
+                problems.append(
+                    f"compensation of {step} started while that of {later} (which depends on it) had not ended"
+                )
     return FailurePath(
         name=name,
         injected=injected,

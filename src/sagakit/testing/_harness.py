@@ -102,7 +102,7 @@ def instrument(
     calls: Calls,
     twice: Twice | None = None,
 ) -> SagaDefinition:
-    """*definition* with its local step functions wrapped: ``modes[(step, compensation)]`` fails, hangs or doubles one."""
+    """*definition* with its local functions wrapped: ``modes[(step, compensation)]`` fails, hangs or doubles one."""
     doubler = twice or _Once()
     steps: list[StepDefinition] = []
     for s in definition.steps:

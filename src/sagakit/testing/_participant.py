@@ -102,7 +102,9 @@ class FakeParticipant:
         self._answers[name] = (command, answer)
         return self
 
-    def fault(self, command: type, message: str = "injected fault", error_type: str = "RuntimeError") -> FakeParticipant:
+    def fault(
+        self, command: type, message: str = "injected fault", error_type: str = "RuntimeError"
+    ) -> FakeParticipant:
         """Answer *command* with a ``Fault``, as a participant whose handler raised: the step fails at once."""
 
         def make(cmd: Any) -> Fault:
@@ -117,7 +119,9 @@ class FakeParticipant:
     def count(self, command: type | None = None, *, step: str | None = None) -> int:
         """How many commands (of *command*, for *step*) were received, duplicates included."""
         name = None if command is None else message_type_name(command)
-        return sum(1 for r in self.received if (name is None or r.type_name == name) and (step is None or r.step == step))
+        return sum(
+            1 for r in self.received if (name is None or r.type_name == name) and (step is None or r.step == step)
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,7 +153,7 @@ class FakeParticipant:
     async def _on_delivery(self, delivery: Delivery) -> None:
         env = Envelope.from_bytes(delivery.body)
         command_cls, answer = self._answers[delivery.destination]
-        command = env.unwrap(command_cls)
+        command: Any = env.unwrap(command_cls)
         seen = Received(command, env.type_name, env.saga_id, env.step, env.token, env.message_id, delivery.attempt)
         self.received.append(seen)
         if callable(answer) and not isinstance(answer, type):
@@ -191,5 +195,7 @@ class FakeParticipant:
         now = self.clock() if self.clock is not None else asyncio.get_running_loop().time()
         for mid in ids:
             reply = env.reply(event, message_id=mid, timestamp=now)
-            await self._transport.publish(reply.type_name, reply.to_bytes(), message_id=mid, headers={"message_id": mid})
+            await self._transport.publish(
+                reply.type_name, reply.to_bytes(), message_id=mid, headers={"message_id": mid}
+            )
             self.replies_sent += 1

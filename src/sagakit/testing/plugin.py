@@ -52,30 +52,36 @@ def saga_store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.config.getoption("--saga-store", None) or "memory")
 
 
-try:
-    import pytest_asyncio
-except ImportError:  # pragma: no cover - exercised without pytest-asyncio only
+def _async_fixture(fn: Any) -> Any:
+    """An async fixture through pytest-asyncio; without it, a fixture that says it is needed."""
+    try:
+        import pytest_asyncio
+    except ImportError:  # pragma: no cover - exercised without pytest-asyncio only
+        pass
+    else:
+        return pytest_asyncio.fixture(fn)
 
-    def _needs_asyncio(*_: Any) -> Any:
-        raise pytest.UsageError("the saga_env, saga_clock and saga_engine fixtures need pytest-asyncio")
+    @pytest.fixture(name=fn.__name__)
+    def unavailable() -> None:
+        raise pytest.UsageError(f"the {fn.__name__} fixture of sagakit.testing needs pytest-asyncio")
 
-    saga_env = pytest.fixture(name="saga_env")(_needs_asyncio)
-    saga_clock = pytest.fixture(name="saga_clock")(_needs_asyncio)
-    saga_engine = pytest.fixture(name="saga_engine")(_needs_asyncio)
-else:
+    return unavailable
 
-    @pytest_asyncio.fixture
-    async def saga_env(saga_store_kind: str, tmp_path: Path) -> AsyncIterator[SagaTestEnv]:
-        """A ``SagaTestEnv`` on the test's loop: virtual time, a store, a memory broker."""
-        async with SagaTestEnv(saga_store_kind, directory=tmp_path) as env:
-            yield env
 
-    @pytest_asyncio.fixture
-    async def saga_clock(saga_env: SagaTestEnv) -> VirtualClock:
-        """The virtual clock of ``saga_env`` (``await saga_clock.advance(3600)``)."""
-        return saga_env.clock
+@_async_fixture
+async def saga_env(saga_store_kind: str, tmp_path: Path) -> AsyncIterator[SagaTestEnv]:
+    """A ``SagaTestEnv`` on the test's loop: virtual time, a store, a memory broker."""
+    async with SagaTestEnv(saga_store_kind, directory=tmp_path) as env:
+        yield env
 
-    @pytest_asyncio.fixture
-    async def saga_engine(saga_env: SagaTestEnv) -> SagaEngine:
-        """A running engine on ``saga_env`` with no definition yet: ``saga_engine.register(definition)``."""
-        return await saga_env.start_engine()
+
+@_async_fixture
+async def saga_clock(saga_env: SagaTestEnv) -> VirtualClock:
+    """The virtual clock of ``saga_env`` (``await saga_clock.advance(3600)``)."""
+    return saga_env.clock
+
+
+@_async_fixture
+async def saga_engine(saga_env: SagaTestEnv) -> SagaEngine:
+    """A running engine on ``saga_env`` with no definition yet: ``saga_engine.register(definition)``."""
+    return await saga_env.start_engine()
