@@ -45,6 +45,20 @@ async def test_time_is_not_skipped_while_a_thread_works() -> None:
         assert clock.skipped > 990
 
 
+async def test_timers_set_before_the_clock_keep_their_real_deadlines() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    runner = loop.call_later(30, fired.append, "runner timeout")  # set before: real time
+    async with VirtualClock() as clock:
+        loop.call_later(40, fired.append, "virtual")
+        await asyncio.sleep(3600)
+        assert fired == ["virtual"]
+        assert clock.skipped >= 3600 - 1
+    assert fired == ["virtual"]
+    assert runner.when() - loop.time() > 20  # still about 30 s of real time away
+    runner.cancel()
+
+
 async def test_manual_clock_moves_only_by_advance() -> None:
     async with VirtualClock(auto_skip=False) as clock:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import selectors
 import time
 import weakref
@@ -45,8 +46,7 @@ class _SkippingSelector:
             if events or timeout is None:
                 # Nothing scheduled at all: only I/O (or a thread outside the executor) can wake the loop.
                 return events or self._inner.select(None)
-            clock._skipped += timeout
-            clock._offset += timeout
+            clock._skip(timeout)
             return []
         return self._inner.select(timeout)
 
@@ -89,6 +89,7 @@ class VirtualClock:
         self._advancing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._saved: dict[str, Any] = {}
+        self._real_handles: list[asyncio.TimerHandle] = []
 
     # ------------------------------------------------------------ reading
 
@@ -146,6 +147,22 @@ class VirtualClock:
         finally:
             self.auto_skip = before
 
+    def _skip(self, seconds: float) -> None:
+        self._skipped += seconds
+        self._offset += seconds
+        if self._real_handles:
+            # Timers set before the clock was installed (a test runner's own timeouts) keep
+            # their real deadlines: they move with the skip.
+            moved = False
+            for h in self._real_handles:
+                if not h.cancelled() and getattr(h, "_scheduled", False):
+                    h._when += seconds  # type: ignore[attr-defined]
+                    moved = True
+            if moved:
+                heapq.heapify(self._loop._scheduled)  # type: ignore[union-attr]
+            else:
+                self._real_handles = []
+
     def _may_skip(self) -> bool:
         return self.auto_skip or self._advancing > 0
 
@@ -179,6 +196,7 @@ class VirtualClock:
             return fut
 
         self._saved = {"selector": selector}
+        self._real_handles = [h for h in getattr(loop, "_scheduled", ()) if not h.cancelled()]
         loop._selector = _SkippingSelector(selector, self)  # type: ignore[attr-defined]
         loop.time = self.monotonic  # type: ignore[method-assign]
         loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
@@ -199,6 +217,7 @@ class VirtualClock:
         for handle in getattr(loop, "_scheduled", ()):
             handle._when -= self._offset
         self._offset = 0.0
+        self._real_handles = []
 
     def _done(self, _: object) -> None:
         self._busy -= 1
