@@ -172,6 +172,12 @@ async def test_run_to_end_times_out_with_where_the_saga_stands(saga_env: SagaTes
         await run_to_end(engine, "stuck", {}, timeout=86400)
 
 
+async def test_one_clock_per_loop() -> None:
+    async with SagaTestEnv():
+        with pytest.raises(RuntimeError, match="has a patched clock already"):
+            VirtualClock().install()
+
+
 def test_env_refuses_an_unknown_store_kind() -> None:
     with pytest.raises(ValueError, match="store must be one of 'memory', 'sqlite', got 'postgres'"):
         SagaTestEnv("postgres")

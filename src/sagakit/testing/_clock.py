@@ -177,13 +177,13 @@ class VirtualClock:
         if self._loop is not None:
             raise RuntimeError("this VirtualClock is installed already")
         loop = loop or asyncio.get_running_loop()
+        if loop in _installed or "time" in vars(loop):
+            raise RuntimeError(f"the loop {loop!r} has a patched clock already (another VirtualClock?)")
         selector = getattr(loop, "_selector", None)
         if not isinstance(loop, asyncio.BaseEventLoop) or not isinstance(selector, selectors.BaseSelector):
             raise RuntimeError(
                 f"VirtualClock needs a selector event loop (asyncio's default on Linux and macOS), got {loop!r}"
             )
-        if "time" in vars(loop) or loop in _installed:
-            raise RuntimeError(f"the loop {loop!r} has a patched clock already (another VirtualClock?)")
         self._mono0 = time.monotonic()
         self._wall0 = time.time() if self._start is None else float(self._start)
         self._offset = 0.0
