@@ -123,6 +123,8 @@ class CrashRun:
             often than in the run without a crash: their effect must be idempotent.
         problems: differences from the run without a crash.
         snapshot: the final snapshot.
+        crashed: False when the saga ended within *after* commits (its transitions were
+            committed in fewer batches than in the run without a crash): nothing to recover.
     """
 
     after: int
@@ -131,6 +133,7 @@ class CrashRun:
     reran: tuple[str, ...]
     problems: tuple[str, ...]
     snapshot: SagaSnapshot
+    crashed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -138,6 +141,8 @@ class CrashRun:
 
     def __str__(self) -> str:
         line = f"crash after commit {self.after}: {self.status.value}"
+        if not self.crashed:
+            line += " (no crash: the saga ended first)"
         if self.reran:
             line += f", ran again: {', '.join(self.reran)}"
         for p in self.problems:
@@ -245,8 +250,7 @@ async def _crash_once(
         ended.cancel()
         crashed.cancel()
         await asyncio.gather(crashed, ended, return_exceptions=True)
-        if not mortal.dead:
-            problems.append(f"the saga ended after {mortal.commits} commits, before the crash")
+        died = mortal.dead
         await kill(r.engine)
         # A restarted process: a new engine, the same store, the same broker and participant.
         again = env.engine(
@@ -271,4 +275,4 @@ async def _crash_once(
             problems.append(f"step {name} ends {statuses[name]}, without a crash {want[name]}")
     got = _counts(r.calls)
     reran = tuple(k for k in got if got[k] > expected.get(k, 0))
-    return CrashRun(lives, snap.status, statuses, reran, tuple(problems), snap)
+    return CrashRun(lives, snap.status, statuses, reran, tuple(problems), snap, died)

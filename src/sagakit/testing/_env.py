@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from .._definition import SagaDefinition
@@ -260,7 +259,3 @@ async def run_to_end(
     """
     saga_id = await engine.start(name, data, **start)
     return await settle(engine, saga_id, timeout=timeout)
-
-
-def engines_of(env: SagaTestEnv) -> Iterable[SagaEngine]:
-    return tuple(env._engines)
