@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["docs/messaging.md", "docs/scheduling.md", "docs/state-migration.md"]
+PAGES = ["docs/messaging.md", "docs/scheduling.md", "docs/state-migration.md", "docs/testing.md"]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

@@ -158,6 +158,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         self._lease_margin = self.lease_seconds / 5
         # How often a running engine looks for operators' requests for the sagas it holds.
         self._request_poll = min(0.25, poll_interval)
+        # How often wait() reads a saga that this engine does not run (another worker may finish it).
+        self._wait_poll = 0.5
         self._observers = tuple(observers)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
@@ -522,7 +524,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             waiters = self._waiters.setdefault(saga_id, [])
             waiters.append(fut)
             # Poll now and then too: another worker may be running this saga.
-            delay = 0.5 if remaining is None else min(remaining, 0.5)
+            delay = self._wait_poll if remaining is None else min(remaining, self._wait_poll)
             timer = loop.call_later(delay, _resolve, fut)
             try:
                 done = await fut

@@ -126,6 +126,8 @@ class Messaging:
         self.transport = transport
         self.relay_batch = 100
         self.relay_concurrency = 32  # sagas whose messages are published at once
+        # Longest sleep of an idle relay between looks at the outbox (commits poke it at once).
+        self.relay_poll = 0.5
         self._triggers: dict[str, list[tuple[SagaDefinition, Trigger]]] = {}
         self._expects: dict[str, list[_Expect]] = {}
         # Events a definition knows but no step declares (SagaDefinition.known_events): consumed so that
@@ -317,7 +319,7 @@ class Messaging:
             if len(batch) == self.relay_batch:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), 0.5)
+                await asyncio.wait_for(self._poke.wait(), self.relay_poll)
 
     async def _publish(self, transport: Transport, batch: list[OutboxRecord]) -> tuple[list[str], list[str]]:
         """Publish a batch: each saga's messages in order, different sagas' concurrently.
