@@ -328,6 +328,20 @@ class _Api:
     async def allowed(self, request: Request) -> Any:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
+    def metrics_endpoint(self, metrics: Any) -> Callable[[Request], Awaitable[Response]]:
+        """``/metrics``: the Prometheus text format, under the access rules of reads."""
+
+        async def metrics_page(request: Request) -> Response:
+            try:
+                await self._authorize(request, False)
+            except _Problem as p:
+                headers = {"www-authenticate": 'Bearer realm="sagakit"'} if p.status == 401 else None
+                return _error(p.status, p.code, p.message, headers)
+            body, content_type = metrics.exposition()
+            return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
+
+        return metrics_page
+
     # ------------------------------------------------------------ actions
 
     def action(self, name: str) -> Callable[[Request], Awaitable[Any]]:
@@ -430,6 +444,7 @@ def create_app(
     private: bool = False,
     run_engine: bool = False,
     allowed_hosts: list[str] | None = None,
+    metrics: Any = None,
 ) -> Starlette:
     """The ASGI app: JSON API under ``/api``, its OpenAPI document at ``/openapi.json``, dashboard at ``/``.
 
@@ -449,6 +464,8 @@ def create_app(
         private: reads need the token (or pass the hook) too.
         run_engine: run the engine's workers in this process (from startup to shutdown).
         allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding).
+        metrics: a ``sagakit.prometheus.PrometheusObserver`` to serve at ``/metrics`` (reads'
+            access rules apply); its store gauges are refreshed while the app runs.
     """
     api = _Api(ops, token=token, auth=auth, read_only=read_only, private=private)
     e = api.endpoint
@@ -472,6 +489,8 @@ def create_app(
         Route("/api/bulk/{action}", e(api.bulk, mutating=True), methods=["POST"]),
         Route("/static/{asset}", _assets(), methods=["GET"]),
     ]
+    if metrics is not None:
+        routes.append(Route("/metrics", api.metrics_endpoint(metrics), methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -479,7 +498,11 @@ def create_app(
         if run_engine:
             await ops.engine.run()
         try:
-            yield
+            if metrics is None:
+                yield
+            else:
+                async with metrics.watch(ops.engine):
+                    yield
         finally:
             if run_engine:
                 await ops.engine.close()
