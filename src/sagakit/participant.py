@@ -51,6 +51,8 @@ class Participant:
         transport: a transport or its URL.
         name: the consumer group: instances with the same name share the commands.
         remember: how many handled commands' replies to keep for de-duplication.
+        tracer_provider: the OpenTelemetry tracer provider of the handlers' spans
+            (default: the global one).
     """
 
     def __init__(
@@ -60,11 +62,13 @@ class Participant:
         name: str,
         remember: int = 100_000,
         clock: Callable[[], float] = time.time,
+        tracer_provider: Any = None,
     ) -> None:
         self.transport = transport_from_url(transport) if isinstance(transport, str) else transport
         self.name = name
         self.remember = remember
         self.clock = clock
+        self.tracer_provider = tracer_provider
         self.handled = 0  # commands handled (not counting duplicates)
         self.duplicates = 0
         self._handlers: dict[str, tuple[type, Callable[[Any], Any]]] = {}
@@ -107,7 +111,8 @@ class Participant:
             else:
                 command: Any = env.unwrap(command_cls)
                 # The handler runs in a span continuing the saga's trace (with OpenTelemetry installed).
-                with handling(f"{env.type_name} process", env.headers, _span_attributes(env)) as trace_headers:
+                span = f"{env.type_name} process"
+                with handling(span, env.headers, _span_attributes(env), self.tracer_provider) as trace_headers:
                     result = fn(command)
                     event = await result if inspect.isawaitable(result) else result
                 self._trace_headers[env.message_id] = trace_headers

@@ -364,6 +364,11 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
     for h in snap.history:
         history.add_row(iso(h.at), h.kind, h.step or "", "" if h.attempt is None else str(h.attempt), h.message)
     out.print(history)
+    for h in snap.history:
+        if h.traceback:
+            what = "compensation of step" if h.kind == "compensation_failed" else "step"
+            out.print(Text(f"\ntraceback of {what} {h.step!r} attempt {h.attempt} ({iso(h.at)}):", style="bold"))
+            out.print(Text(h.traceback.rstrip(), style="red"), soft_wrap=True)
 
 
 commands: list[click.Command] = [list_command, show_command]
