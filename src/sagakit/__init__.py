@@ -36,8 +36,8 @@ from ._observe import (
     LoggingObserver,
     MessageInput,
     Observer,
-    TraceScope,
     Tracer,
+    TraceScope,
     TransitionInput,
 )
 from ._policy import RetryPolicy

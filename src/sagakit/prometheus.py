@@ -30,6 +30,9 @@ from typing import Any
 try:
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
+        GC_COLLECTOR,
+        PLATFORM_COLLECTOR,
+        PROCESS_COLLECTOR,
         REGISTRY,
         CollectorRegistry,
         Counter,
@@ -45,7 +48,7 @@ from ._observe import AttemptInput, BaseObserver, CommitInput, TransitionInput
 from ._status import SagaStatus
 from ._store import SagaQuery
 
-__all__ = ["DURATION_BUCKETS", "PrometheusObserver", "serve_metrics"]
+__all__ = ["DURATION_BUCKETS", "PrometheusObserver", "process_registry", "serve_metrics"]
 
 log = logging.getLogger("sagakit.prometheus")
 
@@ -240,6 +243,14 @@ class PrometheusObserver(BaseObserver):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def process_registry() -> CollectorRegistry:
+    """A new registry with the process, platform and garbage-collector metrics (for a process of its own)."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
 
 
 def serve_metrics(port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> Any:

@@ -329,7 +329,7 @@ class _Api:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
     def metrics_endpoint(self, metrics: Any) -> Callable[[Request], Awaitable[Response]]:
-        """``/metrics``: the Prometheus text format, under the access rules of reads."""
+        """``/metrics``: the Prometheus text format, under the access rules of reads; store gauges read now."""
 
         async def metrics_page(request: Request) -> Response:
             try:
@@ -337,6 +337,12 @@ class _Api:
             except _Problem as p:
                 headers = {"www-authenticate": 'Bearer realm="sagakit"'} if p.status == 401 else None
                 return _error(p.status, p.code, p.message, headers)
+            try:
+                await self.ops._store()
+                await metrics.refresh(self.ops.engine)
+            except Exception:
+                # The engine's own metrics are still worth serving; the store gauges keep their last values.
+                log.exception("sagakit admin: reading the store gauges for /metrics failed")
             body, content_type = metrics.exposition()
             return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
 
@@ -464,8 +470,8 @@ def create_app(
         private: reads need the token (or pass the hook) too.
         run_engine: run the engine's workers in this process (from startup to shutdown).
         allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding).
-        metrics: a ``sagakit.prometheus.PrometheusObserver`` to serve at ``/metrics`` (reads'
-            access rules apply); its store gauges are refreshed while the app runs.
+        metrics: a ``sagakit.prometheus.PrometheusObserver`` to serve at ``/metrics`` (the
+            access rules of reads apply); its store gauges are read at each scrape.
     """
     api = _Api(ops, token=token, auth=auth, read_only=read_only, private=private)
     e = api.endpoint
@@ -498,11 +504,7 @@ def create_app(
         if run_engine:
             await ops.engine.run()
         try:
-            if metrics is None:
-                yield
-            else:
-                async with metrics.watch(ops.engine):
-                    yield
+            yield
         finally:
             if run_engine:
                 await ops.engine.close()

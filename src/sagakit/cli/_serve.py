@@ -144,10 +144,10 @@ def serve_command(
     observer = None
     if metrics:
         try:
-            from ..prometheus import PrometheusObserver
+            from ..prometheus import PrometheusObserver, process_registry
         except ImportError as e:
             raise click.UsageError(f"--metrics needs the prometheus extra: {e}") from None
-        observer = PrometheusObserver()
+        observer = PrometheusObserver(process_registry())
     engine = read_engine(store_url, observers=[] if observer is None else [observer])
     engine.register(*definitions)
     ops = Operations(

@@ -80,6 +80,13 @@ log = logging.getLogger("sagakit.worker")
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server listens on.")
 @click.option(
+    "--metrics-interval",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Seconds between reads of the store gauges (sagas per status, outbox, dead letters, stuck age).",
+)
+@click.option(
     "-v", "--verbose", is_flag=True, help="Log at INFO level (failures are logged at WARNING and ERROR anyway)."
 )
 def worker(
@@ -94,6 +101,7 @@ def worker(
     allow: tuple[str, ...],
     metrics_port: int | None,
     metrics_host: str,
+    metrics_interval: float,
     verbose: bool,
 ) -> None:
     """Run sagas of TARGETS (modules like myapp.sagas[:attr], or .json/.yaml definition files).
@@ -120,15 +128,15 @@ def worker(
     metrics = None
     if metrics_port is not None:
         try:
-            from ..prometheus import PrometheusObserver
+            from ..prometheus import PrometheusObserver, process_registry
         except ImportError as e:
             raise click.UsageError(f"--metrics-port needs the prometheus extra: {e}") from None
-        metrics = PrometheusObserver()
+        metrics = PrometheusObserver(process_registry())
     try:
         asyncio.run(
             _run(
                 definitions, store, transport, concurrency, lease_seconds, grace, worker_id, metrics,
-                (metrics_host, metrics_port),
+                (metrics_host, metrics_port, metrics_interval),
             )
         )  # fmt: skip
     except (StoreError, TransportError) as e:
@@ -145,7 +153,7 @@ async def _run(
     grace: float,
     worker_id: str | None,
     metrics: PrometheusObserver | None = None,
-    metrics_at: tuple[str, int | None] = ("127.0.0.1", None),
+    metrics_at: tuple[str, int | None, float] = ("127.0.0.1", None, 15.0),
 ) -> None:
     observers: list[Observer] = [LoggingObserver()]
     if metrics is not None:
@@ -168,11 +176,11 @@ async def _run(
         if metrics is not None:
             from ..prometheus import serve_metrics
 
-            host, port = metrics_at
+            host, port, every = metrics_at
             server = serve_metrics(port or 0, host, metrics.registry)
             stack.callback(server.server_close)
             stack.callback(server.shutdown)
-            await stack.enter_async_context(metrics.watch(engine))
+            await stack.enter_async_context(metrics.watch(engine, every))
             shown = f"[{host}]" if ":" in host else host
             print(f"sagakit worker metrics at http://{shown}:{server.server_port}/metrics", flush=True)
         names = ", ".join(f"{d.name} v{d.version}" for d in definitions)
