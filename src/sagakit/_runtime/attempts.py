@@ -207,8 +207,11 @@ class Attempts(RuntimeBase):
                 async with asyncio.timeout(timeout):
                     result = await asyncio.shield(done)
         except BaseException:
-            abandoned = True
-            done.add_done_callback(late)
+            if not done.done():
+                # Cut off while the thread runs (or waits for one): it is abandoned. A function
+                # that raised has simply failed, and there is nothing late to record.
+                abandoned = True
+                done.add_done_callback(late)
             raise
         if inspect.isawaitable(result):
             if scope is None:
