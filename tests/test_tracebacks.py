@@ -119,3 +119,24 @@ def test_sagakit_show_prints_the_tracebacks_masked(tmp_path: Path) -> None:
     shown = json.loads(CliRunner().invoke(cli, ["show", sid, "--store", url, "--json"]).output)
     tracebacks = [h["traceback"] for h in shown["history"] if h["traceback"]]
     assert len(tracebacks) == 3 and all("hunter2" not in t for t in tracebacks)
+
+
+def test_a_repeated_failure_is_formatted_once_and_a_different_one_anew() -> None:
+    def fail(text: str) -> str:
+        try:
+            lookup({"text": text})
+        except KeyError as e:
+            return format_traceback(e)
+        raise AssertionError("lookup did not fail")
+
+    def fail_elsewhere() -> str:
+        try:
+            {}["id"]  # noqa: B018
+        except KeyError as e:
+            return format_traceback(e)
+        raise AssertionError("unreachable")
+
+    first, again = fail("a"), fail("b")
+    assert first is again  # the same code path and message: remembered
+    other = fail_elsewhere()
+    assert other != first and "in fail_elsewhere" in other and "in lookup" not in other
