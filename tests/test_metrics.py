@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sagakit import NonRetryableError, RetryPolicy, SagaBuilder, SagaEngine, SagaStatus, StepContext, send
 from sagakit._store import DeadLetter
 from sagakit.prometheus import PrometheusObserver, serve_metrics
+from sagakit.stores.memory import MemoryStore
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -134,22 +135,24 @@ class Reserved(BaseModel):
     order_id: str
 
 
+@pytest.mark.parametrize("store", ["suite", "memory"])
 async def test_the_store_gauges_show_a_stuck_saga_the_outbox_backlog_and_dead_letters(
-    store_url: str, metrics: tuple[PrometheusObserver, str]
+    store: str, store_url: str, metrics: tuple[PrometheusObserver, str]
 ) -> None:
     observer, url = metrics
+    target: Any = store_url if store == "suite" else MemoryStore()  # one memory store for both engines
     now = [1_000_000.0]
     b = SagaBuilder("order")
     b.step("reserve", send(Reserve, success=Reserved))
     order = b.build()
     # Started with no engine running: due at once, and nobody takes it.
-    idle = SagaEngine(store_url, clock=lambda: now[0])
+    idle = SagaEngine(target, clock=lambda: now[0])
     idle.register(order, quick())
     await idle.start("quick")
     await idle.close()
     now[0] += 90
     # A running engine without a transport: the command is written to the outbox and stays there.
-    async with SagaEngine(store_url, clock=lambda: now[0], observers=[observer]) as engine:
+    async with SagaEngine(target, clock=lambda: now[0], observers=[observer]) as engine:
         engine.register(order)
         sid = await engine.start("order", {"order_id": "o-1"})
         for _ in range(500):

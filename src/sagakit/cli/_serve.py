@@ -13,6 +13,7 @@ import logging
 import click
 
 from .._masking import hide_password
+from .._observe import LoggingObserver, Observer
 from ._actions import definitions_options, load_app
 from ._ops import mask_options, masker, read_engine, store_option
 
@@ -148,7 +149,10 @@ def serve_command(
         except ImportError as e:
             raise click.UsageError(f"--metrics needs the prometheus extra: {e}") from None
         observer = PrometheusObserver(process_registry())
-    engine = read_engine(store_url, observers=[] if observer is None else [observer])
+    observers: list[Observer] = [LoggingObserver()] if worker else []  # a worker logs failures, as `sagakit worker`
+    if observer is not None:
+        observers.append(observer)
+    engine = read_engine(store_url, observers=observers)
     engine.register(*definitions)
     ops = Operations(
         engine,
