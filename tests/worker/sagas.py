@@ -1,4 +1,4 @@
-"""Definitions the worker CLI tests run: a quick saga, one whose step takes long, one that fails for good."""
+"""Definitions the worker CLI tests run: quick, slow, waiting for an approval, and failing for good."""
 
 from __future__ import annotations
 
