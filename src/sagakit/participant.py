@@ -115,7 +115,8 @@ class Participant:
                 with handling(span, env.headers, _span_attributes(env), self.tracer_provider) as trace_headers:
                     result = fn(command)
                     event = await result if inspect.isawaitable(result) else result
-                self._trace_headers[env.message_id] = trace_headers
+                if trace_headers:
+                    self._trace_headers[env.message_id] = trace_headers
                 self.handled += 1
                 self._replies[env.message_id] = event
                 while len(self._replies) > self.remember:
