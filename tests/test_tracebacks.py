@@ -140,3 +140,16 @@ def test_a_repeated_failure_is_formatted_once_and_a_different_one_anew() -> None
     assert first is again  # the same code path and message: remembered
     other = fail_elsewhere()
     assert other != first and "in fail_elsewhere" in other and "in lookup" not in other
+
+
+def test_history_entries_keep_five_values_without_a_traceback_and_tolerate_newer_ones() -> None:
+    from sagakit.machine import HistoryEntry
+    from sagakit.stores._codec import decode_history, encode_history
+
+    plain = HistoryEntry(1.0, "step_started", "step 'a' attempt 1", "a", 1)
+    failed = HistoryEntry(2.0, "step_failed", "step 'a' failed", "a", 1, "Traceback: ...")
+    text = encode_history([plain, failed])
+    assert json.loads(text) == [[1.0, "step_started", "step 'a' attempt 1", "a", 1], [*failed]]
+    assert decode_history([(text,)]) == [plain, failed]
+    # A value a newer version added is left out, not refused.
+    assert decode_history([('[[3.0, "x", "y", null, null, null, "newer"]]',)]) == [HistoryEntry(3.0, "x", "y")]

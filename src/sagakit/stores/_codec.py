@@ -90,8 +90,12 @@ def encode_history(entries: Any) -> str:
 
 
 def decode_history(rows: Any) -> list[HistoryEntry]:
-    """The entries of history rows (each a 1-tuple holding the ``entries`` column), in row order."""
-    return [HistoryEntry(*e) for r in rows for e in orjson.loads(r[0])]
+    """The entries of history rows (each a 1-tuple holding the ``entries`` column), in row order.
+
+    Values past the fields this version knows (written by a newer one) are left out.
+    """
+    n = len(HistoryEntry._fields)
+    return [HistoryEntry(*e[:n]) for r in rows for e in orjson.loads(r[0])]
 
 
 def decode_row(row: Any) -> SagaState:
