@@ -15,6 +15,7 @@ EXPECTED = {
     "SagaError", "SagaBusy", "SagaStateError", "PayloadTooLarge", "StoreError", "NotASagaStore", "UnknownSagaType",
     "LeaseLost",
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",
+    "Tracer", "TraceScope", "AttemptStart", "MessageInput",
     "__version__",
 }  # fmt: skip
 

@@ -1364,9 +1364,37 @@ def test_uncertain_failure_is_compensated() -> None:
 
 
 def test_step_failed_carries_uncertain_as_its_fifth_field() -> None:
-    assert StepFailed._fields == ("step", "token", "error", "retryable", "uncertain")
+    assert StepFailed._fields == ("step", "token", "error", "retryable", "uncertain", "traceback")
     assert StepFailed("a", 1, "x").uncertain is False
     assert StepFailed("a", 1, "x", True, True).uncertain is True
+
+
+def test_a_failures_traceback_is_carried_to_its_history_entry_and_nowhere_else() -> None:
+    b = SagaBuilder("orders")
+    b.step("reserve", act, undo, compensation_retry=RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0))
+    b.step("charge", act, undo, retry=RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0.0))
+    r = Run(b.build())
+    r.ok("reserve", 1.0)
+
+    def fail(step: str, now: float, tb: str) -> Decision:
+        return r.send(StepFailed(step, r.token(step), "KeyError: 'id'", True, False, tb), now)
+
+    fail("charge", 2.0, "tb of charge 1")  # retried
+    r.send(Timer(), 3.5)
+    fail("charge", 4.0, "tb of charge 2")  # gave up: reserve is compensated
+    fail("reserve", 5.0, "tb of undo 1")  # compensation retried
+    r.send(Timer(), 6.5)
+    fail("reserve", 7.0, "tb of undo 2")  # compensation gave up: FAILED
+    assert r.state.status is SagaStatus.FAILED
+    failures = [(h.kind, h.step, h.attempt, h.traceback) for h in r.history if h.traceback is not None]
+    assert failures == [
+        ("step_failed", "charge", 1, "tb of charge 1"),
+        ("step_failed", "charge", 2, "tb of charge 2"),
+        ("compensation_failed", "reserve", 1, "tb of undo 1"),
+        ("compensation_failed", "reserve", 2, "tb of undo 2"),
+    ]
+    # Every entry the machine makes has all its fields, the traceback included.
+    assert all(len(h) == len(HistoryEntry._fields) for h in r.history)
 
 
 def test_uncertain_is_sticky_over_a_later_certain_failure() -> None:

@@ -28,7 +28,18 @@ from ._errors import (
     UnknownSagaType,
 )
 from ._messages import send, wait_for
-from ._observe import AttemptInput, BaseObserver, CommitInput, LoggingObserver, Observer, TransitionInput
+from ._observe import (
+    AttemptInput,
+    AttemptStart,
+    BaseObserver,
+    CommitInput,
+    LoggingObserver,
+    MessageInput,
+    Observer,
+    Tracer,
+    TraceScope,
+    TransitionInput,
+)
 from ._policy import RetryPolicy
 from ._snapshot import SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
@@ -62,12 +73,14 @@ def load_definition(
 
 __all__ = [
     "AttemptInput",
+    "AttemptStart",
     "BaseObserver",
     "CommitInput",
     "DefinitionError",
     "HistoryEntry",
     "LeaseLost",
     "LoggingObserver",
+    "MessageInput",
     "NonRetryableError",
     "NotASagaStore",
     "Observer",
@@ -88,6 +101,8 @@ __all__ = [
     "StepStatus",
     "Store",
     "StoreError",
+    "TraceScope",
+    "Tracer",
     "TransitionInput",
     "UnknownSagaType",
     "__version__",

@@ -257,9 +257,11 @@ class Masker:
         return "".join(out)
 
     def snapshot(self, snap: SagaSnapshot) -> SagaSnapshot:
-        """*snap* with its data, step results, errors and history lines masked."""
+        """*snap* with its data, step results, errors, history lines and tracebacks masked."""
         if not self.active:
             return snap
         steps = {n: replace(s, result=self.value(s.result), error=self.text(s.error)) for n, s in snap.steps.items()}
-        history = tuple(h._replace(message=self.text(h.message)) for h in snap.history)
+        history = tuple(
+            h._replace(message=self.text(h.message), traceback=self.text(h.traceback)) for h in snap.history
+        )
         return replace(snap, data=self.value(snap.data), error=self.text(snap.error), steps=steps, history=history)

@@ -7,16 +7,27 @@ breaks nobody:
 - ``on_attempt(AttemptInput)``: a local step attempt ended (succeeded, failed, timed out);
 - ``on_commit(CommitInput)``: a group commit (how many writes, refused, how long).
 
+An observer that also has the methods of ``Tracer`` is asked for a scope
+around each local attempt (the step runs with it current, in its task or its
+worker thread), for the headers of each command a saga sends, and for a scope
+around each reply it receives.
+
 Observers run on the engine's event loop and must be quick; an observer that
 raises is logged and otherwise ignored. ``LoggingObserver`` logs;
-``sagakit.otel.OpenTelemetryObserver`` records spans. Both pass errors and
-history lines through the masking policy (``sagakit._masking``) first: a log
-line is as public as a dashboard.
+``sagakit.otel.OpenTelemetryObserver`` records spans;
+``sagakit.prometheus.PrometheusObserver`` counts. They pass errors,
+tracebacks and history lines through the masking policy
+(``sagakit._masking``) first: a log line is as public as a dashboard.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import os
+import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +35,92 @@ from ._masking import Masker
 from ._status import SagaStatus
 from .machine import HistoryEntry
 
-__all__ = ["AttemptInput", "BaseObserver", "CommitInput", "LoggingObserver", "Observer", "TransitionInput"]
+__all__ = [
+    "AttemptInput",
+    "AttemptStart",
+    "BaseObserver",
+    "CommitInput",
+    "LoggingObserver",
+    "MessageInput",
+    "Observer",
+    "TraceScope",
+    "Tracer",
+    "TransitionInput",
+    "format_traceback",
+    "open_scope",
+]
+
+
+# A failed attempt's traceback is kept with its history entry, up to this many characters.
+MAX_TRACEBACK = 8000
+# Frames of the machinery that calls a step (this package's runtime, asyncio, the thread
+# pool): left out of the top of a traceback, which then starts in the step's own code.
+_MACHINERY = (
+    os.path.dirname(str(asyncio.__file__)) + os.sep,
+    os.path.dirname(str(concurrent.futures.__file__)) + os.sep,
+    os.path.join(os.path.dirname(__file__), "_runtime") + os.sep,
+)
+
+
+def format_traceback(e: BaseException, limit: int = MAX_TRACEBACK) -> str:
+    """The traceback of *e* (with its causes) from the step's code down, at most *limit* characters.
+
+    A longer one keeps its start and its end, where the error is, and says how much was cut.
+    The same failure repeated (same code path, same message) is formatted once.
+    """
+    try:
+        key = _failure_key(e, limit)
+    except Exception:  # an exception whose str() fails: formatted as usual, not remembered
+        key = None
+    if key is not None:
+        text = _formatted.get(key)
+        if text is not None:
+            return text
+    te = traceback.TracebackException.from_exception(e)
+    seen: set[int] = set()
+    t: traceback.TracebackException | None = te
+    while t is not None and id(t) not in seen:
+        seen.add(id(t))
+        while t.stack and t.stack[0].filename.startswith(_MACHINERY):
+            del t.stack[0]
+        t = t.__cause__ or (None if t.__suppress_context__ else t.__context__)
+    text = "".join(te.format())
+    if len(text) > limit:
+        head = limit // 4
+        tail = limit - head - 60
+        text = f"{text[:head]}\n... {len(text) - head - tail} characters cut ...\n{text[-tail:]}"
+    if key is not None:
+        if len(_formatted) >= _FORMATTED_MAX:
+            del _formatted[next(iter(_formatted))]
+        _formatted[key] = text
+    return text
+
+
+# Formatted tracebacks by what determines them: the same failure in many sagas costs one formatting.
+_formatted: dict[tuple[object, ...], str] = {}
+_FORMATTED_MAX = 256
+
+
+def _failure_key(e: BaseException, limit: int) -> tuple[object, ...] | None:
+    """What *e*'s formatted traceback depends on: each chained exception's type, text and code path."""
+    parts: list[object] = [limit]
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BaseExceptionGroup) or len(seen) > 20:
+            return None  # formatted with its members: not worth a key
+        seen.add(id(current))
+        frames = []
+        tb = current.__traceback__
+        while tb is not None:
+            frames.append((tb.tb_frame.f_code, tb.tb_lasti))
+            tb = tb.tb_next
+        notes = getattr(current, "__notes__", None)
+        parts.append((type(current), str(current), tuple(frames), tuple(notes) if notes else None))
+        cause = current.__cause__
+        parts.append(cause is not None)
+        current = cause or (None if current.__suppress_context__ else current.__context__)
+    return tuple(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +134,7 @@ class TransitionInput:
     after: SagaStatus
     history: tuple[HistoryEntry, ...]
     at: float
+    created_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +151,39 @@ class AttemptInput:
     outcome: str  # "succeeded", "failed" or "timed_out"
     error: str | None
     correlation_id: str | None
+    traceback: str | None = None  # of a failed attempt (bounded, as stored in the history)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """A local attempt of a step (or of its compensation) is about to run."""
+
+    saga_id: str
+    saga_name: str
+    step: str
+    attempt: int
+    compensation: bool
+    started: float
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInput:
+    """A message a saga sends (a step's command) or receives (a reply, an awaited event).
+
+    ``headers`` are the received envelope's (with the sender's ``traceparent``);
+    empty for a message being sent.
+    """
+
+    type_name: str
+    message_id: str
+    destination: str
+    saga_id: str | None
+    saga_name: str | None
+    step: str | None
+    compensation: bool
+    headers: Mapping[str, str]
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +194,83 @@ class CommitInput:
     refused: int
     started: float
     ended: float
+
+
+class TraceScope(Protocol):
+    """A span (or the like) a tracer has started.
+
+    Entered around the work it covers, so that it is the current span there;
+    leaving it does not end it: ``end`` does, once the outcome is known.
+    """
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def end(
+        self, outcome: str, *, error: str | None = None, exception: BaseException | None = None, at: float | None = None
+    ) -> None: ...
+
+
+class Tracer(Protocol):
+    """An observer that traces: the runtime calls these besides the ``Observer`` methods."""
+
+    def attempt_scope(self, event: AttemptStart) -> TraceScope:
+        """The scope a local attempt runs in (ended with its outcome: succeeded, failed, timed_out)."""
+        ...
+
+    def send_headers(self, event: MessageInput) -> Mapping[str, str]:
+        """Headers to add to a command a saga sends (a ``traceparent`` naming the send)."""
+        ...
+
+    def receive_scope(self, event: MessageInput) -> TraceScope:
+        """The scope a received reply is applied in (ended with: applied, or dead_lettered and the reason)."""
+        ...
+
+
+class _Scopes:
+    """Several tracers' scopes as one."""
+
+    __slots__ = ("scopes",)
+
+    def __init__(self, scopes: Sequence[TraceScope]) -> None:
+        self.scopes = scopes
+
+    def __enter__(self) -> object:
+        for s in self.scopes:
+            s.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in reversed(self.scopes):
+            s.__exit__(*exc)
+
+    def end(
+        self, outcome: str, *, error: str | None = None, exception: BaseException | None = None, at: float | None = None
+    ) -> None:
+        for s in self.scopes:
+            try:
+                s.end(outcome, error=error, exception=exception, at=at)
+            except Exception:
+                logging.getLogger("sagakit").exception("sagakit: tracer scope %r failed to end", s)
+
+
+def open_scope(tracers: Sequence[Tracer], method: str, event: AttemptStart | MessageInput) -> TraceScope | None:
+    """The scope of *event* from every tracer (None if none gave one; a tracer that raises is logged and skipped)."""
+    scopes = []
+    for t in tracers:
+        try:
+            scopes.append(getattr(t, method)(event))
+        except Exception:
+            logging.getLogger("sagakit").exception("sagakit: tracer %r failed in %s", t, method)
+    if not scopes:
+        return None
+    return scopes[0] if len(scopes) == 1 else _Scopes(scopes)
+
+
+def is_tracer(observer: object) -> bool:
+    """Whether *observer* has the methods of ``Tracer``."""
+    return all(callable(getattr(observer, m, None)) for m in ("attempt_scope", "send_headers", "receive_scope"))
 
 
 class Observer(Protocol):
@@ -89,13 +296,27 @@ class BaseObserver:
         return None
 
 
+_LEVELS = {
+    SagaStatus.FAILED: logging.ERROR,
+    SagaStatus.COMPENSATING: logging.WARNING,
+    SagaStatus.COMPENSATED: logging.WARNING,
+    SagaStatus.ABORTED: logging.WARNING,
+}
+
+
 class LoggingObserver(BaseObserver):
-    """Logs status changes and failed attempts at INFO, everything else at DEBUG.
+    """Logs what an operator should hear of, at a level that says how urgent it is.
+
+    - ERROR: a saga became ``FAILED``: it needs an operator (a compensation gave
+      up, or a step failed past the pivot);
+    - WARNING: a failed or timed-out attempt, with its traceback; a saga
+      rolling back (``COMPENSATING``), ``COMPENSATED`` or ``ABORTED``;
+    - INFO: other status changes; DEBUG: everything else.
 
     Args:
         logger: where to log (default ``sagakit.events``).
-        masker: the masking policy for errors and history lines (default:
-            ``Masker()``; ``Masker(None)`` logs them as they are).
+        masker: the masking policy for errors, tracebacks and history lines
+            (default: ``Masker()``; ``Masker(None)`` logs them as they are).
     """
 
     def __init__(self, logger: logging.Logger | None = None, *, masker: Masker | None = None) -> None:
@@ -103,7 +324,7 @@ class LoggingObserver(BaseObserver):
         self.masker = Masker() if masker is None else masker
 
     def on_transition(self, event: TransitionInput) -> None:
-        level = logging.INFO if event.before is not event.after else logging.DEBUG
+        level = logging.DEBUG if event.before is event.after else _LEVELS.get(event.after, logging.INFO)
         if self.log.isEnabledFor(level):
             self.log.log(
                 level,
@@ -113,14 +334,15 @@ class LoggingObserver(BaseObserver):
             )  # fmt: skip
 
     def on_attempt(self, event: AttemptInput) -> None:
-        level = logging.DEBUG if event.outcome == "succeeded" else logging.INFO
+        level = logging.DEBUG if event.outcome == "succeeded" else logging.WARNING
         if self.log.isEnabledFor(level):
             what = "compensation of step" if event.compensation else "step"
+            tb = f"\n{self.masker.text(event.traceback).rstrip()}" if event.traceback else ""
             self.log.log(
                 level,
-                "saga %s %s %r attempt %d %s in %.1f ms%s",
+                "saga %s %s %r attempt %d %s in %.1f ms%s%s",
                 event.saga_id, what, event.step, event.attempt, event.outcome,
-                (event.ended - event.started) * 1000, f": {self.masker.text(event.error)}" if event.error else "",
+                (event.ended - event.started) * 1000, f": {self.masker.text(event.error)}" if event.error else "", tb,
             )  # fmt: skip
 
     def on_commit(self, event: CommitInput) -> None:

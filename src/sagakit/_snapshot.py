@@ -110,7 +110,7 @@ class SagaSnapshot:
             },
             "history": [
                 {"at": h.at, "kind": h.kind, "step": h.step, "attempt": h.attempt,
-                 "message": h.message}
+                 "message": h.message, "traceback": h.traceback}
                 for h in self.history
             ],
         }  # fmt: skip

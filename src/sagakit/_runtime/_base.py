@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._definition import SagaDefinition
-from .._observe import Observer
+from .._observe import Observer, Tracer, is_tracer
 from .._snapshot import SagaSnapshot
 from .._store import OutboxMessage, Store
 from ..machine import CancelAttempt, Decision, Event, HistoryEntry, RunStep, SagaState
@@ -138,6 +139,11 @@ class RuntimeBase:
     _work_waiter: asyncio.Future[Any] | None
     _observers: tuple[Observer, ...]
     _opened: bool
+
+    @functools.cached_property
+    def _tracers(self) -> tuple[Tracer, ...]:
+        """The observers that trace (see ``sagakit._observe.Tracer``); empty keeps attempts untraced."""
+        return tuple(o for o in self._observers if is_tracer(o))  # type: ignore[misc]
 
     def _report(self, method: str, event: object) -> None:
         for o in self._observers:

@@ -8,6 +8,7 @@ abandoned, and what it returns late is recorded as stale.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import time
@@ -19,7 +20,7 @@ import orjson
 from .._context import StepContext
 from .._errors import NonRetryableError
 from .._messages import MessageMappingError, validate_state
-from .._observe import AttemptInput
+from .._observe import AttemptInput, AttemptStart, TraceScope, format_traceback, open_scope
 from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFailed, StepSucceeded
 from ._base import Held, RuntimeBase, log
 
@@ -61,6 +62,15 @@ class Attempts(RuntimeBase):
         slots = self._slots
         assert slots is not None
         started = self.clock() if self._observers else 0.0
+        scope = None
+        if self._tracers:
+            scope = open_scope(
+                self._tracers,
+                "attempt_scope",
+                AttemptStart(st.id, st.name, name, eff.attempt, eff.compensation, started, st.correlation_id),
+            )
+        error: BaseException | None = None
+        is_async = False
         try:
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
@@ -78,14 +88,21 @@ class Attempts(RuntimeBase):
                 self._let_go(held, f"its lease is not proven any more; step {name!r} was not started")
                 raise asyncio.CancelledError
             try:
-                if is_async:
-                    if eff.timeout is None:
-                        result = await fn(ctx)
-                    else:
-                        async with asyncio.timeout(eff.timeout):
+                if not is_async:
+                    late = functools.partial(self._late, held, eff)
+                    result = await self._call_in_thread(fn, ctx, eff.timeout, late, scope)
+                elif scope is not None:
+                    with scope:  # the attempt's span is current in the step's task
+                        if eff.timeout is None:
                             result = await fn(ctx)
+                        else:
+                            async with asyncio.timeout(eff.timeout):
+                                result = await fn(ctx)
+                elif eff.timeout is None:
+                    result = await fn(ctx)
                 else:
-                    result = await self._call_in_thread(fn, ctx, eff.timeout, functools.partial(self._late, held, eff))
+                    async with asyncio.timeout(eff.timeout):
+                        result = await fn(ctx)
             finally:
                 slots.release()
             data = KEEP if ctx._updates is None else DataUpdate(ctx._updates)
@@ -106,26 +123,45 @@ class Attempts(RuntimeBase):
                     )
                 else:
                     event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), data))
-        except TimeoutError:
-            # The attempt was cut off mid-way: it may have had its effect.
-            event = StepFailed(name, eff.token, f"attempt {eff.attempt} timed out after {eff.timeout}s", True, True)
+        except TimeoutError as e:
+            # The attempt was cut off mid-way: it may have had its effect. An async step's
+            # traceback shows where it was waiting when it was cut off.
+            error = e
+            event = StepFailed(
+                name,
+                eff.token,
+                f"attempt {eff.attempt} timed out after {eff.timeout}s",
+                True,
+                True,
+                format_traceback(e) if is_async else None,
+            )
         except asyncio.CancelledError:
             held.inflight.pop(eff.token, None)
+            if scope is not None:
+                scope.end("cancelled", at=self.clock())
             raise
         except NonRetryableError as e:
-            event = StepFailed(name, eff.token, _describe(e), retryable=False)
+            error = e
+            event = StepFailed(name, eff.token, _describe(e), False, False, format_traceback(e))
         except Exception as e:
+            error = e
             sdef = defn.by_name[name]
             policy = sdef.compensation_retry if eff.compensation else sdef.retry
-            event = StepFailed(name, eff.token, _describe(e), retryable=policy.is_retryable(e))
+            event = StepFailed(name, eff.token, _describe(e), policy.is_retryable(e), False, format_traceback(e))
         if self._observers:
-            error = event.error if isinstance(event, StepFailed) else None
-            outcome = "succeeded" if error is None else ("timed_out" if "timed out" in error else "failed")
+            message = tb = None
+            outcome = "succeeded"
+            if isinstance(event, StepFailed):
+                message, tb = event.error, event.traceback
+                outcome = "timed_out" if isinstance(error, TimeoutError) else "failed"
+            ended = self.clock()
+            if scope is not None:
+                scope.end(outcome, error=message, exception=error, at=ended)
             self._report(
                 "on_attempt",
                 AttemptInput(
-                    st.id, st.name, name, eff.attempt, eff.compensation, started, self.clock(), outcome, error,
-                    st.correlation_id,
+                    st.id, st.name, name, eff.attempt, eff.compensation, started, ended, outcome, message,
+                    st.correlation_id, tb,
                 ),
             )  # fmt: skip
         return event
@@ -136,23 +172,31 @@ class Attempts(RuntimeBase):
         ctx: StepContext,
         timeout: float | None,
         late: Callable[[asyncio.Future[Any]], None],
+        scope: TraceScope | None = None,
     ) -> Any:
         """Run a plain function on the thread pool; its timeout counts from when a thread starts it.
 
-        On timeout or cancellation the thread cannot be stopped: it is abandoned,
-        and *late* is told when it ends; what it returns is never applied.
+        The function runs in a copy of the caller's context (its context
+        variables, and the attempt's span when *scope* is given). On timeout or
+        cancellation the thread cannot be stopped: it is abandoned, and *late*
+        is told when it ends; what it returns is never applied.
         """
         executor = self._executor
         assert executor is not None
         loop = self._loop_()
         started: asyncio.Future[None] = loop.create_future()
         abandoned = False
+        if scope is None:
+            context = contextvars.copy_context()
+        else:
+            with scope:
+                context = contextvars.copy_context()
 
         def run() -> Any:
             if abandoned:
                 return _NOT_RUN  # cancelled while it waited for a thread: it never starts
             loop.call_soon_threadsafe(_set_done, started)
-            return fn(ctx)
+            return context.run(fn, ctx)
 
         done = loop.run_in_executor(executor, run)
         try:
@@ -163,11 +207,17 @@ class Attempts(RuntimeBase):
                 async with asyncio.timeout(timeout):
                     result = await asyncio.shield(done)
         except BaseException:
-            abandoned = True
-            done.add_done_callback(late)
+            if not done.done():
+                # Cut off while the thread runs (or waits for one): it is abandoned. A function
+                # that raised has simply failed, and there is nothing late to record.
+                abandoned = True
+                done.add_done_callback(late)
             raise
         if inspect.isawaitable(result):
-            return await result
+            if scope is None:
+                return await result
+            with scope:
+                return await result
         return result
 
     def _let_go(self, held: Held, why: str) -> None:

@@ -55,7 +55,14 @@ class Committer(RuntimeBase):
             self._report(
                 "on_transition",
                 TransitionInput(
-                    st.id, st.name, st.version, old.status, st.status, tuple(decision.history), st.updated_at
+                    st.id,
+                    st.name,
+                    st.version,
+                    old.status,
+                    st.status,
+                    tuple(decision.history),
+                    st.updated_at,
+                    st.created_at,
                 ),
             )
         held.state = st

@@ -46,6 +46,7 @@ from .._messages import (
     to_correlation_id,
     validate_state,
 )
+from .._observe import MessageInput, Tracer, open_scope
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus
 from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
@@ -77,6 +78,9 @@ class Host(Protocol):
 
     store: Store
     worker_id: str
+
+    @property
+    def _tracers(self) -> tuple[Tracer, ...]: ...
 
     def clock(self) -> float: ...
 
@@ -191,20 +195,31 @@ class Messaging:
         command = action.build_command(st.data if isinstance(st.data, Mapping) else {}, ctx)
         direction = "compensation" if eff.compensation else "action"
         mid = message_id(st.id, eff.step, 0, direction)
+        now = self.engine.clock()
+        destination = action.destination or action.type_name
+        headers = {"traceparent": traceparent(st.id)}
+        tracers = self.engine._tracers
+        if tracers:
+            sent = MessageInput(action.type_name, mid, destination, st.id, st.name, eff.step, eff.compensation, {}, now)
+            for t in tracers:
+                try:
+                    headers.update(t.send_headers(sent))
+                except Exception:
+                    log.exception("sagakit: tracer %r failed in send_headers", t)
         env = Envelope.wrap(
             command,
             message_id=mid,
-            timestamp=self.engine.clock(),
+            timestamp=now,
             saga_id=st.id,
             step=eff.step,
             token=eff.token,
             correlation_id=st.correlation_id,
-            headers={"traceparent": traceparent(st.id)},
+            headers=headers,
         )
         return OutboxMessage(
             id=f"{mid}/{eff.token}",
             saga_id=st.id,
-            destination=action.destination or action.type_name,
+            destination=destination,
             payload=env.to_bytes(),
             headers={"message_id": mid},
         )
@@ -417,10 +432,28 @@ class Messaging:
                 )
                 return
         event = Reply(env.type_name, env.payload, env.step, env.token)
+        scope = None
+        if self.engine._tracers:
+            received = MessageInput(
+                env.type_name, env.message_id, env.type_name, saga_id, None, env.step, False, env.headers,
+                self.engine.clock(),
+            )  # fmt: skip
+            scope = open_scope(self.engine._tracers, "receive_scope", received)
         try:
-            reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
+            if scope is None:
+                reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
+            else:
+                with scope:
+                    reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
         except SagaNotFound:
             reason = f"unknown saga {saga_id}"
+        except BaseException as e:
+            if scope is not None:
+                scope.end("failed", error=str(e), exception=e, at=self.engine.clock())
+            raise
+        if scope is not None:
+            outcome = "applied" if reason is None else "dead_lettered"
+            scope.end(outcome, error=reason, at=self.engine.clock())
         if reason is not None:
             await self._dead(env.message_id, saga_id, env.type_name, body, reason)
 

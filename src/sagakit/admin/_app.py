@@ -328,6 +328,26 @@ class _Api:
     async def allowed(self, request: Request) -> Any:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
+    def metrics_endpoint(self, metrics: Any) -> Callable[[Request], Awaitable[Response]]:
+        """``/metrics``: the Prometheus text format, under the access rules of reads; store gauges read now."""
+
+        async def metrics_page(request: Request) -> Response:
+            try:
+                await self._authorize(request, False)
+            except _Problem as p:
+                headers = {"www-authenticate": 'Bearer realm="sagakit"'} if p.status == 401 else None
+                return _error(p.status, p.code, p.message, headers)
+            try:
+                await self.ops._store()
+                await metrics.refresh(self.ops.engine)
+            except Exception:
+                # The engine's own metrics are still worth serving; the store gauges keep their last values.
+                log.exception("sagakit admin: reading the store gauges for /metrics failed")
+            body, content_type = metrics.exposition()
+            return Response(body, headers={"content-type": content_type, "cache-control": "no-store"})
+
+        return metrics_page
+
     # ------------------------------------------------------------ actions
 
     def action(self, name: str) -> Callable[[Request], Awaitable[Any]]:
@@ -430,6 +450,7 @@ def create_app(
     private: bool = False,
     run_engine: bool = False,
     allowed_hosts: list[str] | None = None,
+    metrics: Any = None,
 ) -> Starlette:
     """The ASGI app: JSON API under ``/api``, its OpenAPI document at ``/openapi.json``, dashboard at ``/``.
 
@@ -449,6 +470,8 @@ def create_app(
         private: reads need the token (or pass the hook) too.
         run_engine: run the engine's workers in this process (from startup to shutdown).
         allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding).
+        metrics: a ``sagakit.prometheus.PrometheusObserver`` to serve at ``/metrics`` (the
+            access rules of reads apply); its store gauges are read at each scrape.
     """
     api = _Api(ops, token=token, auth=auth, read_only=read_only, private=private)
     e = api.endpoint
@@ -472,6 +495,8 @@ def create_app(
         Route("/api/bulk/{action}", e(api.bulk, mutating=True), methods=["POST"]),
         Route("/static/{asset}", _assets(), methods=["GET"]),
     ]
+    if metrics is not None:
+        routes.append(Route("/metrics", api.metrics_endpoint(metrics), methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

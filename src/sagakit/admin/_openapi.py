@@ -143,7 +143,16 @@ def _schemas() -> dict[str, Any]:
             "uncertain": {"type": "boolean"},
         }
     )
-    history = _obj({"at": _NUM, "kind": _STR, "step": _nullable(_STR), "attempt": _nullable(_INT), "message": _STR})
+    history = _obj(
+        {
+            "at": _NUM,
+            "kind": _STR,
+            "step": _nullable(_STR),
+            "attempt": _nullable(_INT),
+            "message": _STR,
+            "traceback": {**_nullable(_STR), "description": "The traceback of a failed attempt (bounded, masked)."},
+        }
+    )
     saga_base = {
         "id": _STR,
         "name": _STR,
@@ -241,6 +250,7 @@ def _schemas() -> dict[str, Any]:
                 "duration": _nullable(_NUM),
                 "outcome": {"type": "string", "enum": ["running", "completed", "failed", "interrupted", "unfinished"]},
                 "error": _nullable(_STR),
+                "traceback": {**_nullable(_STR), "description": "The failed attempt's traceback (bounded, masked)."},
             }
         ),
         "AdminAction": _obj(

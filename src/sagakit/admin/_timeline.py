@@ -2,8 +2,9 @@
 
 The history is the audit trail the state machine writes; this module only
 reads it. Attempts pair ``step_started`` (``compensation_started``) with the
-entry that ended them; admin entries (retry, skip, compensate, abort, fork)
-carry who did it and why, as ``by ACTOR: REASON``.
+entry that ended them (a failed one with its traceback, when the history kept
+one); admin entries (retry, skip, compensate, abort, fork) carry who did it and
+why, as ``by ACTOR: REASON``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Attempt:
     ended_at: float | None
     outcome: str
     error: str | None = None
+    traceback: str | None = None  # of a failed attempt, as the history keeps it
 
     @property
     def duration(self) -> float | None:
@@ -59,6 +61,7 @@ class Attempt:
             "duration": self.duration,
             "outcome": self.outcome,
             "error": self.error,
+            "traceback": self.traceback,
         }
 
 
@@ -105,7 +108,14 @@ class Timeline:
             "attempts": [a.to_dict() for a in self.attempts],
             "admin_actions": [a.to_dict() for a in self.admin_actions],
             "events": [
-                {"at": h.at, "kind": h.kind, "step": h.step, "attempt": h.attempt, "message": h.message}
+                {
+                    "at": h.at,
+                    "kind": h.kind,
+                    "step": h.step,
+                    "attempt": h.attempt,
+                    "message": h.message,
+                    "traceback": h.traceback,
+                }
                 for h in self.events
             ],
         }
@@ -134,13 +144,15 @@ def build_timeline(snap: SagaSnapshot, history: Sequence[HistoryEntry] | None = 
         open_[(step, direction)] = _Open(step, direction, attempt, at, len(attempts))
         attempts.append(None)
 
-    def close(o: _Open, at: float, outcome: str, error: str | None) -> None:
-        attempts[o.index] = Attempt(o.step, o.direction, o.attempt, o.started_at, at, outcome, error)
+    def close(o: _Open, at: float, outcome: str, error: str | None, tb: str | None = None) -> None:
+        attempts[o.index] = Attempt(o.step, o.direction, o.attempt, o.started_at, at, outcome, error, tb)
 
-    def finish(step: str | None, direction: str, at: float, outcome: str, error: str | None) -> None:
+    def finish(
+        step: str | None, direction: str, at: float, outcome: str, error: str | None, tb: str | None = None
+    ) -> None:
         o = open_.pop((step or "", direction), None)
         if o is not None:
-            close(o, at, outcome, error)
+            close(o, at, outcome, error, tb)
 
     for h in entries:
         step = h.step or ""
@@ -155,11 +167,11 @@ def build_timeline(snap: SagaSnapshot, history: Sequence[HistoryEntry] | None = 
         elif kind == "step_completed":
             finish(h.step, "action", h.at, "completed", None)
         elif kind == "step_failed":
-            finish(h.step, "action", h.at, "failed", _error(h))
+            finish(h.step, "action", h.at, "failed", _error(h), h.traceback)
         elif kind == "compensation_completed":
             finish(h.step, "compensation", h.at, "completed", None)
         elif kind == "compensation_failed":
-            finish(h.step, "compensation", h.at, "failed", _error(h))
+            finish(h.step, "compensation", h.at, "failed", _error(h), h.traceback)
         elif kind in ("skip", "abort"):
             # The attempts a skip or an abort cut short never report.
             for key in [k for k in open_ if kind == "abort" or k[0] == step]:

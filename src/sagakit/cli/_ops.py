@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from rich.text import Text
 from .._engine import SagaEngine
 from .._errors import SagaNotFound, StoreError
 from .._masking import DEFAULT_MASK_PATTERN, Masker, hide_password
+from .._observe import Observer
 from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from .._store import store_from_url
@@ -167,7 +168,7 @@ def parse_cli_filter(params: dict[str, list[str]]) -> SagaFilter:
         raise click.BadParameter(f"{e.problem} (got {e.value!r})", param_hint=hint) from None
 
 
-def read_engine(url: str) -> SagaEngine:
+def read_engine(url: str, observers: Iterable[Observer] = ()) -> SagaEngine:
     """An engine on *url* for reading; exits with status 4 when the store cannot be used.
 
     A SQLite file that does not exist is an error here rather than a new, empty
@@ -187,7 +188,7 @@ def read_engine(url: str) -> SagaEngine:
         problem = _not_a_store(store.path)
         if problem:
             fail(f"{os.path.abspath(store.path)} (from {url!r}) {problem}; check --store or SAGAKIT_STORE", EXIT_STORE)
-    return SagaEngine(store)
+    return SagaEngine(store, observers=observers)
 
 
 def _not_a_store(path: str) -> str | None:
@@ -363,6 +364,11 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
     for h in snap.history:
         history.add_row(iso(h.at), h.kind, h.step or "", "" if h.attempt is None else str(h.attempt), h.message)
     out.print(history)
+    for h in snap.history:
+        if h.traceback:
+            what = "compensation of step" if h.kind == "compensation_failed" else "step"
+            out.print(Text(f"\ntraceback of {what} {h.step!r} attempt {h.attempt} ({iso(h.at)}):", style="bold"))
+            out.print(Text(h.traceback.rstrip(), style="red"), soft_wrap=True)
 
 
 commands: list[click.Command] = [list_command, show_command]

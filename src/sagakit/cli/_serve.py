@@ -13,6 +13,7 @@ import logging
 import click
 
 from .._masking import hide_password
+from .._observe import LoggingObserver, Observer
 from ._actions import definitions_options, load_app
 from ._ops import mask_options, masker, read_engine, store_option
 
@@ -96,6 +97,12 @@ def reads_need_token(host: str, token: str | None, *, private: bool = False, pub
     metavar="NAME",
     help="Host header to accept (repeatable; default on loopback: the address, 127.0.0.1, localhost, ::1).",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (the store's gauges; with --worker the engine's too). "
+    "Needs the prometheus extra; reads the same access rules as the API.",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve_command(
     store_url: str,
@@ -111,6 +118,7 @@ def serve_command(
     mask: str | None,
     mask_extra: tuple[str, ...],
     allowed_hosts: tuple[str, ...],
+    metrics: bool,
     log_level: str,
 ) -> None:
     """Serve the HTTP API (/api, described at /openapi.json) and the dashboard (/).
@@ -134,7 +142,17 @@ def serve_command(
     if worker and not (apps or definition_modules):
         raise click.UsageError("--worker runs the sagas' steps: give their definitions with --app")
     definitions = load_app(apps, definition_modules)
-    engine = read_engine(store_url)
+    observer = None
+    if metrics:
+        try:
+            from ..prometheus import PrometheusObserver, process_registry
+        except ImportError as e:
+            raise click.UsageError(f"--metrics needs the prometheus extra: {e}") from None
+        observer = PrometheusObserver(process_registry())
+    observers: list[Observer] = [LoggingObserver()] if worker else []  # a worker logs failures, as `sagakit worker`
+    if observer is not None:
+        observers.append(observer)
+    engine = read_engine(store_url, observers=observers)
     engine.register(*definitions)
     ops = Operations(
         engine,
@@ -143,13 +161,22 @@ def serve_command(
         definitions_hint="start sagakit serve with --app module:attr so that it can import the definition",
     )
     hosts = list(allowed_hosts) or (sorted({host, *_LOOPBACK_NAMES}) if is_loopback(host) else None)
-    app = create_app(ops, token=token, read_only=read_only, private=private, run_engine=worker, allowed_hosts=hosts)
+    app = create_app(
+        ops,
+        token=token,
+        read_only=read_only,
+        private=private,
+        run_engine=worker,
+        allowed_hosts=hosts,
+        metrics=observer,
+    )
     actions = "disabled (--read-only)" if read_only else ("need the token" if token else "disabled (no --token)")
     reads = "need the token" if private else "open"
     shown = f"[{host}]" if ":" in host else host
     store = hide_password(store_url)
     click.echo(
-        f"sagakit serve: dashboard at http://{shown}:{port}/ (API /api, OpenAPI /openapi.json) on {store}; "
+        f"sagakit serve: dashboard at http://{shown}:{port}/ (API /api, OpenAPI /openapi.json"
+        f"{', metrics /metrics' if metrics else ''}) on {store}; "
         f"reads {reads}; actions {actions}; {len(definitions)} definition(s){'; running workers' if worker else ''}",
         err=True,
     )

@@ -95,7 +95,7 @@ def _action_done(
         s.error = None
         s.finished_at = now
         s.wake_at = None
-        hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts)))
+        hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts, None)))
         if sdef.pivot and ROLLBACK in st.meta:
             _refuse_rollback(defn, st, name, now, fx, hist)
         return
@@ -118,6 +118,7 @@ def _action_done(
                     f"step {name!r} attempt {s.attempts} failed: {ev.error}; retry in {delay:.3f}s",
                     name,
                     s.attempts,
+                    ev.traceback,
                 )
             )
             return
@@ -127,7 +128,11 @@ def _action_done(
             why = "not retried: a rollback waits for the pivot step"
         else:
             why = "not retryable" if not ev.retryable else f"after {s.attempts} attempts"
-        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts))
+        hist.append(
+            HistoryEntry(
+                now, "step_failed", f"step {name!r} failed ({why}): {ev.error}", name, s.attempts, ev.traceback
+            )
+        )
         if deferred:
             if sdef.pivot:
                 reason = st.meta[ROLLBACK]
@@ -151,6 +156,7 @@ def _action_done(
             f"step {name!r} failed: {ev.error} (not retried: saga is {st.status.value})",
             name,
             s.attempts,
+            ev.traceback,
         )
     )
 
@@ -170,7 +176,7 @@ def _compensation_done(
         s.error = None
         s.wake_at = None
         s.finished_at = now
-        hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, n)))
+        hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, n, None)))
         return
     s.error = ev.error
     policy = sdef.compensation_retry
@@ -184,6 +190,7 @@ def _compensation_done(
                 f"compensation of step {name!r} attempt {n} failed: {ev.error}; retry in {delay:.3f}s",
                 name,
                 n,
+                ev.traceback,
             )
         )
         return
@@ -198,6 +205,7 @@ def _compensation_done(
             f"compensation of step {name!r} gave up ({why}): {ev.error}",
             name,
             n,
+            ev.traceback,
         )
     )
 

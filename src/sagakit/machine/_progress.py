@@ -23,7 +23,7 @@ from ._types import (
 )
 
 _S = StepStatus
-# HistoryEntry((at, kind, message, step, attempt)) and RunStep((...)) without the
+# HistoryEntry((at, kind, message, step, attempt, traceback)) and RunStep((...)) without the
 # named tuples' generated __new__: a Python call less per entry on the hot path.
 _entry = functools.partial(tuple.__new__, HistoryEntry)
 _run = functools.partial(tuple.__new__, RunStep)
@@ -55,7 +55,7 @@ def _own(st: SagaState, name: str) -> StepState:
 
 def _begin(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     st.status = SagaStatus.RUNNING
-    hist.append(_entry((now, "started", "saga started", None, None)))
+    hist.append(_entry((now, "started", "saga started", None, None, None)))
     _advance(defn, st, now, fx, hist)
 
 
@@ -248,7 +248,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
             if all_done:
                 st.status = SagaStatus.COMPLETED
                 st.error = None
-                hist.append(_entry((now, "completed", "saga completed", None, None)))
+                hist.append(_entry((now, "completed", "saga completed", None, None, None)))
             return
     if st.status is SagaStatus.COMPENSATING:
         busy = False
@@ -281,7 +281,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
                 hist.append(HistoryEntry(now, "failed", st.error, gave_up[0]))
             else:
                 st.status = SagaStatus.COMPENSATED
-                hist.append(_entry((now, "compensated", "saga compensated", None, None)))
+                hist.append(_entry((now, "compensated", "saga compensated", None, None, None)))
 
 
 def _to_undo(sdef: StepDefinition, s: StepState) -> bool:
@@ -330,6 +330,7 @@ def _dispatch(
                     f"compensation of step {sdef.name!r} attempt {attempt}",
                     sdef.name,
                     attempt,
+                    None,
                 )
             )
         )
@@ -341,7 +342,7 @@ def _dispatch(
         local = sdef.local
         if attempt == 1:
             s.started_at = now
-        hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt)))
+        hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt, None)))
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None

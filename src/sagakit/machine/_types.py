@@ -155,6 +155,7 @@ class HistoryEntry(NamedTuple):
 
     The events and effects made on every transition are named tuples: immutable
     like frozen dataclasses, and several times cheaper to create on the hot path.
+    ``traceback`` is the (bounded) traceback of a failed attempt, on its failure entry.
     """
 
     at: float
@@ -162,6 +163,7 @@ class HistoryEntry(NamedTuple):
     message: str
     step: str | None = None
     attempt: int | None = None
+    traceback: str | None = None
 
 
 # ---------------------------------------------------------------- events
@@ -197,6 +199,7 @@ class StepFailed(NamedTuple):
 
     ``uncertain`` says the attempt may have had its effect all the same (it
     timed out, or its result could not be stored): a rollback compensates it.
+    ``traceback`` (the runtime's, bounded) goes into the failure's history entry.
     """
 
     step: str
@@ -204,6 +207,7 @@ class StepFailed(NamedTuple):
     error: str
     retryable: bool = True
     uncertain: bool = False
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

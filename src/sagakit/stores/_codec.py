@@ -82,13 +82,20 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
 
 
 def encode_history(entries: Any) -> str:
-    """History entries as one JSON array of ``[at, kind, message, step, attempt]`` (a history row)."""
-    return orjson.dumps([(*h,) for h in entries]).decode()
+    """History entries as one JSON array of ``[at, kind, message, step, attempt(, traceback)]`` (a history row).
+
+    The traceback is written only where there is one, so that the common entry stays five values.
+    """
+    return orjson.dumps([h[:5] if h[5] is None else (*h,) for h in entries]).decode()
 
 
 def decode_history(rows: Any) -> list[HistoryEntry]:
-    """The entries of history rows (each a 1-tuple holding the ``entries`` column), in row order."""
-    return [HistoryEntry(*e) for r in rows for e in orjson.loads(r[0])]
+    """The entries of history rows (each a 1-tuple holding the ``entries`` column), in row order.
+
+    Values past the fields this version knows (written by a newer one) are left out.
+    """
+    n = len(HistoryEntry._fields)
+    return [HistoryEntry(*e[:n]) for r in rows for e in orjson.loads(r[0])]
 
 
 def decode_row(row: Any) -> SagaState:

@@ -409,6 +409,7 @@ class Statements:
             f"WHERE id={p(1)} AND claimed_by={p(2)}"
         )
         self.outbox_pending = "SELECT COUNT(*) FROM sagakit_outbox"
+        self.outbox_oldest = "SELECT MIN(created_at) FROM sagakit_outbox"
         self.insert_dead_letter = (
             "INSERT INTO sagakit_dead_letters (message_id, received_at, saga_id, type_name, body, "
             f"reason) VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)}, {p(6)})"

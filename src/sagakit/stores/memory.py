@@ -121,7 +121,7 @@ class MemoryStore:
             for m in w.outbox:
                 if m.id not in self.outbox:
                     self._order += 1
-                    self.outbox[m.id] = _Out(m, st.updated_at, self._order)
+                    self.outbox[m.id] = _Out(m, st.updated_at, self._order, created_at=st.updated_at)
             self.inbox.update(dict.fromkeys(w.inbox, st.id))
             results.append(st.id)
         return results
@@ -322,6 +322,10 @@ class MemoryStore:
     async def outbox_pending(self) -> int:
         return len(self.outbox)
 
+    async def outbox_oldest(self) -> float | None:
+        """When the oldest message still in the outbox was written (None: the outbox is empty)."""
+        return min((e.created_at for e in self.outbox.values()), default=None)
+
     async def inbox_seen(self, message_id: str) -> bool:
         return message_id in self.inbox
 
@@ -482,3 +486,4 @@ class _Out:
     claimed_by: str | None = None
     claimed_until: float | None = None
     attempts: int = 0
+    created_at: float = 0.0

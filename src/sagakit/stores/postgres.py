@@ -662,6 +662,11 @@ class PostgresStore:
         rows = await self._fetch("outbox_pending", self._sql.outbox_pending)
         return int(rows[0][0])
 
+    async def outbox_oldest(self) -> float | None:
+        """When the oldest message still in the outbox was written (None: the outbox is empty)."""
+        rows = await self._fetch("outbox_oldest", self._sql.outbox_oldest)
+        return None if rows[0][0] is None else float(rows[0][0])
+
     async def inbox_seen(self, message_id: str) -> bool:
         return bool(await self._fetch("inbox_seen", self._sql.inbox_seen, message_id))
 

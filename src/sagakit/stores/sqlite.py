@@ -545,6 +545,11 @@ class SQLiteStore:
         rows = await self._read(self._fetchall, self._sql.outbox_pending, ())
         return int(rows[0][0])
 
+    async def outbox_oldest(self) -> float | None:
+        """When the oldest message still in the outbox was written (None: the outbox is empty)."""
+        rows = await self._read(self._fetchall, self._sql.outbox_oldest, ())
+        return None if rows[0][0] is None else float(rows[0][0])
+
     async def inbox_seen(self, message_id: str) -> bool:
         rows = await self._read(self._fetchall, self._sql.inbox_seen, (message_id,))
         return bool(rows)

@@ -721,8 +721,21 @@ function timelineTable(t) {
       el("td", {}, when(a.started_at)),
       el("td", { class: "num", text: a.duration === null ? "" : duration(a.duration) }),
       el("td", { class: `outcome-${a.outcome}`, text: a.outcome }),
-      el("td", { class: "err", text: a.error || "" })))),
+      el("td", { class: "err" }, a.error || "", a.traceback ? tracebackView(a) : "")))),
   ));
+}
+
+// A failed attempt's traceback, folded under its error (kept open across refreshes while open).
+const openTracebacks = new Set();
+function tracebackView(a) {
+  const key = `${a.step}/${a.direction}/${a.attempt}`;
+  const details = el("details", { class: "traceback", "data-attempt": key },
+    el("summary", { text: "traceback" }), el("pre", { text: a.traceback }));
+  details.open = openTracebacks.has(key);
+  details.addEventListener("toggle", () => {
+    if (details.open) openTracebacks.add(key); else openTracebacks.delete(key);
+  });
+  return details;
 }
 
 function adminTable(items) {
