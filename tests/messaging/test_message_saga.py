@@ -421,3 +421,57 @@ async def test_a_reply_without_saga_headers_is_matched_by_correlation(store_url:
         await stripped.close()
     assert snap.status is SagaStatus.COMPLETED
     assert snap.data["payment_id"] == "p-bare"
+
+
+async def test_a_reply_for_a_saga_a_dead_worker_still_holds_is_applied_once_its_lease_ends(pg_url: str) -> None:
+    """The reply reaches another worker while the dead one's lease runs: it is kept, not dead-lettered.
+
+    On PostgreSQL: there a new worker cannot know the dead one is gone (a SQLite
+    file's lock tells it, and it takes the leases back at once).
+    """
+    from sagakit import StepContext
+    from sagakit.testing import kill
+
+    broker = MemoryBroker(max_deliveries=1)  # one delivery: the reply must not be given up while it waits
+    url = pg_url
+    release = asyncio.Event()
+    slow_runs: list[int] = []
+
+    async def slow(ctx: StepContext) -> None:
+        slow_runs.append(ctx.attempt)
+        if len(slow_runs) == 1:
+            await asyncio.sleep(60)  # still running when its worker dies: the saga stays leased
+
+    b = SagaBuilder("held_while_replied")
+    b.step("slow", slow)
+    b.step("pay", action=send(ProcessPayment, success=PaymentProcessed), after=())  # beside "slow"
+    defn = b.build()
+    payments = Participant(MemoryTransport(broker), name="payments")
+
+    @payments.handles(ProcessPayment)
+    async def pay(cmd: ProcessPayment) -> PaymentProcessed:
+        await release.wait()
+        return PaymentProcessed(order_id=cmd.order_id, payment_id="p-1")
+
+    first = SagaEngine(url, transport=MemoryTransport(broker), lease_seconds=7.0, worker_id="first")
+    first.register(defn)
+    async with payments:
+        await first.__aenter__()
+        sid = await first.start("held_while_replied", {"order_id": "o-1", "amount": 5.0})
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while not (slow_runs and (await first.get(sid)).steps["pay"].status is StepStatus.RUNNING):
+            assert loop.time() < end
+            await asyncio.sleep(0.01)
+        await kill(first)
+        async with SagaEngine(url, transport=MemoryTransport(broker), lease_seconds=2.0, worker_id="second") as second:
+            second.register(defn)
+            release.set()  # the reply comes while "first" still holds the saga's lease
+            t0 = loop.time()
+            snap = await second.wait(sid, timeout=30)
+            waited = loop.time() - t0
+            letters = await second.dead_letters()
+    assert snap.status is SagaStatus.COMPLETED
+    assert waited > 5.0  # applied once the dead worker's 7 s lease ran out, not before
+    assert snap.steps["pay"].result == {"order_id": "o-1", "payment_id": "p-1"}
+    assert letters == []

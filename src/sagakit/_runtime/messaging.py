@@ -103,12 +103,16 @@ class Host(Protocol):
         offset: int = 0,
     ) -> list[SagaSnapshot]: ...
 
+    lease_seconds: float
+
     async def _act(
         self,
         saga_id: str,
         make: Callable[[Held], Event | str],
         *,
         inbox: str | None = None,
+        busy_timeout: float = 5.0,
+        admin: Event | None = None,
     ) -> str | None: ...
 
 
@@ -439,12 +443,20 @@ class Messaging:
                 self.engine.clock(),
             )  # fmt: skip
             scope = open_scope(self.engine._tracers, "receive_scope", received)
+        # When another worker holds the saga, the event is left for it as a request (it applies
+        # it within a fraction of a second); should that worker be gone, its lease runs out and
+        # this engine applies the event itself. The delivery is acknowledged only then.
+        wait = self.engine.lease_seconds + 5.0
         try:
             if scope is None:
-                reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
+                reason = await self.engine._act(
+                    saga_id, lambda held: event, inbox=env.message_id, admin=event, busy_timeout=wait
+                )
             else:
                 with scope:
-                    reason = await self.engine._act(saga_id, lambda held: event, inbox=env.message_id)
+                    reason = await self.engine._act(
+                        saga_id, lambda held: event, inbox=env.message_id, admin=event, busy_timeout=wait
+                    )
         except SagaNotFound:
             reason = f"unknown saga {saga_id}"
         except BaseException as e:
