@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["docs/messaging.md", "docs/scheduling.md", "docs/state-migration.md", "docs/testing.md"]
+PAGES = [
+    "docs/messaging.md",
+    "docs/scheduling.md",
+    "docs/state-migration.md",
+    "docs/testing.md",
+    "docs/application.md",
+]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -37,7 +43,15 @@ async def test_every_code_block_runs(page: str, tmp_path: Path) -> None:
     try:
         for line, code in found:
             # Padding keeps tracebacks' line numbers those of the page.
-            compiled = compile("\n" * (line - 1) + code, str(ROOT / page), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            # dont_inherit: the page's annotations are evaluated as a reader's module would (pydantic
+            # models there resolve their field types), not postponed by this module's __future__ import.
+            compiled = compile(
+                "\n" * (line - 1) + code,
+                str(ROOT / page),
+                "exec",
+                flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                dont_inherit=True,
+            )
             result = eval(compiled, namespace)  # noqa: S307 - the project's own documentation
             if inspect.iscoroutine(result):
                 await asyncio.wait_for(result, 60)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._client import SagaClient
 from ._context import StepContext
 from ._definition import SagaBuilder, SagaDefinition, StepDefinition
 from ._engine import SagaEngine
 from ._errors import (
+    DataEncodingError,
     DefinitionError,
     LeaseLost,
     NonRetryableError,
@@ -76,6 +78,7 @@ __all__ = [
     "AttemptStart",
     "BaseObserver",
     "CommitInput",
+    "DataEncodingError",
     "DefinitionError",
     "HistoryEntry",
     "LeaseLost",
@@ -88,6 +91,7 @@ __all__ = [
     "RetryPolicy",
     "SagaBuilder",
     "SagaBusy",
+    "SagaClient",
     "SagaDefinition",
     "SagaEngine",
     "SagaError",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from ._json import from_json
 from .machine import SagaState, step_results
 
 __all__ = ["StepContext"]
+
+T = TypeVar("T")
 
 
 class StepContext:
@@ -18,14 +21,18 @@ class StepContext:
         saga_name: name of the saga's definition.
         step: the step's name.
         attempt: 1-based attempt number of this action (or compensation).
-        data: the saga's input data.
-        results: outputs of finished steps, by step name.
+        data: the saga's data as stored (JSON: dicts, lists, strings, numbers);
+            ``data_as(Model)`` reads it as a model.
+        results: outputs of finished steps, by step name; a step whose action is
+            annotated to return a pydantic model or a dataclass (``-> Receipt``)
+            appears as an instance of it.
         idempotency_key: stable across retries and crash re-runs, unique per saga,
             step and direction (action or compensation). Use it to make the
             step's side effect happen once downstream.
         correlation_id: the saga's correlation id, if any.
         compensation: True in a compensation.
-        result: in a compensation, the step's own output.
+        result: in a compensation, the step's own output (an instance of the model
+            its action is annotated to return, if any).
         worker_id: the worker that holds the saga's lease and runs this attempt
             (None outside an engine); ``sagakit.stores.postgres.fenced`` checks it.
     """
@@ -34,6 +41,7 @@ class StepContext:
         "_idempotency_key",
         "_results",
         "_state",
+        "_types",
         "_updates",
         "attempt",
         "compensation",
@@ -69,6 +77,7 @@ class StepContext:
         self._results: Mapping[str, Any] | None = results
         self._idempotency_key: str | None = idempotency_key
         self._state: SagaState | None = None
+        self._types: Mapping[str, type] | None = None
         self.correlation_id = correlation_id
         self.compensation = compensation
         self.result = result
@@ -77,11 +86,18 @@ class StepContext:
 
     @classmethod
     def _of(
-        cls, st: SagaState, step: str, attempt: int, compensation: bool, worker_id: str | None = None
+        cls,
+        st: SagaState,
+        step: str,
+        attempt: int,
+        compensation: bool,
+        worker_id: str | None = None,
+        types: Mapping[str, type] | None = None,
     ) -> StepContext:
         """The context of an attempt of *step* in the saga *st* (a state the machine no longer changes).
 
         ``results`` and ``idempotency_key`` are worked out when first read.
+        *types* maps steps to the model their results are read as.
         """
         ctx = cls.__new__(cls)
         ctx.saga_id = st.id
@@ -94,7 +110,14 @@ class StepContext:
         ctx._state = st
         ctx.correlation_id = st.correlation_id
         ctx.compensation = compensation
-        ctx.result = st.steps[step].result if compensation else None
+        ctx._types = types or None
+        ctx.result = None
+        if compensation:
+            result = st.steps[step].result
+            model = types.get(step) if types else None
+            ctx.result = (
+                result if model is None or result is None else from_json(model, result, f"the result of step {step!r}")
+            )
         ctx.worker_id = worker_id
         ctx._updates = None
         return ctx
@@ -105,8 +128,27 @@ class StepContext:
         results = self._results
         if results is None:
             assert self._state is not None
-            results = self._results = step_results(self._state)
+            results = step_results(self._state)
+            types = self._types
+            if types:
+                results = dict(results)
+                for name, model in types.items():
+                    value = results.get(name)
+                    if value is not None:
+                        results[name] = from_json(model, value, f"the result of step {name!r}")
+            self._results = results
         return results
+
+    def data_as(self, model: type[T]) -> T:
+        """The saga's data read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
+
+        ``Decimal``, ``datetime``, ``UUID`` and ``Enum`` fields come back as
+        those types, from the JSON strings and values they are stored as.
+
+        Raises:
+            DataEncodingError: the data does not fit *model*; names each field.
+        """
+        return from_json(model, self.data, "the saga's data")
 
     @property
     def idempotency_key(self) -> str:

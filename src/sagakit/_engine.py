@@ -44,6 +44,7 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
+from ._json import encode, model_type, to_json
 from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._runtime._base import Held, Pending, Slots
@@ -166,7 +167,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         self._threads = threads
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._latest: dict[str, SagaDefinition] = {}
-        self._fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]] = {}
+        self._fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool, Mapping[str, type]]] = {}
         self._held: dict[str, Held] = {}
         self._queue: dict[str, Pending] = {}
         self._waiters: dict[str, list[asyncio.Future[SagaSnapshot | None]]] = {}
@@ -194,12 +195,19 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             latest = self._latest.get(d.name)
             if latest is None or d.version >= latest.version:
                 self._latest[d.name] = d
+            # The model each step's action is annotated to return: its result is read back as one.
+            types: dict[str, type] = {}
+            for s in d.steps:
+                model = model_type(s.action) if callable(s.action) else None
+                if model is not None:
+                    types[s.name] = model
             for s in d.steps:
                 for comp, fn in ((False, s.action), (True, s.compensation)):
                     if fn is not None and callable(fn):
                         self._fns[(d.name, d.version, s.name, comp)] = (
                             fn,
                             inspect.iscoroutinefunction(fn),
+                            types,
                         )
         if self._running and not self._closing:
             self._in_background(self._say_alive())
@@ -336,6 +344,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         version: int | None = None,
         at: float | datetime.datetime | None = None,
         delay: float | datetime.timedelta | None = None,
+        connection: Any = None,
     ) -> str:
         """Start a saga and return its id once it is durably stored.
 
@@ -347,26 +356,31 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         then: it is ``PENDING`` until that time, survives restarts, and can be
         aborted meanwhile (``engine.abort``).
 
+        *data* may be a dict, a pydantic model or a dataclass, holding
+        ``Decimal``, ``datetime``, ``UUID`` and ``Enum`` values too; it is
+        stored in its JSON form.
+
+        With *connection* (the application's own ``sqlite3`` connection,
+        asyncpg connection, or SQLAlchemy ``Connection``/``Session``/
+        ``AsyncConnection``/``AsyncSession``, on the store's database, with a
+        transaction open), the saga is written inside that transaction: it
+        exists if and only if the application commits, and a worker runs it
+        after the commit. The id is returned before the commit.
+
         Raises:
             UnknownSagaType: *name* (or *version*) is not registered; nothing is stored.
             PayloadTooLarge: *data* is over the definition's ``max_payload_bytes``.
-            TypeError: *data* cannot be stored as JSON.
+            DataEncodingError: *data* cannot be stored as JSON faithfully (also a TypeError and a
+                ValueError); names the path of the value.
             ValueError: both *at* and *delay*, a negative delay, or a naive datetime.
+            StoreError: *connection* has no transaction open, or is on another database.
         """
         start_at = _start_time(at, delay, self.clock) if at is not None or delay is not None else None
+        if connection is not None:
+            write = self._new_write(name, data, idempotency_key, correlation_id, version, start_at)
+            return str(await self._store_writes_in(connection).write_in(connection, write))
         defn = self._definition(name, version)
-        try:
-            blob = orjson.dumps(data)
-        except TypeError as e:
-            raise TypeError(f"data of saga {name!r} is not JSON-serialisable: {e}") from None
-        if len(blob) > defn.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"data of saga {name!r} is {len(blob)} bytes, over the limit of "
-                f"{defn.max_payload_bytes} bytes (max_payload_bytes of the definition)"
-            )
-        data = orjson.loads(blob)
-        if defn.state_model is not None:
-            data = validate_state(defn.state_model, data if isinstance(data, dict) else {})
+        data = self._prepare_data(defn, data)
         if not self._opened:
             await self._ensure_open()
         now = self.clock()
@@ -382,6 +396,54 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             start_at=start_at,
         )
         return await self._insert(defn, decision)
+
+    def _prepare_data(self, defn: SagaDefinition, data: Any) -> Any:
+        """*data* in its JSON form, checked against the payload limit and the definition's state model."""
+        name = defn.name
+        blob = encode(data, "data of saga {!r}", name)
+        if len(blob) > defn.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"data of saga {name!r} is {len(blob)} bytes, over the limit of "
+                f"{defn.max_payload_bytes} bytes (max_payload_bytes of the definition)"
+            )
+        data = orjson.loads(blob)
+        if defn.state_model is not None:
+            data = validate_state(defn.state_model, data if isinstance(data, dict) else {})
+        return data
+
+    def _new_write(
+        self,
+        name: str,
+        data: Any,
+        idempotency_key: str | None,
+        correlation_id: str | None,
+        version: int | None,
+        start_at: float | None = None,
+    ) -> Write:
+        """The insert of a new saga that a worker will begin (nothing is dispatched here); no I/O."""
+        defn = self._definition(name, version)
+        data = self._prepare_data(defn, data)
+        decision = new_saga(
+            defn,
+            _new_saga_id(),
+            data,
+            self.clock(),
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            begin=False,
+            start_at=start_at,
+        )
+        st = decision.state
+        return Write(st, 0, decision.history, st.wake_at, insert=True)
+
+    def _store_writes_in(self, connection: Any) -> Any:
+        """The store, when it can write a saga with the application's *connection*."""
+        if getattr(self.store, "write_in", None) is None:
+            raise TypeError(
+                f"the store {self.store!r} cannot write a saga in the application's transaction; "
+                "use a SQLite or PostgreSQL store (or start the saga without connection=)"
+            )
+        return self.store
 
     async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
         """Store a new saga; a running engine holds it and starts its first steps once stored.
@@ -551,10 +613,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         actor: str = "operator",
     ) -> SagaSnapshot:
         """Mark a waiting or failed step SKIPPED with *result* (later steps see it) and move on."""
-        try:
-            result = orjson.loads(orjson.dumps(result))
-        except TypeError as e:
-            raise TypeError(f"skip result for step {step!r} is not JSON-serialisable: {e}") from None
+        result = to_json(result, "skip result for step {!r}", step, root="result")
         return await self._admin(saga_id, Skip(step, result, reason, actor))
 
     async def fork(
@@ -598,10 +657,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
                 )
             preset[name] = s.result
         new_data = old.data if data is None else data
-        try:
-            new_data = orjson.loads(orjson.dumps(new_data))
-        except TypeError as e:
-            raise TypeError(f"fork data is not JSON-serialisable: {e}") from None
+        new_data = to_json(new_data, "fork data")
         new_id = _new_saga_id()
         who = f"by {actor}" + (f": {reason}" if reason else "")
         now = self.clock()
@@ -657,6 +713,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             MessageMappingError: *event* is not a pydantic model or dataclass instance.
         """
         payload = to_payload(event)
+        encode(payload, "event {}", type(event).__name__, root="event")  # NaN and infinities are refused, not nulled
         reply = Reply(message_type_name(type(event)), payload, step, None)
         if message_id is not None and await self.store.inbox_seen(message_id):
             return

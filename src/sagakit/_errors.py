@@ -12,6 +12,8 @@ The tree (classes defined elsewhere name their module)::
     ├── SagaBusy                               another worker holds the saga's lease
     ├── PayloadTooLarge (also ValueError)      saga data over the configured size limit
     ├── LeaseLost                              a fenced effect found the lease gone (stores.postgres.fenced)
+    ├── DataEncodingError (also TypeError,     a value JSON cannot hold faithfully (NaN, a set),
+    │   ValueError)                            or stored data that does not fit a model; names the path
     ├── StoreError                             the store cannot be opened or used
     │   └── NotASagaStore                      the file or database is not a sagakit store
     ├── TransportError                         the broker cannot be reached or used (transports)
@@ -36,6 +38,7 @@ subclass of ``SagaError`` in the package.
 from __future__ import annotations
 
 __all__ = [
+    "DataEncodingError",
     "DefinitionError",
     "LeaseLost",
     "NonRetryableError",
@@ -85,6 +88,13 @@ class SagaBusy(SagaError):
 
 class PayloadTooLarge(SagaError, ValueError):
     """Saga data or a step result is larger than the configured limit."""
+
+
+class DataEncodingError(SagaError, TypeError, ValueError):
+    """A value that JSON cannot hold faithfully, or stored data that cannot be read as the model asked for.
+
+    The message names the path of the value (``data.items[3].price``) and why.
+    """
 
 
 class StoreError(SagaError):

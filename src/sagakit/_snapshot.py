@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from ._json import from_json
 from ._status import SagaStatus, StepStatus
 from .machine import HistoryEntry, SagaState
 
 __all__ = ["SagaSnapshot", "StepSnapshot"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,14 @@ class StepSnapshot:
     next_attempt_at: float | None
     uncertain: bool = False
     """An attempt ended without a clear outcome (cancelled, timed out, result lost): it may have had its effect."""
+
+    def result_as(self, model: type[T]) -> T:
+        """The step's result read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
+
+        Raises:
+            DataEncodingError: the result does not fit *model*; names each field.
+        """
+        return from_json(model, self.result, f"the result of step {self.name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,14 @@ class SagaSnapshot:
     updated_at: float
     wake_at: float | None
     history: tuple[HistoryEntry, ...] = ()
+
+    def data_as(self, model: type[T]) -> T:
+        """The saga's data read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
+
+        Raises:
+            DataEncodingError: the data does not fit *model*; names each field.
+        """
+        return from_json(model, self.data, f"the data of saga {self.id}")
 
     @classmethod
     def from_state(cls, st: SagaState, history: tuple[HistoryEntry, ...] = ()) -> SagaSnapshot:

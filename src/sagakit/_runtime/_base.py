@@ -12,7 +12,7 @@ import asyncio
 import collections
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -123,7 +123,9 @@ class RuntimeBase:
     _lease_margin: float
     _request_poll: float
     _definitions: dict[tuple[str, int], SagaDefinition]
-    _fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool]]
+    # (definition name, version, step, compensation?) -> (function, is it async, the model each
+    # step of the definition is annotated to return, by step name)
+    _fns: dict[tuple[str, int, str, bool], tuple[Callable[..., Any], bool, Mapping[str, type]]]
     _held: dict[str, Held]
     _queue: dict[str, Pending]
     _waiters: dict[str, list[asyncio.Future[SagaSnapshot | None]]]

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from .._context import StepContext
-from .._errors import NonRetryableError
+from .._errors import DataEncodingError, NonRetryableError
+from .._json import encode, to_json
 from .._messages import MessageMappingError, validate_state
 from .._observe import AttemptInput, AttemptStart, TraceScope, format_traceback, open_scope
 from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFailed, StepSucceeded
@@ -74,8 +75,8 @@ class Attempts(RuntimeBase):
         try:
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
-            fn, is_async = entry
-            ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id)
+            fn, is_async, types = entry
+            ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id, types)
             if slots.free and not slots.waiters:
                 slots.free -= 1
             else:
@@ -105,22 +106,19 @@ class Attempts(RuntimeBase):
                         result = await fn(ctx)
             finally:
                 slots.release()
-            data = KEEP if ctx._updates is None else DataUpdate(ctx._updates)
-            if result is None:
-                event = _succeeded((name, eff.token, None, 4, data))
+            try:
+                data = KEEP if ctx._updates is None else DataUpdate(to_json(ctx._updates, "ctx.update_data"))
+                blob = (
+                    None
+                    if result is None
+                    else encode(result, "{} of step {!r} returned a value that", direction, name, root="result")
+                )
+            except DataEncodingError as e:
+                # The function ran to its end: its effect happened, only its result is lost.
+                event = StepFailed(name, eff.token, str(e), False, True)
             else:
-                try:
-                    blob = orjson.dumps(result)
-                except TypeError as e:
-                    # The function ran to its end: its effect happened, only its result is lost.
-                    event = StepFailed(
-                        name,
-                        eff.token,
-                        f"{direction} of step {name!r} returned a value that is not "
-                        f"JSON-serialisable ({type(result).__name__}): {e}",
-                        False,
-                        True,
-                    )
+                if blob is None:
+                    event = _succeeded((name, eff.token, None, 4, data))
                 else:
                     event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), data))
         except TimeoutError as e:
@@ -140,7 +138,8 @@ class Attempts(RuntimeBase):
             if scope is not None:
                 scope.end("cancelled", at=self.clock())
             raise
-        except NonRetryableError as e:
+        except (NonRetryableError, DataEncodingError) as e:
+            # Stored data that does not fit its model will not fit on the next attempt either.
             error = e
             event = StepFailed(name, eff.token, _describe(e), False, False, format_traceback(e))
         except Exception as e:
