@@ -216,3 +216,28 @@ def test_a_scheduled_start_waits_and_can_be_aborted(store_url: str) -> None:
         assert snap.status is SagaStatus.PENDING and snap.wake_at is not None and snap.wake_at > time.time() + 3000
         assert client.abort(sid, reason="not needed").status is SagaStatus.ABORTED
     assert sid not in RAN
+
+
+def test_a_client_made_before_fork_works_in_the_child(store_url: str) -> None:
+    """A pre-forking server (gunicorn --preload) forks after the client was made and used."""
+    import os
+
+    with SagaClient(store_url, [ORDER]) as client:
+        parent_saga = client.start("order", {"order_id": "parent"})
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's loop thread did not come along
+            code = 1
+            try:
+                sid = client.start("order", {"order_id": "child"})
+                assert client.get(parent_saga).status is SagaStatus.PENDING
+                os.write(write, sid.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        child_saga = os.read(read, 100).decode()
+        os.close(read)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.get(child_saga).data == {"order_id": "child"}  # the parent's client still works

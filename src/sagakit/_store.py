@@ -296,7 +296,13 @@ def data_text(value: str | int | float | bool) -> str:
 
 @runtime_checkable
 class Store(Protocol):
-    """Durable storage of sagas. See the module docstring for lease and fencing rules."""
+    """Durable storage of sagas. See the module docstring for lease and fencing rules.
+
+    Optional beside the protocol: ``write_in(connection, write)`` (a coroutine) and
+    ``write_in_sync(connection, write)`` store a new saga with the application's own
+    database connection, inside its open transaction (``engine.start(...,
+    connection=...)``); the SQLite and PostgreSQL stores have them.
+    """
 
     url: str
 
