@@ -241,3 +241,20 @@ def test_a_client_made_before_fork_works_in_the_child(store_url: str) -> None:
         os.close(read)
         assert os.waitstatus_to_exitcode(status) == 0
         assert client.get(child_saga).data == {"order_id": "child"}  # the parent's client still works
+
+
+def test_schedules_and_typed_data_through_the_client(store_url: str) -> None:
+    from decimal import Decimal
+
+    from pydantic import BaseModel
+
+    class Nightly(BaseModel):
+        region: str
+        budget: Decimal
+
+    with SagaClient(store_url, [ORDER]) as client:
+        s = client.schedule("order", Nightly(region="eu", budget=Decimal("10.50")), cron="0 3 * * *", key="nightly")
+        assert s.data == {"region": "eu", "budget": "10.50"}  # stored in its JSON form
+        assert [x.key for x in client.schedules()] == ["nightly"]
+        assert client.unschedule("nightly") is True and client.schedules() == []
+        assert client.dead_letters() == []

@@ -16,7 +16,7 @@ from ._definition import SagaDefinition
 from ._engine import SagaEngine, _start_time
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import Store
+from ._store import DeadLetter, Schedule, Store
 
 __all__ = ["SagaClient"]
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 class SagaClient:
-    """A blocking client of a saga store: start, get, list, wait, notify, and the operator actions.
+    """A blocking client of a saga store: start, get, list, wait, notify, the operator actions, schedules.
 
     Every method is a plain function that returns when the store has answered;
     no event loop is needed in the caller. The client keeps one private event
@@ -248,6 +248,25 @@ class SagaClient:
     def fork(self, saga_id: str, from_step: str, *, data: Any = None, reason: str = "", actor: str = "operator") -> str:
         """Start a new saga that re-runs *saga_id* from *from_step* on; returns the new id."""
         return self._call(lambda: self._engine.fork(saga_id, from_step, data=data, reason=reason, actor=actor))
+
+    def schedule(
+        self, name: str, data: Any = None, *, cron: str, key: str | None = None, version: int | None = None
+    ) -> Schedule:
+        """Start a saga *name* once per period of *cron* (UTC), from any running worker (``SagaEngine.schedule``)."""
+        return self._call(lambda: self._engine.schedule(name, data, cron=cron, key=key, version=version))
+
+    def unschedule(self, key: str) -> bool:
+        """Stop a recurring start; False if there was none."""
+        return self._call(lambda: self._engine.unschedule(key))
+
+    def schedules(self) -> builtins.list[Schedule]:
+        """Every recurring start with its next and last period, the next due first."""
+        # A lambda, as in every method: the engine is looked up when the call runs (a forked child has its own).
+        return self._call(lambda: self._engine.schedules())  # noqa: PLW0108
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        """Received messages that reached no saga, with the reason, newest first."""
+        return self._call(lambda: self._engine.dead_letters(limit, offset))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

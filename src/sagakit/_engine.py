@@ -737,18 +737,15 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
 
         Raises:
             CronError: *cron* cannot be read (the message names the field).
-            TypeError: *data* cannot be stored as JSON.
+            DataEncodingError: *data* cannot be stored as JSON faithfully (also a TypeError).
             MessageMappingError: *data* does not validate against the saga's state
                 model (when the definition is registered here).
         """
         expr = parse_cron(cron)
         defn = self._definitions.get((name, version)) if version is not None else self._latest.get(name)
+        data = to_json(data, "data of schedule {!r}", key or name)  # models, Decimal…: stored in JSON form
         if defn is not None and defn.state_model is not None:
             validate_state(defn.state_model, data if isinstance(data, dict) else {})
-        try:
-            orjson.dumps(data)
-        except TypeError as e:
-            raise TypeError(f"data of schedule {key or name!r} is not JSON-serialisable: {e}") from None
         await self._ensure_open()
         now = self.clock()
         s = Schedule(key or name, name, version, data, cron, expr.next_after(now), now)
