@@ -229,8 +229,11 @@ def test_a_client_made_before_fork_works_in_the_child(store_url: str) -> None:
         if pid == 0:  # the child: the parent's loop thread did not come along
             code = 1
             try:
+                parents = client._finalizer
                 sid = client.start("order", {"order_id": "child"})
                 assert client.get(parent_saga).status is SagaStatus.PENDING
+                assert parents is not None and not parents.alive  # the parent's loop is not closed at our exit
+                client.close()
                 os.write(write, sid.encode())
                 code = 0
             finally:

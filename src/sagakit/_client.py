@@ -98,7 +98,9 @@ class SagaClient:
                         "make it from a store URL, or make it in the child"
                     )
                 self._pid = os.getpid()
-                self._loop = self._thread = self._opened = None
+                if self._finalizer is not None:
+                    self._finalizer.detach()  # the parent's loop is not this process's to close
+                self._loop = self._thread = self._opened = self._finalizer = None
                 self._engine = self._new_engine()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -145,8 +147,11 @@ class SagaClient:
                 return
             self._closed = True
             finalizer, self._finalizer = self._finalizer, None
-        if finalizer is not None and self._pid == os.getpid():
-            finalizer()
+        if finalizer is not None:
+            if self._pid == os.getpid():
+                finalizer()
+            else:
+                finalizer.detach()  # a forked child that never used the client: the loop is the parent's
 
     def __enter__(self) -> SagaClient:
         return self
@@ -289,5 +294,5 @@ def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, engine:
             fut.result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
-    if not thread.is_alive():
+    if not thread.is_alive() and not loop.is_running():
         loop.close()

@@ -161,7 +161,11 @@ def write_sync(t: Target, connection: Any, w: Write) -> str:
     saga, history = _rows(w)
     if isinstance(connection, sqlite3.Connection):
         _check_dialect(t, "sqlite", connection)
-        if not connection.in_transaction and connection.isolation_level is None:
+        # Python 3.12's autocommit attribute: True commits each statement; LEGACY (-1) leaves it to isolation_level.
+        autocommit = getattr(connection, "autocommit", -1)
+        if not connection.in_transaction and (
+            autocommit is True or (autocommit not in (True, False) and connection.isolation_level is None)
+        ):
             raise StoreError(
                 "connection= is in autocommit mode with no transaction open: the saga would be stored "
                 "whatever happens to your writes; run BEGIN first"
