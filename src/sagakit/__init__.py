@@ -4,7 +4,8 @@ Define a saga in code with ``SagaBuilder`` (or load one with
 ``load_definition``), register it with a ``SagaEngine`` on a store
 (``sqlite:///sagas.db`` by default, ``postgresql://…`` to scale out), and
 start it: every step is retried, timed out, compensated on failure and
-resumed after a crash.
+resumed after a crash. From synchronous code (Django, Flask, scripts),
+``SagaClient`` starts, reads and steers sagas without an event loop.
 """
 
 from __future__ import annotations

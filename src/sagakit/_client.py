@@ -78,7 +78,7 @@ class SagaClient:
         return self._engine
 
     def register(self, *definitions: SagaDefinition) -> None:
-        """Register more definitions (see ``SagaEngine.register``)."""
+        """Register more definitions (see ``SagaEngine.register``), best before other threads use the client."""
         with self._lock:
             self._definitions.extend(definitions)
             self._engine.register(*definitions)
