@@ -1,4 +1,8 @@
-"""Real brokers for the saga-level tests: a fresh namespace per test, transports made from it, cleanup."""
+"""Real brokers for the saga-level tests: a fresh namespace per test, transports made from it, cleanup.
+
+Kafka is a Tansu broker the tests start (``tansu.py``): the session's, or a
+private one at *address*.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ from typing import Any
 from sagakit._transport import Transport, transport_from_url
 
 from .kit import NATS_ADDR, RABBIT_ADDR, REDIS_ADDR, broker_missing
+from .tansu import tansu_missing
+from .test_kafka import drop_topics, kafka_url
 from .test_nats import drop_stream, nats_url
 from .test_rabbitmq import drop_topology, rabbit_url
 from .test_redis import drop_keys, redis_url
 
-NAMES = ["nats", "rabbitmq", "redis"]
+NAMES = ["nats", "rabbitmq", "redis", "kafka"]
 
 
 class Broker:
@@ -29,12 +35,16 @@ class Broker:
             "nats": lambda: broker_missing("NATS", NATS_ADDR, "nats", "nats"),
             "rabbitmq": lambda: broker_missing("RabbitMQ", RABBIT_ADDR, "aio_pika", "rabbitmq"),
             "redis": lambda: broker_missing("Redis", REDIS_ADDR, "redis", "redis"),
+            "kafka": tansu_missing,
         }[self.name]()
 
     def url(self, **options: Any) -> str:
         options.setdefault("dead_letter", f"{self.ns}.dead_letter")
         if self.name == "nats":
             return nats_url(self.ns, self.address, **options)
+        if self.name == "kafka":
+            assert self.address is not None, "a Kafka broker needs the address of the Tansu the test started"
+            return kafka_url(self.ns, self.address, **options)
         options.pop("ack_timeout", None)
         if self.name == "rabbitmq":
             return rabbit_url(self.ns, self.address, **options)
@@ -55,6 +65,9 @@ class Broker:
     async def cleanup(self) -> None:
         if self.name == "nats":
             await drop_stream(self.ns.upper())
+        elif self.name == "kafka":
+            if self.address is not None:
+                await drop_topics(self.ns, self.address)
         elif self.name == "rabbitmq":
             await drop_topology(self.ns, self.subscribed, f"{self.ns}.dead_letter")
         else:

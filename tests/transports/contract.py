@@ -39,6 +39,11 @@ class Kit:
         self.opened: list[Transport] = []
         self.subscribed: set[tuple[str, str]] = set()  # (group, destination)
         self.proxies: list[TcpProxy] = []
+        self.closers: list[Callable[[], Awaitable[Any]]] = []
+
+    def on_close(self, closer: Callable[[], Awaitable[Any]]) -> None:
+        """Await *closer* when the test ends, after its transports and proxies are closed."""
+        self.closers.append(closer)
 
     @property
     def dead_letter(self) -> str:
@@ -62,8 +67,7 @@ class Kit:
         await t.subscribe(destinations, group, handler)
 
     async def proxy(self) -> TcpProxy:
-        assert self.contract.address is not None
-        p = await TcpProxy(self.contract.address).start()
+        p = await self.contract.proxy(self)
         self.proxies.append(p)
         return p
 
@@ -98,6 +102,11 @@ class TransportContract:
     async def cleanup(self, kit: Kit) -> None:
         """Remove what the test left on the broker."""
 
+    async def proxy(self, kit: Kit) -> TcpProxy:
+        """A started proxy in front of the broker, for the test that makes the broker unreachable."""
+        assert self.address is not None
+        return await TcpProxy(self.address).start()
+
     async def dead_letter_reader(self, kit: Kit) -> DeadLetters:
         """Start reading the dead letters of the test's transports; returns ``wait(n, timeout)``."""
         t = await kit.transport()
@@ -120,6 +129,8 @@ class TransportContract:
                 await t.close()
             for p in kit.proxies:
                 await p.close()
+            for closer in reversed(kit.closers):
+                await closer()
             await self.cleanup(kit)
 
     # ------------------------------------------------------------ the contract

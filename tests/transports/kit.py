@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import socket
 from collections.abc import Callable
 
@@ -13,7 +12,12 @@ from sagakit._transport import Delivery
 NATS_ADDR = ("127.0.0.1", 4222)
 RABBIT_ADDR = ("127.0.0.1", 5672)
 REDIS_ADDR = ("127.0.0.1", 6379)
-KAFKA = os.environ.get("SAGAKIT_KAFKA", "127.0.0.1:9092")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def reachable(addr: tuple[str, int], timeout: float = 2.0) -> bool:

@@ -19,7 +19,6 @@ import asyncio
 import importlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +26,9 @@ from pathlib import Path
 from tests.proxy import TcpProxy
 
 from .brokers import Broker
-from .kit import RABBIT_ADDR, broker_missing, reachable
+from .kit import RABBIT_ADDR, broker_missing, free_port, reachable
 
 MODULES = {"nats": ("nats", "nats"), "rabbitmq": ("aio_pika", "rabbitmq"), "redis": ("redis", "redis")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary(name: str) -> str | None:

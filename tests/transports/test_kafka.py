@@ -1,41 +1,117 @@
-"""The transport contract on Kafka, where one is reachable (``SAGAKIT_KAFKA``, default 127.0.0.1:9092).
+"""The transport contract on Kafka's protocol, against Tansu brokers the tests start (``tansu.py``).
 
-No Kafka runs on sagakit's development machines, so these tests are skipped
-there (with that reason), and they fail under CI only when a broker was
-promised with ``SAGAKIT_KAFKA``.
+One Tansu serves the session; the unreachable-broker test starts one of its
+own that advertises a proxy's port, so that every connection the client
+makes after bootstrapping goes through the proxy it cuts.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from sagakit._transport import TransportError, transport_from_url
+from tests.proxy import TcpProxy
+
 from .contract import Kit, TransportContract
-from .kit import KAFKA, broker_missing
+from .kit import Collector, free_port
+from .tansu import Tansu, tansu_missing
+
+
+def kafka_url(ns: str, address: tuple[str, int], **options: Any) -> str:
+    options.pop("ack_timeout", None)  # Kafka has none: a member's partitions move when it leaves the group
+    host, port = address
+    return f"kafka://{host}:{port}?{urlencode({'prefix': ns, **options})}"
+
+
+async def drop_topics(ns: str, address: tuple[str, int]) -> None:
+    """Delete the topics of namespace *ns* (``<ns>.…``) from the broker at *address*."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"{address[0]}:{address[1]}")
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"{ns}.")]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
 
 
 class TestKafkaTransport(TransportContract):
     counts_crash_redeliveries = False
     options = {"redelivery_delay": 0.01}
 
-    @property
-    def address(self) -> tuple[str, int]:  # type: ignore[override]
-        host, _, port = KAFKA.partition(":")
-        return host, int(port or 9092)
+    @pytest.fixture(autouse=True)
+    def _tansu(self, request: pytest.FixtureRequest) -> None:
+        # A class attribute: the contract's fixtures may run on another instance of the class than the test.
+        if tansu_missing() is None:
+            type(self).address = request.getfixturevalue("tansu")
 
     def missing(self) -> str | None:
-        reason = broker_missing("Kafka", self.address, "aiokafka", "kafka")
-        if reason is not None and "SAGAKIT_KAFKA" not in os.environ:
-            pytest.skip(f"{reason} (no Kafka runs here; set SAGAKIT_KAFKA=host:port to run these tests)")
-        return reason
+        return tansu_missing()
 
     def url(self, kit: Kit, address: tuple[str, int] | None = None, **options: Any) -> str:
-        host, port = address or self.address
-        options.pop("ack_timeout", None)
-        return f"kafka://{host}:{port}?{urlencode({'prefix': kit.ns, **options})}"
+        assert self.address is not None
+        return kafka_url(kit.ns, address or self.address, **options)
 
-    async def test_publish_while_the_broker_is_unreachable_raises_and_consumers_resume(self, kit: Kit) -> None:
-        pytest.skip("Kafka clients learn broker addresses from the cluster metadata, bypassing the test's proxy")
+    async def cleanup(self, kit: Kit) -> None:
+        assert self.address is not None
+        await drop_topics(kit.ns, self.address)
+
+    async def proxy(self, kit: Kit) -> TcpProxy:
+        """A Tansu of the test's own that advertises the proxy's port: the client cannot go around the proxy."""
+        port, advertised = free_port(), free_port()
+        log = Path(tempfile.mkdtemp(prefix="tansu-")) / "tansu.log"
+        tansu = await asyncio.to_thread(Tansu(port, log, advertised).start)
+        kit.on_close(lambda: asyncio.to_thread(tansu.stop))
+        return await TcpProxy(tansu.address, port=advertised).start()
+
+    async def test_from_url_reads_the_options(self, kit: Kit) -> None:
+        from sagakit.transports.kafka import KafkaTransport
+
+        t = transport_from_url(self.url(kit, max_deliveries=7, partitions=3, idempotence="off"))
+        assert isinstance(t, KafkaTransport)
+        assert (t.prefix, t.max_deliveries, t.partitions, t.idempotence) == (kit.ns, 7, 3, "off")
+        assert t.url == f"kafka://127.0.0.1:{self.address[1]}"  # type: ignore[index]
+        assert transport_from_url(self.url(kit)).idempotence == "auto"  # type: ignore[attr-defined]
+
+    async def test_an_unknown_idempotence_value_is_refused_with_the_choices(self, kit: Kit) -> None:
+        with pytest.raises(TransportError, match=r"idempotence='always' is not one of auto, required, off"):
+            transport_from_url(self.url(kit, idempotence="always"))
+
+    async def test_without_producer_ids_it_publishes_plainly_after_one_warning(
+        self, kit: Kit, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.WARNING, logger="sagakit.transport.kafka"):
+            t: Any = await kit.transport()  # Tansu refuses InitProducerId
+            got = Collector()
+            await kit.subscribe(t, [kit.dest()], kit.group(), got)
+            for i in range(3):
+                await t.publish(kit.dest(), b"x", message_id=f"m-{i}")
+            await got.wait(3)
+        assert t.idempotent is False
+        warnings = [r for r in caplog.records if r.name == "sagakit.transport.kafka" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "does not support idempotent producers" in warnings[0].getMessage()
+        assert "idempotence=required" in warnings[0].getMessage()
+
+    async def test_idempotence_required_refuses_to_start_on_a_broker_without_it(self, kit: Kit) -> None:
+        t = transport_from_url(self.url(kit, idempotence="required"))
+        with pytest.raises(TransportError, match=r"does not support idempotent producers.*idempotence=required"):
+            await t.start()
+        await t.close()
+
+    async def test_idempotence_off_asks_nothing_and_warns_nothing(
+        self, kit: Kit, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.WARNING, logger="sagakit.transport.kafka"):
+            t: Any = await kit.transport(idempotence="off")
+        assert t.idempotent is False
+        assert [r for r in caplog.records if r.name == "sagakit.transport.kafka"] == []

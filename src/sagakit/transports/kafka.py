@@ -1,12 +1,17 @@
 """Kafka transport (``kafka://host:9092``; needs ``pip install 'sagakit[kafka]'``).
 
-Untested on the machines sagakit is developed on (no Kafka runs there): its
-contract tests run wherever ``SAGAKIT_KAFKA`` (default ``127.0.0.1:9092``)
-answers and are skipped otherwise.
+Its contract tests run against Tansu, a Kafka-protocol broker the tests start
+themselves (``tests/transports/tansu.py``).
 
 - A destination is the topic ``<prefix>.<destination>`` (characters Kafka
   does not allow escaped as ``_XX``), created with ``partitions`` partitions
-  when subscribed to. Producers are idempotent with ``acks=all``.
+  when subscribed to. Producers publish with ``acks=all``.
+- Idempotent production (``idempotence``): ``auto`` (default) asks the
+  broker for a producer id (``InitProducerId``) and publishes idempotently
+  when it grants one; a broker that does not (the API missing from its
+  ``ApiVersions``, or an error answer, as Tansu gives) gets a plain
+  ``acks=all`` producer and one logged warning. ``required`` refuses to start
+  on such a broker instead; ``off`` never asks.
 - A group is a Kafka consumer group: partitions are shared among its members,
   every group reads every topic it subscribes to, starting with the messages
   that arrive after the group first joined.
@@ -21,7 +26,8 @@ Kafka's idempotent producer drops its own retries, not a second publish of
 one message id: the receiver's inbox drops that.
 
 URL options (query string): ``prefix``, ``max_deliveries``,
-``redelivery_delay``, ``concurrency``, ``dead_letter``, ``partitions``.
+``redelivery_delay``, ``concurrency``, ``dead_letter``, ``partitions``,
+``idempotence``.
 """
 
 from __future__ import annotations
@@ -34,18 +40,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 try:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+    from aiokafka.errors import BrokerResponseError, IncompatibleBrokerVersion, KafkaError, TopicAlreadyExistsError
+    from aiokafka.structs import TopicPartition
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"the Kafka transport needs aiokafka: pip install 'sagakit[kafka]' ({e})") from e
 
 from .._transport import Delivery, Handler, TransportError
 from . import _base
 
-__all__ = ["KafkaTransport", "topic_for"]
+__all__ = ["IDEMPOTENCE", "KafkaTransport", "topic_for"]
 
 log = logging.getLogger("sagakit.transport.kafka")
+
+
+def _not_the_refused_producer_id(record: logging.LogRecord) -> bool:
+    # aiokafka logs an ERROR when a broker refuses InitProducerId, then raises it from the
+    # producer's start: this transport reports that itself (one warning, or a TransportError).
+    return not record.getMessage().startswith("Unexpected error during InitProducerIdRequest")
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_not_the_refused_producer_id)
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
 _OPTIONS = {
@@ -55,13 +71,56 @@ _OPTIONS = {
     "concurrency": int,
     "partitions": int,
     "redelivery_delay": float,
+    "idempotence": str,
 }
+IDEMPOTENCE = ("auto", "required", "off")
+
+
+class _NoProducerIds(TransportError):
+    """The broker does not grant producer ids: no idempotent production there."""
+
+
+async def _stop(client: Any) -> None:
+    """Stop an aiokafka client, ignoring its errors (a consumer cut off from the broker may raise on stop).
+
+    aiokafka can let the cancellation of its own fetch tasks escape ``stop()``;
+    only a cancellation of the caller's task is passed on.
+    """
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as e:
+        log.debug("Kafka: stopping %s: %r", type(client).__name__, e)
 
 
 def topic_for(prefix: str, destination: str) -> str:
     """The topic of *destination*: ``<prefix>.<escaped destination>``, hashed past Kafka's 249 characters."""
     escaped = "".join(chr(b) if b in _SAFE else f"_{b:02X}" for b in _base.check_destination(destination).encode())
     return _base.fit_name(prefix + "." + escaped, 249, "_")
+
+
+class _Batch(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds a rebalance until the batch in progress is handled and committed.
+
+    aiokafka rebalances in the background: without this, a member joining the
+    group would take the partitions of a member still handling their records
+    and get those records again. Kafka waits for the busy member up to the
+    rebalance timeout (the session timeout, 10 s) and then goes on without it;
+    that member's commit then fails and its records are handled again.
+    """
+
+    def __init__(self) -> None:
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.idle.wait()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
 
 
 class KafkaTransport:
@@ -75,8 +134,12 @@ class KafkaTransport:
         concurrency: records fetched at once per subscription (partitions are handled in parallel).
         dead_letter: the destination of dead letters.
         partitions: partitions of the topics this transport creates.
+        idempotence: ``auto`` (idempotent where the broker grants producer ids, else
+            plain with a logged warning), ``required`` (refuse to start without) or ``off``.
         close_grace: seconds ``close`` waits for handlers in progress before cancelling them.
         connect_timeout: seconds ``start`` keeps trying to connect.
+        publish_timeout: seconds ``publish`` waits for the broker's acknowledgement before raising
+            ``TransportError`` (the client may still deliver the message later: a duplicate the inbox drops).
     """
 
     def __init__(
@@ -91,8 +154,15 @@ class KafkaTransport:
         partitions: int = 8,
         close_grace: float = 10.0,
         connect_timeout: float = 30.0,
-        publish_timeout: float = 10.0,
+        publish_timeout: float = 5.0,
+        idempotence: str = "auto",
     ) -> None:
+        if idempotence not in IDEMPOTENCE:
+            raise TransportError(
+                f"Kafka option idempotence={idempotence!r} is not one of {', '.join(IDEMPOTENCE)}: "
+                "auto uses idempotent production where the broker supports it, "
+                "required refuses to start without it, off never uses it"
+            )
         self.url = url
         self.bootstrap = urlsplit(url).netloc
         self.prefix = prefix
@@ -104,8 +174,12 @@ class KafkaTransport:
         self.close_grace = close_grace
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
+        self.idempotence = idempotence
+        self.idempotent: bool | None = None  # whether the producer is idempotent, once started
         self._producer: Any = None
         self._consumers: list[tuple[Any, asyncio.Task[None]]] = []
+        self._busy: set[asyncio.Task[Any] | None] = set()  # consumer tasks handling a batch
+        self._closing = False
 
     @classmethod
     def from_url(cls, url: str) -> KafkaTransport:
@@ -117,9 +191,17 @@ class KafkaTransport:
             client = make()
             try:
                 await client.start()
+            except (IncompatibleBrokerVersion, BrokerResponseError) as e:
+                await _stop(client)
+                if getattr(client, "_txn_manager", None) is None:
+                    raise
+                # An idempotent producer's start: the bootstrap raises only connection errors,
+                # so these come from its InitProducerId request. aiokafka retries that request
+                # itself on the coordinator errors and lost connections; what reaches here is
+                # final: the API missing from the broker's ApiVersions, or an error answer.
+                raise _NoProducerIds(f"{type(e).__name__}: {e}") from e
             except (KafkaError, OSError):
-                with contextlib.suppress(Exception):
-                    await client.stop()
+                await _stop(client)
                 raise
             return client
 
@@ -134,24 +216,50 @@ class KafkaTransport:
         )
 
     async def start(self) -> None:
-        if self._producer is None:
-            self._producer = await self._retrying(
-                "a producer",
-                lambda: AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"),
-            )
+        if self._producer is not None:
+            return
+        if self.idempotence != "off":
+            try:
+                self._producer = await self._retrying("an idempotent producer", lambda: self._make_producer(True))
+                self.idempotent = True
+                return
+            except _NoProducerIds as e:
+                if self.idempotence == "required":
+                    raise TransportError(
+                        f"Kafka at {self.bootstrap} does not support idempotent producers "
+                        f"(InitProducerId refused: {e}), and idempotence=required: "
+                        "remove that option to publish without idempotence there"
+                    ) from e
+                log.warning(
+                    "Kafka at %s does not support idempotent producers (InitProducerId refused: %s): "
+                    "publishing with acks=all but without idempotence, so a producer retry may store "
+                    "a message twice (the receiver's inbox drops the copy); "
+                    "add ?idempotence=required to refuse such a broker, or ?idempotence=off to skip this check",
+                    self.bootstrap,
+                    e,
+                )
+        self._producer = await self._retrying("a producer", lambda: self._make_producer(False))
+        self.idempotent = False
+
+    def _make_producer(self, idempotent: bool) -> Any:
+        return AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=idempotent, acks="all")
 
     async def close(self) -> None:
-        for consumer, task in self._consumers:
-            task.cancel()  # the offsets of records in progress stay uncommitted
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, self.close_grace)
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        # Consumers between batches stop at once; a batch in progress gets close_grace seconds to
+        # finish its handlers and commit, after which it is cancelled and its offsets stay uncommitted.
+        self._closing = True
+        tasks = [task for _, task in self._consumers]
+        for task in tasks:
+            if task not in self._busy:
+                task.cancel()
+        await _base.drain(tasks, self.close_grace)
+        for consumer, _ in self._consumers:
+            await _stop(consumer)
         self._consumers.clear()
+        self._closing = False
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await _stop(producer)
 
     async def publish(
         self, destination: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None
@@ -181,29 +289,98 @@ class KafkaTransport:
             raise TransportError(f"cannot create the topics of {group!r} on Kafka: {e!r}") from e
         finally:
             await admin.close()
+        batch = _Batch()
+        wanted = [topic_for(self.prefix, d) for d in destinations]
+        # Started without a subscription, the consumer joins no group yet (start() would wait for the join).
         consumer = await self._retrying(
             f"group {group!r}",
             lambda: AIOKafkaConsumer(
-                *[topic_for(self.prefix, d) for d in destinations],
-                bootstrap_servers=self.bootstrap,
-                group_id=group,
-                enable_auto_commit=False,
-                auto_offset_reset="latest",
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="latest"
             ),
         )
-        task = asyncio.create_task(self._consume(consumer, topics, handler), name=f"sagakit-kafka:{group}")
+        try:
+            positioned = await self._positioned(consumer, wanted)
+            consumer.subscribe(wanted, listener=batch)
+            if not positioned:
+                await self._pin_start(consumer)
+        except BaseException:
+            await _stop(consumer)
+            raise
+        task = asyncio.create_task(self._consume(consumer, topics, handler, batch), name=f"sagakit-kafka:{group}")
         self._consumers.append((consumer, task))
 
-    async def _consume(self, consumer: Any, topics: dict[str, str], handler: Handler) -> None:
+    async def _positioned(self, consumer: Any, topics: list[str]) -> bool:
+        """Whether the group has a committed offset on every partition of *topics*.
+
+        Then this member can join in the background: the group reads on from
+        those offsets whoever gets the partitions. A rebalance waits for the
+        members' batches in progress (``_Batch``), so ``subscribe`` does not
+        wait for it.
+        """
+        try:
+            await consumer.topics()  # the topics' partitions, into the client's metadata
+            for topic in topics:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    return False
+                for partition in partitions:
+                    if await consumer.committed(TopicPartition(topic, partition)) is None:
+                        return False
+        except KafkaError as e:
+            raise TransportError(f"cannot read the committed offsets of {topics} on Kafka: {e!r}") from e
+        return True
+
+    async def _pin_start(self, consumer: Any) -> None:
+        """Join the group and commit its position on the partitions it gives this member, before consuming.
+
+        A group without committed offsets looks up the partitions' ends
+        (``auto_offset_reset="latest"``) only when it first fetches: a message
+        published in between would be skipped, and so would one published
+        while such a partition moves to another member. Committing the
+        positions now makes "every message published after the group first
+        subscribed" hold from the moment ``subscribe`` returns. A partition
+        that has a committed offset is positioned there, so committing it
+        again changes nothing.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.connect_timeout
         backoff = _base.Backoff()
         while True:
+            assigned = list(consumer.assignment())
+            if not assigned:
+                if loop.time() > give_up:  # the group's other members hold every partition, and commit them
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                positions = {tp: await consumer.position(tp) for tp in assigned}
+                await consumer.commit(positions)
+                return
+            except KafkaError as e:
+                # A rebalance (another member joining at the same time) fails the commit: pin the new assignment.
+                if loop.time() > give_up:
+                    raise TransportError(f"cannot commit the start positions of {assigned}: {e!r}") from e
+                log.warning("Kafka: committing the start positions failed (%s); retrying", e)
+                await backoff.wait()
+
+    async def _consume(self, consumer: Any, topics: dict[str, str], handler: Handler, batch: _Batch) -> None:
+        backoff = _base.Backoff()
+        me = asyncio.current_task()
+        while not self._closing:
             try:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=self.concurrency)
-                await asyncio.gather(
-                    *(self._partition(topics[tp.topic], records, handler) for tp, records in batches.items())
-                )
-                if batches:
+                if not batches or self._closing:
+                    continue
+                self._busy.add(me)
+                batch.idle.clear()
+                try:
+                    await asyncio.gather(
+                        *(self._partition(topics[tp.topic], records, handler) for tp, records in batches.items())
+                    )
                     await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                finally:
+                    self._busy.discard(me)
+                    batch.idle.set()
                 backoff.reset()
             except KafkaError as e:  # the client reconnects by itself; uncommitted records come again
                 log.warning("Kafka: consuming failed (%s); retrying in %.1fs", e, backoff.delay)
