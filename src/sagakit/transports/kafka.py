@@ -74,6 +74,7 @@ _OPTIONS = {
     "idempotence": str,
 }
 IDEMPOTENCE = ("auto", "required", "off")
+_JOIN_WAIT = 10.0  # seconds subscribe waits for a group with committed offsets to take in a new member
 
 
 class _NoProducerIds(TransportError):
@@ -301,7 +302,9 @@ class KafkaTransport:
         try:
             positioned = await self._positioned(consumer, wanted)
             consumer.subscribe(wanted, listener=batch)
-            if not positioned:
+            if positioned:
+                await self._joined(consumer, _JOIN_WAIT)
+            else:
                 await self._pin_start(consumer)
         except BaseException:
             await _stop(consumer)
@@ -309,13 +312,23 @@ class KafkaTransport:
         task = asyncio.create_task(self._consume(consumer, topics, handler, batch), name=f"sagakit-kafka:{group}")
         self._consumers.append((consumer, task))
 
+    async def _joined(self, consumer: Any, timeout: float) -> bool:
+        """Wait until the group gave this member partitions, for up to *timeout* seconds."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while not consumer.assignment():
+            if loop.time() > give_up:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def _positioned(self, consumer: Any, topics: list[str]) -> bool:
         """Whether the group has a committed offset on every partition of *topics*.
 
-        Then this member can join in the background: the group reads on from
-        those offsets whoever gets the partitions. A rebalance waits for the
-        members' batches in progress (``_Batch``), so ``subscribe`` does not
-        wait for it.
+        Then nothing is lost while this member joins: the group reads on from
+        those offsets whoever gets the partitions. ``subscribe`` waits for the
+        join only so long (``_JOIN_WAIT``): a rebalance waits for the batches
+        the members are handling (``_Batch``), which may take any time.
         """
         try:
             await consumer.topics()  # the topics' partitions, into the client's metadata
@@ -346,12 +359,9 @@ class KafkaTransport:
         give_up = loop.time() + self.connect_timeout
         backoff = _base.Backoff()
         while True:
+            if not await self._joined(consumer, give_up - loop.time()):
+                return  # the group's other members hold every partition, and commit them
             assigned = list(consumer.assignment())
-            if not assigned:
-                if loop.time() > give_up:  # the group's other members hold every partition, and commit them
-                    return
-                await asyncio.sleep(0.05)
-                continue
             try:
                 positions = {tp: await consumer.position(tp) for tp in assigned}
                 await consumer.commit(positions)
