@@ -11,6 +11,11 @@ outage happens to something the test owns:
   the machine's server is cut (every connection aborted, new ones refused)
   and restored. The broker keeps its queues; the clients lose their
   connections, and RabbitMQ requeues what they had not acknowledged.
+- Kafka: a private Tansu (``tansu.py``) that advertises the port of a
+  ``TcpProxy`` in front of it, so that every connection the clients make
+  after bootstrapping goes through the proxy, which is cut and restored.
+  (Tansu keeps its data in memory: a restart would lose every topic, group
+  and offset, which a Kafka cluster does not.)
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ from tests.proxy import TcpProxy
 
 from .brokers import Broker
 from .kit import RABBIT_ADDR, broker_missing, free_port, reachable
+from .tansu import Tansu, tansu_missing
 
-MODULES = {"nats": ("nats", "nats"), "rabbitmq": ("aio_pika", "rabbitmq"), "redis": ("redis", "redis")}
+MODULES = {
+    "nats": ("nats", "nats"),
+    "rabbitmq": ("aio_pika", "rabbitmq"),
+    "redis": ("redis", "redis"),
+    "kafka": ("aiokafka", "kafka"),
+}
 
 
 def find_binary(name: str) -> str | None:
@@ -167,6 +178,34 @@ class ProxyOutage(Outage):
         await self.broker.cleanup()
 
 
+class KafkaOutage(Outage):
+    """A private Tansu whose clients all go through a proxy that is cut and restored."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__("kafka")
+        self.tmp = tmp
+
+    def missing(self) -> str | None:
+        return tansu_missing()
+
+    async def open(self) -> None:
+        advertised = free_port()
+        self.tansu = Tansu(free_port(), self.tmp / "tansu.log", advertised)
+        await asyncio.to_thread(self.tansu.start)
+        self.proxy = await TcpProxy(self.tansu.address, port=advertised).start()
+        self.broker.address = ("127.0.0.1", advertised)
+
+    async def down(self) -> None:
+        await self.proxy.cut()
+
+    async def up(self) -> None:
+        await self.proxy.restore()
+
+    async def close(self) -> None:
+        await self.proxy.close()
+        await asyncio.to_thread(self.tansu.stop)  # its topics and groups go with it
+
+
 def make_outage(name: str, tmp: os.PathLike[str]) -> Outage:
     tmp = Path(tmp)
     if name == "redis":
@@ -175,4 +214,6 @@ def make_outage(name: str, tmp: os.PathLike[str]) -> Outage:
         return ServerOutage(name, "nats-server", nats_argv, tmp)
     if name == "rabbitmq":
         return ProxyOutage(name)
+    if name == "kafka":
+        return KafkaOutage(tmp)
     raise ValueError(f"no outage for broker {name!r} (known: {', '.join(MODULES)})")

@@ -7,8 +7,9 @@ relay keeps commands in its outbox, sagas started meanwhile queue up there,
 and handlers whose replies cannot be published retry in place.
 
 The outage happens to a broker the test owns (``outages.py``): a private
-Redis or NATS server is stopped and started again; the machine's RabbitMQ is
-reached through a proxy that is cut and restored. The private Redis runs
+Redis or NATS server is stopped and started again; the machine's RabbitMQ,
+and a private Tansu (Kafka), are reached through a proxy that is cut and
+restored. The private Redis runs
 without persistence, so what it held is gone after the restart: the steps'
 reply timeouts resend those commands (same message ids, so the services
 answer from their de-duplication memory instead of acting again).
