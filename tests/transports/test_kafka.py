@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,23 @@ class TestKafkaTransport(TransportContract):
             t: Any = await kit.transport(idempotence="off")
         assert t.idempotent is False
         assert [r for r in caplog.records if r.name == "sagakit.transport.kafka"] == []
+
+
+def kafka_doc_blocks() -> list[str]:
+    """The Python blocks of docs/transports.md that use Kafka."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "transports.md").read_text()
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "kafka://" in b]
+
+
+def test_the_kafka_docs_example_runs_as_written(tansu: tuple[str, int], tmp_path: Path) -> None:
+    [block] = kafka_doc_blocks()
+    script = tmp_path / "kafka_example.py"
+    script.write_text(block.replace("127.0.0.1:9092", f"{tansu[0]}:{tansu[1]}"))
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "idempotent: False"
+    assert out.stdout.splitlines()[1].startswith("refused: Kafka at 127.0.0.1:")
+    assert "does not support idempotent producers" in out.stdout
+    assert out.stderr.count("does not support idempotent producers") == 1  # the one warning of "auto"

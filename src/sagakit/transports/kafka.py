@@ -27,7 +27,7 @@ one message id: the receiver's inbox drops that.
 
 URL options (query string): ``prefix``, ``max_deliveries``,
 ``redelivery_delay``, ``concurrency``, ``dead_letter``, ``partitions``,
-``idempotence``.
+``replication``, ``idempotence``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ _OPTIONS = {
     "partitions": int,
     "redelivery_delay": float,
     "idempotence": str,
+    "replication": int,
 }
 IDEMPOTENCE = ("auto", "required", "off")
 _JOIN_WAIT = 10.0  # seconds subscribe waits for a group with committed offsets to take in a new member
@@ -135,6 +136,7 @@ class KafkaTransport:
         concurrency: records fetched at once per subscription (partitions are handled in parallel).
         dead_letter: the destination of dead letters.
         partitions: partitions of the topics this transport creates.
+        replication: replication factor of the topics this transport creates.
         idempotence: ``auto`` (idempotent where the broker grants producer ids, else
             plain with a logged warning), ``required`` (refuse to start without) or ``off``.
         close_grace: seconds ``close`` waits for handlers in progress before cancelling them.
@@ -157,6 +159,7 @@ class KafkaTransport:
         connect_timeout: float = 30.0,
         publish_timeout: float = 5.0,
         idempotence: str = "auto",
+        replication: int = 1,
     ) -> None:
         if idempotence not in IDEMPOTENCE:
             raise TransportError(
@@ -172,6 +175,7 @@ class KafkaTransport:
         self.concurrency = concurrency
         self.dead_letter = dead_letter
         self.partitions = partitions
+        self.replication = replication
         self.close_grace = close_grace
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
@@ -285,7 +289,7 @@ class KafkaTransport:
         try:
             for topic in topics:
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(topic, self.partitions, 1)])
+                    await admin.create_topics([NewTopic(topic, self.partitions, self.replication)])
         except KafkaError as e:
             raise TransportError(f"cannot create the topics of {group!r} on Kafka: {e!r}") from e
         finally:
