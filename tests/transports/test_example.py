@@ -107,7 +107,7 @@ async def test_example_on_postgresql(broker: Broker) -> None:
     check(report, orders)
 
 
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+@pytest.mark.parametrize("broker", ["redis", "kafka"], indirect=True)
 async def test_example_single_machine_on_sqlite(broker: Broker, tmp_path: os.PathLike[str]) -> None:
     orders = 80
     report = await asyncio.to_thread(run_example, broker, f"sqlite:///{os.fspath(tmp_path)}/of.db", orders)
