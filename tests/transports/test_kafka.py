@@ -29,6 +29,8 @@ from .tansu import Tansu, tansu_missing
 
 def kafka_url(ns: str, address: tuple[str, int], **options: Any) -> str:
     options.pop("ack_timeout", None)  # Kafka has none: a member's partitions move when it leaves the group
+    # Tansu holds a new group's first join for half the session timeout: shorter than the default 10 s.
+    options.setdefault("session_timeout", 6)
     host, port = address
     return f"kafka://{host}:{port}?{urlencode({'prefix': ns, **options})}"
 
@@ -79,9 +81,12 @@ class TestKafkaTransport(TransportContract):
     async def test_from_url_reads_the_options(self, kit: Kit) -> None:
         from sagakit.transports.kafka import KafkaTransport
 
-        t = transport_from_url(self.url(kit, max_deliveries=7, partitions=3, idempotence="off"))
+        t = transport_from_url(
+            self.url(kit, max_deliveries=7, partitions=3, replication=2, idempotence="off", heartbeat=0.5)
+        )
         assert isinstance(t, KafkaTransport)
-        assert (t.prefix, t.max_deliveries, t.partitions, t.idempotence) == (kit.ns, 7, 3, "off")
+        assert (t.prefix, t.max_deliveries, t.partitions, t.replication) == (kit.ns, 7, 3, 2)
+        assert (t.idempotence, t.session_timeout, t.heartbeat) == ("off", 6.0, 0.5)
         assert t.url == f"kafka://127.0.0.1:{self.address[1]}"  # type: ignore[index]
         assert transport_from_url(self.url(kit)).idempotence == "auto"  # type: ignore[attr-defined]
 

@@ -27,7 +27,7 @@ one message id: the receiver's inbox drops that.
 
 URL options (query string): ``prefix``, ``max_deliveries``,
 ``redelivery_delay``, ``concurrency``, ``dead_letter``, ``partitions``,
-``replication``, ``idempotence``.
+``replication``, ``session_timeout``, ``heartbeat``, ``idempotence``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ _OPTIONS = {
     "redelivery_delay": float,
     "idempotence": str,
     "replication": int,
+    "session_timeout": float,
+    "heartbeat": float,
 }
 IDEMPOTENCE = ("auto", "required", "off")
 _JOIN_WAIT = 10.0  # seconds subscribe waits for a group with committed offsets to take in a new member
@@ -137,6 +139,10 @@ class KafkaTransport:
         dead_letter: the destination of dead letters.
         partitions: partitions of the topics this transport creates.
         replication: replication factor of the topics this transport creates.
+        session_timeout: seconds without a heartbeat after which the group drops a member
+            (a crashed process's partitions move after this long; a new group's first join
+            takes about half of it on some brokers).
+        heartbeat: seconds between a member's heartbeats; a rebalance is noticed within one.
         idempotence: ``auto`` (idempotent where the broker grants producer ids, else
             plain with a logged warning), ``required`` (refuse to start without) or ``off``.
         close_grace: seconds ``close`` waits for handlers in progress before cancelling them.
@@ -160,6 +166,8 @@ class KafkaTransport:
         publish_timeout: float = 5.0,
         idempotence: str = "auto",
         replication: int = 1,
+        session_timeout: float = 10.0,
+        heartbeat: float = 1.0,
     ) -> None:
         if idempotence not in IDEMPOTENCE:
             raise TransportError(
@@ -176,6 +184,8 @@ class KafkaTransport:
         self.dead_letter = dead_letter
         self.partitions = partitions
         self.replication = replication
+        self.session_timeout = session_timeout
+        self.heartbeat = heartbeat
         self.close_grace = close_grace
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
@@ -300,7 +310,12 @@ class KafkaTransport:
         consumer = await self._retrying(
             f"group {group!r}",
             lambda: AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="latest"
+                bootstrap_servers=self.bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                session_timeout_ms=int(self.session_timeout * 1000),
+                heartbeat_interval_ms=int(self.heartbeat * 1000),
             ),
         )
         try:
