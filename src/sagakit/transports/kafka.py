@@ -14,7 +14,10 @@ themselves (``tests/transports/tansu.py``).
   on such a broker instead; ``off`` never asks.
 - A group is a Kafka consumer group: partitions are shared among its members,
   every group reads every topic it subscribes to, starting with the messages
-  that arrive after the group first joined.
+  that arrive after the group first joined (its first member commits the
+  partitions' ends before ``subscribe`` returns). A rebalance waits for the
+  batch each member is handling, so a joining member does not get records
+  that another is still handling.
 - Offsets are committed after the handlers returned. The records of one
   partition are handled in order; a handler that raises is retried in place
   after a back-off (doubling per attempt); after ``max_deliveries`` the record
@@ -201,14 +204,14 @@ class KafkaTransport:
         parts, opts, _ = _base.url_options(url, _OPTIONS, strict="Kafka")
         return cls(f"kafka://{parts.netloc}", **opts)
 
-    async def _retrying(self, what: str, make: Any) -> Any:
+    async def _retrying(self, what: str, make: Any, *, idempotent_producer: bool = False) -> Any:
         async def start() -> Any:
             client = make()
             try:
                 await client.start()
             except (IncompatibleBrokerVersion, BrokerResponseError) as e:
                 await _stop(client)
-                if getattr(client, "_txn_manager", None) is None:
+                if not idempotent_producer:
                     raise
                 # An idempotent producer's start: the bootstrap raises only connection errors,
                 # so these come from its InitProducerId request. aiokafka retries that request
@@ -235,7 +238,9 @@ class KafkaTransport:
             return
         if self.idempotence != "off":
             try:
-                self._producer = await self._retrying("an idempotent producer", lambda: self._make_producer(True))
+                self._producer = await self._retrying(
+                    "an idempotent producer", lambda: self._make_producer(True), idempotent_producer=True
+                )
                 self.idempotent = True
                 return
             except _NoProducerIds as e:
