@@ -80,6 +80,7 @@ _OPTIONS = {
     "heartbeat": float,
 }
 IDEMPOTENCE = ("auto", "required", "off")
+_REBALANCE_WAIT = 300.0  # seconds a rebalance waits for a member to finish the batch it is handling
 _JOIN_WAIT = 10.0  # seconds subscribe waits for a group with committed offsets to take in a new member
 
 
@@ -114,9 +115,10 @@ class _Batch(ConsumerRebalanceListener):  # type: ignore[misc]
 
     aiokafka rebalances in the background: without this, a member joining the
     group would take the partitions of a member still handling their records
-    and get those records again. Kafka waits for the busy member up to the
-    rebalance timeout (the session timeout, 10 s) and then goes on without it;
-    that member's commit then fails and its records are handled again.
+    and get those records again. The group waits for a busy member up to the
+    rebalance timeout (``_REBALANCE_WAIT``, as Kafka's Java client's
+    ``max.poll.interval.ms``) and then goes on without it; that member's
+    commit then fails and its records are handled again by the new owner.
     """
 
     def __init__(self) -> None:
@@ -124,7 +126,8 @@ class _Batch(ConsumerRebalanceListener):  # type: ignore[misc]
         self.idle.set()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.idle.wait()
+        with contextlib.suppress(TimeoutError):  # a broker that does not enforce the timeout: let go here
+            await asyncio.wait_for(self.idle.wait(), _REBALANCE_WAIT)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         pass
@@ -320,6 +323,7 @@ class KafkaTransport:
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
                 session_timeout_ms=int(self.session_timeout * 1000),
+                rebalance_timeout_ms=int(_REBALANCE_WAIT * 1000),
                 heartbeat_interval_ms=int(self.heartbeat * 1000),
             ),
         )
