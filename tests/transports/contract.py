@@ -123,14 +123,16 @@ class TransportContract:
         try:
             yield kit
         finally:
-            for t in reversed(kit.opened):
-                if hasattr(t, "close_grace"):
-                    t.close_grace = 0.5
-                await t.close()
-            for p in kit.proxies:
-                await p.close()
-            for closer in reversed(kit.closers):
-                await closer()
+            try:
+                for t in reversed(kit.opened):
+                    if hasattr(t, "close_grace"):
+                        t.close_grace = 0.5
+                    await t.close()
+                for p in kit.proxies:
+                    await p.close()
+            finally:  # a private server is stopped even when a transport's close failed
+                for closer in reversed(kit.closers):
+                    await closer()
             await self.cleanup(kit)
 
     # ------------------------------------------------------------ the contract
