@@ -79,7 +79,7 @@ async def test_a_saga_that_fails_without_injection_is_reported(saga_env: SagaTes
     )
     with pytest.raises(AssertionError, match="without any failure"):
         report.assert_ok()
-    with pytest.raises(KeyError, match="no failure path 'nope'; the paths are: 'no failure', 'a fails'"):
+    with pytest.raises(KeyError, match="no failure path 'nope'; the failure paths are: 'no failure', 'a fails'"):
         report["nope"]
 
 

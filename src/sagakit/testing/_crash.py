@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from .._status import SagaStatus
 from ..transports.memory import MemoryTransport
 from ._env import SagaTestEnv, settle
 from ._harness import KILLED, Calls, check_replies, one_run
+from ._report import Report
 
 __all__ = ["CrashReport", "CrashRun", "crash_at_every_commit", "kill"]
 
@@ -150,32 +151,19 @@ class CrashRun:
         return line
 
 
-class CrashReport(Sequence[CrashRun]):
+class CrashReport(Report[CrashRun]):
     """The crashes ``crash_at_every_commit`` ran, against the run without a crash (``reference``)."""
 
+    _trouble = "problem(s) after crashes"
+
     def __init__(self, definition: SagaDefinition, reference: SagaSnapshot, commits: int, runs: list[CrashRun]) -> None:
+        super().__init__(runs)
         self.definition = definition
         self.reference = reference
         self.commits = commits
-        self.runs = runs
 
-    def __getitem__(self, i: Any) -> Any:
-        return self.runs[i]
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def __iter__(self) -> Iterator[CrashRun]:
-        return iter(self.runs)
-
-    @property
-    def problems(self) -> list[str]:
-        return [f"crash after commit {r.after}: {p}" for r in self.runs for p in r.problems]
-
-    def assert_ok(self) -> None:
-        """Raise AssertionError listing every crash whose recovery ended differently."""
-        if self.problems:
-            raise AssertionError(f"{len(self.problems)} problem(s) after crashes:\n{self}")
+    def _label(self, run: CrashRun) -> str:
+        return f"crash after commit {run.after}"
 
     def __str__(self) -> str:
         head = (

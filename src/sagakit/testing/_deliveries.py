@@ -5,7 +5,7 @@ The saga must end as it does when every message comes once, in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from .._definition import SagaDefinition
 from .._snapshot import SagaSnapshot
 from ._env import SagaTestEnv
 from ._harness import check_replies, message_actions, one_run
+from ._report import Report
 
 __all__ = ["DeliveryReport", "DeliveryRun", "check_deliveries"]
 
@@ -57,37 +58,14 @@ class DeliveryRun:
         return line
 
 
-class DeliveryReport(Sequence[DeliveryRun]):
-    """The scenarios ``check_deliveries`` ran; the first is the reference."""
+class DeliveryReport(Report[DeliveryRun]):
+    """The scenarios ``check_deliveries`` ran; the first is the reference. Index by position or scenario."""
 
-    def __init__(self, runs: list[DeliveryRun]) -> None:
-        self.runs = runs
+    _kind = "scenario"
+    _trouble = "problem(s) with duplicate or reordered messages"
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            for r in self.runs:
-                if r.scenario == key:
-                    return r
-            raise KeyError(f"no scenario {key!r}; the scenarios are: {', '.join(r.scenario for r in self.runs)}")
-        return self.runs[key]
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def __iter__(self) -> Iterator[DeliveryRun]:
-        return iter(self.runs)
-
-    @property
-    def problems(self) -> list[str]:
-        return [f"{r.scenario}: {p}" for r in self.runs for p in r.problems]
-
-    def assert_ok(self) -> None:
-        """Raise AssertionError listing every scenario that ended differently."""
-        if self.problems:
-            raise AssertionError(f"{len(self.problems)} problem(s) with duplicate or reordered messages:\n{self}")
-
-    def __str__(self) -> str:
-        return "\n".join(str(r) for r in self.runs)
+    def _label(self, run: DeliveryRun) -> str:
+        return run.scenario
 
 
 async def check_deliveries(

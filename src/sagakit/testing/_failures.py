@@ -7,9 +7,9 @@ compensation that rollback runs failing (or timing out) on every attempt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 from .._definition import SagaDefinition
 from .._messages import SendCommand, WaitFor
@@ -17,6 +17,7 @@ from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from ._env import SagaTestEnv
 from ._harness import Mode, check_replies, one_run
+from ._report import Report
 
 __all__ = ["FailurePath", "FailureReport", "explore_failures"]
 
@@ -60,43 +61,19 @@ class FailurePath:
         return line
 
 
-class FailureReport(Sequence[FailurePath]):
+class FailureReport(Report[FailurePath]):
     """The paths ``explore_failures`` ran; index by position or by path name."""
 
+    _kind = "failure path"
+    _trouble = "problem(s) in the failure paths"
+
     def __init__(self, definition: SagaDefinition, paths: list[FailurePath]) -> None:
+        super().__init__(paths)
         self.definition = definition
         self.paths = paths
 
-    @overload
-    def __getitem__(self, key: int) -> FailurePath: ...
-    @overload
-    def __getitem__(self, key: slice) -> Sequence[FailurePath]: ...
-    @overload
-    def __getitem__(self, key: str) -> FailurePath: ...
-
-    def __getitem__(self, key: int | slice | str) -> FailurePath | Sequence[FailurePath]:
-        if isinstance(key, str):
-            for p in self.paths:
-                if p.name == key:
-                    return p
-            names = ", ".join(repr(p.name) for p in self.paths)
-            raise KeyError(f"no failure path {key!r}; the paths are: {names}")
-        return self.paths[key]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __iter__(self) -> Iterator[FailurePath]:
-        return iter(self.paths)
-
-    @property
-    def problems(self) -> list[str]:
-        return [f"{p.name}: {problem}" for p in self.paths for problem in p.problems]
-
-    def assert_ok(self) -> None:
-        """Raise AssertionError listing every problem of every path (and the report)."""
-        if self.problems:
-            raise AssertionError(f"{len(self.problems)} problem(s) in the failure paths:\n{self}")
+    def _label(self, run: FailurePath) -> str:
+        return run.name
 
     def __str__(self) -> str:
         head = f"{self.definition.name} v{self.definition.version}: {len(self.paths)} failure paths"
