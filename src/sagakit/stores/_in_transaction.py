@@ -25,7 +25,7 @@ from .._errors import StoreError
 from .._store import Write
 from ._codec import dumps, encode_history, encode_steps
 
-__all__ = ["Target", "is_async", "write_async", "write_sync"]
+__all__ = ["Target", "WritesInTransaction", "is_async", "write_async", "write_sync"]
 
 _KINDS = (
     "a sqlite3.Connection, an asyncpg connection, or a SQLAlchemy Connection, Session, AsyncConnection or AsyncSession"
@@ -259,3 +259,23 @@ def _named(args: tuple[Any, ...]) -> dict[str, Any]:
 
 def _conflict(w: Write) -> str:
     raise StoreError(f"saga id {w.state.id} is already stored (an id collision); start the saga again")
+
+
+class WritesInTransaction:
+    """``write_in`` and ``write_in_sync`` for a store that says where it lives (``_target``)."""
+
+    def _target(self) -> Target:
+        raise NotImplementedError
+
+    async def write_in(self, connection: Any, write: Write) -> str:
+        """Store a new saga (an insert *write*) with the application's *connection*, in its open transaction.
+
+        The saga exists once that transaction commits, and not at all if it
+        rolls back; see this module for the connections accepted. Returns the
+        saga's id (an existing saga's, for a used idempotency key).
+        """
+        return await write_async(self._target(), connection, write)
+
+    def write_in_sync(self, connection: Any, write: Write) -> str:
+        """``write_in`` for a blocking connection (sqlite3, SQLAlchemy), from the thread that uses it."""
+        return write_sync(self._target(), connection, write)

@@ -70,7 +70,7 @@ from .._status import SagaStatus
 from .._store import Lease, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
-from ._in_transaction import Target, write_async, write_sync
+from ._in_transaction import Target, WritesInTransaction
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class PostgresStore:
+class PostgresStore(WritesInTransaction):
     """Sagas in a PostgreSQL database, shared by any number of workers.
 
     Args:
@@ -484,20 +484,6 @@ class PostgresStore:
             if due is not None:
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, repr(due))
         return results
-
-    async def write_in(self, connection: Any, write: Write) -> str:
-        """Store a new saga (an insert *write*) with the application's *connection*, in its open transaction.
-
-        The saga exists once that transaction commits, and not at all if it
-        rolls back; see ``sagakit.stores._in_transaction`` for the connections
-        accepted. Returns the saga's id (an existing saga's, for a used
-        idempotency key).
-        """
-        return await write_async(self._target(), connection, write)
-
-    def write_in_sync(self, connection: Any, write: Write) -> str:
-        """``write_in`` for a blocking connection (sqlite3, SQLAlchemy), from the thread that uses it."""
-        return write_sync(self._target(), connection, write)
 
     def _target(self) -> Target:
         database = urlsplit(self.url).path.lstrip("/") or None

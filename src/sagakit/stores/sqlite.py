@@ -30,7 +30,7 @@ from .._status import SagaStatus
 from .._store import DeadLetter, Lease, OutboxRecord, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
-from ._in_transaction import Target, write_async, write_sync
+from ._in_transaction import Target, WritesInTransaction
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 __all__ = ["SQLiteStore"]
@@ -43,7 +43,7 @@ DIALECT = Dialect(name="sqlite", param=lambda i: f"?{i}")
 _HEADER = b"SQLite format 3\x00"
 
 
-class SQLiteStore:
+class SQLiteStore(WritesInTransaction):
     """Sagas in one SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", checkpoint_interval: float | None = 0.25) -> None:
@@ -346,20 +346,6 @@ class SQLiteStore:
             log.warning("sagakit: WAL checkpoint of %s failed: %s", self.path, e)
         finally:
             self._checkpoint_busy = False
-
-    async def write_in(self, connection: Any, write: Write) -> str:
-        """Store a new saga (an insert *write*) with the application's *connection*, in its open transaction.
-
-        The saga exists once that transaction commits, and not at all if it
-        rolls back; see ``sagakit.stores._in_transaction`` for the connections
-        accepted. Returns the saga's id (an existing saga's, for a used
-        idempotency key).
-        """
-        return await write_async(self._target(), connection, write)
-
-    def write_in_sync(self, connection: Any, write: Write) -> str:
-        """``write_in`` for a blocking connection (sqlite3, SQLAlchemy), from the thread that uses it."""
-        return write_sync(self._target(), connection, write)
 
     def _target(self) -> Target:
         return Target("sqlite", self.url, path=self.path)
