@@ -404,7 +404,7 @@ def main() -> None:
     p.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and the charts")
     args = p.parse_args()
     if not args.setup and not args.no_docs and importlib.util.find_spec("matplotlib") is None:
-        p.error("the charts need matplotlib: pip install -e '.[bench]' (or pass --no-docs to write figures only)")
+        p.error("the charts need matplotlib: pip install --group bench (or pass --no-docs to write figures only)")
     peers = setup(args.upgrade_peers)
     if args.setup:
         print(json.dumps(peers, indent=2))
