@@ -145,7 +145,7 @@ class Messaging:
         self._poke = asyncio.Event()
         self._running = False
         self._subscribed: set[str] = set()
-        self._subscribing: list[asyncio.Task[None]] = []
+        self._subscriber: asyncio.Task[None] | None = None  # subscribes what was registered after start
 
     # ------------------------------------------------------------ registration
 
@@ -162,21 +162,42 @@ class Messaging:
                         self._expects.setdefault(name, []).append(_Expect(d, s, comp, action))
         for cls in d.known_events:
             self._known.setdefault(message_type_name(cls), []).append((d, cls))
-        if self._running:
-            # Registered after start: consume its events too.
-            self._subscribing.append(asyncio.ensure_future(self._subscribe()))
+        if self._running and (self._subscriber is None or self._subscriber.done()):
+            # Registered after start: consume its events too. Until that subscription is
+            # live the relay holds every command (see ready()), so no reply is lost.
+            self._subscriber = asyncio.ensure_future(self._keep_subscribing())
 
     async def _subscribe(self) -> None:
+        """Subscribe to the registered destinations not yet subscribed to.
+
+        Raises:
+            TransportError: the broker refused or could not be reached.
+        """
         assert self.transport is not None
         new = [d for d in self.destinations if d not in self._subscribed]
         if new:
-            self._subscribed.update(new)
             await self.transport.subscribe(new, CONSUMER_GROUP, self._on_delivery)
+            self._subscribed.update(new)
+
+    async def _keep_subscribing(self) -> None:
+        """Subscribe to what was registered after start (and is registered meanwhile), retrying through outages."""
+        backoff = 0.05
+        while self._running and any(d not in self._subscribed for d in self.destinations):
+            try:
+                await self._subscribe()
+                backoff = 0.05
+            except Exception as e:
+                log.warning("sagakit: subscribing to new event types failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def ready(self) -> None:
-        """Wait until every registered definition's events are subscribed to."""
-        while self._subscribing:
-            await self._subscribing.pop(0)
+        """Wait until every registered definition's events are subscribed to.
+
+        Returns at once when they are: the relay calls it before each batch.
+        """
+        while (task := self._subscriber) is not None and not task.done():
+            await asyncio.wait([task])
 
     @property
     def destinations(self) -> list[str]:
@@ -284,16 +305,22 @@ class Messaging:
         if self.transport is None:
             return
         await self.transport.start()
+        # Before the relay runs, so that no command goes out before its replies are consumed
+        # (and again for what was registered meanwhile).
+        while any(d not in self._subscribed for d in self.destinations):
+            await self._subscribe()
         self._running = True
-        await self._subscribe()
         self._tasks.append(asyncio.create_task(self._relay_loop(), name="sagakit-relay"))
 
     async def close(self) -> None:
         if self.transport is None:
             return
-        await self.ready()
         self._running = False
         self._poke.set()
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.wait([self._subscriber])
+            self._subscriber = None
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(t, 5.0)
@@ -313,6 +340,11 @@ class Messaging:
         owner = self.engine.worker_id
         backoff = 0.05
         while self._running:
+            if self._subscriber is not None and not self._subscriber.done():
+                # A definition was registered after start: no command goes out before its
+                # replies are consumed. Otherwise nothing is awaited here.
+                await self.ready()
+                continue
             self._poke.clear()
             try:
                 now = self.engine.clock()
@@ -322,6 +354,7 @@ class Messaging:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            await self.ready()  # in case a definition was registered while the batch was claimed
             done, retry = await self._publish(transport, batch)
             try:
                 if done:
