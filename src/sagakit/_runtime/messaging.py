@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from .._context import StepContext
 from .._definition import SagaDefinition, StepDefinition, Trigger
-from .._errors import SagaNotFound
+from .._errors import DefinitionError, SagaNotFound
 from .._messages import (
     FAULT_TYPE_NAME,
     CorrelationError,
@@ -146,10 +146,18 @@ class Messaging:
         self._running = False
         self._subscribed: set[str] = set()
         self._subscriber: asyncio.Task[None] | None = None  # subscribes what was registered after start
+        self._names: dict[str, type] = {}  # wire name -> the one class registered under it
 
     # ------------------------------------------------------------ registration
 
     def register(self, d: SagaDefinition) -> None:
+        """Consume *d*'s triggers and replies.
+
+        Raises:
+            DefinitionError: one of *d*'s message names is another class's, here or
+                in a definition registered before; nothing of *d* is registered.
+        """
+        self._names.update(_wire_names(d, self._names))
         for t in d.triggers:
             self._triggers.setdefault(message_type_name(t.event), []).append((d, t))
         for s in d.steps:
@@ -561,6 +569,46 @@ class Messaging:
         text = body.decode(errors="replace") if isinstance(body, bytes) else body
         log.info("sagakit: message %s (%s) dead-lettered: %s", mid, type_name, reason)
         await self.engine.store.dead_letter(DeadLetter(mid, self.engine.clock(), saga_id, type_name, text, reason))
+
+
+def _wire_names(d: SagaDefinition, known: Mapping[str, type]) -> dict[str, type]:
+    """The message classes of *d* by wire name: its triggers, commands, replies and outcome events.
+
+    Raises:
+        DefinitionError: two different classes of *d*, or one of *d* and one of *known*, share a wire name.
+    """
+    found: dict[str, type] = {}
+
+    def add(cls: object) -> None:
+        if isinstance(cls, tuple):
+            for c in cls:
+                add(c)
+            return
+        if not isinstance(cls, type):
+            return
+        try:
+            name = message_type_name(cls)
+        except DefinitionError as e:
+            raise DefinitionError(f"saga {d.name!r} v{d.version}: {e}") from None
+        other = found.get(name) or known.get(name)
+        if other is not None and other is not cls:
+            raise DefinitionError(
+                f"saga {d.name!r} v{d.version}: the message name {name!r} is both "
+                f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                "a name routes to one class only: give one of them another name (message_name) or use one class"
+            )
+        found[name] = cls
+
+    for t in d.triggers:
+        add(t.event)
+    for s in d.steps:
+        for action in (s.action, s.compensation):
+            if isinstance(action, SendCommand | WaitFor):
+                for attr in ("command", "event", "success", "failure"):
+                    add(getattr(action, attr, None))
+    add(d.completion_event)
+    add(d.failure_event)
+    return found
 
 
 def _body(env: Envelope) -> str:
