@@ -12,7 +12,7 @@ too early would certainly lose its reply.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -22,7 +22,6 @@ from sagakit import SagaBuilder, SagaEngine, SagaStatus, send
 from sagakit._messages import message_type_name
 from sagakit._transport import Handler, Transport, TransportError
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
-from tests.conftest import require_service
 from tests.messaging.test_message_saga import (
     PaymentProcessed,
     PaymentRefunded,
@@ -32,7 +31,7 @@ from tests.messaging.test_message_saga import (
     definition,
 )
 
-from .brokers import NAMES, Broker
+from .brokers import Broker
 
 MakeTransport = Callable[[], Transport]
 
@@ -64,27 +63,11 @@ class SlowSubscriptions:
         self.events.extend(("live", d) for d in destinations)
 
 
-@pytest.fixture(params=["memory", *NAMES])
-async def transports(request: pytest.FixtureRequest) -> AsyncIterator[MakeTransport]:
-    """Makes transports on one broker: the in-memory one or a real one in a namespace of this test's."""
-    if request.param == "memory":
-        yield partial(MemoryTransport, MemoryBroker())
-        return
-    b = Broker(request.param)
-    require_service(b.missing())
-    try:
-        yield b.transport
-    finally:
-        await b.cleanup()
-
-
-@pytest.mark.parametrize("register", ["inside", "outside"])
-async def test_first_command_waits_for_its_reply_subscription(
-    store_url: str, transports: MakeTransport, register: str
-) -> None:
-    slow = SlowSubscriptions(transports(), delay=0.5)
+async def first_command_waits_for_its_reply_subscription(store_url: str, make: MakeTransport, register: str) -> None:
+    """*register*: "inside" or "outside" ``async with engine``; the saga is started at once."""
+    slow = SlowSubscriptions(make(), delay=0.5)
     engine = SagaEngine(store_url, transport=slow)
-    async with Services(transports) as services:
+    async with Services(make) as services:
         if register == "outside":
             engine.register(definition())
         async with engine:
@@ -98,6 +81,18 @@ async def test_first_command_waits_for_its_reply_subscription(
     live = slow.events.index(("live", message_type_name(PaymentProcessed)))
     sent = slow.events.index(("published", message_type_name(ProcessPayment)))
     assert live < sent, slow.events
+
+
+@pytest.mark.parametrize("register", ["inside", "outside"])
+async def test_first_command_waits_for_its_reply_subscription(store_url: str, register: str) -> None:
+    await first_command_waits_for_its_reply_subscription(store_url, partial(MemoryTransport, MemoryBroker()), register)
+
+
+@pytest.mark.parametrize("register", ["inside", "outside"])
+async def test_first_command_waits_for_its_reply_subscription_on_a_broker(
+    store_url: str, broker: Broker, register: str
+) -> None:
+    await first_command_waits_for_its_reply_subscription(store_url, broker.transport, register)
 
 
 def refund_definition() -> Any:

@@ -32,9 +32,10 @@ from .test_redis import drop_keys
 class App:
     """One application's namespace on a shared broker: a transport URL with only ``?prefix=`` set."""
 
-    def __init__(self, broker: str, prefix: str) -> None:
+    def __init__(self, broker: str, prefix: str, address: tuple[str, int] | None = None) -> None:
         self.broker = broker
         self.prefix = prefix
+        self.address = address  # Kafka: the Tansu this session started
         self.subscribed: set[tuple[str, str]] = set()
 
     @property
@@ -43,6 +44,9 @@ class App:
             return f"nats://{NATS_ADDR[0]}:{NATS_ADDR[1]}?prefix={self.prefix}"
         if self.broker == "rabbitmq":
             return f"amqp://guest:guest@{RABBIT_ADDR[0]}:{RABBIT_ADDR[1]}/?prefix={self.prefix}"
+        if self.broker == "kafka":
+            assert self.address is not None
+            return f"kafka://{self.address[0]}:{self.address[1]}?prefix={self.prefix}"
         return f"redis://{REDIS_ADDR[0]}:{REDIS_ADDR[1]}/0?prefix={self.prefix}"
 
     def transport(self) -> Transport:
@@ -63,6 +67,11 @@ class App:
             await drop_stream(stream_for(self.prefix))
         elif self.broker == "rabbitmq":
             await drop_topology(self.prefix, self.subscribed, "sagakit.dead_letter")
+        elif self.broker == "kafka":
+            from . import test_kafka
+
+            assert self.address is not None
+            await test_kafka.drop_topics(self.prefix, self.address)
         else:
             await drop_keys(self.prefix)
 
@@ -70,8 +79,9 @@ class App:
 @pytest.fixture(params=NAMES)
 async def apps(request: pytest.FixtureRequest) -> AsyncIterator[tuple[App, App]]:
     require_service(Broker(request.param).missing())
+    address = request.getfixturevalue("tansu") if request.param == "kafka" else None
     ns = uuid.uuid4().hex[:8]
-    pair = (App(request.param, f"app{ns}a"), App(request.param, f"app{ns}b"))
+    pair = (App(request.param, f"app{ns}a", address), App(request.param, f"app{ns}b", address))
     try:
         yield pair
     finally:
