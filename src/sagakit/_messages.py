@@ -100,7 +100,7 @@ def message_type_name(cls: type) -> str:
         DefinitionError: the class's ``message_name`` is not a valid name.
     """
     name = cls.__dict__.get("message_name")
-    if name is not None and "message_name" not in cls.__dict__.get("__dataclass_fields__", ()):
+    if name is not None and not _is_field(cls, "message_name"):
         if isinstance(name, str) and _WIRE_NAME.fullmatch(name):
             return name
         raise DefinitionError(f"{cls.__module__}.{cls.__qualname__}.message_name: {_name_problem(name)}")
@@ -108,6 +108,11 @@ def message_type_name(cls: type) -> str:
 
 
 _WIRE_NAME = re.compile(r"\S+")
+
+
+def _is_field(cls: type, attribute: str) -> bool:
+    """Whether *attribute* of a dataclass is one of its fields (its class attribute is then a default)."""
+    return "__dataclass_fields__" in cls.__dict__ and any(f.name == attribute for f in dataclasses.fields(cls))
 
 
 def _name_problem(name: object) -> str:
