@@ -572,7 +572,7 @@ class Messaging:
 
 
 def _wire_names(d: SagaDefinition, known: Mapping[str, type]) -> dict[str, type]:
-    """The message classes of *d* by wire name: its triggers, commands, replies and outcome events.
+    """The message classes of *d* by wire name: its triggers, commands, replies, known and outcome events.
 
     Raises:
         DefinitionError: two different classes of *d*, or one of *d* and one of *known*, share a wire name.
@@ -606,6 +606,7 @@ def _wire_names(d: SagaDefinition, known: Mapping[str, type]) -> dict[str, type]
             if isinstance(action, SendCommand | WaitFor):
                 for attr in ("command", "event", "success", "failure"):
                     add(getattr(action, attr, None))
+    add(d.known_events)
     add(d.completion_event)
     add(d.failure_event)
     return found
