@@ -9,7 +9,7 @@ import sagakit
 EXPECTED = {
     # the contract of DESIGN.md
     "SagaBuilder", "SagaEngine", "RetryPolicy", "StepContext", "SagaStatus", "StepStatus", "SagaSnapshot",
-    "NonRetryableError", "DefinitionError", "SagaNotFound", "send", "wait_for", "load_definition",
+    "NonRetryableError", "DefinitionError", "SagaNotFound", "send", "wait_for", "load_definition", "message_name",
     # what users need beside it
     "SagaDefinition", "StepDefinition", "StepSnapshot", "HistoryEntry", "Store",
     "SagaError", "SagaBusy", "SagaStateError", "PayloadTooLarge", "StoreError", "NotASagaStore", "UnknownSagaType",

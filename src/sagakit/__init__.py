@@ -30,7 +30,7 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
-from ._messages import send, wait_for
+from ._messages import message_name, send, wait_for
 from ._observe import (
     AttemptInput,
     AttemptStart,
@@ -112,6 +112,7 @@ __all__ = [
     "UnknownSagaType",
     "__version__",
     "load_definition",
+    "message_name",
     "send",
     "wait_for",
 ]

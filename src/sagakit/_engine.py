@@ -190,8 +190,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         for d in definitions:
             if not isinstance(d, SagaDefinition):
                 raise TypeError(f"register() takes SagaDefinition objects, got {d!r}")
+            self._messaging.register(d)  # first: it refuses a definition whose message names clash
             self._definitions[d.key] = d
-            self._messaging.register(d)
             latest = self._latest.get(d.name)
             if latest is None or d.version >= latest.version:
                 self._latest[d.name] = d

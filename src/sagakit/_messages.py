@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import uuid
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,7 @@ __all__ = [
     "from_payload",
     "merge_event",
     "message_id",
+    "message_name",
     "message_type_name",
     "send",
     "to_correlation_id",
@@ -93,11 +95,54 @@ def message_type_name(cls: type) -> str:
     "payments.PaymentProcessed"``, or the ``@message_name(...)`` decorator) when
     it sets one, else ``"module.QualName"``. Only the class's own attribute
     counts: a subclass does not inherit its parent's wire name.
+
+    Raises:
+        DefinitionError: the class's ``message_name`` is not a valid name.
     """
     name = cls.__dict__.get("message_name")
-    if isinstance(name, str) and name:
-        return name
+    if name is not None and not _is_field(cls, "message_name"):
+        if isinstance(name, str) and _WIRE_NAME.fullmatch(name):
+            return name
+        raise DefinitionError(f"{cls.__module__}.{cls.__qualname__}.message_name: {_name_problem(name)}")
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_WIRE_NAME = re.compile(r"\S+")
+
+
+def _is_field(cls: type, attribute: str) -> bool:
+    """Whether *attribute* of a dataclass is one of its fields (its class attribute is then a default)."""
+    return "__dataclass_fields__" in cls.__dict__ and any(f.name == attribute for f in dataclasses.fields(cls))
+
+
+def _name_problem(name: object) -> str:
+    return (
+        f"a message name must be a non-empty string without whitespace, got {name!r} (e.g. 'payments.PaymentProcessed')"
+    )
+
+
+def message_name(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: give a command or event type a stable wire name.
+
+    ``@message_name("payments.PaymentProcessed")`` on a class is the same as
+    ``message_name: ClassVar[str] = "payments.PaymentProcessed"`` in its body:
+    messages of the class travel under that name instead of its Python path,
+    so another service (in any language) need not mirror the module, and moving
+    the class to another module does not change its routing.
+
+    Raises:
+        DefinitionError: *name* is empty or holds whitespace.
+    """
+    if not isinstance(name, str) or not _WIRE_NAME.fullmatch(name):
+        raise DefinitionError(f"message_name({name!r}): {_name_problem(name)}")
+
+    def named(cls: type[T]) -> type[T]:
+        if not isinstance(cls, type):
+            raise DefinitionError(f"@message_name({name!r}) decorates a class, not {cls!r}")
+        cls.message_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return named
 
 
 @dataclass(frozen=True, slots=True)

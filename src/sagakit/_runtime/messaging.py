@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from .._context import StepContext
 from .._definition import SagaDefinition, StepDefinition, Trigger
-from .._errors import SagaNotFound
+from .._errors import DefinitionError, SagaNotFound
 from .._messages import (
     FAULT_TYPE_NAME,
     CorrelationError,
@@ -145,11 +145,19 @@ class Messaging:
         self._poke = asyncio.Event()
         self._running = False
         self._subscribed: set[str] = set()
-        self._subscribing: list[asyncio.Task[None]] = []
+        self._subscriber: asyncio.Task[None] | None = None  # subscribes what was registered after start
+        self._names: dict[str, type] = {}  # wire name -> the one class registered under it
 
     # ------------------------------------------------------------ registration
 
     def register(self, d: SagaDefinition) -> None:
+        """Consume *d*'s triggers and replies.
+
+        Raises:
+            DefinitionError: one of *d*'s message names is another class's, here or
+                in a definition registered before; nothing of *d* is registered.
+        """
+        self._names.update(_wire_names(d, self._names))
         for t in d.triggers:
             self._triggers.setdefault(message_type_name(t.event), []).append((d, t))
         for s in d.steps:
@@ -162,21 +170,42 @@ class Messaging:
                         self._expects.setdefault(name, []).append(_Expect(d, s, comp, action))
         for cls in d.known_events:
             self._known.setdefault(message_type_name(cls), []).append((d, cls))
-        if self._running:
-            # Registered after start: consume its events too.
-            self._subscribing.append(asyncio.ensure_future(self._subscribe()))
+        if self._running and (self._subscriber is None or self._subscriber.done()):
+            # Registered after start: consume its events too. Until that subscription is
+            # live the relay holds every command (see ready()), so no reply is lost.
+            self._subscriber = asyncio.ensure_future(self._keep_subscribing())
 
     async def _subscribe(self) -> None:
+        """Subscribe to the registered destinations not yet subscribed to.
+
+        Raises:
+            TransportError: the broker refused or could not be reached.
+        """
         assert self.transport is not None
         new = [d for d in self.destinations if d not in self._subscribed]
         if new:
-            self._subscribed.update(new)
             await self.transport.subscribe(new, CONSUMER_GROUP, self._on_delivery)
+            self._subscribed.update(new)
+
+    async def _keep_subscribing(self) -> None:
+        """Subscribe to what was registered after start (and is registered meanwhile), retrying through outages."""
+        backoff = 0.05
+        while self._running and any(d not in self._subscribed for d in self.destinations):
+            try:
+                await self._subscribe()
+                backoff = 0.05
+            except Exception as e:
+                log.warning("sagakit: subscribing to new event types failed (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def ready(self) -> None:
-        """Wait until every registered definition's events are subscribed to."""
-        while self._subscribing:
-            await self._subscribing.pop(0)
+        """Wait until every registered definition's events are subscribed to.
+
+        Returns at once when they are: the relay calls it before each batch.
+        """
+        while (task := self._subscriber) is not None and not task.done():
+            await asyncio.wait([task])
 
     @property
     def destinations(self) -> list[str]:
@@ -284,16 +313,22 @@ class Messaging:
         if self.transport is None:
             return
         await self.transport.start()
+        # Before the relay runs, so that no command goes out before its replies are consumed
+        # (and again for what was registered meanwhile).
+        while any(d not in self._subscribed for d in self.destinations):
+            await self._subscribe()
         self._running = True
-        await self._subscribe()
         self._tasks.append(asyncio.create_task(self._relay_loop(), name="sagakit-relay"))
 
     async def close(self) -> None:
         if self.transport is None:
             return
-        await self.ready()
         self._running = False
         self._poke.set()
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.wait([self._subscriber])
+            self._subscriber = None
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(t, 5.0)
@@ -313,6 +348,11 @@ class Messaging:
         owner = self.engine.worker_id
         backoff = 0.05
         while self._running:
+            if self._subscriber is not None and not self._subscriber.done():
+                # A definition was registered after start: no command goes out before its
+                # replies are consumed. Otherwise nothing is awaited here.
+                await self.ready()
+                continue
             self._poke.clear()
             try:
                 now = self.engine.clock()
@@ -322,6 +362,7 @@ class Messaging:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            await self.ready()  # in case a definition was registered while the batch was claimed
             done, retry = await self._publish(transport, batch)
             try:
                 if done:
@@ -528,6 +569,47 @@ class Messaging:
         text = body.decode(errors="replace") if isinstance(body, bytes) else body
         log.info("sagakit: message %s (%s) dead-lettered: %s", mid, type_name, reason)
         await self.engine.store.dead_letter(DeadLetter(mid, self.engine.clock(), saga_id, type_name, text, reason))
+
+
+def _wire_names(d: SagaDefinition, known: Mapping[str, type]) -> dict[str, type]:
+    """The message classes of *d* by wire name: its triggers, commands, replies, known and outcome events.
+
+    Raises:
+        DefinitionError: two different classes of *d*, or one of *d* and one of *known*, share a wire name.
+    """
+    found: dict[str, type] = {}
+
+    def add(cls: object) -> None:
+        if isinstance(cls, tuple):
+            for c in cls:
+                add(c)
+            return
+        if not isinstance(cls, type):
+            return
+        try:
+            name = message_type_name(cls)
+        except DefinitionError as e:
+            raise DefinitionError(f"saga {d.name!r} v{d.version}: {e}") from None
+        other = found.get(name) or known.get(name)
+        if other is not None and other is not cls:
+            raise DefinitionError(
+                f"saga {d.name!r} v{d.version}: the message name {name!r} is both "
+                f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                "a name routes to one class only: give one of them another name (message_name) or use one class"
+            )
+        found[name] = cls
+
+    for t in d.triggers:
+        add(t.event)
+    for s in d.steps:
+        for action in (s.action, s.compensation):
+            if isinstance(action, SendCommand | WaitFor):
+                for attr in ("command", "event", "success", "failure"):
+                    add(getattr(action, attr, None))
+    add(d.known_events)
+    add(d.completion_event)
+    add(d.failure_event)
+    return found
 
 
 def _body(env: Envelope) -> str:

@@ -12,7 +12,7 @@ themselves (``tests/transports/tansu.py``).
   ``ApiVersions``, or an error answer, as Tansu gives) gets a plain
   ``acks=all`` producer and one logged warning. ``required`` refuses to start
   on such a broker instead; ``off`` never asks.
-- A group is a Kafka consumer group: partitions are shared among its members,
+- A group is the Kafka consumer group ``<prefix>.<group>``: partitions are shared among its members,
   every group reads every topic it subscribes to, starting with the messages
   that arrive after the group first joined (its first member commits the
   partitions' ends before ``subscribe`` returns). A rebalance waits for the
@@ -319,7 +319,7 @@ class KafkaTransport:
             f"group {group!r}",
             lambda: AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
-                group_id=group,
+                group_id=f"{self.prefix}.{group}",  # applications with different prefixes never share a group
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
                 session_timeout_ms=int(self.session_timeout * 1000),

@@ -1,8 +1,13 @@
 """NATS JetStream transport (``nats://host:4222``; needs ``pip install 'sagakit[nats]'``).
 
-- One stream (``SAGAKIT`` by default, file storage, interest retention)
-  holds the subjects ``<prefix>.<destination>``. A message stays in it until
-  every consumer group whose subscription covers it has acknowledged it.
+- One stream per prefix (file storage, interest retention) holds the
+  subjects ``<prefix>.<destination>``: by default the prefix upper-cased
+  (``SAGAKIT`` for the default prefix ``sagakit``, ``APP1`` for ``app1``), so
+  applications with different prefixes share a server without sharing a
+  stream; a stream that already holds exactly ``<prefix>.>`` is used as it
+  is. A stream or consumer that belongs to another prefix is refused with an
+  error saying what to set. A message stays in the stream until every
+  consumer group whose subscription covers it has acknowledged it.
 - A group is a durable push consumer per (group, destination) with a deliver
   group, so the members of a group compete for its messages and it survives
   restarts of both the clients and the server. A new group starts with the
@@ -43,7 +48,7 @@ from .._transport import Delivery, Handler, TransportError
 from . import _base
 from ._base import DEAD_LETTER_GROUP
 
-__all__ = ["DEAD_LETTER_GROUP", "NatsTransport", "subject_for"]
+__all__ = ["DEAD_LETTER_GROUP", "NatsTransport", "stream_for", "subject_for"]
 
 log = logging.getLogger("sagakit.transport.nats")
 
@@ -69,6 +74,26 @@ def subject_for(prefix: str, destination: str) -> str:
     return prefix + "." + _base.encode_words(destination, lambda w: quote(w, safe="-_").replace(".", "%2E"))
 
 
+def stream_for(prefix: str) -> str:
+    """The default stream of *prefix*: the prefix upper-cased, characters a stream name cannot hold as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", prefix).upper()
+
+
+def _check_prefix(prefix: str) -> str:
+    words = prefix.split(".")
+    if not all(words) or any(w in ("*", ">") or re.search(r"\s", w) for w in words):
+        raise TransportError(
+            f"NATS prefix {prefix!r} is not a subject prefix: use dot-separated words "
+            "without spaces, '*' or '>' (e.g. 'app1' or 'shop.orders')"
+        )
+    return prefix
+
+
+def _covers(pattern: str, subjects: str) -> bool:
+    """Whether a stream subject *pattern* takes every subject of *subjects* (a ``<prefix>.>`` pattern)."""
+    return pattern in (">", subjects) or (pattern.endswith(".>") and subjects.startswith(pattern[:-1]))
+
+
 def _consumer_name(group: str, destination: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9_-]", "_", f"{group}__{destination.rsplit('.', 1)[-1]}")[:48]
     digest = hashlib.sha256(f"{group}\0{destination}".encode()).hexdigest()[:16]
@@ -80,8 +105,9 @@ class NatsTransport:
 
     Args:
         url: ``nats://[user:pass@]host:port`` (several servers: comma-separated).
-        stream: the JetStream stream that holds sagakit's subjects (created if missing).
-        prefix: the first subject token of every destination.
+        stream: the JetStream stream that holds the prefix's subjects (created if missing);
+            default: the stream that holds exactly ``<prefix>.>``, else ``stream_for(prefix)``.
+        prefix: the first subject token(s) of every destination; one per application on a server.
         max_deliveries: failed deliveries before a message is dead-lettered.
         redelivery_delay: delay before the first redelivery of a failed message; doubles per attempt.
         ack_timeout: seconds an unacknowledged message stays with a silent consumer.
@@ -95,7 +121,7 @@ class NatsTransport:
         self,
         url: str = "nats://127.0.0.1:4222",
         *,
-        stream: str = "SAGAKIT",
+        stream: str | None = None,
         prefix: str = "sagakit",
         max_deliveries: int = 5,
         redelivery_delay: float = 0.2,
@@ -107,8 +133,9 @@ class NatsTransport:
         publish_timeout: float = 5.0,
     ) -> None:
         self.url = url
-        self.stream = stream
-        self.prefix = prefix
+        self.prefix = _check_prefix(prefix)
+        self.stream = stream or stream_for(prefix)
+        self._stream_given = stream is not None
         self.max_deliveries = max_deliveries
         self.redelivery_delay = redelivery_delay
         self.ack_timeout = ack_timeout
@@ -186,20 +213,64 @@ class NatsTransport:
         log.warning("NATS: reconnected to %s", self.url)
 
     async def _ensure_stream(self) -> None:
+        """Find or create the prefix's stream; refuse one that belongs to another prefix."""
+        subjects = f"{self.prefix}.>"
         try:
-            await self._js.stream_info(self.stream)
+            info = await self._js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
-                await self._js.add_stream(
-                    api.StreamConfig(
-                        name=self.stream,
-                        subjects=[f"{self.prefix}.>"],
-                        retention=api.RetentionPolicy.INTEREST,
-                        storage=api.StorageType.FILE,
-                        duplicate_window=120.0,
-                        max_age=7 * 24 * 3600.0,
-                    )
+            info = await self._create_stream(subjects)
+            if info is None:
+                return
+        held = list(info.config.subjects or [])
+        if not any(_covers(p, subjects) for p in held):
+            fix = (
+                "set ?stream= to a stream of this application's own"
+                if self._stream_given
+                else f"prefix {self.prefix!r} and that stream's prefix map to one stream name: set ?stream= "
+                "to a stream name of this application's own, or choose another prefix"
+            )
+            raise TransportError(
+                f"NATS stream {self.stream!r} holds the subjects {held}, not {subjects!r} of prefix "
+                f"{self.prefix!r}: it belongs to another application; {fix}"
+            )
+
+    async def _create_stream(self, subjects: str) -> Any:
+        """Create the stream (None), or return the info of the one that holds *subjects* already."""
+        try:
+            await self._js.add_stream(
+                api.StreamConfig(
+                    name=self.stream,
+                    subjects=[subjects],
+                    retention=api.RetentionPolicy.INTEREST,
+                    storage=api.StorageType.FILE,
+                    duplicate_window=120.0,
+                    max_age=7 * 24 * 3600.0,
                 )
+            )
+            return None
+        except nats.js.errors.BadRequestError as e:
+            refused = e
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            return await self._js.stream_info(self.stream)  # created concurrently by another member
+        # The subjects overlap another stream's: this prefix's, under another name, or another application's.
+        owner = None
+        with contextlib.suppress(Exception):
+            owner = await self._js.find_stream_name_by_subject(subjects)
+        if owner is not None:
+            info = await self._js.stream_info(owner)
+            if not self._stream_given and list(info.config.subjects or []) == [subjects]:
+                log.info("NATS: prefix %r uses the stream %r, which holds its subjects", self.prefix, owner)
+                self.stream = owner
+                return info
+            raise TransportError(
+                f"cannot create NATS stream {self.stream!r} for the subjects {subjects!r} of prefix "
+                f"{self.prefix!r}: stream {owner!r} holds {list(info.config.subjects or [])}, which overlap them. "
+                f"Set ?stream={owner} if that stream is this application's; otherwise choose a prefix that "
+                "no other application's prefix starts with"
+            ) from refused
+        raise TransportError(
+            f"cannot create NATS stream {self.stream!r} for the subjects {subjects!r}: {refused}"
+        ) from refused
 
     # ------------------------------------------------------------ publishing
 
@@ -254,6 +325,13 @@ class NatsTransport:
                 info = await self._js.add_consumer(self.stream, config)
             except nats.js.errors.BadRequestError:  # another member created it first
                 info = await self._js.consumer_info(self.stream, name)
+        expected = subject_for(self.prefix, destination)
+        if info.config.filter_subject != expected:
+            raise TransportError(
+                f"NATS consumer {name!r} of stream {self.stream!r} reads {info.config.filter_subject!r}, "
+                f"not {expected!r}: another prefix uses this stream; give each prefix a stream of its own "
+                f"(?stream=, default {stream_for(self.prefix)!r} for prefix {self.prefix!r})"
+            )
         return name, info.config
 
     async def _ensure_dead_letter_group(self) -> None:

@@ -1,7 +1,10 @@
 """RabbitMQ transport (``amqp://user:pass@host:5672/vhost``; needs ``pip install 'sagakit[rabbitmq]'``).
 
 - Messages are published persistent, with publisher confirms, to one durable
-  topic exchange (``sagakit`` by default) with the destination as routing key.
+  topic exchange with the destination as routing key: the exchange named
+  after the ``prefix`` (``sagakit`` by default), so applications with
+  different prefixes share a server (and vhost) without sharing an exchange
+  or a queue.
 - A group is a durable quorum queue per (group, destination), bound to the
   exchange: the members of a group compete for its messages, every group gets
   every message published after its queue was declared, and the queue keeps
@@ -19,8 +22,9 @@
 RabbitMQ has no broker-side de-duplication: a repeated publish is delivered
 twice and the receiver's inbox drops the second.
 
-URL options (query string, removed before connecting): ``exchange``,
-``max_deliveries``, ``redelivery_delay``, ``concurrency``, ``dead_letter``.
+URL options (query string, removed before connecting): ``prefix``,
+``exchange``, ``max_deliveries``, ``redelivery_delay``, ``concurrency``,
+``dead_letter``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ log = logging.getLogger("sagakit.transport.rabbitmq")
 _MAX_NAME = 255  # bytes, for routing keys and queue names
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _OPTIONS = {
+    "prefix": str,
     "exchange": str,
     "dead_letter": str,
     "max_deliveries": int,
@@ -94,7 +99,9 @@ class RabbitMQTransport:
 
     Args:
         url: ``amqp://user:pass@host:5672/vhost``.
-        exchange: the durable topic exchange every destination is published to.
+        prefix: the application's namespace on the server: the name of its exchange, which
+            its queue names start with.
+        exchange: the durable topic exchange every destination is published to (default: *prefix*).
         max_deliveries: failed deliveries before a message is dead-lettered.
         redelivery_delay: delay before the first requeue of a failed message; doubles per attempt.
         concurrency: unacknowledged messages (handlers running) at once per destination subscribed.
@@ -107,7 +114,8 @@ class RabbitMQTransport:
         self,
         url: str = "amqp://guest:guest@127.0.0.1:5672/",
         *,
-        exchange: str = "sagakit",
+        prefix: str = "sagakit",
+        exchange: str | None = None,
         max_deliveries: int = 5,
         redelivery_delay: float = 0.2,
         concurrency: int = 16,
@@ -117,7 +125,10 @@ class RabbitMQTransport:
         publish_timeout: float = 5.0,
     ) -> None:
         self.url = url
-        self.exchange_name = exchange
+        if not (exchange or prefix):
+            raise TransportError("RabbitMQ prefix must not be empty: it names the application's exchange")
+        self.prefix = prefix
+        self.exchange_name = exchange or prefix
         self.max_deliveries = max_deliveries
         self.redelivery_delay = redelivery_delay
         self.concurrency = concurrency
