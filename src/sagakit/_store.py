@@ -1,7 +1,9 @@
 """The store protocol: what the runtime needs from a database, and nothing more.
 
 A store keeps one row per saga (the machine's SagaState plus lease columns),
-an append-only history, and the outbox and inbox tables of message steps.
+an append-only history, and the outbox and inbox tables of message steps;
+for participants (``sagakit.participant``), the commands they handled and
+their replies.
 Every method is a coroutine; a store whose driver blocks runs it on threads
 of its own. Implementations: ``sagakit.stores.memory``, ``sagakit.stores.sqlite``.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +36,7 @@ __all__ = [
     "PRUNED_BY_DEFAULT",
     "UNFINISHED",
     "DeadLetter",
+    "Handling",
     "Lease",
     "OutboxMessage",
     "OutboxRecord",
@@ -102,6 +106,29 @@ class Schedule:
     created_at: float
     last_at: float | None = None
     last_saga: str | None = None
+
+
+@dataclass(slots=True)
+class Handling:
+    """One command in a participant's hands, inside a transaction of the store's database.
+
+    ``Store.handling`` opens the transaction and claims the command in it; the
+    participant runs its handler only when ``handled`` is False, sets ``reply``,
+    and the store records it in the same transaction when the block ends. An
+    error in the block rolls everything back: the command counts as not handled.
+
+    Attributes:
+        handled: the command was handled before (that transaction committed).
+        reply: the reply recorded then (None: it had none); the participant sets
+            it for a command it handles now.
+        connection: the driver connection the transaction is open on, for the
+            handler's own writes (``sqlite3.Connection`` on SQLite, an asyncpg
+            connection on PostgreSQL); None for the in-memory store.
+    """
+
+    handled: bool
+    reply: str | None = None
+    connection: Any = None
 
 
 @dataclass(slots=True)
@@ -515,6 +542,27 @@ class Store(Protocol):
 
         Returns how many were deleted; fewer than *limit* means none is left. A dry run
         deletes nothing and counts all of them.
+        """
+        ...
+
+    def handling(self, participant: str, message_id: str, at: float) -> AbstractAsyncContextManager[Handling]:
+        """A transaction in which *participant* handles the command *message_id* at most once.
+
+        On entry the command is claimed: a claim of the same command elsewhere
+        waits until this transaction ends, then finds it handled (or not, after
+        a rollback). On a normal exit ``Handling.reply`` is recorded and the
+        transaction commits, the handler's own writes on ``Handling.connection``
+        with it; on an error it rolls back.
+
+        Raises:
+            StoreError: the database failed (the command is then not handled).
+        """
+        ...
+
+    async def prune_handled(self, participant: str | None, before: float, *, limit: int) -> int:
+        """Forget up to *limit* commands handled before *before* (by *participant*, or by any), in one transaction.
+
+        Returns how many were forgotten; fewer than *limit* means none is left.
         """
         ...
 

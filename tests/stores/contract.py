@@ -894,3 +894,81 @@ class StoreContract:
         assert await s.outbox_pending() == 5
         assert len(await s.dead_letters()) == 1
         assert await self._prune_all(store, 200.0) == expected
+
+    # ------------------------------------------------------------ participants' handled commands
+
+    async def test_a_handled_command_is_recorded_with_its_reply(self, store: Store, make_store: StoreFactory) -> None:
+        async with store.handling("payments", "m-1", 10.0) as h:
+            assert (h.handled, h.reply) == (False, None)
+            h.reply = '{"ok": true}'
+        async with store.handling("payments", "m-1", 11.0) as again:
+            assert (again.handled, again.reply) == (True, '{"ok": true}')
+        async with store.handling("shipping", "m-1", 11.0) as other:
+            assert other.handled is False  # each participant handles a command once
+        restarted = make_store()
+        await restarted.open()
+        try:
+            async with restarted.handling("payments", "m-1", 12.0) as after:
+                assert (after.handled, after.reply) == (True, '{"ok": true}')
+        finally:
+            if restarted is not store:
+                await restarted.close()
+
+    async def test_a_command_handled_without_a_reply_is_recorded(self, store: Store) -> None:
+        async with store.handling("payments", "m-none", 10.0) as h:
+            assert h.handled is False
+        async with store.handling("payments", "m-none", 11.0) as again:
+            assert (again.handled, again.reply) == (True, None)
+
+    async def test_an_error_while_handling_records_nothing(self, store: Store) -> None:
+        with pytest.raises(ZeroDivisionError):
+            async with store.handling("payments", "m-2", 10.0) as h:
+                h.reply = "never"
+                1 / 0  # noqa: B018
+        async with store.handling("payments", "m-2", 11.0) as again:
+            assert again.handled is False
+
+    async def test_a_second_claim_of_a_command_waits_for_the_first(
+        self, store: Store, make_store: StoreFactory
+    ) -> None:
+        other = make_store()
+        await other.open()
+        first_in = asyncio.Event()
+        release = asyncio.Event()
+        seen: list[tuple[str, bool, str | None]] = []
+
+        async def first() -> None:
+            async with store.handling("payments", "m-3", 10.0) as h:
+                seen.append(("first", h.handled, h.reply))
+                first_in.set()
+                await release.wait()
+                h.reply = "r-first"
+
+        async def second() -> None:
+            await first_in.wait()
+            async with other.handling("payments", "m-3", 10.5) as h:
+                seen.append(("second", h.handled, h.reply))
+
+        try:
+            a = asyncio.create_task(first())
+            b = asyncio.create_task(second())
+            await first_in.wait()
+            await asyncio.sleep(0.2)  # the second claim is waiting, not handling
+            assert seen == [("first", False, None)]
+            release.set()
+            await asyncio.wait_for(asyncio.gather(a, b), 20)
+        finally:
+            if other is not store:
+                await other.close()
+        assert seen == [("first", False, None), ("second", True, "r-first")]
+
+    async def test_forgetting_handled_commands(self, store: Store) -> None:
+        for i, (who, at) in enumerate([("payments", 10.0), ("payments", 20.0), ("shipping", 10.0), ("payments", 5.0)]):
+            async with store.handling(who, f"m-{i}", at):
+                pass
+        assert await store.prune_handled("payments", 15.0, limit=1) == 1
+        assert await store.prune_handled("payments", 15.0, limit=10) == 1
+        assert await store.prune_handled(None, 15.0, limit=10) == 1  # shipping's
+        for i, handled in enumerate([False, True, False, False]):
+            async with store.handling("shipping" if i == 2 else "payments", f"m-{i}", 30.0) as h:
+                assert h.handled is handled, i

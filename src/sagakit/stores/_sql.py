@@ -235,10 +235,23 @@ def migrations(d: Dialect) -> list[list[str]]:
             )""",
             "CREATE INDEX IF NOT EXISTS sagakit_schedules_next ON sagakit_schedules (next_at)",
         ],
+        [
+            # Commands a participant handled (sagakit.participant with store=), each with the
+            # reply it sent, written in the transaction of the handler's own database work:
+            # a command delivered again is answered from here, not handled again.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_handled (
+                participant TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                handled_at {d.real} NOT NULL,
+                reply TEXT,
+                PRIMARY KEY (participant, message_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_handled_at ON sagakit_handled (handled_at)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class Statements:
@@ -473,6 +486,24 @@ class Statements:
             )
         )
         self.count_dead_letters = f"SELECT COUNT(*) FROM sagakit_dead_letters WHERE received_at < {p(1)}"
+        # Participants. participant=1 message_id=2 handled_at=3: claims the command inside the
+        # handler's transaction; a second claim of it waits for the first to commit or roll back.
+        self.insert_handled = (
+            "INSERT INTO sagakit_handled (participant, message_id, handled_at) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}) ON CONFLICT DO NOTHING"
+        )
+        self.handled_reply = f"SELECT reply FROM sagakit_handled WHERE participant={p(1)} AND message_id={p(2)}"
+        self.set_handled_reply = (
+            f"UPDATE sagakit_handled SET reply={p(3)} WHERE participant={p(1)} AND message_id={p(2)}"
+        )
+        # participant=1 (NULL: every participant) before=2 limit=3
+        self.prune_handled = (
+            f"DELETE FROM sagakit_handled WHERE {d.row_id} "
+            + d.in_subquery(
+                f"SELECT {d.row_id} FROM sagakit_handled WHERE handled_at < {p(2)} "
+                f"AND (CAST({p(1)} AS TEXT) IS NULL OR participant = {p(1)}) ORDER BY handled_at LIMIT {p(3)}"
+            )
+        )
         # fmt: on
 
 

@@ -6,9 +6,11 @@ this store sees the same copies and JSON round trips as on SQLite.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .._errors import SagaNotFound
@@ -16,6 +18,7 @@ from .._status import SagaStatus
 from .._store import (
     UNFINISHED,
     DeadLetter,
+    Handling,
     Lease,
     OutboxMessage,
     OutboxRecord,
@@ -81,6 +84,9 @@ class MemoryStore:
         self._dead: builtins.list[DeadLetter] = []
         self._schedules: dict[str, Schedule] = {}
         self._order = 0
+        # (participant, message id) -> (handled at, reply); a lock per command being handled
+        self._handled: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._handling: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -464,6 +470,37 @@ class MemoryStore:
         doomed = {id(d) for d in sorted(old, key=lambda d: d.received_at)[:limit]}
         self._dead = [d for d in self._dead if id(d) not in doomed]
         return len(doomed)
+
+    @contextlib.asynccontextmanager
+    async def handling(self, participant: str, message_id: str, at: float) -> AsyncIterator[Handling]:
+        key = (participant, message_id)
+        lock, users = self._handling.get(key) or (asyncio.Lock(), 0)
+        self._handling[key] = (lock, users + 1)
+        try:
+            async with lock:
+                done = self._handled.get(key)
+                if done is not None:
+                    yield Handling(True, done[1])
+                    return
+                h = Handling(False)
+                yield h
+                self._handled[key] = (at, h.reply)
+        finally:
+            lock, users = self._handling[key]
+            if users == 1:
+                del self._handling[key]
+            else:
+                self._handling[key] = (lock, users - 1)
+
+    async def prune_handled(self, participant: str | None, before: float, *, limit: int) -> int:
+        old = sorted(
+            (at, key)
+            for key, (at, _) in self._handled.items()
+            if at < before and (participant is None or key[0] == participant)
+        )[:limit]
+        for _, key in old:
+            del self._handled[key]
+        return len(old)
 
 
 def _data_matches(encoded: object, wanted: Mapping[str, str | int | float | bool]) -> bool:

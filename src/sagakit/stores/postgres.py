@@ -67,7 +67,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import LeaseLost, NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import Lease, Pruned, SagaQuery, Schedule, WorkerInfo, Write
+from .._store import Handling, Lease, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
@@ -811,6 +811,46 @@ class PostgresStore(WritesInTransaction):
             return int(rows[0][0])
         async with self._tx("pruning dead letters") as conn:
             status = await conn.execute(self._sql.prune_dead_letters, before, limit)
+        return int(status.rsplit(" ", 1)[-1])
+
+    # ------------------------------------------------------------ participants
+
+    @contextlib.asynccontextmanager
+    async def handling(self, participant: str, message_id: str, at: float) -> AsyncIterator[Handling]:
+        """See ``Store.handling``. ``Handling.connection`` is a pooled asyncpg connection
+        inside the transaction (the store's schema on its search path)."""
+        pool = self._open_pool()
+        sql = self._sql
+        with self._errors("acquiring a connection for a participant"):
+            conn = await pool.acquire()
+        try:
+            tx = conn.transaction()
+            try:
+                with self._errors("claiming a command"):
+                    await tx.start()
+                    # Waits while another transaction holds the same claim, then finds it
+                    # handled (committed) or claims it (rolled back).
+                    if await conn.execute(sql.insert_handled, participant, message_id, at) == "INSERT 0 1":
+                        h = Handling(False, None, conn)
+                    else:
+                        h = Handling(True, await conn.fetchval(sql.handled_reply, participant, message_id), conn)
+                yield h
+                with self._errors("recording a handled command"):
+                    if not h.handled:
+                        await conn.execute(sql.set_handled_reply, participant, message_id, h.reply)
+                    await tx.commit()
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    with contextlib.suppress(OSError, self._pg.PostgresError, self._pg.InterfaceError):
+                        await tx.rollback()
+                raise
+        finally:
+            with contextlib.suppress(OSError, self._pg.PostgresError, self._pg.InterfaceError):
+                await pool.release(conn)
+
+    async def prune_handled(self, participant: str | None, before: float, *, limit: int) -> int:
+        async with self._tx("forgetting handled commands") as conn:
+            status = await conn.execute(self._sql.prune_handled, participant, before, limit)
         return int(status.rsplit(" ", 1)[-1])
 
 

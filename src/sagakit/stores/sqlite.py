@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import DeadLetter, Lease, OutboxRecord, Pruned, SagaQuery, Schedule, WorkerInfo, Write
+from .._store import DeadLetter, Handling, Lease, OutboxRecord, Pruned, SagaQuery, Schedule, WorkerInfo, Write
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
@@ -67,6 +68,11 @@ class SQLiteStore(WritesInTransaction):
         # run beside the writer), so looking at sagas never waits for a commit.
         self._reader: sqlite3.Connection | None = None
         self._read_executor: ThreadPoolExecutor | None = None
+        # Participants' transactions (``handling``) run on a connection of their own, one at a
+        # time: the handler writes on it from the event loop's thread while the writer's
+        # thread goes on committing transitions on its own connection.
+        self._handler_conn: sqlite3.Connection | None = None
+        self._handler_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -242,6 +248,11 @@ class SQLiteStore(WritesInTransaction):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(checkpointer, conn.close)
             checkpointer.shutdown(wait=True)
+        if self._handler_conn is not None:
+            async with self._handler_lock:
+                conn, self._handler_conn = self._handler_conn, None
+                if conn is not None:
+                    conn.close()
         if self._read_executor is not None:
             if self._reader is not None:
                 await self._read(self._reader.close)
@@ -697,6 +708,75 @@ class SQLiteStore(WritesInTransaction):
             rows = await self._read(self._fetchall, self._sql.count_dead_letters, (before,))
             return int(rows[0][0])
         return await self._run(self._rowcount_tx, self._sql.prune_dead_letters, (before, limit))
+
+    # ------------------------------------------------------------ participants
+
+    @contextlib.asynccontextmanager
+    async def handling(self, participant: str, message_id: str, at: float) -> AsyncIterator[Handling]:
+        """See ``Store.handling``. ``Handling.connection`` is a ``sqlite3.Connection`` (autocommit
+        mode, inside ``BEGIN IMMEDIATE``); one command is handled at a time per store."""
+        if self._executor is None:
+            raise StoreError(f"store {self.url} is not open: call (or await) open() first")
+        if self.path == ":memory:":
+            raise StoreError(
+                "a participant's store must be a SQLite file (sqlite:///path.db), not an in-memory database; "
+                "use memory:// for a participant that keeps its record in the process"
+            )
+        sql = self._sql
+        async with self._handler_lock:
+            conn = self._handler_conn
+            if conn is None:
+                conn = self._handler_conn = await asyncio.to_thread(self._open_handler_conn)
+            try:
+                with self._handler_errors("starting a participant's transaction"):
+                    # Waits (in a thread, not on the event loop) while another process writes.
+                    await _to_thread_to_the_end(conn.execute, "BEGIN IMMEDIATE")
+                with self._handler_errors("claiming a command"):
+                    if conn.execute(sql.insert_handled, (participant, message_id, at)).rowcount == 1:
+                        h = Handling(False, None, conn)
+                    else:
+                        row = conn.execute(sql.handled_reply, (participant, message_id)).fetchone()
+                        h = Handling(True, row[0] if row else None, conn)
+                yield h
+                with self._handler_errors("recording a handled command"):
+                    if not h.handled:
+                        conn.execute(sql.set_handled_reply, (participant, message_id, h.reply))
+                    await _to_thread_to_the_end(conn.execute, "COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _open_handler_conn(self) -> sqlite3.Connection:
+        with self._handler_errors("opening a participant's connection"):
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+    @contextlib.contextmanager
+    def _handler_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {self.path}: {what} failed: {e}") from e
+
+    async def prune_handled(self, participant: str | None, before: float, *, limit: int) -> int:
+        return await self._run(self._rowcount_tx, self._sql.prune_handled, (participant, before, limit))
+
+
+async def _to_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread; a caller cancelled meanwhile still waits for it to end.
+
+    So that a statement started on a connection (BEGIN, COMMIT) has finished when the
+    caller, cancelled, looks at the connection's state to roll back.
+    """
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
 
 
 def _kinds_json(kinds: Collection[tuple[str, int]] | None) -> str | None:
