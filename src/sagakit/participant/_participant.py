@@ -33,14 +33,30 @@ MESSAGE_LIMIT = 2000
 
 
 def fault_of(error: BaseException, command_type: str) -> Fault:
-    """The fault reply for a command whose handler raised *error*; message and traceback bounded."""
-    text = str(error)
-    if len(text) > MESSAGE_LIMIT:
-        text = text[: MESSAGE_LIMIT - 14] + " …(truncated)"
-    tb = "".join(traceback.format_exception(error))
-    if len(tb) > TRACEBACK_LIMIT:
-        tb = "…(truncated)…\n" + tb[-(TRACEBACK_LIMIT - 14) :]
-    return Fault(error_type=type(error).__name__, message=text, command_type=command_type, traceback=tb)
+    """The fault reply for a command whose handler raised *error*; message and traceback bounded.
+
+    The traceback keeps its innermost frames (where the error was raised) and
+    ends with the error's type and the start of its message.
+    """
+    text = _clip(str(error), MESSAGE_LIMIT)
+    last = f"{type(error).__qualname__}: {_clip(text, 300)}\n"
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    room = TRACEBACK_LIMIT - len(last) - len(_TRACEBACK_HEAD)
+    if len(frames) > room:
+        frames = "…(outer frames cut)…\n" + frames[-(room - 22) :]
+    return Fault(
+        error_type=type(error).__name__,
+        message=text,
+        command_type=command_type,
+        traceback=_TRACEBACK_HEAD + frames + last,
+    )
+
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):\n"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 14] + " …(truncated)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,16 +284,16 @@ class Participant:
 
     async def _fault(self, env: Envelope, error: Exception) -> None:
         self.faults += 1
+        fault = fault_of(error, env.type_name)
         log.warning(
             "sagakit: participant %s: handling %s (%s) failed: %s: %s; replying with a fault",
             self.name,
             env.message_id,
             env.type_name,
-            type(error).__name__,
-            error,
+            fault.error_type,
+            _clip(fault.message, 300),
             exc_info=error,
         )
-        fault = fault_of(error, env.type_name)
         reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}:fault"))
         await self._publish(env.reply(fault, message_id=reply_id, timestamp=self.clock()))
 

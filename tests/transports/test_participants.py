@@ -1,0 +1,23 @@
+"""The participant scenarios of tests/participant on each real broker."""
+
+from __future__ import annotations
+
+from tests.participant.scenarios import (
+    fault_is_replied_and_the_command_acknowledged,
+    handler_gets_the_context,
+    redelivery_after_a_restart_is_answered_from_the_record,
+)
+
+from .brokers import Broker
+
+
+async def test_fault_is_replied_and_the_command_acknowledged(broker: Broker) -> None:
+    await fault_is_replied_and_the_command_acknowledged(broker.transport)
+
+
+async def test_handler_gets_the_context(broker: Broker) -> None:
+    await handler_gets_the_context(broker.transport)
+
+
+async def test_redelivery_after_a_restart_is_answered_from_the_record(broker: Broker, store_url: str) -> None:
+    await redelivery_after_a_restart_is_answered_from_the_record(broker.transport, store_url)
