@@ -10,8 +10,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from sagakit import SagaStatus, StepContext
-from sagakit._messages import Envelope, Fault, from_payload, message_type_name
+from sagakit import RetryPolicy, SagaBuilder, SagaEngine, SagaStatus, StepContext
+from sagakit._messages import Envelope, Fault, from_payload, message_type_name, send
 from sagakit._transport import Transport
 from sagakit.machine import SagaState, StepState
 from sagakit.participant import FAULT_TYPE_NAME, MessageContext, Participant
@@ -200,3 +200,43 @@ async def redelivery_after_a_restart_is_answered_from_the_record(make_transport:
     assert reply.type_name == message_type_name(Charged)
     assert reply.payload == {"order_id": "o-1", "charge_key": key}
     assert (reply.saga_id, reply.step, reply.token, reply.causation_id) == (env.saga_id, "charge", 4, env.message_id)
+
+
+async def a_fault_fails_the_saga_step_at_once(make_transport: MakeTransport, store_url: str) -> None:
+    """End to end, no reply timeout set: a handler that raises fails the step's attempt at once; retries apply."""
+    name = f"pay_{uuid.uuid4().hex[:6]}"
+    b = SagaBuilder(name)
+    b.step(
+        "charge",
+        action=send(Charge, success=Charged),
+        retry=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.02),
+    )
+    payments = Participant(make_transport(), name="payments")
+    calls: dict[str, list[int | None]] = {}
+
+    @payments.handles(Charge)
+    def charge(cmd: Charge, ctx: MessageContext) -> Charged:
+        calls.setdefault(cmd.order_id, []).append(ctx.token)
+        if cmd.order_id == "o-down" or len(calls[cmd.order_id]) == 1:
+            raise ConnectionError(f"payment provider down for {cmd.order_id}")
+        return Charged(order_id=cmd.order_id, charge_key=ctx.idempotency_key)
+
+    engine = SagaEngine(store_url, transport=make_transport())
+    engine.register(b.build())
+    async with payments, engine:
+        flaky = await engine.start(name, {"order_id": "o-flaky", "amount": 5.0})
+        down = await engine.start(name, {"order_id": "o-down", "amount": 5.0})
+        recovered = await engine.wait(flaky, timeout=60)
+        failed = await engine.wait(down, timeout=60)
+    assert recovered.status is SagaStatus.COMPLETED, recovered.history
+    assert recovered.steps["charge"].attempts == 2
+    assert recovered.data["charge_key"] == f"{flaky}:charge:action"
+    assert [h.attempt for h in recovered.history if h.kind == "fault"] == [1]
+    assert failed.status is SagaStatus.COMPENSATED, failed.history
+    assert failed.steps["charge"].attempts == 2
+    assert "participant fault: ConnectionError: payment provider down for o-down" in (
+        failed.steps["charge"].error or ""
+    )
+    assert [h.attempt for h in failed.history if h.kind == "fault"] == [1, 2]
+    assert len(set(calls["o-flaky"])) == 2 and len(calls["o-down"]) == 2  # each attempt handled anew
+    assert payments.faults == 3

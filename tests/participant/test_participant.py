@@ -27,6 +27,7 @@ from .kit import (
     send_command,
 )
 from .scenarios import (
+    a_fault_fails_the_saga_step_at_once,
     charging,
     fault_is_replied_and_the_command_acknowledged,
     handler_gets_the_context,
@@ -235,3 +236,7 @@ def test_a_fault_keeps_the_innermost_frames_within_its_bounds() -> None:
     assert 'raise KeyError("x" * 50_000)' in fault.traceback
     assert fault.traceback.rstrip().endswith("(truncated)")
     assert "\nKeyError: 'xxx" in fault.traceback
+
+
+async def test_a_fault_fails_the_saga_step_at_once(transports: MakeTransport, store_url: str) -> None:
+    await a_fault_fails_the_saga_step_at_once(transports, store_url)

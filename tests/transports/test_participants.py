@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.participant.scenarios import (
+    a_fault_fails_the_saga_step_at_once,
     fault_is_replied_and_the_command_acknowledged,
     handler_gets_the_context,
     redelivery_after_a_restart_is_answered_from_the_record,
@@ -21,3 +22,7 @@ async def test_handler_gets_the_context(broker: Broker) -> None:
 
 async def test_redelivery_after_a_restart_is_answered_from_the_record(broker: Broker, store_url: str) -> None:
     await redelivery_after_a_restart_is_answered_from_the_record(broker.transport, store_url)
+
+
+async def test_a_fault_fails_the_saga_step_at_once(broker: Broker, store_url: str) -> None:
+    await a_fault_fails_the_saga_step_at_once(broker.transport, store_url)
