@@ -240,3 +240,19 @@ def test_a_fault_keeps_the_innermost_frames_within_its_bounds() -> None:
 
 async def test_a_fault_fails_the_saga_step_at_once(transports: MakeTransport, store_url: str) -> None:
     await a_fault_fails_the_saga_step_at_once(transports, store_url)
+
+
+async def test_a_participant_that_cannot_subscribe_closes_what_it_opened(tmp_path: Any) -> None:
+    class Refusing(MemoryTransport):
+        async def subscribe(self, destinations: Any, group: str, handler: Any) -> None:
+            raise StoreError("broker refused")  # any error of the subscription
+
+    store_url = f"sqlite:///{tmp_path}/payments.db"
+    payments = Participant(Refusing(MemoryBroker()), name="payments", store=store_url)
+    payments.handles(Charge)(lambda cmd: None)
+    with pytest.raises(StoreError, match="broker refused"):
+        await payments.start()
+    assert payments.store is not None
+    with pytest.raises(StoreError, match="is not open"):
+        async with payments.store.handling("payments", "m", 0.0):
+            pass

@@ -184,11 +184,20 @@ class Participant:
         return register
 
     async def start(self) -> None:
+        """Open the store (a store object passed in is opened too, and stays the caller's to close),
+        connect and subscribe to the commands of the registered handlers."""
         if self.store is not None:
             await self.store.open()
-        await self.transport.start()
-        if self._handlers:
-            await self.transport.subscribe(list(self._handlers), self.name, self._on_delivery)
+        try:
+            await self.transport.start()
+            if self._handlers:
+                await self.transport.subscribe(list(self._handlers), self.name, self._on_delivery)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the start is the one to see
+                await self.transport.close()
+                if self.store is not None and self._owns_store:
+                    await self.store.close()
+            raise
 
     async def close(self) -> None:
         await self.transport.close()
