@@ -256,3 +256,41 @@ async def test_a_participant_that_cannot_subscribe_closes_what_it_opened(tmp_pat
     with pytest.raises(StoreError, match="is not open"):
         async with payments.store.handling("payments", "m", 0.0):
             pass
+
+
+async def test_two_instances_given_one_command_at_once_apply_it_once(
+    broker: MemoryBroker, transports: MakeTransport, sender: Any, db_url: str
+) -> None:
+    """Two instances of a participant on one database, the command delivered twice at once: one effect."""
+    await create_effects(db_url)
+    instances = [Participant(transports(), name="payments", store=db_url) for _ in range(2)]
+    for p in instances:
+
+        @p.handles(Charge)
+        async def charge(cmd: Charge, ctx: MessageContext) -> Charged:
+            await apply_effect(ctx)
+            await asyncio.sleep(0.3)  # the other copy arrives while this transaction is open
+            return Charged(order_id=cmd.order_id, charge_key=ctx.idempotency_key)
+
+    env = saga_command(Charge(order_id="o-1", amount=5))
+    broker.duplicate_next[env.type_name] = 1
+    async with Replies(transports) as replies, instances[0], instances[1]:
+        await send_command(sender, env)
+        await replies.wait(2)
+    assert sum(p.handled for p in instances) == 1
+    assert sum(p.duplicates for p in instances) == 1
+    assert await effects(db_url) == {f"{env.saga_id}:charge:action": 1}
+    assert replies.envelopes[0].payload == replies.envelopes[1].payload
+
+
+async def test_a_handler_returning_something_that_is_no_message_is_a_fault(
+    transports: MakeTransport, sender: Any
+) -> None:
+    payments = Participant(transports(), name="payments")
+    payments.handles(Charge)(lambda cmd: {"order_id": cmd.order_id})
+    async with Replies(transports) as replies, payments:
+        await send_command(sender, saga_command(Charge(order_id="o-1", amount=5)))
+        [fault] = await replies.wait(1)
+    f = from_payload(Fault, fault.payload)
+    assert (f.error_type, payments.handled, payments.faults) == ("MessageMappingError", 0, 1)
+    assert "is not a message" in f.message
