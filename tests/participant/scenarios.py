@@ -111,7 +111,7 @@ async def handler_gets_the_context(make_transport: MakeTransport) -> None:
         message_type_name(Charge),
     )
     assert ctx.headers["traceparent"] == action.headers["traceparent"]
-    assert ctx.delivery >= 1
+    assert ctx.delivery_count >= 1
     assert ctx.connection is None  # no store
     for env, compensating in ((action, False), (compensation, True)):
         # The key the engine gives the saga's own step (StepContext of an attempt of "charge").

@@ -45,7 +45,7 @@ class MessageContext:
             or ``:compensation``), stable across every resend and retry of the
             step: use it as the key of the handler's side effect downstream.
             For a command no saga sent, its message id.
-        delivery: how many times the broker has delivered the message (1 the
+        delivery_count: how many times the broker has delivered the message (1 the
             first time).
         connection: with ``Participant(..., store=...)``, the database
             connection of the transaction that records the command as handled
@@ -62,11 +62,11 @@ class MessageContext:
     correlation_id: str | None
     headers: Mapping[str, str]
     idempotency_key: str
-    delivery: int = 1
+    delivery_count: int = 1
     connection: Any = None
 
     @classmethod
-    def of(cls, env: Envelope, *, delivery: int = 1, connection: Any = None) -> MessageContext:
+    def of(cls, env: Envelope, *, delivery_count: int = 1, connection: Any = None) -> MessageContext:
         """The context of the command in *env*."""
         return cls(
             message_id=env.message_id,
@@ -77,6 +77,6 @@ class MessageContext:
             correlation_id=env.correlation_id,
             headers=dict(env.headers),
             idempotency_key=idempotency_key(env),
-            delivery=delivery,
+            delivery_count=delivery_count,
             connection=connection,
         )

@@ -270,7 +270,7 @@ class Participant:
             if not h.handled:
                 try:
                     if handler.wants_context:
-                        ctx = MessageContext.of(env, delivery=delivery.attempt, connection=h.connection)
+                        ctx = MessageContext.of(env, delivery_count=delivery.attempt, connection=h.connection)
                         result = handler.fn(command, ctx)
                     else:
                         result = handler.fn(command)
