@@ -41,7 +41,7 @@ async def test_publish_without_a_transport_is_a_transport_error() -> None:
 def test_backend_authors_find_the_protocols_and_records_in_public_modules() -> None:
     for name in ("Store", "Write", "SagaQuery", "DeadLetter", "OutboxMessage", "OutboxRecord", "Pruned",
                  "SagaState", "HistoryEntry", "StoreError", "NotASagaStore", "store_from_url", "WorkerInfo",
-                 "Lease"):  # fmt: skip
+                 "Lease", "Handling"):  # fmt: skip
         assert hasattr(sagakit.stores, name), name
     for name in ("Transport", "Delivery", "Handler", "TransportError", "transport_from_url"):
         assert hasattr(sagakit.transports, name), name

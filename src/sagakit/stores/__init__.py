@@ -6,7 +6,8 @@ the ``postgres`` extra).
 
 A backend implements the ``Store`` protocol; the records it reads and writes
 (``Write``, ``SagaQuery``, ``OutboxMessage``, ``OutboxRecord``, ``DeadLetter``,
-``Pruned``, ``WorkerInfo``, ``Lease``, the machine's ``SagaState`` and ``HistoryEntry``) and the errors it
+``Pruned``, ``WorkerInfo``, ``Lease``, ``Handling`` for participants' handled
+commands, the machine's ``SagaState`` and ``HistoryEntry``) and the errors it
 raises (``StoreError``, ``NotASagaStore``) are exported here. The store
 contract tests (``tests/stores/contract.py`` in the repository) check a
 backend against the protocol.
@@ -15,6 +16,7 @@ backend against the protocol.
 from .._errors import NotASagaStore, StoreError
 from .._store import (
     DeadLetter,
+    Handling,
     Lease,
     OutboxMessage,
     OutboxRecord,
@@ -29,6 +31,7 @@ from ..machine import HistoryEntry, SagaState
 
 __all__ = [
     "DeadLetter",
+    "Handling",
     "HistoryEntry",
     "Lease",
     "NotASagaStore",
