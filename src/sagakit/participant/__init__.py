@@ -39,6 +39,11 @@ saga's correlation headers copied, so a service joins a saga in a few lines::
   payload does not validate is a fault as well.
 - **Errors of the record itself** (the database is down) are no fault: the
   command is not acknowledged and is delivered again.
+- **Tracing.** With OpenTelemetry installed, a handler runs in a span that
+  continues the saga's trace from the command's ``traceparent`` header, and
+  the reply (or fault) carries that span's context, so the saga's trace goes
+  from the command through the handler (and what it calls) to the reply. A
+  reply published again from the record carries the context of the handling.
 """
 
 from .._messages import FAULT_TYPE_NAME, Fault

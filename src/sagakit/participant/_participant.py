@@ -18,6 +18,7 @@ import orjson
 
 from .._messages import Envelope, Fault, MessageMappingError, message_type_name, to_payload
 from .._store import Handling, Store, store_from_url
+from .._trace_context import handling as traced
 from .._transport import Delivery, Transport, transport_from_url
 from ._context import MessageContext
 
@@ -69,9 +70,10 @@ class _Handler:
 class _Faulted(Exception):
     """The handler raised: its transaction rolls back and a fault is replied instead."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, trace_headers: dict[str, str]) -> None:
         super().__init__(str(error))
         self.error = error
+        self.trace_headers = trace_headers
 
 
 class _RecentCommands:
@@ -118,8 +120,12 @@ def _wants_context(fn: Callable[..., Any], command: type) -> bool:
     )
 
 
-def _encode_reply(event: object) -> str:
-    return orjson.dumps({"type_name": message_type_name(type(event)), "payload": to_payload(event)}).decode()
+def _encode_reply(event: object, trace_headers: dict[str, str]) -> str:
+    """A reply as recorded: its wire name, its payload and the trace headers it carries (if any)."""
+    doc: dict[str, Any] = {"type_name": message_type_name(type(event)), "payload": to_payload(event)}
+    if trace_headers:
+        doc["headers"] = trace_headers
+    return orjson.dumps(doc).decode()
 
 
 class Participant:
@@ -137,6 +143,8 @@ class Participant:
             in this process only.
         remember: without a store, how many handled commands' replies to keep.
         clock: seconds since the epoch (timestamps of replies and records).
+        tracer_provider: the OpenTelemetry tracer provider of the handlers' spans
+            (default: the global one).
     """
 
     def __init__(
@@ -147,6 +155,7 @@ class Participant:
         store: Store | str | None = None,
         remember: int = 100_000,
         clock: Callable[[], float] = time.time,
+        tracer_provider: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a participant's name must be a non-empty string, got {name!r}")
@@ -156,6 +165,7 @@ class Participant:
         self.store: Store | None = store_from_url(store) if isinstance(store, str) else store
         self.remember = remember
         self.clock = clock
+        self.tracer_provider = tracer_provider
         self.handled = 0  # commands handled (not counting duplicates or faults)
         self.duplicates = 0  # commands answered from the record of an earlier handling
         self.faults = 0  # commands whose handler raised
@@ -246,7 +256,7 @@ class Participant:
             async with lock:
                 reply = await self._handle(env, delivery, handler, command)
         except _Faulted as f:
-            await self._fault(env, f.error)
+            await self._fault(env, f.error, f.trace_headers)
             return
         finally:
             lock, users = self._locks[env.message_id]
@@ -268,16 +278,22 @@ class Participant:
         handled_now = False
         async with ledger.handling(self.name, env.message_id, self.clock()) as h:
             if not h.handled:
+                trace_headers: dict[str, str] = {}
                 try:
-                    if handler.wants_context:
-                        ctx = MessageContext.of(env, delivery_count=delivery.attempt, connection=h.connection)
-                        result = handler.fn(command, ctx)
-                    else:
-                        result = handler.fn(command)
-                    event = await result if inspect.isawaitable(result) else result
-                    h.reply = None if event is None else _encode_reply(event)
+                    # A span continuing the saga's trace (with OpenTelemetry installed); the
+                    # reply carries its context.
+                    attributes = _span_attributes(env)
+                    with traced(f"{env.type_name} process", env.headers, attributes, self.tracer_provider) as th:
+                        trace_headers = th
+                        if handler.wants_context:
+                            ctx = MessageContext.of(env, delivery_count=delivery.attempt, connection=h.connection)
+                            result = handler.fn(command, ctx)
+                        else:
+                            result = handler.fn(command)
+                        event = await result if inspect.isawaitable(result) else result
+                        h.reply = None if event is None else _encode_reply(event, trace_headers)
                 except Exception as e:
-                    raise _Faulted(e) from e
+                    raise _Faulted(e, trace_headers) from e
                 handled_now = True
         if handled_now:
             self.handled += 1
@@ -289,9 +305,10 @@ class Participant:
         """Publish a reply (as recorded) to the command in *env*, with its correlation copied."""
         doc = orjson.loads(encoded)
         reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}"))
-        await self._publish(_reply_envelope(env, doc["type_name"], doc["payload"], reply_id, self.clock()))
+        reply = _reply_envelope(env, doc["type_name"], doc["payload"], doc.get("headers"), reply_id, self.clock())
+        await self._publish(reply)
 
-    async def _fault(self, env: Envelope, error: Exception) -> None:
+    async def _fault(self, env: Envelope, error: Exception, trace_headers: dict[str, str] | None = None) -> None:
         self.faults += 1
         fault = fault_of(error, env.type_name)
         log.warning(
@@ -304,7 +321,7 @@ class Participant:
             exc_info=error,
         )
         reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}:fault"))
-        await self._publish(env.reply(fault, message_id=reply_id, timestamp=self.clock()))
+        await self._publish(env.reply(fault, message_id=reply_id, timestamp=self.clock(), headers=trace_headers))
 
     async def _publish(self, reply: Envelope) -> None:
         await self.transport.publish(
@@ -315,8 +332,10 @@ class Participant:
         )
 
 
-def _reply_envelope(env: Envelope, type_name: str, payload: Any, reply_id: str, now: float) -> Envelope:
-    """What ``env.reply(event)`` makes, from an event recorded as its type name and payload."""
+def _reply_envelope(
+    env: Envelope, type_name: str, payload: Any, headers: dict[str, str] | None, reply_id: str, now: float
+) -> Envelope:
+    """What ``env.reply(event, headers=headers)`` makes, from an event recorded as its type name and payload."""
     return Envelope(
         message_id=reply_id,
         type_name=type_name,
@@ -326,6 +345,19 @@ def _reply_envelope(env: Envelope, type_name: str, payload: Any, reply_id: str, 
         token=env.token,
         correlation_id=env.correlation_id,
         causation_id=env.message_id,
-        headers=dict(env.headers),
+        headers={**env.headers, **(headers or {})},
         payload=payload,
     )
+
+
+def _span_attributes(env: Envelope) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.operation.type": "process",
+        "messaging.destination.name": env.type_name,
+        "messaging.message.id": env.message_id,
+    }
+    if env.saga_id:
+        attributes["sagakit.saga_id"] = env.saga_id
+    if env.step:
+        attributes["sagakit.step"] = env.step
+    return attributes
