@@ -185,7 +185,11 @@ async def snapshots(engine: SagaEngine, since: float) -> dict[str, SagaSnapshot]
     offset = 0
     while True:
         page = await engine.list(name="order_fulfillment", created_after=since, limit=500, offset=offset)
-        out.update({s.correlation_id: s for s in page if s.correlation_id})
+        for snap in page:
+            if snap.correlation_id:
+                # A failed shipping step's faults are in the history, which list() leaves out.
+                failed = snap.steps["ship_order"].status is StepStatus.FAILED
+                out[snap.correlation_id] = await engine.get(snap.id) if failed else snap
         if len(page) < 500:
             return out
         offset += 500

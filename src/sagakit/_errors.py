@@ -17,6 +17,7 @@ The tree (classes defined elsewhere name their module)::
     ├── StoreError                             the store cannot be opened or used
     │   └── NotASagaStore                      the file or database is not a sagakit store
     ├── TransportError                         the broker cannot be reached or used (transports)
+    │   └── _NoProducerIds                     a Kafka broker grants no idempotent producer (transports.kafka)
     ├── MessageMappingError (also ValueError,  a command, event or state cannot be built from the
     │   NonRetryableError)                     data at hand (_messages)
     ├── EnvelopeError (also ValueError)        bytes that are not a sagakit envelope (_messages)

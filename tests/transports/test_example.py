@@ -86,15 +86,17 @@ def check(report: dict, orders: int) -> None:
     rows = report["scenarios"]
     assert sum(r["orders"] for r in rows.values()) == orders
     assert rows["no failure"]["completed"] == rows["no failure"]["orders"] > 0
-    for label in ("inventory fails", "payment fails", "shipping fails"):
+    failing = ("inventory fails", "card declined", "card stolen", "shipping fails", "shipping service faults")
+    for label in failing:
         assert rows[label]["compensated"] == rows[label]["orders"] > 0, label
     for service, e in report["effects"].items():
         assert e["actual"] == e["expected"], service
         assert e["twice"] == [], service
-    # Compensations match the failures injected: released = payment + shipping failures, refunded = shipping.
+    # Compensations match the failures injected: every failure after the reservation releases it, every
+    # failure after the charge refunds it.
     inv, pay = report["effects"]["inventory"]["actual"], report["effects"]["payments"]["actual"]
-    assert inv["released"] == rows["payment fails"]["orders"] + rows["shipping fails"]["orders"]
-    assert pay["refunded"] == rows["shipping fails"]["orders"]
+    assert inv["released"] == sum(rows[label]["orders"] for label in failing[1:])
+    assert pay["refunded"] == rows["shipping fails"]["orders"] + rows["shipping service faults"]["orders"]
 
 
 @pytest.mark.parametrize("broker", ["nats", "rabbitmq"], indirect=True)
