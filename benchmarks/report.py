@@ -1,4 +1,4 @@
-"""Tables and charts from a benchmark results file: docs/benchmarks.md and docs/img/bench-*.png.
+"""Tables and charts from a benchmark results file: benchmarks/results/tables.md and results/img/bench-*.png.
 
     python benchmarks/report.py benchmarks/results/full.json
 
@@ -790,8 +790,8 @@ def main() -> None:
         raise SystemExit("usage: python benchmarks/report.py benchmarks/results/full.json")
     result = json.loads(Path(sys.argv[1]).read_text())
     root = HERE.parent
-    write(result, root / "docs" / "benchmarks.md", root / "docs" / "img")
-    print("wrote docs/benchmarks.md and docs/img/bench-*.png", file=sys.stderr)
+    write(result, root / "benchmarks" / "results" / "tables.md", root / "benchmarks" / "results" / "img")
+    print("wrote benchmarks/results/tables.md and benchmarks/results/img/bench-*.png", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
     python benchmarks/report.py benchmarks/results/full.json   # tables and charts again, from saved figures
 
 Writes ``benchmarks/results/{quick,full}.json`` (every measurement),
-``docs/benchmarks.md`` (method, tables, targets) and ``docs/img/bench-*.png``.
+``benchmarks/results/tables.md`` (every figure as tables) and ``benchmarks/results/img/bench-*.png``;
+``docs/benchmarks.md`` is the report written from them by hand.
 
 Every measurement is its own process, started from here: sagakit in this
 virtual environment (``benchmarks/peers/sagakit_peer.py``), each peer in its
@@ -401,7 +402,7 @@ def main() -> None:
     p.add_argument("--sections", default="matrix,peers,workers,scaling,timers",
                    help="any of matrix, peers, workers, scaling, timers")  # fmt: skip
     p.add_argument("--out", default=None, help="results file [benchmarks/results/MODE.json]")
-    p.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and the charts")
+    p.add_argument("--no-docs", action="store_true", help="do not write benchmarks/results/tables.md and the charts")
     args = p.parse_args()
     if not args.setup and not args.no_docs and importlib.util.find_spec("matplotlib") is None:
         p.error("the charts need matplotlib: pip install --group bench (or pass --no-docs to write figures only)")
@@ -422,8 +423,8 @@ def main() -> None:
     if not args.no_docs:
         import report
 
-        report.write(result, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img")
-        log("wrote docs/benchmarks.md and docs/img/bench-*.png")
+        report.write(result, ROOT / "benchmarks" / "results" / "tables.md", ROOT / "benchmarks" / "results" / "img")
+        log("wrote benchmarks/results/tables.md and benchmarks/results/img/bench-*.png")
 
 
 if __name__ == "__main__":
