@@ -173,3 +173,17 @@ def shared_services_untouched() -> Iterator[None]:
             "or proxies of their own):\n  " + "\n  ".join(changed),
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """The address of a Tansu (Kafka-protocol broker) that this session started; stopped at its end."""
+    from tests.transports.kit import free_port
+    from tests.transports.tansu import Tansu, tansu_missing
+
+    require_service(tansu_missing())
+    broker = Tansu(free_port(), tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+    try:
+        yield broker.address
+    finally:
+        broker.stop()

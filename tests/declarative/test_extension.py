@@ -445,6 +445,8 @@ async def test_an_undeclared_event_is_dead_lettered_memory(store_url: str, app: 
 async def real_broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     b = Broker(request.param)
     require_service(b.missing())
+    if b.name == "kafka":
+        b.address = request.getfixturevalue("tansu")  # tests/conftest.py starts one Tansu per session
     try:
         yield b
     finally:

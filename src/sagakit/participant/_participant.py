@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 import traceback
+import typing
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -98,7 +100,11 @@ class _RecentCommands:
 
 
 def _wants_context(fn: Callable[..., Any], command: type) -> bool:
-    """Whether *fn* takes ``(command, ctx)`` (a second positional parameter) rather than ``(command)``.
+    """Whether *fn* takes ``(command, ctx)`` rather than ``(command)``.
+
+    The context goes to a second positional parameter without a default, or
+    with one when it is annotated ``MessageContext``: a closure's
+    ``def answer(cmd, reply=reply)`` keeps getting the command only.
 
     Raises:
         TypeError: it takes neither.
@@ -112,7 +118,15 @@ def _wants_context(fn: Callable[..., Any], command: type) -> bool:
     required = [p for p in positional if p.default is p.empty]
     keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if (positional or star) and len(required) <= 2 and not keyword_only:
-        return len(positional) >= 2 or star
+        if len(positional) >= 2:
+            second = positional[1]
+            ann = second.annotation
+            if isinstance(ann, str):
+                annotated = re.search(r"\bMessageContext\b", ann) is not None
+            else:
+                annotated = ann is MessageContext or MessageContext in typing.get_args(ann)
+            return second.default is second.empty or annotated
+        return star
     name = getattr(fn, "__qualname__", repr(fn))
     raise TypeError(
         f"handler {name} of {message_type_name(command)} must take the command, or the command and a "
