@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
+    "docs/cancellation.md",
     "docs/messaging.md",
+    "docs/postgres.md",
     "docs/scheduling.md",
     "docs/state-migration.md",
     "docs/testing.md",
@@ -55,5 +57,27 @@ async def test_every_code_block_runs(page: str, tmp_path: Path) -> None:
             result = eval(compiled, namespace)  # noqa: S307 - the project's own documentation
             if inspect.iscoroutine(result):
                 await asyncio.wait_for(result, 60)
+    finally:
+        os.chdir(cwd)
+
+
+async def test_the_operations_page_search_example_runs(tmp_path: Path) -> None:
+    """docs/operations.md's other blocks are run by the tests of what they show (the FastAPI recipe in
+    tests/admin/test_dashboard_pages.py, metrics and tracing in tests/test_docs_observability.py)."""
+    [(line, code)] = [(n, c) for n, c in blocks("docs/operations.md") if "Operations.for_store" in c]
+    namespace: dict[str, object] = {"__name__": "docs_operations"}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        compiled = compile(
+            "\n" * (line - 1) + code,
+            str(ROOT / "docs/operations.md"),
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+            dont_inherit=True,
+        )
+        result = eval(compiled, namespace)  # noqa: S307 - the project's own documentation
+        if inspect.iscoroutine(result):
+            await asyncio.wait_for(result, 60)
     finally:
         os.chdir(cwd)
