@@ -174,13 +174,18 @@ class RedisTransport:
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers.clear()
         await _base.drain(self._handling, self.close_grace)  # a cancelled handler's entry: claimed after ack_timeout
-        for key, group in self._groups:  # leave no empty consumer names behind
-            with contextlib.suppress(RedisError, OSError):
-                if not await client.xpending_range(key, group, "-", "+", 1, consumername=self.consumer):
-                    await client.xgroup_delconsumer(key, group, self.consumer)
+        # Best effort, and bounded: leave no empty consumer names behind. A connection left busy
+        # by a reader cancelled mid-read must not keep close() waiting.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(5.0):
+                for key, group in self._groups:
+                    if not await client.xpending_range(key, group, "-", "+", 1, consumername=self.consumer):
+                        await client.xgroup_delconsumer(key, group, self.consumer)
         self._groups.clear()
         self._redis = None
-        await client.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(5.0):
+                await client.aclose()
 
     # ------------------------------------------------------------ publishing
 
