@@ -184,6 +184,7 @@ DASHBOARD_CALLS = {
     "api(`api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
     'api("api/workers")': "/api/workers",
     'api("api/definitions")': "/api/definitions",
+    'api("api/schedules")': "/api/schedules",
 }
 
 

@@ -325,6 +325,16 @@ class _Api:
     async def definitions(self, request: Request) -> Any:
         return {"definitions": [d.to_dict() for d in await self.ops.describe_definitions()]}
 
+    async def schedules(self, request: Request) -> Any:
+        return (await self.ops.schedules()).to_dict()
+
+    async def unschedule(self, request: Request) -> Any:
+        key = str(request.path_params["key"])
+        removed = await self.ops.unschedule(key)
+        if not removed:
+            raise _Problem(404, "not_found", f"no recurring schedule with key {key!r}")
+        return {"key": key, "removed": True}
+
     async def allowed(self, request: Request) -> Any:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
@@ -488,6 +498,8 @@ def create_app(
         Route("/api/sagas/{saga_id}/actions", e(api.allowed), methods=["GET"]),
         Route("/api/workers", e(api.workers), methods=["GET"]),
         Route("/api/definitions", e(api.definitions), methods=["GET"]),
+        Route("/api/schedules", e(api.schedules), methods=["GET"]),
+        Route("/api/schedules/{key}", e(api.unschedule, mutating=True), methods=["DELETE"]),
         *(
             Route(f"/api/sagas/{{saga_id}}/{name}", e(api.action(name), mutating=True), methods=["POST"])
             for name in ACTIONS

@@ -432,6 +432,39 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "Definitions": _obj({"definitions": {"type": "array", "items": _ref("Definition")}}),
+        "Schedule": _obj(
+            {
+                "key": _STR,
+                "name": _STR,
+                "version": _nullable(_INT),
+                "cron": _STR,
+                "data": {"description": "The data each period's saga starts with (secrets masked)."},
+                "next_at": _NUM,
+                "next_in": _NUM,
+                "last_at": _nullable(_NUM),
+                "last_saga": _nullable(_STR),
+                "created_at": _NUM,
+            }
+        ),
+        "ScheduledSaga": _obj(
+            {
+                "id": _STR,
+                "name": _STR,
+                "version": _INT,
+                "created_at": _NUM,
+                "start_at": _NUM,
+                "starts_in": {"type": "number", "description": "Negative once its start time has passed."},
+            }
+        ),
+        "Schedules": _obj(
+            {
+                "now": _NUM,
+                "schedules": {"type": "array", "items": _ref("Schedule")},
+                "scheduled_sagas": {"type": "array", "items": _ref("ScheduledSaga")},
+                "scheduled_truncated": {"type": "boolean"},
+            }
+        ),
+        "Unscheduled": _obj({"key": _STR, "removed": {"type": "boolean"}}),
         "BulkResult": _obj(
             {
                 "action": _STR,
@@ -611,6 +644,26 @@ def openapi_document(version: str) -> dict[str, Any]:
             [],
             ("503",),
         ),
+        "/api/schedules": _get(
+            "schedules",
+            "Recurring schedules (next and last period, last saga) and the sagas waiting for their start time.",
+            "Schedules",
+            [],
+            ("503",),
+        ),
+        "/api/schedules/{key}": {
+            "delete": {
+                "operationId": "unschedule",
+                "summary": "Stop a recurring schedule; the sagas it started are not touched.",
+                "tags": ["actions"],
+                "security": [{"bearer": []}],
+                "parameters": [_param("key", {"type": "string", "minLength": 1}, "The schedule's key.", where="path")],
+                "responses": {
+                    "200": _json_response("Stopped.", _ref("Unscheduled")),
+                    **_errors("400", "401", "403", "404", "503"),
+                },
+            }
+        },
         "/api/bulk/{action}": {
             "post": {
                 "operationId": "bulkAction",

@@ -35,6 +35,7 @@ from ..machine import Abort, Compensate, Event, Retry, Skip, decide
 from ._filters import MAX_LIMIT, InvalidParameter, SagaFilter
 from ._fleet import DefinitionInfo, WorkersPage, definition_infos, workers_page
 from ._graph import SagaGraph, build_graph
+from ._schedules import SchedulesPage, schedules_page
 from ._timeline import Timeline, build_timeline
 
 __all__ = [
@@ -355,6 +356,17 @@ class Operations:
     async def workers(self) -> WorkersPage:
         """The workers alive now (their definitions, last heartbeat and leases), and leases of workers gone."""
         return await workers_page(await self._store(), self.now())
+
+    async def schedules(self) -> SchedulesPage:
+        """The recurring schedules (data masked) and the sagas waiting for their start time, soonest first."""
+        return await schedules_page(await self._store(), self.now(), self.masker)
+
+    async def unschedule(self, key: str) -> bool:
+        """Stop the recurring schedule *key*; False if there is none. The sagas it started are not touched."""
+        if not isinstance(key, str) or not key or len(key) > 200 or "\x00" in key:
+            raise InvalidParameter("key", repr(key)[:80], "give the schedule's key, a non-empty string")
+        await self._store()
+        return await self.engine.unschedule(key)
 
     async def describe_definitions(self) -> list[DefinitionInfo]:
         """The definitions registered here or run by an alive worker: graph, workers, sagas per status."""

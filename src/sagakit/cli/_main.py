@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import _actions, _bench, _declarative, _demo, _ops, _prune, _serve, _worker
+from . import _actions, _bench, _declarative, _demo, _ops, _prune, _schedules, _serve, _worker
 
 
 @click.group()
@@ -13,6 +13,6 @@ def cli() -> None:
     """sagakit: durable sagas for Python services."""
 
 
-for _module in (_demo, _ops, _actions, _prune, _worker, _serve, _bench, _declarative):
+for _module in (_demo, _ops, _actions, _prune, _schedules, _worker, _serve, _bench, _declarative):
     for _command in _module.commands:
         cli.add_command(_command)

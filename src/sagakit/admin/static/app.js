@@ -197,6 +197,9 @@ function route() {
   } else if (path.startsWith("/definitions")) {
     document.getElementById("nav-definitions").classList.add("active");
     definitionsPage(view);
+  } else if (path.startsWith("/schedules")) {
+    document.getElementById("nav-schedules").classList.add("active");
+    schedulesPage(view);
   } else {
     document.getElementById("nav-overview").classList.add("active");
     overviewPage(view);
@@ -541,6 +544,58 @@ function definitionsPage(view) {
   }, 5000);
 }
 
+// ---------------------------------------------------------------- schedules
+
+function schedulesPage(view) {
+  const recurring = el("div", { id: "schedules" });
+  const waiting = el("div", { id: "scheduled-sagas" });
+  view.append(el("h1", { text: "Schedules" }),
+    el("p", { class: "muted", text: "Recurring starts (one saga per period of a cron expression, UTC) and sagas stored now to begin later. Stopping a schedule leaves the sagas it started as they are; abort a scheduled saga from its page to cancel it." }),
+    el("h2", { text: "Recurring" }), recurring,
+    el("h2", { text: "Sagas waiting to begin" }), waiting);
+  const stop = async (key) => {
+    if (!confirm(`Stop the recurring schedule ${key}? The sagas it started are not touched.`)) return;
+    try {
+      await api(`api/schedules/${encodeURIComponent(key)}`, { method: "DELETE" });
+      flash(`schedule ${key} stopped`, true);
+      route();
+    } catch (e) {
+      flash(`stop ${key} ${problem(e)}`, false);
+    }
+  };
+  poll(async (mine) => {
+    const d = await api("api/schedules");
+    if (mine !== generation) return;
+    const disabled = info && !info.actions_enabled;
+    recurring.replaceChildren(d.schedules.length
+      ? el("div", { class: "table-wrap" }, el("table", { id: "schedules-table" },
+        el("thead", {}, el("tr", {}, ["Key", "Saga", "Cron", "Next", "Last", "Last saga", ""].map((h) => el("th", { text: h })))),
+        el("tbody", {}, d.schedules.map((x) => el("tr", { class: "schedule", "data-key": x.key },
+          el("td", { class: "mono", text: x.key }),
+          el("td", { text: x.version === null ? x.name : `${x.name} v${x.version}` }),
+          el("td", { class: "mono", text: x.cron }),
+          el("td", {}, when(x.next_at, { class: "next" })),
+          el("td", {}, x.last_at === null ? el("span", { class: "muted", text: "never" }) : when(x.last_at)),
+          el("td", { class: "mono" }, x.last_saga ? el("a", { href: `#/saga/${encodeURIComponent(x.last_saga)}`, text: x.last_saga.slice(0, 12) }) : ""),
+          el("td", {}, el("button", {
+            type: "button", class: "danger", "data-unschedule": x.key, disabled: Boolean(disabled),
+            title: disabled ? "actions are disabled on this server" : "stop this schedule",
+            onclick: () => stop(x.key), text: "Stop",
+          })))))))
+      : el("p", { class: "muted", id: "no-schedules", text: "No recurring schedule." }));
+    waiting.replaceChildren(...(d.scheduled_sagas.length
+      ? [el("div", { class: "table-wrap" }, el("table", { id: "scheduled-table" },
+        el("thead", {}, el("tr", {}, ["Saga", "Definition", "Begins", "Created"].map((h) => el("th", { text: h })))),
+        el("tbody", {}, d.scheduled_sagas.map((x) => el("tr", { class: "scheduled-saga", "data-id": x.id },
+          el("td", { class: "mono" }, el("a", { href: `#/saga/${encodeURIComponent(x.id)}`, text: x.id })),
+          el("td", { text: `${x.name} v${x.version}` }),
+          el("td", {}, when(x.start_at, { class: "begins" })),
+          el("td", {}, when(x.created_at)))))))]
+      : [el("p", { class: "muted", id: "no-scheduled", text: "No saga is waiting for its start time." })]),
+    ...(d.scheduled_truncated ? [el("p", { class: "muted", text: "Only the first 500 pending sagas were looked at." })] : []));
+  }, 5000);
+}
+
 // ---------------------------------------------------------------- saga page
 
 function sagaPage(view, id) {
@@ -583,7 +638,8 @@ function sagaPage(view, id) {
       el("span", { class: "mono muted", id: "saga-id", text: saga.id }));
     fields.replaceChildren(...[
       ["error", saga.error], ["correlation id", saga.correlation_id], ["idempotency key", saga.idempotency_key],
-      ["created", saga.created_at], ["updated", saga.updated_at], ["wakes at", saga.wake_at],
+      ["created", saga.created_at], ["updated", saga.updated_at],
+      saga.status === "pending" && saga.history.some((h) => h.kind === "scheduled") ? ["begins at", saga.wake_at] : ["wakes at", saga.wake_at],
       ["definition", saga.definition_registered ? "registered here" : "not registered here: actions are refused (serve with --app)"],
     ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }),
       typeof v === "number" ? el("dd", {}, when(v)) : el("dd", { class: k === "error" ? "error" : "", text: v })]));
