@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
+
 from .contract import Kit, TransportContract
 from .kit import REDIS_ADDR, broker_missing
 
@@ -47,3 +49,22 @@ class TestRedisTransport(TransportContract):
         assert isinstance(t, RedisTransport)
         assert (t.prefix, t.max_deliveries, t.ack_timeout, t.maxlen) == (kit.ns, 7, 2.5, 1000)
         assert t.url == "redis://127.0.0.1:6379/0"
+
+    async def test_close_drops_the_connections_when_their_close_does_not_finish(
+        self, kit: Kit, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import asyncio
+
+        t = await kit.transport()
+        await t.publish(kit.dest(), b"x", message_id="m-1")
+        client = t._redis  # type: ignore[attr-defined]
+        conns = list(client.connection_pool._available_connections)
+        assert conns, "publishing left no pooled connection"
+
+        async def never_finishes(*args: Any, **kwargs: Any) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(client, "aclose", never_finishes)
+        await t.close()
+        # No socket is left open for the garbage collector to find.
+        assert all(c._writer is None for c in conns)

@@ -69,6 +69,19 @@ _OPTIONS = {
 }
 
 
+def _drop_connections(client: Any) -> None:
+    """Close every connection of *client*'s pool at once, without waiting for the server (best effort)."""
+    pool = client.connection_pool
+    conns = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+    for conn in conns:
+        writer = getattr(conn, "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+            with contextlib.suppress(Exception):
+                conn._close()  # forgets the stream, so the connection counts as closed
+
+
 class RedisTransport:
     """A Transport on Redis Streams (Redis 6.2 or later: ``XAUTOCLAIM``).
 
@@ -183,9 +196,15 @@ class RedisTransport:
                         await client.xgroup_delconsumer(key, group, self.consumer)
         self._groups.clear()
         self._redis = None
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        try:
             async with asyncio.timeout(5.0):
                 await client.aclose()
+        except (RedisError, OSError, TimeoutError) as e:
+            # A graceful close that cannot finish (a connection's close never confirmed) must
+            # not leave sockets open behind it: close every connection of the pool without waiting.
+            log.warning("Redis: closing the connections to %s did not finish (%r); dropping them", self._safe_url, e)
+            _drop_connections(client)
+            await asyncio.sleep(0)  # the transports close their sockets on the next loop turn
 
     # ------------------------------------------------------------ publishing
 
