@@ -34,7 +34,8 @@ SCHEMA = """CREATE TABLE sagas (
     steps TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
     revision BIGINT NOT NULL)"""
 BATCH = 50
-POOL = 8
+POOL = 8  # PostgreSQL connections (--pool)
+SAGA_SECONDS: list[float] = []  # tx mode: each saga's time from its insert to its last commit
 
 
 def _states(spec: common.Spec) -> list[tuple[str, str]]:
@@ -65,6 +66,7 @@ def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
     begin = time.perf_counter()
     for i in range(n):
         sid = uuid.uuid4().hex
+        t0 = time.perf_counter()
         now = time.time()
         execute("BEGIN IMMEDIATE")
         execute(_SQLITE_INSERT, (sid, "raw", first[0], f'{{"i":{i}}}', first[1], now, now))
@@ -76,6 +78,7 @@ def sqlite_tx(spec: common.Spec, n: int, path: str) -> tuple[float, int]:
                 raise RuntimeError("fenced update refused")
             execute("COMMIT")
             tx += 1
+        SAGA_SECONDS.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - begin
     conn.close()
     return seconds, tx
@@ -147,6 +150,7 @@ async def pg_tx(spec: common.Spec, n: int, db: str, schema: str, in_flight: int)
     async def saga(i: int) -> None:
         async with sem:
             sid = uuid.uuid4().hex
+            t0 = time.perf_counter()
             now = time.time()
             async with pool.acquire() as conn:  # autocommit: each statement is its own transaction
                 await conn.execute(PG_INS, sid, "raw", first[0], f'{{"i":{i}}}', first[1], now, now)
@@ -156,6 +160,7 @@ async def pg_tx(spec: common.Spec, n: int, db: str, schema: str, in_flight: int)
                     if await conn.execute(PG_UPD, status, steps, time.time(), sid, rev) != "UPDATE 1":
                         raise RuntimeError("fenced update refused")
                 tx[0] += 1
+            SAGA_SECONDS.append(time.perf_counter() - t0)
 
     try:
         begin = time.perf_counter()
@@ -203,7 +208,9 @@ async def pg_batch(spec: common.Spec, n: int, db: str, schema: str) -> tuple[flo
 def main() -> None:
     parser = common.arguments("raw durable writes of the benchmark workloads")
     parser.add_argument("--mode", choices=["tx", "batch"], default="tx")
+    parser.add_argument("--pool", type=int, default=8, help="PostgreSQL: connections (batch: batches at once)")
     args = parser.parse_args()
+    globals()["POOL"] = args.pool  # read by _pg_setup and pg_batch
     spec = common.WORKLOADS[args.workload]
     server0 = common.postgres_cpu_seconds() if args.store == "postgresql" else 0.0
     cpu0 = common.cpu_seconds()
@@ -239,6 +246,8 @@ def main() -> None:
             "cpu_seconds": cpu,
             "server_cpu_seconds": server,
             "transitions_per_saga": spec.transitions,
+            "pool": POOL if args.store == "postgresql" else None,
+            "saga_ms_p50": 1000 * common.median(SAGA_SECONDS) if SAGA_SECONDS else None,
         }
     )
 
