@@ -138,7 +138,7 @@ async def _run(n: int, in_flight: int, path: str, profile: cProfile.Profile | No
             marks["threads1"] = thread_cpu()
         return result
 
-    store.commit = commit_and_mark  # type: ignore[method-assign]
+    store.commit = commit_and_mark  # type: ignore[method-assign,assignment]
     await run_sagakit(w, n, in_flight, store, counters)
     threads = {k: v - marks["threads0"].get(k, 0.0) for k, v in marks["threads1"].items()}
     return {

@@ -247,7 +247,7 @@ class RawRedis(RawBroker):
                 reader = aioredis.Redis.from_url(self.url, single_connection_client=True)
                 try:
                     while True:
-                        reply = await reader.xreadgroup(group, self.consumer, {key: ">"}, count=64, block=2000)
+                        reply: Any = await reader.xreadgroup(group, self.consumer, {key: ">"}, count=64, block=2000)
                         for _k, entries in reply or ():
                             for entry_id, fields in entries:
 
@@ -613,7 +613,11 @@ def measure(system: str, broker: str, url: str, n: int, in_flight: int) -> dict[
             result = asyncio.run(run())
             queues = list(result.pop("queues", []))
         finally:
-            out, _err = child.communicate(b"", timeout=60)
+            try:
+                out, _err = child.communicate(b"", timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, _err = child.communicate()
             for line in out.decode(errors="replace").splitlines():
                 if line.startswith("{"):
                     queues += json.loads(line).get("queues", [])

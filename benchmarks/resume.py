@@ -77,7 +77,7 @@ async def run(mode: str, n: int, concurrency: int, path: str) -> dict[str, Any]:
             first_claim[0] = t
         return states
 
-    store.claim = claim  # type: ignore[method-assign]
+    store.claim = claim  # type: ignore[method-assign,assignment]
     offset = [0.0]
     base = time.time()
 

@@ -96,7 +96,7 @@ async def sagakit_store(
         store = PostgresStore.from_url(store_url)
     counters = Counters()
     instrument(store, counters)
-    counters.progressed = asyncio.Event()
+    progressed = counters.progressed = asyncio.Event()
     calls = [0]
     defn = definition(w, calls)
     engine = SagaEngine(store)
@@ -113,8 +113,8 @@ async def sagakit_store(
             t0 = time.perf_counter()
             await engine.start(defn.name, data(i))
             while counters.finished == before:
-                counters.progressed.clear()
-                await asyncio.wait_for(counters.progressed.wait(), 60)
+                progressed.clear()
+                await asyncio.wait_for(progressed.wait(), 60)
             out.append(time.perf_counter() - t0)
         return out
 
@@ -136,8 +136,8 @@ async def sagakit_store(
                         await asyncio.gather(*(engine.start(defn.name, data(started + i)) for i in range(room)))
                         started += room
                         continue
-                    counters.progressed.clear()
-                    await asyncio.wait_for(counters.progressed.wait(), 120)
+                    progressed.clear()
+                    await asyncio.wait_for(progressed.wait(), 120)
             seconds = time.perf_counter() - begin
             cpu = _cpu() - cpu0
             done = await engine.count(w.expected, defn.name)
@@ -236,6 +236,14 @@ def m_raw(workload: str, store: str, mode: str, n: int, *, in_flight: int = 50, 
 # ---------------------------------------------------------------- the rows
 
 
+def _quotient(s: float, b: float) -> float:
+    return s / b
+
+
+def _no_target(s: float, b: float, r: float) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the target table: how its two figures are measured and how the target reads."""
@@ -248,9 +256,13 @@ class Row:
     baseline: Callable[[dict[str, int], str], dict[str, Any]]
     target: str
     # ratio from the two figures (default sagakit ÷ baseline)
-    ratio: Callable[[float, float], float] = lambda s, b: s / b
+    ratio: Callable[[float, float], float] = _quotient
     # whether the target is met, from the median figures and the median ratio
-    met: Callable[[float, float, float], bool] = lambda s, b, r: True
+    met: Callable[[float, float, float], bool] = _no_target
+
+
+def _chain_side(system: str, broker: str) -> Callable[[dict[str, int], str], dict[str, Any]]:
+    return lambda z, pg: m_chain(system, broker, z["chain"])
 
 
 ROWS: list[Row] = [
@@ -260,8 +272,8 @@ ROWS: list[Row] = [
             "chain",
             f"3-step send() saga ÷ raw request/reply chain, {label}",
             "chains/s",
-            lambda z, pg, broker=broker: m_chain("sagakit", broker, z["chain"]),
-            lambda z, pg, broker=broker: m_chain("raw", broker, z["chain"]),
+            _chain_side("sagakit", broker),
+            _chain_side("raw", broker),
             "≥ 0.5",
             met=lambda s, b, r: r >= 0.5,
         )
@@ -405,22 +417,21 @@ def summarize(rows: list[Row], records: list[dict[str, Any]]) -> list[dict[str, 
         b = [r["baseline"]["figure"] for r in ok]
         ratios = [r["ratio"] for r in ok]
         sm, bm, rm = statistics.median(s), statistics.median(b), statistics.median(ratios)
-        table.append(
-            {
-                "row": row.key,
-                "measure": row.measure,
-                "unit": row.unit,
-                "sagakit": sm,
-                "baseline": bm,
-                "ratio_median": rm,
-                "ratio_min": min(ratios),
-                "ratio_max": max(ratios),
-                "rounds": len(ok),
-                "failed_rounds": len(errors),
-                "target": row.target,
-                "met": row.met(sm, bm, rm),
-            }
-        )
+        entry: dict[str, Any] = {
+            "row": row.key,
+            "measure": row.measure,
+            "unit": row.unit,
+            "sagakit": sm,
+            "baseline": bm,
+            "ratio_median": rm,
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "rounds": len(ok),
+            "failed_rounds": len(errors),
+            "target": row.target,
+            "met": row.met(sm, bm, rm),
+        }
+        table.append(entry)
     return table
 
 
@@ -494,7 +505,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown groups {sorted(unknown)}: use {', '.join(GROUPS)}")
     rows = [r for r in ROWS if r.group in groups]
-    info = {"mode": mode, "rounds": rounds, "sizes": sizes, "machine": machine(), "date": time.strftime("%F %T")}
+    info: dict[str, Any] = {
+        "mode": mode,
+        "rounds": rounds,
+        "sizes": sizes,
+        "machine": machine(),
+        "date": time.strftime("%F %T"),
+    }
     begin = time.perf_counter()
     records = run_rounds(rows, sizes, rounds, args.pg)
     table = summarize(rows, records)
