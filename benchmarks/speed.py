@@ -160,6 +160,12 @@ async def sagakit_store(
         "cpu_ms_per_saga": 1000 * cpu / n,
         "write_tx_per_saga": counters.transactions / n,
         "commits": counters.commits,
+        "workload": workload,
+        "n": n,
+        "in_flight": in_flight,
+        "payload_bytes": payload,
+        "pool_size": getattr(store, "pool_size", None),
+        "store": "sqlite" if store_url == "sqlite" else "postgresql",
     }
 
 
@@ -389,8 +395,15 @@ def run_rounds(rows: list[Row], sizes: dict[str, int], rounds: int, pg: str) -> 
             if rnd % 2 == 0:
                 sides.reverse()
             got: dict[str, dict[str, Any]] = {}
-            for side, fn in sides:
-                got[side] = fn(sizes, pg)
+            for attempt in (1, 2):
+                for side, fn in sides:
+                    got[side] = fn(sizes, pg)
+                failed = [side for side, r in got.items() if "error" in r]
+                if not failed or attempt == 2:
+                    break
+                # A server restarted by another job, a broker busy for a moment: the pair once more.
+                log(f"round {rnd} {row.key}: {', '.join(failed)} failed; running the pair again in 5 s")
+                time.sleep(5)
             s, b = got["sagakit"], got["baseline"]
             rec: dict[str, Any] = {"round": rnd, "row": row.key, "sagakit": s, "baseline": b}
             if "error" not in s and "error" not in b and s["figure"] and b["figure"]:
