@@ -1,6 +1,7 @@
 """Resuming many waiting sagas: by N events (``engine.notify``) against by N timers coming due.
 
     python benchmarks/resume.py --mode event --n 10000
+    python benchmarks/resume.py --mode broker --n 10000
     python benchmarks/resume.py --mode timer --n 10000
 
 Runs in sagakit's environment, on a fresh SQLite file. First N sagas are
@@ -9,13 +10,17 @@ started and left waiting (the wait is not measured):
 - ``event``: a saga of one step, ``wait_for(Resume)``. Resuming: N
   ``engine.notify(saga_id, Resume(...))`` calls, at most ``--concurrency``
   at once; each saga's step completes and the saga completes.
+- ``broker``: the same through the in-memory broker (``memory://``): the step
+  is ``wait_for(Arrived, correlation=...)``, each saga started with its own
+  correlation id, and N ``engine.publish(Arrived(key=...))`` calls resume
+  them: the engine's consumer finds each saga by its correlation id.
 - ``timer``: a saga of one step whose first attempt fails with a retryable
   error and a one-hour back-off (``RetryPolicy(initial_delay=3600, jitter=0)``);
   the engine's clock is a test clock. Resuming: the clock moves on by an hour,
   so all N timers are due at once; each saga's second attempt succeeds and
   the saga completes.
 
-Measured from the first notify (event) or the start of the first claim of
+Measured from the first notify or publish (event, broker) or the start of the first claim of
 due sagas (timer; ``from_clock_seconds`` also counts the engine's wait
 before it looks for due work, up to its 50 ms poll interval) until the
 last saga's completion is committed: sagas/s, and CPU ms per saga of this
@@ -46,6 +51,14 @@ from sagakit.stores.sqlite import SQLiteStore
 
 class Resume(BaseModel):
     n: int
+
+
+class Arrived(BaseModel):
+    key: str
+
+
+def _key(e: Arrived) -> str:
+    return e.key
 
 
 def cpu_seconds() -> float:
@@ -94,16 +107,18 @@ async def run(mode: str, n: int, concurrency: int, path: str) -> dict[str, Any]:
     b = SagaBuilder(f"bench_resume_{mode}")
     if mode == "event":
         b.step("wait", action=wait_for(Resume))
+    elif mode == "broker":
+        b.step("wait", action=wait_for(Arrived, correlation=_key))
     else:
         b.step("wait", flaky, retry=RetryPolicy(max_attempts=3, initial_delay=3600.0, max_delay=3600.0, jitter=0.0))
     defn = b.build()
-    engine = SagaEngine(store, clock=clock, poll_interval=0.05)
+    engine = SagaEngine(store, clock=clock, poll_interval=0.05, transport="memory://" if mode == "broker" else None)
     engine.register(defn)
     async with engine:
         ids: list[str] = []
         for lo in range(0, n, 500):
             chunk = range(lo, min(n, lo + 500))
-            ids += await asyncio.gather(*(engine.start(defn.name, {"i": i}) for i in chunk))
+            ids += await asyncio.gather(*(engine.start(defn.name, {"i": i}, correlation_id=f"k{i}") for i in chunk))
             if mode == "timer":
                 await _until(lambda lo=lo: calls[0] >= lo - 500, "first attempts")
         if mode == "timer":
@@ -124,12 +139,15 @@ async def run(mode: str, n: int, concurrency: int, path: str) -> dict[str, Any]:
         tx0, commits0 = counters.transactions, counters.commits
         cpu0 = cpu_seconds()
         begin = time.perf_counter()
-        if mode == "event":
+        if mode in ("event", "broker"):
             slots = asyncio.Semaphore(concurrency)
 
             async def one(i: int, sid: str) -> None:
                 async with slots:
-                    await engine.notify(sid, Resume(n=i))
+                    if mode == "event":
+                        await engine.notify(sid, Resume(n=i))
+                    else:
+                        await engine.publish(Arrived(key=f"k{i}"))
 
             notifying = asyncio.gather(*(one(i, sid) for i, sid in enumerate(ids)))
         else:
@@ -146,17 +164,17 @@ async def run(mode: str, n: int, concurrency: int, path: str) -> dict[str, Any]:
                 break
         end = time.perf_counter()
         cpu = cpu_seconds() - cpu0
-        if mode == "event":
+        if mode != "timer":
             await notifying
         done = await engine.count("completed", defn.name)
     if done != n:
         raise RuntimeError(f"{done} of {n} sagas completed")
-    first = begin if mode == "event" else (first_claim[0] or begin)
+    first = (first_claim[0] or begin) if mode == "timer" else begin
     seconds = end - first
     return {
         "mode": mode,
         "n": n,
-        "concurrency": concurrency if mode == "event" else None,
+        "concurrency": concurrency if mode != "timer" else None,
         "seconds": seconds,
         "from_clock_seconds": end - begin,
         "sagas_per_s": n / seconds,
@@ -169,9 +187,9 @@ async def run(mode: str, n: int, concurrency: int, path: str) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["event", "timer"], required=True)
+    p.add_argument("--mode", choices=["event", "broker", "timer"], required=True)
     p.add_argument("--n", type=int, default=10_000)
-    p.add_argument("--concurrency", type=int, default=256, help="event: notify calls at once")
+    p.add_argument("--concurrency", type=int, default=256, help="event, broker: notify or publish calls at once")
     args = p.parse_args()
     import logging
 

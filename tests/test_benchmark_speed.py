@@ -58,7 +58,7 @@ def test_a_row_without_any_figure_reports_the_error() -> None:
     assert entry["error"] == ["gave up"] and "ratio_median" not in entry
 
 
-@pytest.mark.parametrize("mode", ["event", "timer"])
+@pytest.mark.parametrize("mode", ["event", "broker", "timer"])
 def test_resume_resumes_every_waiting_saga(mode: str) -> None:
     out = _script("resume.py", "--mode", mode, "--n", "60")
     assert out["mode"] == mode and out["n"] == 60  # the script checks that all 60 completed
