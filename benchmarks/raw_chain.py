@@ -29,7 +29,7 @@ The orchestrator publishes command k of a chain when reply k-1 arrives; a
 chain is 3 commands and 3 replies, over 3 command and 3 reply destinations.
 
 ``--system sagakit``: the same chain as a saga of 3 ``send()`` steps
-(``benchmarks/transport.py``'s definition), on a fresh SQLite file, with
+(``benchmarks/transport.py``'s messages, no outcome event), on a fresh SQLite file, with
 ``sagakit.participant.Participant`` answering in the child process.
 
 Every name this creates on the shared brokers carries a fresh prefix, and is
@@ -439,6 +439,18 @@ def sagakit_url(broker: str, url: str, prefix: str) -> str:
     return f"{url}{sep}prefix={prefix}"
 
 
+def chain_definition() -> Any:
+    """3 ``send()`` steps, one after another, and nothing published at the end (the raw chain publishes 3 commands)."""
+    from benchmarks.transport import BenchDone1, BenchDone2, BenchDone3, BenchStep1, BenchStep2, BenchStep3
+    from sagakit import SagaBuilder, send
+
+    b = SagaBuilder("sagakit_chain_bench")
+    b.step("one", action=send(BenchStep1, success=BenchDone1, reply_timeout=60))
+    b.step("two", action=send(BenchStep2, success=BenchDone2, reply_timeout=60))
+    b.step("three", action=send(BenchStep3, success=BenchDone3, reply_timeout=60))
+    return b.build()
+
+
 async def sagakit_participant(broker: str, url: str, prefix: str) -> None:
     from benchmarks.transport import BenchDone1, BenchDone2, BenchDone3, BenchStep1, BenchStep2, BenchStep3
     from sagakit.participant import Participant
@@ -461,7 +473,6 @@ async def sagakit_orchestrator(
     broker: str, url: str, prefix: str, n: int, in_flight: int, ready: Callable[[], Awaitable[None]]
 ) -> dict[str, Any]:
     from benchmarks.harness import Counters, instrument
-    from benchmarks.transport import _definition
     from sagakit import SagaEngine
     from sagakit.stores.sqlite import SQLiteStore
 
@@ -471,7 +482,7 @@ async def sagakit_orchestrator(
         instrument(store, counters)
         counters.progressed = asyncio.Event()
         engine = SagaEngine(store, transport=sagakit_url(broker, url, prefix))
-        defn = _definition()
+        defn = chain_definition()
         engine.register(defn)
         async with engine:
             await engine._messaging.ready()
