@@ -429,6 +429,21 @@ def run_rounds(rows: list[Row], sizes: dict[str, int], rounds: int, pg: str) -> 
     return out
 
 
+def cpu_ms(r: dict[str, Any]) -> float | None:
+    """CPU ms per saga (or chain) of a measurement's measuring process, all its threads."""
+    for key in ("cpu_ms_per_saga", "cpu_ms_per_chain"):
+        if r.get(key) is not None:
+            return float(r[key])
+    if r.get("cpu_seconds") is not None and r.get("n"):
+        return 1000 * float(r["cpu_seconds"]) / int(r["n"])
+    return None
+
+
+def _median_or_none(xs: list[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
+
+
 def summarize(rows: list[Row], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     table = []
     for row in rows:
@@ -454,6 +469,8 @@ def summarize(rows: list[Row], records: list[dict[str, Any]]) -> list[dict[str, 
             "failed_rounds": len(errors),
             "target": row.target,
             "met": row.met(sm, bm, rm),
+            "sagakit_cpu_ms": _median_or_none([cpu_ms(r["sagakit"]) for r in ok]),
+            "baseline_cpu_ms": _median_or_none([cpu_ms(r["baseline"]) for r in ok]),
         }
         table.append(entry)
     return table
@@ -464,12 +481,12 @@ def _fmt(x: float) -> str:
 
 
 def print_table(table: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    head = ["measure", "sagakit", "baseline", "ratio median (min-max)", "target", "met?"]
+    head = ["measure", "sagakit", "baseline", "ratio median (min-max)", "target", "met?", "CPU ms/saga (sk / base)"]
     lines = []
     for t in table:
         if "error" in t:
             err = (t["error"][0] if t["error"] else "").strip().splitlines()
-            lines.append([t["measure"], "error", "", (err[-1] if err else "")[:60], t["target"], "?"])
+            lines.append([t["measure"], "error", "", (err[-1] if err else "")[:60], t["target"], "?", ""])
             continue
         unit = t["unit"]
         lines.append(
@@ -480,10 +497,12 @@ def print_table(table: list[dict[str, Any]], info: dict[str, Any]) -> None:
                 f"{t['ratio_median']:.2f} ({t['ratio_min']:.2f}-{t['ratio_max']:.2f})",
                 t["target"],
                 "yes" if t["met"] else "NO",
+                " / ".join("-" if x is None else f"{x:.3f}" for x in (t["sagakit_cpu_ms"], t["baseline_cpu_ms"])),
             ]
         )
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=False)]
     print(f"\nspeed targets, {info['mode']} sizes, {info['rounds']} round(s), {info['machine']}")
+    print("(figures: medians over the rounds; CPU: the measuring process, all threads, per saga or chain)")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for ln in lines:
