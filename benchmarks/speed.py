@@ -537,6 +537,7 @@ def main() -> None:
 
         logging.basicConfig(level=logging.ERROR)
         directory = args.dir or tempfile.mkdtemp(prefix="speed-one-")
+        os.makedirs(directory, exist_ok=True)
         r = asyncio.run(sagakit_store(args.workload, args.n, args.in_flight, args.store, args.payload, directory))
         print(json.dumps(r), flush=True)
         return
