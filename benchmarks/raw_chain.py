@@ -645,6 +645,7 @@ def measure(system: str, broker: str, url: str, n: int, in_flight: int) -> dict[
         "broker": broker,
         "n": n,
         "in_flight": in_flight,
+        "url": url,
         "seconds": result["seconds"],
         "chains_per_s": n / result["seconds"],
         "cpu_ms_per_chain": 1000 * result["cpu_seconds"] / n,

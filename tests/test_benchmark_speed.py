@@ -7,6 +7,7 @@ figures and leaves nothing behind, never how fast anything was.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,8 +85,6 @@ def test_profile_split_names_every_part() -> None:
 
 @pytest.mark.parametrize("system", ["raw", "sagakit"])
 def test_chain_over_redis_leaves_no_keys(system: str) -> None:
-    import socket
-
     from tests.conftest import require_service
 
     try:
@@ -103,3 +102,16 @@ def test_chain_over_redis_leaves_no_keys(system: str) -> None:
         assert list(client.scan_iter(match=f"bench{system}*", count=1000)) == []
     finally:
         client.close()
+
+
+def test_chain_over_kafka_runs_on_a_private_tansu_and_stops_it() -> None:
+    from tests.conftest import require_service
+    from tests.transports.tansu import tansu_missing
+
+    require_service(tansu_missing())
+
+    out = _script("raw_chain.py", "--system", "raw", "--broker", "kafka", "--n", "10", "--in-flight", "5")
+    assert out["broker"] == "kafka" and out["n"] == 10 and out["chains_per_s"] > 0
+    host, port = out["url"].removeprefix("kafka://").rsplit(":", 1)
+    with pytest.raises(OSError):  # the broker it started on a free port is stopped
+        socket.create_connection((host, int(port)), timeout=2).close()
