@@ -4,6 +4,7 @@
     python benchmarks/speed.py                         # full sizes, 3 rounds
     python benchmarks/speed.py --rounds 5 --json benchmarks/results/speed-mine.json
     python benchmarks/speed.py --only chain,sqlite     # some groups of rows only
+    python benchmarks/speed.py --size chain=5000 --size resume=20000   # other sizes
 
 Every figure is a process of its own (the same code as the other benchmarks:
 ``raw_chain.py``, ``resume.py``, ``peers/raw_peer.py``, and the sagakit
@@ -521,6 +522,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, 1 round unless --rounds")
     p.add_argument("--rounds", type=int, default=None, help="rounds [quick: 1, full: 3]")
     p.add_argument("--only", default=None, help=f"groups of rows, comma-separated: {', '.join(GROUPS)}")
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help=f"override one size ({', '.join(k for k in SIZES['full'] if k != 'rounds')}), repeatable",
+    )
     p.add_argument("--pg", default=os.environ.get("SAGAKIT_BENCH_PG", PG_DEFAULT), help="PostgreSQL server URL")
     p.add_argument("--json", default=None, help="results file [benchmarks/results/speed-MODE.json]")
     # One sagakit measurement in this process (what the rows run, each in its own process).
@@ -542,7 +550,14 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         return
     mode = "quick" if args.quick else "full"
-    sizes = SIZES[mode]
+    sizes = dict(SIZES[mode])
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in sizes or key == "rounds" or not value.isdigit() or int(value) < 1:
+            p.error(
+                f"--size {item!r}: use KEY=N with N >= 1 and KEY one of {', '.join(k for k in sizes if k != 'rounds')}"
+            )
+        sizes[key] = int(value)
     rounds = args.rounds or sizes["rounds"]
     groups = set(args.only.split(",")) if args.only else set(GROUPS)
     unknown = groups - set(GROUPS)
