@@ -333,7 +333,9 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             for sid, h in self._held.items():
                 if h.timer is not None:
                     h.timer.cancel()
-                orphaned = any(s.token for s in h.state.steps.values())
+                orphaned = any(
+                    s.token or (s.items is not None and any(it.token for it in s.items)) for s in h.state.steps.values()
+                )
                 leftovers.append((sid, self.clock() if orphaned else h.state.wake_at))
             self._held.clear()
             if leftovers:
