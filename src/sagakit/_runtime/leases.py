@@ -156,7 +156,8 @@ class Leases(RuntimeBase):
                         if s.token and s.token in held.inflight
                     ]
                     running += [
-                        f"{n!r} item {i} attempt {it.compensation_attempts if it.status.value == 'compensating' else it.attempts}"
+                        f"{n!r} item {i} attempt "
+                        f"{it.compensation_attempts if it.status.value == 'compensating' else it.attempts}"
                         for n, s in held.state.steps.items()
                         if s.items is not None
                         for i, it in enumerate(s.items)

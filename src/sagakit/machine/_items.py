@@ -19,9 +19,9 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from .._definition import StepDefinition
-from .._errors import DataEncodingError
-from .._json import to_json
 from .._status import SagaStatus, StepStatus
 from ._types import ROLLBACK, CancelAttempt, Effect, HistoryEntry, ItemState, RunStep, SagaState, StepState
 
@@ -46,9 +46,10 @@ def read_items(sdef: StepDefinition, data: Any, results: Mapping[str, Any]) -> l
             f"{type(raw).__name__}: {_short(raw)}"
         )
     try:
-        values = to_json(list(raw), "the items of for-each step {!r}", name, root="items")
-    except DataEncodingError as e:
-        return str(e)
+        # Items come from the saga's data and results, which are JSON already; anything else is refused.
+        values = orjson.loads(orjson.dumps(list(raw)))
+    except TypeError as e:
+        return f"the items of for-each step {name!r} must be JSON values (from the saga's data or results): {e}"
     keys: list[str] = []
     if fe.key is None:
         keys = [str(i) for i in range(len(values))]
