@@ -357,7 +357,7 @@ def resume_items(
         hist.append(
             HistoryEntry(
                 now,
-                "resumed",
+                "item_resumed",
                 f"{what} {name!r} item {i} attempt {attempt} runs again: its worker stopped before reporting",
                 name,
                 attempt,
