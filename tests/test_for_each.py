@@ -337,3 +337,101 @@ async def test_a_killed_worker_leaves_its_items_to_another_which_sees_the_same_l
     await engine.close()
     assert snap.steps["upper"].items is not None
     assert [i.item for i in snap.steps["upper"].items] == list("abcdef")
+
+
+def _item(item: Any, ctx: StepContext) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"items": "lines"}, "for-each step 'each': items must be a function of (data, results) returning the list"),
+        ({"items": lambda data: data}, "for-each step 'each': items must accept two arguments"),
+        ({"parallelism": 0}, "for-each step 'each': parallelism must be an integer >= 1, got 0"),
+        ({"parallelism": True}, "for-each step 'each': parallelism must be an integer >= 1, got True"),
+        ({"key": "sku"}, "for-each step 'each': key must be a function of the item, got 'sku'"),
+        ({"action": lambda ctx: None}, "for-each step 'each': action must accept two arguments (the item and the"),
+        ({"compensation": 3}, "for-each step 'each': compensation must be a function of (item, ctx), got 3"),
+        ({"timeout": 0}, "step 'each': timeout must be > 0 seconds, got 0"),
+    ],
+)
+def test_build_refuses_a_bad_for_each_step_naming_the_field(options: dict[str, Any], message: str) -> None:
+    from sagakit import DefinitionError
+
+    args: dict[str, Any] = {"items": lambda data, results: data["lines"], "action": _item, **options}
+    b = SagaBuilder("bad")
+    b.for_each("each", **args)
+    with pytest.raises(DefinitionError) as e:
+        b.build()
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "message"),
+    [
+        ({"lines": {"a": 1}}, None, "must be a list, but items() returned dict: {'a': 1}"),
+        ({"lines": [1, 1]}, lambda item: item, "items 0 and 1 of for-each step 'each' have the same key '1'"),
+        ({"lines": [1]}, lambda item: [item], "the key of item 0 of for-each step 'each' must be a string or an"),
+        ({"lines": [{"x": 1}]}, lambda item: item["sku"], "key() raised KeyError: 'sku'"),
+        ({}, None, "the items of for-each step 'each' could not be read: items() raised KeyError: 'lines'"),
+    ],
+)
+def test_an_item_list_or_key_that_cannot_be_used_fails_the_step_with_the_reason(
+    data: dict[str, Any], key: Any, message: str
+) -> None:
+    from sagakit.machine import new_saga
+
+    b = SagaBuilder("bad-items")
+    b.for_each("each", items=lambda data, results: data["lines"], action=_item, key=key)
+    d = new_saga(b.build(), "s-1", data, 0.0)
+    s = d.state.steps["each"]
+    assert s.status is StepStatus.FAILED and d.state.status is SagaStatus.COMPENSATED
+    assert message in (s.error or "")
+    assert d.effects == []
+
+
+async def test_an_operator_retries_an_item_compensation_that_gave_up(store_url: str) -> None:
+    """Item 1's compensation gives up: the saga is FAILED; a retry undoes item 1 only, and the saga is compensated."""
+    broken = {"release": True}
+    undone: list[int] = []
+
+    def act(item: int, ctx: StepContext) -> int:
+        if item == 3:
+            raise NonRetryableError("no")
+        return item
+
+    def release(item: int, ctx: StepContext) -> None:
+        if item == 1 and broken["release"]:
+            raise RuntimeError("ledger offline")
+        undone.append(item)
+
+    b = SagaBuilder("retry-undo")
+    b.for_each(
+        "each",
+        items=lambda data, results: data["xs"],
+        action=act,
+        compensation=release,
+        parallelism=1,
+        compensation_retry=RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=0),
+    )
+    engine = SagaEngine(store_url, poll_interval=0.05)
+    engine.register(b.build())
+    async with engine:
+        sid = await engine.start("retry-undo", {"xs": [0, 1, 2, 3]})
+        failed = await engine.wait(sid, timeout=30)
+        assert failed.status is SagaStatus.FAILED
+        assert sorted(undone) == [0, 2]
+        step = failed.steps["each"]
+        assert step.status is StepStatus.COMPENSATION_FAILED
+        assert step.items is not None and step.items[1].status is StepStatus.COMPENSATION_FAILED
+        assert step.items[1].compensation_attempts == 2
+        assert "compensation of item 1 (key '1') gave up: RuntimeError: ledger offline" in (failed.error or "")
+        broken["release"] = False
+        await engine.retry(sid, reason="ledger back")
+        final = await engine.wait(sid, timeout=30)
+    assert final.status is SagaStatus.COMPENSATED
+    assert sorted(undone) == [0, 1, 2]
+    items = final.steps["each"].items
+    assert items is not None
+    assert [i.status for i in items] == [StepStatus.COMPENSATED] * 3 + [StepStatus.FAILED]

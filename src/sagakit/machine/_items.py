@@ -212,9 +212,8 @@ def pump(
         return False
     if s.status is not _S.RUNNING:
         return False
-    if st.status is not SagaStatus.RUNNING or ROLLBACK in st.meta:
-        s.wake_at = None  # nothing new starts: a rollback waits for a pivot step, or the saga stopped
-        return False
+    # Nothing new starts while a rollback waits for a pivot step, or once the saga stopped.
+    go = st.status is SagaStatus.RUNNING and ROLLBACK not in st.meta
     timeout = sdef.attempt_timeouts[0]
     done = True
     for i, it in enumerate(items):
@@ -222,7 +221,7 @@ def pump(
         if status in _ITEM_DONE:
             continue
         done = False
-        if status is not _S.PENDING:
+        if status is not _S.PENDING or not go:
             continue
         if it.wake_at is not None and it.wake_at > now:
             wake = it.wake_at if wake is None or it.wake_at < wake else wake

@@ -83,9 +83,7 @@ def _encode_item(it: ItemState) -> dict[str, Any]:
     return d
 
 
-def _decode_items(raw: list[dict[str, Any]] | None) -> list[ItemState] | None:
-    if raw is None:
-        return None
+def _decode_items(raw: list[dict[str, Any]]) -> list[ItemState]:
     return [
         ItemState(
             d.get("value"),
@@ -117,7 +115,7 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
             d.get("started_at"),
             d.get("finished_at"),
             d.get("uncertain", False),
-            _decode_items(d.get("items")),
+            None if (items := d.get("items")) is None else _decode_items(items),
         )
         for name, d in raw.items()
     }
