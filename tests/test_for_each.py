@@ -435,3 +435,37 @@ async def test_an_operator_retries_an_item_compensation_that_gave_up(store_url: 
     items = final.steps["each"].items
     assert items is not None
     assert [i.status for i in items] == [StepStatus.COMPENSATED] * 3 + [StepStatus.FAILED]
+
+
+def test_sagakit_show_lists_the_items_of_a_for_each_step(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sagakit.cli._main import cli
+
+    def pack(item: str, ctx: StepContext) -> str:
+        if item == "glass":
+            raise NonRetryableError("fragile")
+        return f"box-{item}"
+
+    b = SagaBuilder("pack")
+    b.for_each("pack", items=lambda data, results: data["things"], action=pack, compensation=lambda item, ctx: None)
+    url = f"sqlite:///{tmp_path}/cli.db"
+
+    async def seed() -> str:
+        async with SagaEngine(url, poll_interval=0.05) as engine:
+            engine.register(b.build())
+            sid = await engine.start("pack", {"things": ["book", "glass"]})
+            await engine.wait(sid, timeout=20)
+            return sid
+
+    sid = asyncio.run(seed())
+    table = CliRunner().invoke(cli, ["show", sid, "--store", url], catch_exceptions=False, terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "items of pack" in table.output
+    assert "NonRetryableError: fragile" in table.output
+    as_json = CliRunner().invoke(cli, ["show", sid, "--store", url, "--json"], catch_exceptions=False)
+    items = json.loads(as_json.output)["steps"]["pack"]["items"]
+    assert [(i["key"], i["item"], i["status"]) for i in items] == [
+        ("0", "book", "compensated"),
+        ("1", "glass", "failed"),
+    ]
