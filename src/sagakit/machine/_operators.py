@@ -178,13 +178,12 @@ def _on_abort(
     for n, s in st.steps.items():
         if s.token:
             _cancel(defn, st, n, now, "the saga was aborted", fx, hist)
-        elif s.items is not None and (s.wake_at is not None or has_inflight(s)):
+        elif s.items is not None and s.status in (_S.RUNNING, _S.COMPENSATING):
             mine = _own(st, n)
             stop_items(mine, n, now, "the saga was aborted", fx, hist)
-            if mine.status in (_S.RUNNING, _S.COMPENSATING):
-                mine.status = _S.FAILED if mine.status is _S.RUNNING else _S.COMPENSATION_FAILED
-                mine.error = "cancelled: the saga was aborted"
-                mine.finished_at = now
+            mine.status = _S.FAILED if mine.status is _S.RUNNING else _S.COMPENSATION_FAILED
+            mine.error = "cancelled: the saga was aborted"
+            mine.finished_at = now
         elif s.wake_at is not None:
             _own(st, n).wake_at = None
     return None

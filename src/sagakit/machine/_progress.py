@@ -12,7 +12,7 @@ from typing import Any
 
 from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
-from ._items import has_inflight, items_to_undo, read_items, start_items, stop_items
+from ._items import items_to_undo, read_items, start_items, stop_items
 from ._types import (
     ROLLBACK,
     START_AT,
@@ -273,7 +273,7 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
                 st.error = None
                 hist.append(_entry((now, "completed", "saga completed", None, None, None)))
             elif settled:
-                _settled(defn, st, now, fx, hist)
+                _advance(defn, st, now, fx, hist)  # the steps after it may be ready now
             return
     if st.status is SagaStatus.COMPENSATING:
         busy = False
@@ -306,16 +306,6 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
             else:
                 st.status = SagaStatus.COMPENSATED
                 hist.append(_entry((now, "compensated", "saga compensated", None, None, None)))
-
-
-def _settled(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
-    """A for-each step ended as it was dispatched (over no items): go on from it."""
-    for name in defn.for_each:
-        s = st.steps[name]
-        if s.status is _S.FAILED and s.items is None:
-            _for_each_failed(defn, st, name, now, fx, hist)
-            return
-    _advance(defn, st, now, fx, hist)
 
 
 def _read_due_items(
@@ -473,11 +463,6 @@ def _past_pivot_name(defn: SagaDefinition, st: SagaState) -> str | None:
 
 def _past_pivot(defn: SagaDefinition, st: SagaState) -> bool:
     return _past_pivot_name(defn, st) is not None
-
-
-def _busy(s: StepState) -> bool:
-    """Whether the step has an attempt in flight (of its own, or of one of its items)."""
-    return bool(s.token) or has_inflight(s)
 
 
 def _running_pivot(defn: SagaDefinition, st: SagaState) -> str | None:
