@@ -90,6 +90,7 @@ def test_the_saga_page_lists_the_items_of_a_for_each_step(page: Any, served: tup
     expect(kiwi.locator("td").nth(5)).to_have_text("1")  # compensation attempts
     expect(plum.locator("td.error")).to_have_text("NonRetryableError: out of stock: password=***")
     expect(fig.locator("td").nth(4)).to_have_text("0")  # never started
+    expect(page.locator("#graph-svg g.node[data-step=reserve]")).to_contain_text("for-each")
     section = page.locator("section.for-each[data-step=reserve]")
     expect(section).to_contain_text("2 compensated, 1 failed, 1 pending")
     assert "hunter2" not in page.content()
