@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from sagakit import NonRetryableError, RetryPolicy, SagaBuilder, SagaEngine, SagaStatus, StepContext, StepStatus
 
@@ -469,3 +470,30 @@ def test_sagakit_show_lists_the_items_of_a_for_each_step(tmp_path: Path) -> None
         ("0", "book", "compensated"),
         ("1", "glass", "failed"),
     ]
+
+
+class Quote(BaseModel):
+    lines: list[str]
+    rate: float
+
+
+async def test_items_see_typed_results_of_earlier_steps_and_change_the_data(store_url: str) -> None:
+    def quote(ctx: StepContext) -> Quote:
+        return Quote(lines=ctx.data["lines"], rate=2.0)
+
+    def price(line: str, ctx: StepContext) -> float:
+        q = ctx.results["quote"]
+        assert isinstance(q, Quote)  # read back as the model its action is annotated to return
+        ctx.update_data({f"priced_{line}": True})
+        return len(line) * q.rate
+
+    b = SagaBuilder("typed")
+    b.step("quote", quote)
+    b.for_each("price", items=lambda data, results: results["quote"]["lines"], action=price)
+    engine = SagaEngine(store_url, poll_interval=0.05)
+    engine.register(b.build())
+    async with engine:
+        final = await engine.wait(await engine.start("typed", {"lines": ["ab", "cde"]}), timeout=30)
+    assert final.status is SagaStatus.COMPLETED, final.error
+    assert final.steps["price"].result == [4.0, 6.0]
+    assert final.data == {"lines": ["ab", "cde"], "priced_ab": True, "priced_cde": True}

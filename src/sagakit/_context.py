@@ -237,8 +237,12 @@ class ItemContext(StepContext):
         attempt: int,
         compensation: bool,
         worker_id: str | None = None,
+        types: Mapping[str, type] | None = None,
     ) -> ItemContext:
-        """The context of an attempt of item *index* of for-each step *step* in the saga *st*."""
+        """The context of an attempt of item *index* of for-each step *step* in the saga *st*.
+
+        *types* maps the saga's other steps to the model their results are read as.
+        """
         items = st.steps[step].items
         assert items is not None
         it = items[index]
@@ -251,7 +255,7 @@ class ItemContext(StepContext):
         ctx._results = None
         ctx._idempotency_key = None
         ctx._state = st
-        ctx._types = None
+        ctx._types = types or None
         ctx.correlation_id = st.correlation_id
         ctx.compensation = compensation
         ctx.result = it.result if compensation else None

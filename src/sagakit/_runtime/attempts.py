@@ -79,7 +79,7 @@ class Attempts(RuntimeBase):
             if eff.item is None:
                 ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id, types)
             else:
-                ctx = ItemContext._of_item(st, name, eff.item, eff.attempt, eff.compensation, self.worker_id)
+                ctx = ItemContext._of_item(st, name, eff.item, eff.attempt, eff.compensation, self.worker_id, types)
             if slots.free and not slots.waiters:
                 slots.free -= 1
             else:
