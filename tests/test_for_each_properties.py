@@ -47,6 +47,7 @@ from sagakit.machine import (
     Retry,
     RunStep,
     SagaState,
+    Skip,
     StepFailed,
     StepSucceeded,
     Timer,
@@ -488,3 +489,48 @@ def test_an_item_list_that_cannot_be_read_fails_the_step_and_says_why() -> None:
     assert "items() raised KeyError" in (s.error or "")
     assert d.state.status is SagaStatus.COMPENSATING
     assert [(e.step, e.compensation) for e in d.effects] == [("first", True)]
+
+
+def test_past_the_pivot_a_failed_item_stops_the_saga_and_a_retry_runs_only_the_items_not_completed() -> None:
+    b = SagaBuilder("past-pivot")
+    b.step("pay", act, pivot=True)
+    b.for_each("ship", items=lambda data, results: data["parcels"], action=act_item, parallelism=3)
+    defn = b.build()
+    d = new_saga(defn, "p-1", {"parcels": ["a", "b", "c"]}, 0.0)
+    d = decide(defn, d.state, StepSucceeded("pay", d.effects[0].token), 1.0)
+    runs = {e.item: e for e in d.effects if isinstance(e, RunStep)}
+    assert sorted(runs) == [0, 1, 2]
+    d = decide(defn, d.state, StepSucceeded("ship", runs[0].token, "ok-a", 4, item=0), 2.0)
+    d = decide(defn, d.state, StepFailed("ship", runs[1].token, "lost", False, item=1), 3.0)
+    assert d.state.status is SagaStatus.FAILED and "cannot be rolled back" in (d.state.error or "")
+    # item 2 was in flight: stopped (it may have had its effect), to run again if the saga goes on
+    assert [(type(e).__name__, e.item) for e in d.effects] == [("CancelAttempt", 2)]
+    items = d.state.steps["ship"].items
+    assert items is not None
+    assert [(i.status, i.uncertain) for i in items] == [(S.COMPLETED, False), (S.FAILED, False), (S.FAILED, True)]
+    d = decide(defn, d.state, Retry("parcel b found"), 4.0)
+    assert d.rejected is None and d.state.status is SagaStatus.RUNNING
+    again = {e.item: e for e in d.effects if isinstance(e, RunStep)}
+    assert sorted(again) == [1, 2] and all(e.attempt == 1 for e in again.values())
+    d = decide(defn, d.state, StepSucceeded("ship", again[1].token, "ok-b", 4, item=1), 5.0)
+    d = decide(defn, d.state, StepSucceeded("ship", again[2].token, "ok-c", 4, item=2), 6.0)
+    assert d.state.status is SagaStatus.COMPLETED
+    assert d.state.steps["ship"].result == ["ok-a", "ok-b", "ok-c"]
+
+
+def test_skipping_a_for_each_step_that_waits_for_an_item_retry_moves_on_with_the_given_result() -> None:
+    b = SagaBuilder("skip")
+    b.for_each("each", items=lambda data, results: data["xs"], action=act_item, retry=RetryPolicy(max_attempts=3))
+    b.step("after", act)
+    defn = b.build()
+    d = new_saga(defn, "k-1", {"xs": [1]}, 0.0)
+    d = decide(defn, d.state, StepFailed("each", d.effects[0].token, "busy", item=0), 1.0)
+    assert d.state.steps["each"].status is S.RUNNING and d.state.wake_at is not None
+    refused = decide(defn, new_saga(defn, "k-2", {"xs": [1]}, 0.0).state, Skip("each", [0]), 1.0)
+    assert refused.rejected is not None and "items are in flight" in refused.rejected
+    d = decide(defn, d.state, Skip("each", ["given"]), 2.0)
+    assert d.rejected is None
+    s = d.state.steps["each"]
+    assert s.status is S.SKIPPED and s.result == ["given"]
+    assert s.items is not None and all(i.wake_at is None for i in s.items)
+    assert [(e.step, e.item) for e in d.effects if isinstance(e, RunStep)] == [("after", None)]

@@ -108,6 +108,8 @@ def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, h
     s.status = _S.SKIPPED
     s.token = 0
     s.wake_at = None
+    if s.items is not None:  # a for-each step's items waiting for a retry will not get it
+        s.items = [it._replace(wake_at=None) if it.wake_at is not None else it for it in s.items]
     s.finished_at = now
     if was in (_S.COMPENSATING, _S.COMPENSATION_FAILED):
         note = "compensation marked resolved"
