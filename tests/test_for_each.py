@@ -497,3 +497,25 @@ async def test_items_see_typed_results_of_earlier_steps_and_change_the_data(stor
     assert final.status is SagaStatus.COMPLETED, final.error
     assert final.steps["price"].result == [4.0, 6.0]
     assert final.data == {"lines": ["ab", "cde"], "priced_ab": True, "priced_cde": True}
+
+
+async def test_observers_see_each_item_attempt_with_its_index(store_url: str) -> None:
+    from sagakit import AttemptInput, BaseObserver
+
+    seen: list[tuple[str, int | None, str]] = []
+
+    class Attempts(BaseObserver):
+        def on_attempt(self, event: AttemptInput) -> None:
+            seen.append((event.step, event.item, event.outcome))
+
+    b = SagaBuilder("observed")
+    b.step("first", lambda ctx: None)
+    b.for_each("each", items=lambda data, results: ["x", "y"], action=lambda item, ctx: item)
+    engine = SagaEngine(store_url, poll_interval=0.05, observers=[Attempts()])
+    engine.register(b.build())
+    async with engine:
+        final = await engine.wait(await engine.start("observed", {}), timeout=30)
+    assert final.status is SagaStatus.COMPLETED
+    assert sorted(seen, key=repr) == sorted(
+        [("first", None, "succeeded"), ("each", 0, "succeeded"), ("each", 1, "succeeded")], key=repr
+    )

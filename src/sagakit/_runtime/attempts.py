@@ -68,7 +68,7 @@ class Attempts(RuntimeBase):
             scope = open_scope(
                 self._tracers,
                 "attempt_scope",
-                AttemptStart(st.id, st.name, name, eff.attempt, eff.compensation, started, st.correlation_id),
+                AttemptStart(st.id, st.name, name, eff.attempt, eff.compensation, started, st.correlation_id, eff.item),
             )
         error: BaseException | None = None
         is_async = False
@@ -166,7 +166,7 @@ class Attempts(RuntimeBase):
                 "on_attempt",
                 AttemptInput(
                     st.id, st.name, name, eff.attempt, eff.compensation, started, ended, outcome, message,
-                    st.correlation_id, tb,
+                    st.correlation_id, tb, eff.item,
                 ),
             )  # fmt: skip
         return event
