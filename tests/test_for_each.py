@@ -519,3 +519,63 @@ async def test_observers_see_each_item_attempt_with_its_index(store_url: str) ->
     assert sorted(seen, key=repr) == sorted(
         [("first", None, "succeeded"), ("each", 0, "succeeded"), ("each", 1, "succeeded")], key=repr
     )
+
+
+@pytest.mark.slow
+async def test_two_worker_processes_racing_for_for_each_sagas_run_each_item_once(
+    store_url: str, tmp_path: Path
+) -> None:
+    from tests.crash.for_each_child import executions, make_definition
+
+    source = tmp_path / "lines.json"
+    source.write_text(json.dumps(list("abcdef")))
+    effects_db = tmp_path / "effects.db"
+    root = Path(__file__).resolve().parent.parent
+    definition = make_definition(str(source), str(effects_db), 0.0)
+    starter = SagaEngine(store_url)  # stores the sagas; the workers run them
+    starter.register(definition)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.for_each_child", store_url, str(source), str(effects_db), "work"],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for w in workers:  # both are claiming before the sagas are stored
+            assert w.stdout is not None
+            assert w.stdout.readline().decode().strip() == "working"
+        ids = [await starter.start("for_each_crash", {}, idempotency_key=f"o-{i}") for i in range(12)]
+        deadline = time.monotonic() + 90
+        while True:
+            snaps = [await starter.get(sid) for sid in ids]
+            if all(s.status.terminal for s in snaps):
+                break
+            for w in workers:
+                if w.poll() is not None:
+                    err = w.stderr.read().decode() if w.stderr else ""
+                    pytest.fail(f"a worker ended early: {err}")
+            assert time.monotonic() < deadline, [s.status for s in snaps]
+            await asyncio.sleep(0.1)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait(10)
+            for stream in (w.stdout, w.stderr):
+                if stream is not None:
+                    stream.close()
+        await starter.close()
+    assert all(s.status is SagaStatus.COMPLETED for s in snaps)
+    assert all(s.steps["upper"].result == list("ABCDEF") for s in snaps)
+    runs = executions(str(effects_db))
+    keys = sorted(k for k, _ in runs)
+    assert keys == sorted(f"{sid}:upper:{i}:action" for sid in ids for i in range(6)), "each item ran exactly once"
