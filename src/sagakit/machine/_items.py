@@ -93,10 +93,13 @@ def start_items(
     fx: list[Effect],
     hist: list[HistoryEntry],
 ) -> bool:
-    """Dispatch for-each step *s* (its action, or its compensation); True if it ended at once.
+    """Dispatch for-each step *s* (its action, or its compensation); True if it ended at once (no items).
 
-    The first dispatch reads the item list; a step dispatched again (after an
-    operator's retry) keeps its items and runs the ones that have not completed.
+    Its items were read just before (``_progress._read_due_items``); a step
+    dispatched again (after an operator's retry) keeps its items and runs the
+    ones that have not completed. A compensation marks the items to undo
+    first: those that completed, may have had their effect, or whose
+    compensation gave up before (an operator's retry).
     """
     name = sdef.name
     if compensation:
