@@ -160,7 +160,9 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
         return _refused(state, event, rejected, now)
     if not stale:
         if definition.for_each:
-            _pump_for_each(definition, st, now, fx, hist)
+            # An item's completion has pumped its own step already.
+            done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
+            _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
@@ -169,12 +171,17 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
 
 
 def _pump_for_each(
-    definition: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]
+    definition: SagaDefinition,
+    st: SagaState,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+    pumped: str | None,
 ) -> None:
-    """Start the items of running for-each steps that are due (a retry's time came, a slot is free)."""
+    """Start the items of running for-each steps that are due (a retry's time came, a rollback was refused)."""
     for name in definition.for_each:
         s = st.steps[name]
-        if s.status is _S.RUNNING and s.items is not None:
+        if s.status is _S.RUNNING and s.items is not None and name != pumped:
             pump(definition.by_name[name], st, _own(st, name), now, fx, hist)
 
 

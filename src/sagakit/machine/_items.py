@@ -161,13 +161,13 @@ def pump(
     assert items is not None
     name = sdef.name
     limit = fe.parallelism
+    # One pass over the items finds those in flight and the first due ones (at most ``limit``):
+    # a step with thousands of items is pumped on every one of its transitions.
     inflight = 0
-    for it in items:
-        if it.token:
-            inflight += 1
+    due: list[int] = []
+    room = limit  # more than this many due items are never started at once
     wake: float | None = None
     if s.status is _S.COMPENSATING:
-        timeout = sdef.attempt_timeouts[1]
         waiting = False
         for i in range(len(items) - 1, -1, -1):  # undone in reverse order
             it = items[i]
@@ -175,68 +175,53 @@ def pump(
                 continue
             waiting = True
             if it.token:
+                inflight += 1
                 continue
-            if it.wake_at is not None and it.wake_at > now:
-                wake = it.wake_at if wake is None or it.wake_at < wake else wake
+            w = it.wake_at
+            if w is not None and w > now:
+                if wake is None or w < wake:
+                    wake = w
                 continue
-            if inflight >= limit:
-                continue
+            if room:
+                due.append(i)
+                room -= 1
+        if not waiting:
+            _compensation_settled(s, name, now, hist)
+            return True
+        timeout = sdef.attempt_timeouts[1]
+        for i in due[: max(0, limit - inflight)]:
+            it = items[i]
             st.seq += 1
             n = it.compensation_attempts + 1
             items[i] = it._replace(token=st.seq, compensation_attempts=n, wake_at=None)
-            inflight += 1
             message = f"compensation of step {name!r} item {i} attempt {n}"
             hist.append(_entry((now, "item_compensation_started", message, name, n, None)))
             fx.append(_run((name, True, n, st.seq, timeout, i)))
-        if not waiting:
-            s.wake_at = None
-            s.finished_at = now
-            gave_up = [i for i, it in enumerate(items) if it.status is _S.COMPENSATION_FAILED]
-            if gave_up:
-                first = items[gave_up[0]]
-                s.status = _S.COMPENSATION_FAILED
-                s.error = f"compensation of item {gave_up[0]} (key {first.key!r}) gave up: {first.error}"
-                hist.append(
-                    HistoryEntry(
-                        now,
-                        "compensation_failed",
-                        f"compensation of step {name!r} gave up: {len(gave_up)} item(s) could not be undone "
-                        f"(first: {s.error})",
-                        name,
-                        s.compensation_attempts,
-                    )
-                )
-            else:
-                s.status = _S.COMPENSATED
-                s.error = None
-                hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, None, None)))
-            return True
         s.wake_at = wake
         return False
     if s.status is not _S.RUNNING:
         return False
     # Nothing new starts while a rollback waits for a pivot step, or once the saga stopped.
     go = st.status is SagaStatus.RUNNING and ROLLBACK not in st.meta
-    timeout = sdef.attempt_timeouts[0]
     done = True
     for i, it in enumerate(items):
         status = it.status
         if status in _ITEM_DONE:
             continue
         done = False
+        if it.token:
+            inflight += 1
+            continue
         if status is not _S.PENDING or not go:
             continue
-        if it.wake_at is not None and it.wake_at > now:
-            wake = it.wake_at if wake is None or it.wake_at < wake else wake
+        w = it.wake_at
+        if w is not None and w > now:
+            if wake is None or w < wake:
+                wake = w
             continue
-        if inflight >= limit:
-            continue
-        st.seq += 1
-        n = it.attempts + 1
-        items[i] = it._replace(status=_S.RUNNING, attempts=n, token=st.seq, wake_at=None)
-        inflight += 1
-        hist.append(_entry((now, "item_started", f"step {name!r} item {i} attempt {n}", name, n, None)))
-        fx.append(_run((name, False, n, st.seq, timeout, i)))
+        if room:
+            due.append(i)
+            room -= 1
     if done:
         s.status = _S.COMPLETED
         s.result = [it.result for it in items]
@@ -245,8 +230,42 @@ def pump(
         s.finished_at = now
         hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts, None)))
         return True
+    timeout = sdef.attempt_timeouts[0]
+    for i in due[: max(0, limit - inflight)]:
+        it = items[i]
+        st.seq += 1
+        n = it.attempts + 1
+        items[i] = it._replace(status=_S.RUNNING, attempts=n, token=st.seq, wake_at=None)
+        hist.append(_entry((now, "item_started", f"step {name!r} item {i} attempt {n}", name, n, None)))
+        fx.append(_run((name, False, n, st.seq, timeout, i)))
     s.wake_at = wake
     return False
+
+
+def _compensation_settled(s: StepState, name: str, now: float, hist: list[HistoryEntry]) -> None:
+    """No item of the step waits for its compensation any more: the step is compensated, or it gave up."""
+    items = s.items
+    assert items is not None
+    s.wake_at = None
+    s.finished_at = now
+    gave_up = [i for i, it in enumerate(items) if it.status is _S.COMPENSATION_FAILED]
+    if not gave_up:
+        s.status = _S.COMPENSATED
+        s.error = None
+        hist.append(_entry((now, "compensation_completed", f"step {name!r} compensated", name, None, None)))
+        return
+    first = items[gave_up[0]]
+    s.status = _S.COMPENSATION_FAILED
+    s.error = f"compensation of item {gave_up[0]} (key {first.key!r}) gave up: {first.error}"
+    hist.append(
+        HistoryEntry(
+            now,
+            "compensation_failed",
+            f"compensation of step {name!r} gave up: {len(gave_up)} item(s) could not be undone (first: {s.error})",
+            name,
+            s.compensation_attempts,
+        )
+    )
 
 
 def item_to_undo(sdef: StepDefinition, it: ItemState) -> bool:

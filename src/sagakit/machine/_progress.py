@@ -313,8 +313,9 @@ def _read_due_items(
 ) -> bool:
     """Read the item lists of the for-each steps about to be dispatched, before anything else is.
 
-    True if a list could not be read: the step has failed, and the saga rolls
-    back (or stops, past its pivot) before any other step starts.
+    A step over no items completes here. True if a list could not be read:
+    the step has failed, and the saga rolls back (or stops, past its pivot)
+    before any other step starts.
     """
     steps = st.steps
     for name in defn.for_each:
@@ -326,6 +327,19 @@ def _read_due_items(
             continue
         read = read_items(sdef, st.data, step_results(st))
         s = _own(st, name)
+        if read == []:
+            # Over no items: complete at once, so that the for-each steps after it (later in
+            # defn.for_each, which is in dependency order) are read before anything is dispatched.
+            s.items = []
+            s.status = _S.COMPLETED
+            s.attempts += 1
+            s.result = []
+            s.error = None
+            s.started_at = s.started_at or now
+            s.finished_at = now
+            hist.append(HistoryEntry(now, "step_started", f"for-each step {name!r} over 0 items", name, s.attempts))
+            hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts, None)))
+            continue
         if isinstance(read, list):
             s.items = read
             continue
