@@ -11,7 +11,7 @@ EXPECTED = {
     "SagaBuilder", "SagaEngine", "RetryPolicy", "StepContext", "SagaStatus", "StepStatus", "SagaSnapshot",
     "NonRetryableError", "DefinitionError", "SagaNotFound", "send", "wait_for", "load_definition", "message_name",
     # what users need beside it
-    "SagaDefinition", "StepDefinition", "StepSnapshot", "HistoryEntry", "Store",
+    "SagaDefinition", "StepDefinition", "StepSnapshot", "ItemSnapshot", "HistoryEntry", "Store",
     "SagaError", "SagaBusy", "SagaStateError", "PayloadTooLarge", "StoreError", "NotASagaStore", "UnknownSagaType",
     "LeaseLost", "SagaClient", "DataEncodingError",
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",

@@ -1364,7 +1364,7 @@ def test_uncertain_failure_is_compensated() -> None:
 
 
 def test_step_failed_carries_uncertain_as_its_fifth_field() -> None:
-    assert StepFailed._fields == ("step", "token", "error", "retryable", "uncertain", "traceback")
+    assert StepFailed._fields == ("step", "token", "error", "retryable", "uncertain", "traceback", "item")
     assert StepFailed("a", 1, "x").uncertain is False
     assert StepFailed("a", 1, "x", True, True).uncertain is True
 

@@ -44,7 +44,7 @@ from ._observe import (
     TransitionInput,
 )
 from ._policy import RetryPolicy
-from ._snapshot import SagaSnapshot, StepSnapshot
+from ._snapshot import ItemSnapshot, SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
 from ._store import Store
 from .machine import HistoryEntry
@@ -82,6 +82,7 @@ __all__ = [
     "DataEncodingError",
     "DefinitionError",
     "HistoryEntry",
+    "ItemSnapshot",
     "LeaseLost",
     "LoggingObserver",
     "MessageInput",

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from ._json import from_json
 from .machine import SagaState, step_results
 
-__all__ = ["StepContext"]
+__all__ = ["ItemContext", "StepContext"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,8 @@ class StepContext:
             its action is annotated to return, if any).
         worker_id: the worker that holds the saga's lease and runs this attempt
             (None outside an engine); ``sagakit.stores.postgres.fenced`` checks it.
+        item: in a for-each step, the item this attempt is for (None in other steps).
+        item_index: in a for-each step, the item's position in the list (None in other steps).
     """
 
     __slots__ = (
@@ -195,6 +197,96 @@ class StepContext:
         self.data = {**self.data, **update}
         self._updates = {**(self._updates or {}), **update}
 
+    @property
+    def item(self) -> Any:
+        """In a for-each step, the item this attempt is for; None in other steps."""
+        return None
+
+    @property
+    def item_index(self) -> int | None:
+        """In a for-each step, the item's position in the step's list; None in other steps."""
+        return None
+
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "action"
         return f"StepContext(saga_id={self.saga_id!r}, step={self.step!r}, {kind}, attempt={self.attempt})"
+
+
+class ItemContext(StepContext):
+    """The context of an attempt for one item of a for-each step.
+
+    As ``StepContext``, and: ``item`` (the item, as stored: JSON), ``item_index``
+    (its position in the list), ``item_key`` (the definition's ``key`` of the
+    item, or its index, as a string); ``idempotency_key`` is
+    ``saga id:step:item key:action`` (or ``:compensation``), the same for
+    every attempt of this item's side; in a compensation ``result`` is the
+    item's own result.
+    """
+
+    __slots__ = ("_item", "_item_index", "item_key")
+    _item: Any
+    _item_index: int
+    item_key: str
+
+    @classmethod
+    def _of_item(
+        cls,
+        st: SagaState,
+        step: str,
+        index: int,
+        attempt: int,
+        compensation: bool,
+        worker_id: str | None = None,
+        types: Mapping[str, type] | None = None,
+    ) -> ItemContext:
+        """The context of an attempt of item *index* of for-each step *step* in the saga *st*.
+
+        *types* maps the saga's other steps to the model their results are read as.
+        """
+        items = st.steps[step].items
+        assert items is not None
+        it = items[index]
+        ctx = cls.__new__(cls)
+        ctx.saga_id = st.id
+        ctx.saga_name = st.name
+        ctx.step = step
+        ctx.attempt = attempt
+        ctx.data = st.data
+        ctx._results = None
+        ctx._idempotency_key = None
+        ctx._state = st
+        ctx._types = types or None
+        ctx.correlation_id = st.correlation_id
+        ctx.compensation = compensation
+        ctx.result = it.result if compensation else None
+        ctx.worker_id = worker_id
+        ctx._updates = None
+        ctx._item = it.value
+        ctx._item_index = index
+        ctx.item_key = it.key
+        return ctx
+
+    @property
+    def item(self) -> Any:
+        return self._item
+
+    @property
+    def item_index(self) -> int | None:
+        return self._item_index
+
+    @property
+    def idempotency_key(self) -> str:
+        """``saga id:step:item key:action`` (or ``:compensation``): the same for every attempt of this item's side."""
+        key = self._idempotency_key
+        if key is None:
+            key = self._idempotency_key = (
+                f"{self.saga_id}:{self.step}:{self.item_key}:{'compensation' if self.compensation else 'action'}"
+            )
+        return key
+
+    def __repr__(self) -> str:
+        kind = "compensation" if self.compensation else "action"
+        return (
+            f"ItemContext(saga_id={self.saga_id!r}, step={self.step!r}, item={self._item_index}, {kind}, "
+            f"attempt={self.attempt})"
+        )

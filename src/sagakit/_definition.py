@@ -15,6 +15,7 @@ from ._policy import RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ForEach",
     "ReplyRead",
     "SagaBuilder",
     "SagaDefinition",
@@ -115,8 +116,28 @@ class Trigger(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ForEach:
+    """What makes a step a for-each step: its item list, each item's key, and how many items run at once.
+
+    ``items(data, results)`` is called once, when the step is dispatched, with
+    the saga's data and the results of the finished steps; it returns the
+    list of items. ``key(item)`` gives the part of an item's idempotency key
+    that tells it from the others (default: its index in the list).
+    """
+
+    items: Callable[[Any, Mapping[str, Any]], Any]
+    key: Callable[[Any], Any] | None = None
+    parallelism: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class StepDefinition:
-    """One step of a saga definition."""
+    """One step of a saga definition.
+
+    With ``for_each`` set the step runs its action (and compensation) once per
+    item of a list, each item with its own attempts; the functions then take
+    ``(item, ctx)``.
+    """
 
     name: str
     action: Callable[..., Any] | StepAction
@@ -129,6 +150,8 @@ class StepDefinition:
     pivot: bool = False
     compensate_failed: bool = False
     """Compensate the step on rollback even when it failed (for steps that can half-fail)."""
+    for_each: ForEach | None = None
+    """Set on a for-each step (``SagaBuilder.for_each``)."""
     # Derived from the fields above when the definition is made; the state
     # machine and the runtime read them on every attempt.
     local: bool = field(init=False, repr=False, compare=False)
@@ -188,6 +211,7 @@ class SagaDefinition:
     descendants: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
     ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
     pivots: tuple[str, ...] = field(default=(), compare=False)  # the pivot steps, in order
+    for_each: tuple[str, ...] = field(default=(), compare=False)  # the for-each steps, in order
 
     @property
     def key(self) -> tuple[str, int]:
@@ -275,6 +299,55 @@ class SagaBuilder:
                 pivot=pivot,
                 compensate_failed=compensate_failed,
             )
+        )
+        return self
+
+    def for_each(
+        self,
+        name: str,
+        items: Callable[[Any, Mapping[str, Any]], Any],
+        action: Callable[..., Any],
+        compensation: Callable[..., Any] | None = None,
+        *,
+        key: Callable[[Any], Any] | None = None,
+        parallelism: int = 10,
+        after: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        compensation_timeout: float | None = None,
+        compensate_failed: bool = False,
+    ) -> SagaBuilder:
+        """Add a for-each step: *action* runs once per item of a list, at most *parallelism* items at a time.
+
+        ``items(data, results)`` returns the list (for example
+        ``lambda data, results: data["lines"]``); it is called once, when the
+        step is due, and the list is stored with the saga, so a restart sees
+        the same items. *action* and *compensation* take ``(item, ctx)``;
+        ``ctx.item_index`` is the item's position and ``ctx.idempotency_key``
+        is ``saga id:step:key:action`` (or ``:compensation``), where the key is
+        ``key(item)`` or the item's index. Each item has its own attempts,
+        *retry* policy and *timeout*. The step's result is the list of the
+        items' results, in the order of the items; an empty list completes the
+        step at once with ``[]``. An item that fails for good fails the step;
+        a rollback then cancels the items in flight and compensates, in reverse
+        order, the items that completed or whose outcome is uncertain.
+
+        Returns the builder, so calls can be chained.
+        """
+        self.step(
+            name,
+            action,
+            compensation,
+            after=after,
+            retry=retry,
+            compensation_retry=compensation_retry,
+            timeout=timeout,
+            compensation_timeout=compensation_timeout,
+            compensate_failed=compensate_failed,
+        )
+        self._steps[-1] = dataclasses.replace(
+            self._steps[-1], for_each=ForEach(items=items, key=key, parallelism=parallelism)
         )
         return self
 
@@ -394,16 +467,43 @@ def _check_callable(where: str, fn: object) -> None:
         return
     if not callable(fn):
         raise DefinitionError(f"{where} must be a function or a message action, got {fn!r}")
+    _check_arity(where, fn, 1, "one argument (the StepContext)")
+
+
+def _check_arity(where: str, fn: object, n: int, what: str) -> None:
     try:
-        sig = inspect.signature(fn)
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return
     try:
-        sig.bind(object())
+        sig.bind(*[object()] * n)
     except TypeError:
+        raise DefinitionError(f"{where} must accept {what}; {fn!r} has signature {sig}") from None
+
+
+def _check_for_each(s: StepDefinition, fe: ForEach) -> None:
+    where = f"for-each step {s.name!r}"
+    if not callable(fe.items):
         raise DefinitionError(
-            f"{where} must accept one argument (the StepContext); {fn!r} has signature {sig}"
-        ) from None
+            f"{where}: items must be a function of (data, results) returning the list, got {fe.items!r} "
+            '(e.g. items=lambda data, results: data["lines"])'
+        )
+    _check_arity(f"{where}: items", fe.items, 2, "two arguments (the saga's data and the results)")
+    if fe.key is not None:
+        if not callable(fe.key):
+            raise DefinitionError(f"{where}: key must be a function of the item, got {fe.key!r}")
+        _check_arity(f"{where}: key", fe.key, 1, "one argument (the item)")
+    p = fe.parallelism
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise DefinitionError(f"{where}: parallelism must be an integer >= 1, got {p!r}")
+    if s.pivot:
+        raise DefinitionError(f"{where} cannot be a pivot step")
+    for label, fn in (("action", s.action), ("compensation", s.compensation)):
+        if fn is None:
+            continue
+        if isinstance(fn, StepAction) or not callable(fn):
+            raise DefinitionError(f"{where}: {label} must be a function of (item, ctx), got {fn!r}")
+        _check_arity(f"{where}: {label}", fn, 2, "two arguments (the item and the StepContext)")
 
 
 def build_definition(
@@ -445,9 +545,12 @@ def build_definition(
             raise DefinitionError(f"saga {name!r}: duplicate step name {s.name!r}")
         by_name[s.name] = s
         where = f"step {s.name!r}"
-        _check_callable(f"{where}: action", s.action)
-        if s.compensation is not None:
-            _check_callable(f"{where}: compensation", s.compensation)
+        if s.for_each is not None:
+            _check_for_each(s, s.for_each)
+        else:
+            _check_callable(f"{where}: action", s.action)
+            if s.compensation is not None:
+                _check_callable(f"{where}: compensation", s.compensation)
         s.retry.validate(f"{where}: retry")
         s.compensation_retry.validate(f"{where}: compensation_retry")
         for label, t in (("timeout", s.timeout), ("compensation_timeout", s.compensation_timeout)):
@@ -509,6 +612,7 @@ def build_definition(
         descendants=descendants,
         ancestors=ancestors,
         pivots=tuple(s.name for s in steps if s.pivot),
+        for_each=tuple(n for n in order if by_name[n].for_each is not None),
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from ._context import StepContext
 from ._cron import parse_cron
 from ._definition import SagaDefinition
 from ._errors import (
@@ -81,6 +82,21 @@ log = logging.getLogger("sagakit")
 # Saga ids need uniqueness, not secrecy: a generator seeded from the OS is
 # ~100x cheaper per id than reading the OS's random source each time.
 _ids = random.Random(os.urandom(32))
+
+
+def _item_function(fn: Callable[..., Any], is_async: bool) -> Callable[[StepContext], Any]:
+    """A for-each step's ``fn(item, ctx)`` as the runtime calls step functions: with the context alone."""
+    if is_async:
+
+        async def run_item_async(ctx: StepContext) -> Any:
+            return await fn(ctx.item, ctx)
+
+        return run_item_async
+
+    def run_item(ctx: StepContext) -> Any:
+        return fn(ctx.item, ctx)
+
+    return run_item
 
 
 def _new_saga_id() -> str:
@@ -198,15 +214,17 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             # The model each step's action is annotated to return: its result is read back as one.
             types: dict[str, type] = {}
             for s in d.steps:
-                model = model_type(s.action) if callable(s.action) else None
+                # A for-each step's result is the list of its items' results, in JSON form.
+                model = model_type(s.action) if callable(s.action) and s.for_each is None else None
                 if model is not None:
                     types[s.name] = model
             for s in d.steps:
                 for comp, fn in ((False, s.action), (True, s.compensation)):
                     if fn is not None and callable(fn):
+                        is_async = inspect.iscoroutinefunction(fn)
                         self._fns[(d.name, d.version, s.name, comp)] = (
-                            fn,
-                            inspect.iscoroutinefunction(fn),
+                            fn if s.for_each is None else _item_function(fn, is_async),
+                            is_async,
                             types,
                         )
         if self._running and not self._closing:
@@ -315,7 +333,9 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             for sid, h in self._held.items():
                 if h.timer is not None:
                     h.timer.cancel()
-                orphaned = any(s.token for s in h.state.steps.values())
+                orphaned = any(
+                    s.token or (s.items is not None and any(it.token for it in s.items)) for s in h.state.steps.values()
+                )
                 leftovers.append((sid, self.clock() if orphaned else h.state.wake_at))
             self._held.clear()
             if leftovers:

@@ -260,7 +260,20 @@ class Masker:
         """*snap* with its data, step results, errors, history lines and tracebacks masked."""
         if not self.active:
             return snap
-        steps = {n: replace(s, result=self.value(s.result), error=self.text(s.error)) for n, s in snap.steps.items()}
+        steps = {
+            n: replace(
+                s,
+                result=self.value(s.result),
+                error=self.text(s.error),
+                items=None
+                if s.items is None
+                else tuple(
+                    replace(it, item=self.value(it.item), result=self.value(it.result), error=self.text(it.error))
+                    for it in s.items
+                ),
+            )
+            for n, s in snap.steps.items()
+        }
         history = tuple(
             h._replace(message=self.text(h.message), traceback=self.text(h.traceback)) for h in snap.history
         )

@@ -152,6 +152,7 @@ class AttemptInput:
     error: str | None
     correlation_id: str | None
     traceback: str | None = None  # of a failed attempt (bounded, as stored in the history)
+    item: int | None = None  # the item's index, in a for-each step
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class AttemptStart:
     compensation: bool
     started: float
     correlation_id: str | None
+    item: int | None = None  # the item's index, in a for-each step
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,28 @@ from typing import Any, TypeVar
 
 from ._json import from_json
 from ._status import SagaStatus, StepStatus
-from .machine import HistoryEntry, SagaState
+from .machine import HistoryEntry, ItemState, SagaState
 
-__all__ = ["SagaSnapshot", "StepSnapshot"]
+__all__ = ["ItemSnapshot", "SagaSnapshot", "StepSnapshot"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSnapshot:
+    """One item of a for-each step as stored."""
+
+    index: int
+    key: str
+    """The item's key (the step's ``key`` of the item, or its index): part of its idempotency key."""
+    item: Any
+    status: StepStatus
+    attempts: int
+    compensation_attempts: int
+    result: Any
+    error: str | None
+    next_attempt_at: float | None
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +47,8 @@ class StepSnapshot:
     next_attempt_at: float | None
     uncertain: bool = False
     """An attempt ended without a clear outcome (cancelled, timed out, result lost): it may have had its effect."""
+    items: tuple[ItemSnapshot, ...] | None = None
+    """The items of a for-each step, in the list's order, once it was read (None for other steps)."""
 
     def result_as(self, model: type[T]) -> T:
         """The step's result read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
@@ -80,6 +99,7 @@ class SagaSnapshot:
                 finished_at=s.finished_at,
                 next_attempt_at=s.wake_at if not s.token else None,
                 uncertain=s.uncertain,
+                items=None if s.items is None else _items(s.items),
             )
             for name, s in st.steps.items()
         }
@@ -124,6 +144,7 @@ class SagaSnapshot:
                     "finished_at": s.finished_at,
                     "next_attempt_at": s.next_attempt_at,
                     "uncertain": s.uncertain,
+                    **({} if s.items is None else {"items": [_item_dict(it) for it in s.items]}),
                 }
                 for n, s in self.steps.items()
             },
@@ -133,3 +154,36 @@ class SagaSnapshot:
                 for h in self.history
             ],
         }  # fmt: skip
+
+
+def _items(items: list[ItemState]) -> tuple[ItemSnapshot, ...]:
+    return tuple(
+        ItemSnapshot(
+            index=i,
+            key=it.key,
+            item=it.value,
+            status=it.status,
+            attempts=it.attempts,
+            compensation_attempts=it.compensation_attempts,
+            result=it.result,
+            error=it.error,
+            next_attempt_at=it.wake_at if not it.token else None,
+            uncertain=it.uncertain,
+        )
+        for i, it in enumerate(items)
+    )
+
+
+def _item_dict(it: ItemSnapshot) -> dict[str, Any]:
+    return {
+        "index": it.index,
+        "key": it.key,
+        "item": it.item,
+        "status": it.status.value,
+        "attempts": it.attempts,
+        "compensation_attempts": it.compensation_attempts,
+        "result": it.result,
+        "error": it.error,
+        "next_attempt_at": it.next_attempt_at,
+        "uncertain": it.uncertain,
+    }

@@ -147,6 +147,7 @@ class OpenTelemetryObserver(BaseObserver):
                 "sagakit.attempt": event.attempt,
                 "sagakit.compensation": event.compensation,
                 **({"sagakit.correlation_id": event.correlation_id} if event.correlation_id else {}),
+                **({"sagakit.item": event.item} if event.item is not None else {}),
             },
         )
         return _Scope(span, self.masker)

@@ -17,7 +17,7 @@ import pytest
 
 from sagakit import SagaNotFound, SagaStatus, StepStatus
 from sagakit._store import Lease, OutboxMessage, SagaQuery, Store, WorkerInfo, Write
-from sagakit.machine import HistoryEntry, SagaState, StepState
+from sagakit.machine import HistoryEntry, ItemState, SagaState, StepState
 from sagakit.stores._sql import SCHEMA_VERSION
 
 StoreFactory = Callable[[], Store]
@@ -198,6 +198,34 @@ class StoreContract:
         got = await store.get("s-1")
         assert got == st
         assert await store.get("nope") is None
+
+    async def test_the_items_of_a_for_each_step_round_trip_and_change_with_a_commit(self, store: Store) -> None:
+        items = [
+            ItemState({"sku": "a", "qty": 2}, "a", StepStatus.COMPLETED, 1, 0, 0, {"held": 2}),
+            ItemState("b", "1", StepStatus.RUNNING, 2, 0, 9, None, "timed out", None, True),
+            ItemState(None, "2", StepStatus.PENDING, 1, 0, 0, None, "busy", 130.5),
+            ItemState([1, 2], "3", StepStatus.COMPENSATION_FAILED, 1, 3, 0, 7, "gave up"),
+            ItemState(3, "4"),
+        ]
+        st = saga("s-items")
+        st.steps = {
+            "each": StepState(StepStatus.RUNNING, attempts=1, wake_at=130.5, items=items),
+            "empty": StepState(StepStatus.COMPLETED, attempts=1, result=[], items=[]),
+            "plain": StepState(),
+        }
+        await put(store, st, wake_at=130.5)
+        got = await store.get("s-items")
+        assert got == st
+        assert got is not None and got.steps["plain"].items is None and got.steps["empty"].items == []
+        nxt = got.copy()
+        nxt.revision = got.revision + 1
+        changed = nxt.steps["each"].items
+        assert changed is not None
+        changed[1] = changed[1]._replace(status=StepStatus.COMPLETED, token=0, result="B")
+        await store.commit([Write(nxt, got.revision, [], None)])
+        again = await store.get("s-items")
+        assert again is not None and again.steps["each"].items == changed
+        assert got.steps["each"].items == items, "the state read before is not changed by the copy"
 
     async def test_insert_without_optional_fields(self, store: Store) -> None:
         st = saga("s-2", data=[1, "two"])

@@ -90,3 +90,30 @@ async def test_a_message_step_without_its_reply_is_refused(saga_env: SagaTestEnv
 
 def test_injected_failure_is_an_ordinary_exception() -> None:
     assert issubclass(InjectedFailure, Exception)
+
+
+async def test_the_failure_paths_of_a_saga_with_a_for_each_step(saga_env: SagaTestEnv) -> None:
+    """Injection wraps a for-each step's item functions too: all its items fail (or their compensations do)."""
+
+    def reserve(line: str, ctx) -> str:
+        return f"held-{line}"
+
+    def release(line: str, ctx) -> None:
+        return None
+
+    def charge(ctx) -> int:
+        return len(ctx.results["reserve"])
+
+    b = SagaBuilder("lines")
+    b.for_each("reserve", items=lambda data, results: data["lines"], action=reserve, compensation=release)
+    b.step("charge", charge, lambda ctx: None)
+    b.step("ship", lambda ctx: None)
+    report = await explore_failures(b.build(), {"lines": ["a", "b"]}, env=saga_env)
+    report.assert_ok()
+    assert report["no failure"].snapshot.steps["reserve"].result == ["held-a", "held-b"]
+    assert report["reserve fails"].status is SagaStatus.COMPENSATED
+    ship = report["ship fails"]
+    assert ship.status is SagaStatus.COMPENSATED and ship.compensated == ("charge", "reserve")
+    items = ship.snapshot.steps["reserve"].items
+    assert items is not None and [i.status for i in items] == [StepStatus.COMPENSATED] * 2
+    assert report["ship fails, compensation of reserve fails"].status is SagaStatus.FAILED

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .._context import StepContext
+from .._context import ItemContext, StepContext
 from .._errors import DataEncodingError, NonRetryableError
 from .._json import encode, to_json
 from .._messages import MessageMappingError, validate_state
@@ -26,7 +26,7 @@ from ..machine import KEEP, CancelAttempt, Event, HistoryEntry, RunStep, StepFai
 from ._base import Held, RuntimeBase, log
 
 _NOT_RUN = object()  # what a thread returns for an attempt cancelled before it started
-# StepSucceeded((step, token, result, size, data)) without the named tuple's generated __new__.
+# StepSucceeded((step, token, result, size, data, item)) without the named tuple's generated __new__.
 _succeeded = functools.partial(tuple.__new__, StepSucceeded)
 
 
@@ -68,7 +68,7 @@ class Attempts(RuntimeBase):
             scope = open_scope(
                 self._tracers,
                 "attempt_scope",
-                AttemptStart(st.id, st.name, name, eff.attempt, eff.compensation, started, st.correlation_id),
+                AttemptStart(st.id, st.name, name, eff.attempt, eff.compensation, started, st.correlation_id, eff.item),
             )
         error: BaseException | None = None
         is_async = False
@@ -76,7 +76,10 @@ class Attempts(RuntimeBase):
             if entry is None:
                 raise NonRetryableError(f"step {name!r} has no local {direction}: message steps need a transport")
             fn, is_async, types = entry
-            ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id, types)
+            if eff.item is None:
+                ctx = StepContext._of(st, name, eff.attempt, eff.compensation, self.worker_id, types)
+            else:
+                ctx = ItemContext._of_item(st, name, eff.item, eff.attempt, eff.compensation, self.worker_id, types)
             if slots.free and not slots.waiters:
                 slots.free -= 1
             else:
@@ -115,12 +118,12 @@ class Attempts(RuntimeBase):
                 )
             except DataEncodingError as e:
                 # The function ran to its end: its effect happened, only its result is lost.
-                event = StepFailed(name, eff.token, str(e), False, True)
+                event = StepFailed(name, eff.token, str(e), False, True, None, eff.item)
             else:
                 if blob is None:
-                    event = _succeeded((name, eff.token, None, 4, data))
+                    event = _succeeded((name, eff.token, None, 4, data, eff.item))
                 else:
-                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), data))
+                    event = _succeeded((name, eff.token, orjson.loads(blob), len(blob), data, eff.item))
         except TimeoutError as e:
             # The attempt was cut off mid-way: it may have had its effect. An async step's
             # traceback shows where it was waiting when it was cut off.
@@ -132,6 +135,7 @@ class Attempts(RuntimeBase):
                 True,
                 True,
                 format_traceback(e) if is_async else None,
+                eff.item,
             )
         except asyncio.CancelledError:
             held.inflight.pop(eff.token, None)
@@ -141,12 +145,14 @@ class Attempts(RuntimeBase):
         except (NonRetryableError, DataEncodingError) as e:
             # Stored data that does not fit its model will not fit on the next attempt either.
             error = e
-            event = StepFailed(name, eff.token, _describe(e), False, False, format_traceback(e))
+            event = StepFailed(name, eff.token, _describe(e), False, False, format_traceback(e), eff.item)
         except Exception as e:
             error = e
             sdef = defn.by_name[name]
             policy = sdef.compensation_retry if eff.compensation else sdef.retry
-            event = StepFailed(name, eff.token, _describe(e), policy.is_retryable(e), False, format_traceback(e))
+            event = StepFailed(
+                name, eff.token, _describe(e), policy.is_retryable(e), False, format_traceback(e), eff.item
+            )
         if self._observers:
             message = tb = None
             outcome = "succeeded"
@@ -160,7 +166,7 @@ class Attempts(RuntimeBase):
                 "on_attempt",
                 AttemptInput(
                     st.id, st.name, name, eff.attempt, eff.compensation, started, ended, outcome, message,
-                    st.correlation_id, tb,
+                    st.correlation_id, tb, eff.item,
                 ),
             )  # fmt: skip
         return event
@@ -243,10 +249,11 @@ class Attempts(RuntimeBase):
             return
         how = f"raised {_describe(exc)}" if exc is not None else "returned"
         what = "compensation of step" if eff.compensation else "step"
+        item = "" if eff.item is None else f" item {eff.item}"
         entry = HistoryEntry(
             self.clock(),
             "stale_rejected",
-            f"{what} {eff.step!r} attempt {eff.attempt} {how} after it was abandoned; its result is not applied",
+            f"{what} {eff.step!r}{item} attempt {eff.attempt} {how} after it was abandoned; its result is not applied",
             eff.step,
             eff.attempt,
         )
@@ -274,7 +281,13 @@ def _with_update(held: Held, event: StepSucceeded, update: DataUpdate) -> Event:
         except MessageMappingError as e:
             # The step ran to its end: its effect happened, only its data change is refused.
             return StepFailed(
-                event.step, event.token, f"ctx.update_data: the new saga data is invalid: {e}", False, True
+                event.step,
+                event.token,
+                f"ctx.update_data: the new saga data is invalid: {e}",
+                False,
+                True,
+                None,
+                event.item,
             )
     return event._replace(data=merged)
 

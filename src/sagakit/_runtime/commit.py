@@ -323,7 +323,9 @@ class Committer(RuntimeBase):
         by_name = held.definition.by_name
         for eff in p.effects:
             s = current.steps.get(eff.step)
-            if s is None or s.token != eff.token or self._closing or not self._running:
+            if s is None or self._closing or not self._running:
+                continue
+            if s.token != eff.token and (eff.item is None or s.items is None or s.items[eff.item].token != eff.token):
                 continue
             sdef = by_name[eff.step]
             if sdef.compensation_local if eff.compensation else sdef.local:

@@ -155,6 +155,14 @@ class Leases(RuntimeBase):
                         for n, s in held.state.steps.items()
                         if s.token and s.token in held.inflight
                     ]
+                    running += [
+                        f"{n!r} item {i} attempt "
+                        f"{it.compensation_attempts if it.status.value == 'compensating' else it.attempts}"
+                        for n, s in held.state.steps.items()
+                        if s.items is not None
+                        for i, it in enumerate(s.items)
+                        if it.token and it.token in held.inflight
+                    ]
                     for task in held.inflight.values():
                         task.cancel()
                     log.warning("sagakit: lease of saga %s was lost to another worker", sid)

@@ -31,7 +31,7 @@ class GraphNode:
 
     name: str
     after: tuple[str, ...]
-    kind: str  # "local", "send" (a command and its reply), "wait" (an external event)
+    kind: str  # "local", "send" (a command and its reply), "wait" (an external event), "for-each"
     compensation: str | None  # None, "local" or "send"
     pivot: bool
     state: str
@@ -141,7 +141,7 @@ def build_graph(snap: SagaSnapshot, definition: SagaDefinition | None) -> SagaGr
             GraphNode(
                 name=n,
                 after=deps[n],
-                kind=_kind(sdef.action) if sdef is not None else "unknown",
+                kind="unknown" if sdef is None else "for-each" if sdef.for_each is not None else _kind(sdef.action),
                 compensation=None if sdef is None or sdef.compensation is None else _kind(sdef.compensation),
                 pivot=bool(sdef and sdef.pivot),
                 state=step_state(s, sdef, saga_finished=snap.status.terminal) if s is not None else "remaining",

@@ -130,18 +130,41 @@ _ACTION_DOC = {
 
 
 def _schemas() -> dict[str, Any]:
-    step = _obj(
+    item = _obj(
         {
+            "index": _INT,
+            "key": _STR,
+            "item": _ANY,
             "status": _STR,
             "attempts": _INT,
             "compensation_attempts": _INT,
             "result": _ANY,
             "error": _nullable(_STR),
-            "started_at": _nullable(_NUM),
-            "finished_at": _nullable(_NUM),
             "next_attempt_at": _nullable(_NUM),
             "uncertain": {"type": "boolean"},
         }
+    )
+    step_props = {
+        "status": _STR,
+        "attempts": _INT,
+        "compensation_attempts": _INT,
+        "result": _ANY,
+        "error": _nullable(_STR),
+        "started_at": _nullable(_NUM),
+        "finished_at": _nullable(_NUM),
+        "next_attempt_at": _nullable(_NUM),
+        "uncertain": {"type": "boolean"},
+    }
+    step = _obj(
+        {
+            **step_props,
+            "items": {
+                "type": "array",
+                "items": item,
+                "description": "The items of a for-each step, in the list's order (for-each steps only).",
+            },
+        },
+        required=list(step_props),
     )
     history = _obj(
         {

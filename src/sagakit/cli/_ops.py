@@ -354,6 +354,28 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
             s.error or "",
         )
     out.print(steps)
+    for s in snap.steps.values():
+        if s.items is None:
+            continue
+        items = Table(title=f"items of {s.name}", title_justify="left", header_style="bold")
+        items.add_column("#", justify="right")
+        items.add_column("KEY", no_wrap=True)
+        items.add_column("STATUS", no_wrap=True)
+        items.add_column("ATTEMPTS", justify="right")
+        items.add_column("COMP. ATTEMPTS", justify="right")
+        items.add_column("RESULT", overflow="fold")
+        items.add_column("ERROR", overflow="fold", style="red")
+        for it in s.items:
+            items.add_row(
+                str(it.index),
+                it.key,
+                status_text(it.status) + (" (uncertain)" if it.uncertain else ""),
+                str(it.attempts),
+                str(it.compensation_attempts),
+                short(it.result, 80),
+                it.error or "",
+            )
+        out.print(items)
 
     history = Table(title="history", title_justify="left", header_style="bold")
     history.add_column("AT", no_wrap=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus
+from ._items import has_inflight, pump, resume_items, stop_items
 from ._progress import (
     _S,
-    ROLLBACK,
     _begin,
     _clear_rollback,
     _entry,
@@ -21,6 +21,7 @@ from ._progress import (
 from ._types import (
     FAILURE,
     KEEP,
+    ROLLBACK,
     Effect,
     HistoryEntry,
     Reply,
@@ -40,6 +41,8 @@ def _on_completion(
     fx: list[Effect],
     hist: list[HistoryEntry],
 ) -> bool:
+    if ev.item is not None:
+        return _on_item(defn, st, ev, ev.item, now, fx, hist)
     s = st.steps.get(ev.step)
     if s is None or s.token == 0 or s.token != ev.token:
         current = "none" if s is None or s.token == 0 else str(s.token)
@@ -159,6 +162,120 @@ def _action_done(
             ev.traceback,
         )
     )
+
+
+def _on_item(
+    defn: SagaDefinition,
+    st: SagaState,
+    ev: StepSucceeded | StepFailed,
+    i: int,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> bool:
+    """An attempt of item *i* of a for-each step ended."""
+    name = ev.step
+    s = st.steps.get(name)
+    items = None if s is None else s.items
+    if items is None or not 0 <= i < len(items) or items[i].token == 0 or items[i].token != ev.token:
+        current = "none" if items is None or not 0 <= i < len(items) or not items[i].token else str(items[i].token)
+        hist.append(
+            HistoryEntry(
+                now,
+                "stale_rejected",
+                f"completion of step {name!r} item {i} with token {ev.token} rejected: "
+                f"current token is {current} (the attempt is no longer current)",
+                name,
+            )
+        )
+        return False
+    sdef = defn.by_name[name]
+    s = _own(st, name)
+    items = s.items
+    assert items is not None
+    it = items[i]
+    if it.status is _S.COMPENSATING:
+        n = it.compensation_attempts
+        if isinstance(ev, StepSucceeded):
+            items[i] = it._replace(status=_S.COMPENSATED, token=0, error=None, wake_at=None)
+            hist.append(_entry((now, "item_compensated", f"step {name!r} item {i} compensated", name, n, None)))
+        else:
+            policy = sdef.compensation_retry
+            if ev.retryable and n < policy.max_attempts:
+                delay = policy.delay(n, f"{st.id}:{name}:{it.key}:compensation")
+                items[i] = it._replace(token=0, error=ev.error, wake_at=now + delay)
+                message = (
+                    f"compensation of step {name!r} item {i} attempt {n} failed: {ev.error}; retry in {delay:.3f}s"
+                )
+            else:
+                items[i] = it._replace(status=_S.COMPENSATION_FAILED, token=0, error=ev.error, wake_at=None)
+                why = "not retryable" if not ev.retryable else f"after {n} attempts"
+                message = f"compensation of step {name!r} item {i} gave up ({why}): {ev.error}"
+            hist.append(HistoryEntry(now, "item_compensation_failed", message, name, n, ev.traceback))
+        pump(sdef, st, s, now, fx, hist)
+        return True
+    if isinstance(ev, StepSucceeded):
+        if ev.size > defn.max_payload_bytes:
+            # The action ran to its end: its effect happened though its result is refused.
+            ev = StepFailed(
+                name,
+                ev.token,
+                f"result of step {name!r} item {i} is {ev.size} bytes, over the limit of "
+                f"{defn.max_payload_bytes} bytes (max_payload_bytes)",
+                False,
+                True,
+                None,
+                i,
+            )
+        else:
+            if ev.data is not KEEP:
+                st.data = ev.data
+            items[i] = it._replace(status=_S.COMPLETED, token=0, result=ev.result, error=None, wake_at=None)
+            hist.append(_entry((now, "item_completed", f"step {name!r} item {i} completed", name, it.attempts, None)))
+            pump(sdef, st, s, now, fx, hist)
+            return True
+    uncertain = it.uncertain or ev.uncertain
+    deferred = ROLLBACK in st.meta
+    if st.status is SagaStatus.RUNNING and ev.retryable and it.attempts < sdef.retry.max_attempts and not deferred:
+        delay = sdef.retry.delay(it.attempts, f"{st.id}:{name}:{it.key}")
+        items[i] = it._replace(status=_S.PENDING, token=0, error=ev.error, wake_at=now + delay, uncertain=uncertain)
+        hist.append(
+            HistoryEntry(
+                now,
+                "item_failed",
+                f"step {name!r} item {i} attempt {it.attempts} failed: {ev.error}; retry in {delay:.3f}s",
+                name,
+                it.attempts,
+                ev.traceback,
+            )
+        )
+        pump(sdef, st, s, now, fx, hist)
+        return True
+    items[i] = it._replace(status=_S.FAILED, token=0, error=ev.error, wake_at=None, uncertain=uncertain)
+    if deferred:
+        why = "not retried: a rollback waits for the pivot step"
+    else:
+        why = "not retryable" if not ev.retryable else f"after {it.attempts} attempts"
+    hist.append(
+        HistoryEntry(
+            now, "item_failed", f"step {name!r} item {i} failed ({why}): {ev.error}", name, it.attempts, ev.traceback
+        )
+    )
+    # The item failed for good, and with it the step: the other items stop.
+    error = f"item {i} (key {it.key!r}) failed: {ev.error}"
+    stop_items(s, name, now, f"item {i} of the step failed", fx, hist)
+    s.status = _S.FAILED
+    s.error = error
+    s.finished_at = now
+    hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed: {error}", name, s.attempts))
+    if st.status is not SagaStatus.RUNNING or deferred:
+        return True
+    past = _past_pivot_name(defn, st)
+    if past is not None:
+        _fail_past_pivot(st, name, past, error, now, fx, hist)
+    else:
+        _rollback(defn, st, now, f"step {name!r} failed: {error}", fx, hist)
+    return True
 
 
 def _compensation_done(
@@ -317,6 +434,9 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect]
         if not _not_yet(st, now):
             _begin(defn, st, now, fx, hist)
         return
+    for name in defn.for_each:
+        if has_inflight(st.steps[name]):
+            resume_items(defn.by_name[name], st, _own(st, name), now, fx, hist)
     for name in defn.order:
         s = st.steps[name]
         if not s.token:

@@ -8,14 +8,15 @@ from typing import Any
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._completions import _match_reply, _on_completion, _on_resume, _on_timer
+from ._items import pump
 from ._operators import _on_abort, _on_compensate, _on_retry, _on_skip
 from ._progress import (
     _S,
-    ROLLBACK,
     _advance,
     _begin,
     _fork,
     _not_yet,
+    _own,
     _refuse_rollback,
     _wake,
     attempt_timeout,
@@ -23,6 +24,7 @@ from ._progress import (
 )
 from ._types import (
     QUEUED_EVENTS,
+    ROLLBACK,
     START_AT,
     STATE_VERSION,
     Abort,
@@ -157,11 +159,30 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
     if rejected is not None:
         return _refused(state, event, rejected, now)
     if not stale:
+        if definition.for_each:
+            # An item's completion has pumped its own step already.
+            done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
+            _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
     st._shared = None
     return Decision(st, fx, hist, None, stale)
+
+
+def _pump_for_each(
+    definition: SagaDefinition,
+    st: SagaState,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+    pumped: str | None,
+) -> None:
+    """Start the items of running for-each steps that are due (a retry's time came, a rollback was refused)."""
+    for name in definition.for_each:
+        s = st.steps[name]
+        if s.status is _S.RUNNING and s.items is not None and name != pumped:
+            pump(definition.by_name[name], st, _own(st, name), now, fx, hist)
 
 
 def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from .._definition import SagaDefinition
 from .._status import SagaStatus
+from ._items import has_inflight, stop_items
 from ._progress import (
     _ACTIVE_SAGA,
     _S,
-    ROLLBACK,
     _cancel,
     _clear_rollback,
     _orphans_pending,
@@ -17,6 +17,7 @@ from ._progress import (
     _who,
 )
 from ._types import (
+    ROLLBACK,
     Abort,
     Compensate,
     Effect,
@@ -37,6 +38,7 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
                 s.status = _S.COMPENSATING
                 s.compensation_attempts = 0
                 s.wake_at = now
+                # A for-each step's items whose compensation gave up are marked again when it is dispatched.
             st.status = SagaStatus.COMPENSATING
             st.error = None
             hist.append(HistoryEntry(now, "retry", f"retry of compensation of {comp_failed} {who}"))
@@ -48,6 +50,12 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
                 s.status = _S.PENDING
                 s.attempts = 0
                 s.wake_at = None
+                if s.items is not None:
+                    # A for-each step runs again the items that did not complete.
+                    s.items = [
+                        it._replace(status=_S.PENDING, attempts=0, wake_at=None) if it.status is _S.FAILED else it
+                        for it in s.items
+                    ]
             _orphans_pending(st)
             st.status = SagaStatus.RUNNING
             st.error = None
@@ -58,7 +66,12 @@ def _on_retry(st: SagaState, ev: Retry, now: float, hist: list[HistoryEntry]) ->
         waiting = [n for n, s in st.steps.items() if not s.token and s.wake_at is not None]
         if waiting:
             for n in waiting:
-                _own(st, n).wake_at = now
+                s = _own(st, n)
+                s.wake_at = now
+                if s.items is not None:
+                    s.items = [
+                        it._replace(wake_at=now) if not it.token and it.wake_at is not None else it for it in s.items
+                    ]
             hist.append(HistoryEntry(now, "retry", f"retry of waiting steps {waiting} now {who}"))
             return None
         return f"saga is {st.status.value} and no step is waiting for a retry: nothing to retry"
@@ -73,6 +86,11 @@ def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, h
         return f"saga is {st.status.value}: steps of a finished saga cannot be skipped"
     if s.status in (_S.COMPLETED, _S.COMPENSATED, _S.SKIPPED):
         return f"step {ev.step!r} is {s.status.value}: only a waiting or failed step can be skipped"
+    if has_inflight(s):
+        return (
+            f"for-each step {ev.step!r} is executing (items are in flight): skip is refused while they run; "
+            "wait for them to end, or compensate or abort the saga, which cancel them"
+        )
     if s.token:
         comp = s.status is _S.COMPENSATING
         sdef = None if defn is None else defn.by_name[ev.step]
@@ -90,6 +108,8 @@ def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, h
     s.status = _S.SKIPPED
     s.token = 0
     s.wake_at = None
+    if s.items is not None:  # a for-each step's items waiting for a retry will not get it
+        s.items = [it._replace(wake_at=None) if it.wake_at is not None else it for it in s.items]
     s.finished_at = now
     if was in (_S.COMPENSATING, _S.COMPENSATION_FAILED):
         note = "compensation marked resolved"
@@ -160,6 +180,12 @@ def _on_abort(
     for n, s in st.steps.items():
         if s.token:
             _cancel(defn, st, n, now, "the saga was aborted", fx, hist)
+        elif s.items is not None and s.status in (_S.RUNNING, _S.COMPENSATING):
+            mine = _own(st, n)
+            stop_items(mine, n, now, "the saga was aborted", fx, hist)
+            mine.status = _S.FAILED if mine.status is _S.RUNNING else _S.COMPENSATION_FAILED
+            mine.error = "cancelled: the saga was aborted"
+            mine.finished_at = now
         elif s.wake_at is not None:
             _own(st, n).wake_at = None
     return None

@@ -12,7 +12,9 @@ from typing import Any
 
 from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
+from ._items import items_to_undo, read_items, start_items, stop_items
 from ._types import (
+    ROLLBACK,
     START_AT,
     CancelAttempt,
     Effect,
@@ -29,8 +31,6 @@ _entry = functools.partial(tuple.__new__, HistoryEntry)
 _run = functools.partial(tuple.__new__, RunStep)
 _DONE = (_S.COMPLETED, _S.SKIPPED)
 _ACTIVE_SAGA = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
-# Key of SagaState.meta holding a rollback that waits for a running pivot step's outcome.
-ROLLBACK = "rollback_requested"
 
 
 def _fork(state: SagaState) -> SagaState:
@@ -94,6 +94,8 @@ def _rollback(
         s = st.steps[name]
         if s.status is _S.RUNNING and s.token:
             _cancel(defn, st, name, now, f"the saga is rolled back ({reason})", fx, hist)
+        elif s.items is not None and s.status is _S.RUNNING:
+            _stop_for_each(st, name, now, f"the saga is rolled back ({reason})", fx, hist)
         elif s.status is _S.PENDING and s.attempts:
             # It failed before and waits for its next attempt, which will not come.
             s = _own(st, name)
@@ -109,6 +111,18 @@ def _rollback(
                     s.attempts,
                 )
             )
+
+
+def _stop_for_each(
+    st: SagaState, name: str, now: float, reason: str, fx: list[Effect], hist: list[HistoryEntry]
+) -> None:
+    """A running for-each step is rolled back: its items in flight are cancelled, and the step has failed."""
+    s = _own(st, name)
+    stop_items(s, name, now, reason, fx, hist)
+    s.status = _S.FAILED
+    s.finished_at = now
+    s.error = f"cancelled: {reason}"
+    hist.append(HistoryEntry(now, "step_failed", f"step {name!r} stopped: {reason}", name, s.attempts))
 
 
 def _cancel(
@@ -181,6 +195,10 @@ def _fail_past_pivot(
             hist.append(
                 HistoryEntry(now, "step_cancelled", f"step {n!r} attempt {s.attempts} stopped: the saga failed", n)
             )
+        elif was.items is not None and was.status is _S.RUNNING:
+            s = _own(st, n)
+            stop_items(s, n, now, "the saga failed", fx, hist, again=True)
+            s.status = _S.PENDING
 
 
 def _refuse_rollback(
@@ -231,8 +249,11 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
             _rollback(defn, st, now, f"deadline of {defn.deadline}s exceeded", fx, hist)
             if st.status is SagaStatus.RUNNING:
                 return
+        elif defn.for_each and _read_due_items(defn, st, now, fx, hist):
+            pass  # an item list could not be read: the step failed, and the saga rolls back (or stops)
         else:
             all_done = True
+            settled = False
             for name in defn.order:
                 s = steps[name]
                 if s.status in _DONE:
@@ -244,11 +265,15 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
                         if steps[d].status not in _DONE:
                             break
                     else:
-                        _dispatch(sdef, st, s, False, now, fx, hist)
+                        if _dispatch(sdef, st, s, False, now, fx, hist):
+                            settled = True  # a for-each step over no items completed: go on from it
+                            break
             if all_done:
                 st.status = SagaStatus.COMPLETED
                 st.error = None
                 hist.append(_entry((now, "completed", "saga completed", None, None, None)))
+            elif settled:
+                _advance(defn, st, now, fx, hist)  # the steps after it may be ready now
             return
     if st.status is SagaStatus.COMPENSATING:
         busy = False
@@ -258,11 +283,10 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
             if status is _S.RUNNING:
                 busy = True
             elif status is _S.COMPENSATING:
-                if s.token:
-                    busy = True
-                else:
-                    if s.wake_at is None or s.wake_at <= now:
-                        _dispatch(defn.by_name[name], st, s, True, now, fx, hist)
+                if s.token or not (
+                    (s.wake_at is None or s.wake_at <= now)
+                    and _dispatch(defn.by_name[name], st, s, True, now, fx, hist)
+                ):
                     busy = True
             elif status is _S.COMPLETED or status is _S.FAILED:
                 sdef = defn.by_name[name]
@@ -270,8 +294,8 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
                     s = _own(st, name)
                     s.status = _S.COMPENSATING
                     s.compensation_attempts = 0
-                    _dispatch(sdef, st, s, True, now, fx, hist)
-                    busy = True
+                    if not _dispatch(sdef, st, s, True, now, fx, hist):
+                        busy = True
         if not busy:
             gave_up = [n for n, s in steps.items() if s.status is _S.COMPENSATION_FAILED]
             if gave_up:
@@ -284,10 +308,69 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
                 hist.append(_entry((now, "compensated", "saga compensated", None, None, None)))
 
 
+def _read_due_items(
+    defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> bool:
+    """Read the item lists of the for-each steps about to be dispatched, before anything else is.
+
+    A step over no items completes here. True if a list could not be read:
+    the step has failed, and the saga rolls back (or stops, past its pivot)
+    before any other step starts.
+    """
+    steps = st.steps
+    for name in defn.for_each:
+        s = steps[name]
+        if s.status is not _S.PENDING or s.items is not None or (s.wake_at is not None and s.wake_at > now):
+            continue
+        sdef = defn.by_name[name]
+        if any(steps[d].status not in _DONE for d in sdef.after):
+            continue
+        read = read_items(sdef, st.data, step_results(st))
+        s = _own(st, name)
+        if read == []:
+            # Over no items: complete at once, so that the for-each steps after it (later in
+            # defn.for_each, which is in dependency order) are read before anything is dispatched.
+            s.items = []
+            s.status = _S.COMPLETED
+            s.attempts += 1
+            s.result = []
+            s.error = None
+            s.started_at = s.started_at or now
+            s.finished_at = now
+            hist.append(HistoryEntry(now, "step_started", f"for-each step {name!r} over 0 items", name, s.attempts))
+            hist.append(_entry((now, "step_completed", f"step {name!r} completed", name, s.attempts, None)))
+            continue
+        if isinstance(read, list):
+            s.items = read
+            continue
+        s.status = _S.FAILED
+        s.attempts += 1
+        s.error = read
+        s.started_at = s.started_at or now
+        s.finished_at = now
+        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed (not retryable): {read}", name, s.attempts))
+        _for_each_failed(defn, st, name, now, fx, hist)
+        return True
+    return False
+
+
+def _for_each_failed(
+    defn: SagaDefinition, st: SagaState, name: str, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> None:
+    error = st.steps[name].error
+    past = _past_pivot_name(defn, st)
+    if past is not None:
+        _fail_past_pivot(st, name, past, error, now, fx, hist)
+    else:
+        _rollback(defn, st, now, f"step {name!r} failed: {error}", fx, hist)
+
+
 def _to_undo(sdef: StepDefinition, s: StepState) -> bool:
     """Whether a rollback compensates the step: it completed, or it may have had its effect."""
     if sdef.compensation is None:
         return False
+    if sdef.for_each is not None:
+        return items_to_undo(sdef, s)
     if s.status is _S.COMPLETED:
         return True
     return s.status is _S.FAILED and s.attempts > 0 and (s.uncertain or sdef.compensate_failed)
@@ -313,8 +396,11 @@ def _dispatch(
     now: float,
     fx: list[Effect],
     hist: list[HistoryEntry],
-) -> None:
+) -> bool:
+    """Dispatch an attempt of the step; True only for a for-each step that ended at once."""
     s = _own(st, sdef.name)
+    if sdef.for_each is not None:
+        return start_items(sdef, st, s, compensation, now, fx, hist)
     st.seq += 1
     s.token = st.seq
     if compensation:
@@ -346,7 +432,8 @@ def _dispatch(
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None
-    fx.append(_run((sdef.name, compensation, attempt, s.token, timeout)))
+    fx.append(_run((sdef.name, compensation, attempt, s.token, timeout, None)))
+    return False
 
 
 def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:

@@ -22,6 +22,7 @@ __all__ = [
     "Effect",
     "Event",
     "HistoryEntry",
+    "ItemState",
     "Reply",
     "Resume",
     "Retry",
@@ -59,8 +60,30 @@ FAILURE = "failure"
 QUEUED_EVENTS = "queued_events"
 # The key of ``SagaState.meta`` that holds the shape version of the saga's data (absent: 1).
 STATE_VERSION = "state_version"
+# The key of ``SagaState.meta`` that holds a rollback that waits for a running pivot step's outcome.
+ROLLBACK = "rollback_requested"
 # The key of ``SagaState.meta`` that holds when a scheduled saga is to begin (seconds since the epoch).
 START_AT = "start_at"
+
+
+class ItemState(NamedTuple):
+    """Persisted state of one item of a for-each step; replaced (``_replace``), never changed in place.
+
+    ``value`` is the item as the step's item list gave it, ``key`` its
+    idempotency key part (the definition's ``key`` of the item, or its index).
+    ``token``, ``wake_at`` and ``uncertain`` mean what they mean on a step.
+    """
+
+    value: Any
+    key: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    compensation_attempts: int = 0
+    token: int = 0
+    result: Any = None
+    error: str | None = None
+    wake_at: float | None = None
+    uncertain: bool = False
 
 
 @dataclass(slots=True)
@@ -73,6 +96,11 @@ class StepState:
     message step. ``uncertain`` is set once an attempt ended without a clear
     outcome (cancelled, timed out, its result lost): the step may have had its
     effect, so a rollback compensates it even though it never completed.
+
+    ``items`` is None except on a for-each step once its item list was read:
+    the state of each item, in the list's order. The step's own ``token`` is
+    then always 0 (each item attempt has its own), and its ``wake_at`` is the
+    earliest time an item waits for.
     """
 
     status: StepStatus = _S.PENDING
@@ -85,6 +113,7 @@ class StepState:
     started_at: float | None = None
     finished_at: float | None = None
     uncertain: bool = False
+    items: list[ItemState] | None = None
 
     def copy(self) -> StepState:
         return StepState(
@@ -98,6 +127,7 @@ class StepState:
             self.started_at,
             self.finished_at,
             self.uncertain,
+            self.items if self.items is None else list(self.items),
         )
 
 
@@ -185,13 +215,17 @@ class Resume:
 
 
 class StepSucceeded(NamedTuple):
-    """An attempt succeeded. ``data``, unless ``KEEP``, is the saga's new data (a merged reply)."""
+    """An attempt succeeded. ``data``, unless ``KEEP``, is the saga's new data (a merged reply).
+
+    ``item`` is the index of the item of a for-each step the attempt was for (None for other steps).
+    """
 
     step: str
     token: int
     result: Any = None
     size: int = 0
     data: Any = KEEP
+    item: int | None = None
 
 
 class StepFailed(NamedTuple):
@@ -200,6 +234,7 @@ class StepFailed(NamedTuple):
     ``uncertain`` says the attempt may have had its effect all the same (it
     timed out, or its result could not be stored): a rollback compensates it.
     ``traceback`` (the runtime's, bounded) goes into the failure's history entry.
+    ``item`` is the index of the item of a for-each step the attempt was for (None for other steps).
     """
 
     step: str
@@ -208,6 +243,7 @@ class StepFailed(NamedTuple):
     retryable: bool = True
     uncertain: bool = False
     traceback: str | None = None
+    item: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +306,17 @@ Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Reply | Retry | Sk
 
 
 class RunStep(NamedTuple):
-    """Run one attempt of a step's action (or compensation) and report it with *token*."""
+    """Run one attempt of a step's action (or compensation) and report it with *token*.
+
+    ``item`` is the index of the item of a for-each step to run it for (None for other steps).
+    """
 
     step: str
     compensation: bool
     attempt: int
     token: int
     timeout: float | None
+    item: int | None = None
 
 
 class CancelAttempt(NamedTuple):
@@ -290,6 +330,7 @@ class CancelAttempt(NamedTuple):
     compensation: bool
     token: int
     reason: str
+    item: int | None = None
 
 
 Effect = RunStep | CancelAttempt

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from .._status import SagaStatus, StepStatus
-from ..machine import HistoryEntry, SagaState, StepState
+from ..machine import HistoryEntry, ItemState, SagaState, StepState
 
 __all__ = [
     "COLUMNS",
@@ -58,8 +58,47 @@ def encode_steps(steps: dict[str, StepState]) -> str:
             d["finished_at"] = s.finished_at
         if s.uncertain:
             d["uncertain"] = True
+        if s.items is not None:
+            d["items"] = [_encode_item(it) for it in s.items]
         out[name] = d
     return orjson.dumps(out).decode()
+
+
+def _encode_item(it: ItemState) -> dict[str, Any]:
+    d: dict[str, Any] = {"value": it.value, "key": it.key, "status": it.status.value}
+    if it.attempts:
+        d["attempts"] = it.attempts
+    if it.compensation_attempts:
+        d["compensation_attempts"] = it.compensation_attempts
+    if it.token:
+        d["token"] = it.token
+    if it.result is not None:
+        d["result"] = it.result
+    if it.error is not None:
+        d["error"] = it.error
+    if it.wake_at is not None:
+        d["wake_at"] = it.wake_at
+    if it.uncertain:
+        d["uncertain"] = True
+    return d
+
+
+def _decode_items(raw: list[dict[str, Any]]) -> list[ItemState]:
+    return [
+        ItemState(
+            d.get("value"),
+            d["key"],
+            _STEP_STATUS[d["status"]],
+            d.get("attempts", 0),
+            d.get("compensation_attempts", 0),
+            d.get("token", 0),
+            d.get("result"),
+            d.get("error"),
+            d.get("wake_at"),
+            d.get("uncertain", False),
+        )
+        for d in raw
+    ]
 
 
 def decode_steps(text: str | bytes) -> dict[str, StepState]:
@@ -76,6 +115,7 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
             d.get("started_at"),
             d.get("finished_at"),
             d.get("uncertain", False),
+            None if (items := d.get("items")) is None else _decode_items(items),
         )
         for name, d in raw.items()
     }

@@ -64,34 +64,37 @@ class _Once:
 def _wrap(
     name: str, compensation: bool, fn: Callable[..., Any], mode: Mode | None, calls: Calls, twice: Twice
 ) -> Callable[..., Any]:
+    """*fn* wrapped; the wrapper takes what *fn* takes: ``(ctx)``, or ``(item, ctx)`` in a for-each step."""
     direction = "compensation" if compensation else "action"
     what = f"{direction} of step {name!r}"
     if mode == "hang":
 
-        async def hang(ctx: Any) -> Any:
-            calls.log.append((name, direction, ctx.attempt))
+        async def hang(*args: Any) -> Any:
+            calls.log.append((name, direction, args[-1].attempt))
             await asyncio.Event().wait()  # until the attempt's timeout cancels it
 
-        return hang
+        return functools.update_wrapper(hang, fn)
     if inspect.iscoroutinefunction(fn):
 
-        async def run_async(ctx: Any) -> Any:
+        async def run_async(*args: Any) -> Any:
+            ctx = args[-1]
             calls.log.append((name, direction, ctx.attempt))
             if mode == "fail":
                 raise InjectedFailure(f"{what} failed (injected)")
             if mode == "twice":
-                return await twice.run_async(fn, ctx)
-            return await fn(ctx)
+                return await twice.run_async(functools.partial(fn, *args[:-1]), ctx)
+            return await fn(*args)
 
         return functools.update_wrapper(run_async, fn)
 
-    def run_sync(ctx: Any) -> Any:
+    def run_sync(*args: Any) -> Any:
+        ctx = args[-1]
         calls.log.append((name, direction, ctx.attempt))
         if mode == "fail":
             raise InjectedFailure(f"{what} failed (injected)")
         if mode == "twice":
-            return twice.run_sync(fn, ctx)
-        return fn(ctx)
+            return twice.run_sync(functools.partial(fn, *args[:-1]), ctx)
+        return fn(*args)
 
     return functools.update_wrapper(run_sync, fn)
 

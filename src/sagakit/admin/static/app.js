@@ -609,6 +609,7 @@ function sagaPage(view, id) {
   const events = el("details", { id: "events" });
   const data = el("pre", { class: "json", id: "saga-data" });
   const results = el("div", { id: "step-results" });
+  const items = el("div", { id: "for-each-items" });
   view.append(
     el("p", {}, el("a", { href: "#/sagas", text: "← sagas" })),
     head, fields, actions,
@@ -618,6 +619,7 @@ function sagaPage(view, id) {
     el("div", { class: "grid2" },
       el("div", {}, el("h2", { text: "Data (secrets masked)" }), data),
       el("div", {}, el("h2", { text: "Step results" }), results)),
+    items,
   );
   let lastAllowed = null;
   poll(async (mine) => {
@@ -654,6 +656,7 @@ function sagaPage(view, id) {
     events.replaceChildren(el("summary", { text: `All ${t.events.length} history entries` }), eventsTable(t.events));
     data.textContent = json(saga.data);
     results.replaceChildren(resultsTable(saga.steps));
+    items.replaceChildren(...itemsTables(saga.steps));
     return TERMINAL.has(saga.status) ? 3000 : 1000;
   }, 1000);
 }
@@ -817,6 +820,29 @@ function resultsTable(steps) {
     el("tbody", {}, Object.entries(steps).map(([name, s]) => el("tr", {},
       el("td", { text: name }), el("td", { text: s.status }),
       el("td", {}, s.result === null ? "" : el("code", { text: JSON.stringify(s.result) })))))));
+}
+
+// The items of each for-each step: one table per step, a row per item.
+function itemsTables(steps) {
+  return Object.entries(steps).filter(([, s]) => Array.isArray(s.items)).map(([name, s]) => {
+    const counts = {};
+    for (const it of s.items) counts[it.status] = (counts[it.status] || 0) + 1;
+    const summary = Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ") || "no items";
+    return el("section", { class: "for-each", "data-step": name },
+      el("h2", { text: `Items of ${name}` }),
+      el("p", { class: "muted", text: `for-each step, ${s.status}: ${summary}` }),
+      el("div", { class: "table-wrap" }, el("table", { id: `items-${name}` },
+        el("thead", {}, el("tr", {}, ["#", "Key", "Item", "Status", "Attempts", "Compensation attempts", "Error"]
+          .map((h) => el("th", { text: h })))),
+        el("tbody", {}, s.items.map((it) => el("tr", { class: "item", "data-index": String(it.index), "data-status": it.status },
+          el("td", { class: "num", text: String(it.index) }),
+          el("td", { class: "mono", text: it.key }),
+          el("td", {}, el("code", { text: JSON.stringify(it.item) })),
+          el("td", {}, badge(it.status), it.uncertain ? el("span", { class: "muted uncertain", text: " uncertain" }) : null),
+          el("td", { class: "num", text: String(it.attempts) }),
+          el("td", { class: "num", text: String(it.compensation_attempts) }),
+          el("td", { class: "error", text: it.error || "" })))))));
+  });
 }
 
 // ---------------------------------------------------------------- start
