@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
     "docs/cancellation.md",
+    "docs/child-sagas.md",
     "docs/for-each.md",
     "docs/messaging.md",
     "docs/postgres.md",

@@ -13,7 +13,7 @@ EXPECTED = {
     # what users need beside it
     "SagaDefinition", "StepDefinition", "StepSnapshot", "ItemSnapshot", "HistoryEntry", "Store",
     "SagaError", "SagaBusy", "SagaStateError", "PayloadTooLarge", "StoreError", "NotASagaStore", "UnknownSagaType",
-    "LeaseLost", "SagaClient", "DataEncodingError",
+    "LeaseLost", "SagaClient", "DataEncodingError", "child",
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",
     "Tracer", "TraceScope", "AttemptStart", "MessageInput",
     "__version__",

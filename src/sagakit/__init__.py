@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._child import child
 from ._client import SagaClient
 from ._context import StepContext
 from ._definition import SagaBuilder, SagaDefinition, StepDefinition
@@ -112,6 +113,7 @@ __all__ = [
     "TransitionInput",
     "UnknownSagaType",
     "__version__",
+    "child",
     "load_definition",
     "message_name",
     "send",

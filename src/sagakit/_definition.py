@@ -59,6 +59,7 @@ class StepAction:
 
     local: ClassVar[bool] = False
     sends: ClassVar[bool] = False
+    starts_child: ClassVar[bool] = False  # a child saga (``sagakit._child.ChildSaga``)
     reply_timeout: float | None = None
 
     def validate(self, where: str) -> None:
@@ -162,6 +163,8 @@ class StepDefinition:
     """Seconds one attempt of the action, and of the compensation, may take (see ``attempt_timeout``)."""
     effectful: bool = field(init=False, repr=False, compare=False)
     """True when an attempt of the action may have an effect of its own (a function runs, a command is sent)."""
+    child: bool = field(init=False, repr=False, compare=False)
+    """True when the action runs a child saga (``sagakit.child``)."""
 
     def __post_init__(self) -> None:
         def limit(action: object, own: float | None) -> float | None:
@@ -173,6 +176,7 @@ class StepDefinition:
         setattr_(self, "local", not isinstance(self.action, StepAction))
         setattr_(self, "compensation_local", not isinstance(self.compensation, StepAction))
         setattr_(self, "effectful", not isinstance(self.action, StepAction) or self.action.sends)
+        setattr_(self, "child", isinstance(self.action, StepAction) and self.action.starts_child)
         setattr_(
             self,
             "attempt_timeouts",
@@ -278,6 +282,14 @@ class SagaBuilder:
 
         Returns the builder, so calls can be chained.
         """
+        if isinstance(action, StepAction) and action.starts_child:
+            if compensation is not None:
+                raise DefinitionError(
+                    f"step {name!r}: a child saga step takes no compensation: rolling the parent back "
+                    "rolls the child back (child(..., compensate=False) turns that off)"
+                )
+            if getattr(action, "compensate", True):
+                compensation = action  # the child's own rollback
         if after is None:
             deps: tuple[str, ...] = (self._steps[-1].name,) if self._steps else ()
         elif isinstance(after, str):
@@ -713,9 +725,10 @@ def _check_pivots(
         if s.pivot:
             for d in sorted(descendants[s.name]):
                 if by_name[d].compensation is not None:
+                    fix = "pass child(..., compensate=False)" if by_name[d].child else "remove the compensation"
                     raise DefinitionError(
                         f"step {d!r} has a compensation but runs after pivot step {s.name!r}: "
-                        "steps after a pivot cannot be rolled back; remove the compensation"
+                        f"steps after a pivot cannot be rolled back; {fix}"
                     )
 
 

@@ -50,6 +50,7 @@ from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._runtime._base import Held, Pending, Slots
 from ._runtime.attempts import Attempts
+from ._runtime.children import Children
 from ._runtime.commit import Committer
 from ._runtime.leases import Leases
 from ._runtime.messaging import Messaging
@@ -63,12 +64,14 @@ from ._store import DeadLetter, SagaQuery, Schedule, Store, Write, store_from_ur
 from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
+    CancelAttempt,
     Compensate,
     Decision,
     Event,
     HistoryEntry,
     Reply,
     Retry,
+    RunStep,
     SagaState,
     Skip,
     decide,
@@ -108,7 +111,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules):
+class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules, Children):
     """Runs sagas durably on a store.
 
     Args:
@@ -910,11 +913,15 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             await self.store.release(self.worker_id, [(st.id, self.clock())])
             return decision.rejected
         new.revision = st.revision + 1
-        # Released at once: due now unless finished, so a worker that has the definition goes on.
-        wake = None if new.status.terminal else self.clock()
+        # Released at once: due now unless finished, so a worker that has the definition goes on
+        # (a finished saga is due again only while its aborted children have not ended).
+        wake = new.wake_at if new.status.terminal else self.clock()
         res = await self.store.commit([Write(new, st.revision, decision.history, wake, data_changed=False)])
         if res[0] is None:
             raise SagaBusy(f"saga {st.id} was taken over by another worker meanwhile; try again")
+        children = [e for e in decision.effects if not isinstance(e, RunStep | CancelAttempt)]
+        if children:
+            self._child_effects(new, None, children)
         return None
 
     # ------------------------------------------------------------ lookups

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ._json import from_json
 from ._status import SagaStatus, StepStatus
-from .machine import HistoryEntry, ItemState, SagaState
+from .machine import CHILDREN, PARENT, HistoryEntry, ItemState, SagaState
 
 __all__ = ["ItemSnapshot", "SagaSnapshot", "StepSnapshot"]
 
@@ -76,6 +76,11 @@ class SagaSnapshot:
     updated_at: float
     wake_at: float | None
     history: tuple[HistoryEntry, ...] = ()
+    parent_id: str | None = None
+    """For a child saga: the saga whose step started it (``parent_step``)."""
+    parent_step: str | None = None
+    children: tuple[tuple[str, str], ...] = ()
+    """The child sagas this saga's child steps started, oldest first, as (step, child saga id)."""
 
     def data_as(self, model: type[T]) -> T:
         """The saga's data read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
@@ -117,6 +122,7 @@ class SagaSnapshot:
             updated_at=st.updated_at,
             wake_at=st.wake_at,
             history=history,
+            **(_family(st.meta) if st.meta else {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +139,8 @@ class SagaSnapshot:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "wake_at": self.wake_at,
+            "parent": None if self.parent_id is None else {"id": self.parent_id, "step": self.parent_step},
+            "children": [{"step": step, "id": cid} for step, cid in self.children],
             "steps": {
                 n: {
                     "status": s.status.value,
@@ -187,3 +195,16 @@ def _item_dict(it: ItemSnapshot) -> dict[str, Any]:
         "next_attempt_at": it.next_attempt_at,
         "uncertain": it.uncertain,
     }
+
+
+def _family(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent and children fields of a snapshot, from the saga's meta (see ``sagakit.machine``)."""
+    out: dict[str, Any] = {}
+    parent = meta.get(PARENT)
+    if isinstance(parent, dict):
+        out["parent_id"] = parent.get("id")
+        out["parent_step"] = parent.get("step")
+    every = meta.get(CHILDREN + "_all")
+    if isinstance(every, list):
+        out["children"] = tuple((str(c["step"]), str(c["id"])) for c in every if isinstance(c, dict))
+    return out

@@ -21,7 +21,7 @@ from .._definition import SagaDefinition
 from .._observe import Observer, Tracer, is_tracer
 from .._snapshot import SagaSnapshot
 from .._store import OutboxMessage, Store
-from ..machine import CancelAttempt, Decision, Event, HistoryEntry, RunStep, SagaState
+from ..machine import CancelAttempt, ChildEffect, Decision, Event, HistoryEntry, RunStep, SagaState
 
 __all__ = ["Held", "MessageSide", "Pending", "RuntimeBase", "Slots", "log"]
 
@@ -96,6 +96,7 @@ class Pending:
     release: bool = False
     outbox: list[OutboxMessage] = field(default_factory=list)
     inbox: list[str] = field(default_factory=list)
+    children: list[ChildEffect] | None = None  # child sagas' effects, carried out after the commit
 
 
 class MessageSide(Protocol):
@@ -205,6 +206,34 @@ class RuntimeBase:
 
     async def _say_alive(self) -> None:
         """Tell the store this worker runs, and which definitions it has (the engine)."""
+        raise NotImplementedError
+
+    def _child_effects(self, parent: SagaState, definition: SagaDefinition | None, effects: list[ChildEffect]) -> None:
+        """Carry out the child sagas' effects of a committed transition of *parent* (``children``)."""
+        raise NotImplementedError
+
+    async def _act(
+        self,
+        saga_id: str,
+        make: Callable[[Held], Event | str],
+        *,
+        inbox: str | None = None,
+        busy_timeout: float = 5.0,
+        admin: Event | None = None,
+    ) -> str | None:
+        """Apply an event to a saga wherever it is held; the reason if it was not applied (the engine)."""
+        raise NotImplementedError
+
+    def _definition(self, name: str, version: int | None) -> SagaDefinition:
+        """The registered definition *name* (newest, or *version*) (the engine)."""
+        raise NotImplementedError
+
+    def _prepare_data(self, defn: SagaDefinition, data: Any) -> Any:
+        """*data* in JSON form, checked against the definition's limits and model (the engine)."""
+        raise NotImplementedError
+
+    async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
+        """Store a new saga, begun here when this engine runs (the engine)."""
         raise NotImplementedError
 
 

@@ -99,14 +99,19 @@ class Committer(RuntimeBase):
             # same write through the outbox.
             defn = held.definition.by_name
             for eff in decision.effects:
-                if isinstance(eff, CancelAttempt):
+                if type(eff) is RunStep:
+                    sdef = defn[eff.step]
+                    if sdef.compensation_local if eff.compensation else sdef.local:
+                        p.effects.append(eff)
+                    else:
+                        self._message_effect(held, p, eff)
+                elif isinstance(eff, CancelAttempt):
                     self._cancel_attempt(held, eff)
-                    continue
-                sdef = defn[eff.step]
-                if sdef.compensation_local if eff.compensation else sdef.local:
-                    p.effects.append(eff)
                 else:
-                    self._message_effect(held, p, eff)
+                    # A child saga's effect (start, roll back, abort, tell the parent): after the commit.
+                    if p.children is None:
+                        p.children = []
+                    p.children.append(eff)  # type: ignore[arg-type]
         if future is not None:
             p.futures.append(future)
         if terminal:
@@ -240,6 +245,8 @@ class Committer(RuntimeBase):
                     p.futures.extend(newer.futures)
                     p.outbox.extend(newer.outbox)
                     p.inbox.extend(newer.inbox)
+                    if newer.children:
+                        p.children = [*(p.children or []), *newer.children]
                     p.state = newer.state
                     p.data_changed = p.data_changed or newer.data_changed
                 p.held.queued = True
@@ -293,6 +300,8 @@ class Committer(RuntimeBase):
         for f in p.futures:
             if not f.done():
                 f.set_result(sid)
+        if p.children:
+            self._child_effects(st, held.definition, p.children)
         current = held.state
         if st.status in _TERMINAL:
             self._notify(sid, held, st)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .._errors import SagaBusy
-from ..machine import Abort, Compensate, Event, Reply, Retry, Skip, decide
+from ..machine import Abort, ChildOutcome, Compensate, Event, ParentRollback, Reply, Retry, Skip, decide
 from ._base import Held, RuntimeBase, log
 
 __all__ = ["Requests", "decode_admin", "encode_admin"]
@@ -39,6 +39,18 @@ def encode_admin(event: Event) -> str:
             body = {"kind": type(event).__name__.lower(), "reason": reason, "actor": actor}
         case Reply(type_name, payload, step, token):
             body = {"kind": "event", "type_name": type_name, "payload": dict(payload), "step": step, "token": token}
+        case ChildOutcome(step, child_id, status, result, size, error):
+            body = {
+                "kind": "child_outcome",
+                "step": step,
+                "child_id": child_id,
+                "status": status,
+                "result": result,
+                "size": size,
+                "error": error,
+            }
+        case ParentRollback(parent_id, reason):
+            body = {"kind": "parent_rollback", "parent_id": parent_id, "reason": reason}
         case _:
             raise TypeError(f"not an operator command: {event!r}")
     return orjson.dumps(body).decode()
@@ -58,6 +70,17 @@ def decode_admin(text: str) -> Event:
             return Skip(str(body["step"]), body.get("result"), reason, actor)
         if kind == "event":
             return Reply(str(body["type_name"]), dict(body["payload"]), body.get("step"), body.get("token"))
+        if kind == "child_outcome":
+            return ChildOutcome(
+                str(body["step"]),
+                str(body["child_id"]),
+                body.get("status"),
+                body.get("result"),
+                int(body.get("size") or 0),
+                body.get("error"),
+            )
+        if kind == "parent_rollback":
+            return ParentRollback(str(body["parent_id"]), reason)
         return _KINDS[kind](reason, actor)
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"unreadable operator request {text[:200]!r}: {e}") from None

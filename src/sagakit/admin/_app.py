@@ -311,6 +311,8 @@ class _Api:
         snap = await self.ops.get(self._saga_id(request))
         out = snap.to_dict()
         out["definition_registered"] = (snap.name, snap.version) in self.ops.definitions
+        if snap.parent_id is not None or snap.children:
+            out.update(await self.ops.family(snap))
         return out
 
     async def timeline(self, request: Request) -> Any:

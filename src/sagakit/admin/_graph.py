@@ -31,7 +31,7 @@ class GraphNode:
 
     name: str
     after: tuple[str, ...]
-    kind: str  # "local", "send" (a command and its reply), "wait" (an external event), "for-each"
+    kind: str  # "local", "send" (a command and its reply), "wait" (an external event), "for-each", "child"
     compensation: str | None  # None, "local" or "send"
     pivot: bool
     state: str
@@ -170,7 +170,7 @@ def _kind(action: object) -> str:
     if isinstance(action, WaitFor):
         return "wait"
     if isinstance(action, StepAction):
-        return "message"
+        return "child" if action.starts_child else "message"
     return "local"
 
 

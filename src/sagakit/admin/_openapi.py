@@ -41,6 +41,11 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool =
     return out
 
 
+def _link_props() -> dict[str, Any]:
+    """A parent or child saga as a saga's page shows it: its id, the step, and (when read) name and status."""
+    return {"id": _STR, "step": _nullable(_STR), "name": _nullable(_STR), "status": _STR}
+
+
 def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -261,8 +266,21 @@ def _schemas() -> dict[str, Any]:
                 "steps": {"type": "object", "additionalProperties": _ref("Step")},
                 "history": {"type": "array", "items": _ref("HistoryEntry")},
                 "definition_registered": {"type": "boolean"},
+                "parent": {
+                    **_nullable({"type": "object"}),
+                    "properties": _link_props(),
+                    "required": ["id", "step"],
+                    "additionalProperties": False,
+                    "description": "For a child saga: the saga whose step started it (its name and status).",
+                },
+                "children": {
+                    "type": "array",
+                    "items": _ref("SagaLink"),
+                    "description": "The child sagas this saga's child steps started, oldest first.",
+                },
             }
         ),
+        "SagaLink": _obj(_link_props(), required=["id", "step"]),
         "Attempt": _obj(
             {
                 "step": _STR,

@@ -353,6 +353,27 @@ class Operations:
         total = max(len(found), await store.count(query))
         raise AmbiguousSagaId(saga_id, tuple(found[: max(1, shown)]), total)
 
+    async def family(self, snap: SagaSnapshot) -> dict[str, Any]:
+        """The parent (id, step, name, status) of a child saga, and the children (same) of a parent, oldest first.
+
+        A child that a rollback or an abort of its parent found not yet started is
+        stored ended all the same; one not stored at all shows as ``not started``.
+        """
+        store = await self._store()
+
+        async def one(saga_id: str, step: str | None) -> dict[str, Any]:
+            st = await store.get(saga_id)
+            return {
+                "id": saga_id,
+                "step": step,
+                "name": None if st is None else st.name,
+                "status": "not started" if st is None else st.status.value,
+            }
+
+        parent = None if snap.parent_id is None else await one(snap.parent_id, snap.parent_step)
+        children = [await one(cid, step) for step, cid in snap.children]
+        return {"parent": parent, "children": children}
+
     async def workers(self) -> WorkersPage:
         """The workers alive now (their definitions, last heartbeat and leases), and leases of workers gone."""
         return await workers_page(await self._store(), self.now())

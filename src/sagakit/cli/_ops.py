@@ -330,6 +330,10 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
         fields.add_row("error", Text(snap.error, style="red"))
     fields.add_row("correlation id", snap.correlation_id or "")
     fields.add_row("idempotency key", snap.idempotency_key or "")
+    if snap.parent_id is not None:
+        fields.add_row("parent saga", f"{snap.parent_id} (step {snap.parent_step})")
+    for step, cid in snap.children:
+        fields.add_row("child saga", f"{cid} (step {step})")
     fields.add_row("created", iso(snap.created_at))
     fields.add_row("updated", iso(snap.updated_at))
     if snap.wake_at is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus
+from ._children import recheck
 from ._items import has_inflight, pump, resume_items, stop_items
 from ._progress import (
     _S,
@@ -418,6 +419,10 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect],
         if s.token and s.wake_at is not None and s.wake_at <= now:
             s = _own(st, name)
             sdef = defn.by_name[name]
+            if sdef.child:
+                # No reply deadline: the time to look at the child saga again.
+                fx.append(recheck(sdef, st, s, now))
+                continue
             comp = s.status is _S.COMPENSATING
             timeout = attempt_timeout(sdef, comp)
             # A command went out and no answer came: it may have been carried out.
@@ -443,7 +448,11 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect]
             continue
         sdef = defn.by_name[name]
         comp = s.status is _S.COMPENSATING
-        if sdef.compensation_local if comp else sdef.local:
+        if sdef.child:
+            # The child saga lives on by itself: look at it (start it, should the worker that
+            # was to have died first), under the same attempt.
+            fx.append(recheck(sdef, st, _own(st, name), now))
+        elif sdef.compensation_local if comp else sdef.local:
             s = _own(st, name)
             st.seq += 1
             s.token = st.seq

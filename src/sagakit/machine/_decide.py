@@ -7,9 +7,10 @@ from typing import Any
 
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
+from ._children import abort_again, child_ended_after_abort, completion_of, notify_parent, recheck
 from ._completions import _match_reply, _on_completion, _on_resume, _on_timer
 from ._items import pump
-from ._operators import _on_abort, _on_compensate, _on_retry, _on_skip
+from ._operators import _on_abort, _on_compensate, _on_parent_rollback, _on_retry, _on_skip
 from ._progress import (
     _S,
     _advance,
@@ -23,17 +24,20 @@ from ._progress import (
     step_results,
 )
 from ._types import (
+    PARENT,
     QUEUED_EVENTS,
     ROLLBACK,
     START_AT,
     STATE_VERSION,
     Abort,
     Begin,
+    ChildOutcome,
     Compensate,
     Decision,
     Effect,
     Event,
     HistoryEntry,
+    ParentRollback,
     Reply,
     Resume,
     Retry,
@@ -60,13 +64,15 @@ def new_saga(
     start_at: float | None = None,
     preset: Mapping[str, Any] | None = None,
     origin: str | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> Decision:
     """Create a saga's initial state; with *begin*, its root steps are dispatched at once.
 
     *preset* maps step names to results the new saga starts with (a fork): those
     steps are ``SKIPPED`` with the given result, and *origin* says where it came from.
     With *start_at* after *now* the saga is scheduled: it stays ``PENDING``, due
-    at that time, and no event begins it earlier.
+    at that time, and no event begins it earlier. *parent* (the parent saga's id
+    and step) makes it a child saga, which tells its parent when it ends.
     """
     st = SagaState(
         id=saga_id,
@@ -84,6 +90,9 @@ def new_saga(
     if definition.state_version != 1:
         st.meta = {STATE_VERSION: definition.state_version}
     hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
+    if parent is not None:
+        st.meta = {**st.meta, PARENT: {"id": parent[0], "step": parent[1]}}
+        hist.append(HistoryEntry(now, "child", f"child saga of saga {parent[0]}, started by its step {parent[1]!r}"))
     if start_at is not None and start_at > now:
         st.meta = {**st.meta, START_AT: start_at}
         hist.append(HistoryEntry(now, "scheduled", f"saga scheduled to begin in {start_at - now:.3f}s"))
@@ -138,9 +147,13 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
                 _on_completion(definition, st, matched, now, fx, hist)
         case Timer():
             _on_timer(definition, st, now, fx, hist)
+            if st.status is SagaStatus.ABORTED:
+                abort_again(st, now, fx)
         case Resume():
             _on_resume(definition, st, now, fx, hist)
             _drain_queued(definition, st, now, fx, hist)
+            if st.status is SagaStatus.ABORTED:
+                abort_again(st, now, fx)
         case Begin():
             if st.status is SagaStatus.PENDING and not _not_yet(st, now):
                 _begin(definition, st, now, fx, hist)
@@ -155,6 +168,12 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             rejected = _on_compensate(definition, st, event, now, fx, hist)
         case Abort():
             rejected = _on_abort(definition, st, event, now, fx, hist)
+        case ChildOutcome():
+            completion = _child_completion(definition, st, event, now, fx, hist)
+            if isinstance(completion, str):
+                return Decision(state, [], hist, rejected=completion, stale=True)
+        case ParentRollback():
+            rejected = _on_parent_rollback(definition, st, event, now, fx, hist)
 
     if rejected is not None:
         return _refused(state, event, rejected, now)
@@ -164,6 +183,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
             _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
+    if st.meta and st.status is not state.status and st.status.terminal:
+        notify_parent(state, st, fx)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
     st._shared = None
@@ -183,6 +204,35 @@ def _pump_for_each(
         s = st.steps[name]
         if s.status is _S.RUNNING and s.items is not None and name != pumped:
             pump(definition.by_name[name], st, _own(st, name), now, fx, hist)
+
+
+def _child_completion(
+    definition: SagaDefinition, st: SagaState, ev: ChildOutcome, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> str | None:
+    """Apply a child saga's outcome to its step; the reason it is stale, if it is."""
+    if st.status is SagaStatus.ABORTED and child_ended_after_abort(st, ev):
+        hist.append(
+            HistoryEntry(
+                now, "child_ended", f"child saga {ev.child_id} of step {ev.step!r} ended: {ev.status}", ev.step
+            )
+        )
+        return None
+    s = st.steps.get(ev.step)
+    sdef = definition.by_name.get(ev.step)
+    if s is None or sdef is None or not sdef.child:
+        reason = f"saga {st.id} has no child step {ev.step!r} (child saga {ev.child_id})"
+        hist.append(HistoryEntry(now, "stale_rejected", f"{reason}; not applied", None))
+        return reason
+    made = completion_of(st, s, ev)
+    if isinstance(made, str):
+        hist.append(HistoryEntry(now, "stale_rejected", f"{made}; not applied", ev.step))
+        return made
+    if made is None:
+        # The child completed before it took the rollback request: ask it again.
+        fx.append(recheck(sdef, st, _own(st, ev.step), now))
+        return None
+    _on_completion(definition, st, made, now, fx, hist)
+    return None
 
 
 def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
@@ -214,6 +264,8 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
             )
     if rejected is not None:
         return _refused(state, event, rejected, now)
+    if st.meta and st.status is not state.status and st.status.terminal:
+        notify_parent(state, st, fx)
     st.wake_at = _wake(None, st)
     st.updated_at = now
     st._shared = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._definition import SagaDefinition
 from .._status import SagaStatus
+from ._children import abort_children
 from ._items import has_inflight, stop_items
 from ._progress import (
     _ACTIVE_SAGA,
@@ -17,11 +18,13 @@ from ._progress import (
     _who,
 )
 from ._types import (
+    PARENT,
     ROLLBACK,
     Abort,
     Compensate,
     Effect,
     HistoryEntry,
+    ParentRollback,
     Retry,
     SagaState,
     Skip,
@@ -177,6 +180,7 @@ def _on_abort(
     hist.append(HistoryEntry(now, "abort", st.error))
     if ROLLBACK in st.meta:
         _clear_rollback(st)
+    abort_children(defn, st, f"its parent saga {st.id} was aborted {_who(ev.actor, ev.reason)}", now, fx)
     for n, s in st.steps.items():
         if s.token:
             _cancel(defn, st, n, now, "the saga was aborted", fx, hist)
@@ -188,4 +192,29 @@ def _on_abort(
             mine.finished_at = now
         elif s.wake_at is not None:
             _own(st, n).wake_at = None
+    return None
+
+
+def _on_parent_rollback(
+    defn: SagaDefinition, st: SagaState, ev: ParentRollback, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> str | None:
+    """The parent rolls back: a pending or running child compensates, a completed one is reopened to."""
+    parent = st.meta.get(PARENT) if st.meta else None
+    if not isinstance(parent, dict) or parent.get("id") != ev.parent_id:
+        return f"saga {st.id} is not a child of saga {ev.parent_id}"
+    if st.status is SagaStatus.COMPENSATING or ROLLBACK in st.meta:
+        return None  # already rolling back (or waiting for its pivot to): its end is reported as it comes
+    if st.status not in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED):
+        return f"saga is {st.status.value}: only a pending, running or completed child saga can be rolled back"
+    pivot = _past_pivot_name(defn, st)
+    if pivot is not None:
+        return f"pivot step {pivot!r} has completed: the saga can no longer be rolled back"
+    reason = ev.reason or f"its parent saga {ev.parent_id} is rolled back"
+    if st.status is SagaStatus.COMPLETED:
+        # Reopened: the compensation of its completed steps runs as on any rollback.
+        st.status = SagaStatus.COMPENSATING
+        st.error = reason
+        hist.append(HistoryEntry(now, "compensating", f"completed saga reopened for compensation: {reason}"))
+        return None
+    _rollback(defn, st, now, reason, fx, hist, kind="compensate")
     return None

@@ -12,8 +12,10 @@ from typing import Any
 
 from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
+from ._children import aborting_wake, dispatch_child
 from ._items import items_to_undo, read_items, start_items, stop_items
 from ._types import (
+    CHILDREN,
     ROLLBACK,
     START_AT,
     CancelAttempt,
@@ -185,8 +187,9 @@ def _fail_past_pivot(
         "the saga cannot be rolled back: retry or skip the step"
     )
     hist.append(HistoryEntry(now, "failed", st.error, name))
+    children = st.meta.get(CHILDREN) or {}
     for n, was in st.steps.items():
-        if was.token:
+        if was.token and n not in children:  # a child saga runs on: its end is taken as it comes
             fx.append(CancelAttempt(n, was.status is _S.COMPENSATING, was.token, "the saga failed"))
             s = _own(st, n)
             s.status = _S.PENDING
@@ -232,8 +235,9 @@ def _orphans_pending(st: SagaState) -> None:
     and, the saga being finished, nobody resumed them): without this they would
     hold the saga RUNNING with nothing that can ever complete them.
     """
+    children = st.meta.get(CHILDREN) or {}
     for n, was in st.steps.items():
-        if was.status is _S.RUNNING:
+        if was.status is _S.RUNNING and not (was.token and n in children):  # a child saga runs on
             s = _own(st, n)
             s.status = _S.PENDING
             s.token = 0
@@ -432,6 +436,16 @@ def _dispatch(
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
     s.wake_at = now + timeout if (timeout is not None and not local) else None
+    if not local and sdef.child:
+        eff = dispatch_child(sdef, st, s, compensation, now)
+        kind, what = (
+            ("child_rollback", "asks child saga {} to roll back")
+            if compensation
+            else ("child_started", "starts child saga {}")
+        )
+        hist.append(HistoryEntry(now, kind, f"step {sdef.name!r} {what.format(eff.child_id)}", sdef.name, attempt))
+        fx.append(eff)
+        return False
     fx.append(_run((sdef.name, compensation, attempt, s.token, timeout, None)))
     return False
 
@@ -453,7 +467,7 @@ def _wake(defn: SagaDefinition | None, st: SagaState) -> float | None:
         start_at = st.meta.get(START_AT)
         return start_at if isinstance(start_at, int | float) else st.created_at
     if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
-        return None
+        return aborting_wake(st) if status is SagaStatus.ABORTED and st.meta else None
     # Past the pivot, or with a rollback already waiting for it, the deadline
     # no longer applies; keeping it would leave the saga due forever once passed.
     wake = st.deadline_at

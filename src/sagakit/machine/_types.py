@@ -9,26 +9,36 @@ from typing import Any, NamedTuple
 from .._status import SagaStatus, StepStatus
 
 __all__ = [
+    "ABORTING",
+    "CHILDREN",
     "FAILURE",
     "KEEP",
+    "PARENT",
     "QUEUED_EVENTS",
     "START_AT",
     "STATE_VERSION",
     "Abort",
+    "AbortChild",
     "Begin",
     "CancelAttempt",
+    "ChildEffect",
+    "ChildOutcome",
     "Compensate",
+    "CompensateChild",
     "Decision",
     "Effect",
     "Event",
     "HistoryEntry",
     "ItemState",
+    "NotifyParent",
+    "ParentRollback",
     "Reply",
     "Resume",
     "Retry",
     "RunStep",
     "SagaState",
     "Skip",
+    "StartChild",
     "StepFailed",
     "StepState",
     "StepSucceeded",
@@ -64,6 +74,15 @@ STATE_VERSION = "state_version"
 ROLLBACK = "rollback_requested"
 # The key of ``SagaState.meta`` that holds when a scheduled saga is to begin (seconds since the epoch).
 START_AT = "start_at"
+# The key of ``SagaState.meta`` that holds, in a child saga, its parent: ``{"id", "step"}``.
+PARENT = "parent"
+# The key of ``SagaState.meta`` that holds, in a parent saga, the child saga each child step
+# started last, by step name; and ``CHILDREN + "_all"`` every child it started, oldest first.
+CHILDREN = "children"
+# The key of ``SagaState.meta`` that holds, in an aborted parent saga, the children it has told to
+# abort and has not yet seen end: ``{"wake": time, "every": seconds, "reason": text, "children": {id: step}}``.
+# Until they end it stays due, and tells them again, so that the abort survives a crash.
+ABORTING = "aborting_children"
 
 
 class ItemState(NamedTuple):
@@ -299,7 +318,49 @@ class Abort:
     actor: str = "operator"
 
 
-Event = Begin | Timer | Resume | StepSucceeded | StepFailed | Reply | Retry | Skip | Compensate | Abort
+class ChildOutcome(NamedTuple):
+    """A child saga of step *step* ended (*status*), or the runtime could not do what the step asked (*error*).
+
+    ``status`` is the child's terminal status (its value), None with an *error*;
+    ``result`` is what the step completes with (the child's data and results)
+    or the child's error; ``size`` is the result's size in bytes as stored.
+    """
+
+    step: str
+    child_id: str
+    status: str | None
+    result: Any = None
+    size: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRollback:
+    """The parent saga *parent_id* is rolled back: this child saga rolls back too.
+
+    A pending or running child compensates (as on ``Compensate``); a completed
+    one is reopened and compensates its completed steps; one already
+    compensating goes on. Refused past a pivot step, as ``Compensate`` is.
+    """
+
+    parent_id: str
+    reason: str = ""
+
+
+Event = (
+    Begin
+    | Timer
+    | Resume
+    | StepSucceeded
+    | StepFailed
+    | Reply
+    | Retry
+    | Skip
+    | Compensate
+    | Abort
+    | ChildOutcome
+    | ParentRollback
+)
 
 
 # ---------------------------------------------------------------- effects
@@ -333,7 +394,52 @@ class CancelAttempt(NamedTuple):
     item: int | None = None
 
 
-Effect = RunStep | CancelAttempt
+class StartChild(NamedTuple):
+    """Make sure child saga *child_id* (definition *name*, *version*) exists, started by step *step*.
+
+    Insert it if it does not exist (a second insert of the same id is refused,
+    and runs nothing); report a ``ChildOutcome`` to the parent if it has ended.
+    """
+
+    step: str
+    token: int
+    child_id: str
+    name: str
+    version: int | None
+
+
+class CompensateChild(NamedTuple):
+    """Roll back child saga *child_id* (``ParentRollback``), or report its end if it has ended.
+
+    A child that does not exist yet is stored as compensated at once, so that
+    no later start can run it.
+    """
+
+    step: str
+    token: int
+    child_id: str
+    name: str
+    version: int | None
+    reason: str
+
+
+class AbortChild(NamedTuple):
+    """Abort child saga *child_id* if it has not ended (stored as aborted if it does not exist yet)."""
+
+    step: str
+    child_id: str
+    reason: str
+
+
+class NotifyParent(NamedTuple):
+    """Hand *outcome* (this child saga's end) to the parent saga *parent_id*."""
+
+    parent_id: str
+    outcome: ChildOutcome
+
+
+ChildEffect = StartChild | CompensateChild | AbortChild | NotifyParent
+Effect = RunStep | CancelAttempt | StartChild | CompensateChild | AbortChild | NotifyParent
 
 
 @dataclass(slots=True)

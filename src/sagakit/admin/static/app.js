@@ -610,9 +610,10 @@ function sagaPage(view, id) {
   const data = el("pre", { class: "json", id: "saga-data" });
   const results = el("div", { id: "step-results" });
   const items = el("div", { id: "for-each-items" });
+  const family = el("div", { id: "child-sagas" });
   view.append(
     el("p", {}, el("a", { href: "#/sagas", text: "← sagas" })),
-    head, fields, actions,
+    head, fields, actions, family,
     el("h2", { text: "Graph" }), graph, legend(STATES),
     el("h2", { text: "Timeline" }), attempts,
     el("h2", { text: "Admin actions" }), admin, events,
@@ -645,6 +646,12 @@ function sagaPage(view, id) {
       ["definition", saga.definition_registered ? "registered here" : "not registered here: actions are refused (serve with --app)"],
     ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }),
       typeof v === "number" ? el("dd", {}, when(v)) : el("dd", { class: k === "error" ? "error" : "", text: v })]));
+    if (saga.parent) {
+      fields.append(el("dt", { text: "parent saga" }), el("dd", { id: "parent-saga" },
+        el("a", { href: `#/saga/${encodeURIComponent(saga.parent.id)}`, class: "mono", text: saga.parent.id }),
+        ` ${saga.parent.name || ""} (step ${saga.parent.step}) `, badge(saga.parent.status)));
+    }
+    family.replaceChildren(...(saga.children && saga.children.length ? [childTable(saga.children)] : []));
     const key = JSON.stringify(allowed);
     if (key !== lastAllowed) {
       lastAllowed = key;
@@ -812,6 +819,15 @@ function eventsTable(events) {
     el("tbody", {}, events.map((h) => el("tr", {},
       el("td", {}, when(h.at)), el("td", { text: h.kind }), el("td", { text: h.step || "" }),
       el("td", { class: "num", text: h.attempt === null ? "" : h.attempt }), el("td", { text: h.message })))));
+}
+
+function childTable(children) {
+  return el("div", {}, el("h2", { text: "Child sagas" }), el("div", { class: "table-wrap" }, el("table", { id: "child-table" },
+    el("thead", {}, el("tr", {}, ["Step", "Child saga", "Name", "Status"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, children.map((c) => el("tr", { "data-child": c.id },
+      el("td", { text: c.step }),
+      el("td", { class: "mono" }, el("a", { href: `#/saga/${encodeURIComponent(c.id)}`, class: "child-link", text: c.id })),
+      el("td", { text: c.name || "" }), el("td", {}, badge(c.status))))))));
 }
 
 function resultsTable(steps) {
