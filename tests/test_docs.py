@@ -23,6 +23,7 @@ PAGES = [
     "docs/for-each.md",
     "docs/messaging.md",
     "docs/postgres.md",
+    "docs/resource-limits.md",
     "docs/scheduling.md",
     "docs/state-migration.md",
     "docs/testing.md",

@@ -16,6 +16,7 @@ EXPECTED = {
     "LeaseLost", "SagaClient", "DataEncodingError", "child",
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",
     "Tracer", "TraceScope", "AttemptStart", "MessageInput",
+    "Resource", "ResourceUsage",
     "__version__",
 }  # fmt: skip
 

@@ -45,6 +45,7 @@ from ._observe import (
     TransitionInput,
 )
 from ._policy import RetryPolicy
+from ._resources import Resource, ResourceUsage
 from ._snapshot import ItemSnapshot, SagaSnapshot, StepSnapshot
 from ._status import SagaStatus, StepStatus
 from ._store import Store
@@ -91,6 +92,8 @@ __all__ = [
     "NotASagaStore",
     "Observer",
     "PayloadTooLarge",
+    "Resource",
+    "ResourceUsage",
     "RetryPolicy",
     "SagaBuilder",
     "SagaBusy",

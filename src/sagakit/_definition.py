@@ -12,6 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._errors import DefinitionError
 from ._policy import RetryPolicy
+from ._resources import Resource
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -153,6 +154,8 @@ class StepDefinition:
     """Compensate the step on rollback even when it failed (for steps that can half-fail)."""
     for_each: ForEach | None = None
     """Set on a for-each step (``SagaBuilder.for_each``)."""
+    resource: str | None = None
+    """The resource whose limit each attempt (action or compensation) of the step runs under."""
     # Derived from the fields above when the definition is made; the state
     # machine and the runtime read them on every attempt.
     local: bool = field(init=False, repr=False, compare=False)
@@ -216,6 +219,9 @@ class SagaDefinition:
     ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
     pivots: tuple[str, ...] = field(default=(), compare=False)  # the pivot steps, in order
     for_each: tuple[str, ...] = field(default=(), compare=False)  # the for-each steps, in order
+    # Limits declared with the definition (SagaBuilder.resource), and the steps that name a resource.
+    resources: tuple[Resource, ...] = ()
+    resource_steps: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -259,6 +265,20 @@ class SagaBuilder:
         self._completion_event: type | None = None
         self._failure_event: type | None = None
         self._known_events: list[type] = []
+        self._resources: list[Resource] = []
+
+    def resource(
+        self, resource: Resource | str, *, concurrency: int | None = None, rate: int | None = None, per: float = 1.0
+    ) -> SagaBuilder:
+        """Declare a resource limit with the definition: ``b.resource("payments", concurrency=5)``.
+
+        An engine that registers the definition enforces it; the same limit may
+        be declared on the engine instead (``SagaEngine(resources=[...])``).
+        """
+        if not isinstance(resource, Resource):
+            resource = Resource(resource, concurrency, rate, per)
+        self._resources.append(resource)
+        return self
 
     def step(
         self,
@@ -273,8 +293,12 @@ class SagaBuilder:
         compensation_timeout: float | None = None,
         pivot: bool = False,
         compensate_failed: bool = False,
+        resource: str | None = None,
     ) -> SagaBuilder:
         """Add a step. ``after=None`` runs it after the previous step; ``after=[]`` makes it a root.
+
+        With *resource*, each attempt of the step (and of its compensation) first
+        waits for a permit of that resource (see ``sagakit.Resource``).
 
         A step whose outcome is uncertain (cancelled, timed out, result lost) is
         compensated on rollback; one that failed outright is not, unless
@@ -310,6 +334,7 @@ class SagaBuilder:
                 compensation_timeout=compensation_timeout,
                 pivot=pivot,
                 compensate_failed=compensate_failed,
+                resource=resource,
             )
         )
         return self
@@ -435,6 +460,7 @@ class SagaBuilder:
             state_version=self._state_version,
             upcasters=self._upcasters,
             known_events=self._known_events,
+            resources=self._resources,
         )
 
 
@@ -534,6 +560,7 @@ def build_definition(
     state_version: int = 1,
     upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
     known_events: Sequence[type] = (),
+    resources: Sequence[Resource] = (),
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -568,6 +595,8 @@ def build_definition(
         for label, t in (("timeout", s.timeout), ("compensation_timeout", s.compensation_timeout)):
             if t is not None and not t > 0:
                 raise DefinitionError(f"{where}: {label} must be > 0 seconds, got {t!r}")
+        if s.resource is not None:
+            _check_resource(where, s)
 
     for s in steps:
         for d in s.after:
@@ -625,7 +654,36 @@ def build_definition(
         ancestors=ancestors,
         pivots=tuple(s.name for s in steps if s.pivot),
         for_each=tuple(n for n in order if by_name[n].for_each is not None),
+        resources=_check_resources(name, resources),
+        resource_steps=tuple(n for n in order if by_name[n].resource is not None),
     )
+
+
+def _check_resource(where: str, s: StepDefinition) -> None:
+    res = s.resource
+    if not isinstance(res, str) or not res:
+        raise DefinitionError(f"{where}: resource must be the name of a resource (a str), got {res!r}")
+    if s.for_each is not None:
+        raise DefinitionError(
+            f"{where}: resource= is not supported on a for-each step (limit its items' calls instead)"
+        )
+    if not s.local:
+        raise DefinitionError(
+            f"{where}: resource={res!r} limits attempts the engine runs itself, but the step's action is a "
+            "message action (the participant that handles the command limits its own work); "
+            "drop resource= or make the action a function"
+        )
+
+
+def _check_resources(name: str, resources: Sequence[Resource]) -> tuple[Resource, ...]:
+    seen: dict[str, Resource] = {}
+    for r in resources:
+        if not isinstance(r, Resource):
+            raise DefinitionError(f"saga {name!r}: resources must be sagakit.Resource objects, got {r!r}")
+        if r.name in seen and seen[r.name] != r:
+            raise DefinitionError(f"saga {name!r}: resource {r.name!r} is declared twice with different limits")
+        seen[r.name] = r
+    return tuple(seen.values())
 
 
 class _Closure(dict[str, frozenset[str]]):

@@ -38,6 +38,7 @@ from ._context import StepContext
 from ._cron import parse_cron
 from ._definition import SagaDefinition
 from ._errors import (
+    DefinitionError,
     PayloadTooLarge,
     SagaBusy,
     SagaNotFound,
@@ -48,12 +49,14 @@ from ._errors import (
 from ._json import encode, model_type, to_json
 from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
+from ._resources import Resource, ResourceUsage
 from ._runtime._base import Held, Pending, Slots
 from ._runtime.attempts import Attempts
 from ._runtime.children import Children
 from ._runtime.commit import Committer
 from ._runtime.leases import Leases
 from ._runtime.messaging import Messaging
+from ._runtime.permits import PERMIT_TASK, Permits
 from ._runtime.requests import Requests, encode_admin
 from ._runtime.retention import Retention
 from ._runtime.schedules import Schedules
@@ -64,11 +67,13 @@ from ._store import DeadLetter, SagaQuery, Schedule, Store, Write, store_from_ur
 from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
+    AcquirePermit,
     CancelAttempt,
     Compensate,
     Decision,
     Event,
     HistoryEntry,
+    ReleasePermit,
     Reply,
     Retry,
     RunStep,
@@ -111,7 +116,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules, Children):
+class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules, Children, Permits):
     """Runs sagas durably on a store.
 
     Args:
@@ -129,6 +134,8 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
             with their history, inbox and outbox rows, and older dead letters, every 10
             minutes in small batches. FAILED sagas are kept for an operator. None (the
             default) keeps everything.
+        resources: limits of the resources steps name with ``resource=`` (``sagakit.Resource``);
+            more can be declared with ``engine.resource(...)`` or with a definition.
 
     Use it as an async context manager: entering starts the workers and
     resumes unfinished sagas; leaving shuts down gracefully.
@@ -150,6 +157,7 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         clock: Callable[[], float] = time.time,
         observers: Iterable[Observer] = (),
         retention: timedelta | float | None = None,
+        resources: Iterable[Resource] = (),
     ) -> None:
         if isinstance(store, str):
             store = store_from_url(store)
@@ -201,14 +209,48 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         self._slots: Slots | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resources: dict[str, Resource] = {}
+        self._permit_queues = {}
+        self._permits_held = {}
+        self._watching_permits = False
+        for r in resources:
+            self.resource(r)
 
     # ------------------------------------------------------------ definitions
+
+    def resource(
+        self, resource: Resource | str, *, concurrency: int | None = None, rate: int | None = None, per: float = 1.0
+    ) -> Resource:
+        """Declare a resource limit: ``engine.resource("payments", concurrency=5, rate=50, per=1.0)``.
+
+        Steps that name the resource (``b.step(..., resource="payments")``) wait
+        for a permit before each attempt. Declare the same limits on every worker.
+
+        Raises:
+            DefinitionError: a bad value, or the resource is already declared with other limits.
+        """
+        if not isinstance(resource, Resource):
+            resource = Resource(resource, concurrency, rate, per)
+        known = self._resources.get(resource.name)
+        if known is not None and known != resource:
+            raise DefinitionError(
+                f"resource {resource.name!r} is already declared with other limits ({known}); "
+                "declare each resource once, with the same limits on every worker"
+            )
+        self._resources[resource.name] = resource
+        return resource
+
+    async def resources(self) -> builtins.list[ResourceUsage]:
+        """Every resource permits were asked for, as the store sees it: limits, permits in use, attempts waiting."""
+        await self._ensure_open()
+        return await self.store.resources(self.clock())
 
     def register(self, *definitions: SagaDefinition) -> None:
         """Register definitions; several versions of one saga may be registered at once."""
         for d in definitions:
             if not isinstance(d, SagaDefinition):
                 raise TypeError(f"register() takes SagaDefinition objects, got {d!r}")
+            self._check_resources(d)
             self._messaging.register(d)  # first: it refuses a definition whose message names clash
             self._definitions[d.key] = d
             latest = self._latest.get(d.name)
@@ -233,6 +275,34 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         if self._running and not self._closing:
             self._in_background(self._say_alive())
             self._poke_claimer()  # sagas of these definitions may be due already
+
+    def _check_resources(self, d: SagaDefinition) -> None:
+        """Declare the definition's limits; a running engine needs one for every resource its steps name.
+
+        An engine that runs no workers (an API process, the dashboard) only
+        starts and reads sagas: it needs no limits.
+        """
+        for r in d.resources:
+            known = self._resources.get(r.name)
+            if known is not None and known != r:
+                raise DefinitionError(
+                    f"saga {d.name!r} v{d.version} declares resource {r.name!r} as {r}, but this engine has {known}"
+                )
+        for r in d.resources:
+            self._resources[r.name] = r
+        if self._running:
+            self._check_limits(d)
+
+    def _check_limits(self, d: SagaDefinition) -> None:
+        declared = set(self._resources)
+        for name in d.resource_steps:
+            res = d.by_name[name].resource
+            if res not in declared:
+                raise DefinitionError(
+                    f"step {name!r} of saga {d.name!r} names resource {res!r}, which has no limit declared; "
+                    f"declare it first: SagaEngine(resources=[Resource({res!r}, concurrency=...)]), "
+                    f"engine.resource({res!r}, ...) or SagaBuilder.resource(...)"
+                )
 
     async def _take_back_leases(self) -> None:
         """Resume at once what an engine that stopped left leased, when the leases are known stale.
@@ -285,13 +355,22 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         """Start the workers: committer, claimer and lease renewer."""
         if self._running:
             return
+        for d in self._definitions.values():
+            self._check_limits(d)  # before anything runs: a step must not wait for a limit nobody declared
         await self._ensure_open()
         self._closing = False
         self._slots = Slots(self.concurrency)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sagakit-step")
         self._running = True
         await self._take_back_leases()
+        if self._resources:
+            # A worker restarted with this id holds no permit yet: any under its name are a dead process's.
+            await self.store.permits_forget(self.worker_id)
         await self._say_alive()
+        watch = getattr(self.store, "watch_permits", None)
+        if watch is not None and not self._watching_permits:
+            watch(self._permit_freed)  # PostgreSQL: another worker gave a permit back
+            self._watching_permits = True
         self._tasks = [
             asyncio.create_task(self._commit_loop(), name="sagakit-commit"),
             asyncio.create_task(self._claim_loop(), name="sagakit-claim"),
@@ -322,13 +401,19 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
                 self._work_waiter.cancel()
                 await asyncio.gather(self._work_waiter, return_exceptions=True)
                 self._work_waiter = None
-            inflight = [t for h in self._held.values() for t in h.inflight.values()]
+            inflight = []
+            for h in self._held.values():
+                for t in h.inflight.values():
+                    if t.get_name() == PERMIT_TASK:
+                        t.cancel()  # waiting for a permit: it has not started, the next worker runs it
+                    inflight.append(t)
             if inflight:
                 _, late = await asyncio.wait(inflight, timeout=self.shutdown_grace)
                 for t in late:
                     t.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
             self._running = False
+            await self._stop_permits()
             self._kick()
             await asyncio.gather(self._tasks[0], return_exceptions=True)
             self._tasks = []
@@ -919,7 +1004,9 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         res = await self.store.commit([Write(new, st.revision, decision.history, wake, data_changed=False)])
         if res[0] is None:
             raise SagaBusy(f"saga {st.id} was taken over by another worker meanwhile; try again")
-        children = [e for e in decision.effects if not isinstance(e, RunStep | CancelAttempt)]
+        children = [
+            e for e in decision.effects if not isinstance(e, RunStep | CancelAttempt | AcquirePermit | ReleasePermit)
+        ]
         if children:
             self._child_effects(new, None, children)
         return None

@@ -49,6 +49,8 @@ class StepSnapshot:
     """An attempt ended without a clear outcome (cancelled, timed out, result lost): it may have had its effect."""
     items: tuple[ItemSnapshot, ...] | None = None
     """The items of a for-each step, in the list's order, once it was read (None for other steps)."""
+    waiting_for: str | None = None
+    """The resource whose permit the step's current attempt waits for (it has not started yet)."""
 
     def result_as(self, model: type[T]) -> T:
         """The step's result read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
@@ -105,6 +107,7 @@ class SagaSnapshot:
                 next_attempt_at=s.wake_at if not s.token else None,
                 uncertain=s.uncertain,
                 items=None if s.items is None else _items(s.items),
+                waiting_for=s.waiting_for,
             )
             for name, s in st.steps.items()
         }
@@ -153,6 +156,7 @@ class SagaSnapshot:
                     "next_attempt_at": s.next_attempt_at,
                     "uncertain": s.uncertain,
                     **({} if s.items is None else {"items": [_item_dict(it) for it in s.items]}),
+                    "waiting_for": s.waiting_for,
                 }
                 for n, s in self.steps.items()
             },

@@ -28,6 +28,7 @@ import orjson
 
 from ._backends import Backend, backend_from_url
 from ._errors import StoreError
+from ._resources import PermitGrant, PermitKey, Resource, ResourceUsage
 from ._status import SagaStatus
 from .machine import HistoryEntry, SagaState
 
@@ -564,6 +565,37 @@ class Store(Protocol):
 
         Returns how many were forgotten; fewer than *limit* means none is left.
         """
+        ...
+
+    # Resource limits. A permit is keyed by (saga, step, token); it or its waiter lives until
+    # released, or until *lease_seconds* after its holder last acquired or renewed it (so a dead
+    # worker's permits come back). The memory and SQLite stores keep permits in the process;
+    # PostgreSQL keeps them in sagakit_permits, on the database's clock, for every worker.
+
+    async def permits_acquire(
+        self, resource: Resource, holder: str, keys: Sequence[PermitKey], lease_seconds: float, now: float
+    ) -> PermitGrant:
+        """Queue *keys* (in order) as *holder*'s waiters for *resource*, and grant those its limits allow now.
+
+        Returns the keys holding a permit (granted now or before) and, when the
+        rate holds the rest back, how long until it lets the next one start.
+        """
+        ...
+
+    async def permits_release(self, resource: str, keys: Sequence[PermitKey]) -> None:
+        """Give back the permits (or waiting places) of *keys*; unknown keys are ignored."""
+        ...
+
+    async def permits_renew(self, holder: str, lease_seconds: float, now: float) -> None:
+        """Keep *holder*'s permits and waiters for *lease_seconds* from now."""
+        ...
+
+    async def permits_forget(self, holder: str) -> None:
+        """Give back every permit and waiting place of *holder* (a worker that stops)."""
+        ...
+
+    async def resources(self, now: float) -> builtins.list[ResourceUsage]:
+        """Every resource permits were asked for: its limits, permits in use, attempts waiting."""
         ...
 
 

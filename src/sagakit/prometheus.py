@@ -136,6 +136,13 @@ class PrometheusObserver(BaseObserver):
             "How long the most overdue unfinished saga has been due without a worker taking it (0: none is).",
             namespace=ns, registry=r,
         )  # fmt: skip
+        self.resource_in_use = Gauge(
+            "resource_permits_in_use", "Permits of a resource held now (by every worker on PostgreSQL).",
+            ["resource"], namespace=ns, registry=r,
+        )  # fmt: skip
+        self.resource_waiting = Gauge(
+            "resource_waiting", "Attempts waiting for a permit of a resource.", ["resource"], namespace=ns, registry=r
+        )
         self.refreshed = Gauge(
             "store_gauges_updated_timestamp_seconds", "When the store gauges were last read.", namespace=ns, registry=r
         )
@@ -217,6 +224,9 @@ class PrometheusObserver(BaseObserver):
         self.dead_letters.set(await store.prune_dead_letters(float("inf"), limit=1, dry_run=True))
         due = await store.next_wake()
         self.stuck_age.set(0.0 if due is None else max(0.0, now - due))
+        for usage in await store.resources(now):
+            self._child(self.resource_in_use, usage.name).set(usage.in_use)
+            self._child(self.resource_waiting, usage.name).set(usage.waiting)
         self.refreshed.set(now)
 
     @contextlib.asynccontextmanager

@@ -183,6 +183,7 @@ DASHBOARD_CALLS = {
     "api(`api/sagas/${enc}/timeline`)": "/api/sagas/{id}/timeline",
     "api(`api/sagas/${enc}/actions`)": "/api/sagas/{id}/actions",
     'api("api/workers")': "/api/workers",
+    'api("api/resources")': "/api/resources",
     'api("api/definitions")': "/api/definitions",
     'api("api/schedules")': "/api/schedules",
 }

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaNotFound, SagaStatus, StepStatus
+from sagakit import Resource, SagaNotFound, SagaStatus, StepStatus
+from sagakit._resources import PermitKey
 from sagakit._store import Lease, OutboxMessage, SagaQuery, Store, WorkerInfo, Write
 from sagakit.machine import HistoryEntry, ItemState, SagaState, StepState
 from sagakit.stores._sql import SCHEMA_VERSION
@@ -1000,3 +1001,45 @@ class StoreContract:
         for i, handled in enumerate([False, True, False, False]):
             async with store.handling("shipping" if i == 2 else "payments", f"m-{i}", 30.0) as h:
                 assert h.handled is handled, i
+
+    # ------------------------------------------------------------ resource permits
+
+    async def test_permits_go_in_order_up_to_the_concurrency_and_come_back_on_release(self, store: Store) -> None:
+        limit = Resource("payments", concurrency=2)
+        keys = [PermitKey(f"s{i}", "charge", 1) for i in range(3)]
+        got = await store.permits_acquire(limit, "w1", keys, 30.0, 100.0)
+        assert got.granted == keys[:2] and got.retry_after is None
+        [usage] = await store.resources(100.0)
+        assert (usage.name, usage.concurrency, usage.in_use, usage.waiting) == ("payments", 2, 2, 1)
+        again = await store.permits_acquire(limit, "w1", keys, 30.0, 101.0)
+        assert again.granted == keys[:2]  # held ones are told again; the third still waits
+        await store.permits_release("payments", [keys[0], PermitKey("nobody", "x", 9)])
+        got = await store.permits_acquire(limit, "w1", keys[2:], 30.0, 102.0)
+        assert got.granted == keys[2:]
+        await store.permits_release("payments", keys)
+        [usage] = await store.resources(103.0)
+        assert (usage.in_use, usage.waiting) == (0, 0)
+
+    async def test_permits_of_a_holder_that_stops_renewing_expire(self, store: Store) -> None:
+        limit = Resource("payments", concurrency=1)
+        dead, alive = PermitKey("s1", "charge", 1), PermitKey("s2", "charge", 1)
+        assert (await store.permits_acquire(limit, "dead", [dead], 10.0, 100.0)).granted == [dead]
+        assert (await store.permits_acquire(limit, "alive", [alive], 10.0, 105.0)).granted == []
+        await store.permits_renew("dead", 10.0, 108.0)  # still alive at 108: holds until 118
+        assert (await store.permits_acquire(limit, "alive", [alive], 10.0, 115.0)).granted == []
+        assert (await store.permits_acquire(limit, "alive", [alive], 10.0, 119.0)).granted == [alive]
+        await store.permits_forget("alive")
+        [usage] = await store.resources(119.5)
+        assert (usage.in_use, usage.waiting) == (0, 0)
+
+    async def test_the_rate_window_holds_permits_back_and_says_until_when(self, store: Store) -> None:
+        limit = Resource("api", rate=2, per=1.0)
+        keys = [PermitKey("s", "call", i) for i in range(1, 4)]
+        got = await store.permits_acquire(limit, "w1", keys, 30.0, 100.0)
+        assert got.granted == keys[:2] and got.retry_after == pytest.approx(1.0)
+        await store.permits_release("api", keys[:2])  # released, but they started in this window
+        got = await store.permits_acquire(limit, "w1", keys[2:], 30.0, 100.5)
+        assert got.granted == [] and got.retry_after == pytest.approx(0.5)
+        [usage] = await store.resources(100.5)
+        assert (usage.rate, usage.recent, usage.waiting) == (2, 2, 1)
+        assert (await store.permits_acquire(limit, "w1", keys[2:], 30.0, 101.0)).granted == keys[2:]

@@ -21,7 +21,17 @@ from .._definition import SagaDefinition
 from .._observe import Observer, Tracer, is_tracer
 from .._snapshot import SagaSnapshot
 from .._store import OutboxMessage, Store
-from ..machine import CancelAttempt, ChildEffect, Decision, Event, HistoryEntry, RunStep, SagaState
+from ..machine import (
+    AcquirePermit,
+    CancelAttempt,
+    ChildEffect,
+    Decision,
+    Event,
+    HistoryEntry,
+    ReleasePermit,
+    RunStep,
+    SagaState,
+)
 
 __all__ = ["Held", "MessageSide", "Pending", "RuntimeBase", "Slots", "log"]
 
@@ -88,7 +98,7 @@ class Pending:
     held: Held
     expected_revision: int
     history: list[HistoryEntry]
-    effects: list[RunStep]
+    effects: list[RunStep | AcquirePermit]
     insert: bool = False
     data_changed: bool = False
     futures: list[asyncio.Future[str]] = field(default_factory=list)
@@ -194,6 +204,18 @@ class RuntimeBase:
 
     def _cancel_attempt(self, held: Held, eff: CancelAttempt) -> None:
         """Stop an attempt the machine cancelled (``attempts``)."""
+        raise NotImplementedError
+
+    def _acquire_permit(self, held: Held, eff: AcquirePermit) -> None:
+        """Wait for a permit a committed transition asked for (``permits``)."""
+        raise NotImplementedError
+
+    def _release_permit(self, held: Held, eff: ReleasePermit) -> None:
+        """Give back the permit of an attempt the machine ended (``permits``)."""
+        raise NotImplementedError
+
+    async def _renew_permits(self) -> None:
+        """Keep this worker's resource permits alive (``permits``)."""
         raise NotImplementedError
 
     def _set_timer(self, held: Held) -> None:

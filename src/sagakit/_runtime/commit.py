@@ -18,10 +18,12 @@ from .._snapshot import SagaSnapshot
 from .._status import _TERMINAL
 from .._store import Write
 from ..machine import (
+    AcquirePermit,
     CancelAttempt,
     Decision,
     Event,
     HistoryEntry,
+    ReleasePermit,
     RunStep,
     SagaState,
     StepFailed,
@@ -107,6 +109,10 @@ class Committer(RuntimeBase):
                         self._message_effect(held, p, eff)
                 elif isinstance(eff, CancelAttempt):
                     self._cancel_attempt(held, eff)
+                elif type(eff) is ReleasePermit:
+                    self._release_permit(held, eff)
+                elif type(eff) is AcquirePermit:
+                    p.effects.append(eff)  # waited for once the transition is committed
                 else:
                     # A child saga's effect (start, roll back, abort, tell the parent): after the commit.
                     if p.children is None:
@@ -119,8 +125,10 @@ class Committer(RuntimeBase):
                 task.cancel()
             held.inflight.clear()
 
-    def _runs_here(self, held: Held, eff: RunStep) -> bool:
+    def _runs_here(self, held: Held, eff: RunStep | AcquirePermit) -> bool:
         """Whether an effect keeps this worker busy with the saga (else its lease is released)."""
+        if isinstance(eff, AcquirePermit):
+            return True
         sdef = held.definition.by_name[eff.step]
         if sdef.compensation_local if eff.compensation else sdef.local:
             return True
@@ -333,6 +341,10 @@ class Committer(RuntimeBase):
         for eff in p.effects:
             s = current.steps.get(eff.step)
             if s is None or self._closing or not self._running:
+                continue
+            if isinstance(eff, AcquirePermit):
+                if s.token == eff.token:
+                    self._acquire_permit(held, eff)
                 continue
             if s.token != eff.token and (eff.item is None or s.items is None or s.items[eff.item].token != eff.token):
                 continue

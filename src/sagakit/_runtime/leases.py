@@ -129,6 +129,12 @@ class Leases(RuntimeBase):
                 raise
             except Exception:
                 log.warning("sagakit: could not tell the store this worker is alive", exc_info=True)
+            try:
+                await self._renew_permits()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("sagakit: could not renew this worker's resource permits", exc_info=True)
             ids = [sid for sid, h in self._held.items() if not h.queued and not h.committing]
             if not ids:
                 continue

@@ -324,6 +324,9 @@ class _Api:
     async def workers(self, request: Request) -> Any:
         return (await self.ops.workers()).to_dict()
 
+    async def resources(self, request: Request) -> Any:
+        return await self.ops.resources()
+
     async def definitions(self, request: Request) -> Any:
         return {"definitions": [d.to_dict() for d in await self.ops.describe_definitions()]}
 
@@ -499,6 +502,7 @@ def create_app(
         Route("/api/sagas/{saga_id}/graph", e(api.graph), methods=["GET"]),
         Route("/api/sagas/{saga_id}/actions", e(api.allowed), methods=["GET"]),
         Route("/api/workers", e(api.workers), methods=["GET"]),
+        Route("/api/resources", e(api.resources), methods=["GET"]),
         Route("/api/definitions", e(api.definitions), methods=["GET"]),
         Route("/api/schedules", e(api.schedules), methods=["GET"]),
         Route("/api/schedules/{key}", e(api.unschedule, mutating=True), methods=["DELETE"]),

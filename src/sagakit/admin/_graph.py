@@ -110,6 +110,8 @@ def step_state(s: StepSnapshot, sdef: StepDefinition | None, *, saga_finished: b
         return "compensated"
     if st is StepStatus.COMPENSATING:
         return "waiting" if s.next_attempt_at is not None else "running"
+    if s.waiting_for is not None and st in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+        return "waiting"  # for a permit of its resource
     if st is StepStatus.RUNNING:
         message_step = sdef is not None and not sdef.local
         return "waiting" if message_step else "running"

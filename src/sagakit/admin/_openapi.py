@@ -147,6 +147,10 @@ def _schemas() -> dict[str, Any]:
             "error": _nullable(_STR),
             "next_attempt_at": _nullable(_NUM),
             "uncertain": {"type": "boolean"},
+            "waiting_for": {
+                **_nullable(_STR),
+                "description": "The resource whose permit the step's attempt waits for (it has not started).",
+            },
         }
     )
     step_props = {
@@ -506,6 +510,21 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "Unscheduled": _obj({"key": _STR, "removed": {"type": "boolean"}}),
+        "Resource": _obj(
+            {
+                "name": _STR,
+                "concurrency": {**_nullable(_INT), "description": "Permits held at once, at most (null: no limit)."},
+                "rate": {
+                    **_nullable(_INT),
+                    "description": "Permits started per `per` seconds, at most (null: none).",
+                },
+                "per": _NUM,
+                "in_use": _INT,
+                "waiting": {**_INT, "description": "Attempts waiting for a permit."},
+                "recent": {**_INT, "description": "Permits granted in the current rate window."},
+            }
+        ),
+        "Resources": _obj({"now": _NUM, "resources": {"type": "array", "items": _ref("Resource")}}),
         "BulkResult": _obj(
             {
                 "action": _STR,
@@ -675,6 +694,13 @@ def openapi_document(version: str) -> dict[str, Any]:
             "workers",
             "The workers alive now: definitions they run, last heartbeat, the sagas they hold leases on.",
             "Workers",
+            [],
+            ("503",),
+        ),
+        "/api/resources": _get(
+            "resources",
+            "Resource limits: each resource's limits, permits in use and attempts waiting for one.",
+            "Resources",
             [],
             ("503",),
         ),

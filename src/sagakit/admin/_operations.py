@@ -389,6 +389,12 @@ class Operations:
         await self._store()
         return await self.engine.unschedule(key)
 
+    async def resources(self) -> dict[str, Any]:
+        """Every resource permits were asked for: its limits, permits in use, attempts waiting for one."""
+        now = self.now()
+        usage = await (await self._store()).resources(now)
+        return {"now": now, "resources": [u._asdict() for u in usage]}
+
     async def describe_definitions(self) -> list[DefinitionInfo]:
         """The definitions registered here or run by an alive worker: graph, workers, sagas per status."""
         return await definition_infos(await self._store(), self.definitions, self.now())

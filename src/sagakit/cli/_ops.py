@@ -349,9 +349,12 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
     steps.add_column("RESULT", overflow="fold")
     steps.add_column("ERROR", overflow="fold", style="red")
     for s in snap.steps.values():
+        status = status_text(s.status)
+        if s.waiting_for is not None and not snap.status.terminal:
+            status.append(f" (waiting for {s.waiting_for})", style="yellow")
         steps.add_row(
             s.name,
-            status_text(s.status),
+            status,
             str(s.attempts),
             str(s.compensation_attempts),
             short(s.result, 80),

@@ -4,10 +4,11 @@
 semantics: which steps are ready, retry back-off, attempt timeouts of message
 steps, failure -> compensation of completed steps in reverse dependency order,
 compensation retries, ``FAILED`` when a compensation gives up, stale-attempt
-rejection, pivot steps, the whole-saga deadline, payload limits and the admin
-commands. It performs no I/O, reads no clock and draws no random numbers: time
-comes in as ``now``, ids come in with the state, and the retry jitter is
-derived from the saga id. The runtime commits the returned state and history
+rejection, pivot steps, the whole-saga deadline, payload limits, resource
+permits (an attempt of a step that names a resource waits for one, and every
+end of the attempt gives it back) and the admin commands. It performs no I/O,
+reads no clock and draws no random numbers: time comes in as ``now``, ids come
+in with the state, and the retry jitter is derived from the saga id. The runtime commits the returned state and history
 and only then executes the effects.
 
 The definition is an argument rather than part of the state because it is
@@ -30,6 +31,7 @@ from ._types import (
     STATE_VERSION,
     Abort,
     AbortChild,
+    AcquirePermit,
     Begin,
     CancelAttempt,
     ChildEffect,
@@ -43,6 +45,8 @@ from ._types import (
     ItemState,
     NotifyParent,
     ParentRollback,
+    PermitGranted,
+    ReleasePermit,
     Reply,
     Resume,
     Retry,
@@ -67,6 +71,7 @@ __all__ = [
     "STATE_VERSION",
     "Abort",
     "AbortChild",
+    "AcquirePermit",
     "Begin",
     "CancelAttempt",
     "ChildEffect",
@@ -80,6 +85,8 @@ __all__ = [
     "ItemState",
     "NotifyParent",
     "ParentRollback",
+    "PermitGranted",
+    "ReleasePermit",
     "Reply",
     "Resume",
     "Retry",

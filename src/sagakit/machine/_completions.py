@@ -17,6 +17,9 @@ from ._progress import (
     _past_pivot_name,
     _refuse_rollback,
     _rollback,
+    _running_pivot,
+    _started,
+    _wait_for_permit,
     attempt_timeout,
 )
 from ._types import (
@@ -25,6 +28,8 @@ from ._types import (
     ROLLBACK,
     Effect,
     HistoryEntry,
+    PermitGranted,
+    ReleasePermit,
     Reply,
     RunStep,
     SagaState,
@@ -456,10 +461,24 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect]
             s = _own(st, name)
             st.seq += 1
             s.token = st.seq
-            if not comp:
-                s.uncertain = True  # the worker that ran it may have got as far as its effect
             attempt = s.compensation_attempts if comp else s.attempts
             what = "compensation of step" if comp else "step"
+            if sdef.resource is not None:
+                # Its permit went with the worker (or comes back when the worker's hold runs out):
+                # the attempt waits for a new one. One that was still waiting never ran.
+                if s.waiting_for is None:
+                    s.resumed = True
+                    if not comp:
+                        s.uncertain = True
+                hist.append(
+                    HistoryEntry(
+                        now, "resumed", f"{what} {name!r} attempt {attempt}: its worker stopped", name, attempt
+                    )
+                )
+                _wait_for_permit(sdef, s, comp, attempt, now, fx, hist)
+                continue
+            if not comp:
+                s.uncertain = True  # the worker that ran it may have got as far as its effect
             hist.append(
                 HistoryEntry(
                     now,
@@ -479,3 +498,48 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect]
                 )
             )
     _on_timer(defn, st, now, fx, hist)
+
+
+def _on_granted(
+    defn: SagaDefinition, st: SagaState, ev: PermitGranted, now: float, fx: list[Effect], hist: list[HistoryEntry]
+) -> bool:
+    """A permit came for an attempt waiting for it: the attempt starts. False (stale) when it no longer waits."""
+    s = st.steps.get(ev.step)
+    if s is not None and s.token and s.token == ev.token and s.waiting_for is None:
+        return False  # a grant told twice: the attempt it started holds the permit
+    if s is None or not s.token or s.token != ev.token or s.waiting_for != ev.resource:
+        # The attempt ended while it waited (cancelled, skipped, aborted): the permit goes back.
+        fx.append(ReleasePermit(ev.step, ev.token, ev.resource))
+        hist.append(
+            HistoryEntry(
+                now,
+                "stale_rejected",
+                f"permit of resource {ev.resource!r} for step {ev.step!r} (token {ev.token}) is not needed: "
+                "the attempt is no longer waiting; it is given back",
+                ev.step,
+            )
+        )
+        return False
+    if (
+        s.status is _S.RUNNING
+        and st.status is SagaStatus.RUNNING
+        and ROLLBACK not in st.meta
+        and st.deadline_at is not None
+        and now >= st.deadline_at
+        and _past_pivot_name(defn, st) is None
+        and _running_pivot(defn, st) is None
+    ):
+        return True  # the deadline has passed: the rollback that follows ends the wait, nothing starts
+    s = _own(st, ev.step)
+    s.waiting_for = None
+    s.resumed = False
+    comp = s.status is _S.COMPENSATING
+    attempt = s.compensation_attempts if comp else s.attempts
+    sdef = defn.by_name[ev.step]
+    hist.append(
+        HistoryEntry(
+            now, "resource_acquired", f"step {ev.step!r} got a permit of resource {ev.resource!r}", ev.step, attempt
+        )
+    )
+    _started(sdef, st, s, comp, attempt, now, fx, hist)
+    return True

@@ -8,7 +8,7 @@ from typing import Any
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._children import abort_again, child_ended_after_abort, completion_of, notify_parent, recheck
-from ._completions import _match_reply, _on_completion, _on_resume, _on_timer
+from ._completions import _match_reply, _on_completion, _on_granted, _on_resume, _on_timer
 from ._items import pump
 from ._operators import _on_abort, _on_compensate, _on_parent_rollback, _on_retry, _on_skip
 from ._progress import (
@@ -19,6 +19,7 @@ from ._progress import (
     _not_yet,
     _own,
     _refuse_rollback,
+    _release_permits,
     _wake,
     attempt_timeout,
     step_results,
@@ -38,6 +39,7 @@ from ._types import (
     Event,
     HistoryEntry,
     ParentRollback,
+    PermitGranted,
     Reply,
     Resume,
     Retry,
@@ -149,6 +151,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             _on_timer(definition, st, now, fx, hist)
             if st.status is SagaStatus.ABORTED:
                 abort_again(st, now, fx)
+        case PermitGranted():
+            stale = not _on_granted(definition, st, event, now, fx, hist)
         case Resume():
             _on_resume(definition, st, now, fx, hist)
             _drain_queued(definition, st, now, fx, hist)
@@ -185,6 +189,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
         _advance(definition, st, now, fx, hist)
     if st.meta and st.status is not state.status and st.status.terminal:
         notify_parent(state, st, fx)
+    if definition.resource_steps:
+        _release_permits(definition, state, st, fx)
     st.wake_at = _wake(definition, st)
     st.updated_at = now
     st._shared = None

@@ -100,7 +100,7 @@ def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, h
         # A message step waiting for its reply may be skipped (its late reply is
         # then stale); a function that is running may not: it could still act.
         executing = sdef is None or (sdef.compensation_local if comp else sdef.local)
-        if executing:
+        if executing and s.waiting_for is None:  # one waiting for a permit has not started
             what = "its compensation" if comp else "an attempt"
             return (
                 f"step {ev.step!r} is executing ({what} is in flight): skip is refused while it runs; "
@@ -108,6 +108,16 @@ def _on_skip(defn: SagaDefinition | None, st: SagaState, ev: Skip, now: float, h
             )
     was = s.status
     s = _own(st, ev.step)
+    if s.waiting_for is not None and not s.resumed:
+        # Its attempt waited for a permit and never started: it does not count.
+        if was is _S.COMPENSATING:
+            s.compensation_attempts -= 1
+        else:
+            s.attempts -= 1
+            if not s.attempts:
+                s.started_at = None
+    s.waiting_for = None
+    s.resumed = False
     s.status = _S.SKIPPED
     s.token = 0
     s.wake_at = None

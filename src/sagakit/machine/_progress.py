@@ -18,9 +18,11 @@ from ._types import (
     CHILDREN,
     ROLLBACK,
     START_AT,
+    AcquirePermit,
     CancelAttempt,
     Effect,
     HistoryEntry,
+    ReleasePermit,
     RunStep,
     SagaState,
     StepState,
@@ -141,6 +143,11 @@ def _cancel(
     comp = s.status is _S.COMPENSATING
     fx.append(CancelAttempt(name, comp, s.token, reason))
     s.token = 0
+    if s.waiting_for is not None and not s.resumed:
+        _stop_waiting(st, s, name, comp, now, reason, hist)
+        return
+    s.waiting_for = None  # a resumed attempt that waited again: it ran before, it may have had its effect
+    s.resumed = False
     s.wake_at = None
     s.finished_at = now
     s.error = f"cancelled: {reason}"
@@ -164,6 +171,35 @@ def _cancel(
     hist.append(
         HistoryEntry(
             now, "step_cancelled", f"step {name!r} attempt {s.attempts} cancelled: {reason}{note}", name, s.attempts
+        )
+    )
+
+
+def _stop_waiting(
+    st: SagaState, s: StepState, name: str, comp: bool, now: float, reason: str, hist: list[HistoryEntry]
+) -> None:
+    """An attempt that waited for a permit ends before it started: it had no effect, and counts for nothing."""
+    resource = s.waiting_for
+    s.waiting_for = None
+    s.wake_at = None
+    note = f"{reason}; it had not started"
+    if comp:
+        s.compensation_attempts -= 1
+        s.status = _S.COMPENSATION_FAILED
+        s.error = f"cancelled: {reason}"
+        s.finished_at = now
+    else:
+        s.attempts -= 1
+        # It is where it was before this attempt: never run, or failed by its last attempt.
+        s.status = _S.FAILED if s.attempts else _S.PENDING
+        if s.attempts:
+            s.finished_at = now
+        else:
+            s.started_at = None
+    what = "compensation of step" if comp else "step"
+    hist.append(
+        HistoryEntry(
+            now, "resource_wait_ended", f"{what} {name!r} stopped waiting for resource {resource!r}: {note}", name
         )
     )
 
@@ -195,6 +231,8 @@ def _fail_past_pivot(
             s.status = _S.PENDING
             s.token = 0
             s.wake_at = None
+            s.waiting_for = None
+            s.resumed = False
             hist.append(
                 HistoryEntry(now, "step_cancelled", f"step {n!r} attempt {s.attempts} stopped: the saga failed", n)
             )
@@ -242,6 +280,8 @@ def _orphans_pending(st: SagaState) -> None:
             s.status = _S.PENDING
             s.token = 0
             s.wake_at = None
+            s.waiting_for = None
+            s.resumed = False
 
 
 def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
@@ -410,6 +450,9 @@ def _dispatch(
     if compensation:
         s.compensation_attempts += 1
         attempt = s.compensation_attempts
+        if sdef.resource is not None and sdef.compensation_local:
+            _wait_for_permit(sdef, s, True, attempt, now, fx, hist)
+            return False
         timeout = sdef.attempt_timeouts[1]
         local = sdef.compensation_local
         hist.append(
@@ -428,10 +471,13 @@ def _dispatch(
         s.status = _S.RUNNING
         s.attempts += 1
         attempt = s.attempts
-        timeout = sdef.attempt_timeouts[0]
-        local = sdef.local
         if attempt == 1:
             s.started_at = now
+        if sdef.resource is not None and sdef.local:
+            _wait_for_permit(sdef, s, False, attempt, now, fx, hist)
+            return False
+        timeout = sdef.attempt_timeouts[0]
+        local = sdef.local
         hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt, None)))
     # Local attempts are timed by the runtime; a message step waits for its
     # reply until this deadline, which survives restarts with the saga row.
@@ -448,6 +494,89 @@ def _dispatch(
         return False
     fx.append(_run((sdef.name, compensation, attempt, s.token, timeout, None)))
     return False
+
+
+def _wait_for_permit(
+    sdef: StepDefinition,
+    s: StepState,
+    compensation: bool,
+    attempt: int,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """The attempt with *s*'s token waits for a permit of its step's resource; PermitGranted starts it."""
+    resource = sdef.resource
+    assert resource is not None
+    s.waiting_for = resource
+    s.wake_at = None
+    what = "compensation of step" if compensation else "step"
+    hist.append(
+        HistoryEntry(
+            now,
+            "resource_waiting",
+            f"{what} {sdef.name!r} attempt {attempt} waits for resource {resource!r}",
+            sdef.name,
+            attempt,
+        )
+    )
+    fx.append(AcquirePermit(sdef.name, compensation, attempt, s.token, resource))
+
+
+def _started(
+    sdef: StepDefinition,
+    st: SagaState,
+    s: StepState,
+    compensation: bool,
+    attempt: int,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """The attempt starts now: recorded, and a RunStep for it."""
+    if compensation:
+        timeout = sdef.attempt_timeouts[1]
+        local = sdef.compensation_local
+        hist.append(
+            _entry(
+                (
+                    now,
+                    "compensation_started",
+                    f"compensation of step {sdef.name!r} attempt {attempt}",
+                    sdef.name,
+                    attempt,
+                    None,
+                )
+            )
+        )
+    else:
+        timeout = sdef.attempt_timeouts[0]
+        local = sdef.local
+        hist.append(_entry((now, "step_started", f"step {sdef.name!r} attempt {attempt}", sdef.name, attempt, None)))
+    # Local attempts are timed by the runtime; a message step waits for its
+    # reply until this deadline, which survives restarts with the saga row.
+    s.wake_at = now + timeout if (timeout is not None and not local) else None
+    fx.append(_run((sdef.name, compensation, attempt, s.token, timeout, None)))
+
+
+def _release_permits(defn: SagaDefinition, before: SagaState, st: SagaState, fx: list[Effect]) -> None:
+    """Every attempt that ended in this transition gives back its permit (held or waited for).
+
+    Whatever ended it (an outcome, a cancellation, a timeout, a skip, an abort,
+    a resume that runs it again): its token is no longer the step's.
+    """
+    for name in defn.resource_steps:
+        old = before.steps[name]
+        token = old.token
+        if token and st.steps[name].token != token:
+            sdef = defn.by_name[name]
+            if sdef.compensation_local if old.status is _S.COMPENSATING else sdef.local:
+                fx.append(ReleasePermit(name, token, sdef.resource))  # type: ignore[arg-type]
+    # A permit asked for and given up within this transition (a resumed attempt the deadline
+    # cancels at once, say) is not asked for at all.
+    steps = st.steps
+    if any(type(e) is AcquirePermit and steps[e.step].token != e.token for e in fx):
+        fx[:] = [e for e in fx if type(e) is not AcquirePermit or steps[e.step].token == e.token]
 
 
 def attempt_timeout(sdef: StepDefinition, compensation: bool) -> float | None:

@@ -19,6 +19,7 @@ __all__ = [
     "STATE_VERSION",
     "Abort",
     "AbortChild",
+    "AcquirePermit",
     "Begin",
     "CancelAttempt",
     "ChildEffect",
@@ -32,6 +33,8 @@ __all__ = [
     "ItemState",
     "NotifyParent",
     "ParentRollback",
+    "PermitGranted",
+    "ReleasePermit",
     "Reply",
     "Resume",
     "Retry",
@@ -120,6 +123,9 @@ class StepState:
     the state of each item, in the list's order. The step's own ``token`` is
     then always 0 (each item attempt has its own), and its ``wake_at`` is the
     earliest time an item waits for.
+    ``waiting_for`` names the resource the attempt with ``token`` waits for a
+    permit of: it has not started yet, unless ``resumed`` says that it ran
+    before, on a worker that stopped (it then may have had its effect).
     """
 
     status: StepStatus = _S.PENDING
@@ -133,6 +139,8 @@ class StepState:
     finished_at: float | None = None
     uncertain: bool = False
     items: list[ItemState] | None = None
+    waiting_for: str | None = None
+    resumed: bool = False
 
     def copy(self) -> StepState:
         return StepState(
@@ -147,6 +155,8 @@ class StepState:
             self.finished_at,
             self.uncertain,
             self.items if self.items is None else list(self.items),
+            self.waiting_for,
+            self.resumed,
         )
 
 
@@ -334,6 +344,14 @@ class ChildOutcome(NamedTuple):
     error: str | None = None
 
 
+class PermitGranted(NamedTuple):
+    """The attempt with *token* of *step* got a permit of *resource*: it may start."""
+
+    step: str
+    token: int
+    resource: str
+
+
 @dataclass(frozen=True, slots=True)
 class ParentRollback:
     """The parent saga *parent_id* is rolled back: this child saga rolls back too.
@@ -360,6 +378,7 @@ Event = (
     | Abort
     | ChildOutcome
     | ParentRollback
+    | PermitGranted
 )
 
 
@@ -439,7 +458,32 @@ class NotifyParent(NamedTuple):
 
 
 ChildEffect = StartChild | CompensateChild | AbortChild | NotifyParent
-Effect = RunStep | CancelAttempt | StartChild | CompensateChild | AbortChild | NotifyParent
+
+
+class AcquirePermit(NamedTuple):
+    """Get a permit of *resource* for the attempt with *token*; report ``PermitGranted`` when it is granted.
+
+    Until then the attempt waits (its step's ``waiting_for`` names the resource).
+    """
+
+    step: str
+    compensation: bool
+    attempt: int
+    token: int
+    resource: str
+
+
+class ReleasePermit(NamedTuple):
+    """Give back the permit of *resource* held (or waited for) by the attempt with *token* of *step*."""
+
+    step: str
+    token: int
+    resource: str
+
+
+Effect = (
+    RunStep | CancelAttempt | StartChild | CompensateChild | AbortChild | NotifyParent | AcquirePermit | ReleasePermit
+)
 
 
 @dataclass(slots=True)

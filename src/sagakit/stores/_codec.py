@@ -60,6 +60,10 @@ def encode_steps(steps: dict[str, StepState]) -> str:
             d["uncertain"] = True
         if s.items is not None:
             d["items"] = [_encode_item(it) for it in s.items]
+        if s.waiting_for is not None:
+            d["waiting_for"] = s.waiting_for
+            if s.resumed:
+                d["resumed"] = True
         out[name] = d
     return orjson.dumps(out).decode()
 
@@ -116,6 +120,8 @@ def decode_steps(text: str | bytes) -> dict[str, StepState]:
             d.get("finished_at"),
             d.get("uncertain", False),
             None if (items := d.get("items")) is None else _decode_items(items),
+            d.get("waiting_for"),
+            d.get("resumed", False),
         )
         for name, d in raw.items()
     }

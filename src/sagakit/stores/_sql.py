@@ -248,10 +248,36 @@ def migrations(d: Dialect) -> list[list[str]]:
             )""",
             "CREATE INDEX IF NOT EXISTS sagakit_handled_at ON sagakit_handled (handled_at)",
         ],
+        [
+            # Resource limits shared by the workers (PostgreSQL; the memory and SQLite stores keep
+            # permits in the process): one row per resource with its limits and the grant times
+            # of its current rate window (a JSON array), locked by each acquirer; one row per
+            # permit held (granted = 1) or waited for (granted = 0), alive until expires_at.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_resources (
+                name TEXT PRIMARY KEY,
+                concurrency INTEGER,
+                rate INTEGER,
+                per {d.real} NOT NULL,
+                grants {d.json} NOT NULL
+            )""",
+            f"""CREATE TABLE IF NOT EXISTS sagakit_permits (
+                saga_id TEXT NOT NULL,
+                step TEXT NOT NULL,
+                token {d.bigint} NOT NULL,
+                resource TEXT NOT NULL,
+                holder TEXT NOT NULL,
+                granted INTEGER NOT NULL,
+                queued_at {d.real} NOT NULL,
+                expires_at {d.real} NOT NULL,
+                PRIMARY KEY (saga_id, step, token)
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_permits_resource ON sagakit_permits (resource, granted)",
+            "CREATE INDEX IF NOT EXISTS sagakit_permits_holder ON sagakit_permits (holder)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class Statements:

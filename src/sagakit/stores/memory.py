@@ -31,6 +31,7 @@ from .._store import (
 )
 from ..machine import HistoryEntry, SagaState
 from ._codec import decode_row, dumps, encode_steps, loads
+from ._permits import InProcessPermits
 
 __all__ = ["MemoryStore"]
 
@@ -70,7 +71,7 @@ def _encode(st: SagaState, wake_at: float | None) -> list[object]:
     ]  # fmt: skip
 
 
-class MemoryStore:
+class MemoryStore(InProcessPermits):
     """Sagas in a dict; lost when the process ends."""
 
     def __init__(self) -> None:

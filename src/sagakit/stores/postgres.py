@@ -71,6 +71,7 @@ from .._store import Handling, Lease, Pruned, SagaQuery, Schedule, WorkerInfo, W
 from ..machine import HistoryEntry, SagaState
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
+from ._pg_permits import PostgresPermits
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class PostgresStore(WritesInTransaction):
+class PostgresStore(PostgresPermits, WritesInTransaction):
     """Sagas in a PostgreSQL database, shared by any number of workers.
 
     Args:
@@ -226,6 +227,7 @@ class PostgresStore(WritesInTransaction):
             signed=True,
         )
         self._listener: Any = None
+        self._permit_watchers: builtins.list[Any] = []
         self._work = asyncio.Event()
         self._opening = asyncio.Lock()
 
@@ -585,12 +587,14 @@ class PostgresStore(WritesInTransaction):
         self._listener = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._work.set()
+        if not self._permit_notice(payload):
+            self._work.set()
 
     def _listener_lost(self, conn: Any) -> None:
         if self._listener is conn:
             self._listener = None
         self._work.set()
+        self._permit_notice("permit:")  # releases may go unheard until it listens again
 
     # ------------------------------------------------------------ reads
 

@@ -32,6 +32,7 @@ from .._store import DeadLetter, Handling, Lease, OutboxRecord, Pruned, SagaQuer
 from ..machine import HistoryEntry, SagaState
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
+from ._permits import InProcessPermits
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
 
 __all__ = ["SQLiteStore"]
@@ -44,7 +45,7 @@ DIALECT = Dialect(name="sqlite", param=lambda i: f"?{i}")
 _HEADER = b"SQLite format 3\x00"
 
 
-class SQLiteStore(WritesInTransaction):
+class SQLiteStore(InProcessPermits, WritesInTransaction):
     """Sagas in one SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", checkpoint_interval: float | None = 0.25) -> None:

@@ -212,6 +212,7 @@ function overviewPage(view) {
   const counts = el("div", { class: "counts", id: "counts" });
   const chart = el("div", { class: "card", id: "throughput" });
   const stuck = el("div", { id: "stuck" });
+  const resources = el("div", { id: "resources" });
   view.append(
     el("h1", { text: "Overview" }),
     counts,
@@ -219,10 +220,13 @@ function overviewPage(view) {
     chart,
     el("h2", { text: "Stuck sagas: failed, or overdue by more than 60 s" }),
     stuck,
+    el("h2", { text: "Resources" }),
+    resources,
   );
   poll(async (mine) => {
-    const o = await api("api/overview");
+    const [o, r] = await Promise.all([api("api/overview"), api("api/resources")]);
     if (mine !== generation) return;
+    resources.replaceChildren(resourcesTable(r.resources));
     counts.replaceChildren(
       el("a", { class: "count", href: "#/sagas" }, el("div", { class: "n", text: o.total }), el("div", { class: "label", text: "all" })),
       ...STATUSES.map((s) =>
@@ -237,6 +241,20 @@ function overviewPage(view) {
       stuck.append(el("p", {}, el("a", { href: "#/sagas?stuck=60", text: `all ${o.stuck.total} stuck sagas` })));
     }
   }, 2000);
+}
+
+function resourcesTable(items) {
+  if (!items.length) return el("p", { class: "muted", id: "no-resources", text: "No step has asked for a resource permit." });
+  const limit = (x) => [x.concurrency === null ? null : `${x.concurrency} at once`,
+    x.rate === null ? null : `${x.rate} per ${x.per} s`].filter(Boolean).join(", ");
+  return el("div", { class: "table-wrap" }, el("table", { id: "resources-table" },
+    el("thead", {}, el("tr", {}, ["Resource", "Limit", "In use", "Waiting", "Started this window"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, items.map((x) => el("tr", { class: "resource", "data-resource": x.name },
+      el("td", { class: "mono", text: x.name }),
+      el("td", { text: limit(x) }),
+      el("td", { class: "num in-use", text: x.in_use }),
+      el("td", { class: "num waiting", text: x.waiting }),
+      el("td", { class: "num", text: x.rate === null ? "" : x.recent }))))));
 }
 
 function throughputChart(buckets) {
@@ -602,6 +620,7 @@ function sagaPage(view, id) {
   const enc = encodeURIComponent(id);
   const head = el("div", { class: "saga-head" });
   const fields = el("dl", { class: "fields" });
+  const waits = el("div", { id: "resource-waits" });
   const actions = el("div", { class: "actions", id: "actions" });
   const graph = el("div", { id: "graph" });
   const attempts = el("div", { id: "timeline" });
@@ -613,7 +632,7 @@ function sagaPage(view, id) {
   const family = el("div", { id: "child-sagas" });
   view.append(
     el("p", {}, el("a", { href: "#/sagas", text: "← sagas" })),
-    head, fields, actions, family,
+    head, fields, waits, actions, family,
     el("h2", { text: "Graph" }), graph, legend(STATES),
     el("h2", { text: "Timeline" }), attempts,
     el("h2", { text: "Admin actions" }), admin, events,
@@ -652,6 +671,9 @@ function sagaPage(view, id) {
         ` ${saga.parent.name || ""} (step ${saga.parent.step}) `, badge(saga.parent.status)));
     }
     family.replaceChildren(...(saga.children && saga.children.length ? [childTable(saga.children)] : []));
+    const waiting = Object.entries(saga.steps).filter(([, s]) => s.waiting_for && !TERMINAL.has(saga.status));
+    waits.replaceChildren(...waiting.map(([n, s]) => el("p", { class: "resource-wait", "data-step": n, "data-resource": s.waiting_for },
+      `Step ${n} is waiting for resource `, el("code", { text: s.waiting_for }), ": its attempt starts when a permit is free.")));
     const key = JSON.stringify(allowed);
     if (key !== lastAllowed) {
       lastAllowed = key;
@@ -834,7 +856,7 @@ function resultsTable(steps) {
   return el("div", { class: "table-wrap" }, el("table", {},
     el("thead", {}, el("tr", {}, ["Step", "Status", "Result"].map((h) => el("th", { text: h })))),
     el("tbody", {}, Object.entries(steps).map(([name, s]) => el("tr", {},
-      el("td", { text: name }), el("td", { text: s.status }),
+      el("td", { text: name }), el("td", { text: s.waiting_for ? `${s.status} (waiting for ${s.waiting_for})` : s.status }),
       el("td", {}, s.result === null ? "" : el("code", { text: JSON.stringify(s.result) })))))));
 }
 
