@@ -147,10 +147,6 @@ def _schemas() -> dict[str, Any]:
             "error": _nullable(_STR),
             "next_attempt_at": _nullable(_NUM),
             "uncertain": {"type": "boolean"},
-            "waiting_for": {
-                **_nullable(_STR),
-                "description": "The resource whose permit the step's attempt waits for (it has not started).",
-            },
         }
     )
     step_props = {
@@ -163,6 +159,10 @@ def _schemas() -> dict[str, Any]:
         "finished_at": _nullable(_NUM),
         "next_attempt_at": _nullable(_NUM),
         "uncertain": {"type": "boolean"},
+        "waiting_for": {
+            **_nullable(_STR),
+            "description": "The resource whose permit the step's attempt waits for (it has not started).",
+        },
     }
     step = _obj(
         {
