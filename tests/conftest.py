@@ -18,6 +18,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 import pytest
+from hypothesis import settings
+
+# Property tests check rules, never speed: no per-example deadline, which a loaded machine
+# (two cores shared with brokers and databases) would turn into failures that mean nothing.
+settings.register_profile("sagakit", deadline=None)
+settings.load_profile("sagakit")
 
 PG_DSN = os.environ.get("SAGAKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -115,3 +115,56 @@ def test_the_machine_keeps_an_event_without_the_definition_and_applies_it_on_res
     assert resumed.state.data["approver"] == "ann"  # in the order they came; the second finds nothing waiting
     assert QUEUED_EVENTS not in resumed.state.meta
     assert any(h.kind == "refused" and "bob" not in h.message for h in resumed.history)
+
+
+async def test_an_event_for_a_saga_whose_worker_died_mid_step_runs_that_step_again(pg_url: str) -> None:
+    """The engine that applies the event claims the saga: the dead worker's attempt runs again.
+
+    A saga runs a local step beside a step waiting for an event; its worker dies
+    mid-step. Once the lease has run out, an API process (no workers) hands the
+    event over: the saga must not be left with the dead worker's attempt "running"
+    and nothing due, but be resumed as a claim resumes it, so a worker finishes it.
+    """
+    from pydantic import BaseModel
+
+    from sagakit import SagaBuilder, StepContext, wait_for
+    from sagakit.testing import kill
+
+    class Paid(BaseModel):
+        order_id: str
+
+    runs: list[int] = []
+
+    async def slow(ctx: StepContext) -> None:
+        runs.append(ctx.attempt)
+        if len(runs) == 1:
+            await asyncio.sleep(60)  # still running when its worker dies
+
+    b = SagaBuilder("paid_beside_slow")
+    b.step("slow", slow)
+    b.step("paid", action=wait_for(Paid), after=())
+    defn = b.build()
+    first = SagaEngine(pg_url, lease_seconds=1.0, worker_id="first")
+    first.register(defn)
+    await first.__aenter__()
+    sid = await first.start("paid_beside_slow", {"order_id": "o-1"})
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while not runs:
+        assert loop.time() < end, "the step never started"
+        await asyncio.sleep(0.01)
+    await kill(first)
+    api = SagaEngine(pg_url, lease_seconds=1.0, worker_id="api")  # not running: no claim loop of its own
+    api.register(defn)
+    try:
+        await api.notify(sid, Paid(order_id="o-1"))  # waits for the dead worker's lease to run out
+        after = await api.get(sid)
+    finally:
+        await api.close()
+    assert after.steps["paid"].status is StepStatus.COMPLETED
+    assert any(h.kind == "resumed" and h.step == "slow" for h in after.history)
+    assert after.wake_at is not None  # due: a worker picks the resumed attempt up
+    async with SagaEngine(pg_url, worker_id="worker") as worker:
+        worker.register(defn)
+        done = await worker.wait(sid, timeout=20)
+    assert done.status is SagaStatus.COMPLETED and len(runs) == 2  # the attempt, run again once

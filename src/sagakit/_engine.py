@@ -75,6 +75,7 @@ from .machine import (
     HistoryEntry,
     ReleasePermit,
     Reply,
+    Resume,
     Retry,
     RunStep,
     SagaState,
@@ -961,6 +962,9 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
                     held = Held(st, defn, durable=True, lease_mono=proven)
                     self._held[saga_id] = held
                     claimed = True
+                    # Claimed as the claim loop would have: attempts a stopped worker left in
+                    # flight run again (the event below joins the same write).
+                    self._apply(held, Resume())
             made = make(held)
             if isinstance(made, str):
                 rejected: str | None = made
