@@ -28,6 +28,7 @@ PAGES = [
     "docs/state-migration.md",
     "docs/testing.md",
     "docs/application.md",
+    "docs/locks.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

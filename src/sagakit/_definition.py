@@ -16,7 +16,9 @@ from ._resources import Resource
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "LOCK_POLICIES",
     "ForEach",
+    "LockSettings",
     "ReplyRead",
     "SagaBuilder",
     "SagaDefinition",
@@ -29,6 +31,8 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _DEFAULT_RETRY = RetryPolicy()
 _DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.1, max_delay=60.0)
+# What a saga does when a lock it needs is held by another saga: queue for it, or fail at once.
+LOCK_POLICIES = ("wait", "fail")
 
 
 class ReplyRead(NamedTuple):
@@ -110,6 +114,23 @@ def _message_type_problem(where: str, obj: object, fix: str) -> DefinitionError:
     return DefinitionError(f"{where} must be a pydantic model or dataclass class, got {got} ({fix})")
 
 
+@dataclass(frozen=True, slots=True)
+class LockSettings:
+    """A saga's semantic locks: the business keys it holds, and what it does when they are taken.
+
+    ``keys`` (or None: only steps declare locks) reads the saga-level keys from
+    the saga's data; they are held from the start until the saga ends, or until
+    step ``release_after`` has completed (a step's own keys stay until the end). ``policy`` is ``"wait"`` (queue,
+    first come first served, for at most ``timeout`` seconds when given) or
+    ``"fail"`` (the saga fails at once when a key is held by another saga).
+    """
+
+    keys: Callable[[Any], Any] | None = None
+    policy: str = "wait"
+    timeout: float | None = None
+    release_after: str | None = None
+
+
 class Trigger(NamedTuple):
     """An event type that starts the saga, and how to read the correlation id from it."""
 
@@ -156,6 +177,8 @@ class StepDefinition:
     """Set on a for-each step (``SagaBuilder.for_each``)."""
     resource: str | None = None
     """The resource whose limit each attempt (action or compensation) of the step runs under."""
+    locks: Callable[[Any], Any] | None = None
+    """Reads the business keys the saga must hold from this step on, from the saga's data."""
     # Derived from the fields above when the definition is made; the state
     # machine and the runtime read them on every attempt.
     local: bool = field(init=False, repr=False, compare=False)
@@ -211,6 +234,8 @@ class SagaDefinition:
     # Events the saga knows that none of its steps declares: consumed all the
     # same, so that one arriving is dead-lettered with the reason, not left unread.
     known_events: tuple[type, ...] = ()
+    # Semantic locks (None: the saga and its steps declare none).
+    locks: LockSettings | None = None
     # Derived lookups, filled by build(); the state machine reads these.
     by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
     order: tuple[str, ...] = field(default=(), compare=False)
@@ -250,12 +275,31 @@ class SagaBuilder:
         deadline: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         description: str | None = None,
+        locks: Callable[[Any], Any] | None = None,
+        lock_policy: str = "wait",
+        lock_timeout: float | None = None,
+        release_locks_after: str | None = None,
     ) -> None:
+        """Start a definition.
+
+        *locks* reads the business keys the saga holds while it runs from its data
+        (``locks=lambda data: [f"order:{data['order_id']}"]``): no two sagas hold
+        one key at once. *lock_policy* ``"wait"`` queues for a taken key (first
+        come, first served; at most *lock_timeout* seconds when given), ``"fail"``
+        fails the saga at once. *release_locks_after* names the step after whose
+        completion the saga's own keys are released (default: when the saga ends;
+        keys that steps declare are held until then in any case).
+        Steps may declare keys of their own (``b.step(..., locks=...)``).
+        """
         self.name = name
         self.version = version
         self.deadline = deadline
         self.max_payload_bytes = max_payload_bytes
         self.description = description
+        self.locks = locks
+        self.lock_policy = lock_policy
+        self.lock_timeout = lock_timeout
+        self.release_locks_after = release_locks_after
         self.extras: dict[str, Any] = {}
         self._steps: list[StepDefinition] = []
         self._triggers: list[Trigger] = []
@@ -294,6 +338,7 @@ class SagaBuilder:
         pivot: bool = False,
         compensate_failed: bool = False,
         resource: str | None = None,
+        locks: Callable[[Any], Any] | None = None,
     ) -> SagaBuilder:
         """Add a step. ``after=None`` runs it after the previous step; ``after=[]`` makes it a root.
 
@@ -302,7 +347,9 @@ class SagaBuilder:
 
         A step whose outcome is uncertain (cancelled, timed out, result lost) is
         compensated on rollback; one that failed outright is not, unless
-        *compensate_failed* says it can fail half-way.
+        *compensate_failed* says it can fail half-way. *locks* reads business
+        keys from the saga's data that the saga acquires before the step's first
+        attempt and holds from then on (see ``SagaBuilder(locks=...)``).
 
         Returns the builder, so calls can be chained.
         """
@@ -335,6 +382,7 @@ class SagaBuilder:
                 pivot=pivot,
                 compensate_failed=compensate_failed,
                 resource=resource,
+                locks=locks,
             )
         )
         return self
@@ -461,6 +509,7 @@ class SagaBuilder:
             upcasters=self._upcasters,
             known_events=self._known_events,
             resources=self._resources,
+            locks=LockSettings(self.locks, self.lock_policy, self.lock_timeout, self.release_locks_after),
         )
 
 
@@ -497,6 +546,41 @@ def _check_upcasters(name: str, version: object, upcasters: Mapping[Any, Any]) -
                 f"saga {name!r}: no upcaster from state version(s) {missing}: data of state version "
                 f"{min(upcasters)} could not reach version {version}"
             )
+
+
+def _check_locks(
+    name: str, locks: LockSettings | None, steps: Sequence[StepDefinition], by_name: Mapping[str, StepDefinition]
+) -> LockSettings | None:
+    """The saga's lock settings, checked; None when neither the saga nor a step declares keys."""
+    for s in steps:
+        if s.locks is not None and not callable(s.locks):
+            raise DefinitionError(
+                f"step {s.name!r}: locks must be a function of the saga's data returning the keys, got {s.locks!r}"
+            )
+    stepped = any(s.locks is not None for s in steps)
+    if locks is None:
+        locks = LockSettings()
+    if locks.keys is not None and not callable(locks.keys):
+        raise DefinitionError(
+            f"saga {name!r}: locks must be a function of the saga's data returning the keys "
+            f"(locks=lambda data: [f\"order:{{data['order_id']}}\"]), got {locks.keys!r}"
+        )
+    if locks.policy not in LOCK_POLICIES:
+        raise DefinitionError(f"saga {name!r}: lock_policy must be 'wait' or 'fail', got {locks.policy!r}")
+    t = locks.timeout
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not t > 0):
+        raise DefinitionError(f"saga {name!r}: lock_timeout must be > 0 seconds or None, got {t!r}")
+    if locks.release_after is not None and locks.release_after not in by_name:
+        hint = difflib.get_close_matches(str(locks.release_after), list(by_name), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise DefinitionError(f"saga {name!r}: release_locks_after names unknown step {locks.release_after!r}{extra}")
+    if locks.keys is None and not stepped:
+        if locks.release_after is not None or locks.timeout is not None or locks.policy != "wait":
+            raise DefinitionError(
+                f"saga {name!r}: lock_policy, lock_timeout and release_locks_after need locks= on the saga or on a step"
+            )
+        return None
+    return locks
 
 
 def _check_callable(where: str, fn: object) -> None:
@@ -561,6 +645,7 @@ def build_definition(
     upcasters: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
     known_events: Sequence[type] = (),
     resources: Sequence[Resource] = (),
+    locks: LockSettings | None = None,
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -617,6 +702,7 @@ def build_definition(
     ancestors = _Closure({s.name: s.after for s in steps})
     descendants = _Closure(dependents)
     _check_pivots(steps, order, by_name, descendants)
+    locks = _check_locks(name, locks, steps, by_name)
 
     checked_triggers = _check_messaging(name, triggers, state_model, completion_event, failure_event)
     ups = dict(upcasters or {})
@@ -647,6 +733,7 @@ def build_definition(
         state_version=state_version,
         upcasters=ups,
         known_events=tuple(k for k in dict.fromkeys(known_events) if k not in declared),
+        locks=locks,
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},

@@ -55,6 +55,7 @@ from ._runtime.attempts import Attempts
 from ._runtime.children import Children
 from ._runtime.commit import Committer
 from ._runtime.leases import Leases
+from ._runtime.locks import Locks
 from ._runtime.messaging import Messaging
 from ._runtime.permits import PERMIT_TASK, Permits
 from ._runtime.requests import Requests, encode_admin
@@ -63,16 +64,18 @@ from ._runtime.schedules import Schedules
 from ._runtime.timers import Timers
 from ._snapshot import SagaSnapshot
 from ._status import SagaStatus
-from ._store import DeadLetter, SagaQuery, Schedule, Store, Write, store_from_url
+from ._store import DeadLetter, LockEntry, SagaQuery, Schedule, Store, Write, store_from_url
 from ._transport import Transport, transport_from_url
 from .machine import (
     Abort,
+    AcquireLocks,
     AcquirePermit,
     CancelAttempt,
     Compensate,
     Decision,
     Event,
     HistoryEntry,
+    ReleaseLocks,
     ReleasePermit,
     Reply,
     Resume,
@@ -117,7 +120,7 @@ def _new_saga_id() -> str:
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{_ids.getrandbits(80):020x}"
 
 
-class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Schedules, Children, Permits):
+class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention, Schedules, Children, Permits):
     """Runs sagas durably on a store.
 
     Args:
@@ -662,6 +665,11 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         """
         return await self._messaging.publish(event, destination=destination)
 
+    async def locks(self, saga_id: str | None = None, *, limit: int = 1000) -> builtins.list[LockEntry]:
+        """Semantic locks held and queued for (of one saga, or all): by key, holder first, then the queue."""
+        await self._ensure_open()
+        return await self.store.locks(saga_id=saga_id, limit=limit)
+
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """Received messages that reached no saga, with the reason, newest first."""
         await self._ensure_open()
@@ -1005,11 +1013,16 @@ class SagaEngine(Committer, Attempts, Leases, Timers, Requests, Retention, Sched
         # Released at once: due now unless finished, so a worker that has the definition goes on
         # (a finished saga is due again only while its aborted children have not ended).
         wake = new.wake_at if new.status.terminal else self.clock()
-        res = await self.store.commit([Write(new, st.revision, decision.history, wake, data_changed=False)])
+        unlock_all = any(isinstance(e, ReleaseLocks) for e in decision.effects)
+        res = await self.store.commit(
+            [Write(new, st.revision, decision.history, wake, data_changed=False, unlock_all=unlock_all)]
+        )
         if res[0] is None:
             raise SagaBusy(f"saga {st.id} was taken over by another worker meanwhile; try again")
         children = [
-            e for e in decision.effects if not isinstance(e, RunStep | CancelAttempt | AcquirePermit | ReleasePermit)
+            e
+            for e in decision.effects
+            if not isinstance(e, RunStep | CancelAttempt | AcquirePermit | ReleasePermit | AcquireLocks | ReleaseLocks)
         ]
         if children:
             self._child_effects(new, None, children)

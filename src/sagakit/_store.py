@@ -39,6 +39,8 @@ __all__ = [
     "DeadLetter",
     "Handling",
     "Lease",
+    "LockAnswer",
+    "LockEntry",
     "OutboxMessage",
     "OutboxRecord",
     "Pruned",
@@ -154,6 +156,48 @@ class Write:
     outbox: list[OutboxMessage] = field(default_factory=list)
     inbox: list[str] = field(default_factory=list)
     lease_seconds: float | None = None
+    # Semantic locks (machine ReleaseLocks): keys of the saga to release in this write, or all
+    # of them; both only when the write applies. lock_wait: the saga waits for locks and the
+    # write releases it: it is made due now if its acquisition is no longer queued (granted
+    # meanwhile), so that the grant is not lost behind the write's own wake time.
+    unlock: tuple[str, ...] = ()
+    unlock_all: bool = False
+    lock_wait: bool = False
+
+    @property
+    def locks(self) -> bool:
+        """Whether the write touches semantic locks (the store then takes its lock table)."""
+        return self.unlock_all or bool(self.unlock) or self.lock_wait
+
+
+@dataclass(frozen=True, slots=True)
+class LockAnswer:
+    """The store's answer to ``acquire_locks``.
+
+    ``outcome``: ``granted`` (every key is the saga's), ``waiting`` (queued; the
+    store wakes the saga when they are), ``refused`` (``reason`` is ``taken``,
+    ``timeout`` or ``deadlock``; the saga left the queues) or ``stale`` (the saga
+    is gone, finished, or no longer waits for these keys: nothing changed).
+    ``blockers``: ``(key, saga id)`` for each key not granted, the saga holding
+    it or first in line for it. ``released``: the saga's lease was given up.
+    """
+
+    outcome: str
+    reason: str = ""
+    blockers: tuple[tuple[str, str], ...] = ()
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LockEntry:
+    """One saga's claim on one key: held, or queued (the lower ``ticket``, the earlier in line)."""
+
+    key: str
+    saga_id: str
+    held: bool
+    ticket: int
+    since: float
+    saga_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +433,32 @@ class Store(Protocol):
         """
         ...
 
+    async def acquire_locks(
+        self,
+        saga_id: str,
+        keys: Sequence[str],
+        now: float,
+        *,
+        fail: bool = False,
+        give_up: bool = False,
+        owner: str | None = None,
+        wake_at: float | None = None,
+    ) -> LockAnswer:
+        """Acquire *keys* for the saga, all or none, in one transaction (see ``sagakit.stores._lockplan``).
+
+        Asking again for keys the saga holds or is queued for changes nothing
+        but may find them granted. *fail*: refuse rather than queue; *give_up*:
+        grant now or leave the queue and refuse. Stale (nothing done) unless the
+        saga's stored state waits for these keys. With *owner*, a saga left
+        queued has its lease (held by *owner*) released in the same transaction,
+        due at *wake_at*: a grant made after that wakes it, and none is lost.
+        """
+        ...
+
+    async def locks(self, *, saga_id: str | None = None, limit: int = 1000) -> builtins.list[LockEntry]:
+        """Held and queued locks (of one saga, or all), by key, holders first, then in line."""
+        ...
+
     async def get(self, saga_id: str) -> SagaState | None: ...
 
     async def history(self, saga_id: str) -> list[HistoryEntry]: ...
@@ -597,6 +667,15 @@ class Store(Protocol):
     async def resources(self, now: float) -> builtins.list[ResourceUsage]:
         """Every resource permits were asked for: its limits, permits in use, attempts waiting."""
         ...
+
+
+def waits_for(meta: Any, keys: Sequence[str]) -> bool:
+    """Whether a saga's stored meta (a dict, or its JSON text) says it waits for *keys*."""
+    if isinstance(meta, str | bytes):
+        meta = orjson.loads(meta)
+    locks = meta.get("locks") if isinstance(meta, dict) else None
+    wanted = locks.get("wanted") if isinstance(locks, dict) else None
+    return isinstance(wanted, list) and set(wanted) == set(keys)
 
 
 def describe(value: Any) -> str:

@@ -186,6 +186,8 @@ DASHBOARD_CALLS = {
     'api("api/resources")': "/api/resources",
     'api("api/definitions")': "/api/definitions",
     'api("api/schedules")': "/api/schedules",
+    'api("api/locks")': "/api/locks",
+    "api(`api/locks?saga_id=${enc}`)": "/api/locks?saga_id={id}",
 }
 
 

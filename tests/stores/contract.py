@@ -20,6 +20,7 @@ from sagakit._resources import PermitKey
 from sagakit._store import Lease, OutboxMessage, SagaQuery, Store, WorkerInfo, Write
 from sagakit.machine import HistoryEntry, ItemState, SagaState, StepState
 from sagakit.stores._sql import SCHEMA_VERSION
+from tests.stores.locks_contract import LockContract
 
 StoreFactory = Callable[[], Store]
 
@@ -121,7 +122,7 @@ def update(
     )
 
 
-class StoreContract:
+class StoreContract(LockContract):
     """What every store must do. Subclasses provide the ``make_store`` fixture."""
 
     # ------------------------------------------------------------ fixtures

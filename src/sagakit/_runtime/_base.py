@@ -22,6 +22,7 @@ from .._observe import Observer, Tracer, is_tracer
 from .._snapshot import SagaSnapshot
 from .._store import OutboxMessage, Store
 from ..machine import (
+    AcquireLocks,
     AcquirePermit,
     CancelAttempt,
     ChildEffect,
@@ -107,6 +108,11 @@ class Pending:
     outbox: list[OutboxMessage] = field(default_factory=list)
     inbox: list[str] = field(default_factory=list)
     children: list[ChildEffect] | None = None  # child sagas' effects, carried out after the commit
+    # Semantic locks: keys to release in the write (or all of them), and the acquisition to
+    # ask the store for once it is committed.
+    unlock: set[str] | None = None
+    unlock_all: bool = False
+    acquire: AcquireLocks | None = None
 
 
 class MessageSide(Protocol):
@@ -220,6 +226,10 @@ class RuntimeBase:
 
     def _set_timer(self, held: Held) -> None:
         """Arm the saga's next timer (``timers``)."""
+        raise NotImplementedError
+
+    def _acquire_locks(self, held: Held, eff: AcquireLocks) -> None:
+        """Ask the store for a committed acquisition of semantic locks (``locks``)."""
         raise NotImplementedError
 
     def _poke_claimer(self) -> None:

@@ -18,11 +18,14 @@ from .._snapshot import SagaSnapshot
 from .._status import _TERMINAL
 from .._store import Write
 from ..machine import (
+    LOCKS,
+    AcquireLocks,
     AcquirePermit,
     CancelAttempt,
     Decision,
     Event,
     HistoryEntry,
+    ReleaseLocks,
     ReleasePermit,
     RunStep,
     SagaState,
@@ -113,6 +116,16 @@ class Committer(RuntimeBase):
                     self._release_permit(held, eff)
                 elif type(eff) is AcquirePermit:
                     p.effects.append(eff)  # waited for once the transition is committed
+                elif type(eff) is ReleaseLocks:
+                    # Released in the transition's own write: atomically with the saga's end.
+                    if eff.keys is None:
+                        p.unlock_all = True
+                    elif p.unlock is None:
+                        p.unlock = set(eff.keys)
+                    else:
+                        p.unlock.update(eff.keys)
+                elif type(eff) is AcquireLocks:
+                    p.acquire = eff  # asked once the transition is committed
                 else:
                     # A child saga's effect (start, roll back, abort, tell the parent): after the commit.
                     if p.children is None:
@@ -194,7 +207,7 @@ class Committer(RuntimeBase):
             held.committing += 1
             st = p.state
             assert st is not None
-            runs_here = bool(held.inflight)
+            runs_here = bool(held.inflight) or p.acquire is not None
             if not runs_here:
                 for e in p.effects:
                     if self._runs_here(held, e):
@@ -230,6 +243,9 @@ class Committer(RuntimeBase):
                     outbox=p.outbox,
                     inbox=p.inbox,
                     lease_seconds=self.lease_seconds if keep else None,
+                    unlock=tuple(sorted(p.unlock)) if p.unlock else (),
+                    unlock_all=p.unlock_all,
+                    lock_wait=not keep and bool(st.meta) and _waits_for_locks(st),
                 )
             )
         sent = time.monotonic()
@@ -255,6 +271,10 @@ class Committer(RuntimeBase):
                     p.inbox.extend(newer.inbox)
                     if newer.children:
                         p.children = [*(p.children or []), *newer.children]
+                    if newer.unlock:
+                        p.unlock = {*(p.unlock or ()), *newer.unlock}
+                    p.unlock_all = p.unlock_all or newer.unlock_all
+                    p.acquire = newer.acquire or p.acquire
                     p.state = newer.state
                     p.data_changed = p.data_changed or newer.data_changed
                 p.held.queued = True
@@ -357,6 +377,8 @@ class Committer(RuntimeBase):
             # A newer transition is still to be committed otherwise; its commit sets the
             # timer, if it keeps the saga here at all.
             self._set_timer(held)
+        if p.acquire is not None and self._running and not self._closing:
+            self._acquire_locks(held, p.acquire)
 
     def _record_fenced(self, sid: str, p: Pending) -> None:
         entry = HistoryEntry(
@@ -384,6 +406,11 @@ class Committer(RuntimeBase):
             return
         if force or decision.history or decision.effects:
             self._transition(held, decision)
+
+
+def _waits_for_locks(st: SagaState) -> bool:
+    locks = st.meta.get(LOCKS)
+    return isinstance(locks, dict) and bool(locks.get("wanted"))
 
 
 def _refuse(p: Pending) -> None:

@@ -340,6 +340,10 @@ class _Api:
             raise _Problem(404, "not_found", f"no recurring schedule with key {key!r}")
         return {"key": key, "removed": True}
 
+    async def locks(self, request: Request) -> Any:
+        saga_id = request.query_params.get("saga_id") or None
+        return (await self.ops.locks(saga_id)).to_dict()
+
     async def allowed(self, request: Request) -> Any:
         return {"saga_id": request.path_params["saga_id"], **await self.ops.allowed_actions(self._saga_id(request))}
 
@@ -506,6 +510,7 @@ def create_app(
         Route("/api/definitions", e(api.definitions), methods=["GET"]),
         Route("/api/schedules", e(api.schedules), methods=["GET"]),
         Route("/api/schedules/{key}", e(api.unschedule, mutating=True), methods=["DELETE"]),
+        Route("/api/locks", e(api.locks), methods=["GET"]),
         *(
             Route(f"/api/sagas/{{saga_id}}/{name}", e(api.action(name), mutating=True), methods=["POST"])
             for name in ACTIONS

@@ -75,6 +75,12 @@ def _param(name: str, schema: dict[str, Any], description: str, *, where: str = 
 
 
 _TIME = {"type": "string", "maxLength": 64}
+_LOCK_SAGA: dict[str, Any] = {
+    "saga_id": {"type": "string"},
+    "name": {"type": ["string", "null"]},
+    "since": {"type": "number"},
+    "for": {"type": "number", "description": "Seconds since it took (or queued for) the key."},
+}
 _FILTERS = [
     _param(
         "status",
@@ -525,6 +531,25 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "Resources": _obj({"now": _NUM, "resources": {"type": "array", "items": _ref("Resource")}}),
+        "LockHolder": _obj(_LOCK_SAGA),
+        "LockWaiter": _obj({**_LOCK_SAGA, "position": _INT}),
+        "KeyLocks": _obj(
+            {
+                "key": _STR,
+                "holder": {"oneOf": [_ref("LockHolder"), {"type": "null"}]},
+                "queue": {
+                    "type": "array",
+                    "description": "Sagas queued for the key, first in line first (position 1).",
+                    "items": _ref("LockWaiter"),
+                },
+            }
+        ),
+        "Locks": _obj(
+            {
+                "locks": {"type": "array", "items": _ref("KeyLocks")},
+                "truncated": {"type": "boolean", "description": "More than 1000 lock entries: only those are shown."},
+            }
+        ),
         "BulkResult": _obj(
             {
                 "action": _STR,
@@ -731,6 +756,19 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/api/locks": _get(
+            "locks",
+            "Semantic locks by business key: the saga holding each and the sagas queued for it, in order.",
+            "Locks",
+            [
+                _param(
+                    "saga_id",
+                    {"type": "string", "maxLength": 200},
+                    "Only the keys this saga holds or is queued for.",
+                )
+            ],
+            ("503",),
+        ),
         "/api/bulk/{action}": {
             "post": {
                 "operationId": "bulkAction",

@@ -35,6 +35,7 @@ from ..machine import Abort, Compensate, Event, Retry, Skip, decide
 from ._filters import MAX_LIMIT, InvalidParameter, SagaFilter
 from ._fleet import DefinitionInfo, WorkersPage, definition_infos, workers_page
 from ._graph import SagaGraph, build_graph
+from ._locks import LocksPage, locks_page
 from ._schedules import SchedulesPage, schedules_page
 from ._timeline import Timeline, build_timeline
 
@@ -394,6 +395,10 @@ class Operations:
         now = self.now()
         usage = await (await self._store()).resources(now)
         return {"now": now, "resources": [u._asdict() for u in usage]}
+
+    async def locks(self, saga_id: str | None = None) -> LocksPage:
+        """Semantic locks by key: holder and queue; with *saga_id*, only the keys that saga holds or waits for."""
+        return await locks_page(await self._store(), self.now(), saga_id)
 
     async def describe_definitions(self) -> list[DefinitionInfo]:
         """The definitions registered here or run by an alive worker: graph, workers, sagas per status."""

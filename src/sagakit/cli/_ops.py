@@ -29,6 +29,7 @@ from .._snapshot import SagaSnapshot
 from .._status import SagaStatus, StepStatus
 from .._store import store_from_url
 from ..admin._filters import MAX_LIMIT, InvalidParameter, SagaFilter, parse_filter
+from ..admin._locks import LocksPage
 from ..admin._operations import Operations, SagaPage
 from ..stores.sqlite import SQLiteStore
 from ._render import EXIT_NOT_FOUND, EXIT_STORE, console, echo_json, fail, iso, short, status_text
@@ -38,6 +39,7 @@ __all__ = [
     "filter_options",
     "filter_params",
     "list_command",
+    "locks_command",
     "mask_options",
     "masker",
     "parse_cli_filter",
@@ -400,4 +402,45 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
             out.print(Text(h.traceback.rstrip(), style="red"), soft_wrap=True)
 
 
-commands: list[click.Command] = [list_command, show_command]
+# ---------------------------------------------------------------- locks
+
+
+@click.command("locks")
+@click.option(
+    "--saga", "saga_id", default=None, help="Only the keys this saga (id or unique prefix) holds or waits for."
+)
+@store_option
+@json_option
+def locks_command(saga_id: str | None, store_url: str, as_json: bool) -> None:
+    """List semantic locks: each business key, the saga holding it, and the sagas queued for it in order."""
+
+    async def read(ops: Operations) -> LocksPage:
+        return await ops.locks(None if saga_id is None else await ops.resolve(saga_id))
+
+    page = run_read(store_url, masker(None, ()), read)
+    if as_json:
+        echo_json(page.to_dict())
+        return
+    out = console()
+    if not page.keys:
+        out.print("no saga holds or waits for a lock")
+        return
+    table = Table(header_style="bold")
+    table.add_column("KEY", no_wrap=True)
+    table.add_column("HELD BY", no_wrap=True)
+    table.add_column("SINCE", no_wrap=True)
+    table.add_column("QUEUED (FIRST IN LINE FIRST)", overflow="fold")
+    for k in page.keys:
+        holder = k.holder
+        table.add_row(
+            k.key,
+            "" if holder is None else f"{holder.saga_id} {holder.saga_name or ''}".rstrip(),
+            "" if holder is None else iso(holder.since),
+            ", ".join(e.saga_id for e in k.queue),
+        )
+    out.print(table)
+    if page.truncated:
+        out.print("only the first 1000 lock entries are shown")
+
+
+commands: list[click.Command] = [list_command, show_command, locks_command]

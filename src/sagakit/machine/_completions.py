@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus
+from . import _locks
 from ._children import recheck
 from ._items import has_inflight, pump, resume_items, stop_items
 from ._progress import (
@@ -21,13 +22,17 @@ from ._progress import (
     _started,
     _wait_for_permit,
     attempt_timeout,
+    fail_unlocked,
 )
 from ._types import (
     FAILURE,
     KEEP,
+    LOCKS,
     ROLLBACK,
     Effect,
     HistoryEntry,
+    LocksGranted,
+    LocksRefused,
     PermitGranted,
     ReleasePermit,
     Reply,
@@ -437,6 +442,41 @@ def _on_timer(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect],
                 _compensation_done(sdef, st, s, ev, now, hist)
             else:
                 _action_done(defn, sdef, st, s, ev, now, fx, hist)
+    if st.meta and LOCKS in st.meta:
+        _locks.on_timer(defn, st, now, fx)
+
+
+def _on_locks(
+    defn: SagaDefinition,
+    st: SagaState,
+    ev: LocksGranted | LocksRefused,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """The store's answer to the saga's acquisition; an answer to an acquisition it no longer waits for is ignored."""
+    if st.status.terminal:
+        return
+    if isinstance(ev, LocksGranted):
+        _locks.granted(st, ev.keys, now, hist)
+        return
+    out = _locks.refused(defn, st, ev.keys, ev.reason, ev.blockers, now, hist)
+    if out is None:
+        return
+    error, waited = out
+    steps = [n for n in waited if st.steps[n].status is _S.PENDING]  # not skipped meanwhile
+    if waited:
+        if steps:
+            fail_unlocked(defn, st, steps, error, now, fx, hist)
+    elif st.status is SagaStatus.RUNNING and _past_pivot_name(defn, st) is None:
+        _rollback(defn, st, now, error, fx, hist, kind="lock_refused")
+    else:
+        # A retried saga could not take its keys back, and past its pivot (or while compensating)
+        # it cannot be rolled back: it stops for an operator again.
+        what = "compensation" if st.status is SagaStatus.COMPENSATING else "the saga"
+        st.status = SagaStatus.FAILED
+        st.error = f"{what} cannot go on without the saga's locks: {error}"
+        hist.append(HistoryEntry(now, "failed", st.error))
 
 
 def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
@@ -498,6 +538,8 @@ def _on_resume(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect]
                 )
             )
     _on_timer(defn, st, now, fx, hist)
+    if st.meta and LOCKS in st.meta:
+        _locks.on_resume(defn, st, fx)
 
 
 def _on_granted(

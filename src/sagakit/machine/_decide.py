@@ -8,8 +8,9 @@ from typing import Any
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._children import abort_again, child_ended_after_abort, completion_of, notify_parent, recheck
-from ._completions import _match_reply, _on_completion, _on_granted, _on_resume, _on_timer
+from ._completions import _match_reply, _on_completion, _on_granted, _on_locks, _on_resume, _on_timer
 from ._items import pump
+from ._locks import release_at_end
 from ._operators import _on_abort, _on_compensate, _on_parent_rollback, _on_retry, _on_skip
 from ._progress import (
     _S,
@@ -25,6 +26,7 @@ from ._progress import (
     step_results,
 )
 from ._types import (
+    LOCKS,
     PARENT,
     QUEUED_EVENTS,
     ROLLBACK,
@@ -38,6 +40,8 @@ from ._types import (
     Effect,
     Event,
     HistoryEntry,
+    LocksGranted,
+    LocksRefused,
     ParentRollback,
     PermitGranted,
     Reply,
@@ -178,6 +182,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
                 return Decision(state, [], hist, rejected=completion, stale=True)
         case ParentRollback():
             rejected = _on_parent_rollback(definition, st, event, now, fx, hist)
+        case LocksGranted() | LocksRefused():
+            _on_locks(definition, st, event, now, fx, hist)
 
     if rejected is not None:
         return _refused(state, event, rejected, now)
@@ -187,6 +193,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
             _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
+    if st.meta and LOCKS in st.meta and st.status.terminal:
+        release_at_end(st, now, fx, hist)
     if st.meta and st.status is not state.status and st.status.terminal:
         notify_parent(state, st, fx)
     if definition.resource_steps:
@@ -270,6 +278,8 @@ def _decide_parked(state: SagaState, event: Event, now: float) -> Decision:
             )
     if rejected is not None:
         return _refused(state, event, rejected, now)
+    if st.meta and LOCKS in st.meta and st.status.terminal:
+        release_at_end(st, now, fx, hist)
     if st.meta and st.status is not state.status and st.status.terminal:
         notify_parent(state, st, fx)
     st.wake_at = _wake(None, st)

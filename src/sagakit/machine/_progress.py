@@ -14,8 +14,11 @@ from .._definition import SagaDefinition, StepDefinition
 from .._status import SagaStatus, StepStatus
 from ._children import aborting_wake, dispatch_child
 from ._items import items_to_undo, read_items, start_items, stop_items
+from ._locks import HOLD, abandon_wait, lock_gate, step_ready
+from ._locks import wake as lock_wake
 from ._types import (
     CHILDREN,
+    LOCKS,
     ROLLBACK,
     START_AT,
     AcquirePermit,
@@ -94,6 +97,8 @@ def _rollback(
     st.status = SagaStatus.COMPENSATING
     st.error = reason
     hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
+    if st.meta and LOCKS in st.meta:
+        abandon_wait(st, now, fx, hist)
     for name in defn.order:
         s = st.steps[name]
         if s.status is _S.RUNNING and s.token:
@@ -293,33 +298,22 @@ def _advance(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], 
             _rollback(defn, st, now, f"deadline of {defn.deadline}s exceeded", fx, hist)
             if st.status is SagaStatus.RUNNING:
                 return
-        elif defn.for_each and _read_due_items(defn, st, now, fx, hist):
-            pass  # an item list could not be read: the step failed, and the saga rolls back (or stops)
         else:
-            all_done = True
-            settled = False
-            for name in defn.order:
-                s = steps[name]
-                if s.status in _DONE:
-                    continue
-                all_done = False
-                if s.status is _S.PENDING and (s.wake_at is None or s.wake_at <= now):
-                    sdef = defn.by_name[name]
-                    for d in sdef.after:
-                        if steps[d].status not in _DONE:
-                            break
-                    else:
-                        if _dispatch(sdef, st, s, False, now, fx, hist):
-                            settled = True  # a for-each step over no items completed: go on from it
-                            break
-            if all_done:
-                st.status = SagaStatus.COMPLETED
-                st.error = None
-                hist.append(_entry((now, "completed", "saga completed", None, None, None)))
-            elif settled:
-                _advance(defn, st, now, fx, hist)  # the steps after it may be ready now
-            return
+            if defn.locks is not None:
+                gate = lock_gate(defn, st, now, fx, hist)
+                if gate is HOLD:
+                    return  # nothing runs before the saga holds its keys
+                if isinstance(gate, str):
+                    _rollback(defn, st, now, gate, fx, hist)
+            if st.status is SagaStatus.RUNNING:
+                if defn.for_each and _read_due_items(defn, st, now, fx, hist):
+                    pass  # an item list could not be read: the step failed, and the saga rolls back (or stops)
+                else:
+                    _forward(defn, st, now, fx, hist)
+                    return
     if st.status is SagaStatus.COMPENSATING:
+        if defn.locks is not None and lock_gate(defn, st, now, fx, hist) is HOLD:
+            return  # a retried rollback takes the saga's keys again first
         busy = False
         for name in reversed(defn.order):
             s = steps[name]
@@ -407,6 +401,72 @@ def _for_each_failed(
         _fail_past_pivot(st, name, past, error, now, fx, hist)
     else:
         _rollback(defn, st, now, f"step {name!r} failed: {error}", fx, hist)
+
+
+def _forward(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
+    """Dispatch the steps whose dependencies are done; the saga completes when every step is."""
+    steps = st.steps
+    all_done = True
+    settled = False
+    unlockable: tuple[str, str] | None = None
+    for name in defn.order:
+        s = steps[name]
+        if s.status in _DONE:
+            continue
+        all_done = False
+        if s.status is _S.PENDING and (s.wake_at is None or s.wake_at <= now):
+            sdef = defn.by_name[name]
+            for d in sdef.after:
+                if steps[d].status not in _DONE:
+                    break
+            else:
+                if sdef.locks is not None:
+                    ready = step_ready(defn, st, sdef, now, fx, hist)
+                    if ready is not True:
+                        if isinstance(ready, str):
+                            unlockable = (name, ready)
+                            break
+                        continue
+                if _dispatch(sdef, st, s, False, now, fx, hist):
+                    settled = True  # a for-each step over no items completed: go on from it
+                    break
+    if unlockable is not None:
+        fail_unlocked(defn, st, [unlockable[0]], unlockable[1], now, fx, hist)
+        if st.status is SagaStatus.COMPENSATING:
+            _advance(defn, st, now, fx, hist)
+        return
+    if all_done:
+        st.status = SagaStatus.COMPLETED
+        st.error = None
+        hist.append(_entry((now, "completed", "saga completed", None, None, None)))
+    elif settled:
+        _advance(defn, st, now, fx, hist)  # the steps after it may be ready now
+
+
+def fail_unlocked(
+    defn: SagaDefinition,
+    st: SagaState,
+    names: list[str],
+    error: str,
+    now: float,
+    fx: list[Effect],
+    hist: list[HistoryEntry],
+) -> None:
+    """Steps that could not take their locks fail (never attempted, so never compensated); the saga rolls back."""
+    for name in names:
+        s = _own(st, name)
+        s.status = _S.FAILED
+        s.error = error
+        s.wake_at = None
+        s.finished_at = now
+        hist.append(HistoryEntry(now, "step_failed", f"step {name!r} failed: {error}", name, s.attempts))
+    if st.status is not SagaStatus.RUNNING or ROLLBACK in st.meta:
+        return
+    past = _past_pivot_name(defn, st)
+    if past is not None:
+        _fail_past_pivot(st, names[0], past, error, now, fx, hist)
+    else:
+        _rollback(defn, st, now, f"step {names[0]!r} failed: {error}", fx, hist)
 
 
 def _to_undo(sdef: StepDefinition, s: StepState) -> bool:
@@ -606,6 +666,10 @@ def _wake(defn: SagaDefinition | None, st: SagaState) -> float | None:
         wake = None
     for s in st.steps.values():
         w = s.wake_at
+        if w is not None and (wake is None or w < wake):
+            wake = w
+    if st.meta and LOCKS in st.meta:
+        w = lock_wake(st)
         if w is not None and (wake is None or w < wake):
             wake = w
     return wake

@@ -13,12 +13,14 @@ __all__ = [
     "CHILDREN",
     "FAILURE",
     "KEEP",
+    "LOCKS",
     "PARENT",
     "QUEUED_EVENTS",
     "START_AT",
     "STATE_VERSION",
     "Abort",
     "AbortChild",
+    "AcquireLocks",
     "AcquirePermit",
     "Begin",
     "CancelAttempt",
@@ -31,9 +33,12 @@ __all__ = [
     "Event",
     "HistoryEntry",
     "ItemState",
+    "LocksGranted",
+    "LocksRefused",
     "NotifyParent",
     "ParentRollback",
     "PermitGranted",
+    "ReleaseLocks",
     "ReleasePermit",
     "Reply",
     "Resume",
@@ -77,6 +82,10 @@ STATE_VERSION = "state_version"
 ROLLBACK = "rollback_requested"
 # The key of ``SagaState.meta`` that holds when a scheduled saga is to begin (seconds since the epoch).
 START_AT = "start_at"
+# The key of ``SagaState.meta`` that holds the saga's semantic locks (see ``machine._locks``):
+# ``{"saga": [keys of the saga], "held": [...], "wanted": [...], "for": [steps], "since": t,
+# "until": t or None, "give_up": bool, "released": bool}``.
+LOCKS = "locks"
 # The key of ``SagaState.meta`` that holds, in a child saga, its parent: ``{"id", "step"}``.
 PARENT = "parent"
 # The key of ``SagaState.meta`` that holds, in a parent saga, the child saga each child step
@@ -365,6 +374,28 @@ class ParentRollback:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class LocksGranted:
+    """The store granted the saga every key of the acquisition it waits for (``AcquireLocks``)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocksRefused:
+    """The store refused the acquisition the saga waits for, and dropped it from the queues.
+
+    ``reason`` is ``"taken"`` (lock policy ``fail``), ``"timeout"`` (the wait
+    ran out) or ``"deadlock"`` (waiting would close a cycle of sagas waiting for
+    each other); ``blockers`` are ``(key, saga id)`` pairs: who holds (or is
+    queued first for) each key not granted.
+    """
+
+    keys: tuple[str, ...]
+    reason: str
+    blockers: tuple[tuple[str, str], ...] = ()
+
+
 Event = (
     Begin
     | Timer
@@ -379,6 +410,8 @@ Event = (
     | ChildOutcome
     | ParentRollback
     | PermitGranted
+    | LocksGranted
+    | LocksRefused
 )
 
 
@@ -481,8 +514,43 @@ class ReleasePermit(NamedTuple):
     resource: str
 
 
+class AcquireLocks(NamedTuple):
+    """Acquire *keys* (sorted, distinct) for the saga, all or none, and report the outcome.
+
+    Carried out only after the transition that asks for it is committed, and
+    asked again after a restart: the store treats keys the saga already holds
+    or waits for as its own. With *fail* a key held by another saga refuses the
+    acquisition at once (``LocksRefused``); otherwise the saga is queued and the
+    store wakes it once every key is its own. *give_up* (the wait timed out):
+    grant now if possible, else leave the queues and refuse.
+    """
+
+    keys: tuple[str, ...]
+    fail: bool = False
+    give_up: bool = False
+
+
+class ReleaseLocks(NamedTuple):
+    """Release the saga's locks on *keys* (None: all of them, held or queued for), in the transition's own write.
+
+    Whoever waits next for a released key, and now has every key it wants, is
+    granted it in the same transaction and woken.
+    """
+
+    keys: tuple[str, ...] | None = None
+
+
 Effect = (
-    RunStep | CancelAttempt | StartChild | CompensateChild | AbortChild | NotifyParent | AcquirePermit | ReleasePermit
+    RunStep
+    | CancelAttempt
+    | StartChild
+    | CompensateChild
+    | AbortChild
+    | NotifyParent
+    | AcquirePermit
+    | ReleasePermit
+    | AcquireLocks
+    | ReleaseLocks
 )
 
 

@@ -75,6 +75,9 @@ class Dialect:
     in_texts: Callable[[str], str] = lambda p: f"IN (SELECT value FROM json_each({p}))"
     # The column that names a row of a table without a key (SQLite's rowid, PostgreSQL's ctid).
     row_id: str = "rowid"
+    # Run first in a transaction that changes semantic locks, so that one such transaction at a
+    # time reads and writes the queues (PostgreSQL; SQLite's writers are serialised already).
+    lock_locks: str = ""
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -274,10 +277,24 @@ def migrations(d: Dialect) -> list[list[str]]:
             "CREATE INDEX IF NOT EXISTS sagakit_permits_resource ON sagakit_permits (resource, granted)",
             "CREATE INDEX IF NOT EXISTS sagakit_permits_holder ON sagakit_permits (holder)",
         ],
+        [
+            # Semantic locks: one row per saga and business key it holds (held=1) or is queued
+            # for (held=0); the keys of one acquisition share a ticket, and tickets order the
+            # queue (see stores._lockplan). Only sagas that declare locks have rows here.
+            f"""CREATE TABLE IF NOT EXISTS sagakit_locks (
+                key TEXT NOT NULL,
+                saga_id TEXT NOT NULL,
+                ticket {d.bigint} NOT NULL,
+                held INTEGER NOT NULL,
+                since {d.real} NOT NULL,
+                PRIMARY KEY (key, saga_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS sagakit_locks_saga ON sagakit_locks (saga_id)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class Statements:
@@ -530,6 +547,37 @@ class Statements:
                 f"AND (CAST({p(1)} AS TEXT) IS NULL OR participant = {p(1)}) ORDER BY handled_at LIMIT {p(3)}"
             )
         )
+        # Semantic locks (see stores._lockplan for the queue rules).
+        # keys=1 sagas=2: the rows of these keys and of these sagas (one step of stores._lockplan.Component)
+        self.lock_rows = (
+            "SELECT key, saga_id, ticket, held, since FROM sagakit_locks "
+            f"WHERE key {d.in_texts(p(1))} OR saga_id {d.in_texts(p(2))}"
+        )
+        self.lock_delete = f"DELETE FROM sagakit_locks WHERE key={p(1)} AND saga_id={p(2)}"
+        self.lock_insert = (
+            "INSERT INTO sagakit_locks (key, saga_id, ticket, held, since) "
+            f"VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)})"
+        )
+        self.lock_grant = f"UPDATE sagakit_locks SET held=1 WHERE key={p(1)} AND saga_id={p(2)}"
+        # now=1 id=2: a saga granted its keys, unleased and unfinished, is due now
+        self.lock_wake = (
+            f"UPDATE sagakit_sagas SET wake_at={d.real_param(1)} WHERE id={p(2)} AND lease_owner IS NULL "
+            "AND status IN ('pending', 'running', 'compensating')"
+        )
+        self.lock_saga = f"SELECT status, meta, lease_owner FROM sagakit_sagas WHERE id={p(1)}"
+        # wake_at=1 id=2 owner=3: a queued saga's lease is given up in its acquisition's transaction
+        self.lock_release_lease = (
+            f"UPDATE sagakit_sagas SET lease_owner=NULL, lease_expires=NULL, wake_at={d.real_param(1)} "
+            f"WHERE id={p(2)} AND lease_owner={p(3)}"
+        )
+        # limit=1 [saga_id=2]
+        locks = (
+            "SELECT l.key, l.saga_id, l.held, l.ticket, l.since, s.name FROM sagakit_locks l "
+            "LEFT JOIN sagakit_sagas s ON s.id = l.saga_id"
+        )
+        order = f" ORDER BY l.key, l.held DESC, l.ticket LIMIT {p(1)}"
+        self.locks = locks + order
+        self.locks_of = locks + f" WHERE l.saga_id={p(2)}" + order
         # fmt: on
 
 

@@ -20,6 +20,8 @@ from .._store import (
     DeadLetter,
     Handling,
     Lease,
+    LockAnswer,
+    LockEntry,
     OutboxMessage,
     OutboxRecord,
     Pruned,
@@ -28,12 +30,16 @@ from .._store import (
     WorkerInfo,
     Write,
     data_text,
+    waits_for,
 )
 from ..machine import HistoryEntry, SagaState
+from . import _lockplan
 from ._codec import decode_row, dumps, encode_steps, loads
 from ._permits import InProcessPermits
 
 __all__ = ["MemoryStore"]
+
+_ACTIVE = ("pending", "running", "compensating")
 
 
 @dataclass(slots=True)
@@ -88,6 +94,7 @@ class MemoryStore(InProcessPermits):
         # (participant, message id) -> (handled at, reply); a lock per command being handled
         self._handled: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._handling: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._locks: builtins.list[_lockplan.LockRow] = []
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -131,7 +138,62 @@ class MemoryStore(InProcessPermits):
                     self.outbox[m.id] = _Out(m, st.updated_at, self._order, created_at=st.updated_at)
             self.inbox.update(dict.fromkeys(w.inbox, st.id))
             results.append(st.id)
+            if w.unlock_all or w.unlock or w.lock_wait:
+                self._commit_locks(w, row)
         return results
+
+    def _commit_locks(self, w: Write, row: _Row) -> None:
+        st = w.state
+        if w.unlock_all or w.unlock:
+            self._apply_locks(_lockplan.release(self._locks, st.id, None if w.unlock_all else w.unlock), st.updated_at)
+        if w.lock_wait and w.owner is None and _lockplan.waiting_for_nothing(self._locks, st.id):
+            row.values[10] = st.updated_at
+
+    def _apply_locks(self, plan: _lockplan.Plan, now: float) -> None:
+        gone = set(plan.deleted)
+        granted = set(plan.granted)
+        rows = [r._replace(held=True) if (r.key, r.saga_id) in granted else r for r in self._locks]
+        self._locks = [r for r in rows if (r.key, r.saga_id) not in gone] + plan.inserted
+        for sid in plan.woken:
+            r = self._rows.get(sid)
+            if r is not None and r.lease_owner is None and r.values[3] in _ACTIVE:
+                r.values[10] = now
+
+    async def acquire_locks(
+        self,
+        saga_id: str,
+        keys: Sequence[str],
+        now: float,
+        *,
+        fail: bool = False,
+        give_up: bool = False,
+        owner: str | None = None,
+        wake_at: float | None = None,
+    ) -> LockAnswer:
+        r = self._rows.get(saga_id)
+        if r is None or r.values[3] not in _ACTIVE or not waits_for(r.values[15] or "{}", keys):
+            return LockAnswer("stale")
+        plan, answer = _lockplan.acquire(self._locks, saga_id, keys, now, fail=fail, give_up=give_up)
+        self._apply_locks(plan, now)
+        released = False
+        if answer.outcome == "waiting" and owner is not None and r.lease_owner == owner:
+            r.lease_owner = None
+            r.lease_expires = None
+            r.values[10] = wake_at
+            released = True
+        return LockAnswer(answer.outcome, answer.reason, answer.blockers, released)
+
+    async def locks(self, *, saga_id: str | None = None, limit: int = 1000) -> builtins.list[LockEntry]:
+        rows = sorted(
+            (r for r in self._locks if saga_id is None or r.saga_id == saga_id),
+            key=lambda r: (r.key, not r.held, r.ticket),
+        )[:limit]
+        out = []
+        for x in rows:
+            found = self._rows.get(x.saga_id)
+            name = found.values[1] if found is not None else None
+            out.append(LockEntry(x.key, x.saga_id, x.held, x.ticket, x.since, name if isinstance(name, str) else None))
+        return out
 
     async def append_history(self, saga_id: str, revision: int, entries: Sequence[HistoryEntry]) -> None:
         row = self._rows.get(saga_id)

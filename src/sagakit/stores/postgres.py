@@ -67,8 +67,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import LeaseLost, NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import Handling, Lease, Pruned, SagaQuery, Schedule, WorkerInfo, Write
+from .._store import (
+    Handling,
+    Lease,
+    LockAnswer,
+    LockEntry,
+    Pruned,
+    SagaQuery,
+    Schedule,
+    WorkerInfo,
+    Write,
+    waits_for,
+)
 from ..machine import HistoryEntry, SagaState
+from . import _lockplan
 from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
 from ._pg_permits import PostgresPermits
@@ -96,7 +108,9 @@ DIALECT = Dialect(
     clock="EXTRACT(EPOCH FROM clock_timestamp())::float8",
     in_texts=lambda p: f"= ANY({p}::text[])",
     row_id="ctid",
+    lock_locks="LOCK TABLE sagakit_locks IN SHARE ROW EXCLUSIVE MODE",
 )
+_ACTIVE = ("pending", "running", "compensating")
 # The one statement that exists only here: every fenced update of a commit in one round
 # trip, over unnest()ed arrays, one element per write (SQLite runs in-process and has no
 # round trips to save). RETURNING names the writes that the revision fence let through;
@@ -418,7 +432,11 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
             if k == len(rounds):
                 rounds.append([])
             rounds[k].append(i)
+        locking = any(w.locks for w in writes)
         async with self._tx("commit") as conn:
+            if locking:
+                # First: the lock queues, then saga rows, in every transaction that takes both.
+                await conn.execute(DIALECT.lock_locks)
             leases = self._sql.clock is not None and any(w.lease_seconds is not None for w in writes)
             # A lease this commit sets runs from the database's clock, read before the writes:
             # it ends no later than it would from the moment they are applied.
@@ -475,6 +493,10 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                     and (due is None or w.wake_at < due)
                 ):
                     due = w.wake_at
+            if locking:
+                woken = await self._commit_locks(conn, [w for i, w in enumerate(writes) if applied[i] and w.locks])
+                if woken is not None and (due is None or woken < due):
+                    due = woken
             if len(history) > 1:
                 await conn.execute(_INSERT_HISTORY_MANY, *zip(*history, strict=True))
             elif history:
@@ -486,6 +508,83 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
             if due is not None:
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, repr(due))
         return results
+
+    # ------------------------------------------------------------ semantic locks
+
+    async def _lock_rows(self, conn: Any, keys: Sequence[str], sagas: Sequence[str]) -> list[_lockplan.LockRow]:
+        """The lock rows connected to *keys* and *sagas* (see ``_lockplan.Component``)."""
+        component = _lockplan.Component(keys, sagas)
+        while True:
+            k, s = component.todo()
+            if not k and not s:
+                return component.all()
+            rows = await conn.fetch(self._sql.lock_rows, k, s)
+            component.add(_lockplan.LockRow(r[0], r[1], int(r[2]), bool(r[3]), float(r[4])) for r in rows)
+
+    async def _write_locks(self, conn: Any, plan: _lockplan.Plan, now: float, due: Sequence[str] = ()) -> bool:
+        """Write *plan*; returns whether a saga was made due (granted its keys)."""
+        sql = self._sql
+        if plan.deleted:
+            await conn.executemany(sql.lock_delete, plan.deleted)
+        if plan.granted:
+            await conn.executemany(sql.lock_grant, plan.granted)
+        if plan.inserted:
+            await conn.executemany(
+                sql.lock_insert, [(r.key, r.saga_id, r.ticket, int(r.held), r.since) for r in plan.inserted]
+            )
+        wake = sorted(plan.woken | set(due))
+        if wake:
+            await conn.executemany(sql.lock_wake, [(now, sid) for sid in wake])
+        return bool(wake)
+
+    async def _commit_locks(self, conn: Any, writes: list[Write]) -> float | None:
+        """In a commit's transaction: the releases of its applied writes and the grants they allow.
+
+        Returns the wake time of the sagas made due, if any (the commit notifies idle workers).
+        """
+        if not writes:
+            return None
+        releases = [(w.state.id, None if w.unlock_all else w.unlock) for w in writes if w.unlock_all or w.unlock]
+        waiting = [w.state.id for w in writes if w.lock_wait and w.owner is None]
+        sagas = [sid for sid, _ in releases] + waiting
+        plan, due = _lockplan.commit_plan(await self._lock_rows(conn, (), sagas), releases, waiting)
+        now = max(w.state.updated_at for w in writes)
+        return now if await self._write_locks(conn, plan, now, due) else None
+
+    async def acquire_locks(
+        self,
+        saga_id: str,
+        keys: Sequence[str],
+        now: float,
+        *,
+        fail: bool = False,
+        give_up: bool = False,
+        owner: str | None = None,
+        wake_at: float | None = None,
+    ) -> LockAnswer:
+        keys = list(keys)
+        async with self._tx("acquire_locks") as conn:
+            await conn.execute(DIALECT.lock_locks)
+            row = await conn.fetchrow(self._sql.lock_saga, saga_id)
+            if row is None or row[0] not in _ACTIVE or not waits_for(row[1] or "{}", keys):
+                return LockAnswer("stale")
+            rows = await self._lock_rows(conn, keys, [saga_id])
+            plan, answer = _lockplan.acquire(rows, saga_id, keys, now, fail=fail, give_up=give_up)
+            woke = await self._write_locks(conn, plan, now)
+            released = False
+            if answer.outcome == "waiting" and owner is not None and row[2] == owner:
+                await conn.execute(self._sql.lock_release_lease, wake_at, saga_id, owner)
+                released = True
+            if woke:
+                await conn.execute("SELECT pg_notify($1, $2)", self._channel, repr(now))
+        return LockAnswer(answer.outcome, answer.reason, answer.blockers, released)
+
+    async def locks(self, *, saga_id: str | None = None, limit: int = 1000) -> builtins.list[LockEntry]:
+        if saga_id is None:
+            rows = await self._fetch("locks", self._sql.locks, limit)
+        else:
+            rows = await self._fetch("locks", self._sql.locks_of, limit, saga_id)
+        return [LockEntry(r[0], r[1], bool(r[2]), int(r[3]), float(r[4]), r[5]) for r in rows]
 
     def _target(self) -> Target:
         database = urlsplit(self.url).path.lstrip("/") or None

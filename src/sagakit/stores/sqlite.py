@@ -28,8 +28,22 @@ from urllib.parse import unquote
 
 from .._errors import NotASagaStore, SagaNotFound, StoreError
 from .._status import SagaStatus
-from .._store import DeadLetter, Handling, Lease, OutboxRecord, Pruned, SagaQuery, Schedule, WorkerInfo, Write
+from .._store import (
+    DeadLetter,
+    Handling,
+    Lease,
+    LockAnswer,
+    LockEntry,
+    OutboxRecord,
+    Pruned,
+    SagaQuery,
+    Schedule,
+    WorkerInfo,
+    Write,
+    waits_for,
+)
 from ..machine import HistoryEntry, SagaState
+from . import _lockplan
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
 from ._permits import InProcessPermits
@@ -38,6 +52,7 @@ from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, li
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+_ACTIVE = ("pending", "running", "compensating")
 log = logging.getLogger("sagakit")
 # The writer checkpoints inline only when the WAL reaches this many pages (SQLite's default: 1,000).
 _BACKSTOP_PAGES = 4000
@@ -278,6 +293,7 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         history: list[tuple[Any, ...]] = []
         outbox: list[tuple[Any, ...]] = []
         inbox: list[tuple[Any, ...]] = []
+        locking: list[Write] = []
         execute = db.execute
         execute("BEGIN IMMEDIATE")
         try:
@@ -313,6 +329,10 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
                         continue
                 results.append(st.id)
                 add_side_rows(w, history, outbox, inbox)
+                if w.unlock_all or w.unlock or w.lock_wait:
+                    locking.append(w)
+            if locking:
+                self._commit_locks(locking)
             if history:
                 db.executemany(sql.insert_history, history)
             if outbox:
@@ -326,6 +346,92 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
             raise
         self._maybe_checkpoint()
         return results
+
+    # ------------------------------------------------------------ semantic locks
+
+    def _lock_rows(self, keys: Sequence[str], sagas: Sequence[str]) -> list[_lockplan.LockRow]:
+        """The lock rows connected to *keys* and *sagas* (see ``_lockplan.Component``)."""
+        component = _lockplan.Component(keys, sagas)
+        while True:
+            k, s = component.todo()
+            if not k and not s:
+                return component.all()
+            rows = self._db.execute(self._sql.lock_rows, (dumps(k), dumps(s))).fetchall()
+            component.add(_lockplan.LockRow(key, sid, int(t), bool(h), float(since)) for key, sid, t, h, since in rows)
+
+    def _write_locks(self, plan: _lockplan.Plan, now: float) -> None:
+        db = self._db
+        sql = self._sql
+        if plan.deleted:
+            db.executemany(sql.lock_delete, plan.deleted)
+        if plan.granted:
+            db.executemany(sql.lock_grant, plan.granted)
+        if plan.inserted:
+            db.executemany(sql.lock_insert, [(r.key, r.saga_id, r.ticket, int(r.held), r.since) for r in plan.inserted])
+        if plan.woken:
+            db.executemany(sql.lock_wake, [(now, sid) for sid in sorted(plan.woken)])
+
+    def _commit_locks(self, writes: list[Write]) -> None:
+        """In a commit's transaction: the releases of its applied writes, and the grants they allow."""
+        releases = [(w.state.id, None if w.unlock_all else w.unlock) for w in writes if w.unlock_all or w.unlock]
+        waiting = [w.state.id for w in writes if w.lock_wait and w.owner is None]
+        sagas = [sid for sid, _ in releases] + waiting
+        plan, due = _lockplan.commit_plan(self._lock_rows((), sagas), releases, waiting)
+        now = max(w.state.updated_at for w in writes)
+        self._write_locks(plan, now)
+        if due:
+            self._db.executemany(self._sql.lock_wake, [(now, sid) for sid in due])
+
+    async def acquire_locks(
+        self,
+        saga_id: str,
+        keys: Sequence[str],
+        now: float,
+        *,
+        fail: bool = False,
+        give_up: bool = False,
+        owner: str | None = None,
+        wake_at: float | None = None,
+    ) -> LockAnswer:
+        return await self._run(self._acquire_locks, saga_id, list(keys), now, fail, give_up, owner, wake_at)
+
+    def _acquire_locks(
+        self,
+        saga_id: str,
+        keys: list[str],
+        now: float,
+        fail: bool,
+        give_up: bool,
+        owner: str | None,
+        wake_at: float | None,
+    ) -> LockAnswer:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(self._sql.lock_saga, (saga_id,)).fetchone()
+            if row is None or row[0] not in _ACTIVE or not waits_for(row[1] or "{}", keys):
+                db.execute("COMMIT")
+                return LockAnswer("stale")
+            rows = self._lock_rows(keys, [saga_id])
+            plan, answer = _lockplan.acquire(rows, saga_id, keys, now, fail=fail, give_up=give_up)
+            self._write_locks(plan, now)
+            released = False
+            if answer.outcome == "waiting" and owner is not None and row[2] == owner:
+                db.execute(self._sql.lock_release_lease, (wake_at, saga_id, owner))
+                released = True
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return LockAnswer(answer.outcome, answer.reason, answer.blockers, released)
+
+    async def locks(self, *, saga_id: str | None = None, limit: int = 1000) -> builtins.list[LockEntry]:
+        if saga_id is None:
+            rows = await self._read(self._fetchall, self._sql.locks, (limit,))
+        else:
+            rows = await self._read(self._fetchall, self._sql.locks_of, (limit, saga_id))
+        return [LockEntry(k, sid, bool(h), int(t), float(since), name) for k, sid, h, t, since, name in rows]
 
     def _maybe_checkpoint(self) -> None:
         """After a commit (on the writer thread): have the checkpoint thread copy the WAL soon."""

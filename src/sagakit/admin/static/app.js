@@ -194,6 +194,9 @@ function route() {
   } else if (path.startsWith("/workers")) {
     document.getElementById("nav-workers").classList.add("active");
     workersPage(view);
+  } else if (path.startsWith("/locks")) {
+    document.getElementById("nav-locks").classList.add("active");
+    locksPage(view);
   } else if (path.startsWith("/definitions")) {
     document.getElementById("nav-definitions").classList.add("active");
     definitionsPage(view);
@@ -533,6 +536,55 @@ function workersPage(view) {
   }, 3000);
 }
 
+// ---------------------------------------------------------------- semantic locks
+
+function sagaLink(x) {
+  return el("a", { class: "mono", href: `#/saga/${encodeURIComponent(x.saga_id)}`, text: x.saga_id });
+}
+
+function locksTable(locks, id) {
+  return el("div", { class: "table-wrap" }, el("table", { id, class: "locks" },
+    el("thead", {}, el("tr", {}, ["Key", "Held by", "Since", "Queued (first in line first)"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, locks.map((k) => el("tr", { class: "lock", "data-key": k.key },
+      el("td", { class: "mono", text: k.key }),
+      el("td", { class: "holder" }, k.holder ? el("span", {}, sagaLink(k.holder), el("span", { class: "muted", text: ` ${k.holder.name || ""}` })) : el("span", { class: "muted", text: "nobody" })),
+      el("td", {}, k.holder ? when(k.holder.since) : null),
+      el("td", { class: "queue" }, k.queue.length
+        ? el("ol", {}, k.queue.map((q) => el("li", { class: "waiter", "data-saga": q.saga_id }, sagaLink(q), el("span", { class: "muted" }, " waiting since ", when(q.since)))))
+        : el("span", { class: "muted", text: "none" })))))));
+}
+
+function locksPage(view) {
+  const list = el("div", { id: "locks" });
+  view.append(
+    el("h1", { text: "Locks" }),
+    el("p", { class: "muted", text: "Business keys held by sagas (locks= on a saga or a step), and the sagas queued for each, first come, first served. A saga holds its keys until it ends, whichever worker runs it." }),
+    list);
+  poll(async (mine) => {
+    const page = await api("api/locks");
+    if (mine !== generation) return;
+    list.replaceChildren(page.locks.length
+      ? locksTable(page.locks, "locks-table")
+      : el("p", { class: "muted", id: "no-locks", text: "No saga holds or waits for a lock." }),
+    ...(page.truncated ? [el("p", { class: "muted", text: "Only the first 1000 lock entries are shown." })] : []));
+  }, 2000);
+}
+
+function sagaLocks(page, id) {
+  const held = page.locks.filter((k) => k.holder && k.holder.saga_id === id);
+  const awaited = page.locks.filter((k) => k.queue.some((q) => q.saga_id === id));
+  if (!held.length && !awaited.length) return el("p", { class: "muted", id: "no-saga-locks", text: "This saga holds no lock and waits for none." });
+  return el("ul", { id: "saga-locks" },
+    ...held.map((k) => el("li", { class: "held", "data-key": k.key }, "holds ", el("code", { text: k.key }), " since ", when(k.holder.since),
+      k.queue.length ? el("span", { class: "muted", text: ` (${k.queue.length} waiting)` }) : null)),
+    ...awaited.map((k) => {
+      const me = k.queue.find((q) => q.saga_id === id);
+      return el("li", { class: "awaited", "data-key": k.key }, "waits for ", el("code", { text: k.key }),
+        k.holder ? el("span", {}, ", held by ", sagaLink(k.holder)) : el("span", { text: ", behind earlier sagas" }),
+        el("span", { class: "muted", text: ` (position ${me.position} in line)` }), " since ", when(me.since));
+    }));
+}
+
 // ---------------------------------------------------------------- definitions
 
 function definitionsPage(view) {
@@ -630,9 +682,11 @@ function sagaPage(view, id) {
   const results = el("div", { id: "step-results" });
   const items = el("div", { id: "for-each-items" });
   const family = el("div", { id: "child-sagas" });
+  const locks = el("div", { id: "locks-of-saga" });
   view.append(
     el("p", {}, el("a", { href: "#/sagas", text: "← sagas" })),
     head, fields, waits, actions, family,
+    el("h2", { text: "Locks" }), locks,
     el("h2", { text: "Graph" }), graph, legend(STATES),
     el("h2", { text: "Timeline" }), attempts,
     el("h2", { text: "Admin actions" }), admin, events,
@@ -650,10 +704,11 @@ function sagaPage(view, id) {
       if (mine === generation) head.replaceChildren(el("h1", { class: "error", id: "saga-error", text: e.message }));
       return e.status === 404 ? 10000 : 3000;
     }
-    const [g, t, allowed] = await Promise.all([
+    const [g, t, allowed, held] = await Promise.all([
       api(`api/sagas/${enc}/graph`),
       api(`api/sagas/${enc}/timeline`),
       api(`api/sagas/${enc}/actions`),
+      api(`api/locks?saga_id=${enc}`),
     ]);
     if (mine !== generation) return undefined;
     head.replaceChildren(el("h1", { text: `${saga.name} v${saga.version}` }), badge(saga.status, "saga-status"),
@@ -679,6 +734,7 @@ function sagaPage(view, id) {
       lastAllowed = key;
       actions.replaceChildren(...actionButtons(saga, allowed));
     }
+    locks.replaceChildren(sagaLocks(held, saga.id));
     graph.replaceChildren(drawGraph(g));
     attempts.replaceChildren(timelineTable(t));
     admin.replaceChildren(t.admin_actions.length ? adminTable(t.admin_actions) : el("p", { class: "muted", text: "None." }));
