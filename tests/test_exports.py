@@ -17,6 +17,7 @@ EXPECTED = {
     "Observer", "BaseObserver", "LoggingObserver", "TransitionInput", "AttemptInput", "CommitInput",
     "Tracer", "TraceScope", "AttemptStart", "MessageInput",
     "Resource", "ResourceUsage",
+    "choreography", "Choreography",
     "__version__",
 }  # fmt: skip
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._child import child
+from ._choreography import Choreography, choreography
 from ._client import SagaClient
 from ._context import StepContext
 from ._definition import SagaBuilder, SagaDefinition, StepDefinition
@@ -80,6 +81,7 @@ __all__ = [
     "AttemptInput",
     "AttemptStart",
     "BaseObserver",
+    "Choreography",
     "CommitInput",
     "DataEncodingError",
     "DefinitionError",
@@ -117,6 +119,7 @@ __all__ = [
     "UnknownSagaType",
     "__version__",
     "child",
+    "choreography",
     "load_definition",
     "message_name",
     "send",

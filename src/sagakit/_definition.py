@@ -19,6 +19,7 @@ __all__ = [
     "LOCK_POLICIES",
     "ForEach",
     "LockSettings",
+    "ChoreographySpec",
     "ReplyRead",
     "SagaBuilder",
     "SagaDefinition",
@@ -154,6 +155,27 @@ class ForEach:
 
 
 @dataclass(frozen=True, slots=True)
+class ChoreographySpec:
+    """What makes a definition a choreographed saga: the events it observes and what each one means.
+
+    Each stage of the flow is a step whose action waits for the stage's event
+    and sends nothing; the machine reads these lookups by wire name (the pure
+    core does not import the message module that computes wire names).
+    """
+
+    stages: Mapping[str, str]
+    """Wire name of an observed event -> the stage (step) it belongs to: the stage's event or one of its failures."""
+    failures: frozenset[str]
+    """Wire names of the stages' failure events (a subset of ``stages``)."""
+    flow_failures: frozenset[str]
+    """Wire names of events that fail the whole flow at once, whatever stage it is at."""
+    events: Mapping[str, tuple[type, Callable[[Any], Any]]]
+    """Wire name -> (event class, its correlation extractor), for every observed event."""
+    correlate: Callable[[Any], Any]
+    """The start event's correlation extractor: also reads replies to compensation commands that lack headers."""
+
+
+@dataclass(frozen=True, slots=True)
 class StepDefinition:
     """One step of a saga definition.
 
@@ -236,6 +258,8 @@ class SagaDefinition:
     known_events: tuple[type, ...] = ()
     # Semantic locks (None: the saga and its steps declare none).
     locks: LockSettings | None = None
+    # A choreographed saga (sagakit.choreography): its stages observe events; None for any other saga.
+    choreography: ChoreographySpec | None = field(default=None, compare=False)
     # Derived lookups, filled by build(); the state machine reads these.
     by_name: Mapping[str, StepDefinition] = field(default_factory=dict, compare=False)
     order: tuple[str, ...] = field(default=(), compare=False)
@@ -646,6 +670,7 @@ def build_definition(
     known_events: Sequence[type] = (),
     resources: Sequence[Resource] = (),
     locks: LockSettings | None = None,
+    choreography: ChoreographySpec | None = None,
 ) -> SagaDefinition:
     """Validate *steps* and derive the lookups the state machine uses."""
     if not isinstance(name, str) or not _NAME.match(name):
@@ -734,6 +759,7 @@ def build_definition(
         upcasters=ups,
         known_events=tuple(k for k in dict.fromkeys(known_events) if k not in declared),
         locks=locks,
+        choreography=choreography,
         by_name=by_name,
         order=tuple(order),
         dependents={k: tuple(v) for k, v in dependents.items()},

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ._json import from_json
 from ._status import SagaStatus, StepStatus
-from .machine import CHILDREN, PARENT, HistoryEntry, ItemState, SagaState
+from .machine import CHILDREN, CHOREOGRAPHED, PARENT, HistoryEntry, ItemState, SagaState
 
 __all__ = ["ItemSnapshot", "SagaSnapshot", "StepSnapshot"]
 
@@ -83,6 +83,8 @@ class SagaSnapshot:
     parent_step: str | None = None
     children: tuple[tuple[str, str], ...] = ()
     """The child sagas this saga's child steps started, oldest first, as (step, child saga id)."""
+    choreographed: bool = False
+    """A choreographed saga (``sagakit.choreography``): its stages are events observed, not commands sent."""
 
     def data_as(self, model: type[T]) -> T:
         """The saga's data read as *model* (a pydantic model, a dataclass, or any type pydantic validates).
@@ -126,6 +128,7 @@ class SagaSnapshot:
             wake_at=st.wake_at,
             history=history,
             **(_family(st.meta) if st.meta else {}),
+            choreographed=bool(st.meta.get(CHOREOGRAPHED)) if st.meta else False,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +147,7 @@ class SagaSnapshot:
             "wake_at": self.wake_at,
             "parent": None if self.parent_id is None else {"id": self.parent_id, "step": self.parent_step},
             "children": [{"step": step, "id": cid} for step, cid in self.children],
+            "choreographed": self.choreographed,
             "steps": {
                 n: {
                     "status": s.status.value,

@@ -141,6 +141,12 @@ class Messaging:
         # Events a definition knows but no step declares (SagaDefinition.known_events): consumed so that
         # the machine can say why no step takes them, and the reason goes with the dead letter.
         self._known: dict[str, list[tuple[SagaDefinition, type]]] = {}
+        # Events observed for choreographed sagas: wire name -> the newest registered version of each
+        # choreography that observes it (a saga of an older version is found by its correlation id all the same).
+        self._observed: dict[str, dict[str, SagaDefinition]] = {}
+        # One observed event at a time per saga here: events of one flow often arrive together, and
+        # claiming the saga for each at once would only make them fence each other's transitions.
+        self._observing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._running = False
@@ -160,8 +166,16 @@ class Messaging:
         self._names.update(_wire_names(d, self._names))
         for t in d.triggers:
             self._triggers.setdefault(message_type_name(t.event), []).append((d, t))
+        spec = d.choreography
+        if spec is not None:
+            for name in spec.events:
+                known = self._observed.setdefault(name, {})
+                if d.name not in known or known[d.name].version <= d.version:
+                    known[d.name] = d
         for s in d.steps:
             for comp, action in ((False, s.action), (True, s.compensation)):
+                if spec is not None and not comp:
+                    continue  # a stage's events are observed (_observe), not replies
                 if isinstance(action, SendCommand | WaitFor):
                     names = list(action.reply_types)
                     if isinstance(action, SendCommand) and action.awaits_reply:
@@ -210,7 +224,7 @@ class Messaging:
     @property
     def destinations(self) -> list[str]:
         """Event types this engine consumes: replies of its message steps and its triggers."""
-        return sorted({*self._triggers, *self._expects, *self._known})
+        return sorted({*self._triggers, *self._expects, *self._known, *self._observed})
 
     # ------------------------------------------------------------ outgoing
 
@@ -420,6 +434,9 @@ class Messaging:
         for defn, trigger in self._triggers.get(env.type_name, ()):
             handled = True
             await self._start_from_trigger(env, defn, trigger)
+        for defn in self._observed.get(env.type_name, {}).values():
+            handled = True
+            await self._observe(env, defn)
         if env.type_name in self._expects or env.type_name in self._known:
             handled = True
             await self._reply(env)
@@ -447,6 +464,50 @@ class Messaging:
                 return
         # One saga per correlation id: the id is the idempotency key.
         await self.engine.start(defn.name, data, correlation_id=cid, idempotency_key=cid, version=defn.version)
+
+    async def _observe(self, env: Envelope, defn: SagaDefinition) -> None:
+        """Hand an event a choreographed saga observes to the saga of its correlation id.
+
+        The saga is opened by the first event of its flow that arrives (the start
+        event, or one that overtook it), so that none is lost; the machine
+        decides what the event does. The envelope's saga headers are ignored:
+        participants' events are matched by their business key only.
+        """
+        spec = defn.choreography
+        assert spec is not None
+        body = _body(env)
+        # One event may be observed by several flows: each records it under its own key.
+        key = f"{env.message_id}:{defn.name}"
+        if await self.engine.store.inbox_seen(key):
+            await self._dead(env.message_id, None, env.type_name, body, "duplicate: already observed")
+            return
+        cls, correlate = spec.events[env.type_name]
+        try:
+            event: Any = from_payload(cls, env.payload)
+            cid = to_correlation_id(correlate(event), source=defn.name)
+        except Exception as e:
+            await self._dead(env.message_id, None, env.type_name, body, f"choreography {defn.name}: {e}")
+            return
+        saga_id = await self.engine.start(
+            defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version
+        )
+        observed = Reply(env.type_name, dict(env.payload))
+        wait = self.engine.lease_seconds + 5.0
+        lock, users = self._observing.setdefault(saga_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                reason = await self.engine._act(
+                    saga_id, lambda held: observed, inbox=key, admin=observed, busy_timeout=wait
+                )
+        except SagaNotFound:
+            reason = f"unknown saga {saga_id}"
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._observing[saga_id]
+        if reason is not None:
+            await self._dead(env.message_id, saga_id, env.type_name, body, reason)
 
     async def _reply(self, env: Envelope) -> None:
         """Hand an event to the saga it is for; the machine decides which step it completes, if any."""
@@ -524,6 +585,8 @@ class Messaging:
         for exp in self._expects.get(env.type_name, ()):
             own: Callable[[Any], Any] | None = getattr(exp.action, "correlation", None)
             extractors = [own] if own is not None else [t.correlation for t in exp.definition.triggers]
+            if own is None and exp.definition.choreography is not None:
+                extractors.append(exp.definition.choreography.correlate)
             cls = exp.action.reply_types.get(env.type_name)
             if cls is None:
                 continue
@@ -607,6 +670,8 @@ def _wire_names(d: SagaDefinition, known: Mapping[str, type]) -> dict[str, type]
                 for attr in ("command", "event", "success", "failure"):
                     add(getattr(action, attr, None))
     add(d.known_events)
+    if d.choreography is not None:
+        add(tuple(cls for cls, _ in d.choreography.events.values()))
     add(d.completion_event)
     add(d.failure_event)
     return found

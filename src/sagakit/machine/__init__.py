@@ -23,7 +23,9 @@ from ._decide import attempt_timeout, decide, new_saga, step_results
 from ._types import (
     ABORTING,
     CHILDREN,
+    CHOREOGRAPHED,
     FAILURE,
+    HELD_EVENTS,
     KEEP,
     LOCKS,
     PARENT,
@@ -68,7 +70,9 @@ from ._types import (
 __all__ = [
     "ABORTING",
     "CHILDREN",
+    "CHOREOGRAPHED",
     "FAILURE",
+    "HELD_EVENTS",
     "KEEP",
     "LOCKS",
     "PARENT",

@@ -8,6 +8,7 @@ from typing import Any
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._children import abort_again, child_ended_after_abort, completion_of, notify_parent, recheck
+from ._choreography import _apply_held, _on_observed
 from ._completions import _match_reply, _on_completion, _on_granted, _on_locks, _on_resume, _on_timer
 from ._items import pump
 from ._locks import release_at_end
@@ -26,6 +27,8 @@ from ._progress import (
     step_results,
 )
 from ._types import (
+    CHOREOGRAPHED,
+    HELD_EVENTS,
     LOCKS,
     PARENT,
     QUEUED_EVENTS,
@@ -95,6 +98,8 @@ def new_saga(
     )
     if definition.state_version != 1:
         st.meta = {STATE_VERSION: definition.state_version}
+    if definition.choreography is not None:
+        st.meta = {**st.meta, CHOREOGRAPHED: True}
     hist = [HistoryEntry(now, "created", f"saga {definition.name} v{definition.version} created")]
     if parent is not None:
         st.meta = {**st.meta, PARENT: {"id": parent[0], "step": parent[1]}}
@@ -143,6 +148,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
     match event:
         case StepSucceeded() | StepFailed():
             stale = not _on_completion(definition, st, event, now, fx, hist)
+        case Reply() if event.step is None and definition.choreography is not None:
+            rejected = _on_observed(definition, st, event, now, fx, hist)
         case Reply():
             matched = _match_reply(definition, st, event, now, hist)
             if isinstance(matched, str):
@@ -193,6 +200,8 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
             _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
+        if definition.choreography is not None and HELD_EVENTS in st.meta:
+            _apply_held(definition, st, now, fx, hist)
     if st.meta and LOCKS in st.meta and st.status.terminal:
         release_at_end(st, now, fx, hist)
     if st.meta and st.status is not state.status and st.status.terminal:
@@ -336,6 +345,11 @@ def _drain_queued(
     st.meta = {k: v for k, v in st.meta.items() if k != QUEUED_EVENTS}
     for q in queued:
         ev = Reply(q["type_name"], q["payload"], q.get("step"), q.get("token"))
+        if ev.step is None and definition.choreography is not None:
+            why = _on_observed(definition, st, ev, now, fx, hist)
+            if why is not None:
+                hist.append(HistoryEntry(now, "refused", f"queued event {ev.type_name} refused: {why}"))
+            continue
         matched = _match_reply(definition, st, ev, now, hist)
         if isinstance(matched, str):
             if not hist or hist[-1].kind != "stale_rejected":

@@ -10,7 +10,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from .._definition import SagaDefinition, StepDefinition
+from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus, StepStatus
 from ._children import aborting_wake, dispatch_child
 from ._items import items_to_undo, read_items, start_items, stop_items
@@ -18,6 +18,7 @@ from ._locks import HOLD, abandon_wait, lock_gate, step_ready
 from ._locks import wake as lock_wake
 from ._types import (
     CHILDREN,
+    HELD_EVENTS,
     LOCKS,
     ROLLBACK,
     START_AT,
@@ -99,6 +100,8 @@ def _rollback(
     hist.append(HistoryEntry(now, kind, f"compensation started: {reason}"))
     if st.meta and LOCKS in st.meta:
         abandon_wait(st, now, fx, hist)
+    if defn.choreography is not None and HELD_EVENTS in st.meta:
+        _settle_held(defn, st, now, hist)
     for name in defn.order:
         s = st.steps[name]
         if s.status is _S.RUNNING and s.token:
@@ -132,6 +135,77 @@ def _stop_for_each(
     s.finished_at = now
     s.error = f"cancelled: {reason}"
     hist.append(HistoryEntry(now, "step_failed", f"step {name!r} stopped: {reason}", name, s.attempts))
+
+
+def _settle_held(defn: SagaDefinition, st: SagaState, now: float, hist: list[HistoryEntry]) -> None:
+    """A choreographed saga rolls back: the stages whose events came before their turn happened after all.
+
+    Their turn will never come now, but their effect is real: they count as
+    passed, so that the rollback compensates them. A held failure event has
+    nothing left to fail and is dropped (recorded).
+    """
+    spec = defn.choreography
+    assert spec is not None
+    held: dict[str, Any] = st.meta.get(HELD_EVENTS) or {}
+    st.meta = {k: v for k, v in st.meta.items() if k != HELD_EVENTS}
+    for stage, e in held.items():
+        type_name = e["type_name"]
+        if type_name in spec.failures or st.steps[stage].status not in (_S.PENDING, _S.FAILED):
+            hist.append(
+                HistoryEntry(
+                    now,
+                    "observed_dropped",
+                    f"{type_name}, kept for stage {stage!r}, is not applied: the saga rolls back",
+                    stage,
+                )
+            )
+            continue
+        why = _observed_late(defn, st, stage, type_name, e["payload"], now, hist)
+        if why is not None:
+            hist.append(HistoryEntry(now, "refused", why, stage))
+
+
+def _observed_late(
+    defn: SagaDefinition,
+    st: SagaState,
+    stage: str,
+    type_name: str,
+    payload: Mapping[str, Any],
+    now: float,
+    hist: list[HistoryEntry],
+) -> str | None:
+    """A stage's event observed while its saga rolls back: the stage is passed, so it is compensated too.
+
+    Returns why the event cannot be applied (it does not validate), or None.
+    """
+    action = defn.by_name[stage].action
+    if not isinstance(action, StepAction):
+        return f"stage {stage!r} observes no event"
+    try:
+        read = action.read_reply(type_name, payload, st.data, defn.state_model, True)
+    except Exception as e:  # the event does not validate, or a user's merge hook raised
+        return f"event {type_name} for stage {stage!r} is invalid: {e}"
+    s = _own(st, stage)
+    s.status = _S.COMPLETED
+    s.result = read.result
+    s.error = None
+    s.token = 0
+    s.wake_at = None
+    s.finished_at = now
+    if s.started_at is None:
+        s.started_at = now
+    if read.data is not None and read.size <= defn.max_payload_bytes:
+        st.data = read.data
+    hist.append(
+        HistoryEntry(
+            now,
+            "observed_late",
+            f"event {type_name} observed for stage {stage!r} while the saga rolls back: "
+            "the stage happened, so it is compensated too",
+            stage,
+        )
+    )
+    return None
 
 
 def _cancel(

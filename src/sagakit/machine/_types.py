@@ -11,7 +11,9 @@ from .._status import SagaStatus, StepStatus
 __all__ = [
     "ABORTING",
     "CHILDREN",
+    "CHOREOGRAPHED",
     "FAILURE",
+    "HELD_EVENTS",
     "KEEP",
     "LOCKS",
     "PARENT",
@@ -115,6 +117,11 @@ class ItemState(NamedTuple):
     error: str | None = None
     wake_at: float | None = None
     uncertain: bool = False
+# The key of ``SagaState.meta`` that marks a choreographed saga (``sagakit.choreography``): True.
+CHOREOGRAPHED = "choreographed"
+# The key of ``SagaState.meta`` that holds a choreographed saga's events observed before their stage's turn:
+# ``{stage: {"type_name", "payload", "at"}}``; each is applied when its stage waits.
+HELD_EVENTS = "held_events"
 
 
 @dataclass(slots=True)
