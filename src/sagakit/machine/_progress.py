@@ -150,7 +150,8 @@ def _settle_held(defn: SagaDefinition, st: SagaState, now: float, hist: list[His
     st.meta = {k: v for k, v in st.meta.items() if k != HELD_EVENTS}
     for stage, e in held.items():
         type_name = e["type_name"]
-        if type_name in spec.failures or st.steps[stage].status not in (_S.PENDING, _S.FAILED):
+        # A held stage is pending, or waits since this very decision (its kept event not yet applied).
+        if type_name in spec.failures or st.steps[stage].status not in (_S.PENDING, _S.RUNNING, _S.FAILED):
             hist.append(
                 HistoryEntry(
                     now,
