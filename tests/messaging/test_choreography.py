@@ -1,0 +1,116 @@
+"""Choreographed sagas on the in-memory broker, on the suite's database (SQLite, or PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sagakit import DefinitionError, SagaEngine, SagaStatus, choreography, send
+from sagakit.transports.memory import MemoryBroker
+
+from tests.messaging.choreography import (
+    OrderPlaced,
+    PaymentCaptured,
+    ReleaseStock,
+    StockReleased,
+    StockReserved,
+    cancelled_flow_compensates,
+    failure_compensates_in_reverse,
+    flow_completes,
+    order_flow,
+    out_of_order_and_duplicates,
+    several_trackers_share_the_flows,
+    stalled_flow_hits_its_deadline,
+)
+from tests.messaging.test_message_saga import MakeTransport, broker, transports
+
+__all__ = ["broker", "transports"]
+
+
+async def test_flow_completes(store_url: str, transports: MakeTransport) -> None:
+    await flow_completes(store_url, transports)
+
+
+async def test_failure_compensates_in_reverse(store_url: str, transports: MakeTransport) -> None:
+    await failure_compensates_in_reverse(store_url, transports)
+
+
+async def test_out_of_order_and_duplicates(store_url: str, transports: MakeTransport) -> None:
+    await out_of_order_and_duplicates(store_url, transports)
+
+
+async def test_stalled_flow_hits_its_deadline(store_url: str, transports: MakeTransport) -> None:
+    await stalled_flow_hits_its_deadline(store_url, transports)
+
+
+async def test_cancelled_flow_compensates(store_url: str, transports: MakeTransport) -> None:
+    await cancelled_flow_compensates(store_url, transports)
+
+
+async def test_several_trackers_share_the_flows(store_url: str, transports: MakeTransport) -> None:
+    await several_trackers_share_the_flows(store_url, transports)
+
+
+async def test_nothing_is_sent_on_the_way_forward(store_url: str, broker: MemoryBroker, transports: MakeTransport) -> None:
+    await flow_completes(store_url, transports)
+    sent = {m.destination for m in broker.published}
+    assert "shop.ReleaseStock" not in sent and "shop.RefundPayment" not in sent
+    assert {"shop.OrderPlaced", "shop.StockReserved", "shop.PaymentCaptured", "shop.OrderShipped"} <= sent
+
+
+async def test_a_stage_event_with_no_correlation_is_dead_lettered(store_url: str, transports: MakeTransport) -> None:
+    flow = (
+        choreography("strict")
+        .starts_on(OrderPlaced, correlate=lambda e: e.address if e.address != "none" else None)
+        .then(StockReserved)
+        .build()
+    )
+    engine = SagaEngine(store_url, transport=transports())
+    engine.register(flow)
+    async with engine:
+        await engine.publish(OrderPlaced(order_id="o-9", amount=1, address="none"))
+        for _ in range(500):
+            letters = await engine.dead_letters()
+            if letters:
+                break
+            await __import__("asyncio").sleep(0.02)
+        assert await engine.list(name="strict") == []
+    [letter] = letters
+    assert "choreography strict" in letter.reason and "non-empty" in letter.reason
+
+
+def test_bad_declarations_are_refused_with_the_reason() -> None:
+    with pytest.raises(DefinitionError, match="has no stages"):
+        choreography("empty").build()
+    with pytest.raises(DefinitionError, match="before starts_on"):
+        choreography("x").then(StockReserved)
+    with pytest.raises(DefinitionError, match="starts_on\\(\\) must come first"):
+        choreography("x").starts_on(OrderPlaced, correlate=lambda e: e.order_id).starts_on(
+            OrderPlaced, correlate=lambda e: e.order_id
+        )
+    with pytest.raises(DefinitionError, match="correlate must accept one argument"):
+        choreography("x").starts_on(OrderPlaced, correlate=lambda: "x")
+    with pytest.raises(DefinitionError, match="is both the event of stage 'StockReserved' and a failure"):
+        (
+            choreography("x")
+            .starts_on(OrderPlaced, correlate=lambda e: e.order_id)
+            .then(StockReserved)
+            .then(PaymentCaptured, failure=StockReserved)
+            .build()
+        )
+    with pytest.raises(DefinitionError, match="compensate must be a pydantic model or dataclass"):
+        choreography("x").starts_on(OrderPlaced, correlate=lambda e: e.order_id, compensate=int)
+    with pytest.raises(DefinitionError, match="depends on unknown step 'Stock'"):
+        (
+            choreography("x")
+            .starts_on(OrderPlaced, correlate=lambda e: e.order_id)
+            .then(StockReserved, after="Stock", compensate=send(ReleaseStock, success=StockReleased))
+            .build()
+        )
+
+
+def test_the_definition_is_an_ordinary_one() -> None:
+    d = order_flow()
+    assert [s.name for s in d.steps] == ["OrderPlaced", "StockReserved", "PaymentCaptured", "OrderShipped"]
+    assert all(not s.local for s in d.steps) and d.choreography is not None
+    assert d.steps[1].after == ("OrderPlaced",)
+    assert SagaStatus.COMPLETED.terminal
