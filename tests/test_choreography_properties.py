@@ -309,5 +309,21 @@ def test_a_stage_observed_while_rolling_back_is_compensated_too() -> None:
     d = decide(flow, d.state, Reply(message_type_name(UNDONE[0]), {}, "Happened0", undo0.token), 5.0)
     d = decide(flow, d.state, Reply(message_type_name(UNDONE[1]), {}, "Happened1", undo1.token), 6.0)
     assert d.state.status is SagaStatus.COMPENSATED
-    after = decide(flow, d.state, observed(EVENTS[1]), 7.0)
-    assert after.rejected is not None and "came after it finished" in after.rejected
+    again = decide(flow, d.state, observed(EVENTS[1]), 7.0)
+    assert again.rejected is not None and "is a duplicate" in again.rejected
+
+
+def test_an_event_after_the_saga_finished_is_refused_with_the_reason() -> None:
+    flow = (
+        choreography("finished")
+        .starts_on(EVENTS[0], correlate=lambda e: e.order_id)
+        .then(EVENTS[1])
+        .fails_on(CANCELLED)
+        .build()
+    )
+    d = new_saga(flow, "s", {}, 1.0)
+    d = decide(flow, d.state, observed(CANCELLED), 2.0)
+    assert d.state.status is SagaStatus.COMPENSATED
+    late = decide(flow, d.state, observed(EVENTS[1]), 3.0)
+    assert late.rejected is not None and "came after it finished" in late.rejected
+    assert late.state is d.state and late.history[-1].kind == "refused"

@@ -221,7 +221,7 @@ async def out_of_order_and_duplicates(store_url: str, transports: MakeTransport)
     assert len(entries(snap, "observed")) == 4
     assert snap.data["tracking"] == "t-4" and snap.data["reservation"] == "r-4"
     assert len(letters) == 1 and letters[0].saga_id == snap.id
-    assert "duplicate" in letters[0].reason or "already" in letters[0].reason
+    assert "duplicate" in letters[0].reason or "already" in letters[0].reason, letters[0].reason
 
 
 def entries(snap: Any, kind: str) -> list[Any]:

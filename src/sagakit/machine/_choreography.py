@@ -28,6 +28,7 @@ from ._progress import _S, _advance, _observed_late, _rollback
 from ._types import FAILURE, HELD_EVENTS, Effect, HistoryEntry, Reply, SagaState
 
 _OPEN = (SagaStatus.PENDING, SagaStatus.RUNNING)
+_PASSED = (_S.COMPLETED, _S.SKIPPED, _S.COMPENSATING, _S.COMPENSATED, _S.COMPENSATION_FAILED)
 
 
 def _on_observed(
@@ -79,14 +80,14 @@ def _on_observed(
         and not failed_here
     ):
         return _observed_late(defn, st, stage, t, ev.payload, now, hist)
-    if st.status.terminal:
+    if st.status.terminal and s.status not in _PASSED:
         return (
             f"saga {st.id} ({defn.name}) is {st.status.value}: {what} {t} of stage {stage!r} came after it "
             "finished; not applied"
         )
     return (
-        f"saga {st.id} ({defn.name}): stage {stage!r} is {s.status.value}: {what} {t} is a duplicate "
-        "or too late; not applied"
+        f"saga {st.id} ({defn.name}, {st.status.value}): stage {stage!r} is {s.status.value}: {what} {t} "
+        "is a duplicate or too late; not applied"
     )
 
 
