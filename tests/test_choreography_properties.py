@@ -40,7 +40,6 @@ from sagakit.machine import (
     Event,
     Reply,
     RunStep,
-    SagaState,
     StepSucceeded,
     Timer,
     decide,

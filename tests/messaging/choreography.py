@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from sagakit import SagaDefinition, SagaEngine, SagaStatus, StepStatus, choreography, send
 from sagakit.participant import Participant
-
 from tests.messaging.test_message_saga import MakeTransport, saga_for
 
 

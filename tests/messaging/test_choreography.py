@@ -6,7 +6,6 @@ import pytest
 
 from sagakit import DefinitionError, SagaEngine, SagaStatus, choreography, send
 from sagakit.transports.memory import MemoryBroker
-
 from tests.messaging.choreography import (
     OrderPlaced,
     PaymentCaptured,
@@ -50,7 +49,9 @@ async def test_several_trackers_share_the_flows(store_url: str, transports: Make
     await several_trackers_share_the_flows(store_url, transports)
 
 
-async def test_nothing_is_sent_on_the_way_forward(store_url: str, broker: MemoryBroker, transports: MakeTransport) -> None:
+async def test_nothing_is_sent_on_the_way_forward(
+    store_url: str, broker: MemoryBroker, transports: MakeTransport
+) -> None:
     await flow_completes(store_url, transports)
     sent = {m.destination for m in broker.published}
     assert "shop.ReleaseStock" not in sent and "shop.RefundPayment" not in sent

@@ -488,9 +488,7 @@ class Messaging:
         except Exception as e:
             await self._dead(env.message_id, None, env.type_name, body, f"choreography {defn.name}: {e}")
             return
-        saga_id = await self.engine.start(
-            defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version
-        )
+        saga_id = await self.engine.start(defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version)
         observed = Reply(env.type_name, dict(env.payload))
         wait = self.engine.lease_seconds + 5.0
         lock, users = self._observing.setdefault(saga_id, (asyncio.Lock(), [0]))
