@@ -201,6 +201,10 @@ def _schemas() -> dict[str, Any]:
         "created_at": _NUM,
         "updated_at": _NUM,
         "wake_at": _nullable(_NUM),
+        "choreographed": {
+            "type": "boolean",
+            "description": "A choreographed saga: its stages are participants' events observed, not commands sent.",
+        },
     }
     summary = _obj(
         {
@@ -323,6 +327,17 @@ def _schemas() -> dict[str, Any]:
                 "attempts": {"type": "array", "items": _ref("Attempt")},
                 "admin_actions": {"type": "array", "items": _ref("AdminAction")},
                 "events": {"type": "array", "items": _ref("HistoryEntry")},
+                "choreographed": {"type": "boolean"},
+                "observed": {"type": "array", "items": _ref("ObservedEvent")},
+            }
+        ),
+        "ObservedEvent": _obj(
+            {
+                "at": _NUM,
+                "kind": {"type": "string", "enum": ["observed", "observed_early", "observed_late", "observed_dropped"]},
+                "what": _STR,
+                "stage": _nullable(_STR),
+                "message": _STR,
             }
         ),
         "GraphNode": _obj(

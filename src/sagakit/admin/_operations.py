@@ -206,6 +206,7 @@ def summary(s: SagaSnapshot, now: float, parked: str | None = None) -> dict[str,
         "parked": parked,
         "steps_done": sum(1 for x in s.steps.values() if x.status in done),
         "steps_total": len(s.steps),
+        "choreographed": s.choreographed,
     }
 
 

@@ -18,8 +18,15 @@ from .._snapshot import SagaSnapshot
 from .._status import StepStatus
 from ..machine import HistoryEntry
 
-__all__ = ["AdminAction", "Attempt", "Timeline", "build_timeline"]
+__all__ = ["AdminAction", "Attempt", "ObservedEvent", "Timeline", "build_timeline"]
 
+# What a choreographed saga records of the participants' events it observed (see sagakit.choreography).
+OBSERVED_KINDS = {
+    "observed": "observed",
+    "observed_early": "kept for its turn",
+    "observed_late": "observed while rolling back",
+    "observed_dropped": "not applied",
+}
 ADMIN_KINDS = frozenset({"retry", "skip", "compensate", "abort", "fork"})
 _WHO = re.compile(r" by (?P<actor>.+?)(?:: (?P<reason>.*))?$", re.DOTALL)
 # Phrases before the "by ACTOR" part that contain " by " themselves.
@@ -88,6 +95,20 @@ class AdminAction:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservedEvent:
+    """A participant's event a choreographed saga observed, and what it did: ``what`` is one of OBSERVED_KINDS' values."""
+
+    at: float
+    kind: str
+    what: str
+    stage: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "kind": self.kind, "what": self.what, "stage": self.stage, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
 class Timeline:
     """Everything that happened to one saga, in order."""
 
@@ -98,11 +119,16 @@ class Timeline:
     attempts: tuple[Attempt, ...]
     admin_actions: tuple[AdminAction, ...]
     events: tuple[HistoryEntry, ...] = field(default=())
+    choreographed: bool = False
+    observed: tuple[ObservedEvent, ...] = field(default=())
+    """A choreographed saga's observed events, in order (empty for other sagas)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "saga_id": self.saga_id,
             "status": self.status,
+            "choreographed": self.choreographed,
+            "observed": [o.to_dict() for o in self.observed],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "attempts": [a.to_dict() for a in self.attempts],
@@ -195,6 +221,12 @@ def build_timeline(snap: SagaSnapshot, history: Sequence[HistoryEntry] | None = 
         attempts=tuple(a for a in attempts if a is not None),
         admin_actions=tuple(admin),
         events=entries,
+        choreographed=snap.choreographed,
+        observed=tuple(
+            ObservedEvent(h.at, h.kind, OBSERVED_KINDS[h.kind], h.step, h.message)
+            for h in entries
+            if h.kind in OBSERVED_KINDS
+        ),
     )
 
 

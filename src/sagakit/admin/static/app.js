@@ -77,6 +77,12 @@ function duration(s) {
   return `${(s / 3600).toFixed(1)} h`;
 }
 
+// The marker of a choreographed saga: its stages are participants' events observed, not commands sent.
+function choreoMark(id) {
+  return el("span", { class: "badge choreo", id, text: "choreographed",
+    title: "choreographed: the services react to each other's events; this saga observes them" });
+}
+
 function badge(status, id) {
   return el("span", { class: `badge st-${status}`, id, "data-status": status, text: status });
 }
@@ -395,7 +401,7 @@ function sagaTable(items, overdue, select) {
     el("tbody", {}, items.map((s) => el("tr", { class: "saga-row", "data-id": s.id, "data-status": s.status },
       select ? pick(s) : null,
       el("td", { class: "mono id" }, el("a", { href: `#/saga/${encodeURIComponent(s.id)}`, class: "saga-link", text: s.id })),
-      el("td", { text: `${s.name} v${s.version}` }),
+      el("td", {}, `${s.name} v${s.version}`, s.choreographed ? choreoMark() : null),
       el("td", {}, badge(s.status)),
       el("td", { class: "num", text: `${s.steps_done}/${s.steps_total}` }),
       el("td", {}, when(s.created_at, { class: "created" })),
@@ -712,6 +718,7 @@ function sagaPage(view, id) {
     ]);
     if (mine !== generation) return undefined;
     head.replaceChildren(el("h1", { text: `${saga.name} v${saga.version}` }), badge(saga.status, "saga-status"),
+      saga.choreographed ? choreoMark("saga-choreographed") : null,
       el("span", { class: "mono muted", id: "saga-id", text: saga.id }));
     fields.replaceChildren(...[
       ["error", saga.error], ["correlation id", saga.correlation_id], ["idempotency key", saga.idempotency_key],
@@ -736,7 +743,7 @@ function sagaPage(view, id) {
     }
     locks.replaceChildren(sagaLocks(held, saga.id));
     graph.replaceChildren(drawGraph(g));
-    attempts.replaceChildren(timelineTable(t));
+    attempts.replaceChildren(timelineTable(t), t.choreographed ? observedTable(t.observed) : "");
     admin.replaceChildren(t.admin_actions.length ? adminTable(t.admin_actions) : el("p", { class: "muted", text: "None." }));
     events.replaceChildren(el("summary", { text: `All ${t.events.length} history entries` }), eventsTable(t.events));
     data.textContent = json(saga.data);
@@ -867,6 +874,17 @@ function timelineTable(t) {
       el("td", { class: `outcome-${a.outcome}`, text: a.outcome }),
       el("td", { class: "err" }, a.error || "", a.traceback ? tracebackView(a) : "")))),
   ));
+}
+
+// A choreographed saga's observed events: when each came and what it did (a stage passed, kept for its turn, ...).
+function observedTable(observed) {
+  const title = el("h3", { text: "Observed events" });
+  if (!observed.length) return el("div", { id: "observed" }, title, el("p", { class: "muted", text: "No event observed yet." }));
+  return el("div", { id: "observed" }, title, el("div", { class: "table-wrap" }, el("table", { id: "observed-events" },
+    el("thead", {}, el("tr", {}, ["At", "Stage", "What", "Event"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, observed.map((o) => el("tr", { class: "observed", "data-stage": o.stage || "", "data-kind": o.kind },
+      el("td", {}, when(o.at)), el("td", { text: o.stage || "(the flow)" }), el("td", { text: o.what }),
+      el("td", { text: o.message })))))));
 }
 
 // A failed attempt's traceback, folded under its error (kept open across refreshes while open).
