@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
     "docs/cancellation.md",
     "docs/child-sagas.md",
+    "docs/choreography.md",
     "docs/for-each.md",
     "docs/messaging.md",
     "docs/postgres.md",
