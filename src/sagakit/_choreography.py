@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ._definition import (
     ChoreographySpec,
@@ -49,7 +49,12 @@ Compensation = type | StepAction | Callable[..., Any] | None
 
 
 def choreography(
-    name: str, version: int = 1, *, deadline: float | None = None, description: str | None = None
+    name: str,
+    version: int = 1,
+    *,
+    deadline: float | None = None,
+    before_start: Literal["keep", "refuse"] = "keep",
+    description: str | None = None,
 ) -> Choreography:
     """Declare a choreographed saga: ``.starts_on(...)``, then ``.then(...)`` per stage, then ``.build()``.
 
@@ -58,20 +63,36 @@ def choreography(
         version: the definition's version.
         deadline: seconds the whole flow may take; a flow still unfinished then
             is rolled back (the stages passed are compensated).
+        before_start: what becomes of an event of the flow that comes before
+            its start event: ``"keep"`` opens the saga and keeps the event for
+            its turn (the events of one flow may overtake each other);
+            ``"refuse"`` dead-letters it with the reason (when its event types
+            are published outside this flow too).
         description: shown with the definition.
     """
-    return Choreography(name, version, deadline=deadline, description=description)
+    return Choreography(name, version, deadline=deadline, before_start=before_start, description=description)
 
 
 class Choreography:
     """Builds a choreographed saga's definition from the events of its flow. Made by ``choreography()``."""
 
     def __init__(
-        self, name: str, version: int = 1, *, deadline: float | None = None, description: str | None = None
+        self,
+        name: str,
+        version: int = 1,
+        *,
+        deadline: float | None = None,
+        before_start: Literal["keep", "refuse"] = "keep",
+        description: str | None = None,
     ) -> None:
+        if before_start not in ("keep", "refuse"):
+            raise DefinitionError(
+                f"choreography {name!r}: before_start must be 'keep' or 'refuse', got {before_start!r}"
+            )
         self.name = name
         self.version = version
         self.deadline = deadline
+        self.before_start = before_start
         self.description = description
         self._stages: list[tuple[StepDefinition, type, tuple[type, ...], Callable[[Any], Any] | None]] = []
         self._correlate: Callable[[Any], Any] | None = None
@@ -259,6 +280,8 @@ class Choreography:
             flow_failures=flow_failures,
             events=events,
             correlate=default,
+            start=message_type_name(self._stages[0][1]),
+            keep_before_start=self.before_start == "keep",
         )
         return build_definition(
             self.name,

@@ -173,6 +173,10 @@ class ChoreographySpec:
     """Wire name -> (event class, its correlation extractor), for every observed event."""
     correlate: Callable[[Any], Any]
     """The start event's correlation extractor: also reads replies to compensation commands that lack headers."""
+    start: str = ""
+    """Wire name of the event that starts the flow."""
+    keep_before_start: bool = True
+    """An event that comes before its flow's start event opens the saga (True) or is dead-lettered (False)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sagakit import DefinitionError, SagaEngine, SagaStatus, choreography, send
@@ -17,6 +19,7 @@ from tests.messaging.choreography import (
     flow_completes,
     order_flow,
     out_of_order_and_duplicates,
+    poll,
     several_trackers_share_the_flows,
     stalled_flow_hits_its_deadline,
 )
@@ -73,13 +76,48 @@ async def test_a_stage_event_with_no_correlation_is_dead_lettered(store_url: str
             letters = await engine.dead_letters()
             if letters:
                 break
-            await __import__("asyncio").sleep(0.02)
+            await asyncio.sleep(0.02)
         assert await engine.list(name="strict") == []
     [letter] = letters
     assert "choreography strict" in letter.reason and "non-empty" in letter.reason
 
 
+async def test_before_start_refuse_dead_letters_an_event_of_a_flow_not_started(
+    store_url: str, transports: MakeTransport
+) -> None:
+    flow = (
+        choreography("strict_start", before_start="refuse")
+        .starts_on(OrderPlaced, correlate=lambda e: e.order_id)
+        .then(StockReserved)
+        .then(PaymentCaptured)
+        .build()
+    )
+    engine = SagaEngine(store_url, transport=transports())
+    engine.register(flow)
+    async with engine:
+        await engine.publish(StockReserved(order_id="o-7", amount=1, address="a", reservation="r"))
+        letters = await poll(engine.dead_letters, 10, "the early event is dead-lettered")
+        assert await engine.list(name="strict_start") == []
+        await engine.publish(OrderPlaced(order_id="o-7", amount=1))
+
+        async def started() -> bool:
+            return bool(await engine.list(name="strict_start", correlation_id="o-7"))
+
+        await poll(started, 10, "the start event opens the saga")
+        await engine.publish(StockReserved(order_id="o-7", amount=1, address="a", reservation="r"))
+
+        async def waits_for_payment() -> bool:
+            found = await engine.list(name="strict_start", correlation_id="o-7")
+            return bool(found) and found[0].steps["PaymentCaptured"].status.value == "running"
+
+        await poll(waits_for_payment, 10, "the started flow takes its events")
+    [letter] = letters
+    assert "no flow 'o-7' has started" in letter.reason
+
+
 def test_bad_declarations_are_refused_with_the_reason() -> None:
+    with pytest.raises(DefinitionError, match="before_start must be 'keep' or 'refuse'"):
+        choreography("x", before_start="drop")  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="has no stages"):
         choreography("empty").build()
     with pytest.raises(DefinitionError, match="before starts_on"):

@@ -488,9 +488,20 @@ class Messaging:
         except Exception as e:
             await self._dead(env.message_id, None, env.type_name, body, f"choreography {defn.name}: {e}")
             return
-        saga_id = await self.engine.start(defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version)
+        if not spec.keep_before_start and env.type_name != spec.start:
+            found = await self.engine.list(correlation_id=cid, name=defn.name, limit=1)
+            if not found:
+                why = f"choreography {defn.name}: no flow {cid!r} has started (its start event has not come)"
+                await self._dead(env.message_id, None, env.type_name, body, why)
+                return
+            saga_id = found[0].id
+        else:
+            saga_id = await self.engine.start(
+                defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version
+            )
         observed = Reply(env.type_name, dict(env.payload))
         wait = self.engine.lease_seconds + 5.0
+        reason: str | None
         lock, users = self._observing.setdefault(saga_id, (asyncio.Lock(), [0]))
         users[0] += 1
         try:

@@ -96,7 +96,7 @@ class AdminAction:
 
 @dataclass(frozen=True, slots=True)
 class ObservedEvent:
-    """A participant's event a choreographed saga observed, and what it did: ``what`` is one of OBSERVED_KINDS' values."""
+    """A participant's event a choreographed saga observed, and what it did (``what``: see OBSERVED_KINDS)."""
 
     at: float
     kind: str
