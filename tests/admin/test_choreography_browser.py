@@ -113,6 +113,7 @@ def test_choreographed_sagas_show_their_observed_events(page: Any, served: tuple
         expect(page.locator(f"#timeline-attempts tr.attempt[data-step='{stage}']")).to_have_attribute(
             "data-outcome", "completed"
         )
+    expect(page.locator("#timeline-attempts tr.attempt[data-step='OrderShipped'] td").nth(1)).to_have_text("stage")
     observed = page.locator("#observed-events tr.observed")
     expect(observed).to_have_count(4)
     assert sorted(r.get_attribute("data-stage") for r in observed.all()) == sorted(stages)
@@ -137,4 +138,10 @@ def test_choreographed_sagas_show_their_observed_events(page: Any, served: tuple
     expect(page.locator("#observed-events tr.observed[data-kind='observed']")).to_have_count(4)
     expect(page.locator("#observed-events")).to_contain_text("kept for its turn")
     shot(page, "choreography-4-reordered")
+
+    # The definitions page marks the flow's definition.
+    page.click("#nav-definitions")
+    expect(page.locator("section.definition[data-definition='order_flow:1'] .badge.choreo")).to_have_text(
+        "choreographed"
+    )
     assert page.problems == []

@@ -82,6 +82,8 @@ class DefinitionInfo:
     workers: tuple[str, ...]
     counts: Mapping[SagaStatus, int]
     graph: SagaGraph | None
+    choreographed: bool | None = None
+    """A choreographed saga's definition (``sagakit.choreography``); None when it is not registered here."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class DefinitionInfo:
             "total": sum(self.counts.values()),
             "steps": None if self.graph is None else len(self.graph.nodes),
             "graph": None if self.graph is None else self.graph.to_dict(),
+            "choreographed": self.choreographed,
         }
 
 
@@ -126,6 +129,14 @@ async def definition_infos(
         defn = registered.get((name, version))
         graph = None if defn is None else definition_graph(defn)
         out.append(
-            DefinitionInfo(name, version, defn is not None, tuple(run_by.get((name, version), ())), counts, graph)
+            DefinitionInfo(
+                name,
+                version,
+                defn is not None,
+                tuple(run_by.get((name, version), ())),
+                counts,
+                graph,
+                None if defn is None else defn.choreography is not None,
+            )
         )
     return out

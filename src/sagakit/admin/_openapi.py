@@ -495,6 +495,10 @@ def _schemas() -> dict[str, Any]:
                 "total": _INT,
                 "steps": _nullable(_INT),
                 "graph": {"oneOf": [_ref("Graph"), {"type": "null"}]},
+                "choreographed": {
+                    **_nullable({"type": "boolean"}),
+                    "description": "A choreographed saga's definition; null when it is not registered here.",
+                },
             }
         ),
         "Definitions": _obj({"definitions": {"type": "array", "items": _ref("Definition")}}),

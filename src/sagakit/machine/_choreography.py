@@ -125,6 +125,16 @@ def _apply(
     return None
 
 
+def _name_stages(defn: SagaDefinition, hist: list[HistoryEntry]) -> None:
+    """Say what a stage's start means in a choreography: it waits for its event (it runs nothing)."""
+    spec = defn.choreography
+    assert spec is not None
+    for i, h in enumerate(hist):
+        if h.kind == "step_started" and h.step is not None:
+            events = [w for w, stage in spec.stages.items() if stage == h.step and w not in spec.failures]
+            hist[i] = h._replace(message=f"stage {h.step!r} waits for {', '.join(events) or 'its event'}")
+
+
 def _apply_held(defn: SagaDefinition, st: SagaState, now: float, fx: list[Effect], hist: list[HistoryEntry]) -> None:
     """After the saga moved: apply the kept events whose stage waits now, one after the other."""
     spec: ChoreographySpec | None = defn.choreography

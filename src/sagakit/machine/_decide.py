@@ -8,7 +8,7 @@ from typing import Any
 from .._definition import SagaDefinition, validate_model_data
 from .._status import SagaStatus
 from ._children import abort_again, child_ended_after_abort, completion_of, notify_parent, recheck
-from ._choreography import _apply_held, _on_observed
+from ._choreography import _apply_held, _name_stages, _on_observed
 from ._completions import _match_reply, _on_completion, _on_granted, _on_locks, _on_resume, _on_timer
 from ._items import pump
 from ._locks import release_at_end
@@ -117,6 +117,8 @@ def new_saga(
     fx: list[Effect] = []
     if begin:
         _begin(definition, st, now, fx, hist)
+        if definition.choreography is not None:
+            _name_stages(definition, hist)
     st.wake_at = _wake(definition, st)
     return Decision(st, fx, hist)
 
@@ -200,8 +202,10 @@ def decide(definition: SagaDefinition | None, state: SagaState, event: Event, no
             done = event.step if isinstance(event, (StepSucceeded, StepFailed)) and event.item is not None else None
             _pump_for_each(definition, st, now, fx, hist, done)
         _advance(definition, st, now, fx, hist)
-        if definition.choreography is not None and HELD_EVENTS in st.meta:
-            _apply_held(definition, st, now, fx, hist)
+        if definition.choreography is not None:
+            if HELD_EVENTS in st.meta:
+                _apply_held(definition, st, now, fx, hist)
+            _name_stages(definition, hist)
     if st.meta and LOCKS in st.meta and st.status.terminal:
         release_at_end(st, now, fx, hist)
     if st.meta and st.status is not state.status and st.status.terminal:

@@ -609,7 +609,8 @@ function definitionsPage(view) {
       const q = `name=${encodeURIComponent(x.name)}&version=${x.version}`;
       return el("section", { class: "card definition", "data-definition": `${x.name}:${x.version}` },
         el("h2", {}, `${x.name} `, el("span", { class: "muted", text: `v${x.version}` }), " ",
-          el("span", { class: `badge ${x.registered ? "st-completed" : "mode"}`, text: x.registered ? "registered here" : "not registered here" })),
+          el("span", { class: `badge ${x.registered ? "st-completed" : "mode"}`, text: x.registered ? "registered here" : "not registered here" }),
+          x.choreographed ? choreoMark() : null),
         el("p", { class: "muted", text: `${x.steps === null ? "steps unknown here" : `${x.steps} step(s)`}; run by ${x.workers.length ? x.workers.join(", ") : "no running worker"}` }),
         el("div", { class: "counts small" },
           el("a", { class: "count", href: `#/sagas?${q}`, "data-count": "all" }, el("div", { class: "n", text: x.total }), el("div", { class: "label", text: "all" })),
@@ -863,11 +864,13 @@ function drawGraph(g, id) {
 
 function timelineTable(t) {
   if (!t.attempts.length) return el("p", { class: "muted", text: "No attempts yet." });
+  // A choreographed saga's stage waits for its event: its span runs from its turn to the event.
+  const direction = (a) => (t.choreographed && a.direction === "action" ? "stage" : a.direction);
   return el("div", { class: "table-wrap" }, el("table", { id: "timeline-attempts" },
     el("thead", {}, el("tr", {}, ["Step", "Direction", "#", "Started", "Duration", "Outcome", "Error"].map((h) => el("th", { text: h })))),
     el("tbody", {}, t.attempts.map((a) => el("tr", { class: "attempt", "data-step": a.step, "data-outcome": a.outcome },
       el("td", { text: a.step }),
-      el("td", { text: a.direction }),
+      el("td", { text: direction(a) }),
       el("td", { class: "num", text: a.attempt }),
       el("td", {}, when(a.started_at)),
       el("td", { class: "num", text: a.duration === null ? "" : duration(a.duration) }),
