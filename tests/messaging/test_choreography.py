@@ -7,8 +7,11 @@ import asyncio
 import pytest
 
 from sagakit import DefinitionError, SagaEngine, SagaStatus, choreography, send
+from sagakit._messages import Envelope
+from sagakit._transport import Delivery
 from sagakit.transports.memory import MemoryBroker
 from tests.messaging.choreography import (
+    OrderCancelled,
     OrderPlaced,
     PaymentCaptured,
     ReleaseStock,
@@ -23,7 +26,7 @@ from tests.messaging.choreography import (
     several_trackers_share_the_flows,
     stalled_flow_hits_its_deadline,
 )
-from tests.messaging.test_message_saga import MakeTransport, broker, transports
+from tests.messaging.test_message_saga import MakeTransport, broker, saga_for, transports
 
 __all__ = ["broker", "transports"]
 
@@ -113,6 +116,39 @@ async def test_before_start_refuse_dead_letters_an_event_of_a_flow_not_started(
         await poll(waits_for_payment, 10, "the started flow takes its events")
     [letter] = letters
     assert "no flow 'o-7' has started" in letter.reason
+
+
+async def test_a_compensation_answered_without_headers_is_matched_by_the_business_key(
+    store_url: str, transports: MakeTransport
+) -> None:
+    """A service that is no sagakit participant answers the compensating command with a plain event."""
+    engine = SagaEngine(store_url, transport=transports())
+    engine.register(order_flow())
+    stock = transports()
+    await stock.start()
+
+    async def on_release(d: Delivery) -> None:
+        cmd = Envelope.from_bytes(d.body).unwrap(ReleaseStock)
+        await engine.publish(StockReleased(order_id=cmd.order_id))  # a new message: no saga headers
+
+    try:
+        async with engine:
+            await stock.subscribe(["shop.ReleaseStock"], "legacy-stock", on_release)
+            await engine.publish(OrderPlaced(order_id="o-8", amount=1))
+            await engine.publish(StockReserved(order_id="o-8", amount=1, address="a", reservation="r-8"))
+
+            async def waits_for_payment() -> bool:
+                found = await engine.list(correlation_id="o-8")
+                return bool(found) and found[0].steps["PaymentCaptured"].status.value == "running"
+
+            await poll(waits_for_payment, 10, "the flow waits for the payment")
+            await engine.publish(OrderCancelled(order_id="o-8"))
+            snap = await saga_for(engine, "o-8")
+    finally:
+        await stock.close()
+    assert snap.status is SagaStatus.COMPENSATED
+    assert snap.steps["StockReserved"].status.value == "compensated"
+    assert await engine.dead_letters() == []
 
 
 def test_bad_declarations_are_refused_with_the_reason() -> None:
