@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -190,3 +191,20 @@ def test_the_definition_is_an_ordinary_one() -> None:
     assert all(not s.local for s in d.steps) and d.choreography is not None
     assert d.steps[1].after == ("OrderPlaced",)
     assert SagaStatus.COMPLETED.terminal
+
+
+async def test_the_cli_shows_a_choreographed_saga(store_url: str, transports: MakeTransport) -> None:
+    from click.testing import CliRunner
+
+    from sagakit.cli._main import cli
+
+    await flow_completes(store_url, transports)
+    runner = CliRunner()
+    listed = await asyncio.to_thread(runner.invoke, cli, ["list", "--store", store_url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    [saga] = json.loads(listed.output)
+    assert saga["choreographed"] is True and saga["status"] == "completed"
+    shown = await asyncio.to_thread(runner.invoke, cli, ["show", saga["id"], "--store", store_url])
+    assert shown.exit_code == 0, shown.output
+    assert "order_flow v1 (choreographed)" in shown.output
+    assert "observed" in shown.output

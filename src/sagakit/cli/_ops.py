@@ -326,7 +326,7 @@ def show_command(saga_id: str, store_url: str, as_json: bool, mask: str | None, 
     fields.add_column(style="bold")
     fields.add_column()
     fields.add_row("saga", snap.id)
-    fields.add_row("name", f"{snap.name} v{snap.version}")
+    fields.add_row("name", f"{snap.name} v{snap.version}" + (" (choreographed)" if snap.choreographed else ""))
     fields.add_row("status", status_text(snap.status))
     if snap.error:
         fields.add_row("error", Text(snap.error, style="red"))
