@@ -236,3 +236,34 @@ async def test_a_message_step_is_traced_from_command_through_the_participant_to_
     assert parent_id(received) == handled.context.span_id
     assert received.attributes is not None and received.attributes["sagakit.outcome"] == "applied"
     assert received.attributes["sagakit.saga_id"] == sid
+
+
+async def test_a_choreographed_sagas_observed_events_are_traced_as_received(
+    store_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    from sagakit import choreography
+
+    provider, exporter = spans
+    flow = choreography("traced_flow").starts_on(Reserve, correlate=lambda e: e.order_id).then(Reserved).build()
+    broker = MemoryBroker()
+    engine = SagaEngine(store_url, transport=MemoryTransport(broker), observers=[OpenTelemetryObserver(provider)])
+    engine.register(flow)
+    async with engine:
+        await engine.publish(Reserve(order_id="o-5"))
+        await engine.publish(Reserved(order_id="o-5", reservation="r-5"))
+        for _ in range(500):
+            found = await engine.list(name="traced_flow")
+            if found and found[0].status.terminal:
+                break
+            await asyncio.sleep(0.01)
+    assert found[0].status is SagaStatus.COMPLETED
+    finished = exporter.get_finished_spans()
+    received = by_name(finished, f"{Reserve.__module__}.Reserve receive") + by_name(
+        finished, f"{Reserved.__module__}.Reserved receive"
+    )
+    assert len(received) == 2
+    for span in received:
+        assert span.kind is SpanKind.CONSUMER
+        assert span.attributes is not None and span.attributes["sagakit.outcome"] == "applied"
+        assert span.attributes["sagakit.saga_id"] == found[0].id
+        assert span.context.trace_id == saga_trace_id(found[0].id)

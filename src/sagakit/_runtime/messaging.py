@@ -502,19 +502,38 @@ class Messaging:
         observed = Reply(env.type_name, dict(env.payload))
         wait = self.engine.lease_seconds + 5.0
         reason: str | None
+        scope = None
+        if self.engine._tracers:
+            received = MessageInput(
+                env.type_name, env.message_id, env.type_name, saga_id, defn.name, None, False, env.headers,
+                self.engine.clock(),
+            )  # fmt: skip
+            scope = open_scope(self.engine._tracers, "receive_scope", received)
         lock, users = self._observing.setdefault(saga_id, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
-                reason = await self.engine._act(
-                    saga_id, lambda held: observed, inbox=key, admin=observed, busy_timeout=wait
-                )
+                if scope is None:
+                    reason = await self.engine._act(
+                        saga_id, lambda held: observed, inbox=key, admin=observed, busy_timeout=wait
+                    )
+                else:
+                    with scope:
+                        reason = await self.engine._act(
+                            saga_id, lambda held: observed, inbox=key, admin=observed, busy_timeout=wait
+                        )
         except SagaNotFound:
             reason = f"unknown saga {saga_id}"
+        except BaseException as e:
+            if scope is not None:
+                scope.end("failed", error=str(e), exception=e, at=self.engine.clock())
+            raise
         finally:
             users[0] -= 1
             if not users[0]:
                 del self._observing[saga_id]
+        if scope is not None:
+            scope.end("applied" if reason is None else "dead_lettered", error=reason, at=self.engine.clock())
         if reason is not None:
             await self._dead(env.message_id, saga_id, env.type_name, body, reason)
 
