@@ -147,6 +147,10 @@ class Messaging:
         # One observed event at a time per saga here: events of one flow often arrive together, and
         # claiming the saga for each at once would only make them fence each other's transitions.
         self._observing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # The saga of a flow's business key never changes (one per key, ever): the recent ones are
+        # remembered, so that a flow's later events need no insert attempt to find it.
+        self._flows: dict[tuple[str, str], str] = {}
+        self.flows_remembered = 10_000
         self._tasks: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._running = False
@@ -488,17 +492,22 @@ class Messaging:
         except Exception as e:
             await self._dead(env.message_id, None, env.type_name, body, f"choreography {defn.name}: {e}")
             return
-        if not spec.keep_before_start and env.type_name != spec.start:
-            found = await self.engine.list(correlation_id=cid, name=defn.name, limit=1)
-            if not found:
-                why = f"choreography {defn.name}: no flow {cid!r} has started (its start event has not come)"
-                await self._dead(env.message_id, None, env.type_name, body, why)
-                return
-            saga_id = found[0].id
-        else:
-            saga_id = await self.engine.start(
-                defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version
-            )
+        saga_id = self._flows.get((defn.name, cid))
+        if saga_id is None:
+            if not spec.keep_before_start and env.type_name != spec.start:
+                found = await self.engine.list(correlation_id=cid, name=defn.name, limit=1)
+                if not found:
+                    why = f"choreography {defn.name}: no flow {cid!r} has started (its start event has not come)"
+                    await self._dead(env.message_id, None, env.type_name, body, why)
+                    return
+                saga_id = found[0].id
+            else:
+                saga_id = await self.engine.start(
+                    defn.name, {}, correlation_id=cid, idempotency_key=cid, version=defn.version
+                )
+            if len(self._flows) >= self.flows_remembered:
+                del self._flows[next(iter(self._flows))]
+            self._flows[(defn.name, cid)] = saga_id
         observed = Reply(env.type_name, dict(env.payload))
         wait = self.engine.lease_seconds + 5.0
         reason: str | None
