@@ -326,3 +326,24 @@ def test_an_event_after_the_saga_finished_is_refused_with_the_reason() -> None:
     late = decide(flow, d.state, observed(EVENTS[1]), 3.0)
     assert late.rejected is not None and "came after it finished" in late.rejected
     assert late.state is d.state and late.history[-1].kind == "refused"
+
+
+def test_a_stage_that_waits_past_its_timeout_rolls_the_saga_back() -> None:
+    flow = (
+        choreography("timed")
+        .starts_on(EVENTS[0], correlate=lambda e: e.order_id, compensate=UNDO[0])
+        .then(EVENTS[1], timeout=5.0)
+        .build()
+    )
+    d = new_saga(flow, "s", {}, 1.0)
+    d = decide(flow, d.state, observed(EVENTS[0]), 2.0)
+    assert d.state.steps["Happened1"].status is S.RUNNING and d.state.wake_at == 7.0
+    assert d.history[-1].message == f"stage 'Happened1' waits for {message_type_name(EVENTS[1])}"
+    early = decide(flow, d.state, Timer(), 6.9)
+    assert early.state.status is SagaStatus.RUNNING
+    d = decide(flow, d.state, Timer(), 7.0)
+    assert d.state.status is SagaStatus.COMPENSATING and "timed out after 5.0s" in (d.state.error or "")
+    [undo] = [e for e in d.effects if isinstance(e, RunStep)]
+    assert (undo.step, undo.compensation) == ("Happened0", True)
+    d = decide(flow, d.state, StepSucceeded("Happened0", undo.token), 7.1)  # fire-and-forget: done once committed
+    assert d.state.status is SagaStatus.COMPENSATED
