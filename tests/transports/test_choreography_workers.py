@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -85,7 +86,27 @@ async def test_a_tracker_killed_half_way_loses_no_flow(store_url: str, broker: B
             await asyncio.to_thread(children[0].wait, 10)
             for order_id in names[6:]:
                 await place(order_id)
-            await poll(lambda: _at_least(finished, len(orders)), 90, "every flow finishes")
+            try:
+                await poll(lambda: _at_least(finished, len(orders)), 90, "every flow finishes")
+            except AssertionError:
+                stuck = [s for s in await reader.list(name="order_flow", limit=1000) if not s.status.terminal]
+                seen = {s.correlation_id for s in await reader.list(name="order_flow", limit=1000)}
+                detail = [
+                    (s.correlation_id, [(h.kind, h.message) for h in (await reader.get(s.id)).history]) for s in stuck
+                ]
+                outbox: list[object] = []
+                if store_url.startswith("sqlite:///"):
+                    with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+                        outbox = db.execute(
+                            "SELECT saga_id, destination, attempts, claimed_by, claimed_until, available_at "
+                            "FROM sagakit_outbox"
+                        ).fetchall()
+                raise AssertionError(
+                    f"unfinished: {detail}; never opened: {sorted(set(orders) - seen)}; "
+                    f"dead letters: {[(d.type_name, d.reason) for d in await reader.dead_letters()]}; "
+                    f"outbox: {outbox}; released: {shop.released}; stock handled {shop.stock.handled}; "
+                    f"now {time.time()}"
+                ) from None
             sagas = await reader.list(name="order_flow", limit=1000)
             await asyncio.sleep(0.5)  # a compensation sent twice would show by now
             released = list(shop.released)

@@ -56,3 +56,46 @@ class TestNatsTransport(TransportContract):
             3,
         )
         assert t.url == "nats://127.0.0.1:4222"
+
+    async def test_members_that_create_the_group_at_once_all_receive(self, kit: Kit) -> None:
+        """Two members each find no consumer and create it: the group's messages still reach the survivor.
+
+        The later creation would re-point the consumer at its creator's subject; with one
+        subject per consumer whoever creates it, the earlier member is not left listening to
+        a subject nothing is delivered to once the later one has gone.
+        """
+        import nats.js.errors
+
+        from .kit import Collector
+
+        first = await kit.transport()
+        second = await kit.transport()
+        from sagakit.transports.nats import _consumer_name
+
+        looked = first._js.consumer_info  # type: ignore[attr-defined]
+        group_consumer = _consumer_name(kit.group(), kit.dest())
+        lied = False
+
+        async def not_yet(stream: str, name: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal lied
+            if name == group_consumer and not lied:  # the first looked before the second created it
+                lied = True
+                raise nats.js.errors.NotFoundError
+            return await looked(stream, name, *args, **kwargs)
+
+        got_first, got_second = Collector(), Collector()
+        # The second creates the consumer; the first, having looked before, creates it too, and binds.
+        created = await second._ensure_consumer(kit.dest(), kit.group())  # type: ignore[attr-defined]
+        first._js.consumer_info = not_yet  # type: ignore[attr-defined]
+        await kit.subscribe(first, [kit.dest()], kit.group(), got_first)
+
+        async def as_created(*args: Any) -> Any:  # the second binds what its own creation returned
+            return created
+
+        second._ensure_consumer = as_created  # type: ignore[attr-defined]
+        await kit.subscribe(second, [kit.dest()], kit.group(), got_second)
+        await first.close()  # the member that created the consumer last goes
+        for i in range(5):
+            await second.publish(kit.dest(), b"x", message_id=f"m-{i}")
+        await got_second.wait(5)
+        assert sorted(got_second.ids) == [f"m-{i}" for i in range(5)]

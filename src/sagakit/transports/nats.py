@@ -312,7 +312,10 @@ class NatsTransport:
             config = api.ConsumerConfig(
                 durable_name=name,
                 description=f"sagakit group {group!r} on {destination!r}",
-                deliver_subject=self._nc.new_inbox(),
+                # The same subject whoever creates the consumer: members that create it at once
+                # (each having found none) then agree, where each one's own inbox would leave all
+                # but the last creator bound to a subject that no longer receives anything.
+                deliver_subject=f"_INBOX.sagakit.{self.stream}.{name}",
                 deliver_group=name,
                 deliver_policy=api.DeliverPolicy.NEW,
                 ack_policy=api.AckPolicy.EXPLICIT,
