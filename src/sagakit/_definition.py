@@ -17,9 +17,9 @@ from ._resources import Resource
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "LOCK_POLICIES",
+    "ChoreographySpec",
     "ForEach",
     "LockSettings",
-    "ChoreographySpec",
     "ReplyRead",
     "SagaBuilder",
     "SagaDefinition",

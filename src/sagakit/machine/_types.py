@@ -97,6 +97,11 @@ CHILDREN = "children"
 # abort and has not yet seen end: ``{"wake": time, "every": seconds, "reason": text, "children": {id: step}}``.
 # Until they end it stays due, and tells them again, so that the abort survives a crash.
 ABORTING = "aborting_children"
+# The key of ``SagaState.meta`` that marks a choreographed saga (``sagakit.choreography``): True.
+CHOREOGRAPHED = "choreographed"
+# The key of ``SagaState.meta`` that holds a choreographed saga's events observed before their stage's turn:
+# ``{stage: {"type_name", "payload", "at"}}``; each is applied when its stage waits.
+HELD_EVENTS = "held_events"
 
 
 class ItemState(NamedTuple):
@@ -117,11 +122,6 @@ class ItemState(NamedTuple):
     error: str | None = None
     wake_at: float | None = None
     uncertain: bool = False
-# The key of ``SagaState.meta`` that marks a choreographed saga (``sagakit.choreography``): True.
-CHOREOGRAPHED = "choreographed"
-# The key of ``SagaState.meta`` that holds a choreographed saga's events observed before their stage's turn:
-# ``{stage: {"type_name", "payload", "at"}}``; each is applied when its stage waits.
-HELD_EVENTS = "held_events"
 
 
 @dataclass(slots=True)
