@@ -970,9 +970,11 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
                     held = Held(st, defn, durable=True, lease_mono=proven)
                     self._held[saga_id] = held
                     claimed = True
-                    # Claimed as the claim loop would have: attempts a stopped worker left in
-                    # flight run again (the event below joins the same write).
-                    self._apply(held, Resume())
+                    if st.status is not SagaStatus.PENDING:
+                        # Claimed as the claim loop would have: attempts a stopped worker left in
+                        # flight run again (the event below joins the same write). A saga not yet
+                        # begun is left for a worker to begin.
+                        self._apply(held, Resume())
             made = make(held)
             if isinstance(made, str):
                 rejected: str | None = made
