@@ -20,7 +20,6 @@ import pytest
 from sagakit import SagaEngine, SagaStatus
 from sagakit.admin import Operations, create_app
 from sagakit.transports.memory import MemoryBroker, MemoryTransport
-from tests.conftest import require_service
 from tests.messaging.choreography import (
     OrderPlaced,
     OrderShipped,
@@ -32,7 +31,7 @@ from tests.messaging.choreography import (
 from tests.messaging.test_message_saga import saga_for
 
 from .conftest import TOKEN, ServedApp
-from .test_dashboard_browser import ARGS, CHROMIUM, OUT, chromium_problem, shot
+from .test_dashboard_browser import open_page, shot
 
 
 async def seed(url: str) -> dict[str, str]:
@@ -75,22 +74,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.fixture
 def page(served: tuple[str, dict[str, str]]) -> Iterator[Any]:
-    require_service(chromium_problem())
-    from playwright.sync_api import sync_playwright
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
-            pg.set_default_timeout(15_000)
-            problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            browser.close()
+    with open_page() as pg:
+        yield pg
 
 
 def test_choreographed_sagas_show_their_observed_events(page: Any, served: tuple[str, dict[str, str]]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Seed]]:
         yield app.url, seed
 
 
-@pytest.fixture
-def page(served: tuple[str, Seed]) -> Iterator[Any]:
+@contextmanager
+def open_page() -> Iterator[Any]:
+    """A page in a new headless Chromium; console errors and page errors are collected in ``page.problems``."""
     require_service(chromium_problem())
     from playwright.sync_api import sync_playwright
 
@@ -67,8 +69,7 @@ def page(served: tuple[str, Seed]) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1360, "height": 1000})
-            pg = context.new_page()
+            pg = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
             pg.set_default_timeout(15_000)
             problems: list[str] = []
             pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -77,6 +78,12 @@ def page(served: tuple[str, Seed]) -> Iterator[Any]:
             yield pg
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(served: tuple[str, Seed]) -> Iterator[Any]:
+    with open_page() as pg:
+        yield pg
 
 
 def shot(page: Any, name: str) -> Path:

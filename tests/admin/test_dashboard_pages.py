@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from tests.conftest import require_service
 
 from . import sample_app
 from .conftest import TOKEN, Seed, ServedApp, seed_sync
-from .test_dashboard_browser import ARGS, CHROMIUM, OUT, chromium_problem, shot
+from .test_dashboard_browser import open_page, shot
 
 ROOT = Path(__file__).resolve().parents[2]
 ISO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$")
@@ -53,24 +52,8 @@ def _slow() -> Any:
 slow = _slow()
 
 
-@contextmanager
-def browser() -> Iterator[Any]:
-    require_service(chromium_problem())
-    from playwright.sync_api import sync_playwright
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = b.new_context(viewport={"width": 1360, "height": 1000}).new_page()
-            pg.set_default_timeout(15_000)
-            problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            b.close()
+def browser() -> Any:
+    return open_page()
 
 
 @pytest.fixture

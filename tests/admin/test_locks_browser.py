@@ -22,10 +22,9 @@ from sagakit._store import Write
 from sagakit.admin import Operations, create_app
 from sagakit.machine import LocksGranted, decide, new_saga
 from sagakit.stores.sqlite import SQLiteStore
-from tests.conftest import require_service
 
 from .conftest import TOKEN, ServedApp
-from .test_dashboard_browser import ARGS, CHROMIUM, OUT, chromium_problem
+from .test_dashboard_browser import OUT, open_page
 
 
 def work(ctx: Any) -> None:
@@ -75,22 +74,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
 
 @pytest.fixture
 def page(served: tuple[str, list[str]]) -> Iterator[Any]:
-    require_service(chromium_problem())
-    from playwright.sync_api import sync_playwright
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
-            pg.set_default_timeout(15_000)
-            problems: list[str] = []
-            pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            browser.close()
+    with open_page() as pg:
+        yield pg
 
 
 def test_locks_page_and_saga_pages_show_held_and_awaited_locks(page: Any, served: tuple[str, list[str]]) -> None:

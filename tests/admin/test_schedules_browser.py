@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from sagakit.admin import Operations, create_app
-from tests.conftest import require_service
 
 from .conftest import TOKEN, ServedApp
-from .test_dashboard_browser import ARGS, CHROMIUM, OUT, chromium_problem, shot
+from .test_dashboard_browser import open_page, shot
 from .test_schedules import _fill, reminder
 
 
@@ -34,21 +33,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
 
 @pytest.fixture
 def page(served: tuple[str, str, str]) -> Iterator[Any]:
-    require_service(chromium_problem())
-    from playwright.sync_api import sync_playwright
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
-            pg.set_default_timeout(15_000)
-            problems: list[str] = []
-            pg.on("pageerror", lambda e: problems.append(str(e)))
-            pg.problems = problems
-            yield pg
-        finally:
-            browser.close()
+    with open_page() as pg:
+        yield pg
 
 
 def test_schedules_page_shows_recurring_and_waiting_sagas_and_stops_a_schedule(
