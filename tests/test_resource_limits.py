@@ -73,7 +73,8 @@ async def test_no_more_calls_run_at_once_than_the_limit_and_the_waiting_ones_sho
         engine.register(b.build())
         ids = [await engine.start("pay", {"i": i}) for i in range(6)]
         assert await poll("the store to show 2 permits in use and 4 waiting", lambda: _is(usage(engine), (2, 4)))
-        assert running == 2
+        # A granted attempt starts once the transition recording its grant is committed: soon after.
+        assert await poll("both granted attempts to be running", lambda: _now(running == 2))
         busy = PrometheusObserver(CollectorRegistry())
         await busy.refresh(engine)
         assert busy.registry.get_sample_value("sagakit_resource_permits_in_use", {"resource": "payments"}) == 2
@@ -98,6 +99,10 @@ async def test_no_more_calls_run_at_once_than_the_limit_and_the_waiting_ones_sho
         assert gauge("sagakit_resource_permits_in_use", {"resource": "payments"}) == 0
         assert gauge("sagakit_resource_waiting", {"resource": "payments"}) == 0
     assert most == 2
+
+
+async def _now(value: bool) -> bool:
+    return value
 
 
 async def _is(got: Awaitable[Any], want: Any) -> bool:
