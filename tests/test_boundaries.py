@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import sqlite3
 from pathlib import Path
 
@@ -46,6 +47,26 @@ def test_backend_authors_find_the_protocols_and_records_in_public_modules() -> N
     for name in ("Transport", "Delivery", "Handler", "TransportError", "transport_from_url"):
         assert hasattr(sagakit.transports, name), name
     assert isinstance(SQLiteStore(":memory:"), sagakit.stores.Store)
+
+
+def test_the_repositorys_examples_import_only_public_modules() -> None:
+    """The examples are what users copy: every sagakit name they use comes from a public module."""
+    root = Path(__file__).resolve().parent.parent / "examples"
+    files = sorted(root.rglob("*.py"))
+    assert files, "no examples found"
+    private = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "sagakit" and any(part.startswith("_") for part in parts[1:]):
+                    private.append(f"{path.relative_to(root)}:{node.lineno}: {module}")
+    assert not private, private
+    # What they needed from private modules has a public home.
+    from sagakit.participant import Envelope, EnvelopeError, message_type_name  # noqa: F401
 
 
 def test_the_error_tree_in_the_docs_names_every_sagakit_error() -> None:

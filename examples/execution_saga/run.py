@@ -26,8 +26,8 @@ from collections import Counter
 from typing import Any
 
 from sagakit import SagaEngine, SagaStatus
-from sagakit._messages import Envelope, message_type_name
-from sagakit._transport import Delivery, transport_from_url
+from sagakit.participant import Envelope, message_type_name
+from sagakit.transports import Delivery, transport_from_url
 
 from .messages import ExecutionAborted, ExecutionFailed, ExecutionRequested, ExecutionSucceeded, ExecutionTimeout
 from .saga import Executions, definition

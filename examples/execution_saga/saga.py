@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sagakit import RetryPolicy, SagaBuilder, StepContext, send, wait_for
-from sagakit._definition import SagaDefinition
+from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, StepContext, send, wait_for
 
 from .messages import (
     CreatePodCommand,

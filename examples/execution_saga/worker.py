@@ -25,9 +25,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from sagakit._messages import Envelope
-from sagakit._transport import Transport
-from sagakit.participant import Participant
+from sagakit.participant import Envelope, Participant
+from sagakit.transports import Transport
 
 from .messages import (
     CreatePodCommand,

@@ -32,8 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sagakit import SagaEngine, SagaSnapshot, SagaStatus, StepStatus
-from sagakit._messages import Envelope
-from sagakit._transport import TransportError, transport_from_url
+from sagakit.participant import Envelope
+from sagakit.transports import TransportError, transport_from_url
 
 from ._process import DEFAULT_TRANSPORT
 from .messages import BROKEN_ADDRESS, DECLINED_CARD, SOLD_OUT_SKU, STOLEN_CARD, UNKNOWN_ADDRESS, OrderPlaced

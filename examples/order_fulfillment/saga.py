@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sagakit import RetryPolicy, SagaBuilder, StepContext, send
-from sagakit._definition import SagaDefinition
+from sagakit import RetryPolicy, SagaBuilder, SagaDefinition, StepContext, send
 
 from .messages import (
     ChargePayment,

@@ -44,10 +44,23 @@ saga's correlation headers copied, so a service joins a saga in a few lines::
   the reply (or fault) carries that span's context, so the saga's trace goes
   from the command through the handler (and what it calls) to the reply. A
   reply published again from the record carries the context of the handling.
+- **The wire format**, for code that talks to a broker without a participant
+  (a service publishing a saga's trigger, a test watching events): an
+  ``Envelope`` wraps a command or event (``Envelope.wrap``, ``to_bytes``) and
+  reads one back (``Envelope.from_bytes``, raising ``EnvelopeError``);
+  ``message_type_name(cls)`` is the name a type travels under.
 """
 
-from .._messages import FAULT_TYPE_NAME, Fault
+from .._messages import FAULT_TYPE_NAME, Envelope, EnvelopeError, Fault, message_type_name
 from ._context import MessageContext
 from ._participant import Participant
 
-__all__ = ["FAULT_TYPE_NAME", "Fault", "MessageContext", "Participant"]
+__all__ = [
+    "FAULT_TYPE_NAME",
+    "Envelope",
+    "EnvelopeError",
+    "Fault",
+    "MessageContext",
+    "Participant",
+    "message_type_name",
+]
