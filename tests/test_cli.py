@@ -335,6 +335,18 @@ def test_list_has_the_filters_of_the_http_api(demo_store: tuple[str, Result]) ->
     assert "no sagas status=failed match" in table.output
 
 
+def test_list_options_are_the_filters_of_the_http_apis_saga_list() -> None:
+    """Every query parameter of ``GET /api/sagas`` is an option of ``sagakit list``, and the other way round."""
+    from sagakit.admin._openapi import openapi_document
+    from sagakit.cli._ops import list_command
+
+    api = {p["name"] for p in openapi_document("test")["paths"]["/api/sagas"]["get"]["parameters"]}
+    flags = {p.opts[0].removeprefix("--").replace("-", "_"): p for p in list_command.params}
+    shown = {"store", "json", "mask", "mask_extra"}  # where to read and how to print: no filters
+    assert set(flags) - shown == api
+    assert flags["status"].multiple and flags["key"].multiple  # repeatable, as status= and key= in the query
+
+
 @pytest.mark.parametrize(
     ("args", "hint"),
     [
