@@ -73,6 +73,39 @@ async def test_the_same_message_id_twice_applies_once(store_url: str) -> None:
     assert snap.data["approver"] == "ann"
 
 
+async def test_events_arriving_together_claim_their_sagas_together(store_url: str) -> None:
+    """Many notifies at once: their sagas are claimed in a few batched claims, not one transaction each."""
+    async with SagaEngine(store_url) as engine:
+        engine.register(approval_saga)
+        ids = [await engine.start("approval", {"order": f"o-{i}"}) for i in range(60)]
+        for sid in ids:
+            await _waiting(engine, sid)
+        batches: list[int] = []
+        singles: list[str] = []
+        store: Any = engine.store
+        claim_sagas, claim_saga = store.claim_sagas, store.claim_saga
+
+        async def counted_many(saga_ids: Any, *args: Any) -> Any:
+            batches.append(len(saga_ids))
+            return await claim_sagas(saga_ids, *args)
+
+        async def counted_one(saga_id: str, *args: Any) -> Any:
+            singles.append(saga_id)
+            return await claim_saga(saga_id, *args)
+
+        store.claim_sagas, store.claim_saga = counted_many, counted_one
+        # Each saga gets its event twice at the same moment: one applies, the other finds nothing waiting.
+        events = [engine.notify(sid, Approved(approver=f"a{i}")) for i, sid in enumerate(ids) for _ in range(2)]
+        outcomes = await asyncio.gather(*events, return_exceptions=True)
+        snaps = [await engine.wait(sid, timeout=20) for sid in ids]
+    assert all(s.status is SagaStatus.COMPLETED for s in snaps)
+    assert [s.data["approver"] for s in snaps] == [f"a{i}" for i in range(60)]
+    refused = [o for o in outcomes if o is not None]
+    assert len(refused) == 60 and all(isinstance(o, SagaStateError) for o in refused), refused
+    assert singles == []
+    assert sum(batches) >= 60 and len(batches) < 30, batches  # 120 events; claims in batches
+
+
 async def test_a_process_without_the_definition_notifies_a_worker_process(pg_url: str) -> None:
     """An API process that only knows the saga's id: the event is kept with the saga and the worker applies it."""
     starter = SagaEngine(pg_url)

@@ -50,7 +50,7 @@ from ._json import encode, model_type, to_json
 from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._resources import Resource, ResourceUsage
-from ._runtime._base import Held, Pending, Slots
+from ._runtime._base import Batcher, Held, Pending, Slots
 from ._runtime.attempts import Attempts
 from ._runtime.children import Children
 from ._runtime.commit import Committer
@@ -208,6 +208,9 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._work_waiter: asyncio.Future[Any] | None = None
+        self._claim_waiters: dict[str, list[asyncio.Future[tuple[SagaState | None, float] | None]]] = {}
+        self._claiming: asyncio.Future[None] | None = None
+        self._inbox_lookups: Batcher[str, bool] | None = None
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
         self._slots: Slots | None = None
@@ -832,7 +835,7 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
         payload = to_payload(event)
         encode(payload, "event {}", type(event).__name__, root="event")  # NaN and infinities are refused, not nulled
         reply = Reply(message_type_name(type(event)), payload, step, None)
-        if message_id is not None and await self.store.inbox_seen(message_id):
+        if message_id is not None and await self._inbox_seen(message_id):
             return
         rejected = await self._act(
             saga_id, lambda held: reply, inbox=message_id, admin=reply, busy_timeout=self.lease_seconds + 5.0
@@ -927,9 +930,12 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
                     if outcome is not None:
                         await self.store.drop_request(request)
                         return outcome or None  # applied (or refused) by the worker that holds it
-                now = self.clock()
-                sent = time.monotonic()
-                st = await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds)
+                got = await self._claim_by_id(saga_id)
+                if got is None:
+                    # Claimed for another event for the same saga that came at the same moment.
+                    await asyncio.sleep(0)
+                    continue
+                st, sent = got
                 if st is None:
                     if admin is not None and request is None:
                         # The holder is the one that can cancel what runs: ask it. Should it be

@@ -373,7 +373,14 @@ class Store(Protocol):
     Optional beside the protocol: ``write_in(connection, write)`` (a coroutine) and
     ``write_in_sync(connection, write)`` store a new saga with the application's own
     database connection, inside its open transaction (``engine.start(...,
-    connection=...)``); the SQLite and PostgreSQL stores have them.
+    connection=...)``); the SQLite and PostgreSQL stores have them. Also optional:
+    ``claim_sagas(saga_ids, owner, now, lease_until)`` (a coroutine), ``claim_saga``
+    for several sagas in one transaction, returning a dict of each existing id's
+    claimed state or None (another worker's lease is live), ids of no saga left
+    out; the engine claims sagas for events and commands that arrive together
+    with it, and falls back to ``claim_saga`` one by one. Every store here has it.
+    Likewise ``inbox_seen_many(message_ids)``: the set of those ids whose effect
+    is committed (``inbox_seen`` for several at once; SQLite and PostgreSQL).
     """
 
     url: str

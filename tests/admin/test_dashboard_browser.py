@@ -44,7 +44,7 @@ def chromium_problem() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the playwright package is not installed (pip install -e '.[dev]')"
+        return "the playwright package is not installed (pip install -e '.[all]' --group dev)"
     if not os.path.exists(CHROMIUM):
         return f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)"
     return None

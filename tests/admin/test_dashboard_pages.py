@@ -83,7 +83,7 @@ def test_the_docs_fastapi_recipe_serves_the_dashboard_under_a_prefix(
     try:
         import fastapi  # noqa: F401
     except ImportError:
-        require_service("fastapi is not installed (pip install -e '.[dev]')")
+        require_service("fastapi is not installed (pip install -e '.[all]' --group dev)")
     # The application as the recipe has it: main.py, and myapp/sagas.py with the definitions.
     (tmp_path / "main.py").write_text(recipe())
     (tmp_path / "myapp").mkdir()

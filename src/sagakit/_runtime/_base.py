@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._definition import SagaDefinition
 from .._observe import Observer, Tracer, is_tracer
@@ -37,6 +37,8 @@ from ..machine import (
 __all__ = ["Held", "MessageSide", "Pending", "RuntimeBase", "Slots", "log"]
 
 log = logging.getLogger("sagakit")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -127,6 +129,53 @@ class MessageSide(Protocol):
     def poke(self) -> None: ...
 
 
+class Batcher(Generic[K, V]):
+    """Concurrent lookups of single keys answered by one call for all of them.
+
+    Like a group commit: one call is in flight at a time, and the keys asked
+    for meanwhile go in the next. *fetch* gets the distinct keys and returns a
+    value for each it knows; a key it leaves out gets *missing*.
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[Mapping[K, V]]], missing: V) -> None:
+        self._fetch = fetch
+        self._missing = missing
+        self._waiting: dict[K, list[asyncio.Future[V]]] = {}
+        self._task: asyncio.Future[None] | None = None
+
+    async def get(self, key: K) -> V:
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(fut)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                try:
+                    got = await self._fetch(list(batch))
+                except asyncio.CancelledError:
+                    for futs in batch.values():
+                        for f in futs:
+                            f.cancel()
+                    raise
+                except Exception as e:
+                    for futs in batch.values():
+                        for f in futs:
+                            if not f.done():
+                                f.set_exception(e)
+                    continue
+                for key, futs in batch.items():
+                    value = got.get(key, self._missing)
+                    for f in futs:
+                        if not f.done():
+                            f.set_result(value)
+        finally:
+            self._task = None
+
+
 class RuntimeBase:
     """The engine's state as the parts see it; the attributes are set by SagaEngine.__init__."""
 
@@ -156,6 +205,10 @@ class RuntimeBase:
     _loop: asyncio.AbstractEventLoop | None
     _background: set[asyncio.Future[Any]]
     _work_waiter: asyncio.Future[Any] | None
+    # Sagas asked for by events and commands, claimed together (see Leases._claim_by_id).
+    _claim_waiters: dict[str, list[asyncio.Future[tuple[SagaState | None, float] | None]]]
+    _claiming: asyncio.Future[None] | None
+    _inbox_lookups: Batcher[str, bool] | None
     _observers: tuple[Observer, ...]
     _opened: bool
 
@@ -170,6 +223,19 @@ class RuntimeBase:
                 getattr(o, method)(event)
             except Exception:
                 log.exception("sagakit: observer %r failed in %s", o, method)
+
+    async def _inbox_seen(self, message_id: str) -> bool:
+        """Whether a message's effect is committed; lookups made together go in one store call."""
+        many = getattr(self.store, "inbox_seen_many", None)
+        if many is None:
+            return await self.store.inbox_seen(message_id)
+        if self._inbox_lookups is None:
+
+            async def fetch(ids: list[str]) -> Mapping[str, bool]:
+                return dict.fromkeys(await many(ids), True)
+
+            self._inbox_lookups = Batcher(fetch, False)
+        return await self._inbox_lookups.get(message_id)
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None

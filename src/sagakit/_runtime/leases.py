@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 
+from .._errors import SagaNotFound
 from ..machine import HistoryEntry, Resume, SagaState
 from ._base import Held, RuntimeBase, log
 
@@ -119,6 +120,71 @@ class Leases(RuntimeBase):
         held = Held(st, defn, durable=True, lease_mono=proven)
         self._held[st.id] = held
         self._apply(held, Resume(), force=True)
+
+    async def _claim_by_id(self, saga_id: str) -> tuple[SagaState | None, float] | None:
+        """Claim one saga for an event or a command, in one transaction with the others asked for meanwhile.
+
+        Returns the claimed state (None while another worker's lease is live)
+        and the monotonic time the claim was sent; or None when another caller
+        asked for the same saga in the same batch and got it (look at the held
+        sagas again). Like a group commit, one batch is in flight at a time and
+        the requests made meanwhile go in the next.
+
+        Raises:
+            SagaNotFound: no such saga.
+        """
+        if getattr(self.store, "claim_sagas", None) is None:
+            now = self.clock()
+            sent = time.monotonic()
+            return await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds), sent
+        fut: asyncio.Future[tuple[SagaState | None, float] | None] = self._loop_().create_future()
+        self._claim_waiters.setdefault(saga_id, []).append(fut)
+        if self._claiming is None:
+            self._claiming = asyncio.ensure_future(self._claim_batches())
+        return await fut
+
+    async def _claim_batches(self) -> None:
+        try:
+            while self._claim_waiters:
+                batch, self._claim_waiters = self._claim_waiters, {}
+                now = self.clock()
+                sent = time.monotonic()
+                try:
+                    got = await self.store.claim_sagas(  # type: ignore[attr-defined]
+                        list(batch), self.worker_id, now, now + self.lease_seconds
+                    )
+                except asyncio.CancelledError:
+                    for futs in batch.values():
+                        for f in futs:
+                            f.cancel()
+                    raise
+                except Exception as e:
+                    for futs in batch.values():
+                        for f in futs:
+                            if not f.done():
+                                f.set_exception(e)
+                    continue
+                unwanted: list[tuple[str, float]] = []
+                for sid, futs in batch.items():
+                    live = [f for f in futs if not f.done()]
+                    if sid not in got:
+                        for f in live:
+                            f.set_exception(SagaNotFound(sid))
+                        continue
+                    st = got[sid]
+                    if st is None:
+                        for f in live:
+                            f.set_result((None, sent))
+                    elif not live:
+                        unwanted.append((sid, self.clock()))  # every caller gave up meanwhile: let it go
+                    else:
+                        live[0].set_result((st, sent))
+                        for f in live[1:]:
+                            f.set_result(None)
+                if unwanted:
+                    self._in_background(self.store.release(self.worker_id, unwanted))
+        finally:
+            self._claiming = None
 
     async def _renew_loop(self) -> None:
         while True:

@@ -105,6 +105,8 @@ class Host(Protocol):
 
     lease_seconds: float
 
+    async def _inbox_seen(self, message_id: str) -> bool: ...
+
     async def _act(
         self,
         saga_id: str,
@@ -482,7 +484,7 @@ class Messaging:
         body = _body(env)
         # One event may be observed by several flows: each records it under its own key.
         key = f"{env.message_id}:{defn.name}"
-        if await self.engine.store.inbox_seen(key):
+        if await self.engine._inbox_seen(key):
             await self._dead(env.message_id, None, env.type_name, body, "duplicate: already observed")
             return
         cls, correlate = spec.events[env.type_name]
@@ -549,7 +551,7 @@ class Messaging:
     async def _reply(self, env: Envelope) -> None:
         """Hand an event to the saga it is for; the machine decides which step it completes, if any."""
         body = _body(env)
-        if await self.engine.store.inbox_seen(env.message_id):
+        if await self.engine._inbox_seen(env.message_id):
             await self._dead(
                 env.message_id,
                 env.saga_id,

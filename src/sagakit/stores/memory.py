@@ -231,6 +231,20 @@ class MemoryStore(InProcessPermits):
             return None
         return self._take(r, owner, lease_until)
 
+    async def claim_sagas(
+        self, saga_ids: Sequence[str], owner: str, now: float, lease_until: float
+    ) -> dict[str, SagaState | None]:
+        got: dict[str, SagaState | None] = {}
+        for sid in sorted(set(saga_ids)):
+            r = self._rows.get(sid)
+            if r is None:
+                continue
+            if r.lease_owner not in (None, owner) and (r.lease_expires or 0.0) > now:
+                got[sid] = None
+            else:
+                got[sid] = self._take(r, owner, lease_until)
+        return got
+
     async def renew(
         self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
     ) -> set[str]:

@@ -228,6 +228,14 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
         self.url = base
         self.lease_clock = lease_clock
         self._sql = Statements(DIALECT, database_clock=lease_clock == "database")
+        one = "WHERE id=$4 AND "
+        assert one in self._sql.claim_one
+        # claim_one for the ids in $4, their rows locked in id order (as commits update them).
+        self._claim_many = self._sql.claim_one.replace(
+            one,
+            "WHERE id = ANY(ARRAY(SELECT id FROM sagakit_sagas WHERE id = ANY($4::text[]) "
+            "ORDER BY id FOR UPDATE)) AND ",
+        )
         self._pool: Any = None
         self._settings = {"search_path": f'"{schema}"'} if schema else {}
         # Workers on other schemas of the same database are not woken by this one's work.
@@ -616,6 +624,26 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
             raise SagaNotFound(saga_id)
         return decode_row(row) if row is not None else None
 
+    async def claim_sagas(
+        self, saga_ids: Sequence[str], owner: str, now: float, lease_until: float
+    ) -> dict[str, SagaState | None]:
+        ids = sorted(set(saga_ids))
+        if not ids:
+            return {}
+        pool = self._open_pool()
+        with self._errors("claim_sagas"):
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(self._claim_many, owner, lease_until, now, ids, lease_until - now)
+                got: dict[str, SagaState | None] = {}
+                for r in rows:
+                    st = decode_row(r)
+                    got[st.id] = st
+                rest = [i for i in ids if i not in got]
+                if rest:
+                    for r in await conn.fetch("SELECT id FROM sagakit_sagas WHERE id = ANY($1::text[])", rest):
+                        got[r[0]] = None
+        return got
+
     async def renew(
         self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
     ) -> set[str]:
@@ -777,6 +805,14 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
 
     async def inbox_seen(self, message_id: str) -> bool:
         return bool(await self._fetch("inbox_seen", self._sql.inbox_seen, message_id))
+
+    async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
+        rows = await self._fetch(
+            "inbox_seen_many",
+            "SELECT message_id FROM sagakit_inbox WHERE message_id = ANY($1::text[])",
+            list(message_ids),
+        )
+        return {r[0] for r in rows}
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         async with self._tx("dead_letter") as conn:

@@ -518,6 +518,30 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
             raise SagaNotFound(saga_id)
         return decode_row(row) if row is not None else None
 
+    async def claim_sagas(
+        self, saga_ids: Sequence[str], owner: str, now: float, lease_until: float
+    ) -> dict[str, SagaState | None]:
+        return await self._run(self._claim_sagas, sorted(set(saga_ids)), owner, now, lease_until)
+
+    def _claim_sagas(
+        self, saga_ids: list[str], owner: str, now: float, lease_until: float
+    ) -> dict[str, SagaState | None]:
+        db = self._db
+        got: dict[str, SagaState | None] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sid in saga_ids:
+                row = db.execute(self._sql.claim_one, (owner, lease_until, now, sid, lease_until - now)).fetchone()
+                if row is not None:
+                    got[sid] = decode_row(row)
+                elif db.execute(self._sql.exists, (sid,)).fetchone():
+                    got[sid] = None
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return got
+
     async def renew(
         self, owner: str, saga_ids: Sequence[str], lease_until: float, *, now: float | None = None
     ) -> set[str]:
@@ -675,6 +699,18 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
     async def inbox_seen(self, message_id: str) -> bool:
         rows = await self._read(self._fetchall, self._sql.inbox_seen, (message_id,))
         return bool(rows)
+
+    async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
+        return await self._read(self._inbox_seen_many, list(message_ids))
+
+    def _inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
+        seen: set[str] = set()
+        for lo in range(0, len(message_ids), 500):  # within SQLite's limit of bound parameters
+            chunk = message_ids[lo : lo + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._rdb.execute(f"SELECT message_id FROM sagakit_inbox WHERE message_id IN ({marks})", chunk)
+            seen.update(r[0] for r in rows)
+        return seen
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         row = (
