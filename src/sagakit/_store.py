@@ -380,7 +380,9 @@ class Store(Protocol):
     out; the engine claims sagas for events and commands that arrive together
     with it, and falls back to ``claim_saga`` one by one. Every store here has it.
     Likewise ``inbox_seen_many(message_ids)``: the set of those ids whose effect
-    is committed (``inbox_seen`` for several at once; SQLite and PostgreSQL).
+    is committed (``inbox_seen`` for several at once; SQLite and PostgreSQL), and
+    ``correlated(name, correlation_ids)``: for each of those correlation ids that
+    has one, the id of the newest unfinished saga *name* with it (every store here).
     """
 
     url: str

@@ -548,6 +548,21 @@ class StoreContract(LockContract):
         assert again["c"] is not None and again["c"].revision == 3
         assert await claim_sagas([], "w1", 50.0, 80.0) == {}
 
+    async def test_correlated_finds_the_newest_unfinished_saga_of_each_correlation_id(self, store: Store) -> None:
+        correlated = store.correlated  # type: ignore[attr-defined]  # optional beside the protocol
+        await put(store, saga("old", correlation_id="k1", created_at=100.0))
+        await put(store, saga("new", correlation_id="k1", created_at=200.0))
+        await put(store, saga("done", correlation_id="k1", created_at=300.0, status=SagaStatus.COMPLETED))
+        await put(store, saga("other", name="refund", correlation_id="k1", created_at=400.0))
+        await put(store, saga("k2", correlation_id="k2", status=SagaStatus.COMPENSATING))
+        await put(store, saga("k3", correlation_id="k3", status=SagaStatus.ABORTED))
+        await put(store, saga("k4", correlation_id="k4", status=SagaStatus.PENDING))
+        got = await correlated("order", ["k1", "k2", "k3", "k4", "k5", "k1"])
+        assert got == {"k1": "new", "k2": "k2", "k4": "k4"}
+        assert await correlated("refund", ["k1"]) == {"k1": "other"}
+        many = await correlated("order", [f"x{i}" for i in range(1200)] + ["k4"])  # more than one chunk
+        assert many == {"k4": "k4"}
+
     async def test_renew_extends_held_leases_and_returns_lost_ones(self, store: Store) -> None:
         for sid, wake in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
             await put(store, saga(sid), wake_at=wake)

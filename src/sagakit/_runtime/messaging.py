@@ -52,7 +52,7 @@ from .._status import SagaStatus
 from .._store import DeadLetter, OutboxMessage, OutboxRecord, Store
 from .._transport import Delivery, Transport, TransportError
 from ..machine import FAILURE, Event, Reply, RunStep, SagaState, step_results
-from ._base import Held
+from ._base import Batcher, Held
 
 __all__ = ["Messaging"]
 
@@ -159,6 +159,7 @@ class Messaging:
         self._subscribed: set[str] = set()
         self._subscriber: asyncio.Task[None] | None = None  # subscribes what was registered after start
         self._names: dict[str, type] = {}  # wire name -> the one class registered under it
+        self._lookups: Batcher[tuple[str, str], str | None] | None = None  # (name, correlation id) -> saga
 
     # ------------------------------------------------------------ registration
 
@@ -646,9 +647,9 @@ class Messaging:
                         "sagakit: correlation of %s for %s failed", env.type_name, exp.definition.name, exc_info=True
                     )
                     continue
-                for snap in await self.engine.list(correlation_id=cid, name=exp.definition.name, limit=10):
-                    if not snap.status.terminal:
-                        return snap.id
+                found = await self._correlated(exp.definition.name, cid)
+                if found is not None:
+                    return found
         # An event no step declares: the saga is found by its trigger extractors, to say why it was not taken.
         for defn, known_cls in self._known.get(env.type_name, ()):
             try:
@@ -660,12 +661,35 @@ class Messaging:
                     cid = to_correlation_id(t.correlation(known))
                 except Exception:
                     continue
-                for snap in await self.engine.list(correlation_id=cid, name=defn.name, limit=10):
-                    if not snap.status.terminal:
-                        return snap.id
+                found = await self._correlated(defn.name, cid)
+                if found is not None:
+                    return found
         if errors:
             raise CorrelationError("; ".join(errors))
         return None
+
+    async def _correlated(self, name: str, cid: str) -> str | None:
+        """The newest unfinished saga *name* of correlation id *cid*; lookups made together go in one store call."""
+        many = getattr(self.engine.store, "correlated", None)
+        if many is None:
+            for snap in await self.engine.list(correlation_id=cid, name=name, limit=10):
+                if not snap.status.terminal:
+                    return snap.id
+            return None
+        if self._lookups is None:
+
+            async def fetch(keys: list[tuple[str, str]]) -> Mapping[tuple[str, str], str | None]:
+                by_name: dict[str, list[str]] = {}
+                for n, c in keys:
+                    by_name.setdefault(n, []).append(c)
+                got: dict[tuple[str, str], str | None] = {}
+                for n, cids in by_name.items():
+                    for c, sid in (await many(n, cids)).items():
+                        got[(n, c)] = sid
+                return got
+
+            self._lookups = Batcher(fetch, None)
+        return await self._lookups.get((name, cid))
 
     async def _dead(self, mid: str, saga_id: str | None, type_name: str, body: bytes | str, reason: str) -> None:
         text = body.decode(errors="replace") if isinstance(body, bytes) else body

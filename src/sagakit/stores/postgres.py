@@ -230,11 +230,13 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
         self._sql = Statements(DIALECT, database_clock=lease_clock == "database")
         one = "WHERE id=$4 AND "
         assert one in self._sql.claim_one
-        # claim_one for the ids in $4, their rows locked in id order (as commits update them).
+        # claim_one for the ids in $4. A row another transaction is writing right now is skipped
+        # (reported busy, as a live lease is): waiting for it while holding the rows taken so far
+        # could close a deadlock with a commit that updates the same rows in another order.
         self._claim_many = self._sql.claim_one.replace(
             one,
             "WHERE id = ANY(ARRAY(SELECT id FROM sagakit_sagas WHERE id = ANY($4::text[]) "
-            "ORDER BY id FOR UPDATE)) AND ",
+            "FOR UPDATE SKIP LOCKED)) AND ",
         )
         self._pool: Any = None
         self._settings = {"search_path": f'"{schema}"'} if schema else {}
@@ -652,10 +654,15 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
             return lost
         if now is None:
             now = time.time()
-        async with self._tx("renew") as conn:
-            for sid in sorted(saga_ids):
-                if await conn.execute(self._sql.renew, owner, lease_until, sid, now, lease_until - now) != "UPDATE 1":
-                    lost.add(sid)
+        # Each lease is renewed in a transaction of its own: holding no row while it waits for
+        # the next, a renewal never closes a deadlock with a commit updating the same rows.
+        pool = self._open_pool()
+        with self._errors("renew"):
+            async with pool.acquire() as conn:
+                for sid in sorted(saga_ids):
+                    status = await conn.execute(self._sql.renew, owner, lease_until, sid, now, lease_until - now)
+                    if status != "UPDATE 1":
+                        lost.add(sid)
         return lost
 
     async def release_leases(self, owner: str | None, wake_at: float) -> int:
@@ -805,6 +812,16 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
 
     async def inbox_seen(self, message_id: str) -> bool:
         return bool(await self._fetch("inbox_seen", self._sql.inbox_seen, message_id))
+
+    async def correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
+        rows = await self._fetch(
+            "correlated",
+            "SELECT correlation_id, id FROM sagakit_sagas WHERE correlation_id = ANY($1::text[]) AND name = $2 "
+            "AND status IN ('pending', 'running', 'compensating') ORDER BY created_at, id",
+            list(correlation_ids),
+            name,
+        )
+        return {r[0]: r[1] for r in rows}  # the newest last
 
     async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
         rows = await self._fetch(

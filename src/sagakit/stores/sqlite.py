@@ -700,6 +700,22 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         rows = await self._read(self._fetchall, self._sql.inbox_seen, (message_id,))
         return bool(rows)
 
+    async def correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
+        return await self._read(self._correlated, name, list(correlation_ids))
+
+    def _correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for lo in range(0, len(correlation_ids), 500):  # within SQLite's limit of bound parameters
+            chunk = correlation_ids[lo : lo + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._rdb.execute(
+                "SELECT correlation_id, id FROM sagakit_sagas WHERE correlation_id IN "
+                f"({marks}) AND name = ? AND status IN ('pending', 'running', 'compensating') ORDER BY created_at, id",
+                [*chunk, name],
+            )
+            found.update((r[0], r[1]) for r in rows)  # the newest last
+        return found
+
     async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
         return await self._read(self._inbox_seen_many, list(message_ids))
 
