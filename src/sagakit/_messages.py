@@ -25,6 +25,7 @@ import functools
 import inspect
 import re
 import uuid
+import weakref
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,7 +219,18 @@ class _Field:
     required: bool
 
 
-def _fields(cls: type) -> list[_Field]:
+_FIELDS: weakref.WeakKeyDictionary[type, tuple[_Field, ...]] = weakref.WeakKeyDictionary()
+
+
+def _fields(cls: type) -> tuple[_Field, ...]:
+    """The fields of a message type (computed once per type)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(_read_fields(cls))
+    return found
+
+
+def _read_fields(cls: type) -> list[_Field]:
     if _is_pydantic(cls):
         out = []
         for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
