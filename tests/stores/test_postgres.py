@@ -85,6 +85,56 @@ class TestPostgresStore(StoreContract):
         assert [h.message for h in await again.history("other")] == ["another saga"]
         assert await self.schema_version(again) == SCHEMA_VERSION
 
+    async def test_claim_sagas_reports_a_row_being_written_busy_instead_of_waiting(self, store: Store) -> None:
+        """A batched claim never waits for a row lock while holding others: no deadlock with a commit."""
+        assert isinstance(store, PostgresStore)
+        for sid in ("a", "b"):
+            await put(store, saga(sid), wake_at=1000.0)
+        conn = await asyncpg.connect(store._dsn)
+        try:
+            await conn.execute(f'SET search_path TO "{store.schema}"')
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM sagakit_sagas WHERE id = 'a' FOR UPDATE")  # a commit in progress
+                got = await asyncio.wait_for(store.claim_sagas(["a", "b"], "w1", 10.0, 40.0), 10)
+                assert got["a"] is None  # busy, like a live lease: the caller tries again
+                assert got["b"] is not None and got["b"].revision == 2
+            again = await store.claim_sagas(["a"], "w1", 10.0, 40.0)
+            assert again["a"] is not None and again["a"].revision == 2
+        finally:
+            await conn.close()
+
+    async def test_a_lease_renewal_holds_one_row_at_a_time(self, store: Store) -> None:
+        """Renewing several leases while a commit holds one of them waits for that row alone."""
+        assert isinstance(store, PostgresStore)
+        for sid in ("a", "b"):
+            await put(store, saga(sid), wake_at=1000.0)
+        assert len(await store.claim("w1", 10.0, 40.0, 5)) == 0  # not due yet: take them by id
+        assert set(await store.claim_sagas(["a", "b"], "w1", 10.0, 40.0)) == {"a", "b"}
+        conn = await asyncpg.connect(store._dsn)
+        try:
+            await conn.execute(f'SET search_path TO "{store.schema}"')
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM sagakit_sagas WHERE id = 'b' FOR UPDATE")
+            renewal = asyncio.ensure_future(store.renew("w1", ["a", "b"], 60.0, now=20.0))
+            # While the renewal waits for b, a is already renewed and committed: a holds no lock.
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await conn.fetchval("SELECT lease_expires FROM sagakit_sagas WHERE id = 'a'")) != 60.0:
+                assert asyncio.get_running_loop().time() < deadline, "a was not renewed on its own"
+                await asyncio.sleep(0.02)
+            other = await asyncpg.connect(store._dsn)
+            try:
+                await other.execute(f'SET search_path TO "{store.schema}"')
+                # Another transaction can write a at once (it would wait here if the renewal held a).
+                await asyncio.wait_for(other.execute("UPDATE sagakit_sagas SET seq = seq WHERE id = 'a'"), 5)
+            finally:
+                await other.close()
+            assert not renewal.done()
+            await tx.rollback()
+            assert await asyncio.wait_for(renewal, 10) == set()
+        finally:
+            await conn.close()
+
     # ------------------------------------------------------------ URLs and errors
 
     def test_from_url(self) -> None:
