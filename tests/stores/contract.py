@@ -548,6 +548,38 @@ class StoreContract(LockContract):
         assert again["c"] is not None and again["c"].revision == 3
         assert await claim_sagas([], "w1", 50.0, 80.0) == {}
 
+    async def test_large_data_round_trips_through_every_read_and_write(self, store: Store) -> None:
+        """Saga data of 100 KB: stored, claimed, read, searched, replaced (large, small, large) and pruned."""
+        big = {"order": "o-1", "vip": True, "blob": "x" * 100_000}
+        st = saga("big", data=big, created_at=100.0)
+        await put(store, st, wake_at=5.0)
+        await put(store, saga("small", data={"order": "o-2"}, created_at=100.0), wake_at=None)
+        (claimed,) = await store.claim("w1", 10.0, 40.0, 5)
+        assert (claimed.id, claimed.data) == ("big", big)
+        got = await store.get("big")
+        assert got is not None and got.data == big
+        found = await store.list(SagaQuery(data_equals={"order": "o-1", "vip": True}))
+        assert [(f.id, f.data) for f in found] == [("big", big)]
+        assert [f.id for f in await store.list(SagaQuery(data_equals={"order": "o-2"}))] == ["small"]
+        # A transition that leaves the data alone keeps it; one that changes it replaces it.
+        w = update(claimed, data_changed=False, status=SagaStatus.RUNNING)
+        assert await store.commit([w]) == ["big"]
+        assert (await store.get("big")).data == big  # type: ignore[union-attr]
+        for data in ({"order": "o-1", "note": "small now"}, {**big, "blob": "y" * 120_000}):
+            w = update(w.state, data=data)
+            assert await store.commit([w]) == ["big"]
+            again = await store.get("big")
+            assert again is not None and again.data == data
+        fenced = update(w.state, expected=1, data={"lost": "x" * 50_000})  # a stale revision: refused
+        assert await store.commit([fenced]) == [None]
+        assert (await store.get("big")).data == w.state.data  # type: ignore[union-attr]
+        done = update(w.state, status=SagaStatus.COMPLETED, data_changed=False, wake_at=None)
+        assert await store.commit([done]) == ["big"]
+        pruned = await self._prune_all(store, 1e9)
+        assert pruned.sagas == 1  # the finished one; "small" is still running
+        assert await store.get("big") is None
+        assert [f.id for f in await store.list(SagaQuery())] == ["small"]
+
     async def test_correlated_finds_the_newest_unfinished_saga_of_each_correlation_id(self, store: Store) -> None:
         correlated = store.correlated  # type: ignore[attr-defined]  # optional beside the protocol
         await put(store, saga("old", correlation_id="k1", created_at=100.0))

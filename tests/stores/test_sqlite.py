@@ -24,6 +24,7 @@ from .contract import (
     StoreFactory,
     put,
     saga,
+    update,
 )
 
 
@@ -161,3 +162,81 @@ async def test_the_wal_is_checkpointed_off_the_writer_between_bursts(
 def test_checkpoint_interval_must_not_be_negative(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint_interval must be >= 0 seconds or None, got -1"):
         SQLiteStore(str(tmp_path / "x.db"), checkpoint_interval=-1)
+
+
+async def test_large_data_is_kept_out_of_the_saga_row(tmp_path: Path) -> None:
+    """Data over INLINE_DATA bytes lives in sagakit_data: the saga row that every transition rewrites stays small."""
+    from sagakit.stores._sql import INLINE_DATA
+
+    path = tmp_path / "big.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        big = {"blob": "x" * 100_000}
+        small = {"blob": "x" * (INLINE_DATA - 20)}
+        await put(store, saga("big", data=big), wake_at=None)
+        await put(store, saga("small", data=small), wake_at=None)
+
+        def rows() -> dict[str, tuple[int, int | None]]:
+            conn = sqlite3.connect(path)
+            try:
+                return {
+                    sid: (n, extra)
+                    for sid, n, extra in conn.execute(
+                        "SELECT s.id, length(s.data), length(d.data) FROM sagakit_sagas s "
+                        "LEFT JOIN sagakit_data d ON d.saga_id = s.id ORDER BY s.id"
+                    )
+                }
+            finally:
+                conn.close()
+
+        assert rows()["big"][0] == 0 and rows()["big"][1] is not None and rows()["big"][1] > 100_000
+        assert rows()["small"][1] is None and rows()["small"][0] > INLINE_DATA - 20  # small data stays in its row
+        st = await store.get("big")
+        assert st is not None
+        w = update(st, data={"note": "small now"})
+        assert await store.commit([w]) == ["big"]
+        assert rows()["big"] == (len('{"note":"small now"}'), None)  # back in the row, the other row gone
+        w = update(w.state, data=big)
+        assert await store.commit([w]) == ["big"]
+        assert rows()["big"][0] == 0
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("DELETE FROM sagakit_sagas WHERE id = 'big'")  # whoever deletes a saga
+            conn.commit()
+            assert conn.execute("SELECT COUNT(*) FROM sagakit_data").fetchone() == (0,)  # takes its data along
+        finally:
+            conn.close()
+    finally:
+        await store.close()
+
+
+async def test_large_data_written_inline_by_an_older_version_is_read(tmp_path: Path) -> None:
+    """Rows from before sagakit_data (schema 11), large data in the row, read as they are after the upgrade."""
+    path = tmp_path / "old.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    await put(store, saga("old", data={"blob": "x" * 100_000}), wake_at=None)
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:  # the file as schema 11 left it: the data in the row, no sagakit_data
+        stored = conn.execute("SELECT data FROM sagakit_data WHERE saga_id = 'old'").fetchone()[0]
+        conn.execute("UPDATE sagakit_sagas SET data = ? WHERE id = 'old'", (stored,))
+        conn.execute("DROP TRIGGER sagakit_data_gone")
+        conn.execute("DROP TABLE sagakit_data")
+        conn.execute("UPDATE sagakit_meta SET value = '11' WHERE key = 'schema_version'")
+        conn.commit()
+    finally:
+        conn.close()
+    again = SQLiteStore(str(path))
+    await again.open()
+    try:
+        st = await again.get("old")
+        assert st is not None and st.data == {"blob": "x" * 100_000}
+        assert [s.id for s in await again.list(SagaQuery(data_equals={"blob": "x" * 100_000}))] == ["old"]
+        w = update(st, data={"blob": "y" * 100_000})
+        assert await again.commit([w]) == ["old"]
+        after = await again.get("old")
+        assert after is not None and after.data == {"blob": "y" * 100_000}
+    finally:
+        await again.close()

@@ -16,11 +16,24 @@ from ._codec import COLUMNS
 __all__ = ["SCHEMA_VERSION", "Dialect", "Statements", "count_by_status_query", "list_query", "migrations"]
 
 
+# SQLite: a saga's data over INLINE_DATA bytes is kept in sagakit_data, its row's data
+# column left '' (no JSON text is empty). SQLite rewrites a whole row, overflow pages and
+# all, on every update of any column of it: a large data blob in the saga row would be
+# written again at each transition, while the data changes only when a step changes it.
+# Below the limit the row still fits in one 4 KiB page (no overflow pages) and is read and
+# written in one piece.
+INLINE_DATA = 3000
+SQLITE_DATA = (
+    "(CASE WHEN sagakit_sagas.data = '' THEN (SELECT x.data FROM sagakit_data x "
+    "WHERE x.saga_id = sagakit_sagas.id) ELSE sagakit_sagas.data END)"
+)
+
+
 def _sqlite_json_text(p: str) -> str:
     # JSON true/false come out of json_extract as 1/0: spell them as JSON does.
     return (
-        f"CASE json_type(data, {p}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-        f"ELSE CAST(json_extract(data, {p}) AS TEXT) END"
+        f"CASE json_type({SQLITE_DATA}, {p}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE CAST(json_extract({SQLITE_DATA}, {p}) AS TEXT) END"
     )
 
 
@@ -78,6 +91,8 @@ class Dialect:
     # Run first in a transaction that changes semantic locks, so that one such transaction at a
     # time reads and writes the queues (PostgreSQL; SQLite's writers are serialised already).
     lock_locks: str = ""
+    # The saga's data as read (SQLite: from sagakit_data when kept there; see INLINE_DATA).
+    data_column: str = "data"
 
     def real_param(self, i: int) -> str:
         """Placeholder *i* for a REAL value in a place that gives no type of its own."""
@@ -291,10 +306,21 @@ def migrations(d: Dialect) -> list[list[str]]:
             )""",
             "CREATE INDEX IF NOT EXISTS sagakit_locks_saga ON sagakit_locks (saga_id)",
         ],
+        # Large saga data out of the saga row (SQLite; see INLINE_DATA), gone with its saga.
+        [
+            """CREATE TABLE IF NOT EXISTS sagakit_data (
+                saga_id TEXT PRIMARY KEY,
+                data TEXT NOT NULL
+            )""",
+            "CREATE TRIGGER IF NOT EXISTS sagakit_data_gone AFTER DELETE ON sagakit_sagas "
+            "WHEN old.data = '' BEGIN DELETE FROM sagakit_data WHERE saga_id = old.id; END",
+        ]
+        if d.data_column != "data"
+        else [],
     ]
 
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class Statements:
@@ -302,11 +328,13 @@ class Statements:
 
     def __init__(self, d: Dialect, *, database_clock: bool = True) -> None:
         p = d.param
-        cols = ", ".join(COLUMNS)
+        names = ", ".join(COLUMNS)
+        # The columns as read (data through the dialect's expression for it).
+        cols = ", ".join(f"{d.data_column} AS data" if c == "data" and d.data_column != "data" else c for c in COLUMNS)
         self.columns = cols
         # fmt: off
         self.insert = (
-            f"INSERT INTO sagakit_sagas ({cols}, lease_owner, lease_expires) VALUES "
+            f"INSERT INTO sagakit_sagas ({names}, lease_owner, lease_expires) VALUES "
             f"({', '.join(p(i) for i in range(1, len(COLUMNS) + 3))}) ON CONFLICT DO NOTHING"
         )
         # id=1 revision_expected=2, then: status, steps, updated_at, wake_at, deadline_at,

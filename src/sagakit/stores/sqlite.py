@@ -47,7 +47,16 @@ from . import _lockplan
 from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
 from ._permits import InProcessPermits
-from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
+from ._sql import (
+    INLINE_DATA,
+    SCHEMA_VERSION,
+    SQLITE_DATA,
+    Dialect,
+    Statements,
+    count_by_status_query,
+    list_query,
+    migrations,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -56,8 +65,11 @@ _ACTIVE = ("pending", "running", "compensating")
 log = logging.getLogger("sagakit")
 # The writer checkpoints inline only when the WAL reaches this many pages (SQLite's default: 1,000).
 _BACKSTOP_PAGES = 4000
-DIALECT = Dialect(name="sqlite", param=lambda i: f"?{i}")
+DIALECT = Dialect(name="sqlite", param=lambda i: f"?{i}", data_column=SQLITE_DATA)
 _HEADER = b"SQLite format 3\x00"
+# A saga's data over INLINE_DATA bytes, kept apart from its row (see stores._sql.INLINE_DATA).
+_PUT_DATA = "INSERT INTO sagakit_data (saga_id, data) VALUES (?1, ?2) ON CONFLICT (saga_id) DO UPDATE SET data = ?2"
+_DROP_DATA = "DELETE FROM sagakit_data WHERE saga_id = ?1"
 
 
 class SQLiteStore(InProcessPermits, WritesInTransaction):
@@ -300,10 +312,12 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
             for w in writes:
                 st = w.state
                 if w.insert:
+                    data = dumps(st.data)
+                    apart = len(data) > INLINE_DATA
                     cur = execute(
                         sql.insert,
                         (
-                            st.id, st.name, st.version, st.status.value, dumps(st.data),
+                            st.id, st.name, st.version, st.status.value, "" if apart else data,
                             encode_steps(st.steps), st.created_at, st.updated_at,
                             st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
                             st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
@@ -314,6 +328,8 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
                         row = execute(sql.find_idempotent, (st.name, st.idempotency_key)).fetchone()
                         results.append(row[0] if row else None)
                         continue
+                    if apart:
+                        execute(_PUT_DATA, (st.id, data))
                 else:
                     args: tuple[Any, ...] = (
                         st.id, w.expected_revision, st.status.value, encode_steps(st.steps),
@@ -321,7 +337,13 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
                         dumps(st.meta) if st.meta else None, w.owner, w.lease_expires,
                     )  # fmt: skip
                     if w.data_changed:
-                        cur = execute(sql.update_with_data, (*args, dumps(st.data)))
+                        data = dumps(st.data)
+                        apart = len(data) > INLINE_DATA
+                        cur = execute(sql.update_with_data, (*args, "" if apart else data))
+                        if cur.rowcount == 1 and apart:
+                            execute(_PUT_DATA, (st.id, data))
+                        elif cur.rowcount == 1:
+                            execute(_DROP_DATA, (st.id,))
                     else:
                         cur = execute(sql.update, args)
                     if cur.rowcount != 1:
