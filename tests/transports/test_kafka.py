@@ -124,6 +124,20 @@ class TestKafkaTransport(TransportContract):
         assert t.idempotent is False
         assert [r for r in caplog.records if r.name == "sagakit.transport.kafka"] == []
 
+    async def test_close_closes_the_connections_of_a_consumer_whose_stop_fails(self, kit: Kit) -> None:
+        # aiokafka's consumer.stop() awaits the fetch tasks it cancels, so their cancellation escapes it
+        # and skips the closing of its connections: the transport closes those itself.
+        t: Any = await kit.transport()
+        await kit.subscribe(t, [kit.dest()], kit.group(), Collector())
+        [(consumer, _)] = t._consumers
+        hanging = asyncio.get_running_loop().create_future()
+        consumer._fetcher._pending_tasks.add(hanging)  # a fetch in progress: stop() cancels and awaits it
+        conns = list(consumer._client._conns.values())
+        assert conns and any(c.connected() for c in conns)
+        await t.close()
+        assert hanging.cancelled()
+        assert [c for c in consumer._client._conns.values() if c.connected()] == []
+
 
 def kafka_doc_blocks() -> list[str]:
     """The Python blocks of docs/transports.md that use Kafka."""

@@ -92,16 +92,36 @@ async def _stop(client: Any) -> None:
     """Stop an aiokafka client, ignoring its errors (a consumer cut off from the broker may raise on stop).
 
     aiokafka can let the cancellation of its own fetch tasks escape ``stop()``;
-    only a cancellation of the caller's task is passed on.
+    only a cancellation of the caller's task is passed on. A ``stop()`` that
+    raises has skipped the rest of its work, closing the connections among it
+    (they are marked stopped, so a second ``stop()`` does nothing): those are
+    closed here, or their sockets would outlive the event loop.
     """
     try:
         await client.stop()
     except asyncio.CancelledError:
+        await _close_connections(client)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
     except Exception as e:
         log.debug("Kafka: stopping %s: %r", type(client).__name__, e)
+        await _close_connections(client)
+
+
+async def _close_connections(client: Any) -> None:
+    """Close the connections of an aiokafka consumer, producer or admin client whose ``stop()`` failed."""
+    inner = getattr(client, "_client", None) or getattr(client, "client", None)
+    if inner is None:
+        return
+    try:
+        await inner.close()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as e:
+        log.debug("Kafka: closing the connections of %s: %r", type(client).__name__, e)
 
 
 def topic_for(prefix: str, destination: str) -> str:
@@ -221,7 +241,7 @@ class KafkaTransport:
                 # itself on the coordinator errors and lost connections; what reaches here is
                 # final: the API missing from the broker's ApiVersions, or an error answer.
                 raise _NoProducerIds(f"{type(e).__name__}: {e}") from e
-            except (KafkaError, OSError):
+            except BaseException:  # a connection error, or a cancelled start: close what it opened
                 await _stop(client)
                 raise
             return client
