@@ -35,6 +35,7 @@ import orjson
 
 from ._definition import FAULT_TYPE_NAME, ReplyRead, StepAction, _message_type_problem, is_message_type
 from ._errors import DefinitionError, NonRetryableError, SagaError
+from ._tracebacks import format_traceback
 
 __all__ = [
     "FAULT_TYPE_NAME",
@@ -75,7 +76,17 @@ class MessageMappingError(NonRetryableError, SagaError, ValueError):
     """A command, event or saga state could not be built from the data at hand.
 
     Deterministic, so retrying cannot help: it derives from NonRetryableError.
+    ``traceback`` is where a user's hook (``to_command``, ``merge``, the state
+    model) raised, formatted for the failed step's history entry, or None.
     """
+
+    traceback: str | None = None
+
+
+def _hook_failed(error: MessageMappingError, cause: BaseException) -> MessageMappingError:
+    """*error* carrying the traceback of *cause*, the exception of a user's hook or model."""
+    error.traceback = format_traceback(cause)
+    return error
 
 
 class EnvelopeError(SagaError, ValueError):
@@ -524,10 +535,11 @@ class SendCommand(StepAction):
         hook = self.to_command
         try:
             cmd = hook(state, ctx) if _takes_context(hook) else hook(state)
-        except MessageMappingError:
+        except MessageMappingError as e:
+            _hook_failed(e, e)
             raise
         except Exception as e:
-            raise MessageMappingError(f"to_command raised {type(e).__name__}: {e}") from e
+            raise _hook_failed(MessageMappingError(f"to_command raised {type(e).__name__}: {e}"), e) from e
         if not isinstance(cmd, self.command):
             raise MessageMappingError(
                 f"to_command returned {type(cmd).__qualname__}, expected a {message_type_name(self.command)} instance"
@@ -612,12 +624,15 @@ def _read_reply(
     if merge:
         try:
             data = dict(action.apply_reply(data if isinstance(data, Mapping) else {}, event))
-        except MessageMappingError:
+            if state_model is not None:
+                data = validate_state(state_model, data)
+        except MessageMappingError as e:
+            _hook_failed(e, e)
             raise
         except Exception as e:
-            raise MessageMappingError(f"merging {type_name} into the saga state failed: {type(e).__name__}: {e}") from e
-        if state_model is not None:
-            data = validate_state(state_model, data)
+            raise _hook_failed(
+                MessageMappingError(f"merging {type_name} into the saga state failed: {type(e).__name__}: {e}"), e
+            ) from e
     result = to_payload(event)
     return ReplyRead(None, result, len(orjson.dumps(result)), data)
 

@@ -286,7 +286,7 @@ def _with_update(held: Held, event: StepSucceeded, update: DataUpdate) -> Event:
                 f"ctx.update_data: the new saga data is invalid: {e}",
                 False,
                 True,
-                None,
+                format_traceback(e),
                 event.item,
             )
     return event._replace(data=merged)

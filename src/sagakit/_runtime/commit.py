@@ -13,7 +13,7 @@ import time
 
 from .._errors import SagaBusy
 from .._messages import MessageMappingError
-from .._observe import CommitInput, TransitionInput
+from .._observe import CommitInput, TransitionInput, format_traceback
 from .._snapshot import SagaSnapshot
 from .._status import _TERMINAL
 from .._store import Write
@@ -152,7 +152,8 @@ class Committer(RuntimeBase):
         try:
             msg = self._messaging.outbox_for(held.state, held.definition, eff)
         except MessageMappingError as e:
-            self._apply(held, StepFailed(eff.step, eff.token, str(e), retryable=False))
+            tb = e.traceback or format_traceback(e)
+            self._apply(held, StepFailed(eff.step, eff.token, str(e), retryable=False, traceback=tb))
             return
         if msg is not None:
             p.outbox.append(msg)

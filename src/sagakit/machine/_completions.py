@@ -367,7 +367,9 @@ def _match_reply(
         try:
             read = action.read_reply(ev.type_name, ev.payload, st.data, defn.state_model, not compensating)
         except Exception as e:  # a user's merge hook or the state model refused it
-            return StepFailed(name, s.token, f"invalid reply {ev.type_name}: {e}", False)
+            # The traceback of the hook that raised, formatted where it ran (the message layer).
+            tb = getattr(e, "traceback", None)
+            return StepFailed(name, s.token, f"invalid reply {ev.type_name}: {e}", False, False, tb)
         if read.failure is not None:
             # The failing event (or fault) is kept for the compensations and the saga's failure event.
             st.meta = {
