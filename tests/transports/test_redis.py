@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
 from .contract import Kit, TransportContract
-from .kit import REDIS_ADDR, broker_missing
+from .kit import REDIS_ADDR, Collector, broker_missing, wait_until
 
 
 def redis_url(kit_ns: str, address: tuple[str, int] | None = None, **options: Any) -> str:
@@ -68,3 +69,35 @@ class TestRedisTransport(TransportContract):
         await t.close()
         # No socket is left open for the garbage collector to find.
         assert all(c._writer is None for c in conns)
+
+    async def test_close_ends_a_reader_whose_cancellation_the_client_swallowed(
+        self, kit: Kit, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # redis-py may answer a blocking XREADGROUP whose task is cancelled with an empty reply
+        # instead of raising: the reader must stop all the same, or close() waits for it forever.
+        from sagakit.transports.redis import RedisTransport
+
+        real = RedisTransport._reader_client
+        reading: list[bool] = []
+        swallowed: list[bool] = []
+
+        def reader_client(self: RedisTransport) -> Any:
+            client = real(self)
+
+            async def xreadgroup(*args: Any, **kwargs: Any) -> Any:
+                reading.append(True)
+                try:
+                    await asyncio.Event().wait()  # a read blocked until entries come (none will)
+                except asyncio.CancelledError:
+                    swallowed.append(True)
+                return []
+
+            client.xreadgroup = xreadgroup
+            return client
+
+        monkeypatch.setattr(RedisTransport, "_reader_client", reader_client)
+        t = await kit.transport()
+        await kit.subscribe(t, [kit.dest()], kit.group(), Collector())
+        await wait_until(lambda: bool(reading), 10, "the reader blocked in XREADGROUP")
+        await asyncio.wait_for(t.close(), 15)
+        assert swallowed == [True]

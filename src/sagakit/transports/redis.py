@@ -82,6 +82,18 @@ def _drop_connections(client: Any) -> None:
                 conn._close()  # forgets the stream, so the connection counts as closed
 
 
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError if the current task was cancelled and a client call swallowed it.
+
+    redis-py may answer a blocking ``XREADGROUP`` whose task is cancelled with
+    an empty reply instead of the CancelledError: a reader would then read on
+    and ``close`` would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RedisTransport:
     """A Transport on Redis Streams (Redis 6.2 or later: ``XAUTOCLAIM``).
 
@@ -259,6 +271,7 @@ class RedisTransport:
         next_claim = 0.0
         backoff = _base.Backoff()
         while True:
+            _raise_if_cancelled()
             if len(inflight) >= self.concurrency:
                 await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
