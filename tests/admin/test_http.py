@@ -471,3 +471,27 @@ async def test_openapi_document_describes_every_route(client: httpx.AsyncClient,
 
 def test_sample_app_shape() -> None:
     assert [s.name for s in sample_app.order.steps] == ["reserve", "check_fraud", "charge", "ship"]
+
+
+async def test_a_participant_fault_shows_in_the_sagas_history_and_timeline(store_url: str) -> None:
+    from functools import partial
+
+    from sagakit.transports.memory import MemoryBroker, MemoryTransport
+    from tests.messaging.mixed import Order, _run
+
+    name = "mixed_fault_dashboard"
+    snap, *_ = await _run(store_url, partial(MemoryTransport, MemoryBroker()), Order(customer="broken", amount=5), name)
+    o = Operations.for_store(store_url, [])
+    async with o, client_for(create_app(o, token=TOKEN)) as c:
+        saga = (await c.get(f"/api/sagas/{snap.id}")).json()
+        timeline = (await c.get(f"/api/sagas/{snap.id}/timeline")).json()
+    assert saga["status"] == "compensated"
+    faults = [h for h in saga["history"] if h["kind"] == "fault"]
+    assert [(h["step"], h["attempt"]) for h in faults] == [("reserve_credit", 1), ("reserve_credit", 2)]
+    assert all("participant fault: ConnectionError: credit database unreachable" in h["message"] for h in faults)
+    # The timeline the dashboard draws: each faulted attempt failed with the fault, and the fault events.
+    tried = [(a["attempt"], a["outcome"], a["error"]) for a in timeline["attempts"]
+             if a["step"] == "reserve_credit" and a["direction"] == "action"]  # fmt: skip
+    why = "participant fault: ConnectionError: credit database unreachable"
+    assert tried == [(1, "failed", why), (2, "failed", why)]
+    assert [e["attempt"] for e in timeline["events"] if e["kind"] == "fault"] == [1, 2]
