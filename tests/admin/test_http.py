@@ -495,3 +495,7 @@ async def test_a_participant_fault_shows_in_the_sagas_history_and_timeline(store
     why = "participant fault: ConnectionError: credit database unreachable"
     assert tried == [(1, "failed", why), (2, "failed", why)]
     assert [e["attempt"] for e in timeline["events"] if e["kind"] == "fault"] == [1, 2]
+    # The failed attempts carry the handler's traceback, as the participant sent it.
+    failed = [h for h in saga["history"] if h["kind"] == "step_failed" and h["step"] == "reserve_credit"]
+    assert len(failed) == 2
+    assert all("ConnectionError: credit database unreachable" in (h["traceback"] or "") for h in failed)

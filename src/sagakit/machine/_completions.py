@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .._definition import SagaDefinition, StepAction, StepDefinition
 from .._status import SagaStatus
 from . import _locks
@@ -380,8 +382,11 @@ def _match_reply(
                 # The participant's handler raised: the command may be half carried out, and
                 # trying again may help, so the step's retry policy applies and a rollback
                 # compensates it.
+                # The handler's traceback, as the participant sent it, goes with the failure.
+                tb = read.result.get("traceback") if isinstance(read.result, Mapping) else None
+                tb = tb if isinstance(tb, str) and tb else None
                 hist.append(HistoryEntry(now, "fault", f"step {name!r}: {read.failure}", name, s.attempts))
-                return StepFailed(name, s.token, read.failure, True, True)
+                return StepFailed(name, s.token, read.failure, True, True, tb)
             return StepFailed(name, s.token, read.failure, False)
         return StepSucceeded(name, s.token, read.result, read.size, st.data if compensating else read.data)
     undeclared = _undeclared(defn, st, ev)
