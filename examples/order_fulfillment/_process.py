@@ -15,7 +15,7 @@ DEFAULT_TRANSPORT = "nats://127.0.0.1:4222"
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--transport", default=DEFAULT_TRANSPORT, help="broker URL (nats://, amqp://, redis://)")
+    p.add_argument("--transport", default=DEFAULT_TRANSPORT, help="broker URL (nats://, amqp://, redis://, kafka://)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
