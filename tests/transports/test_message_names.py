@@ -1,4 +1,4 @@
-"""Stable message names on real brokers: routing survives a class moving between modules (NATS, RabbitMQ, Redis, Kafka)."""
+"""Stable message names on every broker: routing survives a class moving between modules."""
 
 from __future__ import annotations
 
