@@ -208,8 +208,7 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._work_waiter: asyncio.Future[Any] | None = None
-        self._claim_waiters: dict[str, list[asyncio.Future[tuple[SagaState | None, float] | None]]] = {}
-        self._claiming: asyncio.Future[None] | None = None
+        self._claims: Batcher[str, tuple[SagaState | None, float] | None] | None = None
         self._inbox_lookups: Batcher[str, bool] | None = None
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None

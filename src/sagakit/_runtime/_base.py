@@ -167,13 +167,17 @@ class Batcher(Generic[K, V]):
                             if not f.done():
                                 f.set_exception(e)
                     continue
-                for key, futs in batch.items():
-                    value = got.get(key, self._missing)
-                    for f in futs:
-                        if not f.done():
-                            f.set_result(value)
+                self._deliver(batch, got)
         finally:
             self._task = None
+
+    def _deliver(self, batch: dict[K, list[asyncio.Future[V]]], got: Mapping[K, V]) -> None:
+        """Answer the callers of one batch (those still waiting) with what the call found."""
+        for key, futs in batch.items():
+            value = got.get(key, self._missing)
+            for f in futs:
+                if not f.done():
+                    f.set_result(value)
 
 
 class RuntimeBase:
@@ -206,8 +210,7 @@ class RuntimeBase:
     _background: set[asyncio.Future[Any]]
     _work_waiter: asyncio.Future[Any] | None
     # Sagas asked for by events and commands, claimed together (see Leases._claim_by_id).
-    _claim_waiters: dict[str, list[asyncio.Future[tuple[SagaState | None, float] | None]]]
-    _claiming: asyncio.Future[None] | None
+    _claims: Batcher[str, tuple[SagaState | None, float] | None] | None
     _inbox_lookups: Batcher[str, bool] | None
     _observers: tuple[Observer, ...]
     _opened: bool

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 
 from .._errors import SagaNotFound
 from ..machine import HistoryEntry, Resume, SagaState
-from ._base import Held, RuntimeBase, log
+from ._base import Batcher, Held, RuntimeBase, log
 
 
 class Leases(RuntimeBase):
@@ -137,54 +138,9 @@ class Leases(RuntimeBase):
             now = self.clock()
             sent = time.monotonic()
             return await self.store.claim_saga(saga_id, self.worker_id, now, now + self.lease_seconds), sent
-        fut: asyncio.Future[tuple[SagaState | None, float] | None] = self._loop_().create_future()
-        self._claim_waiters.setdefault(saga_id, []).append(fut)
-        if self._claiming is None:
-            self._claiming = asyncio.ensure_future(self._claim_batches())
-        return await fut
-
-    async def _claim_batches(self) -> None:
-        try:
-            while self._claim_waiters:
-                batch, self._claim_waiters = self._claim_waiters, {}
-                now = self.clock()
-                sent = time.monotonic()
-                try:
-                    got = await self.store.claim_sagas(  # type: ignore[attr-defined]
-                        list(batch), self.worker_id, now, now + self.lease_seconds
-                    )
-                except asyncio.CancelledError:
-                    for futs in batch.values():
-                        for f in futs:
-                            f.cancel()
-                    raise
-                except Exception as e:
-                    for futs in batch.values():
-                        for f in futs:
-                            if not f.done():
-                                f.set_exception(e)
-                    continue
-                unwanted: list[tuple[str, float]] = []
-                for sid, futs in batch.items():
-                    live = [f for f in futs if not f.done()]
-                    if sid not in got:
-                        for f in live:
-                            f.set_exception(SagaNotFound(sid))
-                        continue
-                    st = got[sid]
-                    if st is None:
-                        for f in live:
-                            f.set_result((None, sent))
-                    elif not live:
-                        unwanted.append((sid, self.clock()))  # every caller gave up meanwhile: let it go
-                    else:
-                        live[0].set_result((st, sent))
-                        for f in live[1:]:
-                            f.set_result(None)
-                if unwanted:
-                    self._in_background(self.store.release(self.worker_id, unwanted))
-        finally:
-            self._claiming = None
+        if self._claims is None:
+            self._claims = _Claims(self)
+        return await self._claims.get(saga_id)
 
     async def _renew_loop(self) -> None:
         while True:
@@ -246,3 +202,42 @@ class Leases(RuntimeBase):
                             "it stopped them and none of their results is applied",
                         )
                         self._in_background(self.store.append_history(sid, held.state.revision, [entry]))
+
+
+class _Claims(Batcher[str, "tuple[SagaState | None, float] | None"]):
+    """Claims by id made together, one store call for each batch (see ``Leases._claim_by_id``)."""
+
+    def __init__(self, engine: Leases) -> None:
+        super().__init__(self._claim, None)
+        self._engine = engine
+
+    async def _claim(self, saga_ids: list[str]) -> dict[str, tuple[SagaState | None, float] | None]:
+        e = self._engine
+        now = e.clock()
+        sent = time.monotonic()
+        got = await e.store.claim_sagas(saga_ids, e.worker_id, now, now + e.lease_seconds)  # type: ignore[attr-defined]
+        return {sid: (st, sent) for sid, st in got.items()}
+
+    def _deliver(
+        self,
+        batch: dict[str, list[asyncio.Future[tuple[SagaState | None, float] | None]]],
+        got: Mapping[str, tuple[SagaState | None, float] | None],
+    ) -> None:
+        unwanted: list[tuple[str, float]] = []
+        for sid, futs in batch.items():
+            live = [f for f in futs if not f.done()]
+            found = got.get(sid)
+            if found is None:
+                for f in live:
+                    f.set_exception(SagaNotFound(sid))
+            elif found[0] is None:
+                for f in live:
+                    f.set_result(found)  # another worker's lease is live
+            elif not live:
+                unwanted.append((sid, self._engine.clock()))  # every caller gave up meanwhile: let it go
+            else:
+                live[0].set_result(found)
+                for f in live[1:]:
+                    f.set_result(None)  # claimed for the first of them: look at the held sagas again
+        if unwanted:
+            self._engine._in_background(self._engine.store.release(self._engine.worker_id, unwanted))
