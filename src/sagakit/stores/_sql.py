@@ -503,6 +503,14 @@ class Statements:
             f"FROM sagakit_dead_letters ORDER BY received_at DESC LIMIT {p(1)} OFFSET {p(2)}"
         )
         self.inbox_seen = f"SELECT 1 FROM sagakit_inbox WHERE message_id={p(1)}"
+        # Batched lookups (each placeholder a list of texts, see Dialect.in_texts).
+        self.inbox_seen_many = f"SELECT message_id FROM sagakit_inbox WHERE message_id {d.in_texts(p(1))}"
+        self.existing = f"SELECT id FROM sagakit_sagas WHERE id {d.in_texts(p(1))}"
+        # correlation ids=1 name=2 unfinished statuses=3; the newest saga of each id last
+        self.correlated = (
+            f"SELECT correlation_id, id FROM sagakit_sagas WHERE correlation_id {d.in_texts(p(1))} "
+            f"AND name = {p(2)} AND status {d.in_texts(p(3))} ORDER BY created_at, id"
+        )
         # Schedules. key=1 name=2 version=3 data=4 cron=5 next_at=6 created_at=7
         schedule_cols = "key, name, version, data, cron, next_at, created_at, last_at, last_saga"
         self.upsert_schedule = (

@@ -341,9 +341,7 @@ class MemoryStore(InProcessPermits):
     async def correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
         wanted = set(correlation_ids)
         rows = [
-            r
-            for r in self._rows.values()
-            if r.values[8] in wanted and r.values[1] == name and r.values[3] in ("pending", "running", "compensating")
+            r for r in self._rows.values() if r.values[8] in wanted and r.values[1] == name and r.values[3] in _ACTIVE
         ]
         rows.sort(key=lambda r: (r.values[6], r.values[0]))
         return {str(r.values[8]): str(r.values[0]) for r in rows}  # the newest last

@@ -642,7 +642,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                     got[st.id] = st
                 rest = [i for i in ids if i not in got]
                 if rest:
-                    for r in await conn.fetch("SELECT id FROM sagakit_sagas WHERE id = ANY($1::text[])", rest):
+                    for r in await conn.fetch(self._sql.existing, rest):
                         got[r[0]] = None
         return got
 
@@ -814,21 +814,11 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
         return bool(await self._fetch("inbox_seen", self._sql.inbox_seen, message_id))
 
     async def correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
-        rows = await self._fetch(
-            "correlated",
-            "SELECT correlation_id, id FROM sagakit_sagas WHERE correlation_id = ANY($1::text[]) AND name = $2 "
-            "AND status IN ('pending', 'running', 'compensating') ORDER BY created_at, id",
-            list(correlation_ids),
-            name,
-        )
+        rows = await self._fetch("correlated", self._sql.correlated, list(correlation_ids), name, list(_ACTIVE))
         return {r[0]: r[1] for r in rows}  # the newest last
 
     async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
-        rows = await self._fetch(
-            "inbox_seen_many",
-            "SELECT message_id FROM sagakit_inbox WHERE message_id = ANY($1::text[])",
-            list(message_ids),
-        )
+        rows = await self._fetch("inbox_seen_many", self._sql.inbox_seen_many, list(message_ids))
         return {r[0] for r in rows}
 
     async def dead_letter(self, letter: DeadLetter) -> None:

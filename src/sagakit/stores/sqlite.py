@@ -723,32 +723,13 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         return bool(rows)
 
     async def correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
-        return await self._read(self._correlated, name, list(correlation_ids))
-
-    def _correlated(self, name: str, correlation_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for lo in range(0, len(correlation_ids), 500):  # within SQLite's limit of bound parameters
-            chunk = correlation_ids[lo : lo + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._rdb.execute(
-                "SELECT correlation_id, id FROM sagakit_sagas WHERE correlation_id IN "
-                f"({marks}) AND name = ? AND status IN ('pending', 'running', 'compensating') ORDER BY created_at, id",
-                [*chunk, name],
-            )
-            found.update((r[0], r[1]) for r in rows)  # the newest last
-        return found
+        args = (dumps(list(correlation_ids)), name, dumps(_ACTIVE))
+        rows = await self._read(self._fetchall, self._sql.correlated, args)
+        return {r[0]: r[1] for r in rows}  # the newest last
 
     async def inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
-        return await self._read(self._inbox_seen_many, list(message_ids))
-
-    def _inbox_seen_many(self, message_ids: Sequence[str]) -> set[str]:
-        seen: set[str] = set()
-        for lo in range(0, len(message_ids), 500):  # within SQLite's limit of bound parameters
-            chunk = message_ids[lo : lo + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._rdb.execute(f"SELECT message_id FROM sagakit_inbox WHERE message_id IN ({marks})", chunk)
-            seen.update(r[0] for r in rows)
-        return seen
+        rows = await self._read(self._fetchall, self._sql.inbox_seen_many, (dumps(list(message_ids)),))
+        return {r[0] for r in rows}
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         row = (
