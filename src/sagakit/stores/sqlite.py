@@ -44,7 +44,7 @@ from .._store import (
 )
 from ..machine import HistoryEntry, SagaState
 from . import _lockplan
-from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
+from ._codec import add_side_rows, decode_history, decode_row, dumps, encode_data, encode_history, encode_steps, loads
 from ._in_transaction import Target, WritesInTransaction
 from ._permits import InProcessPermits
 from ._sql import (
@@ -57,6 +57,7 @@ from ._sql import (
     list_query,
     migrations,
 )
+from ._thread import CallThread
 
 __all__ = ["SQLiteStore"]
 
@@ -91,11 +92,11 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         self._stop_checkpoints = threading.Event()
         self._sql = Statements(DIALECT)
         self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: CallThread | None = None  # the writer's thread
         # Reads use a second connection on a thread of their own (WAL lets them
         # run beside the writer), so looking at sagas never waits for a commit.
         self._reader: sqlite3.Connection | None = None
-        self._read_executor: ThreadPoolExecutor | None = None
+        self._read_executor: CallThread | None = None
         # Participants' transactions (``handling``) run on a connection of their own, one at a
         # time: the handler writes on it from the event loop's thread while the writer's
         # thread goes on committing transitions on its own connection.
@@ -119,9 +120,8 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError(f"store {self.url} is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await self._executor.call(fn, *args)
         except sqlite3.Error as e:  # converted at the boundary: callers see sagakit's errors only
             raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
 
@@ -129,9 +129,8 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         executor = self._read_executor or self._executor
         if executor is None:
             raise StoreError(f"store {self.url} is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(executor, fn, *args)
+            return await executor.call(fn, *args)
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
 
@@ -149,15 +148,15 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
     async def open(self) -> None:
         if self._executor is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagakit-sqlite")
+        self._executor = CallThread("sagakit-sqlite")
         try:
             await self._run(self._open)
         except BaseException:
-            self._executor.shutdown(wait=False)
+            self._executor.shutdown()
             self._executor = None
             raise
         if self.path != ":memory:":
-            self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagakit-sqlite-read")
+            self._read_executor = CallThread("sagakit-sqlite-read")
             self._reader = await self._read(self._open_reader)
             if self.checkpoint_interval is not None:
                 self._stop_checkpoints.clear()
@@ -285,12 +284,12 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
             if self._reader is not None:
                 await self._read(self._reader.close)
                 self._reader = None
-            self._read_executor.shutdown(wait=True)
+            self._read_executor.shutdown()
             self._read_executor = None
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown()
         self._executor = None
 
     # ------------------------------------------------------------ writes
@@ -312,7 +311,7 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
             for w in writes:
                 st = w.state
                 if w.insert:
-                    data = dumps(st.data)
+                    data = encode_data(w)
                     apart = len(data) > INLINE_DATA
                     cur = execute(
                         sql.insert,
@@ -337,7 +336,7 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
                         dumps(st.meta) if st.meta else None, w.owner, w.lease_expires,
                     )  # fmt: skip
                     if w.data_changed:
-                        data = dumps(st.data)
+                        data = encode_data(w)
                         apart = len(data) > INLINE_DATA
                         cur = execute(sql.update_with_data, (*args, "" if apart else data))
                         if cur.rowcount == 1 and apart:
