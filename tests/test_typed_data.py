@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -23,7 +24,7 @@ from sagakit import (
     StepStatus,
     wait_for,
 )
-from sagakit._json import encode, model_type
+from sagakit._json import NOT_PLAIN, encode, model_type, plain_copy
 
 
 class Tier(enum.Enum):
@@ -249,3 +250,52 @@ async def _until(engine: SagaEngine, sid: str, cond: Any, timeout: float = 20.0)
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"saga {sid} never reached the expected state: {(await engine.get(sid)).steps}")
+
+
+def test_plain_copy_equals_the_parsed_json_and_declines_what_json_would_change() -> None:
+    """Large data is copied instead of parsed back: the copy must be what parsing gives, or nothing."""
+    plain = {"a": [1, -0.0, 1e16, True, None, "x" * 5000], "b": {"c": {"d": [[], {}]}}, "é": "ü"}
+    copy = plain_copy(plain, 100)
+    assert copy == orjson.loads(encode(plain, "x")) and copy is not plain
+    assert copy["b"]["c"] is not plain["b"]["c"] and copy["a"] is not plain["a"]  # containers are the copy's own
+    assert [type(v) for v in copy["a"]] == [type(v) for v in orjson.loads(encode(plain, "x"))["a"]]
+    for different in (
+        {"k": (1, 2)},  # a tuple is a list in JSON
+        {"k": Decimal("1.5")},  # a string in JSON
+        {"k": Tier.GOLD},  # its value in JSON
+        {"k": True, "n": Tier.GOLD.value, "s": type("S", (str,), {})("sub")},  # a str subclass
+        {"k": ORDER},  # a model
+        {"k": Parcel("t", Decimal("1"))},  # a dataclass
+        {Tier.GOLD.value: 1, 2: 3},  # a key that is not a string (encode refuses it first anyway)
+    ):
+        assert plain_copy(different, 100) is NOT_PLAIN
+    assert plain_copy({"many": list(range(50))}, 50) is NOT_PLAIN  # over the budget: parsed instead
+    assert plain_copy({"many": list(range(50))}, 52) == {"many": list(range(50))}
+
+
+async def test_large_input_is_stored_as_given_and_later_changes_to_it_do_not_reach_the_saga(store_url: str) -> None:
+    """Data over the parsing threshold goes the copy-and-stored-text way; plain and typed data alike."""
+    seen: dict[str, Any] = {}
+
+    async def look(ctx: StepContext) -> None:
+        seen[ctx.saga_id] = ctx.data
+
+    b = SagaBuilder("big")
+    b.step("look", look)
+    big = {"doc": "x" * 20_000, "lines": [{"n": i, "text": "y" * 100} for i in range(20)], "nested": {"a": [1, 2.5]}}
+    typed = {**big, "total": Decimal("9.99"), "tags": ("a", "b")}
+    async with SagaEngine(store_url) as engine:
+        engine.register(b.build())
+        first = await engine.start("big", big)
+        second = await engine.start("big", typed)
+        big["doc"] = "changed"
+        big["lines"][0]["n"] = -1
+        snaps = [await engine.wait(sid, timeout=20) for sid in (first, second)]
+        stored = [await engine.get(sid) for sid in (first, second)]  # read back from the store
+    expected = {
+        "doc": "x" * 20_000,
+        "lines": [{"n": i, "text": "y" * 100} for i in range(20)],
+        "nested": {"a": [1, 2.5]},
+    }
+    assert snaps[0].data == stored[0].data == seen[first] == expected
+    assert snaps[1].data == stored[1].data == seen[second] == {**expected, "total": "9.99", "tags": ["a", "b"]}

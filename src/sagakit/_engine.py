@@ -46,7 +46,7 @@ from ._errors import (
     StoreError,
     UnknownSagaType,
 )
-from ._json import encode, model_type, to_json
+from ._json import NOT_PLAIN, encode, model_type, plain_copy, to_json
 from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._resources import Resource, ResourceUsage
@@ -90,6 +90,9 @@ from .machine import (
 __all__ = ["SagaEngine"]
 
 log = logging.getLogger("sagakit")
+# Saga data up to this many bytes of JSON is parsed back rather than copied (parsing small
+# data costs less than walking it).
+_PARSE_BELOW = 4096
 
 # Saga ids need uniqueness, not secrecy: a generator seeded from the OS is
 # ~100x cheaper per id than reading the OS's random source each time.
@@ -494,7 +497,7 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
             write = self._new_write(name, data, idempotency_key, correlation_id, version, start_at)
             return str(await self._store_writes_in(connection).write_in(connection, write))
         defn = self._definition(name, version)
-        data = self._prepare_data(defn, data)
+        data, text = self._prepared(defn, data)
         if not self._opened:
             await self._ensure_open()
         now = self.clock()
@@ -509,10 +512,14 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
             begin=self._running and not self._closing,
             start_at=start_at,
         )
-        return await self._insert(defn, decision)
+        return await self._insert(defn, decision, text)
 
     def _prepare_data(self, defn: SagaDefinition, data: Any) -> Any:
         """*data* in its JSON form, checked against the payload limit and the definition's state model."""
+        return self._prepared(defn, data)[0]
+
+    def _prepared(self, defn: SagaDefinition, data: Any) -> tuple[Any, str | None]:
+        """*data* in its JSON form (see ``_prepare_data``), and its JSON text when it is that form's exactly."""
         name = defn.name
         blob = encode(data, "data of saga {!r}", name)
         if len(blob) > defn.max_payload_bytes:
@@ -520,10 +527,14 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
                 f"data of saga {name!r} is {len(blob)} bytes, over the limit of "
                 f"{defn.max_payload_bytes} bytes (max_payload_bytes of the definition)"
             )
-        data = orjson.loads(blob)
         if defn.state_model is not None:
-            data = validate_state(defn.state_model, data if isinstance(data, dict) else {})
-        return data
+            parsed = orjson.loads(blob)
+            return validate_state(defn.state_model, parsed if isinstance(parsed, dict) else {}), None
+        # Large data of plain JSON values is copied rather than parsed back (a copy walks its
+        # values; parsing reads every byte); the text is kept for the store, which then does
+        # not encode it again.
+        copied = plain_copy(data, len(blob) >> 8) if len(blob) > _PARSE_BELOW else NOT_PLAIN
+        return (orjson.loads(blob) if copied is NOT_PLAIN else copied), blob.decode()
 
     def _new_write(
         self,
@@ -536,7 +547,7 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
     ) -> Write:
         """The insert of a new saga that a worker will begin (nothing is dispatched here); no I/O."""
         defn = self._definition(name, version)
-        data = self._prepare_data(defn, data)
+        data, text = self._prepared(defn, data)
         decision = new_saga(
             defn,
             _new_saga_id(),
@@ -548,7 +559,7 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
             start_at=start_at,
         )
         st = decision.state
-        return Write(st, 0, decision.history, st.wake_at, insert=True)
+        return Write(st, 0, decision.history, st.wake_at, insert=True, data_json=text)
 
     def _store_writes_in(self, connection: Any) -> Any:
         """The store, when it can write a saga with the application's *connection*."""
@@ -559,20 +570,23 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
             )
         return self.store
 
-    async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
+    async def _insert(self, defn: SagaDefinition, decision: Decision, data_json: str | None = None) -> str:
         """Store a new saga; a running engine holds it and starts its first steps once stored.
 
         A saga that does not begin now (not running here, or scheduled) is stored
-        unleased, due when it is to begin.
+        unleased, due when it is to begin. *data_json*: the JSON text of the saga's data.
         """
         if not self._running or self._closing or decision.state.status is SagaStatus.PENDING:
             st = decision.state
-            res = await self.store.commit([Write(st, 0, decision.history, st.wake_at, insert=True)])
+            write = Write(st, 0, decision.history, st.wake_at, insert=True, data_json=data_json)
+            res = await self.store.commit([write])
             result: str | None = res[0]
             assert result is not None
             return result
         saga_id = decision.state.id
         held = Held(decision.state, defn, history=[])
+        if data_json is not None:
+            held.data_json = (decision.state.data, data_json)
         decision.state.revision = -1  # _transition bumps it to 0 for the insert
         self._held[saga_id] = held
         fut: asyncio.Future[str] = self._loop_().create_future()

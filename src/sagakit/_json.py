@@ -35,7 +35,7 @@ import orjson
 
 from ._errors import DataEncodingError
 
-__all__ = ["encode", "from_json", "model_type", "to_json"]
+__all__ = ["NOT_PLAIN", "encode", "from_json", "model_type", "plain_copy", "to_json"]
 
 T = TypeVar("T")
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes as a JSON number
@@ -88,6 +88,49 @@ def to_json(value: Any, what: str, *args: object, root: str = "data") -> Any:
     if value is None:
         return None
     return orjson.loads(encode(value, what, *args, root=root))
+
+
+NOT_PLAIN: Any = object()  # what plain_copy returns for a value it does not copy
+_PLAIN_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+class _Stop(Exception):
+    """The value is not plain JSON, or holds more than the copy's budget."""
+
+
+def plain_copy(value: Any, budget: int) -> Any:
+    """A copy of *value* equal to ``orjson.loads`` of its JSON, made without parsing that JSON.
+
+    Only for a value ``encode`` has accepted, and only when it holds nothing but dicts with
+    ``str`` keys, lists and the JSON scalars themselves (no subclasses, tuples, models or
+    ``Decimal``s, whose JSON form differs from them), in at most *budget* containers and
+    values: large data made of a few long strings is copied at the cost of its structure,
+    not of its bytes. Returns ``NOT_PLAIN`` otherwise (parse the JSON then).
+    """
+    left = [budget]
+
+    def copy(v: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise _Stop
+        cls = type(v)
+        if cls in _PLAIN_SCALARS:
+            return v
+        if cls is dict:
+            out = {}
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise _Stop
+                out[k] = copy(item)
+            return out
+        if cls is list:
+            return [copy(item) for item in v]
+        raise _Stop
+
+    try:
+        return copy(value)
+    except (_Stop, RecursionError):
+        return NOT_PLAIN
 
 
 def _culprit(value: Any, path: str) -> tuple[str, str] | None:

@@ -156,6 +156,9 @@ class Write:
     outbox: list[OutboxMessage] = field(default_factory=list)
     inbox: list[str] = field(default_factory=list)
     lease_seconds: float | None = None
+    # The JSON text of state.data, when the runtime has it at hand (a new saga's input): the
+    # store writes it as it is instead of encoding the data again.
+    data_json: str | None = None
     # Semantic locks (machine ReleaseLocks): keys of the saga to release in this write, or all
     # of them; both only when the write applies. lock_wait: the saga waits for locks and the
     # write releases it: it is made due now if its acquisition is no longer queued (granted

@@ -58,6 +58,9 @@ class Held:
     # Until when (time.monotonic()) the lease is proven to last, less a margin: set when a
     # claim, a commit that keeps the lease, or a renewal succeeds. No attempt starts after it.
     lease_mono: float = 0.0
+    # The saga's data object and its JSON text, when the text is at hand (a saga started here):
+    # its first write stores the text instead of encoding the data again.
+    data_json: tuple[Any, str] | None = None
 
 
 class Slots:
@@ -333,7 +336,7 @@ class RuntimeBase:
         """*data* in JSON form, checked against the definition's limits and model (the engine)."""
         raise NotImplementedError
 
-    async def _insert(self, defn: SagaDefinition, decision: Decision) -> str:
+    async def _insert(self, defn: SagaDefinition, decision: Decision, data_json: str | None = None) -> str:
         """Store a new saga, begun here when this engine runs (the engine)."""
         raise NotImplementedError
 

@@ -226,6 +226,11 @@ class Committer(RuntimeBase):
                 # Once released, the row's wake time is the timer: a worker claims it then.
                 held.timer.cancel()
                 held.timer = None
+            data_json = None
+            if held.data_json is not None:
+                if held.data_json[0] is st.data and (p.insert or p.data_changed):
+                    data_json = held.data_json[1]
+                held.data_json = None
             wake = lease_until if keep else st.wake_at
             if runs_here and not keep and not held.inflight and not terminal:
                 # Attempts this engine will not run (it is not running: an admin CLI, or it
@@ -241,6 +246,7 @@ class Committer(RuntimeBase):
                     lease_expires=lease_until if keep else None,
                     insert=p.insert,
                     data_changed=p.data_changed,
+                    data_json=data_json,
                     outbox=p.outbox,
                     inbox=p.inbox,
                     lease_seconds=self.lease_seconds if keep else None,

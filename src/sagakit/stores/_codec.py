@@ -15,6 +15,7 @@ __all__ = [
     "decode_history",
     "decode_row",
     "dumps",
+    "encode_data",
     "encode_history",
     "encode_steps",
     "loads",
@@ -34,6 +35,12 @@ loads = orjson.loads
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def encode_data(w: Any) -> str:
+    """The JSON text of a write's (a ``Write``'s) saga data: the runtime's own, or encoded here."""
+    text: str | None = w.data_json
+    return dumps(w.state.data) if text is None else text
 
 
 def encode_steps(steps: dict[str, StepState]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._errors import StoreError
 from .._store import Write
-from ._codec import dumps, encode_history, encode_steps
+from ._codec import dumps, encode_data, encode_history, encode_steps
 
 __all__ = ["Target", "WritesInTransaction", "is_async", "write_async", "write_sync"]
 
@@ -71,7 +71,7 @@ def _statements(t: Target, param: Callable[[int], str]) -> _Sql:
 def _rows(w: Write) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     st = w.state
     saga = (
-        st.id, st.name, st.version, st.status.value, dumps(st.data), encode_steps(st.steps),
+        st.id, st.name, st.version, st.status.value, encode_data(w), encode_steps(st.steps),
         st.created_at, st.updated_at, st.correlation_id, st.idempotency_key, w.wake_at,
         st.deadline_at, st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
         None, None,

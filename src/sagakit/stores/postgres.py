@@ -81,7 +81,17 @@ from .._store import (
 )
 from ..machine import HistoryEntry, SagaState
 from . import _lockplan
-from ._codec import COLUMNS, add_side_rows, decode_history, decode_row, dumps, encode_history, encode_steps, loads
+from ._codec import (
+    COLUMNS,
+    add_side_rows,
+    decode_history,
+    decode_row,
+    dumps,
+    encode_data,
+    encode_history,
+    encode_steps,
+    loads,
+)
 from ._in_transaction import Target, WritesInTransaction
 from ._pg_permits import PostgresPermits
 from ._sql import SCHEMA_VERSION, Dialect, Statements, count_by_status_query, list_query, migrations
@@ -457,7 +467,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                     w = writes[i]
                     st = w.state
                     new.append(
-                        (st.id, st.name, st.version, st.status.value, dumps(st.data),
+                        (st.id, st.name, st.version, st.status.value, encode_data(w),
                          encode_steps(st.steps), st.created_at, st.updated_at,
                          st.correlation_id, st.idempotency_key, _wake(w, db_now, leases), st.deadline_at,
                          st.error, st.seq, st.revision, dumps(st.meta) if st.meta else None,
@@ -484,7 +494,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                         (st.id, w.expected_revision, st.status.value, encode_steps(st.steps),
                          st.updated_at, _wake(w, db_now, leases), st.deadline_at, st.error, st.seq,
                          st.revision, dumps(st.meta) if st.meta else None, w.owner,
-                         _lease(w, db_now, leases), dumps(st.data) if w.data_changed else None)
+                         _lease(w, db_now, leases), encode_data(w) if w.data_changed else None)
                     )  # fmt: skip
                 done = {r[0] for r in await conn.fetch(_UPDATE_MANY, *zip(*rows, strict=True))}
                 for i in batch:
