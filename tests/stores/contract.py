@@ -356,6 +356,45 @@ class StoreContract(LockContract):
                 assert history == [f"{st.id} a", f"{st.id} b"]
         assert [h.message for h in await store.history("new-1")] == ["born"]
 
+    async def test_group_commit_of_plain_transitions_mixed_refused_and_applied(self, store: Store) -> None:
+        """Inserts and updates with history only (no outbox, inbox or locks): what a local saga commits."""
+        states = [saga(f"p{i:02d}") for i in range(12)]
+        for st in states:
+            await put(store, st)
+        await put(store, saga("taken", idempotency_key="k-1"))
+        writes = [
+            update(st, expected=st.revision + 10 if i % 4 == 0 else None, status=SagaStatus.COMPLETED,
+                   data={"n": i}, history=[entry(f"{st.id} done")])
+            for i, st in enumerate(states)
+        ]  # fmt: skip
+        fresh = saga("fresh", data={"big": "x" * 5000})
+        same_key = saga("again", idempotency_key="k-1")
+        existing = saga("p01")
+        writes.insert(
+            3, Write(fresh, 0, [entry("fresh born")], 5.0, insert=True, data_json='{"big":"' + "x" * 5000 + '"}')
+        )
+        writes.insert(5, Write(same_key, 0, [entry("again born")], 5.0, insert=True))
+        writes.append(Write(existing, 0, [entry("p01 born twice")], 5.0, insert=True))
+        results = await store.commit(writes)
+        expected: list[str | None] = [None if i % 4 == 0 else st.id for i, st in enumerate(states)]
+        expected.insert(3, "fresh")
+        expected.insert(5, "taken")  # the idempotency key's saga
+        expected.append(None)  # an existing id
+        assert results == expected
+        for i, st in enumerate(states):
+            history = [h.message for h in await store.history(st.id)]
+            got = await store.get(st.id)
+            assert got is not None
+            if i % 4 == 0:
+                assert got == st and history == []
+            else:
+                assert (got.revision, got.status, got.data) == (2, SagaStatus.COMPLETED, {"n": i})
+                assert history == [f"{st.id} done"]
+        stored = await store.get("fresh")
+        assert stored is not None and stored.data == {"big": "x" * 5000}
+        assert [h.message for h in await store.history("fresh")] == ["fresh born"]
+        assert await store.get("again") is None and await store.history("again") == []
+
     async def test_commit_of_nothing(self, store: Store) -> None:
         assert await store.commit([]) == []
 

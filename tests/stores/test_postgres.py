@@ -468,3 +468,44 @@ class TestLeasesOnTheDatabaseClock:
                 "SELECT lease_expires - EXTRACT(EPOCH FROM clock_timestamp()) FROM sagakit_sagas WHERE id = 'c'"
             )
         assert 8.0 < left <= 10.0
+
+    async def test_an_update_that_keeps_the_lease_sets_it_and_the_wake_time_on_the_database_clock(
+        self, stores: dict[str, PostgresStore]
+    ) -> None:
+        import time
+
+        store = stores["database"]
+        st = saga("d")
+        await put(store, st, wake_at=1.0)
+        slow = time.time() - 30.0
+        w = update(st, wake_at=slow + 10.0, owner="w1", lease_expires=slow + 10.0)
+        w.lease_seconds = 10.0
+        released = saga("e")
+        await put(store, released, wake_at=1.0)
+        let_go = update(released, wake_at=None)
+        assert await store.commit([w, let_go]) == ["d", "e"]
+        async with store._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, lease_owner, lease_expires - EXTRACT(EPOCH FROM clock_timestamp()), "
+                "wake_at - EXTRACT(EPOCH FROM clock_timestamp()) FROM sagakit_sagas ORDER BY id"
+            )
+        (_, owner, lease_left, wake_left), (_, no_owner, no_lease, no_wake) = (tuple(r) for r in rows)
+        assert owner == "w1" and 8.0 < lease_left <= 10.0 and 8.0 < wake_left <= 10.0
+        assert (no_owner, no_lease, no_wake) == (None, None, None)
+
+
+async def test_a_participants_session_changes_do_not_reach_the_next_user_of_its_connection(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """The pool does not reset the store's own connections; the one lent to a handler is reset."""
+    store = PostgresStore(pg_dsn, schema=pg_schema, pool_size=1)
+    await store.open()
+    try:
+        async with store.handling("billing", "m-1", 1.0) as h:
+            await h.connection.execute("SELECT set_config('sagakit.probe', 'dirty', false)")
+            await h.connection.execute("LISTEN sagakit_probe")
+        async with store._pool.acquire() as conn:  # the pool's one connection, the handler's
+            assert await conn.fetchval("SELECT current_setting('sagakit.probe', true)") in (None, "")
+            assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+    finally:
+        await store.close()

@@ -153,6 +153,51 @@ _INSERT_HISTORY_MANY = (
     "INSERT INTO sagakit_history (saga_id, revision, part, entries) "
     "SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[])"
 )
+
+
+def _one_statement_commit(clock: str | None) -> str:
+    """A commit of new sagas, updates and their history as one statement (so one round trip).
+
+    For a commit whose sagas are distinct and that has no outbox, inbox, lock or
+    wake-up notification to write. A single statement is a transaction of its
+    own. Each row's ``lease_seconds`` (NULL: none) sets its lease, and the wake
+    time of a held saga, from the database's clock read before the writes.
+    History rows are written for the sagas the statement stored or updated only.
+    """
+    now = clock or "NULL::float8"
+    cols = ", ".join(COLUMNS)
+    wake = (
+        "CASE WHEN v.lease_seconds IS NOT NULL AND v.wake_at IS NOT NULL THEN c.now + v.lease_seconds "
+        "ELSE v.wake_at END"
+    )
+    lease = "CASE WHEN v.lease_seconds IS NOT NULL THEN c.now + v.lease_seconds ELSE v.lease_expires END"
+    insert_cols = ", ".join("v." + c if c != "wake_at" else wake for c in COLUMNS)
+    return (
+        f"WITH c AS (SELECT {now} AS now), "
+        f"i AS (INSERT INTO sagakit_sagas ({cols}, lease_owner, lease_expires) "
+        f"SELECT {insert_cols}, v.lease_owner, {lease} FROM unnest("
+        "$1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[], "
+        "$8::float8[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[], $14::bigint[], "
+        "$15::bigint[], $16::text[], $17::text[], $18::float8[], $19::float8[]) WITH ORDINALITY "
+        f"AS v({cols}, lease_owner, lease_expires, lease_seconds, n) CROSS JOIN c ORDER BY v.n "
+        "ON CONFLICT DO NOTHING RETURNING id), "
+        "u AS (UPDATE sagakit_sagas AS s SET status=v.status, steps=v.steps, updated_at=v.updated_at, "
+        f"wake_at={wake}, deadline_at=v.deadline_at, error=v.error, seq=v.seq, "
+        f"revision=v.revision, meta=v.meta, lease_owner=v.lease_owner, lease_expires={lease}, "
+        "data=COALESCE(v.data, s.data) "
+        "FROM unnest($20::text[], $21::bigint[], $22::text[], $23::text[], $24::float8[], "
+        "$25::float8[], $26::float8[], $27::text[], $28::bigint[], $29::bigint[], $30::text[], "
+        "$31::text[], $32::float8[], $33::text[], $34::float8[]) AS v(id, expected, status, steps, updated_at, "
+        "wake_at, deadline_at, error, seq, revision, meta, lease_owner, lease_expires, data, lease_seconds) "
+        "CROSS JOIN c WHERE s.id = v.id AND s.revision = v.expected RETURNING s.id), "
+        "h AS (INSERT INTO sagakit_history (saga_id, revision, part, entries) "
+        "SELECT h.saga_id, h.revision, h.part, h.entries "
+        "FROM unnest($35::text[], $36::bigint[], $37::int[], $38::text[]) AS h(saga_id, revision, part, entries) "
+        "WHERE h.saga_id IN (SELECT id FROM i UNION ALL SELECT id FROM u)) "
+        "SELECT id FROM i UNION ALL SELECT id FROM u"
+    )
+
+
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # URL query parameters that configure the store; the rest go to the driver.
 _STORE_PARAMS = ("schema", "pool_size", "lease_clock")
@@ -238,6 +283,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
         self.url = base
         self.lease_clock = lease_clock
         self._sql = Statements(DIALECT, database_clock=lease_clock == "database")
+        self._sql_one_statement = _one_statement_commit(DIALECT.clock if self._sql.clock is not None else None)
         one = "WHERE id=$4 AND "
         assert one in self._sql.claim_one
         # claim_one for the ids in $4. A row another transaction is writing right now is skipped
@@ -348,6 +394,11 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                 command_timeout=self.command_timeout,
                 # Room for every statement and list-filter variant, so none is re-prepared.
                 statement_cache_size=256,
+                # The store's statements leave no session state behind (no SET, LISTEN, cursor or
+                # session-level advisory lock; a transaction is rolled back by the pool itself), so
+                # a connection goes back to the pool without the reset query's round trip. The one
+                # connection lent to user code, a participant's, is reset in handling().
+                reset=_no_reset,
             )
         try:
             with self._errors("migrating the schema"):
@@ -432,6 +483,8 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
     async def commit(self, writes: Sequence[Write]) -> list[str | None]:
         if not writes:
             return []
+        if self._one_statement(writes):
+            return await self._commit_one_statement(writes)
         sql = self._sql
         results: list[str | None] = [None] * len(writes)
         applied = [False] * len(writes)
@@ -527,6 +580,61 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                 await conn.executemany(sql.insert_inbox, inbox)
             if due is not None:
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, repr(due))
+        return results
+
+    def _one_statement(self, writes: Sequence[Write]) -> bool:
+        """Whether *writes* can be committed by ``_one_statement_commit``'s statement."""
+        ids = set()
+        for w in writes:
+            st = w.state
+            if w.outbox or w.inbox or w.locks or st.id in ids:
+                return False
+            if w.owner is None and w.wake_at is not None and w.wake_at <= st.updated_at + self.notify_within:
+                return False  # workers are told of a saga due soon: the full commit does that
+            ids.add(st.id)
+        return True
+
+    async def _commit_one_statement(self, writes: Sequence[Write]) -> list[str | None]:
+        database_clock = self._sql.clock is not None
+        new: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
+        history: list[tuple[Any, ...]] = []
+        for w in writes:
+            st = w.state
+            seconds = w.lease_seconds if database_clock and w.owner is not None else None
+            meta = dumps(st.meta) if st.meta else None
+            if w.insert:
+                new.append(
+                    (st.id, st.name, st.version, st.status.value, encode_data(w),
+                     encode_steps(st.steps), st.created_at, st.updated_at,
+                     st.correlation_id, st.idempotency_key, w.wake_at, st.deadline_at,
+                     st.error, st.seq, st.revision, meta, w.owner, w.lease_expires, seconds)
+                )  # fmt: skip
+            else:
+                rows.append(
+                    (st.id, w.expected_revision, st.status.value, encode_steps(st.steps),
+                     st.updated_at, w.wake_at, st.deadline_at, st.error, st.seq,
+                     st.revision, meta, w.owner, w.lease_expires,
+                     encode_data(w) if w.data_changed else None, seconds)
+                )  # fmt: skip
+            if w.history:
+                history.append((st.id, st.revision, 0, encode_history(w.history)))
+        args = [
+            *(list(col) for col in (zip(*new, strict=True) if new else [()] * 19)),
+            *(list(col) for col in (zip(*rows, strict=True) if rows else [()] * 15)),
+            *(list(col) for col in (zip(*history, strict=True) if history else [()] * 4)),
+        ]
+        pool = self._open_pool()
+        with self._errors("commit"):
+            stored = {r[0] for r in await pool.fetch(self._sql_one_statement, *args)}
+        results: list[str | None] = [None] * len(writes)
+        for i, w in enumerate(writes):
+            st = w.state
+            if st.id in stored:
+                results[i] = st.id
+            elif w.insert and st.idempotency_key is not None:
+                rows_found = await self._fetch("commit", self._sql.find_idempotent, st.name, st.idempotency_key)
+                results[i] = rows_found[0][0] if rows_found else None
         return results
 
     # ------------------------------------------------------------ semantic locks
@@ -1001,6 +1109,12 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                         await tx.rollback()
                 raise
         finally:
+            # The handler had the session: it goes back to the pool as a new connection's (the
+            # pool does not reset the store's own connections, which change no session state).
+            try:
+                await conn.reset()
+            except (OSError, self._pg.PostgresError, self._pg.InterfaceError):
+                conn.terminate()
             with contextlib.suppress(OSError, self._pg.PostgresError, self._pg.InterfaceError):
                 await pool.release(conn)
 
@@ -1008,6 +1122,10 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
         async with self._tx("forgetting handled commands") as conn:
             status = await conn.execute(self._sql.prune_handled, participant, before, limit)
         return int(status.rsplit(" ", 1)[-1])
+
+
+async def _no_reset(conn: Any) -> None:
+    """The pool's reset of a connection released by the store: nothing to undo (see ``_open``)."""
 
 
 def _kinds(kinds: Collection[tuple[str, int]] | None) -> list[str] | None:
