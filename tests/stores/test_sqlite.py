@@ -240,3 +240,34 @@ async def test_large_data_written_inline_by_an_older_version_is_read(tmp_path: P
         assert after is not None and after.data == {"blob": "y" * 100_000}
     finally:
         await again.close()
+
+
+async def test_a_small_commit_while_another_process_writes_waits_off_the_event_loop(tmp_path: Path) -> None:
+    """A commit of a few writes is made on the loop's thread only when the database is free at once."""
+    path = str(tmp_path / "sagas.db")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await put(store, saga("first")) == "first"  # free: committed at once
+        other = sqlite3.connect(path, isolation_level=None)  # another writer, as another process would be
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        commit = asyncio.create_task(put(store, saga("second")))
+        await asyncio.sleep(0.3)
+        assert not commit.done()  # waiting for the other writer's lock, on the writer's thread
+        assert ticks >= 10  # and the event loop ran meanwhile
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(commit, 10) == "second"
+        ticker.cancel()
+        assert (await store.get("second")) is not None
+    finally:
+        await store.close()

@@ -22,15 +22,6 @@ T = TypeVar("T")
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():  # its caller was cancelled meanwhile
-        return
-    if error is None:
-        fut.set_result(result)
-    else:
-        fut.set_exception(error)
-
-
 class CallThread:
     """Runs calls one at a time, in the order given, on a thread named *name*.
 
@@ -46,12 +37,28 @@ class CallThread:
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
+        self._given = 0  # calls given and not answered yet (counted on the event loop's thread)
+
+    @property
+    def idle(self) -> bool:
+        """Whether every call given has been answered: the thread is using nothing of its caller's."""
+        return self._given == 0
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((loop, fut, fn, args))
+        self._given += 1
         return fut
+
+    def _answer(self, fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        self._given -= 1
+        if fut.done():  # its caller was cancelled meanwhile
+            return
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
 
     def _main(self) -> None:
         get = self._queue.get
@@ -60,16 +67,15 @@ class CallThread:
             if item is None:
                 return
             loop, fut, fn, args = item
-            if fut.cancelled():
-                continue
             result: Any = None
             error: BaseException | None = None
-            try:
-                result = fn(*args)
-            except BaseException as e:  # handed to the caller, whatever it is
-                error = e
+            if not fut.cancelled():
+                try:
+                    result = fn(*args)
+                except BaseException as e:  # handed to the caller, whatever it is
+                    error = e
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the answer
-                loop.call_soon_threadsafe(_resolve, fut, result, error)
+                loop.call_soon_threadsafe(self._answer, fut, result, error)
             del item, loop, fut, fn, args, result, error  # nothing kept alive while the thread waits
 
     def shutdown(self) -> None:
