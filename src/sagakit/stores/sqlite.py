@@ -94,8 +94,9 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         self._checkpoint_busy = False  # a checkpoint is queued or running
         self._stop_checkpoints = threading.Event()
         self._sql = Statements(DIALECT)
-        # Small commits on the loop's thread only when a commit does not wait for the disk.
-        self._inline = synchronous.upper() in ("NORMAL", "OFF", "0", "1")
+        # Small commits on the loop's thread only when a commit waits neither for the disk nor
+        # for a checkpoint (which SQLite runs inside a commit when no thread of ours does).
+        self._inline = synchronous.upper() in ("NORMAL", "OFF", "0", "1") and checkpoint_interval is not None
         self._conn: sqlite3.Connection | None = None
         self._executor: CallThread | None = None  # the writer's thread
         # Reads use a second connection on a thread of their own (WAL lets them
