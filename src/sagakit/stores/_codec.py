@@ -46,7 +46,7 @@ def encode_data(w: Any) -> str:
 def encode_steps(steps: dict[str, StepState]) -> str:
     out: dict[str, dict[str, Any]] = {}
     for name, s in steps.items():
-        d: dict[str, Any] = {"status": s.status.value}
+        d: dict[str, Any] = {"status": s.status}  # a StrEnum: orjson writes its value
         if s.attempts:
             d["attempts"] = s.attempts
         if s.compensation_attempts:
