@@ -843,7 +843,9 @@ class Envelope:
         doc: dict[str, Any] = {"sagakit_envelope": ENVELOPE_FORMAT}
         for k in _ENVELOPE_KEYS:
             v = getattr(self, k)
-            doc[k] = dict(v) if isinstance(v, Mapping) else v
+            # A read-only mapping (headers, payload) is written as a dict; the common values
+            # skip the (slow) abstract-class check.
+            doc[k] = v if type(v) in _AS_IS or not isinstance(v, Mapping) else dict(v)
         try:
             return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         except TypeError as e:
@@ -878,6 +880,9 @@ class Envelope:
         if bad:
             raise EnvelopeError(f"envelope {doc['message_id']}: header(s) {bad} are not strings")
         return cls(**{k: doc[k] for k in _ENVELOPE_KEYS})
+
+
+_AS_IS = frozenset((str, int, float, type(None), dict))
 
 
 def _expect(doc: dict[str, Any], key: str, kind: Any, *, optional: bool = False) -> None:
