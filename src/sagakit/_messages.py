@@ -180,8 +180,17 @@ class Fault:
     traceback: str = ""
 
 
+_PYDANTIC: dict[type, bool] = {}
+
+
 def _is_pydantic(cls: type) -> bool:
-    return hasattr(cls, "model_fields") and callable(getattr(cls, "model_validate", None))
+    # Remembered per class: a pydantic class's ``model_fields`` is computed on each read.
+    known = _PYDANTIC.get(cls)
+    if known is None:
+        if len(_PYDANTIC) >= 1024:
+            _PYDANTIC.clear()
+        known = _PYDANTIC[cls] = hasattr(cls, "model_fields") and callable(getattr(cls, "model_validate", None))
+    return known
 
 
 @functools.lru_cache(maxsize=512)

@@ -453,12 +453,11 @@ class Messaging:
             )
 
     async def _start_from_trigger(self, env: Envelope, defn: SagaDefinition, trigger: Trigger) -> None:
-        body = _body(env)
         try:
             event: Any = from_payload(trigger.event, env.payload)
             cid = to_correlation_id(trigger.correlation(event), source=defn.name)
         except Exception as e:
-            await self._dead(env.message_id, None, env.type_name, body, f"trigger of {defn.name} v{defn.version}: {e}")
+            await self._dead(env.message_id, None, env.type_name, env, f"trigger of {defn.name} v{defn.version}: {e}")
             return
         data: dict[str, Any] = dict(env.payload)
         if defn.state_model is not None:
@@ -466,7 +465,7 @@ class Messaging:
                 data = validate_state(defn.state_model, data)
             except MessageMappingError as e:
                 await self._dead(
-                    env.message_id, None, env.type_name, body, f"trigger of {defn.name}: initial state is invalid: {e}"
+                    env.message_id, None, env.type_name, env, f"trigger of {defn.name}: initial state is invalid: {e}"
                 )
                 return
         # One saga per correlation id: the id is the idempotency key.
@@ -482,18 +481,17 @@ class Messaging:
         """
         spec = defn.choreography
         assert spec is not None
-        body = _body(env)
         # One event may be observed by several flows: each records it under its own key.
         key = f"{env.message_id}:{defn.name}"
         if await self.engine._inbox_seen(key):
-            await self._dead(env.message_id, None, env.type_name, body, "duplicate: already observed")
+            await self._dead(env.message_id, None, env.type_name, env, "duplicate: already observed")
             return
         cls, correlate = spec.events[env.type_name]
         try:
             event: Any = from_payload(cls, env.payload)
             cid = to_correlation_id(correlate(event), source=defn.name)
         except Exception as e:
-            await self._dead(env.message_id, None, env.type_name, body, f"choreography {defn.name}: {e}")
+            await self._dead(env.message_id, None, env.type_name, env, f"choreography {defn.name}: {e}")
             return
         saga_id = self._flows.get((defn.name, cid))
         if saga_id is None:
@@ -501,7 +499,7 @@ class Messaging:
                 found = await self.engine.list(correlation_id=cid, name=defn.name, limit=1)
                 if not found:
                     why = f"choreography {defn.name}: no flow {cid!r} has started (its start event has not come)"
-                    await self._dead(env.message_id, None, env.type_name, body, why)
+                    await self._dead(env.message_id, None, env.type_name, env, why)
                     return
                 saga_id = found[0].id
             else:
@@ -547,17 +545,16 @@ class Messaging:
         if scope is not None:
             scope.end("applied" if reason is None else "dead_lettered", error=reason, at=self.engine.clock())
         if reason is not None:
-            await self._dead(env.message_id, saga_id, env.type_name, body, reason)
+            await self._dead(env.message_id, saga_id, env.type_name, env, reason)
 
     async def _reply(self, env: Envelope) -> None:
         """Hand an event to the saga it is for; the machine decides which step it completes, if any."""
-        body = _body(env)
         if await self.engine._inbox_seen(env.message_id):
             await self._dead(
                 env.message_id,
                 env.saga_id,
                 env.type_name,
-                body,
+                env,
                 "duplicate: this message's effect is already committed",
             )
             return
@@ -566,14 +563,14 @@ class Messaging:
             try:
                 saga_id = await self._correlate(env)
             except CorrelationError as e:
-                await self._dead(env.message_id, None, env.type_name, body, f"no saga matched: {e}")
+                await self._dead(env.message_id, None, env.type_name, env, f"no saga matched: {e}")
                 return
             if saga_id is None:
                 await self._dead(
                     env.message_id,
                     None,
                     env.type_name,
-                    body,
+                    env,
                     "no saga waits for this event (no saga headers, no correlation match)",
                 )
                 return
@@ -609,7 +606,7 @@ class Messaging:
             outcome = "applied" if reason is None else "dead_lettered"
             scope.end(outcome, error=reason, at=self.engine.clock())
         if reason is not None:
-            await self._dead(env.message_id, saga_id, env.type_name, body, reason)
+            await self._dead(env.message_id, saga_id, env.type_name, env, reason)
 
     async def _correlate(self, env: Envelope) -> str | None:
         """Find the saga a header-less event is for, by correlation id.
@@ -691,7 +688,11 @@ class Messaging:
             self._lookups = Batcher(fetch, None)
         return await self._lookups.get((name, cid))
 
-    async def _dead(self, mid: str, saga_id: str | None, type_name: str, body: bytes | str, reason: str) -> None:
+    async def _dead(
+        self, mid: str, saga_id: str | None, type_name: str, body: bytes | str | Envelope, reason: str
+    ) -> None:
+        if isinstance(body, Envelope):
+            body = _body(body)  # serialised again only here: a dead letter is the rare case
         text = body.decode(errors="replace") if isinstance(body, bytes) else body
         log.info("sagakit: message %s (%s) dead-lettered: %s", mid, type_name, reason)
         await self.engine.store.dead_letter(DeadLetter(mid, self.engine.clock(), saga_id, type_name, text, reason))

@@ -7,6 +7,7 @@ own, in its own module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -162,6 +163,37 @@ async def call_handler(handler: Handler, delivery: Delivery, delay: float, log: 
         except TransportError as e:
             log.warning("handling %s: %s; retrying in %.1fs", delivery.message_id, e, backoff.delay)
             await backoff.wait()
+
+
+class Heartbeat:
+    """Calls ``beat()`` every *interval* seconds until cancelled (its errors ignored): a handler's progress signal.
+
+    A timer rather than a task per message: most handlers are done long before
+    the first beat, and a timer costs less to set and cancel.
+    """
+
+    __slots__ = ("_beat", "_handle", "_interval", "_loop", "_task")
+
+    def __init__(self, interval: float, beat: Callable[[], Awaitable[Any]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._interval = interval
+        self._beat = beat
+        self._task: asyncio.Task[None] | None = None
+        self._handle = self._loop.call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._send())
+        self._handle = self._loop.call_later(self._interval, self._fire)
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):  # a lost beat costs at most a redelivery, which the inbox absorbs
+            await self._beat()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def drain(tasks: Collection[asyncio.Task[Any]], grace: float) -> None:

@@ -149,6 +149,7 @@ class NatsTransport:
         self._subs: list[Any] = []
         self._handling: set[asyncio.Task[None]] = set()
         self._dead_letter_ready = False
+        self._subjects: dict[str, str] = {}  # destination -> subject, for publishing
 
     @classmethod
     def from_url(cls, url: str) -> NatsTransport:
@@ -277,7 +278,12 @@ class NatsTransport:
     async def publish(
         self, destination: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None
     ) -> None:
-        await self._publish(subject_for(self.prefix, destination), body, message_id, headers or {}, message_id)
+        subject = self._subjects.get(destination)
+        if subject is None:
+            if len(self._subjects) >= 4096:
+                self._subjects.clear()
+            subject = self._subjects[destination] = subject_for(self.prefix, destination)
+        await self._publish(subject, body, message_id, headers or {}, message_id)
 
     async def _publish(self, subject: str, body: bytes, mid: str, headers: dict[str, str], dedup_id: str) -> None:
         if self._js is None:
@@ -371,7 +377,7 @@ class NatsTransport:
         if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
             await self._give_up(msg, delivery, _base.unacknowledged_reason(attempt))
             return
-        beat = asyncio.create_task(self._keep_alive(msg))
+        beat = _base.Heartbeat(self.ack_timeout / 3, msg.in_progress)
         try:
             await _base.call_handler(handler, delivery, self.redelivery_delay, log)
         except asyncio.CancelledError:
@@ -390,12 +396,6 @@ class NatsTransport:
                 await msg.ack()
         finally:
             beat.cancel()
-
-    async def _keep_alive(self, msg: Any) -> None:
-        while True:
-            await asyncio.sleep(self.ack_timeout / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _give_up(self, msg: Any, delivery: Delivery, reason: str) -> None:
         log.warning("NATS: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -343,7 +344,7 @@ class RedisTransport:
             if attempt > self.max_deliveries:  # its consumers kept vanishing while handling it
                 await self._give_up(key, group, entry_id, delivery, _base.unacknowledged_reason(attempt))
                 return
-            beat = asyncio.create_task(self._keep_alive(key, group, entry_id))
+            beat = _base.Heartbeat(self.ack_timeout / 3, functools.partial(self._keep_alive, key, group, entry_id))
             try:
                 await _base.call_handler(handler, delivery, self.redelivery_delay, log)
             except Exception as e:
@@ -368,10 +369,8 @@ class RedisTransport:
                 beat.cancel()
 
     async def _keep_alive(self, key: str, group: str, entry_id: bytes) -> None:
-        while True:
-            await asyncio.sleep(self.ack_timeout / 3)
-            with contextlib.suppress(RedisError, OSError):  # resets the idle time, counts no delivery
-                await self._redis.xclaim(key, group, self.consumer, 0, [entry_id], justid=True)
+        # Resets the entry's idle time; counts no delivery.
+        await self._redis.xclaim(key, group, self.consumer, 0, [entry_id], justid=True)
 
     async def _give_up(self, key: str, group: str, entry_id: bytes, delivery: Delivery, reason: str) -> None:
         log.warning("Redis: message %s on %s dead-lettered: %s", delivery.message_id, delivery.destination, reason)
