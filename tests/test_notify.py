@@ -201,3 +201,67 @@ async def test_an_event_for_a_saga_whose_worker_died_mid_step_runs_that_step_aga
         worker.register(defn)
         done = await worker.wait(sid, timeout=20)
     assert done.status is SagaStatus.COMPLETED and len(runs) == 2  # the attempt, run again once
+
+
+async def _let_go(engine: SagaEngine, sid: str) -> None:
+    """Until *engine* has let go of the waiting saga and kept its copy (``ReleasedCopies``)."""
+    await _waiting(engine, sid)
+    for _ in range(1000):
+        if sid not in engine._held and sid in engine._copies._sagas:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"saga {sid} was not let go of")
+
+
+async def test_an_event_for_a_saga_let_go_of_here_is_applied_without_a_claim(store_url: str) -> None:
+    async with SagaEngine(store_url) as engine:
+        engine.register(approval_saga)
+        sid = await engine.start("approval", {})
+        await _let_go(engine, sid)
+        claimed: list[str] = []
+        store: Any = engine.store
+        claim_sagas, claim_saga = store.claim_sagas, store.claim_saga
+
+        async def claim_many(ids: list[str], *args: Any) -> Any:
+            claimed.extend(ids)
+            return await claim_sagas(ids, *args)
+
+        async def claim_one(saga_id: str, *args: Any) -> Any:
+            claimed.append(saga_id)
+            return await claim_saga(saga_id, *args)
+
+        store.claim_sagas, store.claim_saga = claim_many, claim_one
+        await engine.notify(sid, Approved(approver="ann"))
+        snap = await engine.wait(sid, timeout=20)
+    assert snap.status is SagaStatus.COMPLETED
+    assert sid not in claimed
+
+
+async def test_a_copy_made_out_of_date_by_another_worker_is_not_applied(store_url: str) -> None:
+    async with SagaEngine(store_url) as a, SagaEngine(store_url) as b:
+        for e in (a, b):
+            e.register(approval_saga)
+        sid = await a.start("approval", {})
+        await _let_go(a, sid)
+        # b claims the saga (a new revision) and lets it go again: a's copy is out of date.
+        with pytest.raises(SagaStateError):
+            await b.notify(sid, Approved(approver="bob"), step="reserve")
+        await a.notify(sid, Approved(approver="ann"))
+        snap = await a.wait(sid, timeout=20)
+    assert snap.status is SagaStatus.COMPLETED
+    assert snap.steps["approve"].result == {"approver": "ann"}
+    assert not [h for h in snap.history if h.kind == "fenced"]  # refused as a guess, not as a lost lease
+
+
+async def test_a_reply_reaches_a_saga_another_worker_let_go_of_at_once(store_url: str) -> None:
+    async with SagaEngine(store_url) as a, SagaEngine(store_url) as b:
+        for e in (a, b):
+            e.register(approval_saga)
+        sid = await a.start("approval", {})
+        await _let_go(a, sid)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        await b.notify(sid, Approved(approver="bob"))  # a keeps only a copy: no lease to wait for
+        assert loop.time() - begin < 0.2
+        snap = await b.wait(sid, timeout=20)
+    assert snap.status is SagaStatus.COMPLETED

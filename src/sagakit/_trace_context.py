@@ -65,6 +65,21 @@ def handling(
         return
     parent = parse_traceparent(headers.get("traceparent", ""))
     ctx = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        # No SDK is set up: what its no-op tracer does (the span is the command's context, current
+        # while the handler runs), without a tracer and a span per command.
+        from opentelemetry import context
+
+        span = trace.get_current_span(ctx)
+        header = span_traceparent(span.get_span_context())
+        token = context.attach(ctx) if ctx is not None else None
+        try:
+            yield {"traceparent": header} if header else {}
+        finally:
+            if token is not None:
+                context.detach(token)
+        return
     tracer = trace.get_tracer("sagakit.participant", tracer_provider=tracer_provider)
     with tracer.start_as_current_span(name, context=ctx, kind=trace.SpanKind.CONSUMER, attributes=attributes) as span:
         header = span_traceparent(span.get_span_context())

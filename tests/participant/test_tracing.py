@@ -58,3 +58,30 @@ async def test_a_recorded_reply_and_a_fault_carry_the_handlers_span(tmp_path: An
     assert fault.type_name == FAULT_TYPE_NAME
     assert traced_span_id(fault.headers["traceparent"]) == failed.context.span_id
     assert failed.status.status_code is StatusCode.ERROR
+
+
+async def test_without_an_sdk_the_reply_carries_the_commands_trace_and_the_handler_sees_it() -> None:
+    from opentelemetry import trace
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # no SDK set up globally
+    broker = MemoryBroker(redelivery_delay=0.01)
+    payments = Participant(MemoryTransport(broker), name="payments")
+    seen: list[Any] = []
+
+    @payments.handles(Charge)
+    def charge(cmd: Charge) -> Charged:
+        seen.append(trace.get_current_span().get_span_context())
+        return Charged(order_id=cmd.order_id, charge_key="k")
+
+    sender = MemoryTransport(broker)
+    await sender.start()
+    ok = saga_command(Charge(order_id="o-1", amount=5))
+    async with Replies(lambda: MemoryTransport(broker)) as replies, payments:
+        await send_command(sender, ok)
+        await replies.wait(1)
+    await sender.close()
+    [reply] = replies.to(ok)
+    assert reply.headers["traceparent"] == ok.headers["traceparent"]
+    [ctx] = seen
+    assert f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01" == ok.headers["traceparent"]
+    assert trace.get_current_span().get_span_context().is_valid is False  # not left current afterwards
