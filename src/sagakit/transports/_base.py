@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from .._transport import Delivery, Handler, TransportError
@@ -194,6 +194,51 @@ class Heartbeat:
         self._handle.cancel()
         if self._task is not None:
             self._task.cancel()
+
+
+class Grouped(Generic[_T]):
+    """Hands items to ``send(items)`` in groups: one call at a time, for every item added while the last one ran.
+
+    Like a group commit: acknowledgements of messages handled at about the same
+    time go to the broker in one command instead of one each.
+    """
+
+    __slots__ = ("_done", "_items", "_running", "_send")
+
+    def __init__(self, send: Callable[[list[_T]], Awaitable[None]]) -> None:
+        self._send = send
+        self._items: list[_T] = []
+        self._done: asyncio.Future[None] | None = None
+        self._running: asyncio.Task[None] | None = None
+
+    async def add(self, item: _T) -> None:
+        """Wait until the call that takes *item* has returned (raising what it raised)."""
+        loop = asyncio.get_running_loop()
+        self._items.append(item)
+        if self._done is None:
+            self._done = loop.create_future()
+        done = self._done
+        if self._running is None:
+            self._running = loop.create_task(self._run())
+        await asyncio.shield(done)  # a waiter cancelled leaves the others waiting
+
+    async def _run(self) -> None:
+        try:
+            while self._items:
+                items, done = self._items, self._done
+                self._items, self._done = [], None
+                assert done is not None
+                try:
+                    await self._send(items)
+                except BaseException as e:
+                    done.set_exception(e)
+                    done.exception()  # retrieved: each waiter raises it
+                    if not isinstance(e, Exception):
+                        raise
+                else:
+                    done.set_result(None)
+        finally:
+            self._running = None
 
 
 async def drain(tasks: Collection[asyncio.Task[Any]], grace: float) -> None:

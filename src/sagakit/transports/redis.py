@@ -143,7 +143,9 @@ class RedisTransport:
         self._readers: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
         self._groups: set[tuple[str, str]] = set()
-        self._publishing = asyncio.Semaphore(32)
+        # Acknowledgements per (stream, group): those of entries handled meanwhile go together.
+        self._acks: dict[tuple[str, str], _base.Grouped[bytes]] = {}
+        self._outgoing: _base.Grouped[_Outgoing] = _base.Grouped(self._append)
 
     @classmethod
     def from_url(cls, url: str) -> RedisTransport:
@@ -200,6 +202,7 @@ class RedisTransport:
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._readers.clear()
         await _base.drain(self._handling, self.close_grace)  # a cancelled handler's entry: claimed after ack_timeout
+        self._acks.clear()
         # Best effort, and bounded: leave no empty consumer names behind. A connection left busy
         # by a reader cancelled mid-read must not keep close() waiting.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -227,11 +230,32 @@ class RedisTransport:
         if self._redis is None:
             raise TransportError("Redis transport is not started")
         fields = {"id": message_id, "body": body, "headers": orjson.dumps(headers or {})}
-        try:
-            async with self._publishing:  # a burst of publishes shares a few connections
-                await self._redis.xadd(self.key(destination), fields, maxlen=self.maxlen, approximate=True)
-        except (RedisError, OSError) as e:
+        out = _Outgoing(self.key(destination), fields)
+        await self._outgoing.add(out)
+        if out.error is not None:
+            e = out.error
             raise TransportError(f"Redis at {self._safe_url} did not take the message: {e}") from e
+
+    async def _append(self, batch: list[_Outgoing]) -> None:
+        """Append the messages published at about the same time in one round trip (a pipeline, not a transaction).
+
+        Each message's own error, if any, is left on it.
+        """
+        redis = self._redis
+        try:
+            if redis is None:
+                raise TransportError("Redis transport is closed")
+            pipe = redis.pipeline(transaction=False)
+            for out in batch:
+                pipe.xadd(out.key, out.fields, maxlen=self.maxlen, approximate=True)
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError, TransportError) as e:
+            for out in batch:
+                out.error = e
+            return
+        for out, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                out.error = result
 
     # ------------------------------------------------------------ consuming
 
@@ -362,11 +386,18 @@ class RedisTransport:
                 fields, attempt = claimed[0][1], attempt + 1
                 continue
             else:
-                with contextlib.suppress(RedisError, OSError):  # a lost ack means one more delivery, no loss
-                    await redis.xack(key, group, entry_id)
+                acks = self._acks.get((key, group))
+                if acks is None:
+                    acks = self._acks[(key, group)] = _base.Grouped(functools.partial(self._ack, key, group))
+                await acks.add(entry_id)
                 return
             finally:
                 beat.cancel()
+
+    async def _ack(self, key: str, group: str, entry_ids: list[bytes]) -> None:
+        """Acknowledge entries handled at about the same time, in one command."""
+        with contextlib.suppress(RedisError, OSError):  # a lost ack means one more delivery, no loss
+            await self._redis.xack(key, group, *entry_ids)
 
     async def _keep_alive(self, key: str, group: str, entry_id: bytes) -> None:
         # Resets the entry's idle time; counts no delivery.
@@ -381,3 +412,14 @@ class RedisTransport:
             await self._redis.xack(key, group, entry_id)
         except (TransportError, RedisError, OSError) as e:
             log.warning("Redis: cannot dead-letter %s yet: %s", delivery.message_id, e)
+
+
+class _Outgoing:
+    """A message on its way to a stream: where, what, and the error that kept it out (None: appended)."""
+
+    __slots__ = ("error", "fields", "key")
+
+    def __init__(self, key: str, fields: dict[str, Any]) -> None:
+        self.key = key
+        self.fields = fields
+        self.error: BaseException | None = None
