@@ -1,12 +1,14 @@
 """Redis Streams transport (``redis://host:6379/0``; needs ``pip install 'sagakit[redis]'``).
 
 - A destination is the stream ``<prefix>:<destination>``; a message is one
-  entry (``id``, ``body``, ``headers``), added with ``XADD``.
+  entry (``id``, ``body``, ``headers``), added with ``XADD`` (those published
+  at about the same time in one pipeline).
 - A group is a Redis consumer group on each of its destinations' streams;
   every member reads with ``XREADGROUP`` under its own consumer name, so the
   members compete and every group gets every entry added after it was
   created.
-- ``XACK`` when the handler returned. A handler that raises gets its entry
+- ``XACK`` when the handler returned (one for the entries of a stream whose
+  handlers returned at about the same time). A handler that raises gets its entry
   again after a back-off (doubling per attempt; ``XCLAIM`` counts the
   delivery). Entries of a consumer that vanished are taken over with
   ``XAUTOCLAIM`` by the other members once idle for ``ack_timeout``; long
