@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import re
 import uuid
@@ -734,8 +735,17 @@ def message_id(saga_id: str, step: str, attempt: int, direction: str) -> str:
     *direction* is ``"action"`` or ``"compensation"`` for commands (other
     labels, e.g. ``"completed"``, name saga-level events).
     """
-    key = orjson.dumps([saga_id, step, attempt, direction])
-    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, key.decode()))
+    return name_uuid(MESSAGE_ID_NAMESPACE, orjson.dumps([saga_id, step, attempt, direction]))
+
+
+def name_uuid(namespace: uuid.UUID, name: str | bytes) -> str:
+    """``str(uuid.uuid5(namespace, name))``, computed without the intermediate UUID object (once per message)."""
+    data = name.encode() if isinstance(name, str) else name
+    h = bytearray(hashlib.sha1(namespace.bytes + data, usedforsecurity=False).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 _ENVELOPE_KEYS = (

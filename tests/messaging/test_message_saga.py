@@ -475,3 +475,13 @@ async def test_a_reply_for_a_saga_a_dead_worker_still_holds_is_applied_once_its_
     assert waited > 5.0  # applied once the dead worker's 7 s lease ran out, not before
     assert snap.steps["pay"].result == {"order_id": "o-1", "payment_id": "p-1"}
     assert letters == []
+
+
+@pytest.mark.parametrize("name", ["", "a", "saga:step", "é€😀" * 20, '["x","y",0,"action"]'])
+def test_message_ids_are_version_5_uuids_of_their_name(name: str) -> None:
+    import uuid
+
+    from sagakit._messages import MESSAGE_ID_NAMESPACE, name_uuid
+
+    assert name_uuid(MESSAGE_ID_NAMESPACE, name) == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))
+    assert name_uuid(MESSAGE_ID_NAMESPACE, name.encode()) == str(uuid.uuid5(MESSAGE_ID_NAMESPACE, name))

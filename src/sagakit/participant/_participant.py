@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .._messages import Envelope, Fault, MessageMappingError, message_type_name, to_payload
+from .._messages import Envelope, Fault, MessageMappingError, message_type_name, name_uuid, to_payload
 from .._store import Handling, Store, store_from_url
 from .._trace_context import handling as traced
 from .._transport import Delivery, Transport, transport_from_url
@@ -318,7 +318,7 @@ class Participant:
     async def _reply(self, env: Envelope, encoded: str) -> None:
         """Publish a reply (as recorded) to the command in *env*, with its correlation copied."""
         doc = orjson.loads(encoded)
-        reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}"))
+        reply_id = name_uuid(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}")
         reply = _reply_envelope(env, doc["type_name"], doc["payload"], doc.get("headers"), reply_id, self.clock())
         await self._publish(reply)
 
@@ -334,7 +334,7 @@ class Participant:
             _clip(fault.message, 300),
             exc_info=error,
         )
-        reply_id = str(uuid.uuid5(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}:fault"))
+        reply_id = name_uuid(_REPLY_NAMESPACE, f"{env.message_id}:{env.token}:fault")
         await self._publish(env.reply(fault, message_id=reply_id, timestamp=self.clock(), headers=trace_headers))
 
     async def _publish(self, reply: Envelope) -> None:
