@@ -50,7 +50,7 @@ from ._json import NOT_PLAIN, encode, model_type, plain_copy, to_json
 from ._messages import message_type_name, to_payload, validate_state
 from ._observe import Observer
 from ._resources import Resource, ResourceUsage
-from ._runtime._base import Batcher, Held, Pending, ReleasedCopies, Slots
+from ._runtime._base import Batcher, Held, Pending, Slots
 from ._runtime.attempts import Attempts
 from ._runtime.children import Children
 from ._runtime.commit import Committer
@@ -213,7 +213,6 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
         self._work_waiter: asyncio.Future[Any] | None = None
         self._claims: Batcher[str, tuple[SagaState | None, float] | None] | None = None
         self._inbox_lookups: Batcher[str, bool] | None = None
-        self._copies = ReleasedCopies(4 * concurrency)
         self._queue_ready: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
         self._slots: Slots | None = None
@@ -436,7 +435,6 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
                 )
                 leftovers.append((sid, self.clock() if orphaned else h.state.wake_at))
             self._held.clear()
-            self._copies.clear()
             if leftovers:
                 with contextlib.suppress(Exception):
                     await self.store.release(self.worker_id, leftovers)
@@ -939,8 +937,6 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
         while True:
             held = self._held.get(saga_id)
             claimed = False
-            if held is None and request is None:
-                held = self._take_released(saga_id)
             if held is None:
                 if request is not None:
                     outcome = await self.store.request_outcome(request)
@@ -1004,14 +1000,6 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
             else:
                 decision = decide(held.definition, held.state, made, self.clock())
                 rejected = decision.rejected
-            if rejected is not None and not held.leased:
-                # Refused by a copy that may be out of date: ask the stored saga, once what
-                # was applied to the copy is committed (or refused).
-                if held.queued or held.committing or held.inflight:
-                    await asyncio.sleep(0.005)
-                elif self._held.get(saga_id) is held:
-                    del self._held[saga_id]
-                continue
             if rejected is not None:
                 if not isinstance(made, str) and decision.history:
                     # A refusal (or a stale reply) is recorded in the saga's history, with its reason.
@@ -1033,27 +1021,6 @@ class SagaEngine(Committer, Attempts, Leases, Locks, Timers, Requests, Retention
                     raise
                 continue
             return None
-
-    def _take_released(self, saga_id: str) -> Held | None:
-        """The copy of a saga this engine let go of (``ReleasedCopies``), held again without a claim.
-
-        None (claim the saga) when there is no copy, or when the saga would do
-        something on being claimed (``Resume``): the claim is the one to do it.
-        """
-        got = self._copies.take(saga_id)
-        if got is None:
-            return None
-        st, defn = got
-        if self._definitions.get((st.name, st.version)) is not defn:
-            return None
-        now = self.clock()
-        if st.status is not SagaStatus.PENDING:
-            resumed = decide(defn, st, Resume(), now)
-            if resumed.rejected is None and (resumed.history or resumed.effects):
-                return None
-        held = Held(st, defn, durable=True, leased=False)
-        self._held[saga_id] = held
-        return held
 
     async def _act_parked(self, st: SagaState, event: Event) -> str | None:
         """Apply an admin command to a claimed saga whose definition is not registered here."""

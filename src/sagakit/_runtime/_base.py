@@ -61,45 +61,6 @@ class Held:
     # The saga's data object and its JSON text, when the text is at hand (a saga started here):
     # its first write stores the text instead of encoding the data again.
     data_json: tuple[Any, str] | None = None
-    # False for a copy this engine kept of a saga it had let go (``ReleasedCopies``), taken up again
-    # without a claim: its next commit is fenced by the revision it had when let go, so it
-    # commits only if nobody has claimed or changed the saga since (and then claims it, when
-    # the commit keeps it). A refused commit here says nothing of a lost lease.
-    leased: bool = True
-
-
-class ReleasedCopies:
-    """The states of the sagas this engine let go of most recently, as it committed them (at most *size*).
-
-    A saga that waits for a reply is let go of once its command is committed,
-    so that any worker can apply the reply; when the reply comes back here,
-    the remembered copy saves claiming the saga again. The copy is only a
-    guess: the commit it leads to is fenced by its revision, and a claim by
-    anyone (which raises the revision) or any change of the saga makes it void.
-    """
-
-    __slots__ = ("_sagas", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._sagas: dict[str, tuple[SagaState, SagaDefinition]] = {}
-
-    def keep(self, state: SagaState, definition: SagaDefinition) -> None:
-        sagas = self._sagas
-        sagas.pop(state.id, None)
-        if len(sagas) >= self.size:
-            del sagas[next(iter(sagas))]  # the oldest
-        sagas[state.id] = (state, definition)
-
-    def take(self, saga_id: str) -> tuple[SagaState, SagaDefinition] | None:
-        """The copy of *saga_id*, forgotten here (it is used once, or found void)."""
-        return self._sagas.pop(saga_id, None)
-
-    def forget(self, saga_id: str) -> None:
-        self._sagas.pop(saga_id, None)
-
-    def clear(self) -> None:
-        self._sagas.clear()
 
 
 class Slots:
@@ -254,9 +215,6 @@ class RuntimeBase:
     # Sagas asked for by events and commands, claimed together (see Leases._claim_by_id).
     _claims: Batcher[str, tuple[SagaState | None, float] | None] | None
     _inbox_lookups: Batcher[str, bool] | None
-    # Sagas this engine let go of, as it last committed them: an event for one is applied to this
-    # copy instead of a claim (see Held.leased).
-    _copies: ReleasedCopies
     _observers: tuple[Observer, ...]
     _opened: bool
 

@@ -319,10 +319,7 @@ class Committer(RuntimeBase):
                 task.cancel()
             held.inflight.clear()
             if result is None and not p.insert:
-                if held.leased:
-                    self._record_fenced(sid, p)
-                # else: a released copy taken up again was out of date; whoever applied the
-                # event claims the saga and applies it again (SagaBusy).
+                self._record_fenced(sid, p)
                 err: BaseException = SagaBusy(
                     f"saga {sid} was taken over by another worker; the transition was refused"
                 )
@@ -335,8 +332,6 @@ class Committer(RuntimeBase):
                         f.set_result(result or sid)
             return
         held.durable = True
-        if not p.release:
-            held.leased = True  # the commit set this engine's lease
         for f in p.futures:
             if not f.done():
                 f.set_result(sid)
@@ -363,8 +358,6 @@ class Committer(RuntimeBase):
             del self._held[sid]
             if held.timer is not None:
                 held.timer.cancel()
-            if st.status not in _TERMINAL and self._running:
-                self._copies.keep(st, held.definition)
             if self._running and (
                 (st.wake_at is not None and st.wake_at <= self.clock() + self.poll_interval)
                 or len(self._held) + 1 == self.concurrency * 2

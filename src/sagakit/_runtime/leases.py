@@ -103,7 +103,6 @@ class Leases(RuntimeBase):
         return len(states) == limit
 
     def _adopt(self, st: SagaState, proven: float) -> None:
-        self._copies.forget(st.id)
         old = self._held.pop(st.id, None)
         if old is not None:
             # This engine claimed anew a saga it held (its lease had run out): the old copy's
