@@ -16,7 +16,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["CallThread"]
+__all__ = ["THREAD_WORK", "CallThread"]
+
+# The name of an optional callable on the event loop, given each call's future while the call is
+# under way: sagakit.testing's VirtualClock sets it, so that time does not skip while a thread works.
+THREAD_WORK = "sagakit_thread_work"
 
 T = TypeVar("T")
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -49,6 +53,9 @@ class CallThread:
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((loop, fut, fn, args))
         self._given += 1
+        track = getattr(loop, THREAD_WORK, None)
+        if track is not None:
+            track(fut)
         return fut
 
     def _answer(self, fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -12,8 +12,9 @@ environment. While a thread works (a store write, a plain ``def`` step) time
 passes at the real rate, so a timer never fires early because work was slow.
 
 Nothing in the engine changes: the clock is installed on the loop instance
-(its ``time``, its selector's ``select``, its ``run_in_executor``) and removed
-again, so production code paths pay nothing.
+(its ``time``, its selector's ``select``, its ``run_in_executor``, and the hook
+through which a store's own thread reports its calls, ``stores._thread.THREAD_WORK``)
+and removed again, so production code paths pay nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
+
+from ..stores._thread import THREAD_WORK
 
 __all__ = ["VirtualClock"]
 
@@ -195,11 +198,16 @@ class VirtualClock:
             fut.add_done_callback(self._done)
             return fut
 
+        def thread_work(fut: asyncio.Future[Any]) -> None:  # a store's own thread (stores._thread.CallThread)
+            self._busy += 1
+            fut.add_done_callback(self._done)
+
         self._saved = {"selector": selector}
         self._real_handles = [h for h in getattr(loop, "_scheduled", ()) if not h.cancelled()]
         loop._selector = _SkippingSelector(selector, self)  # type: ignore[attr-defined]
         loop.time = self.monotonic  # type: ignore[method-assign]
         loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]
+        setattr(loop, THREAD_WORK, thread_work)
         self._loop = loop
         _installed[loop] = self
 
@@ -212,6 +220,7 @@ class VirtualClock:
         _installed.pop(loop, None)
         vars(loop).pop("time", None)
         vars(loop).pop("run_in_executor", None)
+        vars(loop).pop(THREAD_WORK, None)
         loop._selector = self._saved["selector"]  # type: ignore[attr-defined]
         # A timer due at virtual time T is due at real loop time T - offset (the heap keeps its order).
         for handle in getattr(loop, "_scheduled", ()):
