@@ -35,14 +35,20 @@ import orjson
 
 from ._errors import DataEncodingError
 
-__all__ = ["NOT_PLAIN", "encode", "from_json", "model_type", "plain_copy", "to_json"]
+__all__ = ["NOT_PLAIN", "encode", "from_json", "is_pydantic", "model_type", "plain_copy", "to_json"]
 
 T = TypeVar("T")
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes as a JSON number
 _SCALARS = (str, bool, type(None), datetime, date, time, uuid.UUID)
 
 
-def _is_pydantic(cls: type) -> bool:
+def is_pydantic(cls: type) -> bool:
+    """Whether *cls* is a pydantic model class (remembered per class: ``model_fields`` is computed on each read)."""
+    return _pydantic_class(cls)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pydantic_class(cls: Any) -> bool:
     return hasattr(cls, "model_fields") and callable(getattr(cls, "model_validate", None))
 
 
@@ -52,7 +58,7 @@ def _default(obj: Any) -> Any:
         if not obj.is_finite():
             raise TypeError("not finite")
         return str(obj)
-    if _is_pydantic(type(obj)):
+    if is_pydantic(type(obj)):
         return obj.model_dump(mode="json")
     raise TypeError(f"type {type(obj).__name__} is not JSON-serialisable")
 
@@ -166,7 +172,7 @@ def _culprit(value: Any, path: str) -> tuple[str, str] | None:
                 return found
         return None
     cls = type(value)
-    if _is_pydantic(cls):
+    if is_pydantic(cls):
         return _culprit(value.model_dump(mode="json"), path)
     if dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
@@ -197,7 +203,7 @@ def model_type(fn: Callable[..., Any]) -> type | None:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if len(args) == 1 and type(None) in typing.get_args(hint):
         hint = args[0]  # Optional[Receipt]
-    if isinstance(hint, type) and (_is_pydantic(hint) or dataclasses.is_dataclass(hint)):
+    if isinstance(hint, type) and (is_pydantic(hint) or dataclasses.is_dataclass(hint)):
         return hint
     return None
 
@@ -220,7 +226,7 @@ def from_json(cls: type[T], value: Any, what: str) -> T:
     from pydantic import ValidationError
 
     try:
-        if isinstance(cls, type) and _is_pydantic(cls):
+        if isinstance(cls, type) and is_pydantic(cls):
             return cast("T", cls.model_validate(value))  # type: ignore[attr-defined]
         return cast("T", _adapter(cast("Any", cls)).validate_python(value))
     except ValidationError as e:

@@ -36,6 +36,7 @@ import orjson
 
 from ._definition import FAULT_TYPE_NAME, ReplyRead, StepAction, _message_type_problem, is_message_type
 from ._errors import DefinitionError, NonRetryableError, SagaError
+from ._json import is_pydantic
 from ._tracebacks import format_traceback
 
 __all__ = [
@@ -181,19 +182,6 @@ class Fault:
     traceback: str = ""
 
 
-_PYDANTIC: dict[type, bool] = {}
-
-
-def _is_pydantic(cls: type) -> bool:
-    # Remembered per class: a pydantic class's ``model_fields`` is computed on each read.
-    known = _PYDANTIC.get(cls)
-    if known is None:
-        if len(_PYDANTIC) >= 1024:
-            _PYDANTIC.clear()
-        known = _PYDANTIC[cls] = hasattr(cls, "model_fields") and callable(getattr(cls, "model_validate", None))
-    return known
-
-
 @functools.lru_cache(maxsize=512)
 def _adapter(cls: type) -> Any:
     from pydantic import TypeAdapter
@@ -204,7 +192,7 @@ def _adapter(cls: type) -> Any:
 def to_payload(message: object) -> dict[str, Any]:
     """The JSON-ready fields of a command or event instance (pydantic model or dataclass)."""
     cls = type(message)
-    if _is_pydantic(cls):
+    if is_pydantic(cls):
         return cast("dict[str, Any]", message.model_dump(mode="json"))  # type: ignore[attr-defined]
     if dataclasses.is_dataclass(cls):
         return cast("dict[str, Any]", _adapter(cls).dump_python(message, mode="json"))
@@ -222,7 +210,7 @@ def from_payload(cls: type[T], payload: Mapping[str, Any]) -> T:
     from pydantic import ValidationError
 
     try:
-        if _is_pydantic(cls):
+        if is_pydantic(cls):
             return cast("T", cls.model_validate(dict(payload)))  # type: ignore[attr-defined]
         if dataclasses.is_dataclass(cls):
             return cast("T", _adapter(cls).validate_python(dict(payload)))
@@ -252,7 +240,7 @@ def _fields(cls: type) -> tuple[_Field, ...]:
 
 
 def _read_fields(cls: type) -> list[_Field]:
-    if _is_pydantic(cls):
+    if is_pydantic(cls):
         out = []
         for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
             alias = info.validation_alias if isinstance(info.validation_alias, str) else info.alias
@@ -276,7 +264,7 @@ def _state_mapping(state: object) -> Mapping[str, Any]:
     if isinstance(state, Mapping):
         return state
     cls = type(state)
-    if _is_pydantic(cls):
+    if is_pydantic(cls):
         return cast("dict[str, Any]", state.model_dump())  # type: ignore[attr-defined]
     if dataclasses.is_dataclass(cls):
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(cls)}

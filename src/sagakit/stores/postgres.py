@@ -559,12 +559,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                     continue  # fenced, or an insert that met an existing saga: nothing else
                 st = w.state
                 add_side_rows(w, history, outbox, inbox)
-                if (
-                    w.owner is None
-                    and w.wake_at is not None
-                    and w.wake_at <= st.updated_at + self.notify_within
-                    and (due is None or w.wake_at < due)
-                ):
+                if self._wakes_workers(w) and (due is None or w.wake_at < due):  # type: ignore[operator]
                     due = w.wake_at
             if locking:
                 woken = await self._commit_locks(conn, [w for i, w in enumerate(writes) if applied[i] and w.locks])
@@ -582,6 +577,10 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, repr(due))
         return results
 
+    def _wakes_workers(self, w: Write) -> bool:
+        """Whether *w* leaves its saga unleased and due within ``notify_within``: idle workers are told."""
+        return w.owner is None and w.wake_at is not None and w.wake_at <= w.state.updated_at + self.notify_within
+
     def _one_statement(self, writes: Sequence[Write]) -> bool:
         """Whether *writes* can be committed by ``_one_statement_commit``'s statement."""
         ids = set()
@@ -589,7 +588,7 @@ class PostgresStore(PostgresPermits, WritesInTransaction):
             st = w.state
             if w.outbox or w.inbox or w.locks or st.id in ids:
                 return False
-            if w.owner is None and w.wake_at is not None and w.wake_at <= st.updated_at + self.notify_within:
+            if self._wakes_workers(w):
                 return False  # workers are told of a saga due soon: the full commit does that
             ids.add(st.id)
         return True

@@ -129,7 +129,11 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         try:
             return await self._executor.call(fn, *args)
         except sqlite3.Error as e:  # converted at the boundary: callers see sagakit's errors only
-            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
+            raise self._error(e) from e
+
+    def _error(self, e: sqlite3.Error) -> StoreError:
+        """*e* as sagakit's error, naming the store (converted at the boundary: callers see sagakit's errors)."""
+        return StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}")
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         executor = self._read_executor or self._executor
@@ -138,7 +142,7 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         try:
             return await executor.call(fn, *args)
         except sqlite3.Error as e:
-            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
+            raise self._error(e) from e
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -324,9 +328,9 @@ class SQLiteStore(InProcessPermits, WritesInTransaction):
         except sqlite3.OperationalError as e:
             if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 return None  # rolled back by _commit: the writer's thread does it, waiting its turn
-            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
+            raise self._error(e) from e
         except sqlite3.Error as e:
-            raise StoreError(f"SQLite store {self.path}: {type(e).__name__}: {e}") from e
+            raise self._error(e) from e
         finally:
             db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
